@@ -1,0 +1,169 @@
+//! The relay's HTTP and WebSocket API: request and response bodies, the JSON
+//! text messages the relay sends on WebSockets, and close codes.
+//!
+//! | method and path | credential (`Authorization: Bearer …`) | purpose |
+//! | --- | --- | --- |
+//! | `POST /v1/sessions` | clinic API key | create a session |
+//! | `GET /v1/sessions/{id}/publish` (WebSocket) | publisher token | publish sealed frames |
+//! | `POST /v1/sessions/{id}/end` | publisher token | end the session |
+//! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token | follow, resuming at offset N |
+//! | `GET /healthz` | none | liveness |
+//! | `GET /metrics` | none | Prometheus metrics |
+//!
+//! On a publish socket the device sends each frame as one binary message and
+//! the relay answers with [`PublisherEvent`] text messages. On a follow socket
+//! the relay sends [`FollowerEvent`] text messages and each frame as a binary
+//! message: the frame's 8-byte big-endian session offset, then the frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SessionId, StreamId};
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSessionRequest {
+    /// Key fingerprint, unpadded base64url of 16 bytes.
+    pub fingerprint: String,
+    /// Invite authentication key the relay keeps as the verifier for browser
+    /// redemption, unpadded base64url of 32 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_verifier: Option<String>,
+}
+
+/// Response to `POST /v1/sessions`. The tokens are shown only here: the relay keeps their hashes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSessionResponse {
+    /// The new session's id.
+    pub session_id: SessionId,
+    /// History epoch of the session.
+    pub epoch: u64,
+    /// Credential for the publish socket and for ending the session.
+    pub publisher_token: String,
+    /// Token that goes into the invite link.
+    pub invite_token: String,
+}
+
+impl std::fmt::Debug for CreateSessionResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSessionResponse")
+            .field("session_id", &self.session_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of every HTTP error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable error kind, for example `unauthorized`.
+    pub error: String,
+    /// Human-readable explanation with what to do next.
+    pub message: String,
+}
+
+/// Text messages the relay sends on a publish socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PublisherEvent {
+    /// Sent once after the upgrade.
+    Welcome {
+        /// Session being published.
+        session_id: SessionId,
+        /// History epoch.
+        epoch: u64,
+    },
+    /// Every frame of `stream_id` up to and including `seq` is committed to
+    /// the store; the device may forget them.
+    Ack {
+        /// Stream acknowledged.
+        stream_id: StreamId,
+        /// Highest committed sequence number.
+        seq: u64,
+        /// Session offset of that frame.
+        offset: u64,
+    },
+}
+
+/// Text messages the relay sends on a follow socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FollowerEvent {
+    /// Sent once after the upgrade, before any frame.
+    Welcome {
+        /// Session being followed.
+        session_id: SessionId,
+        /// History epoch: a follower resuming with another epoch is refused.
+        epoch: u64,
+        /// Key fingerprint, unpadded base64url: a device whose key has another
+        /// fingerprint holds the wrong key.
+        fingerprint: String,
+        /// First offset this socket delivers.
+        from_offset: u64,
+        /// Whether the session has already ended.
+        ended: bool,
+    },
+    /// Every frame up to and including `offset` is committed. A follower that
+    /// reconnects resumes at or before the offset after its last committed
+    /// one, because frames after it could be sent again after a relay crash.
+    Committed {
+        /// Highest committed offset.
+        offset: u64,
+    },
+    /// The session ended and every frame has been delivered; the relay closes
+    /// the socket next with [`close::SESSION_ENDED`].
+    Ended,
+}
+
+/// WebSocket close codes the relay uses, with the standard ones it relies on.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The relay is shutting down: reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text message arrived where binary frames are expected.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A rule of the API was broken.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// The message exceeds the relay's maximum message size.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The relay failed internally, for example to commit: reconnect and resend.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The frame could not be decoded.
+    pub const MALFORMED_FRAME: u16 = 4000;
+    /// The frame's protocol version is not supported.
+    pub const UNSUPPORTED_VERSION: u16 = 4001;
+    /// The frame names another session.
+    pub const WRONG_SESSION: u16 = 4002;
+    /// The frame's sequence number skips ahead of the next expected one.
+    pub const SEQUENCE_GAP: u16 = 4003;
+    /// The session has ended.
+    pub const SESSION_ENDED: u16 = 4004;
+    /// The follower fell too far behind: reconnect and resume.
+    pub const LAGGED: u16 = 4005;
+    /// The requested history cannot be delivered (another epoch, or an offset
+    /// beyond the end): start over from offset 0.
+    pub const CANNOT_RECOVER: u16 = 4006;
+    /// Another publisher connection for the session replaced this one.
+    pub const REPLACED: u16 = 4007;
+    /// The peer did not answer pings in time.
+    pub const TIMEOUT: u16 = 4008;
+}
+
+/// Encodes a frame for a follow socket: the offset, then the frame.
+pub fn encode_delivery(offset: u64, frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + frame.len());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// Splits a binary follow-socket message into its offset and frame.
+pub fn decode_delivery(message: &[u8]) -> Option<(u64, &[u8])> {
+    if message.len() < 8 {
+        return None;
+    }
+    let (offset, frame) = message.split_at(8);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(offset);
+    Some((u64::from_be_bytes(bytes), frame))
+}
