@@ -164,11 +164,77 @@ impl OpenedFrame {
     }
 }
 
+/// State an opener keeps for one stream: its cipher and the latest frame it opened.
 struct StreamState {
     cipher: Aes256Gcm,
     latest_seq: Option<u64>,
     latest_final_count: u64,
     latest_hash: [u8; 32],
+}
+
+impl StreamState {
+    fn new(key: &SessionKey, session_id: &SessionId, stream_id: &StreamId) -> Self {
+        let stream_key = key.derive_stream_key(session_id, stream_id);
+        StreamState {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(stream_key.expose_bytes())),
+            latest_seq: None,
+            latest_final_count: 0,
+            latest_hash: [0; 32],
+        }
+    }
+
+    /// Opens a frame of this stream and records it as the latest, leaving the
+    /// state unchanged when the frame is rejected.
+    fn open(&mut self, header: FrameHeader, frame: &[u8]) -> Result<OpenedFrame, ProtocolError> {
+        check_order(self, &header)?;
+
+        let padded = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&nonce_for_seq(header.seq)),
+                Payload {
+                    msg: &frame[HEADER_LEN..],
+                    aad: &frame[..HEADER_LEN],
+                },
+            )
+            .map_err(|_| ProtocolError::Decrypt)?;
+        let content = unpad(&padded)?.to_vec();
+
+        let (skipped_frames, skipped_final, chain_verified) = self.account(&header);
+        self.latest_seq = Some(header.seq);
+        self.latest_final_count = header.final_count;
+        self.latest_hash = frame_hash(frame);
+        Ok(OpenedFrame {
+            header,
+            content,
+            skipped_frames,
+            skipped_final,
+            chain_verified,
+        })
+    }
+
+    /// Counts the frames and final frames skipped between the latest opened
+    /// frame and this one, and checks the hash chain link when there is no gap.
+    fn account(&self, header: &FrameHeader) -> (u64, u64, Option<bool>) {
+        let expected_prev_seq = header.seq.checked_sub(1);
+        let (skipped_frames, prior_final, chain_verified) =
+            match (self.latest_seq, expected_prev_seq) {
+                (None, None) => (0, 0, Some(header.prev_hash == [0; 32])),
+                (None, Some(prev)) => (prev + 1, 0, None),
+                (Some(latest), Some(prev)) if latest == prev => (
+                    0,
+                    self.latest_final_count,
+                    Some(header.prev_hash == self.latest_hash),
+                ),
+                (Some(latest), _) => (header.seq - latest - 1, self.latest_final_count, None),
+            };
+        let this_final = u64::from(header.kind.counts_as_final());
+        let skipped_final = header
+            .final_count
+            .saturating_sub(prior_final)
+            .saturating_sub(this_final);
+        (skipped_frames, skipped_final, chain_verified)
+    }
 }
 
 /// Opens frames of every stream of one session, rejecting frames of another
@@ -216,59 +282,18 @@ impl StreamOpener {
             });
         }
 
-        let key = &self.key;
-        let session_id = self.session_id;
-        let state = self.streams.entry(header.stream_id).or_insert_with(|| {
-            let stream_key = key.derive_stream_key(&session_id, &header.stream_id);
-            StreamState {
-                cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(stream_key.expose_bytes())),
-                latest_seq: None,
-                latest_final_count: 0,
-                latest_hash: [0; 32],
-            }
-        });
-        check_order(state, &header)?;
-
-        let padded = state
-            .cipher
-            .decrypt(
-                Nonce::from_slice(&nonce_for_seq(header.seq)),
-                Payload {
-                    msg: &frame[HEADER_LEN..],
-                    aad: &frame[..HEADER_LEN],
-                },
-            )
-            .map_err(|_| ProtocolError::Decrypt)?;
-        let content = unpad(&padded)?.to_vec();
-
-        let expected_prev_seq = header.seq.checked_sub(1);
-        let (skipped_frames, prior_final, chain_verified) =
-            match (state.latest_seq, expected_prev_seq) {
-                (None, None) => (0, 0, Some(header.prev_hash == [0; 32])),
-                (None, Some(prev)) => (prev + 1, 0, None),
-                (Some(latest), Some(prev)) if latest == prev => (
-                    0,
-                    state.latest_final_count,
-                    Some(header.prev_hash == state.latest_hash),
-                ),
-                (Some(latest), _) => (header.seq - latest - 1, state.latest_final_count, None),
-            };
-        let this_final = u64::from(header.kind.counts_as_final());
-        let skipped_final = header
-            .final_count
-            .saturating_sub(prior_final)
-            .saturating_sub(this_final);
-
-        state.latest_seq = Some(header.seq);
-        state.latest_final_count = header.final_count;
-        state.latest_hash = frame_hash(frame);
-        Ok(OpenedFrame {
-            header,
-            content,
-            skipped_frames,
-            skipped_final,
-            chain_verified,
-        })
+        // A stream is kept only once one of its frames has opened, so frames
+        // that fail to open, forged ones included, cannot grow the map.
+        let stream_id = header.stream_id;
+        let mut state = match self.streams.remove(&stream_id) {
+            Some(state) => state,
+            None => StreamState::new(&self.key, &self.session_id, &stream_id),
+        };
+        let opened = state.open(header, frame);
+        if state.latest_seq.is_some() {
+            self.streams.insert(stream_id, state);
+        }
+        opened
     }
 }
 
@@ -293,5 +318,43 @@ impl std::fmt::Debug for StreamOpener {
             .field("session_id", &self.session_id)
             .field("streams", &self.streams.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_frame_leaves_no_stream() {
+        let session = SessionId([2; 16]);
+        let stream = StreamId([3; 16]);
+        let mut forger =
+            StreamSealer::with_stream_id(&SessionKey::from_bytes([9; 32]), session, stream);
+        let forged = forger.seal(FrameKind::Final, b"forged").unwrap();
+        let mut opener = StreamOpener::new(SessionKey::from_bytes([1; 32]), session);
+
+        assert_eq!(opener.open(&forged).unwrap_err(), ProtocolError::Decrypt);
+        assert!(opener.streams.is_empty());
+        assert!(!opener.already_seen(&FrameHeader::decode(&forged).unwrap()));
+    }
+
+    #[test]
+    fn rejected_frame_keeps_stream_state() {
+        let key = SessionKey::from_bytes([1; 32]);
+        let session = SessionId([2; 16]);
+        let mut sealer = StreamSealer::with_stream_id(&key, session, StreamId([3; 16]));
+        let first = sealer.seal(FrameKind::Final, b"first").unwrap();
+        let mut second = sealer.seal(FrameKind::Final, b"second").unwrap();
+        let mut opener = StreamOpener::new(key, session);
+        opener.open(&first).unwrap();
+
+        let last = second.len() - 1;
+        second[last] ^= 1;
+        assert_eq!(opener.open(&second).unwrap_err(), ProtocolError::Decrypt);
+        second[last] ^= 1;
+        let opened = opener.open(&second).unwrap();
+        assert_eq!(opened.chain_verified, Some(true));
+        assert_eq!(opened.skipped_frames, 0);
     }
 }

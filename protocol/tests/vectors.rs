@@ -1,0 +1,774 @@
+//! Checks the test vectors and tables of `docs/protocol.md` against this
+//! crate, so the document and the code cannot drift apart.
+//!
+//! The document's vector blocks are fenced with the info string `vectors` and
+//! hold `name: value` lines, where a line starting with two spaces continues
+//! the value above it. Where a value can be computed independently of this
+//! crate (HKDF, HMAC, AES-GCM, SHA-256 from the document's own labels and
+//! inputs), the tests compute it both ways.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a failed unwrap or panic is how a test reports a failure"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use sealcast_protocol::api::{
+    close, decode_delivery, encode_delivery, CreateSessionRequest, CreateSessionResponse,
+    ErrorBody, FollowerEvent, PublisherEvent,
+};
+use sealcast_protocol::padding::{bucket_for, pad, padded_len, MAX_BUCKET};
+use sealcast_protocol::{
+    frame_hash, nonce_for_seq, EndOfSession, Fingerprint, FrameHeader, FrameKind, InviteLink,
+    SessionId, SessionKey, StreamId, StreamOpener, StreamSealer, TranscriptSegment, HEADER_LEN,
+    TAG_LEN,
+};
+
+/// Every vector name the document must contain, and the only ones it may contain.
+const NAMES: &[&str] = &[
+    "session_key",
+    "session_id",
+    "stream_id",
+    "challenge",
+    "invite_token_bytes",
+    "relay_url",
+    "delivery_offset",
+    "segment_0",
+    "segment_1",
+    "end_2",
+    "stream_key_label",
+    "fingerprint_label",
+    "invite_auth_label",
+    "invite_proof_label",
+    "stream_key",
+    "fingerprint",
+    "fingerprint_base64url",
+    "fingerprint_words",
+    "invite_auth_key",
+    "invite_auth_key_base64url",
+    "invite_proof",
+    "nonce_0",
+    "header_0",
+    "padded_0",
+    "padded_0_sha256",
+    "frame_0",
+    "frame_0_hash",
+    "nonce_1",
+    "header_1",
+    "padded_1_sha256",
+    "frame_1",
+    "frame_1_hash",
+    "nonce_2",
+    "header_2",
+    "padded_2_sha256",
+    "frame_2",
+    "frame_2_hash",
+    "receive_0_1_2",
+    "receive_0_2",
+    "receive_1_2",
+    "receive_2",
+    "receive_0_0",
+    "receive_1_0",
+    "receive_0_2_1",
+    "invite_token",
+    "session_key_base64url",
+    "invite_link",
+    "create_session_request",
+    "create_session_response",
+    "publisher_welcome",
+    "publisher_ack",
+    "follower_welcome",
+    "follower_committed",
+    "follower_ended",
+    "error_body",
+    "delivery_0_head",
+];
+
+/// Plaintext vector of each frame of the vector stream, by sequence number.
+const PLAINTEXTS: [&str; 3] = ["segment_0", "segment_1", "end_2"];
+
+fn doc_text() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
+}
+
+/// Lines of every fenced block whose info string is `info`.
+fn fenced_blocks(text: &str, info: &str) -> Vec<Vec<String>> {
+    let opening = format!("```{info}");
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in text.lines() {
+        match current.as_mut() {
+            None if line.trim_end() == opening => current = Some(Vec::new()),
+            None => {}
+            Some(_) if line.trim_end() == "```" => blocks.extend(current.take()),
+            Some(lines) => lines.push(line.to_string()),
+        }
+    }
+    assert!(current.is_none(), "a {opening} block is not closed");
+    blocks
+}
+
+/// Lines from the heading that starts with `heading` up to the next heading.
+fn section<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|line| !line.starts_with(heading))
+        .skip(1)
+        .take_while(|line| !line.starts_with('#'))
+        .collect()
+}
+
+/// Cells of a markdown table row, trimmed, or `None` for other lines.
+fn table_cells(line: &str) -> Option<Vec<&str>> {
+    let inner = line.strip_prefix('|')?.strip_suffix('|')?;
+    Some(inner.split(" | ").map(str::trim).collect())
+}
+
+struct Vectors(BTreeMap<String, String>);
+
+impl Vectors {
+    fn load() -> Self {
+        Vectors(parse_vectors(&doc_text()))
+    }
+
+    fn text(&self, name: &str) -> &str {
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/protocol.md has no vector {name}"))
+    }
+
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        hex::decode(self.text(name)).unwrap_or_else(|err| panic!("vector {name}: {err}"))
+    }
+
+    fn array<const N: usize>(&self, name: &str) -> [u8; N] {
+        let bytes = self.bytes(name);
+        bytes
+            .try_into()
+            .unwrap_or_else(|bytes: Vec<u8>| panic!("vector {name} is {} bytes", bytes.len()))
+    }
+
+    fn number(&self, name: &str) -> u64 {
+        self.text(name).parse().unwrap()
+    }
+
+    fn session_key(&self) -> SessionKey {
+        SessionKey::from_bytes(self.array("session_key"))
+    }
+
+    fn session_id(&self) -> SessionId {
+        SessionId(self.array("session_id"))
+    }
+
+    fn stream_id(&self) -> StreamId {
+        StreamId(self.array("stream_id"))
+    }
+
+    /// Seals the three plaintexts of the vectors as one stream, as a sender does.
+    fn sealed_frames(&self) -> Vec<Vec<u8>> {
+        let mut sealer =
+            StreamSealer::with_stream_id(&self.session_key(), self.session_id(), self.stream_id());
+        let first = TranscriptSegment::from_plaintext(self.text("segment_0").as_bytes()).unwrap();
+        let second = TranscriptSegment::from_plaintext(self.text("segment_1").as_bytes()).unwrap();
+        let end = EndOfSession::from_plaintext(self.text("end_2").as_bytes()).unwrap();
+        vec![
+            sealer.seal_segment(&first).unwrap(),
+            sealer.seal_segment(&second).unwrap(),
+            sealer.seal_end(&end).unwrap(),
+        ]
+    }
+}
+
+fn parse_vectors(text: &str) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    for block in fenced_blocks(text, "vectors") {
+        let mut last_name: Option<String> = None;
+        for line in block {
+            if let Some(rest) = line.strip_prefix("  ") {
+                let name = last_name
+                    .as_ref()
+                    .expect("continuation line before any name");
+                let value: &mut String = values.get_mut(name).unwrap();
+                value.push_str(rest.trim());
+            } else if let Some((name, value)) = line.split_once(':') {
+                let valid = name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                assert!(valid, "invalid vector name {name:?}");
+                let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                let previous = values.insert(name.to_string(), value);
+                assert!(previous.is_none(), "vector {name} appears twice");
+                last_name = Some(name.to_string());
+            } else {
+                assert!(line.trim().is_empty(), "malformed vector line {line:?}");
+            }
+        }
+    }
+    values
+}
+
+fn hkdf(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    Hkdf::<Sha256>::new(salt, ikm)
+        .expand(info, &mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn doc_lists_exactly_checked_vectors() {
+    let vectors = Vectors::load();
+    let found: BTreeSet<&str> = vectors.0.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = NAMES.iter().copied().collect();
+    let unknown: Vec<_> = found.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&found).collect();
+    assert!(unknown.is_empty(), "vectors no test checks: {unknown:?}");
+    assert!(
+        missing.is_empty(),
+        "vectors missing from the document: {missing:?}"
+    );
+}
+
+#[test]
+fn labels_give_documented_keys() {
+    let vectors = Vectors::load();
+    let key = vectors.session_key();
+    let session_key = vectors.bytes("session_key");
+    let session_id = vectors.bytes("session_id");
+    let stream_id = vectors.bytes("stream_id");
+
+    let mut info = vectors.text("stream_key_label").as_bytes().to_vec();
+    info.extend_from_slice(&stream_id);
+    let stream_key = hkdf(Some(&session_id), &session_key, &info, 32);
+    assert_eq!(stream_key, vectors.bytes("stream_key"));
+    let derived = key.derive_stream_key(&vectors.session_id(), &vectors.stream_id());
+    assert_eq!(derived.expose_bytes().to_vec(), stream_key);
+
+    let label = vectors.text("fingerprint_label").as_bytes();
+    let fingerprint = hkdf(None, &session_key, label, 16);
+    assert_eq!(fingerprint, vectors.bytes("fingerprint"));
+    assert_eq!(key.fingerprint().0.to_vec(), fingerprint);
+
+    let label = vectors.text("invite_auth_label").as_bytes();
+    let auth_key = hkdf(None, &session_key, label, 32);
+    assert_eq!(auth_key, vectors.bytes("invite_auth_key"));
+    assert_eq!(
+        key.derive_invite_auth_key().expose_bytes().to_vec(),
+        auth_key
+    );
+}
+
+#[test]
+fn empty_salt_equals_no_salt() {
+    let vectors = Vectors::load();
+    let label = vectors.text("fingerprint_label").as_bytes();
+    let with_empty = hkdf(Some(&[]), &vectors.bytes("session_key"), label, 16);
+    assert_eq!(with_empty, vectors.bytes("fingerprint"));
+}
+
+#[test]
+fn labels_appear_in_derivation_text() {
+    let vectors = Vectors::load();
+    let text = doc_text();
+    for name in [
+        "stream_key_label",
+        "fingerprint_label",
+        "invite_auth_label",
+        "invite_proof_label",
+    ] {
+        let label = vectors.text(name);
+        let described = format!("`{label}` ({} bytes)", label.len());
+        assert!(
+            text.contains(&described),
+            "the document never states {described}"
+        );
+    }
+}
+
+#[test]
+fn invite_proof_matches_vector() {
+    let vectors = Vectors::load();
+    let challenge = vectors.bytes("challenge");
+    let auth_key = vectors.session_key().derive_invite_auth_key();
+    let proof = auth_key.prove(&challenge);
+    assert_eq!(proof.to_vec(), vectors.bytes("invite_proof"));
+    assert!(auth_key.verify(&challenge, &vectors.bytes("invite_proof")));
+
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&vectors.bytes("invite_auth_key")).unwrap();
+    mac.update(vectors.text("invite_proof_label").as_bytes());
+    mac.update(&challenge);
+    assert_eq!(
+        mac.finalize().into_bytes().to_vec(),
+        vectors.bytes("invite_proof")
+    );
+}
+
+#[test]
+fn fingerprint_forms_match_vectors() {
+    let vectors = Vectors::load();
+    let key = vectors.session_key();
+    let fingerprint = key.fingerprint();
+    assert_eq!(
+        fingerprint.to_base64url(),
+        vectors.text("fingerprint_base64url")
+    );
+    assert_eq!(
+        fingerprint.words().join(" "),
+        vectors.text("fingerprint_words")
+    );
+    let parsed = Fingerprint::from_base64url(vectors.text("fingerprint_base64url")).unwrap();
+    assert_eq!(parsed, fingerprint);
+
+    let verifier = URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes());
+    assert_eq!(verifier, vectors.text("invite_auth_key_base64url"));
+}
+
+#[test]
+fn segment_json_is_crate_form() {
+    let vectors = Vectors::load();
+    for name in ["segment_0", "segment_1"] {
+        let text = vectors.text(name);
+        let segment = TranscriptSegment::from_plaintext(text.as_bytes()).unwrap();
+        assert_eq!(segment.to_plaintext(), text.as_bytes(), "{name}");
+    }
+    let end = EndOfSession::from_plaintext(vectors.text("end_2").as_bytes()).unwrap();
+    assert_eq!(end.to_plaintext(), vectors.text("end_2").as_bytes());
+    assert!(vectors.text("segment_0").contains('\u{b0}'));
+}
+
+#[test]
+fn sealed_frames_match_vectors() {
+    let vectors = Vectors::load();
+    let frames = vectors.sealed_frames();
+    for (seq, frame) in frames.iter().enumerate() {
+        let seq_u64 = seq as u64;
+        assert_eq!(
+            nonce_for_seq(seq_u64).to_vec(),
+            vectors.bytes(&format!("nonce_{seq}"))
+        );
+        assert_eq!(
+            frame[..HEADER_LEN],
+            vectors.bytes(&format!("header_{seq}")),
+            "header {seq}"
+        );
+        assert_eq!(
+            *frame,
+            vectors.bytes(&format!("frame_{seq}")),
+            "frame {seq}"
+        );
+        let hash = frame_hash(frame).to_vec();
+        assert_eq!(
+            hash,
+            vectors.bytes(&format!("frame_{seq}_hash")),
+            "hash {seq}"
+        );
+    }
+}
+
+#[test]
+fn header_vectors_decode_and_encode() {
+    let vectors = Vectors::load();
+    let kinds = [
+        FrameKind::Final,
+        FrameKind::Interim,
+        FrameKind::EndOfSession,
+    ];
+    let final_counts = [1, 1, 2];
+    for (seq, kind) in kinds.into_iter().enumerate() {
+        let bytes = vectors.bytes(&format!("header_{seq}"));
+        let header = FrameHeader::decode(&bytes).unwrap();
+        assert_eq!(header.encode().to_vec(), bytes);
+        assert_eq!(header.kind, kind);
+        assert_eq!(header.seq, seq as u64);
+        assert_eq!(header.final_count, final_counts[seq]);
+        assert_eq!(header.session_id, vectors.session_id());
+        assert_eq!(header.stream_id, vectors.stream_id());
+        assert_eq!(header.key_epoch, 0);
+    }
+}
+
+#[test]
+fn padded_plaintexts_match_vectors() {
+    let vectors = Vectors::load();
+    for (seq, name) in PLAINTEXTS.iter().enumerate() {
+        let content = vectors.text(name).as_bytes();
+        let padded = pad(content, bucket_for(content.len()).unwrap()).unwrap();
+        let digest = Sha256::digest(&padded).to_vec();
+        assert_eq!(
+            digest,
+            vectors.bytes(&format!("padded_{seq}_sha256")),
+            "{name}"
+        );
+    }
+    let content = vectors.text("segment_0").as_bytes();
+    let padded = pad(content, bucket_for(content.len()).unwrap()).unwrap();
+    assert_eq!(padded, vectors.bytes("padded_0"));
+}
+
+#[test]
+fn frame_vectors_open_with_plain_aes_gcm() {
+    let vectors = Vectors::load();
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&vectors.bytes("stream_key")));
+    let mut prev_hash = [0u8; 32].to_vec();
+    for (seq, plaintext) in PLAINTEXTS.iter().enumerate() {
+        let frame = vectors.bytes(&format!("frame_{seq}"));
+        let header = vectors.bytes(&format!("header_{seq}"));
+        let nonce = vectors.bytes(&format!("nonce_{seq}"));
+        assert_eq!(frame[..HEADER_LEN], header);
+        assert_eq!(header[56..], prev_hash, "prev hash of frame {seq}");
+
+        let payload = Payload {
+            msg: &frame[HEADER_LEN..],
+            aad: &header,
+        };
+        let padded = cipher.decrypt(Nonce::from_slice(&nonce), payload).unwrap();
+        let digest = Sha256::digest(&padded).to_vec();
+        assert_eq!(digest, vectors.bytes(&format!("padded_{seq}_sha256")));
+        let length = u32::from_be_bytes(padded[..4].try_into().unwrap()) as usize;
+        assert_eq!(&padded[4..4 + length], vectors.text(plaintext).as_bytes());
+
+        prev_hash = Sha256::digest(&frame).to_vec();
+        assert_eq!(prev_hash, vectors.bytes(&format!("frame_{seq}_hash")));
+    }
+}
+
+#[test]
+fn frame_vectors_open_to_plaintexts() {
+    let vectors = Vectors::load();
+    let mut opener = StreamOpener::new(vectors.session_key(), vectors.session_id());
+    for (seq, name) in PLAINTEXTS.iter().enumerate() {
+        let opened = opener
+            .open(&vectors.bytes(&format!("frame_{seq}")))
+            .unwrap();
+        assert_eq!(opened.content, vectors.text(name).as_bytes(), "{name}");
+    }
+}
+
+/// Describes the outcome of opening one frame in the notation of the receiver vectors.
+fn describe_open(opener: &mut StreamOpener, frame: &[u8]) -> String {
+    match opener.open(frame) {
+        Ok(opened) => {
+            let chain = match opened.chain_verified {
+                Some(true) => "verified",
+                Some(false) => "broken",
+                None => "unchecked",
+            };
+            format!("{}/{}/{chain}", opened.skipped_frames, opened.skipped_final)
+        }
+        Err(err) => {
+            let debug = format!("{err:?}");
+            let end = debug.find([' ', '(', '{']).unwrap_or(debug.len());
+            debug[..end].to_string()
+        }
+    }
+}
+
+#[test]
+fn receiver_vectors_match_opener() {
+    let vectors = Vectors::load();
+    let frames: Vec<Vec<u8>> = (0..3)
+        .map(|seq| vectors.bytes(&format!("frame_{seq}")))
+        .collect();
+    let cases = vectors
+        .0
+        .iter()
+        .filter(|(name, _)| name.starts_with("receive_"));
+    for (name, expected) in cases {
+        let mut opener = StreamOpener::new(vectors.session_key(), vectors.session_id());
+        let order = name.trim_start_matches("receive_").split('_');
+        let outcomes: Vec<String> = order
+            .map(|seq| describe_open(&mut opener, &frames[seq.parse::<usize>().unwrap()]))
+            .collect();
+        assert_eq!(outcomes.join(" "), *expected, "{name}");
+    }
+}
+
+#[test]
+fn invite_link_matches_vector() {
+    let vectors = Vectors::load();
+    let token = URL_SAFE_NO_PAD.encode(vectors.bytes("invite_token_bytes"));
+    assert_eq!(token, vectors.text("invite_token"));
+    let key = vectors.session_key();
+    assert_eq!(key.to_base64url(), vectors.text("session_key_base64url"));
+
+    let relay = Url::parse(vectors.text("relay_url")).unwrap();
+    let link = InviteLink { relay, token, key };
+    assert_eq!(link.to_url(), vectors.text("invite_link"));
+}
+
+#[test]
+fn invite_cases_match_parser() {
+    let vectors = Vectors::load();
+    let blocks = fenced_blocks(&doc_text(), "invite-cases");
+    assert_eq!(blocks.len(), 1, "expected one invite-cases block");
+    let mut variants = BTreeSet::new();
+    for line in &blocks[0] {
+        let (expected, link) = line.split_once(" | ").expect("line without ' | '");
+        let expected = expected.trim();
+        match InviteLink::parse(link) {
+            Ok(parsed) => {
+                assert_eq!(expected, "ok", "{link} parsed");
+                assert_eq!(parsed.relay.as_str(), vectors.text("relay_url"), "{link}");
+                assert_eq!(parsed.token, vectors.text("invite_token"), "{link}");
+                assert_eq!(
+                    parsed.key.expose_bytes(),
+                    vectors.session_key().expose_bytes()
+                );
+            }
+            Err(err) => {
+                let debug = format!("{err:?}");
+                let matches = debug == expected || debug.starts_with(&format!("{expected}("));
+                assert!(matches, "{link}: expected {expected}, got {debug}");
+                variants.insert(debug.split('(').next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let every_variant = [
+        "InvalidUrl",
+        "InvalidScheme",
+        "InvalidPath",
+        "MissingToken",
+        "InvalidToken",
+        "MissingSecret",
+        "InvalidSecretEncoding",
+        "InvalidSecretLength",
+    ];
+    for variant in every_variant {
+        assert!(variants.contains(variant), "no invite case for {variant}");
+    }
+}
+
+/// Checks that `text` parses as `T` and serializes back to exactly `text`.
+fn json_round_trip<T>(text: &str) -> T
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let value: T = serde_json::from_str(text).unwrap();
+    assert_eq!(serde_json::to_string(&value).unwrap(), text);
+    value
+}
+
+#[test]
+fn session_bodies_match_vectors() {
+    let vectors = Vectors::load();
+    let request: CreateSessionRequest = json_round_trip(vectors.text("create_session_request"));
+    assert_eq!(request.fingerprint, vectors.text("fingerprint_base64url"));
+    let verifier = request.invite_verifier.as_deref();
+    assert_eq!(verifier, Some(vectors.text("invite_auth_key_base64url")));
+
+    let response: CreateSessionResponse = json_round_trip(vectors.text("create_session_response"));
+    assert_eq!(response.session_id, vectors.session_id());
+    assert_eq!(response.invite_token, vectors.text("invite_token"));
+
+    let error: ErrorBody = json_round_trip(vectors.text("error_body"));
+    assert_eq!(error.error, "unauthorized");
+}
+
+#[test]
+fn publisher_events_match_vectors() {
+    let vectors = Vectors::load();
+    let welcome: PublisherEvent = json_round_trip(vectors.text("publisher_welcome"));
+    let expected = PublisherEvent::Welcome {
+        session_id: vectors.session_id(),
+        epoch: 1,
+    };
+    assert_eq!(welcome, expected);
+
+    let ack: PublisherEvent = json_round_trip(vectors.text("publisher_ack"));
+    let expected = PublisherEvent::Ack {
+        stream_id: vectors.stream_id(),
+        seq: 1,
+        offset: vectors.number("delivery_offset") + 1,
+    };
+    assert_eq!(ack, expected);
+}
+
+#[test]
+fn follower_events_match_vectors() {
+    let vectors = Vectors::load();
+    let welcome: FollowerEvent = json_round_trip(vectors.text("follower_welcome"));
+    let expected = FollowerEvent::Welcome {
+        session_id: vectors.session_id(),
+        epoch: 1,
+        fingerprint: vectors.text("fingerprint_base64url").to_string(),
+        from_offset: vectors.number("delivery_offset"),
+        ended: false,
+    };
+    assert_eq!(welcome, expected);
+
+    let committed: FollowerEvent = json_round_trip(vectors.text("follower_committed"));
+    let offset = vectors.number("delivery_offset") + 1;
+    assert_eq!(committed, FollowerEvent::Committed { offset });
+    let ended: FollowerEvent = json_round_trip(vectors.text("follower_ended"));
+    assert_eq!(ended, FollowerEvent::Ended);
+}
+
+#[test]
+fn delivery_head_matches_vector() {
+    let vectors = Vectors::load();
+    let frame = vectors.bytes("frame_0");
+    let offset = vectors.number("delivery_offset");
+    let message = encode_delivery(offset, &frame);
+    let head = vectors.bytes("delivery_0_head");
+    assert_eq!(message[..head.len()], head);
+    assert_eq!(decode_delivery(&message), Some((offset, frame.as_slice())));
+}
+
+#[test]
+fn close_code_table_matches_constants() {
+    let text = doc_text();
+    let documented: BTreeMap<String, u16> = section(&text, "### 9.5")
+        .into_iter()
+        .filter_map(table_cells)
+        .filter_map(|cells| {
+            let code = cells.first()?.parse().ok()?;
+            let name = cells.get(1)?.trim_matches('`').to_string();
+            Some((name, code))
+        })
+        .collect();
+    let constants = [
+        ("NORMAL", close::NORMAL),
+        ("GOING_AWAY", close::GOING_AWAY),
+        ("UNSUPPORTED_DATA", close::UNSUPPORTED_DATA),
+        ("POLICY_VIOLATION", close::POLICY_VIOLATION),
+        ("MESSAGE_TOO_BIG", close::MESSAGE_TOO_BIG),
+        ("INTERNAL_ERROR", close::INTERNAL_ERROR),
+        ("MALFORMED_FRAME", close::MALFORMED_FRAME),
+        ("UNSUPPORTED_VERSION", close::UNSUPPORTED_VERSION),
+        ("WRONG_SESSION", close::WRONG_SESSION),
+        ("SEQUENCE_GAP", close::SEQUENCE_GAP),
+        ("SESSION_ENDED", close::SESSION_ENDED),
+        ("LAGGED", close::LAGGED),
+        ("CANNOT_RECOVER", close::CANNOT_RECOVER),
+        ("REPLACED", close::REPLACED),
+        ("TIMEOUT", close::TIMEOUT),
+    ];
+    let expected: BTreeMap<String, u16> = constants
+        .iter()
+        .map(|(name, code)| (name.to_string(), *code))
+        .collect();
+    assert_eq!(documented, expected);
+}
+
+#[test]
+fn padding_table_matches_code() {
+    let text = doc_text();
+    let rows: Vec<Vec<usize>> = section(&text, "### 4.4")
+        .into_iter()
+        .filter_map(table_cells)
+        .filter_map(|cells| {
+            let numbers: Option<Vec<usize>> = cells
+                .iter()
+                .map(|cell| cell.replace(',', "").parse().ok())
+                .collect();
+            numbers
+        })
+        .collect();
+    assert_eq!(rows.len(), usize::from(MAX_BUCKET) + 1);
+    for (bucket, row) in rows.iter().enumerate() {
+        let bucket_u8 = u8::try_from(bucket).unwrap();
+        assert_eq!(row[0], bucket);
+        assert_eq!(
+            row[1],
+            padded_len(bucket_u8),
+            "padded size of bucket {bucket}"
+        );
+        assert_eq!(
+            row[2],
+            padded_len(bucket_u8) - 4,
+            "content of bucket {bucket}"
+        );
+        assert_eq!(bucket_for(row[2]).unwrap(), bucket_u8);
+        assert_eq!(row[3], HEADER_LEN + padded_len(bucket_u8) + TAG_LEN);
+    }
+}
+
+/// Encodes a header whose fields all differ, and returns each field's expected bytes.
+fn distinct_header() -> (Vec<u8>, BTreeMap<&'static str, Vec<u8>>) {
+    let header = FrameHeader {
+        kind: FrameKind::EndOfSession,
+        bucket: 5,
+        key_epoch: 0x0102_0304,
+        session_id: SessionId([0x11; 16]),
+        stream_id: StreamId([0x22; 16]),
+        seq: 0x0506_0708_090a_0b0c,
+        final_count: 0x0d0e_0f10_1112_1314,
+        prev_hash: [0x33; 32],
+    };
+    let fields = BTreeMap::from([
+        ("version", vec![1]),
+        ("kind", vec![3]),
+        ("bucket", vec![5]),
+        ("flags", vec![0]),
+        ("key epoch", header.key_epoch.to_be_bytes().to_vec()),
+        ("session id", vec![0x11; 16]),
+        ("stream id", vec![0x22; 16]),
+        ("seq", header.seq.to_be_bytes().to_vec()),
+        ("final count", header.final_count.to_be_bytes().to_vec()),
+        ("prev hash", vec![0x33; 32]),
+    ]);
+    (header.encode().to_vec(), fields)
+}
+
+#[test]
+fn header_table_matches_encoding() {
+    let text = doc_text();
+    let (encoded, fields) = distinct_header();
+    let mut next_offset = 0;
+    let mut seen = BTreeSet::new();
+    for cells in section(&text, "### 4.2")
+        .into_iter()
+        .filter_map(table_cells)
+    {
+        let (Ok(offset), Ok(size)) = (cells[0].parse::<usize>(), cells[1].parse::<usize>()) else {
+            continue;
+        };
+        let name = cells[2];
+        assert_eq!(offset, next_offset, "offset of {name}");
+        let expected = fields
+            .get(name)
+            .unwrap_or_else(|| panic!("unknown field {name}"));
+        assert_eq!(encoded[offset..offset + size], *expected, "bytes of {name}");
+        next_offset = offset + size;
+        seen.insert(name);
+    }
+    assert_eq!(next_offset, HEADER_LEN);
+    assert_eq!(seen.len(), fields.len());
+}
+
+#[test]
+fn word_list_matches_code() {
+    let blocks = fenced_blocks(&doc_text(), "words");
+    assert_eq!(blocks.len(), 1, "expected one words block");
+    let mut words = Vec::new();
+    for line in &blocks[0] {
+        let (index, rest) = line.split_once(": ").expect("word line without index");
+        assert_eq!(
+            usize::from_str_radix(index, 16).unwrap(),
+            words.len(),
+            "{line}"
+        );
+        words.extend(rest.split(' ').map(str::to_string));
+    }
+    assert_eq!(words.len(), 256);
+    for (byte, word) in words.iter().enumerate() {
+        let fingerprint = Fingerprint([u8::try_from(byte).unwrap(); 16]);
+        assert_eq!(fingerprint.words()[0], word, "word {byte:#04x}");
+    }
+    let distinct: BTreeSet<&String> = words.iter().collect();
+    assert_eq!(distinct.len(), 256);
+}
