@@ -1,0 +1,270 @@
+//! `sealcast follow`: follow a session from an invite link and print it.
+//!
+//! Standard output carries only the transcript. Connection changes, gaps and
+//! rejected frames go to standard error, and none of them contains key
+//! material or transcript text.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use sealcast_protocol::{InviteLink, TranscriptSegment};
+
+use crate::error::ClientError;
+use crate::follow::{FollowEvent, Follower, FollowerConfig};
+use crate::tls::TlsSettings;
+use crate::transcript::{Change, Transcript};
+
+/// Width of the in-place interim line when the terminal width is unknown.
+const DEFAULT_COLUMNS: usize = 80;
+
+/// Arguments of `sealcast follow`.
+// The field docs are the --help text, so they stay plain text, not rustdoc markup.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// The invite link, in quotes. - reads it from stdin, which keeps the key
+    /// out of the process list
+    #[arg(value_name = "LINK")]
+    pub link: String,
+
+    /// PEM file with the CA certificate that signs the relay's certificate
+    /// [default: the bundled Mozilla roots]
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// text: "[mm:ss] speaker: text" per final segment, with interim text
+    /// updated in place on a terminal; jsonl: one JSON object per final
+    /// segment, then {"event":"ended"}
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+/// `--format` values of `sealcast follow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON Lines.
+    Jsonl,
+}
+
+/// Runs `sealcast follow` until the session ends.
+pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
+    let link_text = if args.link == "-" {
+        read_link_from_stdin()?
+    } else {
+        args.link.clone()
+    };
+    let link = InviteLink::parse(&link_text)?;
+    let tls = TlsSettings::new(args.ca_cert.as_deref())?;
+    eprintln!(
+        "Following the session on {}. Fingerprint words: {} (check that the clinician's screen shows the same)",
+        link.relay,
+        link.key.fingerprint().words().join(" ")
+    );
+
+    let mut follower = Follower::start(FollowerConfig::new(link, tls))?;
+    let mut printer = Printer::new(args.format);
+    loop {
+        let event = tokio::select! {
+            event = follower.next_event() => event,
+            _ = tokio::signal::ctrl_c() => {
+                printer.clear_status()?;
+                return Err(ClientError::Interrupted);
+            }
+        };
+        match event {
+            Some(event) => printer.handle(event)?,
+            None => break,
+        }
+    }
+
+    printer.clear_status()?;
+    let report = follower.finish().await?;
+    if report.missing_final_frames > 0 || report.frames_rejected > 0 {
+        eprintln!(
+            "warning: the transcript is incomplete: {} final segments missing, {} frames rejected",
+            report.missing_final_frames, report.frames_rejected
+        );
+    }
+    Ok(())
+}
+
+fn read_link_from_stdin() -> Result<String, ClientError> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|err| ClientError::io("read the invite link from", "stdin", err))?;
+    Ok(text)
+}
+
+/// Writes events to stdout and stderr.
+struct Printer {
+    format: OutputFormat,
+    transcript: Transcript,
+    /// Whether interim text is shown on a status line that is rewritten in place.
+    live_status: bool,
+    status_shown: bool,
+    columns: usize,
+}
+
+impl Printer {
+    fn new(format: OutputFormat) -> Self {
+        let columns = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .filter(|&columns: &usize| columns > 10)
+            .unwrap_or(DEFAULT_COLUMNS);
+        Printer {
+            format,
+            transcript: Transcript::new(),
+            live_status: format == OutputFormat::Text && std::io::stdout().is_terminal(),
+            status_shown: false,
+            columns,
+        }
+    }
+
+    fn handle(&mut self, event: FollowEvent) -> Result<(), ClientError> {
+        match event {
+            FollowEvent::SegmentFinal {
+                stream_id, segment, ..
+            } => {
+                if self.transcript.apply(stream_id, segment.clone()) != Change::Unchanged {
+                    self.print_final(&segment)?;
+                }
+            }
+            FollowEvent::SegmentUpdated {
+                stream_id, segment, ..
+            } => {
+                let change = self.transcript.apply(stream_id, segment.clone());
+                if self.live_status && change != Change::Unchanged {
+                    self.show_status(&segment)?;
+                }
+            }
+            FollowEvent::Ended => {
+                self.clear_status()?;
+                if self.format == OutputFormat::Jsonl {
+                    write_stdout("{\"event\":\"ended\"}\n")?;
+                }
+                eprintln!("The session has ended.");
+            }
+            other => self.report(other)?,
+        }
+        Ok(())
+    }
+
+    /// Reports a connection or integrity event on stderr.
+    fn report(&mut self, event: FollowEvent) -> Result<(), ClientError> {
+        self.clear_status()?;
+        match event {
+            FollowEvent::Connected {
+                session_id,
+                resumed,
+                session_ended,
+                from_offset,
+                ..
+            } => {
+                let action = if resumed { "Reconnected" } else { "Connected" };
+                let ended = if session_ended { " (the session has already ended)" } else { "" };
+                eprintln!("{action} to session {session_id} from offset {from_offset}{ended}");
+            }
+            FollowEvent::Disconnected { reason, retry_in } => {
+                eprintln!(
+                    "warning: connection lost ({reason}); reconnecting in {:.1} s",
+                    retry_in.as_secs_f64()
+                );
+            }
+            FollowEvent::Gap {
+                offset,
+                stream_id,
+                missing_final_frames,
+            } => eprintln!(
+                "warning: {missing_final_frames} final segments of stream {stream_id} are missing before offset {offset}"
+            ),
+            FollowEvent::FrameRejected { offset, reason } => {
+                eprintln!("warning: rejected the frame at offset {offset}: {reason}");
+            }
+            FollowEvent::EndOfSession { final_segments, .. } => {
+                eprintln!("The clinician's device closed the session ({final_segments} final segments in its last stream).");
+            }
+            FollowEvent::SegmentFinal { .. } | FollowEvent::SegmentUpdated { .. } | FollowEvent::Ended => {}
+        }
+        Ok(())
+    }
+
+    fn print_final(&mut self, segment: &TranscriptSegment) -> Result<(), ClientError> {
+        self.clear_status()?;
+        let line = match self.format {
+            OutputFormat::Text => format!("{}\n", text_line(segment)),
+            OutputFormat::Jsonl => {
+                let json = serde_json::to_string(segment).map_err(|err| {
+                    ClientError::Internal(format!("failed to encode a segment: {err}"))
+                })?;
+                format!("{json}\n")
+            }
+        };
+        write_stdout(&line)
+    }
+
+    fn show_status(&mut self, segment: &TranscriptSegment) -> Result<(), ClientError> {
+        let line = text_line(segment).replace(['\n', '\r'], " ");
+        let width = self.columns.saturating_sub(2);
+        let shown: String = if line.chars().count() > width {
+            let tail: Vec<char> = line.chars().rev().take(width.saturating_sub(1)).collect();
+            std::iter::once('…').chain(tail.into_iter().rev()).collect()
+        } else {
+            line
+        };
+        self.status_shown = true;
+        write_stdout(&format!("\r\x1b[2K{shown}"))
+    }
+
+    fn clear_status(&mut self) -> Result<(), ClientError> {
+        if self.status_shown {
+            self.status_shown = false;
+            write_stdout("\r\x1b[2K")?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats a segment as `[mm:ss] speaker: text`.
+fn text_line(segment: &TranscriptSegment) -> String {
+    let seconds = segment.start_ms / 1000;
+    format!(
+        "[{:02}:{:02}] {}: {}",
+        seconds / 60,
+        seconds % 60,
+        segment.speaker,
+        segment.text
+    )
+}
+
+fn write_stdout(text: &str) -> Result<(), ClientError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|err| ClientError::io("write the transcript to", "stdout", err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_line_shows_minutes_and_seconds() {
+        let segment = TranscriptSegment {
+            segment_id: 0,
+            revision: 0,
+            speaker: "doctor".into(),
+            start_ms: 754_300,
+            end_ms: 760_000,
+            text: "How are you?".into(),
+            is_final: true,
+        };
+        assert_eq!(text_line(&segment), "[12:34] doctor: How are you?");
+    }
+}

@@ -1,0 +1,242 @@
+//! `sealcast session start`, `session end` and `session list`.
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use clap::{Args, Subcommand};
+use qrcode::render::unicode::Dense1x2;
+use qrcode::QrCode;
+use sealcast_protocol::api::CreateSessionRequest;
+use sealcast_protocol::{SessionId, SessionKey};
+
+use super::{open_key_store, parse_session_id};
+use crate::api::{EndOutcome, RelayApi};
+use crate::endpoint::parse_relay_url;
+use crate::error::ClientError;
+use crate::keystore::{now_unix_s, StoredSession};
+use crate::publish::{Publisher, PublisherConfig};
+use crate::secret::SecretString;
+use crate::tls::TlsSettings;
+
+/// A `sealcast session` command.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Make a session key, create the session on the relay and print the invite link
+    Start(StartArgs),
+    /// Publish the sealed end-of-session frame, end the session on the relay
+    /// and delete its key from this device
+    End(EndArgs),
+    /// List the sessions stored on this device
+    List,
+}
+
+/// Arguments of `sealcast session start`.
+// The field docs are the --help text, so they stay plain text, not rustdoc markup.
+#[allow(rustdoc::bare_urls)]
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Relay base URL, for example https://relay.example:8443
+    #[arg(long, env = "SEALCAST_RELAY", value_name = "URL")]
+    pub relay: String,
+
+    /// Clinic API key for creating sessions
+    #[arg(
+        long,
+        env = "SEALCAST_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: String,
+
+    /// PEM file with the CA certificate that signs the relay's certificate,
+    /// for example the relay's dev-cert.pem [default: the bundled Mozilla roots]
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not print the invite link as a QR code
+    #[arg(long)]
+    pub no_qr: bool,
+}
+
+/// Arguments of `sealcast session end`.
+#[derive(Debug, Args)]
+pub struct EndArgs {
+    /// Session to end [default: the session started last]
+    #[arg(long, value_name = "ID", value_parser = parse_session_id)]
+    pub session: Option<SessionId>,
+}
+
+/// Runs a session command.
+pub async fn run(command: SessionCommand, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    match command {
+        SessionCommand::Start(args) => start(args, state_dir).await,
+        SessionCommand::End(args) => end(args, state_dir).await,
+        SessionCommand::List => list(state_dir),
+    }
+}
+
+async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let relay = parse_relay_url(&args.relay)?;
+    let ca_cert = args.ca_cert.as_deref().map(absolute_path).transpose()?;
+    let tls = TlsSettings::new(ca_cert.as_deref())?;
+    let store = open_key_store(state_dir)?;
+    let api_key = SecretString::new(args.api_key);
+
+    // The key never leaves this device: the relay gets its fingerprint and
+    // the invite verifier, both one-way derivations.
+    let key = SessionKey::generate();
+    let request = CreateSessionRequest {
+        fingerprint: key.fingerprint().to_base64url(),
+        invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
+    };
+    let created = RelayApi::new(&relay, &tls)?
+        .create_session(&api_key, &request)
+        .await?;
+
+    let session = StoredSession {
+        session_id: created.session_id,
+        relay,
+        ca_cert,
+        epoch: created.epoch,
+        publisher_token: SecretString::new(created.publisher_token.clone()),
+        invite_token: SecretString::new(created.invite_token.clone()),
+        key,
+        created_unix_s: now_unix_s(),
+    };
+    let path = store.save(&session)?;
+    store.set_current(&session.session_id)?;
+    tracing::info!(session_id = %session.session_id, "session started");
+
+    print_invitation(&session, &path, args.no_qr);
+    Ok(())
+}
+
+fn print_invitation(session: &StoredSession, path: &std::path::Path, no_qr: bool) {
+    let link = session.invite_link().to_url();
+    let words = session.key.fingerprint().words().join(" ");
+
+    println!(
+        "Session {} started on {}",
+        session.session_id, session.relay
+    );
+    println!("Key stored in {}", path.display());
+    println!();
+    println!("Invite link (it contains the session key: give it only to the patient):");
+    println!("{link}");
+    if !no_qr {
+        match render_qr(&link) {
+            Some(qr) => println!("\n{qr}"),
+            None => eprintln!("warning: the link is too long for a QR code"),
+        }
+    }
+    println!();
+    println!("Fingerprint words, to compare with the patient's screen: {words}");
+    println!();
+    println!("To follow from a terminal:");
+    match &session.ca_cert {
+        Some(ca_cert) => println!(
+            "  sealcast follow --ca-cert '{}' '{link}'",
+            ca_cert.display()
+        ),
+        None => println!("  sealcast follow '{link}'"),
+    }
+}
+
+/// Renders text as a QR code of Unicode half blocks, light modules drawn
+/// dark so that it scans on a dark terminal.
+fn render_qr(text: &str) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let store = open_key_store(state_dir)?;
+    let session = store.resolve(args.session.as_ref())?;
+    let tls = TlsSettings::new(session.ca_cert.as_deref())?;
+    let already_ended = end_on_relay(&session, &tls).await?;
+
+    store.shred(&session.session_id)?;
+    tracing::info!(session_id = %session.session_id, "session ended and key shredded");
+    if already_ended {
+        println!(
+            "Session {} had already ended. Its key was deleted from this device.",
+            session.session_id
+        );
+    } else {
+        println!(
+            "Session {} ended. Its key was deleted from this device.",
+            session.session_id
+        );
+    }
+    Ok(())
+}
+
+/// Publishes the end-of-session frame on a new stream, waits for its
+/// acknowledgement and calls the end endpoint. Returns whether the session
+/// had already ended.
+async fn end_on_relay(session: &StoredSession, tls: &TlsSettings) -> Result<bool, ClientError> {
+    let config = PublisherConfig::from_session(session, tls.clone());
+    let published = match Publisher::connect(config, &session.key).await {
+        Ok(publisher) => publisher.end().await.map(|_| ()),
+        Err(err) => Err(err),
+    };
+    match published {
+        Ok(()) => {}
+        Err(ClientError::SessionEnded) => return Ok(true),
+        Err(err) => return Err(err),
+    }
+    call_end_endpoint(session, tls).await
+}
+
+/// Calls the end endpoint once the end-of-session frame is acknowledged.
+/// Returns whether the session had already ended.
+pub(crate) async fn call_end_endpoint(
+    session: &StoredSession,
+    tls: &TlsSettings,
+) -> Result<bool, ClientError> {
+    let outcome = RelayApi::new(&session.relay, tls)?
+        .end_session(&session.session_id, &session.publisher_token)
+        .await?;
+    Ok(outcome == EndOutcome::AlreadyEnded)
+}
+
+fn list(state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let store = open_key_store(state_dir)?;
+    let current = store.current()?;
+    let ids = store.list()?;
+    if ids.is_empty() {
+        println!("No sessions stored in {}", store.dir().display());
+        return Ok(());
+    }
+    for id in ids {
+        let marker = if Some(id) == current { "*" } else { " " };
+        match store.load(&id) {
+            Ok(session) => println!("{marker} {id}  {}", session.relay),
+            Err(err) => println!("{marker} {id}  (unreadable: {err})"),
+        }
+    }
+    Ok(())
+}
+
+fn absolute_path(path: &std::path::Path) -> Result<PathBuf, ClientError> {
+    std::path::absolute(path).map_err(|err| ClientError::io("resolve", path, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_code_renders_a_link() {
+        let qr = render_qr("https://relay.example/join?token=abc#secret=def").unwrap();
+        assert!(qr.lines().count() > 10);
+        assert!(qr.contains('█') || qr.contains('▀') || qr.contains('▄'));
+    }
+}

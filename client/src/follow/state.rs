@@ -1,0 +1,469 @@
+//! The state a follower keeps between messages: the fingerprint check, the frame
+//! opener, resume offsets and the resume overlap. No I/O, so every rule here
+//! is tested without a network.
+
+use sealcast_protocol::{
+    EndOfSession, Fingerprint, FrameHeader, FrameKind, OpenedFrame, SessionId, SessionKey,
+    StreamOpener,
+};
+
+use super::{FollowEvent, FollowReport};
+use crate::error::ClientError;
+
+/// A follower's state across connections.
+#[derive(Debug)]
+pub(crate) struct FollowState {
+    key: SessionKey,
+    opener: Option<StreamOpener>,
+    session_id: Option<SessionId>,
+    epoch: Option<u64>,
+    last_received: Option<u64>,
+    last_committed: Option<u64>,
+    /// Highest offset received before the current reconnect. Deliveries up to
+    /// it may repeat frames already opened, which are skipped without error.
+    overlap_end: Option<u64>,
+    connections: u32,
+    report: FollowReport,
+}
+
+impl FollowState {
+    pub(crate) fn new(key: SessionKey) -> Self {
+        FollowState {
+            key,
+            opener: None,
+            session_id: None,
+            epoch: None,
+            last_received: None,
+            last_committed: None,
+            overlap_end: None,
+            connections: 0,
+            report: FollowReport::default(),
+        }
+    }
+
+    /// Returns the epoch to send when reconnecting, once known.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Returns the offset to resume from: the one after the last received frame, or
+    /// after the last committed one when that is lower, because frames after
+    /// the last commit may be delivered again after a relay crash.
+    pub(crate) fn resume_from(&self) -> u64 {
+        let after = |offset: Option<u64>| offset.map_or(0, |offset| offset.saturating_add(1));
+        after(self.last_received).min(after(self.last_committed))
+    }
+
+    /// Marks the start of a reconnect: what arrives up to the last received
+    /// offset is the resume overlap.
+    pub(crate) fn begin_reconnect(&mut self) {
+        self.overlap_end = self.last_received;
+        self.report.reconnects += 1;
+    }
+
+    /// Checks the relay's welcome. The fingerprint is compared before any
+    /// frame is opened, so a wrong key is reported as such and not as
+    /// frames that fail to decrypt.
+    pub(crate) fn welcome(
+        &mut self,
+        session_id: SessionId,
+        epoch: u64,
+        fingerprint: &str,
+        from_offset: u64,
+        ended: bool,
+    ) -> Result<FollowEvent, ClientError> {
+        let relay_fingerprint = Fingerprint::from_base64url(fingerprint).ok_or_else(|| {
+            ClientError::ProtocolViolation(format!(
+                "welcome fingerprint {fingerprint:?} is not 16 bytes of base64url"
+            ))
+        })?;
+        if relay_fingerprint != self.key.fingerprint() {
+            return Err(ClientError::KeyMismatch);
+        }
+
+        if let Some(known) = self.session_id.filter(|known| *known != session_id) {
+            return Err(ClientError::ProtocolViolation(format!(
+                "welcome names session {session_id}, but this invite followed session {known}"
+            )));
+        }
+        if self.epoch.is_some_and(|known| known != epoch) {
+            return Err(ClientError::CannotRecover);
+        }
+
+        let requested = self.resume_from();
+        if from_offset != requested {
+            tracing::warn!(%session_id, requested, from_offset, "relay resumes at another offset than requested");
+        }
+        self.session_id = Some(session_id);
+        self.epoch = Some(epoch);
+        self.report.session_id = Some(session_id);
+        if self.opener.is_none() {
+            self.opener = Some(StreamOpener::new(self.key.clone(), session_id));
+        }
+        self.connections += 1;
+
+        Ok(FollowEvent::Connected {
+            session_id,
+            epoch,
+            from_offset,
+            session_ended: ended,
+            resumed: self.connections > 1,
+        })
+    }
+
+    /// Records a `committed` event.
+    pub(crate) fn committed(&mut self, offset: u64) {
+        self.last_committed = Some(self.last_committed.map_or(offset, |last| last.max(offset)));
+    }
+
+    /// Opens one delivered frame and returns what it changes.
+    pub(crate) fn delivery(
+        &mut self,
+        offset: u64,
+        frame: &[u8],
+    ) -> Result<Vec<FollowEvent>, ClientError> {
+        let opener = self.opener.as_mut().ok_or_else(|| {
+            ClientError::ProtocolViolation("a frame arrived before the welcome".into())
+        })?;
+
+        let in_overlap = self.overlap_end.is_some_and(|end| offset <= end);
+        if !in_overlap {
+            self.overlap_end = None;
+        }
+        self.last_received = Some(self.last_received.map_or(offset, |last| last.max(offset)));
+        self.report.last_offset = self.last_received;
+
+        let header = match FrameHeader::decode_frame(frame) {
+            Ok(header) => header,
+            Err(err) => return Ok(vec![self.reject(offset, err.to_string())]),
+        };
+        if in_overlap && opener.already_seen(&header) {
+            self.report.duplicates_skipped += 1;
+            return Ok(Vec::new());
+        }
+
+        match opener.open(frame) {
+            Ok(opened) => Ok(self.apply(offset, opened)),
+            Err(err) => Ok(vec![self.reject(offset, err.to_string())]),
+        }
+    }
+
+    pub(crate) fn report(&self) -> FollowReport {
+        self.report.clone()
+    }
+
+    fn apply(&mut self, offset: u64, opened: OpenedFrame) -> Vec<FollowEvent> {
+        let stream_id = opened.header.stream_id;
+        let mut events = Vec::new();
+        if opened.skipped_final > 0 {
+            self.report.missing_final_frames += opened.skipped_final;
+            events.push(FollowEvent::Gap {
+                offset,
+                stream_id,
+                missing_final_frames: opened.skipped_final,
+            });
+        }
+        if opened.chain_verified == Some(false) {
+            events.push(self.reject(
+                offset,
+                "the frame's previous-frame hash does not match the frame before it".into(),
+            ));
+            return events;
+        }
+
+        let event = match opened.header.kind {
+            FrameKind::Interim | FrameKind::Final => self.segment_event(offset, &opened),
+            FrameKind::EndOfSession => match EndOfSession::from_plaintext(&opened.content) {
+                Ok(end) => {
+                    self.report.end_of_session = true;
+                    FollowEvent::EndOfSession {
+                        offset,
+                        stream_id,
+                        final_segments: end.final_segments,
+                    }
+                }
+                Err(_) => self.reject(
+                    offset,
+                    "the decrypted end-of-session frame is not valid JSON".into(),
+                ),
+            },
+        };
+        if !matches!(event, FollowEvent::FrameRejected { .. }) {
+            self.report.frames_opened += 1;
+        }
+        events.push(event);
+        events
+    }
+
+    fn segment_event(&mut self, offset: u64, opened: &OpenedFrame) -> FollowEvent {
+        let stream_id = opened.header.stream_id;
+        // The parser's message could quote decrypted text, so it is not passed on.
+        let segment = match opened.segment() {
+            Ok(segment) => segment,
+            Err(_) => {
+                return self.reject(offset, "the decrypted segment is not valid JSON".into());
+            }
+        };
+        let frame_is_final = opened.header.kind == FrameKind::Final;
+        if segment.is_final != frame_is_final {
+            return self.reject(
+                offset,
+                "the segment's final flag contradicts the frame kind".into(),
+            );
+        }
+        if frame_is_final {
+            FollowEvent::SegmentFinal {
+                offset,
+                stream_id,
+                segment,
+            }
+        } else {
+            FollowEvent::SegmentUpdated {
+                offset,
+                stream_id,
+                segment,
+            }
+        }
+    }
+
+    fn reject(&mut self, offset: u64, reason: String) -> FollowEvent {
+        self.report.frames_rejected += 1;
+        tracing::debug!(offset, reason = %reason, "frame rejected");
+        FollowEvent::FrameRejected { offset, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sealcast_protocol::{StreamSealer, TranscriptSegment};
+
+    use super::*;
+
+    const SESSION: SessionId = SessionId([7; 16]);
+
+    fn key() -> SessionKey {
+        SessionKey::from_bytes([9; 32])
+    }
+
+    fn segment(id: u64, revision: u32, is_final: bool) -> TranscriptSegment {
+        TranscriptSegment {
+            segment_id: id,
+            revision,
+            speaker: "doctor".into(),
+            start_ms: 0,
+            end_ms: 100,
+            text: format!("text {id}.{revision}"),
+            is_final,
+        }
+    }
+
+    fn welcomed() -> FollowState {
+        let mut state = FollowState::new(key());
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
+        state
+    }
+
+    fn kinds(events: &[FollowEvent]) -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|event| match event {
+                FollowEvent::SegmentUpdated { .. } => "updated",
+                FollowEvent::SegmentFinal { .. } => "final",
+                FollowEvent::Gap { .. } => "gap",
+                FollowEvent::FrameRejected { .. } => "rejected",
+                FollowEvent::EndOfSession { .. } => "end",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wrong_fingerprint_fails_before_any_frame() {
+        let mut state = FollowState::new(key());
+        let other = SessionKey::from_bytes([1; 32]).fingerprint().to_base64url();
+        let err = state.welcome(SESSION, 1, &other, 0, false).unwrap_err();
+        assert_eq!(err.to_string(), "key does not match this session");
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let frame = sealer.seal_segment(&segment(0, 0, true)).unwrap();
+        assert!(matches!(
+            state.delivery(0, &frame),
+            Err(ClientError::ProtocolViolation(_))
+        ));
+    }
+
+    #[test]
+    fn interim_and_final_frames_become_events() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let interim = sealer.seal_segment(&segment(0, 0, false)).unwrap();
+        let last = sealer.seal_segment(&segment(0, 1, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(0, &interim).unwrap()), ["updated"]);
+        assert_eq!(kinds(&state.delivery(1, &last).unwrap()), ["final"]);
+        assert_eq!(state.report().frames_opened, 2);
+    }
+
+    #[test]
+    fn tampered_frame_is_rejected_and_following_continues() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let mut bad = sealer.seal_segment(&segment(0, 0, true)).unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let events = state.delivery(0, &bad).unwrap();
+        assert_eq!(
+            events,
+            vec![FollowEvent::FrameRejected {
+                offset: 0,
+                reason: "frame failed to decrypt: it was altered or sealed under another key"
+                    .into()
+            }]
+        );
+        // The rejected frame was final, so the next frame shows it as a gap.
+        let good = sealer.seal_segment(&segment(1, 0, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(1, &good).unwrap()), ["gap", "final"]);
+    }
+
+    #[test]
+    fn replay_outside_overlap_is_rejected() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let frame = sealer.seal_segment(&segment(0, 0, true)).unwrap();
+        state.delivery(0, &frame).unwrap();
+        let events = state.delivery(1, &frame).unwrap();
+        let [FollowEvent::FrameRejected { offset: 1, reason }] = events.as_slice() else {
+            panic!("expected a rejection, got {events:?}");
+        };
+        assert!(reason.contains("replay"), "{reason}");
+    }
+
+    #[test]
+    fn reordered_frame_is_rejected() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let first = sealer.seal_segment(&segment(0, 0, false)).unwrap();
+        let second = sealer.seal_segment(&segment(0, 1, true)).unwrap();
+        state.delivery(0, &second).unwrap();
+        let events = state.delivery(1, &first).unwrap();
+        let [FollowEvent::FrameRejected { reason, .. }] = events.as_slice() else {
+            panic!("expected a rejection, got {events:?}");
+        };
+        assert!(reason.contains("reordered"), "{reason}");
+    }
+
+    #[test]
+    fn resume_overlap_is_skipped_silently() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let frames: Vec<Vec<u8>> = (0..3)
+            .map(|id| sealer.seal_segment(&segment(id, 0, true)).unwrap())
+            .collect();
+        for (offset, frame) in frames.iter().enumerate() {
+            state.delivery(offset as u64, frame).unwrap();
+        }
+        state.committed(0);
+        assert_eq!(state.resume_from(), 1);
+
+        state.begin_reconnect();
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 1, false).unwrap();
+        assert!(state.delivery(1, &frames[1]).unwrap().is_empty());
+        assert!(state.delivery(2, &frames[2]).unwrap().is_empty());
+        let next = sealer.seal_segment(&segment(3, 0, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(3, &next).unwrap()), ["final"]);
+        assert_eq!(state.report().duplicates_skipped, 2);
+
+        // After the overlap, the same frame again is a replay.
+        let events = state.delivery(4, &frames[2]).unwrap();
+        assert_eq!(kinds(&events), ["rejected"]);
+    }
+
+    #[test]
+    fn skipped_final_frame_is_a_gap() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let first = sealer.seal_segment(&segment(0, 0, true)).unwrap();
+        let _lost = sealer.seal_segment(&segment(1, 0, true)).unwrap();
+        let third = sealer.seal_segment(&segment(2, 0, true)).unwrap();
+        state.delivery(0, &first).unwrap();
+        let events = state.delivery(2, &third).unwrap();
+        assert_eq!(kinds(&events), ["gap", "final"]);
+        assert!(matches!(
+            events[0],
+            FollowEvent::Gap {
+                missing_final_frames: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn skipped_interim_frame_is_not_a_gap() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let _dropped = sealer.seal_segment(&segment(0, 0, false)).unwrap();
+        let last = sealer.seal_segment(&segment(0, 1, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(1, &last).unwrap()), ["final"]);
+    }
+
+    #[test]
+    fn end_of_session_frame_is_reported() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let end = sealer
+            .seal_end(&EndOfSession { final_segments: 0 })
+            .unwrap();
+        assert_eq!(kinds(&state.delivery(0, &end).unwrap()), ["end"]);
+        assert!(state.report().end_of_session);
+    }
+
+    #[test]
+    fn malformed_segment_reason_quotes_no_plaintext() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let content = br#"{"segment_id":"private words"}"#;
+        let frame = sealer.seal(FrameKind::Final, content).unwrap();
+        let events = state.delivery(0, &frame).unwrap();
+        assert_eq!(
+            events,
+            vec![FollowEvent::FrameRejected {
+                offset: 0,
+                reason: "the decrypted segment is not valid JSON".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn resume_offset_takes_the_lower_bound() {
+        let mut state = welcomed();
+        assert_eq!(state.resume_from(), 0);
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        for offset in 0..5 {
+            let frame = sealer.seal_segment(&segment(offset, 0, true)).unwrap();
+            state.delivery(offset, &frame).unwrap();
+        }
+        assert_eq!(state.resume_from(), 0);
+        state.committed(2);
+        assert_eq!(state.resume_from(), 3);
+        state.committed(9);
+        assert_eq!(state.resume_from(), 5);
+    }
+
+    #[test]
+    fn changed_epoch_cannot_recover() {
+        let mut state = welcomed();
+        let fingerprint = key().fingerprint().to_base64url();
+        let err = state
+            .welcome(SESSION, 2, &fingerprint, 0, false)
+            .unwrap_err();
+        assert!(matches!(err, ClientError::CannotRecover));
+    }
+
+    #[test]
+    fn frame_of_another_session_is_rejected() {
+        let mut state = welcomed();
+        let mut sealer = StreamSealer::new(&key(), SessionId([8; 16]));
+        let frame = sealer.seal_segment(&segment(0, 0, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(0, &frame).unwrap()), ["rejected"]);
+    }
+}

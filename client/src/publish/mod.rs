@@ -1,0 +1,233 @@
+//! Publishing sealed transcript frames to the relay.
+//!
+//! A [`Publisher`] seals each segment on one stream (one [`StreamSealer`], so
+//! the stream id and sequence numbers stay the same across reconnects) and
+//! hands the frame to a background task. That task keeps every frame until
+//! the relay acknowledges it, and waits for acknowledgements once
+//! [`PublisherConfig::window`] frames are outstanding. When the connection
+//! drops, or the relay closes it with a code worth retrying, the task
+//! reconnects with jittered exponential backoff and resends every
+//! unacknowledged frame in order. The relay drops the frames it already has
+//! and acknowledges them again.
+//!
+//! Final errors, which stop publishing: HTTP 401, 403, 404 and 410 on the
+//! upgrade, close codes 4000-4003 (the relay rejected a frame), 4004 (the
+//! session ended) and 4007 (another publisher connection replaced this one).
+
+mod link;
+mod outbox;
+
+use sealcast_protocol::{
+    EndOfSession, SessionId, SessionKey, StreamId, StreamSealer, TranscriptSegment,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use self::link::{Command, Link};
+use self::outbox::Outbox;
+use crate::backoff::Backoff;
+use crate::endpoint;
+use crate::error::ClientError;
+use crate::keystore::StoredSession;
+use crate::secret::SecretString;
+use crate::tls::TlsSettings;
+
+/// Default limit of unacknowledged frames.
+pub const DEFAULT_WINDOW: usize = 1024;
+
+/// Publisher settings: relay, session, credential, window and backoff.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Relay base URL, `https://HOST:PORT/`.
+    pub relay: Url,
+    /// Session to publish to.
+    pub session_id: SessionId,
+    /// Credential of the publish socket.
+    pub publisher_token: SecretString,
+    /// Trusted roots for the relay's certificate.
+    pub tls: TlsSettings,
+    /// Most frames sent but not yet acknowledged; publishing waits beyond it.
+    pub window: usize,
+    /// Reconnect policy.
+    pub backoff: Backoff,
+}
+
+impl PublisherConfig {
+    /// Creates a configuration with the default window and backoff.
+    pub fn new(
+        relay: Url,
+        session_id: SessionId,
+        publisher_token: SecretString,
+        tls: TlsSettings,
+    ) -> Self {
+        PublisherConfig {
+            relay,
+            session_id,
+            publisher_token,
+            tls,
+            window: DEFAULT_WINDOW,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Creates a configuration for a stored session.
+    pub fn from_session(session: &StoredSession, tls: TlsSettings) -> Self {
+        Self::new(
+            session.relay.clone(),
+            session.session_id,
+            session.publisher_token.clone(),
+            tls,
+        )
+    }
+}
+
+/// Summary of a finished publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReport {
+    /// The stream the frames were sealed on.
+    pub stream_id: StreamId,
+    /// Frames sealed and sent.
+    pub frames: u64,
+    /// Highest sequence number the relay acknowledged.
+    pub acknowledged_seq: Option<u64>,
+    /// Session offset of that frame.
+    pub last_offset: Option<u64>,
+    /// Connections made after the first.
+    pub reconnects: u32,
+}
+
+/// Publishes segments of one session on one stream.
+#[derive(Debug)]
+pub struct Publisher {
+    sealer: StreamSealer,
+    commands: mpsc::Sender<Command>,
+    link: Option<JoinHandle<Result<PublishReport, ClientError>>>,
+    final_segments: u64,
+}
+
+impl Publisher {
+    /// Starts a new stream and returns once the relay has welcomed the first
+    /// connection, or with the error that stopped it.
+    pub async fn connect(config: PublisherConfig, key: &SessionKey) -> Result<Self, ClientError> {
+        let sealer = StreamSealer::new(key, config.session_id);
+        let (commands, command_receiver) = mpsc::channel(1);
+        let (connected, connected_receiver) = oneshot::channel();
+
+        let link = Link {
+            url: endpoint::publish_url(&config.relay, &config.session_id),
+            session_id: config.session_id,
+            stream_id: sealer.stream_id(),
+            token: config.publisher_token,
+            tls: config.tls.websocket_config()?,
+            backoff: config.backoff,
+            outbox: Outbox::new(sealer.stream_id(), config.window),
+            commands: command_receiver,
+            connected: Some(connected),
+            finishing: false,
+            frames: 0,
+            reconnects: 0,
+        };
+        let mut link = tokio::spawn(link.run());
+
+        tokio::select! {
+            ready = connected_receiver => {
+                if ready.is_err() {
+                    return Err(link_outcome(link.await));
+                }
+            }
+            result = &mut link => return Err(link_outcome(result)),
+        }
+        Ok(Publisher {
+            sealer,
+            commands,
+            link: Some(link),
+            final_segments: 0,
+        })
+    }
+
+    /// Returns the id of the stream this publisher seals on.
+    pub fn stream_id(&self) -> StreamId {
+        self.sealer.stream_id()
+    }
+
+    /// Seals a segment and queues it for sending, waiting while the window is
+    /// full. Returns the frame's sequence number.
+    pub async fn publish(&mut self, segment: &TranscriptSegment) -> Result<u64, ClientError> {
+        let seq = self.sealer.next_seq();
+        let frame = self.sealer.seal_segment(segment)?;
+        if segment.is_final {
+            self.final_segments += 1;
+        }
+        self.send(Command::Frame { seq, frame }).await?;
+        Ok(seq)
+    }
+
+    /// Waits until the relay has acknowledged every frame, then closes the connection.
+    pub async fn finish(mut self) -> Result<PublishReport, ClientError> {
+        self.send(Command::Finish).await?;
+        match self.link.take() {
+            Some(link) => link.await.map_err(join_error)?,
+            None => Err(ClientError::Internal(
+                "the publisher already stopped".into(),
+            )),
+        }
+    }
+
+    /// Seals and sends the end-of-session frame, then finishes. The frame
+    /// states how many final segments this stream carried.
+    pub async fn end(mut self) -> Result<PublishReport, ClientError> {
+        let seq = self.sealer.next_seq();
+        let end = EndOfSession {
+            final_segments: self.final_segments,
+        };
+        let frame = self.sealer.seal_end(&end)?;
+        self.send(Command::Frame { seq, frame }).await?;
+        self.finish().await
+    }
+
+    async fn send(&mut self, command: Command) -> Result<(), ClientError> {
+        if self.commands.send(command).await.is_ok() {
+            return Ok(());
+        }
+        match self.link.take() {
+            Some(link) => Err(link_outcome(link.await)),
+            None => Err(ClientError::Internal(
+                "the publisher already stopped".into(),
+            )),
+        }
+    }
+}
+
+/// Returns the error of a link that stopped early.
+fn link_outcome(
+    result: Result<Result<PublishReport, ClientError>, tokio::task::JoinError>,
+) -> ClientError {
+    match result {
+        Ok(Err(err)) => err,
+        Ok(Ok(_)) => ClientError::Internal("the publish connection stopped early".into()),
+        Err(err) => join_error(err),
+    }
+}
+
+fn join_error(err: tokio::task::JoinError) -> ClientError {
+    ClientError::Internal(format!("the publish task failed: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_token() {
+        let config = PublisherConfig::new(
+            Url::parse("https://relay.example/").unwrap(),
+            SessionId([1; 16]),
+            SecretString::from("publisher-token-value"),
+            TlsSettings::public_roots(),
+        );
+        let text = format!("{config:?}");
+        assert!(!text.contains("publisher-token-value"), "{text}");
+        assert!(text.contains("window: 1024"), "{text}");
+    }
+}
