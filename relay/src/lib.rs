@@ -1,1 +1,47 @@
-//! placeholder
+//! The sealcast relay: an HTTPS and WebSocket server that fans sealed
+//! transcript frames out from a clinician's device to patients' devices and
+//! keeps them in a ciphertext-only store.
+//!
+//! The relay never has a session key. It routes on the frame header, gives
+//! every accepted frame a gap-free per-session offset, sends it to followers
+//! at once and acknowledges it to the publisher after the store commits it.
+//! Followers resume from an offset with no gap or duplicate. The wire format
+//! and the API contract live in `sealcast_protocol`; this crate is one
+//! implementation of its relay side, with SQLite as the store.
+//!
+//! Entry points: [`start`] with a [`Config`] returns a [`RelayHandle`];
+//! [`cli::main`] is the `sealcast-relay` binary.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `cli` | command line, logging setup, signals |
+//! | `config` | [`Config`] and [`Limits`] |
+//! | `server` | [`start`] and [`RelayHandle`] |
+//! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
+//! | `tls` | rustls setup, development certificate, live certificate swap |
+//! | `shutdown` | shutdown signal and task tracking |
+//! | `credentials` | random tokens, their hashes, API key bootstrap |
+//! | `http` | routes, authentication, errors, session endpoints |
+//! | `ws` | publish and follow sockets |
+//! | `hub` | per-session ordering, ring of recent frames, follower queues |
+//! | `store` | SQLite schema, group-commit writer thread, read pool |
+//! | `metrics` | metric names and the Prometheus recorder |
+
+pub mod cli;
+pub mod config;
+mod credentials;
+pub mod error;
+mod http;
+mod hub;
+mod listener;
+pub mod metrics;
+mod server;
+mod shutdown;
+mod store;
+pub mod tls;
+mod ws;
+
+pub use config::{Config, Limits};
+pub use error::RelayError;
+pub use server::{start, RelayHandle};
+pub use store::StoreError;

@@ -1,0 +1,273 @@
+//! The `sealcast-relay` command line.
+//!
+//! `sealcast-relay serve` is also what runs without a subcommand. Every flag
+//! can be set through an environment variable named `SEALCAST_` and the flag
+//! in upper case, for example `SEALCAST_DATA_DIR`.
+
+use std::io::{self, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{default_max_message_size, parse_duration, Config, Limits};
+use crate::error::RelayError;
+use crate::server::{start, RelayHandle};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sealcast-relay",
+    version,
+    about = "Relay for end-to-end encrypted live transcripts: TLS WebSockets, fan-out and a ciphertext-only store",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the relay until SIGINT or SIGTERM (the default). SIGHUP reloads the certificate.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "SEALCAST_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Directory for relay.db and the development certificate.
+    #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
+    data_dir: PathBuf,
+    /// Base URL of invite links [default: https://localhost:PORT].
+    #[arg(long, env = "SEALCAST_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// PEM certificate chain. Without it and --tls-key, a development certificate is used.
+    #[arg(long, env = "SEALCAST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SEALCAST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "SEALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Maximum simultaneous connections, WebSockets included.
+    #[arg(long, env = "SEALCAST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Maximum WebSocket message and frame size, in bytes.
+    #[arg(long, env = "SEALCAST_MAX_MESSAGE_SIZE", default_value_t = default_max_message_size())]
+    max_message_size: usize,
+    /// WebSocket read buffer size, in bytes.
+    #[arg(long, env = "SEALCAST_READ_BUFFER_SIZE", default_value_t = Limits::default().read_buffer_size)]
+    read_buffer_size: usize,
+    /// WebSocket write buffer size, in bytes.
+    #[arg(long, env = "SEALCAST_WRITE_BUFFER_SIZE", default_value_t = Limits::default().write_buffer_size)]
+    write_buffer_size: usize,
+    /// Maximum bytes buffered for writing on one WebSocket [default: twice the message size plus the write buffer].
+    #[arg(long, env = "SEALCAST_MAX_WRITE_BUFFER_SIZE")]
+    max_write_buffer_size: Option<usize>,
+    /// Bytes queued for one follower before it catches up from the store instead.
+    #[arg(long, env = "SEALCAST_FOLLOWER_QUEUE_BYTES", default_value_t = Limits::default().follower_queue_bytes)]
+    follower_queue_bytes: usize,
+    /// Maximum time for one WebSocket write, for example 30s or 500ms.
+    #[arg(long, env = "SEALCAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// Interval between WebSocket pings.
+    #[arg(long, env = "SEALCAST_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Maximum time a WebSocket may stay silent, pongs included.
+    #[arg(long, env = "SEALCAST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Maximum time for a TLS handshake, and for reading a request's headers.
+    #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        let max_write_buffer_size = self
+            .max_write_buffer_size
+            .unwrap_or(2 * self.max_message_size + self.write_buffer_size);
+        Config {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            public_url: self.public_url,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            limits: Limits {
+                max_connections: self.max_connections,
+                max_message_size: self.max_message_size,
+                read_buffer_size: self.read_buffer_size,
+                write_buffer_size: self.write_buffer_size,
+                max_write_buffer_size,
+                follower_queue_bytes: self.follower_queue_bytes,
+                write_timeout: self.write_timeout,
+                ping_interval: self.ping_interval,
+                idle_timeout: self.idle_timeout,
+                handshake_timeout: self.handshake_timeout,
+            },
+        }
+    }
+}
+
+/// Runs the command line: parses arguments, sets up logging and serves.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    if let Err(error) = init_logging(args.log_format) {
+        eprintln!("error: failed to set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args.into_config())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "relay failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), RelayError> {
+    let handle = start(config).await?;
+    if let Err(error) = announce(&handle) {
+        tracing::error!(%error, "failed to write the startup lines to stdout");
+    }
+    if let Err(error) = wait_for_stop(&handle).await {
+        tracing::error!(%error, "failed to listen for signals: stopping");
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Prints the listening address and, on first start, the API key to stdout.
+fn announce(handle: &RelayHandle) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "sealcast-relay listening on https://{}",
+        handle.local_addr()
+    )?;
+    if let Some(key) = handle.api_key() {
+        writeln!(out, "clinic API key (shown once): {key}")?;
+    }
+    out.flush()
+}
+
+/// Waits for SIGINT or SIGTERM, reloading the certificate on SIGHUP meanwhile.
+async fn wait_for_stop(handle: &RelayHandle) -> io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result?;
+                tracing::info!("SIGINT received");
+                return Ok(());
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM received");
+                return Ok(());
+            }
+            _ = hangup.recv() => match handle.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP received: TLS certificate reloaded"),
+                Err(error) => tracing::error!(%error, "failed to reload the TLS certificate: keeping the current one"),
+            },
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_without_subcommand_serve() {
+        let cli = Cli::try_parse_from(["sealcast-relay", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.port(), 0);
+    }
+
+    #[test]
+    fn serve_flags_map_to_config() {
+        let cli = Cli::try_parse_from([
+            "sealcast-relay",
+            "serve",
+            "--write-timeout",
+            "500ms",
+            "--follower-queue-bytes",
+            "200000",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve subcommand not parsed");
+        };
+        let config = args.into_config();
+        assert_eq!(config.limits.write_timeout, Duration::from_millis(500));
+        assert_eq!(config.limits.follower_queue_bytes, 200_000);
+        assert_eq!(
+            config.limits,
+            Limits {
+                write_timeout: Duration::from_millis(500),
+                follower_queue_bytes: 200_000,
+                ..Limits::default()
+            }
+        );
+    }
+
+    #[test]
+    fn lone_certificate_flag_is_rejected() {
+        let result = Cli::try_parse_from(["sealcast-relay", "--tls-cert", "cert.pem"]);
+        assert!(result.is_err());
+    }
+}

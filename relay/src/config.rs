@@ -1,0 +1,219 @@
+//! Relay configuration: addresses, files and the limits that bound memory and time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::RelayError;
+
+/// Everything [`crate::start`] needs to run a relay.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port, see [`crate::RelayHandle::local_addr`].
+    pub listen: SocketAddr,
+    /// Directory holding `relay.db` and, without configured certificates, the
+    /// development certificate. Created with mode 0700 when missing.
+    pub data_dir: PathBuf,
+    /// Base URL of invite links, for example `https://relay.example.org`.
+    /// `None` means `https://localhost:<bound port>`.
+    pub public_url: Option<String>,
+    /// PEM certificate chain, leaf first. Without it and [`Config::tls_key`],
+    /// the relay makes or reuses a self-signed development certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching [`Config::tls_cert`].
+    pub tls_key: Option<PathBuf>,
+    /// Limits on connections, messages, queues and timeouts.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("sealcast-data"),
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Limits that keep the relay's memory and time bounded whatever peers do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum simultaneous TCP connections, WebSockets included. Connections
+    /// over it get an HTTP 503 and are counted.
+    pub max_connections: usize,
+    /// Maximum WebSocket message and frame size in bytes.
+    pub max_message_size: usize,
+    /// WebSocket read buffer size in bytes.
+    pub read_buffer_size: usize,
+    /// WebSocket write buffer size in bytes.
+    pub write_buffer_size: usize,
+    /// Maximum bytes a WebSocket may buffer for writing before a send fails.
+    pub max_write_buffer_size: usize,
+    /// Bytes of frames queued for one follower before it is switched to
+    /// catch-up from the store. Past half of it, interim frames are skipped.
+    pub follower_queue_bytes: usize,
+    /// Maximum time for a single WebSocket write before the peer is dropped.
+    pub write_timeout: Duration,
+    /// Interval between pings on WebSockets.
+    pub ping_interval: Duration,
+    /// Maximum time a WebSocket may stay silent, pongs included, before it is closed.
+    pub idle_timeout: Duration,
+    /// Maximum time for a TLS handshake, and for reading a request's headers.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let max_message_size = default_max_message_size();
+        let write_buffer_size = 8 * 1024;
+        Limits {
+            max_connections: 10_000,
+            max_message_size,
+            read_buffer_size: 8 * 1024,
+            write_buffer_size,
+            max_write_buffer_size: 2 * max_message_size + write_buffer_size,
+            follower_queue_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that every limit is usable and consistent with the others.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let invalid = |name, reason: String| Err(RelayError::InvalidLimit { name, reason });
+        let smallest_message = sealcast_protocol::HEADER_LEN + 8;
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1".into());
+        }
+        if self.max_message_size < smallest_message {
+            return invalid(
+                "max_message_size",
+                format!("{} bytes cannot hold a frame header", self.max_message_size),
+            );
+        }
+        if self.max_write_buffer_size <= self.write_buffer_size + self.max_message_size {
+            return invalid(
+                "max_write_buffer_size",
+                "must exceed write_buffer_size plus max_message_size".into(),
+            );
+        }
+        if self.follower_queue_bytes < self.max_message_size {
+            return invalid(
+                "follower_queue_bytes",
+                "must hold at least one message of max_message_size".into(),
+            );
+        }
+        for (name, value) in [
+            ("write_timeout", self.write_timeout),
+            ("ping_interval", self.ping_interval),
+            ("handshake_timeout", self.handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(name, "must be longer than zero".into());
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return invalid(
+                "idle_timeout",
+                "must be longer than ping_interval, or peers time out between pings".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The largest frame of protocol version 1 rounded up to the next KiB, which
+/// also leaves room for the 8-byte offset prefix of a delivery.
+pub fn default_max_message_size() -> usize {
+    sealcast_protocol::MAX_FRAME_LEN.div_ceil(1024) * 1024
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number such as 30s or 500ms")
+    })?;
+
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        other => Err(format!(
+            "invalid duration unit {other:?} in {text:?}: use ms, s or m"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_units_parse() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn duration_rejects_garbage() {
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10h").is_err());
+    }
+
+    #[test]
+    fn default_limits_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn inconsistent_limits_rejected() {
+        let cases = [
+            Limits {
+                max_connections: 0,
+                ..Limits::default()
+            },
+            Limits {
+                max_write_buffer_size: 8 * 1024,
+                ..Limits::default()
+            },
+            Limits {
+                follower_queue_bytes: 1024,
+                ..Limits::default()
+            },
+            Limits {
+                ping_interval: Duration::ZERO,
+                ..Limits::default()
+            },
+            Limits {
+                idle_timeout: Duration::from_secs(5),
+                ..Limits::default()
+            },
+        ];
+        for limits in cases {
+            assert!(limits.validate().is_err(), "{limits:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn message_limit_fits_largest_delivery() {
+        let limit = default_max_message_size();
+        assert_eq!(limit % 1024, 0);
+        assert!(limit >= sealcast_protocol::MAX_FRAME_LEN + 8);
+    }
+}

@@ -1,0 +1,109 @@
+//! The error every HTTP handler returns, rendered as a JSON `ErrorBody`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sealcast_protocol::api::ErrorBody;
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+/// A failed request. The message goes to the client, so it names the problem
+/// and the fix but never a credential or internal detail.
+#[derive(Debug, Error)]
+pub(crate) enum ApiError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The credential is missing or invalid.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The session or route does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// The session has ended.
+    #[error("{0}")]
+    Gone(String),
+    /// The body is larger than the relay accepts.
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The relay cannot serve the request now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The relay failed; the details are in its log.
+    #[error("internal error: retry later")]
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Returns the machine-readable `error` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Gone(_) => "session_ended",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.kind().into(),
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::WriterStopped => ApiError::Unavailable(
+                "relay is shutting down: retry on another relay or later".into(),
+            ),
+            other => {
+                tracing::error!(error = %other, "store failed while serving a request");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn error_renders_json_body() {
+        let response = ApiError::Gone("session ended".into()).into_response();
+        assert_eq!(response.status(), StatusCode::GONE);
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body.error, "session_ended");
+        assert_eq!(body.message, "session ended");
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP API: routes, shared state, credentials and error responses.
+//!
+//! Routes follow `sealcast_protocol::api`. Every error is a JSON
+//! [`sealcast_protocol::api::ErrorBody`] with a matching status.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`error`] | the error type and its JSON response |
+//! | [`auth`] | bearer credentials and their checks |
+//! | [`sessions`] | create and end sessions |
+//! | [`ops`] | health, metrics and fallbacks |
+//! | [`observe`] | request counting and logging |
+
+pub(crate) mod auth;
+mod error;
+mod observe;
+mod ops;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Limits;
+use crate::hub::Registry;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use crate::ws;
+pub(crate) use error::ApiError;
+
+/// Largest request body accepted, in bytes. Session requests are far smaller.
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// State shared by every handler.
+pub(crate) struct RelayState {
+    pub(crate) store: Store,
+    pub(crate) hubs: Registry,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// The state as handlers receive it.
+pub(crate) type AppState = Arc<RelayState>;
+
+/// Builds the router of every endpoint.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(sessions::create))
+        .route("/v1/sessions/{id}/end", post(sessions::end))
+        .route("/v1/sessions/{id}/publish", get(ws::publish::upgrade))
+        .route("/v1/follow", get(ws::follow::upgrade))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(observe::record))
+        .with_state(state)
+}

@@ -1,0 +1,40 @@
+//! Health, metrics and the fallbacks for unknown routes and methods.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+
+/// `GET /healthz`: 200 `ok` while reads from the store succeed.
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.api_key_count().await {
+        Ok(_) => "ok".into_response(),
+        Err(error) => {
+            tracing::error!(%error, "health check failed to read the store");
+            ApiError::Unavailable("store is not readable".into()).into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition format.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Any path no route matches.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound(
+        "no such endpoint: the relay serves /v1/sessions, /v1/follow, /healthz and /metrics".into(),
+    )
+}
+
+/// A known path with a method it does not serve.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

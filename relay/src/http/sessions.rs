@@ -1,0 +1,141 @@
+//! `POST /v1/sessions` and `POST /v1/sessions/{id}/end`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::{Fingerprint, SessionId};
+
+use super::{auth, ApiError, AppState, MAX_BODY_BYTES};
+use crate::credentials::random_token;
+use crate::hub::EndRefused;
+use crate::metrics::{SESSIONS_CREATED, SESSIONS_ENDED};
+use crate::store::{now_millis, NewSession, StoreError};
+
+/// Creates a session for a clinic API key holder. Responds 201 with the
+/// session's id, epoch and both tokens, which the relay keeps only hashed.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CreateSessionResponse>), ApiError> {
+    auth::require_api_key(&state, &headers).await?;
+    let request = parse_request(body).await?;
+    let fingerprint = Fingerprint::from_base64url(&request.fingerprint).ok_or_else(|| {
+        ApiError::BadRequest("fingerprint must be 16 bytes as unpadded base64url".into())
+    })?;
+    let invite_verifier = request
+        .invite_verifier
+        .as_deref()
+        .map(parse_verifier)
+        .transpose()?;
+
+    let publisher_token = random_token();
+    let invite_token = random_token();
+    let session = NewSession {
+        session_id: SessionId::random(),
+        epoch: rand::rngs::OsRng.next_u64(),
+        fingerprint: fingerprint.0,
+        publisher_token_hash: publisher_token.hash(),
+        invite_token_hash: invite_token.hash(),
+        invite_verifier,
+        created_at: now_millis(),
+    };
+    let response = CreateSessionResponse {
+        session_id: session.session_id,
+        epoch: session.epoch,
+        publisher_token: publisher_token.expose().to_owned(),
+        invite_token: invite_token.expose().to_owned(),
+    };
+    state.store.create_session(session).await?;
+
+    metrics::counter!(SESSIONS_CREATED).increment(1);
+    tracing::info!(session_id = %response.session_id, "session created");
+    Ok((StatusCode::CREATED, Json(response)))
+}
+
+/// Ends a session for its publisher token holder, after its accepted frames.
+/// Responds 204, or 410 if it had already ended.
+pub(crate) async fn end(
+    State(state): State<AppState>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let record = auth::publisher_session(&state, &headers, &session, auth::END_SESSION).await?;
+    let already_ended =
+        || ApiError::Gone(format!("session {} has already ended", record.session_id));
+    if record.ended_at.is_some() {
+        return Err(already_ended());
+    }
+
+    let hub = state.hubs.lease(&record).await?;
+    let permit = state.store.reserve().await?;
+    let committed = hub
+        .hub()
+        .begin_end(permit, now_millis())
+        .map_err(|refused| match refused {
+            EndRefused::AlreadyEnded => already_ended(),
+            EndRefused::Unavailable => ApiError::Unavailable(
+                "session state is being rebuilt after a store failure: retry".into(),
+            ),
+        })?;
+
+    match committed.await {
+        Ok(Ok(())) => {
+            metrics::counter!(SESSIONS_ENDED).increment(1);
+            tracing::info!(session_id = %record.session_id, "session ended");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Ok(Err(StoreError::NotEndable { .. })) => Err(already_ended()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(StoreError::WriterStopped.into()),
+    }
+}
+
+async fn parse_request(body: Body) -> Result<CreateSessionRequest, ApiError> {
+    // Reading fails when the body is over the limit or the connection broke.
+    // A broken connection never sees the response, so 413 fits both.
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::BadRequest(format!(
+            "request body is not a valid session request: {error}"
+        ))
+    })
+}
+
+fn parse_verifier(text: &str) -> Result<[u8; 32], ApiError> {
+    let invalid =
+        || ApiError::BadRequest("invite_verifier must be 32 bytes as unpadded base64url".into());
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| invalid())?;
+    <[u8; 32]>::try_from(bytes).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_accepts_padded_and_unpadded() {
+        let unpadded = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert_eq!(parse_verifier(&unpadded).unwrap(), [7u8; 32]);
+        assert_eq!(parse_verifier(&format!("{unpadded}=")).unwrap(), [7u8; 32]);
+    }
+
+    #[test]
+    fn verifier_rejects_wrong_length() {
+        let short = URL_SAFE_NO_PAD.encode([7u8; 31]);
+        assert!(matches!(
+            parse_verifier(&short),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(parse_verifier("!!"), Err(ApiError::BadRequest(_))));
+    }
+}

@@ -1,0 +1,159 @@
+//! Per-session fan-out: a concurrent map from session id to the session's hub.
+//!
+//! A hub lives while a connection has a [`HubLease`] on it or frames are in
+//! flight to the store. It is built from the store on first use, so no state
+//! is lost when an idle hub is dropped or a failed one is discarded.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`session`] | one session's offsets, ring, publisher seat and followers |
+//! | [`handles`] | the publisher seat and follower subscriptions sockets keep |
+//! | [`queue`] | a follower's bounded live queue |
+
+mod handles;
+mod queue;
+mod session;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use sealcast_protocol::{FrameKind, SessionId};
+
+use crate::store::{SessionRecord, Store, StoreError};
+pub(crate) use handles::Subscription;
+pub(crate) use queue::Popped;
+pub(crate) use session::{EndRefused, Offer, Progress, SessionHub, Subscribe};
+
+/// A frame held in memory for fan-out.
+#[derive(Debug)]
+pub(crate) struct HubFrame {
+    /// The frame's session offset.
+    pub(crate) offset: u64,
+    /// The frame's kind, which decides whether a lagging follower may skip it.
+    pub(crate) kind: FrameKind,
+    /// The follow-socket message: the offset, then the frame.
+    pub(crate) delivery: Bytes,
+}
+
+/// The hubs of all active sessions.
+#[derive(Clone)]
+pub(crate) struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
+pub(crate) struct RegistryInner {
+    hubs: DashMap<SessionId, Arc<SessionHub>>,
+    store: Store,
+    ring_budget: usize,
+}
+
+impl Registry {
+    /// Makes an empty registry whose hubs load from `store` and keep up to
+    /// `ring_budget` bytes of committed frames for subscribing followers.
+    pub(crate) fn new(store: Store, ring_budget: usize) -> Registry {
+        Registry {
+            inner: Arc::new(RegistryInner {
+                hubs: DashMap::new(),
+                store,
+                ring_budget,
+            }),
+        }
+    }
+
+    /// Leases the session's hub, loading it from the store when it is not in
+    /// memory or the one in memory failed.
+    pub(crate) async fn lease(&self, record: &SessionRecord) -> Result<HubLease, StoreError> {
+        if let Some(hub) = self.lease_existing(&record.session_id) {
+            return Ok(self.wrap(hub));
+        }
+
+        let tail = self.inner.store.session_tail(record.session_id).await?;
+        let fresh = Arc::new(SessionHub::from_store(
+            record,
+            &tail,
+            self.inner.ring_budget,
+            Arc::downgrade(&self.inner),
+        ));
+
+        // Another task may have loaded the hub meanwhile: the first one wins.
+        let hub = match self.inner.hubs.entry(record.session_id) {
+            Entry::Occupied(occupied) if occupied.get().try_lease() => Arc::clone(occupied.get()),
+            Entry::Occupied(mut occupied) => {
+                fresh.try_lease();
+                occupied.insert(Arc::clone(&fresh));
+                fresh
+            }
+            Entry::Vacant(vacant) => {
+                fresh.try_lease();
+                vacant.insert(Arc::clone(&fresh));
+                fresh
+            }
+        };
+        tracing::debug!(session_id = %record.session_id, "session hub leased");
+        Ok(self.wrap(hub))
+    }
+
+    /// Number of hubs in memory.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner.hubs.len()
+    }
+
+    fn lease_existing(&self, session_id: &SessionId) -> Option<Arc<SessionHub>> {
+        let hub = self.inner.hubs.get(session_id)?;
+        hub.try_lease().then(|| Arc::clone(hub.value()))
+    }
+
+    fn wrap(&self, hub: Arc<SessionHub>) -> HubLease {
+        HubLease {
+            registry: Arc::clone(&self.inner),
+            hub,
+        }
+    }
+}
+
+impl RegistryInner {
+    /// Drops `hub` from the map if it is still the session's hub and is idle or failed.
+    pub(crate) fn remove_if_idle(&self, hub: &Arc<SessionHub>) {
+        let removed = self.hubs.remove_if(&hub.session_id(), |_, current| {
+            Arc::ptr_eq(current, hub) && current.retire_if_idle()
+        });
+        if removed.is_some() {
+            tracing::debug!(session_id = %hub.session_id(), "session hub dropped");
+        }
+    }
+}
+
+/// Keeps a hub in the registry while a connection uses it.
+pub(crate) struct HubLease {
+    registry: Arc<RegistryInner>,
+    hub: Arc<SessionHub>,
+}
+
+impl HubLease {
+    /// Returns the leased hub, for calls that need an `Arc`.
+    pub(crate) fn hub(&self) -> &Arc<SessionHub> {
+        &self.hub
+    }
+}
+
+impl Deref for HubLease {
+    type Target = SessionHub;
+
+    fn deref(&self) -> &SessionHub {
+        &self.hub
+    }
+}
+
+impl Drop for HubLease {
+    fn drop(&mut self) {
+        self.hub.release_lease();
+        self.registry.remove_if_idle(&self.hub);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use sealcast_protocol::{FrameHeader, SessionKey, StreamId, StreamSealer, TranscriptSegment};
+
+use super::*;
+use crate::store::{NewSession, Store};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    registry: Registry,
+    record: SessionRecord,
+    key: SessionKey,
+}
+
+async fn fixture(ring_budget: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let session_id = SessionId::random();
+    store
+        .create_session(NewSession {
+            session_id,
+            epoch: 42,
+            fingerprint: [7; 16],
+            publisher_token_hash: [1; 32],
+            invite_token_hash: [2; 32],
+            invite_verifier: None,
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    let record = store.session(session_id).await.unwrap().unwrap();
+    Fixture {
+        registry: Registry::new(store.clone(), ring_budget),
+        _dir: dir,
+        store,
+        record,
+        key: SessionKey::generate(),
+    }
+}
+
+impl Fixture {
+    fn sealer(&self, stream: u8) -> StreamSealer {
+        StreamSealer::with_stream_id(&self.key, self.record.session_id, StreamId([stream; 16]))
+    }
+
+    async fn offer(&self, hub: &HubLease, frame: &[u8]) -> Offer {
+        let header = FrameHeader::decode_frame(frame).unwrap();
+        let permit = self.store.reserve().await.unwrap();
+        hub.hub().offer(&header, frame, 0, permit)
+    }
+}
+
+fn segment(text: &str, is_final: bool) -> TranscriptSegment {
+    TranscriptSegment {
+        segment_id: 1,
+        revision: 0,
+        speaker: "clinician".into(),
+        start_ms: 0,
+        end_ms: 10,
+        text: text.into(),
+        is_final,
+    }
+}
+
+fn sealed(sealer: &mut StreamSealer, is_final: bool) -> Vec<u8> {
+    sealer.seal_segment(&segment("words", is_final)).unwrap()
+}
+
+async fn wait_committed(hub: &HubLease, committed: u64) {
+    let mut progress = hub.watch_progress();
+    progress
+        .wait_for(|progress| progress.committed >= committed)
+        .await
+        .unwrap();
+}
+
+fn drain(subscription: &Subscription) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    while let Popped::Frame(frame) = subscription.queue().pop() {
+        offsets.push(frame.offset);
+    }
+    offsets
+}
+
+#[tokio::test]
+async fn sequences_and_offsets_survive_hub_reload() {
+    let fixture = fixture(1 << 20).await;
+    let mut stream_a = fixture.sealer(1);
+    let frames: Vec<_> = (0..5).map(|_| sealed(&mut stream_a, true)).collect();
+
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    for (offset, frame) in frames.iter().take(3).enumerate() {
+        let offer = fixture.offer(&hub, frame).await;
+        assert_eq!(
+            offer,
+            Offer::Accepted {
+                offset: offset as u64
+            }
+        );
+    }
+    wait_committed(&hub, 3).await;
+    drop(hub);
+    assert_eq!(fixture.registry.len(), 0, "idle hub stayed in memory");
+
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    assert_eq!(hub.next_offset(), 3);
+    assert_eq!(
+        fixture.offer(&hub, &frames[1]).await,
+        Offer::Duplicate { seq: 2, offset: 2 }
+    );
+    assert_eq!(
+        fixture.offer(&hub, &frames[4]).await,
+        Offer::Gap { expected: 3 }
+    );
+    assert_eq!(
+        fixture.offer(&hub, &frames[3]).await,
+        Offer::Accepted { offset: 3 }
+    );
+
+    let mut stream_b = fixture.sealer(2);
+    let first_b = sealed(&mut stream_b, false);
+    assert_eq!(
+        fixture.offer(&hub, &first_b).await,
+        Offer::Accepted { offset: 4 }
+    );
+    wait_committed(&hub, 5).await;
+}
+
+#[tokio::test]
+async fn subscriber_gets_ring_then_live_frames_once() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    for _ in 0..5 {
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    }
+
+    let Subscribe::Live(subscription) = hub.hub().subscribe(2, 1 << 20) else {
+        panic!("follower at offset 2 was not subscribed from the ring");
+    };
+    for _ in 0..3 {
+        fixture.offer(&hub, &sealed(&mut sealer, false)).await;
+    }
+
+    assert_eq!(drain(&subscription), (2..8).collect::<Vec<_>>());
+    assert!(matches!(subscription.queue().pop(), Popped::Empty));
+}
+
+#[tokio::test]
+async fn trimmed_ring_sends_follower_to_store() {
+    let fixture = fixture(1).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    for _ in 0..4 {
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    }
+    wait_committed(&hub, 4).await;
+
+    assert!(matches!(
+        hub.hub().subscribe(0, 1 << 20),
+        Subscribe::Behind { ring_start: 4 }
+    ));
+    let Subscribe::Live(subscription) = hub.hub().subscribe(4, 1 << 20) else {
+        panic!("follower at the next offset was not subscribed");
+    };
+    fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    assert_eq!(drain(&subscription), vec![4]);
+}
+
+#[tokio::test]
+async fn full_queue_detaches_follower() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let frame_len = sealed(&mut fixture.sealer(9), true).len() + 8;
+
+    let Subscribe::Live(subscription) = hub.hub().subscribe(0, 3 * frame_len) else {
+        panic!("follower was not subscribed");
+    };
+    for _ in 0..4 {
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    }
+    assert!(matches!(subscription.queue().pop(), Popped::Detached));
+}
+
+#[tokio::test]
+async fn ended_session_refuses_frames() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+
+    let permit = fixture.store.reserve().await.unwrap();
+    let committed = hub.hub().begin_end(permit, 5).unwrap();
+    assert_eq!(
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await,
+        Offer::Ended
+    );
+    committed.await.unwrap().unwrap();
+    assert_eq!(hub.watch_progress().borrow().end, Some(1));
+
+    let permit = fixture.store.reserve().await.unwrap();
+    assert_eq!(
+        hub.hub().begin_end(permit, 6).unwrap_err(),
+        EndRefused::AlreadyEnded
+    );
+}
+
+#[tokio::test]
+async fn publisher_seat_replaces_previous_holder() {
+    let fixture = fixture(1 << 20).await;
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let first = hub.hub().attach_publisher().unwrap();
+    assert!(!first.replaced().is_cancelled());
+    let second = hub.hub().attach_publisher().unwrap();
+    assert!(first.replaced().is_cancelled());
+    drop(first);
+    assert!(!second.replaced().is_cancelled());
+}

@@ -1,0 +1,232 @@
+//! The accept loop and the life of one connection.
+//!
+//! A semaphore caps open connections. A connection over the cap gets a TLS
+//! handshake and an HTTP 503 from a small separate pool, or is dropped when
+//! that pool is busy too. Both cases are counted. Each accepted connection
+//! does a TLS handshake with a timeout, then HTTP/1.1 with upgrades.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::Limits;
+use crate::http::ApiError;
+use crate::metrics::{ActiveConnection, CONNECTIONS_REJECTED};
+use crate::shutdown::Shutdown;
+
+/// Maximum connections over the cap that get a 503 at the same time.
+const REJECTION_SLOTS: usize = 64;
+
+/// Maximum time for sending a 503 to a connection over the cap, handshake included.
+const REJECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First and largest wait after a failed accept.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A connection's slot under the cap. Every WebSocket upgraded from the
+/// connection keeps a clone, so the slot frees when the last one ends.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionTicket {
+    _slot: Arc<OwnedSemaphorePermit>,
+}
+
+/// Accepts connections and serves each on its own task.
+pub(crate) struct Listener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    slots: Arc<Semaphore>,
+    rejection_slots: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    shutdown: Shutdown,
+}
+
+impl Listener {
+    /// Wraps a bound socket.
+    pub(crate) fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        router: Router,
+        limits: &Limits,
+        shutdown: Shutdown,
+    ) -> Listener {
+        Listener {
+            tcp,
+            acceptor,
+            router,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
+            handshake_timeout: limits.handshake_timeout,
+            shutdown,
+        }
+    }
+
+    /// Accepts until shutdown is triggered, then drops the listening socket.
+    pub(crate) async fn run(self) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = self.shutdown.triggered() => break,
+                accepted = self.accept() => accepted,
+            };
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => {
+                    let connection = Connection {
+                        peer,
+                        acceptor: self.acceptor.clone(),
+                        router: self.router.clone(),
+                        handshake_timeout: self.handshake_timeout,
+                        shutdown: self.shutdown.clone(),
+                        ticket: ConnectionTicket {
+                            _slot: Arc::new(permit),
+                        },
+                    };
+                    self.shutdown.spawn(connection.serve(stream));
+                }
+                Err(_) => self.reject_over_capacity(stream, peer),
+            }
+        }
+        tracing::info!("stopped accepting connections");
+    }
+
+    /// Accepts one connection, backing off while accepting fails, for
+    /// example when the process is out of file descriptors.
+    async fn accept(&self) -> (TcpStream, SocketAddr) {
+        let mut backoff = ACCEPT_BACKOFF_START;
+        loop {
+            match self.tcp.accept().await {
+                Ok(accepted) => return accepted,
+                Err(error) => {
+                    tracing::error!(%error, backoff_ms = backoff.as_millis() as u64, "failed to accept a connection: retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn reject_over_capacity(&self, stream: TcpStream, peer: SocketAddr) {
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => "over_capacity").increment(1);
+        tracing::debug!(%peer, "connection over the limit rejected");
+        let Ok(slot) = Arc::clone(&self.rejection_slots).try_acquire_owned() else {
+            // Too many rejections in progress, so close at once.
+            return;
+        };
+        let acceptor = self.acceptor.clone();
+        self.shutdown.spawn(async move {
+            let _ =
+                tokio::time::timeout(REJECTION_TIMEOUT, respond_over_capacity(acceptor, stream))
+                    .await;
+            drop(slot);
+        });
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    handshake_timeout: Duration,
+    shutdown: Shutdown,
+    ticket: ConnectionTicket,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let _active = ActiveConnection::open("http");
+        let peer = self.peer;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "failed to disable Nagle's algorithm");
+        }
+        let Some(tls) = self.handshake(stream).await else {
+            return;
+        };
+        tracing::debug!(%peer, "connection opened");
+
+        let router = self.router;
+        let ticket = self.ticket;
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ticket.clone());
+            router.clone().oneshot(request)
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.handshake_timeout)
+            .serve_connection(TokioIo::new(tls), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = self.shutdown.triggered() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        // An upgraded connection ends here too: its WebSocket task goes on.
+        match result {
+            Ok(()) => tracing::debug!(%peer, "HTTP serving finished"),
+            Err(error) => tracing::debug!(%peer, %error, "HTTP serving failed"),
+        }
+    }
+
+    async fn handshake(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+        let peer = self.peer;
+        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(error)) => {
+                metrics::counter!(CONNECTIONS_REJECTED, "reason" => "tls_handshake_failed")
+                    .increment(1);
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                metrics::counter!(CONNECTIONS_REJECTED, "reason" => "tls_handshake_timeout")
+                    .increment(1);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+/// Completes the handshake and responds to every request with 503 and `Connection: close`.
+async fn respond_over_capacity(acceptor: TlsAcceptor, stream: TcpStream) {
+    let Ok(tls) = acceptor.accept(stream).await else {
+        return;
+    };
+    let service = service_fn(|_request: Request<Incoming>| async {
+        let mut response =
+            ApiError::Unavailable("relay is at its connection limit: retry shortly".into())
+                .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        headers.insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        Ok::<_, Infallible>(response)
+    });
+    let _ = http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+}

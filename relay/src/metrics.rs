@@ -1,0 +1,180 @@
+//! Metric names and the process-wide Prometheus recorder.
+//!
+//! Every name starts with `sealcast_`; counters end in `_total`, durations in
+//! `_seconds` and sizes in `_bytes`. `GET /metrics` renders them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open connections, label `role`: `http` for connections serving HTTP,
+/// `publisher` and `follower` for WebSockets upgraded from them.
+pub const CONNECTIONS_ACTIVE: &str = "sealcast_connections_active";
+/// Connections dropped before serving, label `reason`.
+pub const CONNECTIONS_REJECTED: &str = "sealcast_connections_rejected_total";
+/// Binary messages received on publish sockets.
+pub const FRAMES_RECEIVED: &str = "sealcast_frames_received_total";
+/// Frames given an offset and handed to the store.
+pub const FRAMES_ACCEPTED: &str = "sealcast_frames_accepted_total";
+/// Resent frames dropped as duplicates of a stored (stream, sequence number).
+pub const FRAMES_DUPLICATE: &str = "sealcast_frames_duplicate_total";
+/// Publish-socket messages rejected, label `reason`.
+pub const FRAMES_REJECTED: &str = "sealcast_frames_rejected_total";
+/// Frames sent to followers.
+pub const FRAMES_DELIVERED: &str = "sealcast_frames_delivered_total";
+/// Interim frames skipped for followers whose queue is past half full.
+pub const FRAMES_SKIPPED: &str = "sealcast_frames_skipped_total";
+/// Bytes of binary messages received on publish sockets.
+pub const BYTES_RECEIVED: &str = "sealcast_bytes_received_total";
+/// Bytes of binary messages sent to followers.
+pub const BYTES_DELIVERED: &str = "sealcast_bytes_delivered_total";
+/// Time from the start of a store transaction to its COMMIT returning.
+pub const STORE_COMMIT_SECONDS: &str = "sealcast_store_commit_seconds";
+/// Writes committed together in one transaction.
+pub const STORE_COMMIT_BATCH_WRITES: &str = "sealcast_store_commit_batch_writes";
+/// Store transactions that failed to commit.
+pub const STORE_COMMIT_FAILURES: &str = "sealcast_store_commit_failures_total";
+/// Single writes that failed inside a committed transaction, for example a
+/// frame whose offset does not follow the stored ones.
+pub const STORE_WRITE_FAILURES: &str = "sealcast_store_write_failures_total";
+/// Followers moved from live fan-out to catch-up from the store.
+pub const FOLLOWERS_DETACHED: &str = "sealcast_followers_detached_total";
+/// Followers closed because they could not keep up.
+pub const FOLLOWERS_LAGGED: &str = "sealcast_followers_lagged_total";
+/// Bytes of frames waiting in all follower queues.
+pub const FOLLOWER_QUEUE_BYTES: &str = "sealcast_follower_queue_bytes";
+/// Requests with a missing or invalid credential, label `endpoint`.
+pub const AUTH_FAILURES: &str = "sealcast_auth_failures_total";
+/// Sessions created.
+pub const SESSIONS_CREATED: &str = "sealcast_sessions_created_total";
+/// Sessions ended.
+pub const SESSIONS_ENDED: &str = "sealcast_sessions_ended_total";
+/// HTTP requests, labels `route` and `status`.
+pub const HTTP_REQUESTS: &str = "sealcast_http_requests_total";
+/// WebSockets closed by the relay, labels `role` and `code`.
+pub const WEBSOCKET_CLOSES: &str = "sealcast_websocket_closes_total";
+
+/// Latency buckets in seconds, from 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Batch size buckets, in writes per transaction.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Interval of histogram upkeep, which bounds memory when `/metrics` is not scraped.
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process, or returns the one an
+/// earlier relay in the same process installed.
+///
+/// When another recorder already owns the process, the relay still serves
+/// `/metrics` from a recorder of its own, which then stays empty.
+pub(crate) fn install() -> PrometheusHandle {
+    HANDLE.get_or_init(build_and_install).clone()
+}
+
+fn build_and_install() -> PrometheusHandle {
+    let installed = builder()
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|error| error.to_string());
+    let handle = installed.unwrap_or_else(|error| {
+        tracing::warn!(%error, "failed to install the metrics recorder: /metrics stays empty");
+        PrometheusBuilder::new().build_recorder().handle()
+    });
+    describe();
+    handle
+}
+
+fn builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(STORE_COMMIT_BATCH_WRITES.into()),
+            BATCH_BUCKETS,
+        )
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open connections by role.");
+    describe_counter!(CONNECTIONS_REJECTED, "Connections dropped before serving.");
+
+    describe_counter!(FRAMES_RECEIVED, "Binary messages received from publishers.");
+    describe_counter!(
+        FRAMES_ACCEPTED,
+        "Frames given an offset and handed to the store."
+    );
+    describe_counter!(FRAMES_DUPLICATE, "Resent frames dropped as duplicates.");
+    describe_counter!(FRAMES_REJECTED, "Publisher messages rejected, by reason.");
+    describe_counter!(FRAMES_DELIVERED, "Frames sent to followers.");
+    describe_counter!(
+        FRAMES_SKIPPED,
+        "Interim frames skipped for lagging followers."
+    );
+
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received from publishers."
+    );
+    describe_counter!(BYTES_DELIVERED, Unit::Bytes, "Bytes sent to followers.");
+
+    describe_histogram!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Store transaction latency."
+    );
+    describe_histogram!(STORE_COMMIT_BATCH_WRITES, "Writes per store transaction.");
+    describe_counter!(STORE_COMMIT_FAILURES, "Store transactions that failed.");
+    describe_counter!(STORE_WRITE_FAILURES, "Single store writes that failed.");
+
+    describe_counter!(
+        FOLLOWERS_DETACHED,
+        "Followers switched to catch-up from the store."
+    );
+    describe_counter!(FOLLOWERS_LAGGED, "Followers closed for falling behind.");
+    describe_gauge!(
+        FOLLOWER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in follower queues."
+    );
+
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests with a missing or invalid credential."
+    );
+    describe_counter!(SESSIONS_CREATED, "Sessions created.");
+    describe_counter!(SESSIONS_ENDED, "Sessions ended.");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
+    describe_counter!(
+        WEBSOCKET_CLOSES,
+        "WebSockets closed by the relay, by role and code."
+    );
+}
+
+/// Counts one open connection of a role in [`CONNECTIONS_ACTIVE`] until dropped.
+#[derive(Debug)]
+pub(crate) struct ActiveConnection {
+    role: &'static str,
+}
+
+impl ActiveConnection {
+    /// Increments the gauge for `role`.
+    pub(crate) fn open(role: &'static str) -> Self {
+        gauge!(CONNECTIONS_ACTIVE, "role" => role).increment(1.0);
+        ActiveConnection { role }
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        gauge!(CONNECTIONS_ACTIVE, "role" => self.role).decrement(1.0);
+    }
+}

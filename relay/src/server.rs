@@ -1,0 +1,250 @@
+//! Starting and stopping a relay: [`start`] and [`RelayHandle`].
+
+use std::fmt;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::credentials::{bootstrap_api_key, Secret};
+use crate::error::RelayError;
+use crate::http::{self, RelayState};
+use crate::hub::Registry;
+use crate::listener::Listener;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use crate::tls::Tls;
+
+/// How long shutdown waits for connections beyond the write timeout.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running relay, returned by [`start`]. Dropping the handle without
+/// [`RelayHandle::shutdown`] leaves the relay running until its tokio runtime stops.
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    public_url: String,
+    data_dir: PathBuf,
+    api_key: Option<Secret>,
+    tls: Arc<Tls>,
+    shutdown: Shutdown,
+    server: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Returns the address the relay listens on, with the real port when port 0 was configured.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns the base URL of invite links.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// Returns the clinic API key if this start made it. The store keeps only
+    /// its hash, so it cannot be shown again later.
+    pub fn api_key(&self) -> Option<String> {
+        self.api_key.as_ref().map(|key| key.expose().to_owned())
+    }
+
+    /// Returns the data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Reads the certificate and key files again and serves them to new
+    /// connections. On error the current certificate stays in use.
+    pub fn reload_tls(&self) -> Result<(), RelayError> {
+        self.tls.reload()
+    }
+
+    /// Stops gracefully: stops accepting, acknowledges every accepted frame
+    /// once committed, closes sockets with `GOING_AWAY` and stops the store
+    /// writer after its last commit.
+    pub async fn shutdown(self) {
+        tracing::info!("relay shutdown requested");
+        self.shutdown.trigger();
+        if let Err(error) = self.server.await {
+            tracing::error!(%error, "relay task failed during shutdown");
+        }
+    }
+}
+
+impl fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayHandle")
+            .field("local_addr", &self.local_addr)
+            .field("public_url", &self.public_url)
+            .field("data_dir", &self.data_dir)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a relay: opens the store, loads or makes the TLS certificate, binds
+/// the listener, makes the clinic API key on first start and serves until
+/// [`RelayHandle::shutdown`].
+pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
+    config.limits.validate()?;
+    prepare_data_dir(&config.data_dir)?;
+    let metrics_handle = metrics::install();
+    let tls = Arc::new(Tls::setup(&config)?);
+    let store = Store::open(&config.data_dir).await?;
+    let (tcp, local_addr) = bind(config.listen).await?;
+    let public_url = resolve_public_url(config.public_url.as_deref(), local_addr.port())?;
+
+    // Made last, so a failure above cannot lose a key that was never shown.
+    let api_key = bootstrap_api_key(&store).await?;
+
+    let shutdown = Shutdown::default();
+    let server = spawn_server(&config, tcp, &tls, store, shutdown.clone(), metrics_handle);
+    tracing::info!(
+        %local_addr,
+        public_url,
+        data_dir = %config.data_dir.display(),
+        "relay started"
+    );
+    Ok(RelayHandle {
+        local_addr,
+        public_url,
+        data_dir: config.data_dir,
+        api_key,
+        tls,
+        shutdown,
+        server,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayError> {
+    let error = |source| RelayError::Bind { addr, source };
+    let tcp = TcpListener::bind(addr).await.map_err(error)?;
+    let local_addr = tcp.local_addr().map_err(error)?;
+    Ok((tcp, local_addr))
+}
+
+/// Builds the shared state and router and spawns the task that serves them.
+fn spawn_server(
+    config: &Config,
+    tcp: TcpListener,
+    tls: &Tls,
+    store: Store,
+    shutdown: Shutdown,
+    metrics_handle: PrometheusHandle,
+) -> JoinHandle<()> {
+    let state = Arc::new(RelayState {
+        hubs: Registry::new(store.clone(), config.limits.follower_queue_bytes / 2),
+        store: store.clone(),
+        limits: config.limits.clone(),
+        shutdown: shutdown.clone(),
+        metrics: metrics_handle.clone(),
+    });
+    let listener = Listener::new(
+        tcp,
+        tls.acceptor.clone(),
+        http::router(state),
+        &config.limits,
+        shutdown.clone(),
+    );
+    let linger = config.limits.write_timeout + SHUTDOWN_GRACE;
+    tokio::spawn(serve(listener, store, shutdown, metrics_handle, linger))
+}
+
+/// Runs the accept loop, then winds down once shutdown is triggered.
+async fn serve(
+    listener: Listener,
+    store: Store,
+    shutdown: Shutdown,
+    metrics_handle: PrometheusHandle,
+    linger: Duration,
+) {
+    let upkeep = tokio::spawn(run_metrics_upkeep(metrics_handle, shutdown.clone()));
+    listener.run().await;
+
+    // Connections see the same signal: publishers acknowledge what is
+    // committed and every socket closes with GOING_AWAY.
+    tracing::info!("relay stopping: waiting for connections to close");
+    if tokio::time::timeout(linger, shutdown.wait_for_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?linger,
+            "connections still open after the shutdown grace period"
+        );
+    }
+
+    store.close().await;
+    let _ = upkeep.await;
+    tracing::info!("relay stopped");
+}
+
+/// Folds histogram samples in regularly, so memory stays bounded without scrapes.
+async fn run_metrics_upkeep(handle: PrometheusHandle, shutdown: Shutdown) {
+    let mut interval = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            _ = interval.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+fn prepare_data_dir(path: &Path) -> Result<(), RelayError> {
+    let error = |source| RelayError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(path).map_err(error)?;
+    // The directory contains the database and possibly a private key.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(error)
+}
+
+fn resolve_public_url(configured: Option<&str>, port: u16) -> Result<String, RelayError> {
+    let Some(url) = configured else {
+        return Ok(format!("https://localhost:{port}"));
+    };
+    let url = url.trim_end_matches('/');
+    let has_host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty());
+    if has_host {
+        Ok(url.to_owned())
+    } else {
+        Err(RelayError::PublicUrl(url.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_defaults_to_localhost_port() {
+        assert_eq!(
+            resolve_public_url(None, 8443).unwrap(),
+            "https://localhost:8443"
+        );
+    }
+
+    #[test]
+    fn public_url_trims_and_checks_scheme() {
+        assert_eq!(
+            resolve_public_url(Some("https://relay.example.org/"), 1).unwrap(),
+            "https://relay.example.org"
+        );
+        assert!(resolve_public_url(Some("relay.example.org"), 1).is_err());
+        assert!(resolve_public_url(Some("https://"), 1).is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! The SQLite store: one file `relay.db` in the data directory.
+//!
+//! A dedicated writer thread owns the only write connection and commits
+//! every queued write in one transaction (group commit), completing each
+//! write's callback after COMMIT returns. Reads go through a small pool of
+//! read-only connections on the blocking thread pool, never on async threads.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`schema`] | pragmas and migrations |
+//! | [`writer`] | the writer thread, write operations and group commit |
+//! | [`reader`] | the read connection pool and queries |
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use rusqlite::Connection;
+use sealcast_protocol::{FrameKind, SessionId, StreamId};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::credentials::CredentialHash;
+use reader::ReadPool;
+pub(crate) use writer::{Completion, WriteOp, WritePermit};
+
+/// File name of the database inside the data directory.
+pub(crate) const DATABASE_FILE: &str = "relay.db";
+
+/// Writes that may wait for the writer thread before senders are held back.
+const WRITE_QUEUE_CAPACITY: usize = 1024;
+
+/// Read connections, and so concurrent reads.
+const READ_CONNECTIONS: usize = 4;
+
+/// A store failure. Cloneable because one failed commit fails every write in it.
+#[derive(Debug, Clone, Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("store failed to {action}: {source}")]
+    Sqlite {
+        /// The store operation that failed.
+        action: &'static str,
+        /// SQLite's error.
+        source: Arc<rusqlite::Error>,
+    },
+    /// The database was written by a newer relay.
+    #[error("store schema version {found} is newer than version {supported} of this relay: run a newer relay")]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i64,
+        /// Latest version this build supports.
+        supported: i64,
+    },
+    /// A frame would leave a gap in the session's offsets or follow its end.
+    #[error("store rejected frame {offset} of session {session_id}: it does not directly follow the stored frames of a session that is still open")]
+    FrameOutOfOrder {
+        /// Session of the frame.
+        session_id: SessionId,
+        /// Offset the frame was given.
+        offset: u64,
+    },
+    /// The session to end is unknown or already ended.
+    #[error("session {session_id} cannot be ended: it is unknown or already ended")]
+    NotEndable {
+        /// The session.
+        session_id: SessionId,
+    },
+    /// A stored value does not fit its type.
+    #[error("stored {what} is invalid: the database is damaged or was edited")]
+    Corrupt {
+        /// The value.
+        what: &'static str,
+    },
+    /// The writer thread has stopped, because the relay is shutting down.
+    #[error("store writer has stopped: the relay is shutting down")]
+    WriterStopped,
+    /// The writer thread could not be started.
+    #[error("failed to start the store writer thread: {0}")]
+    WriterThread(Arc<std::io::Error>),
+    /// A read task on the blocking pool failed to run to completion.
+    #[error("store read task failed: {0}")]
+    ReadTask(String),
+}
+
+impl StoreError {
+    /// Wraps a SQLite error with what the store was doing, for `map_err`.
+    pub(crate) fn sqlite(action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+        move |source| StoreError::Sqlite {
+            action,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// A session as the relay creates it.
+#[derive(Debug, Clone)]
+pub(crate) struct NewSession {
+    pub(crate) session_id: SessionId,
+    pub(crate) epoch: u64,
+    pub(crate) fingerprint: [u8; 16],
+    pub(crate) publisher_token_hash: CredentialHash,
+    pub(crate) invite_token_hash: CredentialHash,
+    pub(crate) invite_verifier: Option<[u8; 32]>,
+    pub(crate) created_at: i64,
+}
+
+/// A stored session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRecord {
+    pub(crate) session_id: SessionId,
+    pub(crate) epoch: u64,
+    pub(crate) fingerprint: [u8; 16],
+    pub(crate) publisher_token_hash: Vec<u8>,
+    pub(crate) invite_token_hash: Vec<u8>,
+    pub(crate) ended_at: Option<i64>,
+}
+
+/// A frame to store, with the header fields the relay routes on.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameRecord {
+    pub(crate) session_id: SessionId,
+    pub(crate) offset: u64,
+    pub(crate) stream_id: StreamId,
+    pub(crate) seq: u64,
+    pub(crate) kind: FrameKind,
+    pub(crate) final_count: u64,
+    pub(crate) received_at: i64,
+    /// The follow-socket message: the offset, then the frame. Only the frame is stored.
+    pub(crate) delivery: Bytes,
+}
+
+/// A frame read back for a follower.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredFrame {
+    pub(crate) offset: u64,
+    /// The follow-socket message: the offset, then the frame.
+    pub(crate) delivery: Bytes,
+}
+
+/// End of a session's stored history.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SessionTail {
+    /// Offset the next frame gets.
+    pub(crate) next_offset: u64,
+    /// Last stored frame of every stream.
+    pub(crate) streams: Vec<StreamTail>,
+}
+
+/// The last stored frame of one stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamTail {
+    pub(crate) stream_id: StreamId,
+    pub(crate) last_seq: u64,
+    pub(crate) last_offset: u64,
+}
+
+/// Handle to the store, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    path: PathBuf,
+    writes: mpsc::Sender<WriteOp>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<u64>>>,
+    readers: ReadPool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens or creates `relay.db` in `data_dir`, migrates it and starts the writer thread.
+    pub(crate) async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let open_path = path.clone();
+        let (conn, readers) = tokio::task::spawn_blocking(move || open_connections(&open_path))
+            .await
+            .map_err(|error| StoreError::ReadTask(error.to_string()))??;
+
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let thread = writer::spawn(conn, queue)?;
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                path,
+                writes,
+                writer_thread: Mutex::new(Some(thread)),
+                readers,
+            }),
+        })
+    }
+
+    /// Reserves a place in the writer's queue. Holding the permit lets a
+    /// caller enqueue a write synchronously, for example under a lock that
+    /// orders writes.
+    pub(crate) async fn reserve(&self) -> Result<WritePermit<'_>, StoreError> {
+        let permit = self
+            .inner
+            .writes
+            .reserve()
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(WritePermit::new(permit))
+    }
+
+    /// Stores the hash of a clinic API key.
+    pub(crate) async fn insert_api_key(&self, key_hash: CredentialHash) -> Result<(), StoreError> {
+        let created_at = now_millis();
+        self.write(|done| WriteOp::InsertApiKey {
+            key_hash,
+            created_at,
+            done,
+        })
+        .await
+    }
+
+    /// Stores a new session.
+    pub(crate) async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::CreateSession { session, done })
+            .await
+    }
+
+    /// Counts stored API keys.
+    pub(crate) async fn api_key_count(&self) -> Result<u64, StoreError> {
+        self.read(reader::api_key_count).await
+    }
+
+    /// Checks whether an API key with this hash is stored, comparing in constant time.
+    pub(crate) async fn api_key_exists(
+        &self,
+        key_hash: CredentialHash,
+    ) -> Result<bool, StoreError> {
+        self.read(move |conn| reader::api_key_exists(conn, &key_hash))
+            .await
+    }
+
+    /// Looks a session up by id.
+    pub(crate) async fn session(
+        &self,
+        session_id: SessionId,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |conn| reader::session_by_id(conn, &session_id))
+            .await
+    }
+
+    /// Looks a session up by the hash of its invite token.
+    pub(crate) async fn session_by_invite(
+        &self,
+        invite_hash: CredentialHash,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |conn| reader::session_by_invite(conn, &invite_hash))
+            .await
+    }
+
+    /// Reads where a session's stored frames end.
+    pub(crate) async fn session_tail(
+        &self,
+        session_id: SessionId,
+    ) -> Result<SessionTail, StoreError> {
+        self.read(move |conn| reader::session_tail(conn, &session_id))
+            .await
+    }
+
+    /// Reads stored frames with offsets in `from..until`, at most `max_frames`
+    /// of them and stopping after the first frame that reaches `max_bytes`.
+    pub(crate) async fn frames_between(
+        &self,
+        session_id: SessionId,
+        from: u64,
+        until: u64,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredFrame>, StoreError> {
+        self.read(move |conn| {
+            reader::frames_between(conn, &session_id, from, until, max_frames, max_bytes)
+        })
+        .await
+    }
+
+    /// Stops the writer thread after it commits everything queued before this call.
+    pub(crate) async fn close(&self) {
+        if let Ok(permit) = self.inner.writes.reserve().await {
+            permit.send(WriteOp::Stop);
+        }
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            match tokio::task::spawn_blocking(move || thread.join()).await {
+                Ok(Ok(transactions)) => tracing::info!(transactions, "store closed"),
+                _ => tracing::error!("store writer thread failed to stop cleanly"),
+            }
+        }
+    }
+
+    async fn write(&self, op: impl FnOnce(Completion) -> WriteOp) -> Result<(), StoreError> {
+        let (sender, receiver) = oneshot::channel();
+        let done: Completion = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        self.reserve().await?.send(op(done));
+        receiver.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.readers.run(query).await
+    }
+}
+
+fn open_connections(path: &Path) -> Result<(Connection, ReadPool), StoreError> {
+    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
+    schema::prepare_writer(&mut conn)?;
+    let readers = ReadPool::open(path, READ_CONNECTIONS)?;
+    Ok((conn, readers))
+}
+
+/// Returns the current time in Unix milliseconds, the unit of every stored time.
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,282 @@
+//! Read connections and the queries that run on them.
+//!
+//! Every query runs on tokio's blocking thread pool with one connection taken
+//! from a small pool; a semaphore makes callers wait for a free connection.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use sealcast_protocol::{api, SessionId, StreamId};
+use tokio::sync::Semaphore;
+
+use super::schema::{prepare_reader, u64_from_sql};
+use super::{SessionRecord, SessionTail, StoreError, StoredFrame, StreamTail};
+use crate::credentials::{hashes_match, CredentialHash};
+
+/// A fixed set of read-only connections.
+#[derive(Clone)]
+pub(super) struct ReadPool {
+    connections: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    /// Opens `count` read-only connections to the database at `path`.
+    pub(super) fn open(path: &Path, count: usize) -> Result<ReadPool, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut connections = Vec::with_capacity(count);
+        for _ in 0..count {
+            let conn = Connection::open_with_flags(path, flags)
+                .map_err(StoreError::sqlite("open a read connection"))?;
+            prepare_reader(&conn)?;
+            connections.push(conn);
+        }
+        Ok(ReadPool {
+            connections: Arc::new(Mutex::new(connections)),
+            permits: Arc::new(Semaphore::new(count)),
+        })
+    }
+
+    /// Runs `query` on a pooled connection on the blocking thread pool.
+    pub(super) async fn run<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::ReadTask("read pool closed".into()))?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = query(&conn);
+            pool.put(conn);
+            result
+        })
+        .await
+        .map_err(|error| StoreError::ReadTask(error.to_string()))?
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        self.lock()
+            .pop()
+            .ok_or_else(|| StoreError::ReadTask("no read connection free despite a permit".into()))
+    }
+
+    fn put(&self, conn: Connection) {
+        self.lock().push(conn);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(super) fn api_key_count(conn: &Connection) -> Result<u64, StoreError> {
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM api_keys", [], |row| row.get(0))
+        .map_err(StoreError::sqlite("count API keys"))?;
+    u64::try_from(count).map_err(|_| StoreError::Corrupt {
+        what: "API key count",
+    })
+}
+
+pub(super) fn api_key_exists(
+    conn: &Connection,
+    key_hash: &CredentialHash,
+) -> Result<bool, StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT key_hash FROM api_keys WHERE key_hash = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![key_hash.as_slice()], |row| row.get(0))
+                .optional()
+        })
+        .map_err(StoreError::sqlite("look up an API key"))?;
+    Ok(stored.is_some_and(|stored| hashes_match(&stored, key_hash)))
+}
+
+const SESSION_COLUMNS: &str =
+    "session_id, epoch, fingerprint, publisher_token_hash, invite_token_hash, ended_at";
+
+pub(super) fn session_by_id(
+    conn: &Connection,
+    session_id: &SessionId,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
+    query_session(conn, &sql, session_id.as_bytes())
+}
+
+pub(super) fn session_by_invite(
+    conn: &Connection,
+    invite_hash: &CredentialHash,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE invite_token_hash = ?1");
+    let record = query_session(conn, &sql, invite_hash)?;
+    Ok(record.filter(|record| hashes_match(&record.invite_token_hash, invite_hash)))
+}
+
+fn query_session(
+    conn: &Connection,
+    sql: &str,
+    key: &[u8],
+) -> Result<Option<SessionRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(sql)
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![key], session_columns)
+                .optional()
+        })
+        .map_err(StoreError::sqlite("look up a session"))?;
+    row.map(SessionColumns::into_record).transpose()
+}
+
+/// A session row before its blobs are checked.
+struct SessionColumns {
+    session_id: Vec<u8>,
+    epoch: i64,
+    fingerprint: Vec<u8>,
+    publisher_token_hash: Vec<u8>,
+    invite_token_hash: Vec<u8>,
+    ended_at: Option<i64>,
+}
+
+fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
+    Ok(SessionColumns {
+        session_id: row.get(0)?,
+        epoch: row.get(1)?,
+        fingerprint: row.get(2)?,
+        publisher_token_hash: row.get(3)?,
+        invite_token_hash: row.get(4)?,
+        ended_at: row.get(5)?,
+    })
+}
+
+impl SessionColumns {
+    fn into_record(self) -> Result<SessionRecord, StoreError> {
+        let session_id = <[u8; 16]>::try_from(self.session_id)
+            .map_err(|_| StoreError::Corrupt { what: "session id" })?;
+        let fingerprint =
+            <[u8; 16]>::try_from(self.fingerprint).map_err(|_| StoreError::Corrupt {
+                what: "fingerprint",
+            })?;
+        Ok(SessionRecord {
+            session_id: SessionId(session_id),
+            epoch: u64_from_sql(self.epoch),
+            fingerprint,
+            publisher_token_hash: self.publisher_token_hash,
+            invite_token_hash: self.invite_token_hash,
+            ended_at: self.ended_at,
+        })
+    }
+}
+
+pub(super) fn session_tail(
+    conn: &Connection,
+    session_id: &SessionId,
+) -> Result<SessionTail, StoreError> {
+    let key = session_id.as_bytes().as_slice();
+    let last_offset: Option<i64> = conn
+        .prepare_cached("SELECT MAX(frame_offset) FROM frames WHERE session_id = ?1")
+        .and_then(|mut statement| statement.query_row(params![key], |row| row.get(0)))
+        .map_err(StoreError::sqlite("read a session's last offset"))?;
+    let next_offset = match last_offset {
+        Some(last) => offset_from_sql(last)? + 1,
+        None => 0,
+    };
+    Ok(SessionTail {
+        next_offset,
+        streams: stream_tails(conn, key)?,
+    })
+}
+
+fn stream_tails(conn: &Connection, session_key: &[u8]) -> Result<Vec<StreamTail>, StoreError> {
+    let error = StoreError::sqlite("read a session's streams");
+    // SQLite takes the bare column frame_offset from the row holding MAX(seq).
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT stream_id, MAX(seq), frame_offset FROM frames
+             WHERE session_id = ?1 GROUP BY stream_id",
+        )
+        .map_err(&error)?;
+    let rows = statement
+        .query_map(params![session_key], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(&error)?;
+
+    let mut streams = Vec::new();
+    for row in rows {
+        let (stream_id, seq, offset) = row.map_err(&error)?;
+        let stream_id = <[u8; 16]>::try_from(stream_id)
+            .map_err(|_| StoreError::Corrupt { what: "stream id" })?;
+        streams.push(StreamTail {
+            stream_id: StreamId(stream_id),
+            last_seq: offset_from_sql(seq)?,
+            last_offset: offset_from_sql(offset)?,
+        });
+    }
+    Ok(streams)
+}
+
+pub(super) fn frames_between(
+    conn: &Connection,
+    session_id: &SessionId,
+    from: u64,
+    until: u64,
+    max_frames: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredFrame>, StoreError> {
+    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let until = i64::try_from(until).unwrap_or(i64::MAX);
+    let limit = i64::try_from(max_frames).unwrap_or(i64::MAX);
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT frame_offset, frame FROM frames
+             WHERE session_id = ?1 AND frame_offset >= ?2 AND frame_offset < ?3
+             ORDER BY frame_offset LIMIT ?4",
+        )
+        .map_err(StoreError::sqlite("read frames"))?;
+    let mut rows = statement
+        .query(params![
+            session_id.as_bytes().as_slice(),
+            from,
+            until,
+            limit
+        ])
+        .map_err(StoreError::sqlite("read frames"))?;
+
+    let error = StoreError::sqlite("read frames");
+    let mut frames = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next().map_err(&error)? {
+        let offset = offset_from_sql(row.get(0).map_err(&error)?)?;
+        let frame: Vec<u8> = row.get(1).map_err(&error)?;
+        bytes += frame.len();
+        frames.push(StoredFrame {
+            offset,
+            delivery: Bytes::from(api::encode_delivery(offset, &frame)),
+        });
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(frames)
+}
+
+fn offset_from_sql(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        what: "offset or sequence number",
+    })
+}

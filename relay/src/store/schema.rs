@@ -1,0 +1,143 @@
+//! Connection settings and schema migrations, versioned by `PRAGMA user_version`.
+//!
+//! The store keeps ciphertext, header fields, the key fingerprint, credential
+//! hashes and times, never plaintext or keys. Times are Unix milliseconds.
+//! SQLite integers are signed, so 64-bit values that may exceed `i64::MAX`
+//! (epoch, final count) are stored bit-for-bit as `i64`.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations in order: entry `i` moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "CREATE TABLE api_keys (
+        key_hash BLOB PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE sessions (
+        session_id BLOB PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        fingerprint BLOB NOT NULL,
+        publisher_token_hash BLOB NOT NULL UNIQUE,
+        invite_token_hash BLOB NOT NULL UNIQUE,
+        invite_verifier BLOB,
+        created_at INTEGER NOT NULL,
+        ended_at INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TABLE frames (
+        session_id BLOB NOT NULL REFERENCES sessions (session_id),
+        frame_offset INTEGER NOT NULL,
+        stream_id BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        final_count INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        frame BLOB NOT NULL,
+        PRIMARY KEY (session_id, frame_offset),
+        UNIQUE (session_id, stream_id, seq)
+    ) WITHOUT ROWID;",
+];
+
+/// Schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a reader waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sets the pragmas of the write connection and migrates the schema.
+pub(crate) fn prepare_writer(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(StoreError::sqlite("set the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(StoreError::sqlite("enable write-ahead logging"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(StoreError::sqlite("set synchronous=FULL"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(StoreError::sqlite("enable foreign keys"))?;
+    migrate(conn)
+}
+
+/// Sets the pragmas of a read connection.
+pub(crate) fn prepare_reader(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(StoreError::sqlite("set the busy timeout"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(StoreError::sqlite("enable foreign keys"))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(StoreError::sqlite("read the schema version"))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let version = index as i64 + 1;
+        let tx = conn
+            .transaction()
+            .map_err(StoreError::sqlite("begin a migration"))?;
+        tx.execute_batch(migration)
+            .map_err(StoreError::sqlite("apply a schema migration"))?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(StoreError::sqlite("record the schema version"))?;
+        tx.commit()
+            .map_err(StoreError::sqlite("commit a schema migration"))?;
+        tracing::info!(version, "store schema migrated");
+    }
+    Ok(())
+}
+
+/// Stores a `u64` bit-for-bit in SQLite's signed integer.
+pub(crate) fn u64_to_sql(value: u64) -> i64 {
+    i64::from_be_bytes(value.to_be_bytes())
+}
+
+/// Reverses [`u64_to_sql`].
+pub(crate) fn u64_from_sql(value: i64) -> u64 {
+    u64::from_be_bytes(value.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_rejected() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn u64_round_trips_through_i64() {
+        for value in [0, 1, u64::MAX, i64::MAX as u64 + 1] {
+            assert_eq!(u64_from_sql(u64_to_sql(value)), value);
+        }
+    }
+}

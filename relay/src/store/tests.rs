@@ -1,0 +1,287 @@
+use std::sync::{Arc, Mutex};
+
+use sealcast_protocol::{FrameKind, SessionId, StreamId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+fn new_session(session_id: SessionId) -> NewSession {
+    NewSession {
+        session_id,
+        epoch: u64::MAX - 7,
+        fingerprint: [9; 16],
+        publisher_token_hash: [1; 32],
+        invite_token_hash: [2; 32],
+        invite_verifier: Some([3; 32]),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn frame(session_id: SessionId, offset: u64, stream: u8, seq: u64) -> FrameRecord {
+    let mut delivery = vec![0u8; 8];
+    delivery.extend_from_slice(format!("frame {offset}").as_bytes());
+    FrameRecord {
+        session_id,
+        offset,
+        stream_id: StreamId([stream; 16]),
+        seq,
+        kind: FrameKind::Final,
+        final_count: seq + 1,
+        received_at: 1_700_000_000_000 + offset as i64,
+        delivery: Bytes::from(delivery),
+    }
+}
+
+/// A write's position in the queue and its outcome.
+type Outcome = (usize, Result<(), StoreError>);
+
+/// Collects each write's outcome under its position in the queue.
+#[derive(Clone, Default)]
+struct Outcomes(Arc<Mutex<Vec<Outcome>>>);
+
+impl Outcomes {
+    fn completion(&self, position: usize) -> Completion {
+        let outcomes = self.clone();
+        Box::new(move |result| outcomes.0.lock().unwrap().push((position, result)))
+    }
+
+    fn take(&self) -> Vec<Outcome> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn writer_connection(dir: &Path) -> Connection {
+    let mut conn = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    schema::prepare_writer(&mut conn).unwrap();
+    conn
+}
+
+async fn append(store: &Store, record: FrameRecord) -> Result<(), StoreError> {
+    let (sender, receiver) = oneshot::channel();
+    let done: Completion = Box::new(move |result| {
+        let _ = sender.send(result);
+    });
+    store.reserve().await?.send(WriteOp::AppendFrame {
+        frame: record,
+        done,
+    });
+    receiver.await.unwrap()
+}
+
+async fn end(store: &Store, session_id: SessionId) -> Result<(), StoreError> {
+    let (sender, receiver) = oneshot::channel();
+    store.reserve().await?.send(WriteOp::EndSession {
+        session_id,
+        ended_at: 1_700_000_009_000,
+        done: Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    });
+    receiver.await.unwrap()
+}
+
+#[test]
+fn writer_commits_queued_writes_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = writer_connection(dir.path());
+    let session_id = SessionId::random();
+    let outcomes = Outcomes::default();
+
+    let (queue, receiver) = mpsc::channel(1024);
+    let create = WriteOp::CreateSession {
+        session: new_session(session_id),
+        done: outcomes.completion(0),
+    };
+    queue.try_send(create).ok().unwrap();
+    for offset in 0..100u64 {
+        let op = WriteOp::AppendFrame {
+            frame: frame(session_id, offset, 1, offset),
+            done: outcomes.completion(offset as usize + 1),
+        };
+        queue.try_send(op).ok().unwrap();
+    }
+    queue.try_send(WriteOp::Stop).ok().unwrap();
+
+    let transactions = writer::run(conn, receiver);
+
+    assert_eq!(transactions, 1);
+    let outcomes = outcomes.take();
+    assert_eq!(outcomes.len(), 101);
+    for (expected, (position, result)) in outcomes.into_iter().enumerate() {
+        assert_eq!(position, expected, "completions out of queue order");
+        assert!(result.is_ok(), "write {position} failed: {result:?}");
+    }
+}
+
+#[test]
+fn writer_fails_bad_writes_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = writer_connection(dir.path());
+    let session_id = SessionId::random();
+    let outcomes = Outcomes::default();
+
+    let ops = vec![
+        WriteOp::CreateSession {
+            session: new_session(session_id),
+            done: outcomes.completion(0),
+        },
+        WriteOp::AppendFrame {
+            frame: frame(session_id, 0, 1, 0),
+            done: outcomes.completion(1),
+        },
+        // Same stream and sequence number at a new offset: a duplicate.
+        WriteOp::AppendFrame {
+            frame: frame(session_id, 1, 1, 0),
+            done: outcomes.completion(2),
+        },
+        WriteOp::AppendFrame {
+            frame: frame(session_id, 1, 2, 0),
+            done: outcomes.completion(3),
+        },
+        // Offset 5 would leave a gap after offset 1.
+        WriteOp::AppendFrame {
+            frame: frame(session_id, 5, 2, 1),
+            done: outcomes.completion(4),
+        },
+        WriteOp::EndSession {
+            session_id,
+            ended_at: 1,
+            done: outcomes.completion(5),
+        },
+        // Nothing may follow the end.
+        WriteOp::AppendFrame {
+            frame: frame(session_id, 2, 2, 1),
+            done: outcomes.completion(6),
+        },
+        WriteOp::EndSession {
+            session_id,
+            ended_at: 2,
+            done: outcomes.completion(7),
+        },
+    ];
+    let (queue, receiver) = mpsc::channel(16);
+    for op in ops {
+        queue.try_send(op).ok().unwrap();
+    }
+    drop(queue);
+
+    assert_eq!(writer::run(conn, receiver), 1);
+    let outcomes = outcomes.take();
+    assert!(outcomes[0].1.is_ok());
+    assert!(outcomes[1].1.is_ok());
+    assert!(matches!(outcomes[2].1, Err(StoreError::Sqlite { .. })));
+    assert!(outcomes[3].1.is_ok());
+    assert!(matches!(
+        outcomes[4].1,
+        Err(StoreError::FrameOutOfOrder { offset: 5, .. })
+    ));
+    assert!(outcomes[5].1.is_ok());
+    assert!(matches!(
+        outcomes[6].1,
+        Err(StoreError::FrameOutOfOrder { offset: 2, .. })
+    ));
+    assert!(matches!(outcomes[7].1, Err(StoreError::NotEndable { .. })));
+}
+
+#[tokio::test]
+async fn store_reloads_committed_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    for offset in 0..10u64 {
+        let stream = if offset % 2 == 0 { 1 } else { 2 };
+        append(&store, frame(session_id, offset, stream, offset / 2))
+            .await
+            .unwrap();
+    }
+    end(&store, session_id).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let record = store.session(session_id).await.unwrap().unwrap();
+    assert_eq!(record.epoch, u64::MAX - 7);
+    assert_eq!(record.fingerprint, [9; 16]);
+    assert_eq!(record.ended_at, Some(1_700_000_009_000));
+
+    let tail = store.session_tail(session_id).await.unwrap();
+    assert_eq!(tail.next_offset, 10);
+    let mut streams: Vec<_> = tail
+        .streams
+        .iter()
+        .map(|stream| (stream.stream_id.0[0], stream.last_seq, stream.last_offset))
+        .collect();
+    streams.sort();
+    assert_eq!(streams, vec![(1, 4, 8), (2, 4, 9)]);
+
+    let frames = store
+        .frames_between(session_id, 3, 10, 256, usize::MAX)
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = frames.iter().map(|frame| frame.offset).collect();
+    assert_eq!(offsets, (3..10).collect::<Vec<_>>());
+    let (offset, body) = sealcast_protocol::api::decode_delivery(&frames[0].delivery).unwrap();
+    assert_eq!(offset, 3);
+    assert_eq!(body, b"frame 3");
+}
+
+#[tokio::test]
+async fn frame_reads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    for offset in 0..20u64 {
+        append(&store, frame(session_id, offset, 1, offset))
+            .await
+            .unwrap();
+    }
+
+    let by_count = store
+        .frames_between(session_id, 0, 20, 5, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(by_count.len(), 5);
+    let by_until = store
+        .frames_between(session_id, 0, 3, 100, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(by_until.len(), 3);
+    // Each stored frame is 7 or 8 bytes: the read stops at the frame reaching 20 bytes.
+    let by_bytes = store
+        .frames_between(session_id, 0, 20, 100, 20)
+        .await
+        .unwrap();
+    assert_eq!(by_bytes.len(), 3);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn lookups_match_hashes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    store.insert_api_key([5; 32]).await.unwrap();
+
+    assert_eq!(store.api_key_count().await.unwrap(), 1);
+    assert!(store.api_key_exists([5; 32]).await.unwrap());
+    assert!(!store.api_key_exists([6; 32]).await.unwrap());
+
+    let found = store.session_by_invite([2; 32]).await.unwrap().unwrap();
+    assert_eq!(found.session_id, session_id);
+    assert!(store.session_by_invite([1; 32]).await.unwrap().is_none());
+    assert!(store.session(SessionId::random()).await.unwrap().is_none());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn closed_store_rejects_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.close().await;
+    let result = store.insert_api_key([5; 32]).await;
+    assert!(matches!(result, Err(StoreError::WriterStopped)));
+}

@@ -1,0 +1,287 @@
+//! The writer thread: it owns the write connection and commits queued writes
+//! in groups.
+//!
+//! Each round takes every queued write, up to [`MAX_BATCH`], runs them in one
+//! `BEGIN IMMEDIATE` transaction and completes each write's callback after
+//! COMMIT returns, in queue order. A write that fails on its own (for example
+//! a frame out of order) fails alone; a failed COMMIT fails the whole batch.
+
+use std::time::Instant;
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use sealcast_protocol::SessionId;
+use tokio::sync::mpsc;
+
+use super::schema::u64_to_sql;
+use super::{FrameRecord, NewSession, StoreError};
+use crate::credentials::CredentialHash;
+use crate::metrics::{
+    STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
+};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Called on the writer thread once the write is committed or has failed.
+/// It must not block.
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// One queued write.
+pub(crate) enum WriteOp {
+    /// Store the hash of a clinic API key.
+    InsertApiKey {
+        key_hash: CredentialHash,
+        created_at: i64,
+        done: Completion,
+    },
+    /// Store a new session.
+    CreateSession {
+        session: NewSession,
+        done: Completion,
+    },
+    /// Append a frame. The store checks that its offset directly follows the
+    /// session's last stored offset and that the session is still open.
+    AppendFrame {
+        frame: FrameRecord,
+        done: Completion,
+    },
+    /// Mark a session ended. Queued behind the session's frames.
+    EndSession {
+        session_id: SessionId,
+        ended_at: i64,
+        done: Completion,
+    },
+    /// Commit what is queued before it, then stop the thread.
+    Stop,
+}
+
+/// A reserved place in the writer's queue.
+pub(crate) struct WritePermit<'a> {
+    permit: mpsc::Permit<'a, WriteOp>,
+}
+
+impl<'a> WritePermit<'a> {
+    pub(super) fn new(permit: mpsc::Permit<'a, WriteOp>) -> Self {
+        WritePermit { permit }
+    }
+
+    /// Enqueues a write without waiting.
+    pub(crate) fn send(self, op: WriteOp) {
+        self.permit.send(op);
+    }
+}
+
+/// Starts the writer thread.
+pub(super) fn spawn(
+    conn: Connection,
+    queue: mpsc::Receiver<WriteOp>,
+) -> Result<std::thread::JoinHandle<u64>, StoreError> {
+    std::thread::Builder::new()
+        .name("sealcast-store-writer".into())
+        .spawn(move || run(conn, queue))
+        .map_err(|error| StoreError::WriterThread(error.into()))
+}
+
+/// Commits batches until stopped or every sender is gone. Returns the number
+/// of transactions run.
+pub(super) fn run(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) -> u64 {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut transactions = 0;
+    loop {
+        // Block for the first write, then take whatever else is already queued.
+        let Some(first) = queue.blocking_recv() else {
+            break;
+        };
+        let stop = collect(first, &mut queue, &mut batch);
+
+        if !batch.is_empty() {
+            commit_batch(&mut conn, &mut batch);
+            transactions += 1;
+        }
+        if stop {
+            break;
+        }
+    }
+    tracing::debug!(transactions, "store writer thread stopped");
+    transactions
+}
+
+/// Fills `batch` from the queue. Returns whether a stop request was taken.
+fn collect(first: WriteOp, queue: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) -> bool {
+    let mut next = Some(first);
+    while let Some(op) = next.take() {
+        if matches!(op, WriteOp::Stop) {
+            return true;
+        }
+        batch.push(op);
+        if batch.len() < MAX_BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    false
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+    let started = Instant::now();
+    let outcomes = apply_batch(conn, batch);
+    let elapsed = started.elapsed();
+
+    metrics::histogram!(STORE_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    metrics::histogram!(STORE_COMMIT_BATCH_WRITES).record(batch.len() as f64);
+    tracing::trace!(
+        writes = batch.len(),
+        elapsed_us = elapsed.as_micros() as u64,
+        "store batch"
+    );
+
+    match outcomes {
+        Ok(outcomes) => {
+            for (op, outcome) in batch.drain(..).zip(outcomes) {
+                if outcome.is_err() {
+                    metrics::counter!(STORE_WRITE_FAILURES).increment(1);
+                }
+                complete(op, outcome);
+            }
+        }
+        Err(error) => {
+            metrics::counter!(STORE_COMMIT_FAILURES).increment(1);
+            tracing::error!(%error, writes = batch.len(), "store commit failed");
+            for op in batch.drain(..) {
+                complete(op, Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Runs every write in one transaction. The outer error means nothing was committed.
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &[WriteOp],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::sqlite("begin a transaction"))?;
+    let outcomes = batch.iter().map(|op| apply(&tx, op)).collect();
+    tx.commit()
+        .map_err(StoreError::sqlite("commit a transaction"))?;
+    Ok(outcomes)
+}
+
+fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    match op {
+        WriteOp::InsertApiKey {
+            key_hash,
+            created_at,
+            ..
+        } => insert_api_key(conn, key_hash, *created_at),
+        WriteOp::CreateSession { session, .. } => insert_session(conn, session),
+        WriteOp::AppendFrame { frame, .. } => append_frame(conn, frame),
+        WriteOp::EndSession {
+            session_id,
+            ended_at,
+            ..
+        } => end_session(conn, session_id, *ended_at),
+        WriteOp::Stop => Ok(()),
+    }
+}
+
+fn complete(op: WriteOp, outcome: Result<(), StoreError>) {
+    match op {
+        WriteOp::InsertApiKey { done, .. }
+        | WriteOp::CreateSession { done, .. }
+        | WriteOp::AppendFrame { done, .. }
+        | WriteOp::EndSession { done, .. } => done(outcome),
+        WriteOp::Stop => {}
+    }
+}
+
+fn insert_api_key(
+    conn: &Connection,
+    key_hash: &CredentialHash,
+    created_at: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO api_keys (key_hash, created_at) VALUES (?1, ?2)")
+        .and_then(|mut statement| statement.execute(params![key_hash.as_slice(), created_at]))
+        .map_err(StoreError::sqlite("store an API key"))?;
+    Ok(())
+}
+
+fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
+    let sql = "INSERT INTO sessions (session_id, epoch, fingerprint, publisher_token_hash,
+        invite_token_hash, invite_verifier, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| {
+            statement.execute(params![
+                session.session_id.as_bytes().as_slice(),
+                u64_to_sql(session.epoch),
+                session.fingerprint.as_slice(),
+                session.publisher_token_hash.as_slice(),
+                session.invite_token_hash.as_slice(),
+                session
+                    .invite_verifier
+                    .as_ref()
+                    .map(|verifier| verifier.as_slice()),
+                session.created_at,
+            ])
+        })
+        .map_err(StoreError::sqlite("store a session"))?;
+    Ok(())
+}
+
+fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError> {
+    let out_of_order = || StoreError::FrameOutOfOrder {
+        session_id: frame.session_id,
+        offset: frame.offset,
+    };
+    let offset = i64::try_from(frame.offset).map_err(|_| out_of_order())?;
+    let seq = i64::try_from(frame.seq).map_err(|_| out_of_order())?;
+    let body = frame.delivery.get(8..).ok_or_else(out_of_order)?;
+
+    // The WHERE clause keeps offsets gap-free and nothing after the session end,
+    // whatever the in-memory state believed.
+    let sql = "INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
+            received_at, frame)
+        SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+        WHERE ?2 = (SELECT COALESCE(MAX(frame_offset) + 1, 0) FROM frames WHERE session_id = ?1)
+          AND EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1 AND ended_at IS NULL)";
+    let inserted = conn
+        .prepare_cached(sql)
+        .and_then(|mut statement| {
+            statement.execute(params![
+                frame.session_id.as_bytes().as_slice(),
+                offset,
+                frame.stream_id.as_bytes().as_slice(),
+                seq,
+                frame.kind.to_byte(),
+                u64_to_sql(frame.final_count),
+                frame.received_at,
+                body,
+            ])
+        })
+        .map_err(StoreError::sqlite("store a frame"))?;
+
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(out_of_order())
+    }
+}
+
+fn end_session(conn: &Connection, session_id: &SessionId, ended_at: i64) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE sessions SET ended_at = ?2 WHERE session_id = ?1 AND ended_at IS NULL",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![session_id.as_bytes().as_slice(), ended_at])
+        })
+        .map_err(StoreError::sqlite("end a session"))?;
+
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::NotEndable {
+            session_id: *session_id,
+        })
+    }
+}

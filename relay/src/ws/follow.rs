@@ -1,0 +1,489 @@
+//! `GET /v1/follow?epoch=E&from=N`: a patient device's socket.
+//!
+//! The follower gets a welcome, then every frame from offset N in order: first
+//! from the store, then from the hub's ring and its live queue, switching
+//! under the hub's lock so that no frame is missed or repeated. A follower
+//! whose queue overflows goes back to the store from its cursor. One that
+//! still cannot keep up is closed with `LAGGED` and resumes on reconnect.
+
+use std::collections::VecDeque;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures_util::StreamExt;
+use sealcast_protocol::api::{close, FollowerEvent};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::socket::{Closing, Inbound, SendFailure, WsConnection};
+use super::{configure, not_an_upgrade};
+use crate::http::{auth, ApiError, AppState};
+use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
+use crate::listener::ConnectionTicket;
+use crate::metrics::{ActiveConnection, BYTES_DELIVERED, FOLLOWERS_LAGGED, FRAMES_DELIVERED};
+use crate::store::{Store, StoredFrame};
+
+const ROLE: &str = "follower";
+
+/// Most frames read from the store at once.
+const STORE_BATCH_FRAMES: usize = 256;
+
+/// Detachments from live fan-out, without an empty queue in between, after
+/// which a follower is closed as lagged.
+const MAX_DETACHMENTS: u32 = 3;
+
+/// Catch-up rounds in a row after which a follower is closed as lagged. A
+/// round reads the store up to where the ring started; it repeats when the
+/// ring moved on meanwhile.
+const MAX_CATCH_UP_ROUNDS: u32 = 8;
+
+/// Query parameters of the follow endpoint.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FollowQuery {
+    /// History epoch the follower last saw.
+    epoch: Option<u64>,
+    /// First offset to deliver.
+    from: Option<u64>,
+}
+
+/// Checks the invite token, then upgrades. Invites stop working once the
+/// session end is committed; a follower connected before then still gets
+/// every frame and the end.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<FollowQuery>, QueryRejection>,
+    ticket: Option<Extension<ConnectionTicket>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let record = auth::invite_session(&state, &headers).await?;
+    if record.ended_at.is_some() {
+        return Err(ApiError::Gone(format!(
+            "session {} has ended, so its invite no longer works",
+            record.session_id
+        )));
+    }
+    // The rejection text would repeat the query, so it stays out of the message.
+    let Query(query) = query.map_err(|_| {
+        ApiError::BadRequest("query parameters epoch and from must be unsigned integers".into())
+    })?;
+    let upgrade = upgrade.map_err(not_an_upgrade)?;
+    let lease = state.hubs.lease(&record).await?;
+
+    let hold = state.shutdown.hold();
+    let limits = state.limits.clone();
+    Ok(
+        configure(upgrade, &limits).on_upgrade(move |socket| async move {
+            run(state, lease, socket, query).await;
+            drop(ticket);
+            drop(hold);
+        }),
+    )
+}
+
+async fn run(state: AppState, hub: HubLease, socket: WebSocket, query: FollowQuery) {
+    let conn = WsConnection::new(socket, ROLE, &state.limits);
+    let from = query.from.unwrap_or(0);
+    if let Err(closing) = check_resume(&hub, query.epoch, from) {
+        tracing::debug!(session_id = %hub.session_id(), reason = %closing.reason, "follower cannot resume");
+        conn.close(closing).await;
+        return;
+    }
+    tracing::debug!(session_id = %hub.session_id(), role = ROLE, from, "follower connected");
+
+    let mut follower = Follower {
+        feed: Feed::new(&state, hub, from),
+        state,
+        conn,
+        _active: ActiveConnection::open(ROLE),
+    };
+    let ending = follower.serve().await;
+    follower.finish(ending).await;
+}
+
+fn check_resume(hub: &HubLease, epoch: Option<u64>, from: u64) -> Result<(), Closing> {
+    if epoch.is_some_and(|epoch| epoch != hub.epoch()) {
+        return Err(Closing::new(
+            close::CANNOT_RECOVER,
+            "epoch does not match the session's history: start over from offset 0",
+        ));
+    }
+    let next = hub.next_offset();
+    if from > next {
+        return Err(Closing::new(
+            close::CANNOT_RECOVER,
+            format!("offset {from} is beyond the session's next offset {next}: start over from offset 0"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reason a follow socket stops.
+#[derive(Debug)]
+enum Ending {
+    /// Close with this code.
+    Close(Closing),
+    /// The session ended and everything was delivered.
+    Ended,
+    /// The peer closed the socket or it broke.
+    PeerGone,
+}
+
+struct Follower {
+    state: AppState,
+    conn: WsConnection,
+    feed: Feed,
+    _active: ActiveConnection,
+}
+
+/// One turn of the socket loop.
+enum Step {
+    Shutdown,
+    Inbound(Inbound),
+    Tick,
+    Work(Work),
+}
+
+impl Follower {
+    async fn serve(&mut self) -> Ending {
+        if let Err(failure) = self.send_welcome().await {
+            return self.on_send_failure(failure);
+        }
+
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.state.shutdown.triggered() => Step::Shutdown,
+                item = self.conn.stream.next() => Step::Inbound(self.conn.classify(item)),
+                () = self.conn.keepalive.tick() => Step::Tick,
+                work = self.feed.next_work() => Step::Work(work),
+            };
+            let outcome = match step {
+                Step::Shutdown => Err(Ending::Close(Closing::new(
+                    close::GOING_AWAY,
+                    "relay is shutting down: reconnect and resume",
+                ))),
+                Step::Inbound(inbound) => self.on_inbound(inbound),
+                Step::Tick => self.conn.on_tick().await.map_err(Ending::Close),
+                Step::Work(work) => self.on_work(work).await,
+            };
+            if let Err(ending) = outcome {
+                return ending;
+            }
+        }
+    }
+
+    async fn send_welcome(&mut self) -> Result<(), SendFailure> {
+        let hub = &self.feed.hub;
+        let welcome = FollowerEvent::Welcome {
+            session_id: hub.session_id(),
+            epoch: hub.epoch(),
+            fingerprint: URL_SAFE_NO_PAD.encode(hub.fingerprint()),
+            from_offset: self.feed.cursor,
+            ended: hub.is_ending(),
+        };
+        self.conn.send_event(&welcome).await
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) -> Result<(), Ending> {
+        match inbound {
+            Inbound::Control => Ok(()),
+            Inbound::Binary(_) | Inbound::Text => Err(Ending::Close(Closing::new(
+                close::POLICY_VIOLATION,
+                "follow sockets accept no data messages",
+            ))),
+            Inbound::TooBig => Err(Ending::Close(Closing::new(
+                close::MESSAGE_TOO_BIG,
+                "message exceeds the maximum size",
+            ))),
+            Inbound::Closed => Err(Ending::PeerGone),
+            Inbound::Failed(error) => {
+                tracing::debug!(session_id = %self.feed.hub.session_id(), %error, "follow socket failed");
+                Err(Ending::PeerGone)
+            }
+        }
+    }
+
+    async fn on_work(&mut self, work: Work) -> Result<(), Ending> {
+        let sent = match work {
+            Work::Deliver(delivery) => {
+                let len = delivery.len() as u64;
+                let sent = self.conn.send(Message::Binary(delivery)).await;
+                if sent.is_ok() {
+                    metrics::counter!(FRAMES_DELIVERED).increment(1);
+                    metrics::counter!(BYTES_DELIVERED).increment(len);
+                }
+                sent
+            }
+            Work::Committed(offset) => {
+                self.conn
+                    .send_event(&FollowerEvent::Committed { offset })
+                    .await
+            }
+            Work::Ended => {
+                return match self.conn.send_event(&FollowerEvent::Ended).await {
+                    Ok(()) => Err(Ending::Ended),
+                    Err(failure) => Err(self.on_send_failure(failure)),
+                }
+            }
+            Work::Close(closing) => return Err(Ending::Close(closing)),
+        };
+        sent.map_err(|failure| self.on_send_failure(failure))
+    }
+
+    fn on_send_failure(&self, failure: SendFailure) -> Ending {
+        match failure {
+            SendFailure::TimedOut => {
+                metrics::counter!(FOLLOWERS_LAGGED).increment(1);
+                Ending::Close(Closing::new(
+                    close::LAGGED,
+                    "write timed out: reconnect and resume",
+                ))
+            }
+            SendFailure::Closed => Ending::PeerGone,
+        }
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        let session_id = self.feed.hub.session_id();
+        let closing = match ending {
+            Ending::Close(closing) if closing.code == close::GOING_AWAY => {
+                if let Some(offset) = self.feed.committed_to_announce() {
+                    let _ = self
+                        .conn
+                        .send_event(&FollowerEvent::Committed { offset })
+                        .await;
+                }
+                Some(closing)
+            }
+            Ending::Close(closing) => Some(closing),
+            Ending::Ended => Some(Closing::new(close::SESSION_ENDED, "session ended")),
+            Ending::PeerGone => None,
+        };
+        // Leave fan-out before the hub lease goes.
+        self.feed.subscription = None;
+        match closing {
+            Some(closing) => {
+                tracing::debug!(%session_id, role = ROLE, code = closing.code, "follower closed");
+                self.conn.close(closing).await;
+            }
+            None => tracing::debug!(%session_id, role = ROLE, "follower disconnected"),
+        }
+    }
+}
+
+/// The next thing to send a follower.
+#[derive(Debug)]
+enum Work {
+    /// A frame, as the offset then the frame.
+    Deliver(Bytes),
+    /// Everything up to this offset is committed and delivered.
+    Committed(u64),
+    /// The session ended and everything was delivered.
+    Ended,
+    /// The follower must be closed.
+    Close(Closing),
+}
+
+/// Source of a follower's frames: the store, then its live queue.
+struct Feed {
+    hub: HubLease,
+    store: Store,
+    queue_limit: usize,
+    progress: watch::Receiver<Progress>,
+    /// Next offset to deliver.
+    cursor: u64,
+    /// Last offset announced as committed.
+    announced: Option<u64>,
+    /// Frames read from the store, not yet delivered.
+    batch: VecDeque<StoredFrame>,
+    /// Ring start at the last check. The store contains every frame before it.
+    catch_up_until: u64,
+    catch_up_rounds: u32,
+    detachments: u32,
+    subscription: Option<Subscription>,
+}
+
+impl Feed {
+    fn new(state: &AppState, hub: HubLease, from: u64) -> Feed {
+        Feed {
+            progress: hub.watch_progress(),
+            hub,
+            store: state.store.clone(),
+            queue_limit: state.limits.follower_queue_bytes,
+            cursor: from,
+            announced: None,
+            batch: VecDeque::new(),
+            catch_up_until: 0,
+            catch_up_rounds: 0,
+            detachments: 0,
+            subscription: None,
+        }
+    }
+
+    /// Waits for the next thing to send. Cancel-safe: state changes only in
+    /// the poll that returns, or are redone on the next call.
+    async fn next_work(&mut self) -> Work {
+        loop {
+            if let Some(work) = self.ready_work() {
+                return work;
+            }
+            if let Some(subscription) = &self.subscription {
+                tokio::select! {
+                    () = subscription.queue().wait() => {}
+                    changed = self.progress.changed() => {
+                        if changed.is_err() {
+                            return Work::Close(store_failed());
+                        }
+                    }
+                }
+            } else if let Err(closing) = self.read_store_batch().await {
+                return Work::Close(closing);
+            }
+        }
+    }
+
+    /// Returns what can be sent now without waiting. `None` means wait for
+    /// the live queue, or read the store when there is no subscription.
+    fn ready_work(&mut self) -> Option<Work> {
+        let progress = *self.progress.borrow_and_update();
+        if progress.failed {
+            return Some(Work::Close(store_failed()));
+        }
+        if let Some(frame) = self.batch.pop_front() {
+            self.cursor = frame.offset + 1;
+            return Some(Work::Deliver(frame.delivery));
+        }
+        if self.subscription.is_none() {
+            if let Err(work) = self.try_subscribe() {
+                return work;
+            }
+        }
+        if let Some(work) = self.pop_live() {
+            return Some(work);
+        }
+        if let Some(offset) = self.committed_to_announce() {
+            self.announced = Some(offset);
+            return Some(Work::Committed(offset));
+        }
+        if self.subscription.is_some() && progress.end.is_some_and(|end| self.cursor >= end) {
+            return Some(Work::Ended);
+        }
+        None
+    }
+
+    /// Subscribes at the cursor, or notes how far the store must be read first.
+    /// The error is work to return: a close, or `None` to read the store.
+    fn try_subscribe(&mut self) -> Result<(), Option<Work>> {
+        match self.hub.hub().subscribe(self.cursor, self.queue_limit) {
+            Subscribe::Live(subscription) => {
+                self.subscription = Some(subscription);
+                self.catch_up_rounds = 0;
+                Ok(())
+            }
+            Subscribe::Behind { ring_start } => {
+                if self.cursor >= self.catch_up_until {
+                    self.catch_up_rounds += 1;
+                }
+                self.catch_up_until = ring_start;
+                if self.catch_up_rounds > MAX_CATCH_UP_ROUNDS {
+                    return Err(Some(lagged("cannot catch up with the live frames")));
+                }
+                Err(self.committed_to_announce().map(|offset| {
+                    self.announced = Some(offset);
+                    Work::Committed(offset)
+                }))
+            }
+            Subscribe::Unavailable => Err(Some(Work::Close(store_failed()))),
+        }
+    }
+
+    /// Takes the next live frame, or handles a detachment.
+    fn pop_live(&mut self) -> Option<Work> {
+        let subscription = self.subscription.as_ref()?;
+        match subscription.queue().pop() {
+            Popped::Frame(frame) => {
+                self.cursor = frame.offset + 1;
+                Some(Work::Deliver(frame.delivery.clone()))
+            }
+            Popped::Empty => {
+                self.detachments = 0;
+                None
+            }
+            Popped::Detached => {
+                self.subscription = None;
+                self.detachments += 1;
+                tracing::debug!(
+                    session_id = %self.hub.session_id(), cursor = self.cursor,
+                    "follower detached from live fan-out: catching up from the store"
+                );
+                if self.detachments > MAX_DETACHMENTS {
+                    return Some(lagged("fell behind the live frames repeatedly"));
+                }
+                // Caught up from the ring or the store on the next call.
+                self.ready_work()
+            }
+        }
+    }
+
+    /// Returns the committed offset to announce, if it moved. Every frame up
+    /// to it is both committed and delivered to this follower.
+    fn committed_to_announce(&self) -> Option<u64> {
+        let committed = self.progress.borrow().committed;
+        let delivered_and_committed = committed.min(self.cursor).checked_sub(1)?;
+        match self.announced {
+            Some(announced) if announced >= delivered_and_committed => None,
+            _ => Some(delivered_and_committed),
+        }
+    }
+
+    /// Reads the next batch of stored frames before the ring's start.
+    async fn read_store_batch(&mut self) -> Result<(), Closing> {
+        let session_id = self.hub.session_id();
+        let frames = self
+            .store
+            .frames_between(
+                session_id,
+                self.cursor,
+                self.catch_up_until,
+                STORE_BATCH_FRAMES,
+                self.queue_limit / 2,
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(%session_id, %error, "failed to read stored frames for a follower");
+                store_failed()
+            })?;
+
+        // Offsets below the ring are committed, so the store must hold them all.
+        if frames.first().map(|frame| frame.offset) != Some(self.cursor) {
+            tracing::error!(%session_id, cursor = self.cursor, "stored history is missing frames");
+            return Err(store_failed());
+        }
+        self.batch.extend(frames);
+        Ok(())
+    }
+}
+
+fn lagged(reason: &str) -> Work {
+    metrics::counter!(FOLLOWERS_LAGGED).increment(1);
+    Work::Close(Closing::new(
+        close::LAGGED,
+        format!("{reason}: reconnect and resume"),
+    ))
+}
+
+fn store_failed() -> Closing {
+    Closing::new(
+        close::INTERNAL_ERROR,
+        "relay failed to store frames: reconnect and resume",
+    )
+}

@@ -1,0 +1,254 @@
+// Entry point of the patient page served at /join.
+//
+// The invite link is /join?token=TOKEN#secret=KEY. The key lives in the fragment, which browsers
+// never send to a server, and this module removes it from the address bar and the history as
+// its first statement. The key then stays in memory and in this tab's sessionStorage (so a
+// reload works without the fragment) until the session ends or the link proves unusable.
+
+import { FollowSession } from './connection.js';
+import {
+  KEY_LEN,
+  decodeBase64url,
+  deriveFingerprint,
+  deriveInviteAuthKey,
+  encodeBase64url,
+  fingerprintWords,
+  hasWebCrypto,
+  importSessionKey,
+  parseInvite,
+  parseInviteToken,
+  splitInviteAddress,
+} from './protocol.js';
+import { PageView } from './view.js';
+
+const address = splitInviteAddress(window.location);
+window.history.replaceState(null, '', address.cleanUrl);
+
+const STORAGE_KEY = 'sealcast.invite';
+const LARGE_TEXT_KEY = 'sealcast.large-text';
+const THEME_KEY = 'sealcast.theme';
+
+const NEW_LINK = 'Ask the clinic for a new link.';
+const DAMAGED_LINK = `This link is damaged or incomplete. ${NEW_LINK}`;
+const MESSAGES = {
+  insecure:
+    'This page needs a secure connection (https). Open the link exactly as you received it, ' +
+    'starting with https://.',
+  missing_secret:
+    'This link is incomplete: the part after # is missing. Open the whole link from your ' +
+    `message. If that does not work: ${NEW_LINK}`,
+  missing_token: DAMAGED_LINK,
+  invalid_token: DAMAGED_LINK,
+  invalid_secret_encoding: DAMAGED_LINK,
+  invalid_secret_length: DAMAGED_LINK,
+  fingerprint_mismatch: `This link does not match the session. ${NEW_LINK}`,
+  already_used: `This link has already been used on another device. ${NEW_LINK}`,
+  not_found: `This link is not valid or has expired. ${NEW_LINK}`,
+  ended: 'This session has ended.',
+  refused: `The server refused the connection. ${NEW_LINK}`,
+  bad_response: 'The server sent a response this page cannot read. Reload the page to try again.',
+  unexpected: 'Something went wrong on this page. Reload the page to try again.',
+  session_ended: 'The session has ended.',
+};
+
+const view = new PageView(document);
+const preferences = readPreferences();
+setUpLargeText();
+setUpTheme();
+start().catch((error) => {
+  console.error('sealcast: the page failed to start', error);
+  view.showStatus('stopped');
+  view.showMessage(MESSAGES.unexpected);
+});
+
+async function start() {
+  if (!hasWebCrypto()) {
+    view.showStatus('stopped');
+    view.showMessage(MESSAGES.insecure);
+    return;
+  }
+  const invite = readInvite();
+  if (invite.error !== undefined) {
+    view.showStatus('stopped');
+    view.showMessage(MESSAGES[invite.error] ?? DAMAGED_LINK);
+    return;
+  }
+
+  const sessionKey = await importSessionKey(invite.key);
+  invite.key.fill(0);
+  const fingerprint = await deriveFingerprint(sessionKey);
+  view.showWords(fingerprintWords(fingerprint));
+
+  const session = new FollowSession({
+    token: invite.token,
+    sessionKey,
+    fingerprint,
+    inviteAuthKey: await deriveInviteAuthKey(sessionKey),
+    sessionId: invite.sessionId,
+    env: browserEnv(),
+    listener: pageListener(invite.token),
+  });
+  window.addEventListener('online', () => session.reconnectNow());
+  await session.run({ socketFirst: invite.fromStorage });
+}
+
+// Reads the key from the fragment, or after a reload from this tab's session storage. Returns
+// `{ token, key, sessionId, fromStorage }` or `{ error }` with an InviteError kind.
+function readInvite() {
+  const stored = readStoredInvite();
+  let parsed;
+  try {
+    parsed = parseInvite(address);
+  } catch (error) {
+    return recoverFromStorage(error, stored);
+  }
+  const secret = encodeBase64url(parsed.key);
+  const known = stored !== null && stored.token === parsed.token && stored.secret === secret;
+  const sessionId = known ? stored.sessionId : null;
+  writeStoredInvite({ token: parsed.token, secret, sessionId });
+  return { token: parsed.token, key: parsed.key, sessionId, fromStorage: known };
+}
+
+function recoverFromStorage(error, stored) {
+  const kind = error?.kind ?? 'invalid_secret_encoding';
+  if (kind !== 'missing_secret' || stored === null) {
+    return { error: kind };
+  }
+  // parseInvite checks the token before the secret, so the token is valid here.
+  const token = parseInviteToken(address.search);
+  const key = decodeBase64url(stored.secret);
+  if (token !== stored.token || key === null || key.length !== KEY_LEN) {
+    return { error: kind };
+  }
+  return { token, key, sessionId: stored.sessionId, fromStorage: true };
+}
+
+function pageListener(token) {
+  return {
+    status: (state) => view.showStatus(state),
+    session: ({ sessionId }) => rememberSessionId(token, sessionId),
+    segment: (segment) => view.showSegment(segment),
+    notice: (counters) => view.showNotices(counters),
+    ended: () => {
+      wipeStoredInvite();
+      view.showMessage(MESSAGES.session_ended);
+    },
+    failed: (kind) => {
+      // The key is useless after every failure except an unreadable response, where a reload
+      // can still succeed.
+      if (kind !== 'bad_response') {
+        wipeStoredInvite();
+      }
+      view.showMessage(MESSAGES[kind] ?? MESSAGES.refused);
+    },
+  };
+}
+
+function browserEnv() {
+  return {
+    fetch: (...args) => window.fetch(...args),
+    WebSocket: window.WebSocket,
+    location: window.location,
+    setTimeout: (callback, delay) => window.setTimeout(callback, delay),
+    clearTimeout: (timer) => window.clearTimeout(timer),
+    random: Math.random,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session storage of the key, for a reload in the same tab
+
+function readStoredInvite() {
+  try {
+    const value = JSON.parse(window.sessionStorage.getItem(STORAGE_KEY) ?? 'null');
+    if (typeof value?.token !== 'string' || typeof value.secret !== 'string') {
+      return null;
+    }
+    const sessionId = typeof value.sessionId === 'string' ? value.sessionId : null;
+    return { token: value.token, secret: value.secret, sessionId };
+  } catch {
+    return null;
+  }
+}
+
+function writeStoredInvite(value) {
+  try {
+    window.sessionStorage.setItem(STORAGE_KEY, JSON.stringify(value));
+  } catch {
+    // Storage is disabled: the page works, but a reload needs the whole link again.
+  }
+}
+
+function rememberSessionId(token, sessionId) {
+  const stored = readStoredInvite();
+  if (stored !== null && stored.token === token && stored.sessionId !== sessionId) {
+    writeStoredInvite({ ...stored, sessionId });
+  }
+}
+
+function wipeStoredInvite() {
+  try {
+    window.sessionStorage.removeItem(STORAGE_KEY);
+  } catch {
+    // Storage is disabled, so it contains nothing to wipe.
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Display preferences, kept in localStorage because they are not secret
+
+function readPreferences() {
+  const read = (key) => {
+    try {
+      return window.localStorage.getItem(key);
+    } catch {
+      return null;
+    }
+  };
+  return { largeText: read(LARGE_TEXT_KEY) === 'on', theme: read(THEME_KEY) };
+}
+
+function savePreference(key, value) {
+  try {
+    window.localStorage.setItem(key, value);
+  } catch {
+    // Storage is disabled: the choice lasts until the page closes.
+  }
+}
+
+function setUpLargeText() {
+  const button = document.getElementById('large-text');
+  const apply = () => {
+    document.documentElement.classList.toggle('large-text', preferences.largeText);
+    button.setAttribute('aria-pressed', String(preferences.largeText));
+  };
+  apply();
+  button.addEventListener('click', () => {
+    preferences.largeText = !preferences.largeText;
+    savePreference(LARGE_TEXT_KEY, preferences.largeText ? 'on' : 'off');
+    apply();
+  });
+}
+
+// Follows prefers-color-scheme until the patient picks light or dark with the toggle.
+function setUpTheme() {
+  const button = document.getElementById('theme');
+  const systemDark = window.matchMedia('(prefers-color-scheme: dark)');
+  const apply = () => {
+    const chosen = preferences.theme === 'dark' || preferences.theme === 'light';
+    const dark = chosen ? preferences.theme === 'dark' : systemDark.matches;
+    if (chosen) {
+      document.documentElement.dataset.theme = preferences.theme;
+    } else {
+      delete document.documentElement.dataset.theme;
+    }
+    button.setAttribute('aria-pressed', String(dark));
+  };
+  apply();
+  button.addEventListener('click', () => {
+    preferences.theme = button.getAttribute('aria-pressed') === 'true' ? 'light' : 'dark';
+    savePreference(THEME_KEY, preferences.theme);
+    apply();
+  });
+  systemDark.addEventListener('change', apply);
+}

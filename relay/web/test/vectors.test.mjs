@@ -1,0 +1,356 @@
+// Checks the browser code against the known-answer vectors, invite cases and word list in
+// docs/protocol.md, which the Rust test suite checks against the protocol crate, so the page and
+// the crate cannot drift apart.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { parseJson } from '../json.js';
+import { StreamOpener } from '../opener.js';
+import {
+  LABELS,
+  bytesToHex,
+  computeInviteProof,
+  decodeDelivery,
+  decodeFrameHeader,
+  decryptFrame,
+  deriveFingerprint,
+  deriveInviteAuthKey,
+  deriveStreamKey,
+  encodeBase64url,
+  fingerprintWords,
+  frameHash,
+  hexToBytes,
+  importSessionKey,
+  nonceForSeq,
+  parseEndOfSession,
+  parseInvite,
+  parseSegment,
+  splitInviteAddress,
+  unpad,
+} from '../protocol.js';
+import { WORDS } from '../words.js';
+import { TestStream, segmentJson } from '../test-support/seal.mjs';
+
+// Document parsing, in the block format that protocol/tests/vectors.rs reads too.
+
+/** Path of a file relative to the repository root. */
+function repoPath(relative) {
+  return fileURLToPath(new URL(`../../../${relative}`, import.meta.url));
+}
+
+/** Text of docs/protocol.md. */
+function readProtocolDoc() {
+  return readFileSync(repoPath('docs/protocol.md'), 'utf8');
+}
+
+/** Bodies of the fenced blocks whose info string is exactly `info`. */
+function fencedBlocks(markdown, info) {
+  const blocks = [];
+  let body = null;
+  for (const line of markdown.split('\n')) {
+    if (body === null && line.trimEnd() === '```' + info) {
+      body = [];
+    } else if (body !== null && line.trimEnd() === '```') {
+      blocks.push(body);
+      body = null;
+    } else if (body !== null) {
+      body.push(line.trimEnd());
+    }
+  }
+  if (body !== null) {
+    throw new Error(`a \`\`\`${info} block is not closed`);
+  }
+  return blocks;
+}
+
+/**
+ * Parses every `vectors` block into a Map. A line `name: value` starts a value and a line
+ * starting with two spaces continues the value above it, with the spaces removed.
+ */
+function parseVectors(markdown) {
+  const values = new Map();
+  for (const block of fencedBlocks(markdown, 'vectors')) {
+    let name = null;
+    for (const line of block) {
+      if (line.trim() === '') {
+        continue;
+      }
+      if (line.startsWith('  ')) {
+        if (name === null) {
+          throw new Error(`continuation line without a value: ${line}`);
+        }
+        values.set(name, values.get(name) + line.trim());
+        continue;
+      }
+      const colon = line.indexOf(':');
+      if (colon <= 0) {
+        throw new Error(`vector line has no name: ${line}`);
+      }
+      name = line.slice(0, colon);
+      if (values.has(name)) {
+        throw new Error(`vector ${name} appears twice`);
+      }
+      values.set(name, line.slice(colon + 1).replace(/^ /, ''));
+    }
+  }
+  return values;
+}
+
+/** Parses the `invite-cases` blocks into `{ expected, link }` rows. */
+function parseInviteCases(markdown) {
+  return fencedBlocks(markdown, 'invite-cases')
+    .flat()
+    .filter((line) => line.trim() !== '')
+    .map((line) => {
+      const bar = line.indexOf('|');
+      return { expected: line.slice(0, bar).trim(), link: line.slice(bar + 1).trim() };
+    });
+}
+
+/** Parses the `words` block: lines `HEX: word word ...`, returned as one list in index order. */
+function parseWordList(markdown) {
+  const words = [];
+  for (const line of fencedBlocks(markdown, 'words').flat()) {
+    if (line.trim() === '') {
+      continue;
+    }
+    const [index, rest] = line.split(':');
+    if (Number.parseInt(index, 16) !== words.length) {
+      throw new Error(`word list line starts at ${index}, expected ${words.length.toString(16)}`);
+    }
+    words.push(...rest.trim().split(/\s+/));
+  }
+  return words;
+}
+
+/** Converts a Rust variant name such as `InvalidSecretLength` to `invalid_secret_length`. */
+function snakeCase(name) {
+  return name.replace(/(?<!^)([A-Z])/g, '_$1').toLowerCase();
+}
+
+// Checks against the vectors
+
+const doc = readProtocolDoc();
+const vectors = parseVectors(doc);
+const used = new Set();
+
+function vector(name) {
+  assert.ok(vectors.has(name), `docs/protocol.md has no vector named ${name}`);
+  used.add(name);
+  return vectors.get(name);
+}
+
+const bytes = (name) => hexToBytes(vector(name));
+const hexOf = async (key) => bytesToHex(new Uint8Array(await crypto.subtle.exportKey('raw', key)));
+const sessionKey = await importSessionKey(bytes('session_key'));
+const sessionId = bytes('session_id');
+const streamId = bytes('stream_id');
+const plaintexts = [vector('segment_0'), vector('segment_1'), vector('end_2')];
+const kinds = [2, 1, 3];
+const finalCounts = [1n, 1n, 2n];
+
+test('labels match the document', () => {
+  assert.equal(vector('stream_key_label'), LABELS.streamKey);
+  assert.equal(vector('fingerprint_label'), LABELS.fingerprint);
+  assert.equal(vector('invite_auth_label'), LABELS.inviteAuth);
+  assert.equal(vector('invite_proof_label'), LABELS.inviteProof);
+});
+
+test('key derivations match', async () => {
+  const streamKey = await deriveStreamKey(sessionKey, sessionId, streamId, true);
+  assert.equal(await hexOf(streamKey), vector('stream_key'));
+
+  const fingerprint = await deriveFingerprint(sessionKey);
+  assert.equal(bytesToHex(fingerprint), vector('fingerprint'));
+  assert.equal(encodeBase64url(fingerprint), vector('fingerprint_base64url'));
+  assert.equal(fingerprintWords(fingerprint).join(' '), vector('fingerprint_words'));
+
+  const authKey = await deriveInviteAuthKey(sessionKey, true);
+  assert.equal(await hexOf(authKey), vector('invite_auth_key'));
+  const authBytes = hexToBytes(await hexOf(authKey));
+  assert.equal(encodeBase64url(authBytes), vector('invite_auth_key_base64url'));
+});
+
+test('invite proof matches', async () => {
+  const authKey = await deriveInviteAuthKey(sessionKey);
+  const proof = await computeInviteProof(authKey, bytes('challenge'));
+  assert.equal(bytesToHex(proof), vector('invite_proof'));
+});
+
+for (const index of [0, 1, 2]) {
+  test(`frame ${index} header, padding and hash match`, async () => {
+    const frame = bytes(`frame_${index}`);
+    const header = decodeFrameHeader(frame);
+    assert.equal(bytesToHex(frame.subarray(0, 88)), vector(`header_${index}`));
+    assert.equal(bytesToHex(nonceForSeq(header.seq)), vector(`nonce_${index}`));
+    assert.equal(header.kind, kinds[index]);
+    assert.equal(header.seq, BigInt(index));
+    assert.equal(header.finalCount, finalCounts[index]);
+    assert.equal(header.keyEpoch, 0);
+    assert.equal(header.sessionIdHex, vector('session_id'));
+    assert.equal(header.streamIdHex, vector('stream_id'));
+    const previous = index === 0 ? '00'.repeat(32) : vector(`frame_${index - 1}_hash`);
+    assert.equal(bytesToHex(header.prevHash), previous);
+
+    const streamKey = await deriveStreamKey(sessionKey, sessionId, streamId);
+    const padded = await decryptFrame(streamKey, frame, header);
+    if (index === 0) {
+      assert.equal(bytesToHex(padded), vector('padded_0'));
+    }
+    const paddedHash = new Uint8Array(await crypto.subtle.digest('SHA-256', padded));
+    assert.equal(bytesToHex(paddedHash), vector(`padded_${index}_sha256`));
+    assert.equal(new TextDecoder().decode(unpad(padded)), plaintexts[index]);
+    assert.equal(bytesToHex(await frameHash(frame)), vector(`frame_${index}_hash`));
+  });
+}
+
+test('test sealer reproduces the frames', async () => {
+  const stream = await TestStream.create(bytes('session_key'), sessionId, streamId);
+  for (const index of [0, 1, 2]) {
+    const frame = await stream.seal(kinds[index], plaintexts[index]);
+    assert.equal(bytesToHex(frame), vector(`frame_${index}`));
+  }
+  for (const index of [0, 1]) {
+    const segment = parseSegment(new TextEncoder().encode(plaintexts[index]));
+    assert.equal(segmentJson(segment), plaintexts[index]);
+  }
+});
+
+test('frame contents parse as the document states', async () => {
+  const opener = new StreamOpener(sessionKey, sessionId);
+  const contents = [];
+  for (const index of [0, 1, 2]) {
+    contents.push((await opener.open(bytes(`frame_${index}`))).content);
+  }
+  const expected = JSON.parse(plaintexts[0]);
+  const segment = parseSegment(contents[0]);
+  assert.equal(segment.segmentId, BigInt(expected.segment_id));
+  assert.equal(segment.revision, expected.revision);
+  assert.equal(segment.speaker, expected.speaker);
+  assert.equal(segment.startMs, expected.start_ms);
+  assert.equal(segment.endMs, expected.end_ms);
+  assert.equal(segment.text, expected.text);
+  assert.equal(segment.final, true);
+  assert.equal(parseSegment(contents[1]).final, false);
+  assert.equal(parseEndOfSession(contents[2]).finalSegments, 1n);
+});
+
+test('receiver results match', async () => {
+  const names = [...vectors.keys()].filter((name) => name.startsWith('receive_'));
+  assert.ok(names.length >= 5, `expected receiver vectors, found ${names.length}`);
+  for (const name of names) {
+    const opener = new StreamOpener(sessionKey, sessionId);
+    const results = [];
+    for (const digit of name.slice('receive_'.length).split('_')) {
+      results.push(await receiveResult(opener, bytes(`frame_${digit}`)));
+    }
+    assert.equal(results.join(' '), vector(name), name);
+  }
+});
+
+async function receiveResult(opener, frame) {
+  try {
+    const opened = await opener.open(frame);
+    const chain = { true: 'verified', false: 'broken', null: 'unchecked' }[opened.chainVerified];
+    return `${opened.skippedFrames}/${opened.skippedFinal}/${chain}`;
+  } catch (error) {
+    return vectorErrorName(error.kind);
+  }
+}
+
+function vectorErrorName(kind) {
+  return kind.replace(/(^|_)([a-z])/g, (_, __, letter) => letter.toUpperCase());
+}
+
+test('invite link parses to the vector key and token', () => {
+  assert.equal(encodeBase64url(bytes('invite_token_bytes')), vector('invite_token'));
+  assert.equal(encodeBase64url(bytes('session_key')), vector('session_key_base64url'));
+  const link = new URL(vector('invite_link'));
+  assert.equal(link.origin + '/', vector('relay_url'));
+  const invite = parseInvite(splitInviteAddress(link));
+  assert.equal(invite.token, vector('invite_token'));
+  assert.equal(bytesToHex(invite.key), vector('session_key'));
+});
+
+// The browser only receives links that opened the page, so URL, scheme and path errors belong to
+// the relay's routing, not to the page. A mail client hands over the link without the wrapping
+// characters, and the URL parser drops line breaks, which the document writes as spaces.
+const ROUTING_ERRORS = new Set(['InvalidUrl', 'InvalidScheme', 'InvalidPath']);
+
+test('invite cases parse as the document expects', () => {
+  const cases = parseInviteCases(doc);
+  const checked = cases.filter((row) => !ROUTING_ERRORS.has(row.expected));
+  assert.ok(checked.length >= 15, `expected invite cases, found ${checked.length}`);
+  for (const { expected, link } of checked) {
+    const text = link.replace(/^[<"']+|[>"']+$/g, '').replaceAll(' ', '\n');
+    const address = splitInviteAddress(new URL(text));
+    if (expected === 'ok') {
+      const invite = parseInvite(address);
+      assert.equal(invite.token, vector('invite_token'), link);
+      assert.equal(bytesToHex(invite.key), vector('session_key'), link);
+      continue;
+    }
+    const [, variant, length] = /^(\w+)(?:\((\d+)\))?$/.exec(expected);
+    assert.throws(
+      () => parseInvite(address),
+      (error) => error.kind === snakeCase(variant),
+      link,
+    );
+    if (length !== undefined) {
+      assert.throws(
+        () => parseInvite(address),
+        (error) => error.decodedLength === Number(length),
+      );
+    }
+  }
+});
+
+test('follower messages decode', async () => {
+  const welcome = parseJson(vector('follower_welcome'));
+  const fingerprint = await deriveFingerprint(sessionKey);
+  assert.equal(welcome.type, 'welcome');
+  assert.equal(welcome.session_id, vector('session_id'));
+  assert.equal(welcome.fingerprint, encodeBase64url(fingerprint));
+  assert.equal(welcome.from_offset, BigInt(vector('delivery_offset')));
+  assert.equal(welcome.ended, false);
+  assert.equal(parseJson(vector('follower_committed')).offset, 8n);
+  assert.equal(parseJson(vector('follower_ended')).type, 'ended');
+  assert.equal(typeof parseJson(vector('error_body')).message, 'string');
+
+  const frame = bytes('frame_0');
+  const delivery = new Uint8Array(8 + frame.length);
+  new DataView(delivery.buffer).setBigUint64(0, BigInt(vector('delivery_offset')));
+  delivery.set(frame, 8);
+  assert.equal(bytesToHex(delivery.subarray(0, 24)), vector('delivery_0_head'));
+  const decoded = decodeDelivery(delivery);
+  assert.equal(decoded.offset, 7n);
+  assert.equal(bytesToHex(decoded.frame), vector('frame_0'));
+});
+
+test('publisher and session messages parse', () => {
+  const request = parseJson(vector('create_session_request'));
+  assert.equal(request.fingerprint, vector('fingerprint_base64url'));
+  assert.equal(request.invite_verifier, vector('invite_auth_key_base64url'));
+  const response = parseJson(vector('create_session_response'));
+  assert.equal(response.session_id, vector('session_id'));
+  assert.equal(response.invite_token, vector('invite_token'));
+  assert.equal(typeof parseJson(vector('publisher_welcome')).epoch, 'bigint');
+  assert.equal(parseJson(vector('publisher_ack')).stream_id, vector('stream_id'));
+});
+
+test('word lists agree', () => {
+  assert.deepEqual(parseWordList(doc), [...WORDS]);
+  const rust = readFileSync(repoPath('protocol/src/words.rs'), 'utf8');
+  const rustWords = [...rust.slice(rust.indexOf('= [')).matchAll(/"([a-z]+)"/g)].map((m) => m[1]);
+  assert.deepEqual(rustWords, [...WORDS]);
+  assert.equal(new Set(WORDS).size, 256);
+});
+
+// Registered last, so it runs after every test that reads vectors.
+test('every vector is checked', () => {
+  const unchecked = [...vectors.keys()].filter((name) => !used.has(name));
+  assert.deepEqual(unchecked, [], 'vectors this suite does not check yet');
+});

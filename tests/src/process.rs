@@ -1,0 +1,178 @@
+//! Running the real `sealcast-relay` binary as a child process, capturing
+//! everything it writes, so tests can kill, restart and inspect it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// How long a relay may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait after the listening line for the API key line of a new relay.
+const KEY_LINE_WAIT: Duration = Duration::from_millis(500);
+
+/// Path of a workspace binary next to the test executable, built by
+/// `cargo build --workspace --bins` (the test script does this first).
+pub fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {} not found: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A relay child process and everything it has written to stdout and stderr.
+pub struct RelayProcess {
+    child: Child,
+    /// Address the relay listens on.
+    pub addr: SocketAddr,
+    /// Clinic API key printed on this start, if the data directory was new.
+    pub api_key: Option<String>,
+    /// The relay's data directory.
+    pub data_dir: PathBuf,
+    output: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RelayProcess {
+    /// Starts the relay on `listen` (use `127.0.0.1:0` for any free port)
+    /// with debug logging, and waits for its listening line.
+    pub fn start(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(binary_path("sealcast-relay"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to spawn sealcast-relay");
+
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        spawn_line_reader(stdout, output.clone(), Some(lines_tx));
+        spawn_line_reader(stderr, output.clone(), None);
+
+        let (addr, api_key) = wait_for_listening(&lines_rx, &output);
+        RelayProcess {
+            child,
+            addr,
+            api_key,
+            data_dir: data_dir.to_path_buf(),
+            output,
+        }
+    }
+
+    /// The relay's base URL.
+    pub fn base_url(&self) -> String {
+        format!("https://{}/", self.addr)
+    }
+
+    /// The development certificate the relay made in its data directory.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir.join("dev-cert.pem")
+    }
+
+    /// Everything the relay has written so far, stdout and stderr interleaved by line.
+    pub fn output(&self) -> Vec<u8> {
+        self.output.lock().map(|out| out.clone()).unwrap_or_default()
+    }
+
+    /// Kills the relay with SIGKILL and waits for it, as a crash would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Give the reader threads a moment to drain the pipes.
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("failed to wait for sealcast-relay");
+        thread::sleep(Duration::from_millis(100));
+        status
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_line_reader<R: Read + Send + 'static>(
+    source: R,
+    output: Arc<Mutex<Vec<u8>>>,
+    lines: Option<mpsc::Sender<String>>,
+) {
+    thread::spawn(move || {
+        let reader = BufReader::new(source);
+        for line in reader.split(b'\n').map_while(Result::ok) {
+            if let Ok(mut out) = output.lock() {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+            if let Some(lines) = &lines {
+                let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+    });
+}
+
+fn wait_for_listening(
+    lines: &mpsc::Receiver<String>,
+    output: &Arc<Mutex<Vec<u8>>>,
+) -> (SocketAddr, Option<String>) {
+    let mut api_key = None;
+    loop {
+        let Ok(line) = lines.recv_timeout(START_TIMEOUT) else {
+            let text = output.lock().map(|out| out.clone()).unwrap_or_default();
+            panic!(
+                "sealcast-relay did not print its listening line; output:\n{}",
+                String::from_utf8_lossy(&text)
+            );
+        };
+        if api_key.is_none() {
+            api_key = parse_api_key(&line);
+        }
+        if let Some(addr) = line.strip_prefix("sealcast-relay listening on https://") {
+            let addr = addr.trim().parse().expect("listening line has an address");
+            // A new relay prints its API key right after the listening line.
+            while api_key.is_none() {
+                let Ok(line) = lines.recv_timeout(KEY_LINE_WAIT) else {
+                    break;
+                };
+                api_key = parse_api_key(&line);
+            }
+            return (addr, api_key);
+        }
+    }
+}
+
+fn parse_api_key(line: &str) -> Option<String> {
+    line.strip_prefix("clinic API key (shown once): ")
+        .map(|key| key.trim().to_string())
+}

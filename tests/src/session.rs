@@ -1,0 +1,159 @@
+//! Creating sessions on a running relay and driving publishers and
+//! followers through the client library, as the devices would.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sealcast_client::{
+    FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig, RelayApi, SecretString,
+    TlsSettings,
+};
+use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::{InviteLink, SessionKey, StreamId, TranscriptSegment};
+use url::Url;
+
+use crate::process::RelayProcess;
+
+/// A session created on a relay, with the key the clinician device made.
+pub struct LiveSession {
+    /// The relay's answer: id, epoch and tokens.
+    pub created: CreateSessionResponse,
+    /// The session key, which the relay never saw.
+    pub key: SessionKey,
+    /// The relay's base URL.
+    pub relay: Url,
+    /// Trust settings for the relay's development certificate.
+    pub tls: TlsSettings,
+}
+
+impl LiveSession {
+    /// Makes a key and creates a session on `relay` with its clinic API key.
+    pub async fn create(relay: &RelayProcess, api_key: &str) -> Self {
+        let url = Url::parse(&relay.base_url()).expect("relay URL parses");
+        Self::create_at(&url, &relay.ca_cert(), api_key).await
+    }
+
+    /// Makes a key and creates a session on the relay at `url`, trusting `ca_cert`.
+    pub async fn create_at(url: &Url, ca_cert: &Path, api_key: &str) -> Self {
+        let tls = TlsSettings::from_ca_file(ca_cert).expect("dev certificate loads");
+        let url = url.clone();
+        let key = SessionKey::generate();
+        let request = CreateSessionRequest {
+            fingerprint: key.fingerprint().to_base64url(),
+            invite_verifier: Some(encode(key.derive_invite_auth_key().expose_bytes())),
+        };
+        let api = RelayApi::new(&url, &tls).expect("HTTP client builds");
+        let created = api
+            .create_session(&SecretString::from(api_key), &request)
+            .await
+            .expect("session is created");
+        LiveSession {
+            created,
+            key,
+            relay: url,
+            tls,
+        }
+    }
+
+    /// The invite link a patient would receive.
+    pub fn link(&self) -> InviteLink {
+        self.link_with_key(self.key.clone())
+    }
+
+    /// An invite link for this session carrying another key.
+    pub fn link_with_key(&self, key: SessionKey) -> InviteLink {
+        InviteLink {
+            relay: self.relay.clone(),
+            token: self.created.invite_token.clone(),
+            key,
+        }
+    }
+
+    /// Connects a publisher on a new stream.
+    pub async fn publisher(&self) -> Publisher {
+        let config = PublisherConfig::new(
+            self.relay.clone(),
+            self.created.session_id,
+            SecretString::from(self.created.publisher_token.as_str()),
+            self.tls.clone(),
+        );
+        Publisher::connect(config, &self.key)
+            .await
+            .expect("publisher connects")
+    }
+
+    /// Starts a follower from the invite link.
+    pub fn follower(&self) -> Follower {
+        self.follower_with_link(self.link())
+    }
+
+    /// Starts a follower from a given link.
+    pub fn follower_with_link(&self, link: InviteLink) -> Follower {
+        Follower::start(FollowerConfig::new(link, self.tls.clone())).expect("follower starts")
+    }
+
+    /// Ends the session on the relay.
+    pub async fn end(&self) {
+        let api = RelayApi::new(&self.relay, &self.tls).expect("HTTP client builds");
+        api.end_session(
+            &self.created.session_id,
+            &SecretString::from(self.created.publisher_token.as_str()),
+        )
+        .await
+        .expect("session ends");
+    }
+}
+
+/// Everything one follower saw until the session ended or the time ran out.
+#[derive(Debug, Default)]
+pub struct FollowOutcome {
+    /// Final segments in the order they arrived, with their offsets.
+    pub finals: Vec<(u64, StreamId, TranscriptSegment)>,
+    /// Frames the follower rejected, with the reason.
+    pub rejected: Vec<(u64, String)>,
+    /// Gaps reported: missing final frames.
+    pub gaps: u64,
+    /// Reconnections seen.
+    pub disconnects: usize,
+    /// Whether the end-of-session frame was opened.
+    pub end_of_session: bool,
+    /// Whether following ended because the session ended.
+    pub ended: bool,
+}
+
+/// Collects a follower's events until it reports `Ended`, or `limit` passes.
+pub async fn follow_until_end(mut follower: Follower, limit: Duration) -> FollowOutcome {
+    let mut outcome = FollowOutcome::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, follower.next_event()).await {
+            Ok(Some(event)) => event,
+            Ok(None) | Err(_) => return outcome,
+        };
+        match event {
+            FollowEvent::SegmentFinal {
+                offset,
+                stream_id,
+                segment,
+            } => outcome.finals.push((offset, stream_id, segment)),
+            FollowEvent::FrameRejected { offset, reason } => outcome.rejected.push((offset, reason)),
+            FollowEvent::Gap {
+                missing_final_frames,
+                ..
+            } => outcome.gaps += missing_final_frames,
+            FollowEvent::Disconnected { .. } => outcome.disconnects += 1,
+            FollowEvent::EndOfSession { .. } => outcome.end_of_session = true,
+            FollowEvent::Ended => {
+                outcome.ended = true;
+                return outcome;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn encode(bytes: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    URL_SAFE_NO_PAD.encode(bytes)
+}
