@@ -19,9 +19,15 @@ pub fn secret_needles(label: &str, secret: &[u8]) -> Vec<Needle> {
         ("raw", secret.to_vec()),
         ("hex", hex_lower(secret).into_bytes()),
         ("base64", STANDARD.encode(secret).into_bytes()),
-        ("base64 unpadded", STANDARD_NO_PAD.encode(secret).into_bytes()),
+        (
+            "base64 unpadded",
+            STANDARD_NO_PAD.encode(secret).into_bytes(),
+        ),
         ("base64url", URL_SAFE.encode(secret).into_bytes()),
-        ("base64url unpadded", URL_SAFE_NO_PAD.encode(secret).into_bytes()),
+        (
+            "base64url unpadded",
+            URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+        ),
     ];
     forms
         .into_iter()
@@ -50,7 +56,7 @@ pub fn find_leaks(haystack: &[u8], needles: &[Needle]) -> Vec<String> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn hex_lower(bytes: &[u8]) -> String {

@@ -93,7 +93,10 @@ impl RelayProcess {
 
     /// Everything the relay has written so far, stdout and stderr interleaved by line.
     pub fn output(&self) -> Vec<u8> {
-        self.output.lock().map(|out| out.clone()).unwrap_or_default()
+        self.output
+            .lock()
+            .map(|out| out.clone())
+            .unwrap_or_default()
     }
 
     /// Kills the relay with SIGKILL and waits for it, as a crash would end it.
@@ -110,7 +113,10 @@ impl RelayProcess {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let status = self.child.wait().expect("failed to wait for sealcast-relay");
+        let status = self
+            .child
+            .wait()
+            .expect("failed to wait for sealcast-relay");
         thread::sleep(Duration::from_millis(100));
         status
     }

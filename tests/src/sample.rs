@@ -8,8 +8,7 @@ use sealcast_protocol::TranscriptSegment;
 
 /// Path of the sample consultation in JSON Lines.
 pub fn sample_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../relay/demo/sample-consultation.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../relay/demo/sample-consultation.jsonl")
 }
 
 /// The sample's final segments.

@@ -136,7 +136,9 @@ pub async fn follow_until_end(mut follower: Follower, limit: Duration) -> Follow
                 stream_id,
                 segment,
             } => outcome.finals.push((offset, stream_id, segment)),
-            FollowEvent::FrameRejected { offset, reason } => outcome.rejected.push((offset, reason)),
+            FollowEvent::FrameRejected { offset, reason } => {
+                outcome.rejected.push((offset, reason))
+            }
             FollowEvent::Gap {
                 missing_final_frames,
                 ..

@@ -45,8 +45,10 @@ pub fn consultations(dir: &std::path::Path) -> Vec<Consultation> {
         .into_iter()
         .map(|name| Consultation {
             files: vec![
-                dir.join("primock57").join(format!("{name}_doctor.TextGrid")),
-                dir.join("primock57").join(format!("{name}_patient.TextGrid")),
+                dir.join("primock57")
+                    .join(format!("{name}_doctor.TextGrid")),
+                dir.join("primock57")
+                    .join(format!("{name}_patient.TextGrid")),
             ],
             name,
         })

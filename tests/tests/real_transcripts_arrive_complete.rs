@@ -25,11 +25,19 @@ async fn consultations_arrive_complete_and_leave_no_trace() {
         return;
     };
     let all = consultations(&dir);
-    assert_eq!(all.len(), 30, "expected 30 consultations in {}", dir.display());
+    assert_eq!(
+        all.len(),
+        30,
+        "expected 30 consultations in {}",
+        dir.display()
+    );
 
     let data = tempfile::tempdir().unwrap();
     let mut relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay.api_key.clone().expect("a new relay prints its API key");
+    let api_key = relay
+        .api_key
+        .clone()
+        .expect("a new relay prints its API key");
     let url = Url::parse(&relay.base_url()).unwrap();
     let ca_cert = relay.ca_cert();
 
@@ -77,7 +85,10 @@ async fn run_consultation(
 
     let mut publisher = session.publisher().await;
     for segment in &published {
-        publisher.publish(segment).await.expect("segment is published");
+        publisher
+            .publish(segment)
+            .await
+            .expect("segment is published");
     }
     publisher.end().await.expect("publisher ends");
     session.end().await;
@@ -89,9 +100,16 @@ async fn run_consultation(
 }
 
 fn assert_complete(name: &str, outcome: &FollowOutcome, expected: &[TranscriptSegment]) {
-    assert!(outcome.ended, "{name}: follower did not see the session end");
+    assert!(
+        outcome.ended,
+        "{name}: follower did not see the session end"
+    );
     assert!(outcome.end_of_session, "{name}: no end-of-session frame");
-    assert!(outcome.rejected.is_empty(), "{name}: rejected {:?}", outcome.rejected);
+    assert!(
+        outcome.rejected.is_empty(),
+        "{name}: rejected {:?}",
+        outcome.rejected
+    );
     assert_eq!(outcome.gaps, 0, "{name}: follower reported gaps");
     assert_eq!(
         outcome.finals.len(),
@@ -99,11 +117,18 @@ fn assert_complete(name: &str, outcome: &FollowOutcome, expected: &[TranscriptSe
         "{name}: final segment count differs"
     );
     for ((_, _, received), sent) in outcome.finals.iter().zip(expected) {
-        assert_eq!(received.segment_id, sent.segment_id, "{name}: order differs");
+        assert_eq!(
+            received.segment_id, sent.segment_id,
+            "{name}: order differs"
+        );
         assert_eq!(received.speaker, sent.speaker, "{name}: speaker differs");
         assert_eq!(received.text, sent.text, "{name}: text differs");
     }
-    let offsets: Vec<u64> = outcome.finals.iter().map(|(offset, _, _)| *offset).collect();
+    let offsets: Vec<u64> = outcome
+        .finals
+        .iter()
+        .map(|(offset, _, _)| *offset)
+        .collect();
     assert!(
         offsets.windows(2).all(|pair| pair[0] < pair[1]),
         "{name}: offsets not strictly increasing"
@@ -155,5 +180,9 @@ fn assert_no_leaks(data_dir: &Path, output: &[u8], needles: &[Needle]) {
         let leaks = find_leaks(&bytes, needles);
         assert!(leaks.is_empty(), "{name} contains {leaks:?}");
     }
-    assert!(store_files > 0, "no relay.db files in {}", data_dir.display());
+    assert!(
+        store_files > 0,
+        "no relay.db files in {}",
+        data_dir.display()
+    );
 }

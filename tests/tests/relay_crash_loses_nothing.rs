@@ -20,7 +20,10 @@ async fn relay_killed_mid_session_loses_nothing() {
     let finals = sample_finals();
     let frames = sample_with_interim();
     let session = LiveSession::create(&relay, &api_key).await;
-    let follower = tokio::spawn(follow_until_end(session.follower(), Duration::from_secs(90)));
+    let follower = tokio::spawn(follow_until_end(
+        session.follower(),
+        Duration::from_secs(90),
+    ));
     let mut publisher = session.publisher().await;
 
     let half = frames.len() / 2;
@@ -49,12 +52,24 @@ async fn relay_killed_mid_session_loses_nothing() {
     let outcome = follower.await.unwrap();
     assert!(outcome.ended, "follower did not see the end");
     assert!(outcome.disconnects >= 1, "follower never saw the crash");
-    assert!(outcome.rejected.is_empty(), "rejected {:?}", outcome.rejected);
+    assert!(
+        outcome.rejected.is_empty(),
+        "rejected {:?}",
+        outcome.rejected
+    );
     assert_eq!(outcome.gaps, 0);
-    let ids: Vec<u64> = outcome.finals.iter().map(|(_, _, s)| s.segment_id).collect();
+    let ids: Vec<u64> = outcome
+        .finals
+        .iter()
+        .map(|(_, _, s)| s.segment_id)
+        .collect();
     let unique: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "a final segment arrived twice");
-    let texts: Vec<&str> = outcome.finals.iter().map(|(_, _, s)| s.text.as_str()).collect();
+    let texts: Vec<&str> = outcome
+        .finals
+        .iter()
+        .map(|(_, _, s)| s.text.as_str())
+        .collect();
     let expected: Vec<&str> = finals.iter().map(|s| s.text.as_str()).collect();
     assert_eq!(texts, expected);
 

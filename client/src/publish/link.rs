@@ -109,8 +109,36 @@ impl Link {
                 retry_in_ms = delay.as_millis() as u64,
                 "publish connection lost, reconnecting"
             );
-            tokio::time::sleep(delay).await;
+            if self.wait_accepting_frames(delay).await {
+                return Err(ClientError::Internal(
+                    "the publisher was dropped before finish()".into(),
+                ));
+            }
             self.reconnects += 1;
+        }
+    }
+
+    /// Sleeps for `delay` while still taking frames from the handle into the
+    /// outbox (up to the window), so sealing never stalls on a lost
+    /// connection: the frames go out with the resend after the reconnect.
+    /// Returns whether the handle was dropped.
+    async fn wait_accepting_frames(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return false,
+                command = self.commands.recv(), if !self.finishing && self.outbox.has_room() => {
+                    match command {
+                        Some(Command::Frame { seq, frame }) => {
+                            self.outbox.push(seq, frame);
+                            self.frames += 1;
+                        }
+                        Some(Command::Finish) => self.finishing = true,
+                        None => return true,
+                    }
+                }
+            }
         }
     }
 
