@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{default_max_message_size, parse_duration, Config, Limits};
+use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::server::{start, RelayHandle};
 
@@ -45,6 +46,9 @@ struct Cli {
 enum Command {
     /// Serve the relay until SIGINT or SIGTERM (the default). SIGHUP reloads the certificate.
     Serve(ServeArgs),
+    /// Serve the relay and stream a sample consultation into a demo session
+    /// in a loop, printing the patient's link. Takes the same flags as serve.
+    Demo(ServeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -129,9 +133,10 @@ impl ServeArgs {
 /// Runs the command line: parses arguments, sets up logging and serves.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
+    let (args, demo) = match cli.command {
+        Some(Command::Serve(args)) => (args, false),
+        Some(Command::Demo(args)) => (args, true),
+        None => (cli.serve, false),
     };
     if let Err(error) = init_logging(args.log_format) {
         eprintln!("error: failed to set up logging: {error}");
@@ -148,7 +153,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args.into_config())) {
+    let result = if demo {
+        runtime.block_on(serve_demo(args))
+    } else {
+        runtime
+            .block_on(serve(args.into_config()))
+            .map_err(DemoError::from)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "relay failed");
@@ -165,6 +177,43 @@ async fn serve(config: Config) -> Result<(), RelayError> {
     }
     if let Err(error) = wait_for_stop(&handle).await {
         tracing::error!(%error, "failed to listen for signals: stopping");
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
+    let tls_cert = args.tls_cert.clone();
+    let handle = start(args.into_config()).await?;
+    if let Err(error) = announce(&handle) {
+        tracing::error!(%error, "failed to write the startup lines to stdout");
+    }
+    let session = match DemoSession::create(&handle, tls_cert.as_deref()).await {
+        Ok(session) => session,
+        Err(error) => {
+            handle.shutdown().await;
+            return Err(error);
+        }
+    };
+    session.print_invitation();
+
+    tokio::select! {
+        result = session.stream_forever() => {
+            if let Err(error) = result {
+                tracing::error!(%error, "demo streaming stopped: the relay keeps running");
+            }
+            if let Err(error) = wait_for_stop(&handle).await {
+                tracing::error!(%error, "failed to listen for signals: stopping");
+            }
+        }
+        result = wait_for_stop(&handle) => {
+            if let Err(error) = result {
+                tracing::error!(%error, "failed to listen for signals: stopping");
+            }
+        }
+    }
+    if let Err(error) = session.end().await {
+        tracing::error!(%error, "failed to end the demo session");
     }
     handle.shutdown().await;
     Ok(())

@@ -16,6 +16,7 @@
 //! | --- | --- |
 //! | `cli` | command line, logging setup, signals |
 //! | `config` | [`Config`] and [`Limits`] |
+//! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
 //! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
 //! | `tls` | rustls setup, development certificate, live certificate swap |
@@ -30,6 +31,7 @@
 pub mod cli;
 pub mod config;
 mod credentials;
+pub mod demo;
 pub mod error;
 mod http;
 mod hub;

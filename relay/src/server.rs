@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::credentials::{bootstrap_api_key, Secret};
+use crate::credentials::{bootstrap_api_key, new_api_key, Secret};
 use crate::error::RelayError;
 use crate::http::{self, RelayState};
 use crate::hub::Registry;
@@ -34,6 +34,7 @@ pub struct RelayHandle {
     data_dir: PathBuf,
     api_key: Option<Secret>,
     tls: Arc<Tls>,
+    store: Store,
     shutdown: Shutdown,
     server: JoinHandle<()>,
 }
@@ -53,6 +54,15 @@ impl RelayHandle {
     /// its hash, so it cannot be shown again later.
     pub fn api_key(&self) -> Option<String> {
         self.api_key.as_ref().map(|key| key.expose().to_owned())
+    }
+
+    /// Makes an additional clinic API key and keeps only its hash. The caller
+    /// shows the returned key once; the relay cannot show it again.
+    pub async fn issue_api_key(&self) -> Result<String, RelayError> {
+        let key = new_api_key();
+        self.store.insert_api_key(key.hash()).await?;
+        tracing::info!("made an additional clinic API key: only its hash is stored");
+        Ok(key.expose().to_owned())
     }
 
     /// Returns the data directory.
@@ -105,7 +115,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let api_key = bootstrap_api_key(&store).await?;
 
     let shutdown = Shutdown::default();
-    let server = spawn_server(&config, tcp, &tls, store, shutdown.clone(), metrics_handle);
+    let server = spawn_server(
+        &config,
+        tcp,
+        &tls,
+        store.clone(),
+        shutdown.clone(),
+        metrics_handle,
+    );
     tracing::info!(
         %local_addr,
         public_url,
@@ -118,6 +135,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         data_dir: config.data_dir,
         api_key,
         tls,
+        store,
         shutdown,
         server,
     })
