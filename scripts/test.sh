@@ -22,7 +22,22 @@ install_debian_package() {
 if ! command -v node >/dev/null; then
     install_debian_package nodejs
 fi
+if ! command -v npm >/dev/null; then
+    install_debian_package npm
+fi
+# The browser test drives Debian's Chromium; playwright-core downloads no browser.
+if [[ ! -x /usr/bin/chromium ]]; then
+    install_debian_package chromium
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo build --workspace --bins --locked
+
+# A short load test against an in-process relay: exits non-zero on any lost,
+# duplicated, missing or undecryptable frame. About 10 s on two cores.
+./target/debug/sealcast-loadtest --clinics 50 --followers 2 --rate 5 --warmup 1s \
+    --duration 5s --no-progress --out target/loadtest-smoke
 cargo test --workspace --locked
 node --test relay/web/test/
+# The patient page in headless Chromium against the real relay and CLI, about 40 s.
+node --test tests/browser/

@@ -38,6 +38,7 @@ async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionRes
     let request = CreateSessionRequest {
         fingerprint: key.fingerprint().to_base64url(),
         invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
+        max_browsers: None,
     };
     RelayApi::new(&relay.url, &tls(relay))
         .unwrap()

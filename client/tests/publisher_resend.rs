@@ -31,6 +31,7 @@ async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionRes
     let request = CreateSessionRequest {
         fingerprint: key.fingerprint().to_base64url(),
         invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
+        max_browsers: None,
     };
     RelayApi::new(&relay.url, &tls)
         .unwrap()
@@ -255,6 +256,7 @@ async fn api_rejects_wrong_api_key() {
     let request = CreateSessionRequest {
         fingerprint: SessionKey::generate().fingerprint().to_base64url(),
         invite_verifier: None,
+        max_browsers: None,
     };
     let err = RelayApi::new(&relay.url, &tls)
         .unwrap()

@@ -1,14 +1,40 @@
 //! The relay's HTTP and WebSocket API: request and response bodies, the JSON
 //! text messages the relay sends on WebSockets, and close codes.
 //!
-//! | method and path | credential (`Authorization: Bearer …`) | purpose |
+//! | method and path | credential | purpose |
 //! | --- | --- | --- |
-//! | `POST /v1/sessions` | clinic API key | create a session |
-//! | `GET /v1/sessions/{id}/publish` (WebSocket) | publisher token | publish sealed frames |
-//! | `POST /v1/sessions/{id}/end` | publisher token | end the session |
-//! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token | follow, resuming at offset N |
+//! | `POST /v1/sessions` | clinic API key (bearer) | create a session: 201 |
+//! | `GET /v1/sessions/{id}/publish` (WebSocket) | publisher token (bearer) | publish sealed frames |
+//! | `POST /v1/sessions/{id}/end` | publisher token (bearer) | end the session: 204, 410 if ended |
+//! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token (bearer) or [`FOLLOW_COOKIE`] | follow, resuming at offset N |
+//! | `POST /v1/invites/challenge` | none | get a challenge for an invite token |
+//! | `POST /v1/invites/redeem` | proof over the challenge | redeem an invite: sets [`FOLLOW_COOKIE`] |
+//! | `GET /join`, `GET /join/{file}` | none | the patient page, read-only |
 //! | `GET /healthz` | none | liveness |
 //! | `GET /metrics` | none | Prometheus metrics |
+//!
+//! Bearer credentials travel as `Authorization: Bearer …`. Browsers cannot set
+//! that header on a WebSocket upgrade, so the patient page redeems the invite
+//! with the two invite routes, proving that it has the session key, and the
+//! relay sets the HttpOnly cookie [`FOLLOW_COOKIE`], which the follow socket
+//! accepts in place of the bearer token when the upgrade's `Origin` is the
+//! relay's own.
+//!
+//! | status | invite routes | follow upgrade |
+//! | --- | --- | --- |
+//! | 400 | malformed body, token, challenge or proof | malformed query |
+//! | 401 | proof does not verify, or challenge unknown, used or expired | missing or invalid credential |
+//! | 403 | | follow cookie with another `Origin`, or none |
+//! | 404 | unknown invite, or a session created without `invite_verifier` | |
+//! | 409 | every one of the session's `max_browsers` places is taken | |
+//! | 410 | session ended | invite token of an ended session |
+//! | 415 | body without `Content-Type: application/json` | |
+//! | 429 | too many requests from this client, see `Retry-After` | |
+//!
+//! Ending a session deletes its browsers' follow credentials, so their
+//! cookies then get 401. After the upgrade, each follow socket sends
+//! [`FollowerEvent::Committed`] with an offset that never exceeds the last
+//! offset that socket delivered.
 //!
 //! On a publish socket the device sends each frame as one binary message and
 //! the relay answers with [`PublisherEvent`] text messages. On a follow socket
@@ -28,7 +54,22 @@ pub struct CreateSessionRequest {
     /// redemption, unpadded base64url of 32 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite_verifier: Option<String>,
+    /// How many browsers may redeem the invite, each getting its own follow
+    /// cookie. `None` means [`DEFAULT_MAX_BROWSERS`]. Native followers that
+    /// present the invite token as a bearer credential are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_browsers: Option<u32>,
 }
+
+/// Browsers that may redeem an invite when the session request names no number.
+pub const DEFAULT_MAX_BROWSERS: u32 = 1;
+
+/// Name of the cookie that carries a redeemed browser's follow credential.
+/// The relay sets it with `HttpOnly; Secure; SameSite=Strict; Path=/v1`.
+pub const FOLLOW_COOKIE: &str = "sealcast_follow";
+
+/// Length in bytes of an invite challenge.
+pub const CHALLENGE_LEN: usize = 32;
 
 /// Response to `POST /v1/sessions`. The tokens are shown only here: the relay keeps their hashes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +91,71 @@ impl std::fmt::Debug for CreateSessionResponse {
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
+}
+
+/// Body of `POST /v1/invites/challenge`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteChallengeRequest {
+    /// The invite token from the link, unpadded base64url.
+    pub token: String,
+}
+
+impl std::fmt::Debug for InviteChallengeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteChallengeRequest")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response to `POST /v1/invites/challenge`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteChallengeResponse {
+    /// [`CHALLENGE_LEN`] random bytes as unpadded base64url. Valid for one
+    /// redemption of this invite token, for two minutes at most.
+    pub challenge: String,
+    /// The session the invite belongs to.
+    pub session_id: SessionId,
+    /// Key fingerprint, unpadded base64url: a browser whose key has another
+    /// fingerprint has the wrong key and stops before sending a proof.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for InviteChallengeResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteChallengeResponse")
+            .field("session_id", &self.session_id)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of `POST /v1/invites/redeem`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRedeemRequest {
+    /// The invite token from the link, unpadded base64url.
+    pub token: String,
+    /// The challenge exactly as the relay sent it.
+    pub challenge: String,
+    /// The invite proof over the challenge, unpadded base64url of 32 bytes:
+    /// see [`crate::InviteAuthKey::prove`].
+    pub proof: String,
+}
+
+impl std::fmt::Debug for InviteRedeemRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteRedeemRequest")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response to `POST /v1/invites/redeem`. The follow credential travels only
+/// in the [`FOLLOW_COOKIE`] cookie, never in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRedeemResponse {
+    /// The session the invite belongs to.
+    pub session_id: SessionId,
+    /// History epoch of the session.
+    pub epoch: u64,
 }
 
 /// Body of every HTTP error response.

@@ -28,7 +28,8 @@ use url::Url;
 
 use sealcast_protocol::api::{
     close, decode_delivery, encode_delivery, CreateSessionRequest, CreateSessionResponse,
-    ErrorBody, FollowerEvent, PublisherEvent,
+    ErrorBody, FollowerEvent, InviteChallengeRequest, InviteChallengeResponse, InviteRedeemRequest,
+    InviteRedeemResponse, PublisherEvent, CHALLENGE_LEN,
 };
 use sealcast_protocol::padding::{bucket_for, pad, padded_len, MAX_BUCKET};
 use sealcast_protocol::{
@@ -95,6 +96,12 @@ const NAMES: &[&str] = &[
     "follower_ended",
     "error_body",
     "delivery_0_head",
+    "challenge_base64url",
+    "invite_proof_base64url",
+    "invite_challenge_request",
+    "invite_challenge_response",
+    "invite_redeem_request",
+    "invite_redeem_response",
 ];
 
 /// Plaintext vector of each frame of the vector stream, by sequence number.
@@ -576,6 +583,57 @@ fn session_bodies_match_vectors() {
 
     let error: ErrorBody = json_round_trip(vectors.text("error_body"));
     assert_eq!(error.error, "unauthorized");
+}
+
+#[test]
+fn invite_bodies_match_vectors() {
+    let vectors = Vectors::load();
+    let challenge = vectors.bytes("challenge");
+    assert_eq!(challenge.len(), CHALLENGE_LEN);
+    let challenge_text = URL_SAFE_NO_PAD.encode(&challenge);
+    assert_eq!(challenge_text, vectors.text("challenge_base64url"));
+    let proof = vectors
+        .session_key()
+        .derive_invite_auth_key()
+        .prove(&challenge);
+    let proof_text = URL_SAFE_NO_PAD.encode(proof);
+    assert_eq!(proof_text, vectors.text("invite_proof_base64url"));
+
+    let request: InviteChallengeRequest = json_round_trip(vectors.text("invite_challenge_request"));
+    assert_eq!(request.token, vectors.text("invite_token"));
+
+    let response: InviteChallengeResponse =
+        json_round_trip(vectors.text("invite_challenge_response"));
+    assert_eq!(response.challenge, challenge_text);
+    assert_eq!(response.session_id, vectors.session_id());
+    assert_eq!(response.fingerprint, vectors.text("fingerprint_base64url"));
+
+    let redeem: InviteRedeemRequest = json_round_trip(vectors.text("invite_redeem_request"));
+    assert_eq!(redeem.token, vectors.text("invite_token"));
+    assert_eq!(redeem.challenge, challenge_text);
+    assert_eq!(redeem.proof, proof_text);
+
+    let redeemed: InviteRedeemResponse = json_round_trip(vectors.text("invite_redeem_response"));
+    assert_eq!(redeemed.session_id, vectors.session_id());
+    assert_eq!(redeemed.epoch, 1);
+}
+
+#[test]
+fn invite_bodies_hide_secrets_in_debug() {
+    let vectors = Vectors::load();
+    let request: InviteRedeemRequest =
+        serde_json::from_str(vectors.text("invite_redeem_request")).unwrap();
+    let debug = format!("{request:?}");
+    assert!(!debug.contains(&request.token), "{debug}");
+    assert!(!debug.contains(&request.challenge), "{debug}");
+    assert!(!debug.contains(&request.proof), "{debug}");
+
+    let challenge: InviteChallengeRequest =
+        serde_json::from_str(vectors.text("invite_challenge_request")).unwrap();
+    assert!(!format!("{challenge:?}").contains(&challenge.token));
+    let offered: InviteChallengeResponse =
+        serde_json::from_str(vectors.text("invite_challenge_response")).unwrap();
+    assert!(!format!("{offered:?}").contains(&offered.challenge));
 }
 
 #[test]

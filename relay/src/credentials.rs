@@ -4,7 +4,8 @@
 //! stored hash is compared in constant time. Credential text lives in
 //! [`Secret`], which zeroizes on drop and never prints.
 //!
-//! NOTE: copies outside `Secret` are not zeroized: request header buffers,
+//! NOTE: copies outside `Secret` are not zeroized: request header buffers
+//! (the `Cookie` header included), the `Set-Cookie` header of a redemption,
 //! the JSON of the create-session response and the `String` that
 //! `RelayHandle::api_key` returns.
 

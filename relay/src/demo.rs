@@ -84,6 +84,7 @@ impl DemoSession {
             invite_verifier: Some(
                 URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes()),
             ),
+            max_browsers: None,
         };
         let api = RelayApi::new(&local_url, &tls)?;
         let created = api

@@ -22,7 +22,9 @@
 //! | `tls` | rustls setup, development certificate, live certificate swap |
 //! | `shutdown` | shutdown signal and task tracking |
 //! | `credentials` | random tokens, their hashes, API key bootstrap |
-//! | `http` | routes, authentication, errors, session endpoints |
+//! | `http` | routes, authentication, errors, session and invite endpoints |
+//! | `invites` | invite challenges, per-client rate limit, follow cookie |
+//! | `web` | the patient page at `/join`, embedded, with its security headers |
 //! | `ws` | publish and follow sockets |
 //! | `hub` | per-session ordering, ring of recent frames, follower queues |
 //! | `store` | SQLite schema, group-commit writer thread, read pool |
@@ -35,12 +37,14 @@ pub mod demo;
 pub mod error;
 mod http;
 mod hub;
+mod invites;
 mod listener;
 pub mod metrics;
 mod server;
 mod shutdown;
 mod store;
 pub mod tls;
+mod web;
 mod ws;
 
 pub use config::{Config, Limits};

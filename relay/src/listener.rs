@@ -45,6 +45,10 @@ pub(crate) struct ConnectionTicket {
     _slot: Arc<OwnedSemaphorePermit>,
 }
 
+/// The address of the peer a request came from, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
 /// Accepts connections and serves each on its own task.
 pub(crate) struct Listener {
     tcp: TcpListener,
@@ -162,6 +166,7 @@ impl Connection {
         let ticket = self.ticket;
         let service = service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ticket.clone());
+            request.extensions_mut().insert(PeerAddr(peer));
             router.clone().oneshot(request)
         });
         let connection = http1::Builder::new()
@@ -181,7 +186,18 @@ impl Connection {
         // An upgraded connection ends here too: its WebSocket task goes on.
         match result {
             Ok(()) => tracing::debug!(%peer, "HTTP serving finished"),
-            Err(error) => tracing::debug!(%peer, %error, "HTTP serving failed"),
+            Err(error) => {
+                // A request hyper cannot parse never reaches the router, so
+                // it is counted here; hyper has already answered 400.
+                if error.is_parse() || error.is_parse_too_large() {
+                    metrics::counter!(CONNECTIONS_REJECTED, "reason" => "http_parse_failed")
+                        .increment(1);
+                } else if error.is_timeout() {
+                    metrics::counter!(CONNECTIONS_REJECTED, "reason" => "http_header_timeout")
+                        .increment(1);
+                }
+                tracing::debug!(%peer, %error, "HTTP serving failed");
+            }
         }
     }
 

@@ -47,6 +47,14 @@ pub const FOLLOWERS_LAGGED: &str = "sealcast_followers_lagged_total";
 pub const FOLLOWER_QUEUE_BYTES: &str = "sealcast_follower_queue_bytes";
 /// Requests with a missing or invalid credential, label `endpoint`.
 pub const AUTH_FAILURES: &str = "sealcast_auth_failures_total";
+/// Invite challenges issued.
+pub const INVITE_CHALLENGES: &str = "sealcast_invite_challenges_total";
+/// Invite redemptions that succeeded, label `kind`: `new` for a browser that
+/// took a place, `renewed` for one that presented its valid follow cookie.
+pub const INVITES_REDEEMED: &str = "sealcast_invites_redeemed_total";
+/// Invite challenge and redemption requests refused, label `reason`, for
+/// example `bad_proof`, `rate_limited` or `browsers_exhausted`.
+pub const INVITE_FAILURES: &str = "sealcast_invite_failures_total";
 /// Sessions created.
 pub const SESSIONS_CREATED: &str = "sealcast_sessions_created_total";
 /// Sessions ended.
@@ -149,6 +157,12 @@ fn describe() {
     describe_counter!(
         AUTH_FAILURES,
         "Requests with a missing or invalid credential."
+    );
+    describe_counter!(INVITE_CHALLENGES, "Invite challenges issued.");
+    describe_counter!(INVITES_REDEEMED, "Invite redemptions, new or renewed.");
+    describe_counter!(
+        INVITE_FAILURES,
+        "Invite challenge and redemption requests refused, by reason."
     );
     describe_counter!(SESSIONS_CREATED, "Sessions created.");
     describe_counter!(SESSIONS_ENDED, "Sessions ended.");

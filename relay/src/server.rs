@@ -17,6 +17,7 @@ use crate::credentials::{bootstrap_api_key, new_api_key, Secret};
 use crate::error::RelayError;
 use crate::http::{self, RelayState};
 use crate::hub::Registry;
+use crate::invites::{self, InviteState};
 use crate::listener::Listener;
 use crate::metrics;
 use crate::shutdown::Shutdown;
@@ -122,6 +123,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         store.clone(),
         shutdown.clone(),
         metrics_handle,
+        &public_url,
     );
     tracing::info!(
         %local_addr,
@@ -156,13 +158,18 @@ fn spawn_server(
     store: Store,
     shutdown: Shutdown,
     metrics_handle: PrometheusHandle,
+    public_url: &str,
 ) -> JoinHandle<()> {
+    let invites = Arc::new(InviteState::default());
+    tokio::spawn(invites::run_upkeep(invites.clone(), shutdown.clone()));
     let state = Arc::new(RelayState {
         hubs: Registry::new(store.clone(), config.limits.follower_queue_bytes / 2),
         store: store.clone(),
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
         metrics: metrics_handle.clone(),
+        invites,
+        public_origin: http::auth::origin_of(public_url),
     });
     let listener = Listener::new(
         tcp,

@@ -81,6 +81,7 @@ fn exercise(address: &str, pem: &[u8], api_key: &str) -> Vec<String> {
         let request = CreateSessionRequest {
             fingerprint: SessionKey::generate().fingerprint().to_base64url(),
             invite_verifier: None,
+            max_browsers: None,
         };
         let session: CreateSessionResponse = client
             .post(format!("https://{address}/v1/sessions"))

@@ -22,6 +22,7 @@ fn create_request() -> CreateSessionRequest {
     CreateSessionRequest {
         fingerprint: SessionKey::generate().fingerprint().to_base64url(),
         invite_verifier: None,
+        max_browsers: None,
     }
 }
 

@@ -233,6 +233,32 @@ async fn ending_session_closes_every_socket() {
 }
 
 #[tokio::test]
+async fn follower_fetches_missed_tail_after_end() {
+    let relay = start_relay(Limits::default()).await;
+    let (session, key) = relay.create_session().await;
+    let mut publisher = relay.publish(&session).await;
+    let mut stream = Publisher::new(&key, &session);
+    for _ in 0..3 {
+        publisher.send_binary(stream.next_frame(true, 10)).await;
+    }
+    acks_until(&mut publisher, stream.stream_id(), 2).await;
+    assert_eq!(relay.end_session(&session).await.as_u16(), 204);
+
+    // A follower that was following (it names the epoch) gets the tail it
+    // missed and the end, even though the session has ended meanwhile.
+    let query = format!("?epoch={}&from=1", session.epoch);
+    let mut resumed = relay.follow(&session, &query).await;
+    expect_welcome(&mut resumed, 1, true).await;
+    let frames = frames_until_committed(&mut resumed, 2).await;
+    assert_eq!(offsets(&frames), vec![1, 2]);
+    assert_eq!(
+        resumed.next_follow_item().await,
+        FollowItem::Event(FollowerEvent::Ended)
+    );
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn offsets_and_streams_continue_after_restart() {
     let relay = start_relay(Limits::default()).await;
     let (session, key) = relay.create_session().await;

@@ -1,11 +1,22 @@
 //! Helpers for sealcast's end-to-end tests: spawning the real `sealcast-relay`
 //! and `sealcast` binaries, locating the real transcripts, and scanning
-//! files and logs for material that must never appear in them.
+//! files and logs for material that must never appear in them. Tests of bad
+//! input also use raw TLS and WebSocket clients, direct edits of a stopped
+//! relay's store, metrics scrapes and the relay's resident memory.
 //!
 //! The tests themselves live in `tests/tests/`, one file per behaviour.
 
+// This crate exists only to support tests, where a failed step must stop
+// the test with a message, so panicking helpers are the right tool.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod leaks;
+pub mod memory;
+pub mod metrics;
 pub mod process;
+pub mod raw_socket;
+pub mod raw_tls;
 pub mod sample;
 pub mod session;
+pub mod store;
 pub mod transcripts;

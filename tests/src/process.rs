@@ -81,6 +81,11 @@ impl RelayProcess {
         }
     }
 
+    /// Returns the relay's operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The relay's base URL.
     pub fn base_url(&self) -> String {
         format!("https://{}/", self.addr)

@@ -2,6 +2,8 @@
 //! followers through the client library, as the devices would.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealcast_client::{
@@ -41,6 +43,7 @@ impl LiveSession {
         let request = CreateSessionRequest {
             fingerprint: key.fingerprint().to_base64url(),
             invite_verifier: Some(encode(key.derive_invite_auth_key().expose_bytes())),
+            max_browsers: None,
         };
         let api = RelayApi::new(&url, &tls).expect("HTTP client builds");
         let created = api
@@ -104,15 +107,31 @@ impl LiveSession {
     }
 }
 
+/// Follows `session` until the relay reports it ended: connects a follower
+/// with the session's own link, ends the session once the follower is
+/// connected, and collects every event. The relay rejects a follower that
+/// connects after the end, which is why the end waits for the connection.
+pub async fn follow_then_end(session: &LiveSession, limit: Duration) -> FollowOutcome {
+    let mut follower = session.follower();
+    wait_until_connected(&mut follower, limit).await;
+    session.end().await;
+    follow_until_end(follower, limit).await
+}
+
 /// Everything one follower saw until the session ended or the time ran out.
 #[derive(Debug, Default)]
 pub struct FollowOutcome {
     /// Final segments in the order they arrived, with their offsets.
     pub finals: Vec<(u64, StreamId, TranscriptSegment)>,
+    /// Offsets of every frame opened and applied: interim, final and end of session.
+    pub opened: Vec<u64>,
     /// Frames the follower rejected, with the reason.
     pub rejected: Vec<(u64, String)>,
     /// Gaps reported: missing final frames.
     pub gaps: u64,
+    /// Each gap report: the offset of the first frame after the gap, and the
+    /// number of final frames missing.
+    pub gap_reports: Vec<(u64, u64)>,
     /// Reconnections seen.
     pub disconnects: usize,
     /// Whether the end-of-session frame was opened.
@@ -122,7 +141,18 @@ pub struct FollowOutcome {
 }
 
 /// Collects a follower's events until it reports `Ended`, or `limit` passes.
-pub async fn follow_until_end(mut follower: Follower, limit: Duration) -> FollowOutcome {
+pub async fn follow_until_end(follower: Follower, limit: Duration) -> FollowOutcome {
+    follow_counting_finals(follower, limit, Arc::new(AtomicUsize::new(0))).await
+}
+
+/// Collects a follower's events like [`follow_until_end`], and adds one to
+/// `finals_seen` for every final segment as it arrives, so that another task
+/// can watch the follower make progress.
+pub async fn follow_counting_finals(
+    mut follower: Follower,
+    limit: Duration,
+    finals_seen: Arc<AtomicUsize>,
+) -> FollowOutcome {
     let mut outcome = FollowOutcome::default();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -130,28 +160,67 @@ pub async fn follow_until_end(mut follower: Follower, limit: Duration) -> Follow
             Ok(Some(event)) => event,
             Ok(None) | Err(_) => return outcome,
         };
-        match event {
-            FollowEvent::SegmentFinal {
-                offset,
-                stream_id,
-                segment,
-            } => outcome.finals.push((offset, stream_id, segment)),
-            FollowEvent::FrameRejected { offset, reason } => {
-                outcome.rejected.push((offset, reason))
-            }
-            FollowEvent::Gap {
-                missing_final_frames,
-                ..
-            } => outcome.gaps += missing_final_frames,
-            FollowEvent::Disconnected { .. } => outcome.disconnects += 1,
-            FollowEvent::EndOfSession { .. } => outcome.end_of_session = true,
-            FollowEvent::Ended => {
-                outcome.ended = true;
-                return outcome;
-            }
-            _ => {}
+        if matches!(event, FollowEvent::SegmentFinal { .. }) {
+            finals_seen.fetch_add(1, Ordering::Relaxed);
+        }
+        if record_event(&mut outcome, event) {
+            return outcome;
         }
     }
+}
+
+/// Adds one event to `outcome`. Returns whether it was the last event, `Ended`.
+fn record_event(outcome: &mut FollowOutcome, event: FollowEvent) -> bool {
+    match event {
+        FollowEvent::SegmentUpdated { offset, .. } => outcome.opened.push(offset),
+        FollowEvent::SegmentFinal {
+            offset,
+            stream_id,
+            segment,
+        } => {
+            outcome.opened.push(offset);
+            outcome.finals.push((offset, stream_id, segment));
+        }
+        FollowEvent::FrameRejected { offset, reason } => outcome.rejected.push((offset, reason)),
+        FollowEvent::Gap {
+            offset,
+            missing_final_frames,
+            ..
+        } => {
+            outcome.gaps += missing_final_frames;
+            outcome.gap_reports.push((offset, missing_final_frames));
+        }
+        FollowEvent::Disconnected { .. } => outcome.disconnects += 1,
+        FollowEvent::EndOfSession { offset, .. } => {
+            outcome.opened.push(offset);
+            outcome.end_of_session = true;
+        }
+        FollowEvent::Ended => {
+            outcome.ended = true;
+            return true;
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Waits until `follower` reports `Connected`, which means the relay accepted
+/// the invite and the key fingerprint matched. Fails on any event that
+/// carries a frame, and when following stops first.
+pub async fn wait_until_connected(follower: &mut Follower, limit: Duration) {
+    let waiting = async {
+        loop {
+            match follower.next_event().await {
+                Some(FollowEvent::Connected { .. }) => return,
+                Some(FollowEvent::Disconnected { .. }) => {}
+                Some(other) => panic!("expected the follower to connect first, got {other:?}"),
+                None => panic!("the follower stopped before it connected"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, waiting)
+        .await
+        .expect("the follower did not connect in time");
 }
 
 fn encode(bytes: &[u8]) -> String {

@@ -2,6 +2,8 @@
 //! followers complete, in order and exactly once; afterwards neither the
 //! relay's database nor its logs hold transcript text, keys or tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

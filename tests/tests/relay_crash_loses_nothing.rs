@@ -3,6 +3,8 @@
 //! resends, the follower resumes, and the transcript is complete with no
 //! duplicate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -89,6 +89,7 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
     let request = CreateSessionRequest {
         fingerprint: key.fingerprint().to_base64url(),
         invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
+        max_browsers: None,
     };
     let created = RelayApi::new(&relay, &tls)?
         .create_session(&api_key, &request)

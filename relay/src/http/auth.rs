@@ -1,16 +1,17 @@
-//! Bearer credentials: extraction from `Authorization` and the checks for
-//! each endpoint.
+//! Credentials: bearer tokens from `Authorization`, the follow cookie of a
+//! browser that redeemed an invite, and the checks for each endpoint.
 //!
 //! A credential is hashed and looked up by its hash; stored hashes are
 //! compared in constant time. Failures are counted per endpoint and logged at
 //! debug level without the credential.
 
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::HeaderMap;
 use sealcast_protocol::SessionId;
 
 use super::{ApiError, AppState};
 use crate::credentials::{hashes_match, Secret};
+use crate::invites::cookie::follow_cookie;
 use crate::metrics::AUTH_FAILURES;
 use crate::store::SessionRecord;
 
@@ -61,10 +62,7 @@ pub(crate) async fn publisher_session(
 }
 
 /// Requires an invite token and returns its session.
-pub(crate) async fn invite_session(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<SessionRecord, ApiError> {
+async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRecord, ApiError> {
     let token = bearer(headers, FOLLOW)?;
     state
         .store
@@ -76,6 +74,77 @@ pub(crate) async fn invite_session(
                 "invalid invite token: ask the clinic for a new invite link",
             )
         })
+}
+
+/// Requires a follow credential and returns its session: the invite token as a
+/// bearer credential (native clients), else the follow cookie of a browser
+/// that redeemed the invite. A cookie counts only on an upgrade whose `Origin`
+/// is the relay's own, so no other site's page can use a patient's cookie.
+pub(crate) async fn follow_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<SessionRecord, ApiError> {
+    if headers.contains_key(AUTHORIZATION) {
+        return invite_session(state, headers).await;
+    }
+    let Some(cookie) = follow_cookie(headers) else {
+        return Err(reject(
+            FOLLOW,
+            "missing credential: send the invite token as Authorization: Bearer <token>, or redeem the invite in a browser",
+        ));
+    };
+    check_origin(state, headers)?;
+    state
+        .store
+        .session_by_browser(cookie.hash())
+        .await?
+        .ok_or_else(|| {
+            reject(
+                FOLLOW,
+                "invalid follow cookie: open the invite link again to redeem it",
+            )
+        })
+}
+
+/// Accepts an `Origin` equal to the public URL's origin or to `https://` and
+/// the `Host` the request came to, compared without regard to case.
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let origin = headers
+        .get(ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let host_origin = headers
+        .get(HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(|host| origin_of(&format!("https://{host}")));
+
+    let allowed = origin.as_deref().is_some_and(|origin| {
+        origin == state.public_origin || host_origin.as_deref() == Some(origin)
+    });
+    if allowed {
+        return Ok(());
+    }
+    metrics::counter!(AUTH_FAILURES, "endpoint" => FOLLOW).increment(1);
+    tracing::warn!("follow upgrade with a cookie from a foreign or missing Origin rejected");
+    Err(ApiError::Forbidden(
+        "follow cookie sent from another site: open the patient page on this relay",
+    ))
+}
+
+/// Returns the origin of a base URL such as `https://relay.example:8443/path`
+/// as browsers send it in `Origin`: scheme and authority in lower case, without
+/// the scheme's default port.
+pub(crate) fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let default_port = if scheme == "http" { ":80" } else { ":443" };
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    format!("{scheme}://{authority}")
 }
 
 /// Reads `Authorization: Bearer <credential>`.
@@ -121,6 +190,24 @@ mod tests {
         assert_eq!(secret.expose(), "abc");
         let secret = bearer(&headers("Bearer  abc "), FOLLOW).unwrap();
         assert_eq!(secret.expose(), "abc");
+    }
+
+    #[test]
+    fn origin_of_keeps_scheme_and_authority() {
+        assert_eq!(
+            origin_of("https://Relay.Example:8443/sealcast/"),
+            "https://relay.example:8443"
+        );
+        assert_eq!(origin_of("https://localhost:1"), "https://localhost:1");
+        assert_eq!(
+            origin_of("https://relay.example:443"),
+            "https://relay.example"
+        );
+        assert_eq!(
+            origin_of("http://relay.example:80/"),
+            "http://relay.example"
+        );
+        assert_eq!(origin_of("https://[::1]:8443"), "https://[::1]:8443");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The error every HTTP handler returns, rendered as a JSON `ErrorBody`.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sealcast_protocol::api::ErrorBody;
@@ -18,18 +19,32 @@ pub(crate) enum ApiError {
     /// The credential is missing or invalid.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The credential is valid but not in this context, for example a follow
+    /// cookie sent from another site's page.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The session or route does not exist.
     #[error("{0}")]
     NotFound(String),
     /// The route exists but not for this method.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// The request conflicts with the state of the resource, for example an
+    /// invite already redeemed by as many browsers as it admits.
+    #[error("{0}")]
+    Conflict(String),
     /// The session has ended.
     #[error("{0}")]
     Gone(String),
     /// The body is larger than the relay accepts.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request's `Content-Type` is not `application/json`.
+    #[error("request body must be JSON sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The client sent too many requests: retry after this many seconds.
+    #[error("too many requests from this address: retry in {0} s")]
+    TooManyRequests(u64),
     /// The relay cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -43,10 +58,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,10 +76,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Gone(_) => "session_ended",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal => "internal",
         }
@@ -73,7 +96,13 @@ impl IntoResponse for ApiError {
             error: self.kind().into(),
             message: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::TooManyRequests(seconds) = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

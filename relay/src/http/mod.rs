@@ -8,11 +8,13 @@
 //! | [`error`] | the error type and its JSON response |
 //! | [`auth`] | bearer credentials and their checks |
 //! | [`sessions`] | create and end sessions |
+//! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`ops`] | health, metrics and fallbacks |
 //! | [`observe`] | request counting and logging |
 
 pub(crate) mod auth;
 mod error;
+mod invites;
 mod observe;
 mod ops;
 mod sessions;
@@ -26,9 +28,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Limits;
 use crate::hub::Registry;
+use crate::invites::InviteState;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
-use crate::ws;
+use crate::{web, ws};
 pub(crate) use error::ApiError;
 
 /// Largest request body accepted, in bytes. Session requests are far smaller.
@@ -41,6 +44,11 @@ pub(crate) struct RelayState {
     pub(crate) limits: Limits,
     pub(crate) shutdown: Shutdown,
     pub(crate) metrics: PrometheusHandle,
+    /// Challenges and rate limits of the invite routes.
+    pub(crate) invites: Arc<InviteState>,
+    /// Origin of the public URL, such as `https://relay.example:8443`: the
+    /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
+    pub(crate) public_origin: String,
 }
 
 /// The state as handlers receive it.
@@ -53,6 +61,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/end", post(sessions::end))
         .route("/v1/sessions/{id}/publish", get(ws::publish::upgrade))
         .route("/v1/follow", get(ws::follow::upgrade))
+        .route("/v1/invites/challenge", post(invites::challenge))
+        .route("/v1/invites/redeem", post(invites::redeem))
+        .merge(web::routes())
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)

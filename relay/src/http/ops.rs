@@ -30,7 +30,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 /// Any path no route matches.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such endpoint: the relay serves /v1/sessions, /v1/follow, /healthz and /metrics".into(),
+        "no such endpoint: the relay serves /join, /v1/sessions, /v1/follow, /v1/invites, /healthz and /metrics".into(),
     )
 }
 

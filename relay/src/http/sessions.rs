@@ -7,7 +7,7 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, DEFAULT_MAX_BROWSERS};
 use sealcast_protocol::{Fingerprint, SessionId};
 
 use super::{auth, ApiError, AppState, MAX_BODY_BYTES};
@@ -15,6 +15,10 @@ use crate::credentials::random_token;
 use crate::hub::EndRefused;
 use crate::metrics::{SESSIONS_CREATED, SESSIONS_ENDED};
 use crate::store::{now_millis, NewSession, StoreError};
+
+/// Largest `max_browsers` a session may ask for. Each browser's follow
+/// credential is a stored row, so the number stays small.
+const MAX_BROWSERS_LIMIT: u32 = 100;
 
 /// Creates a session for a clinic API key holder. Responds 201 with the
 /// session's id, epoch and both tokens, which the relay keeps only hashed.
@@ -33,6 +37,7 @@ pub(crate) async fn create(
         .as_deref()
         .map(parse_verifier)
         .transpose()?;
+    let max_browsers = check_max_browsers(request.max_browsers)?;
 
     let publisher_token = random_token();
     let invite_token = random_token();
@@ -43,6 +48,7 @@ pub(crate) async fn create(
         publisher_token_hash: publisher_token.hash(),
         invite_token_hash: invite_token.hash(),
         invite_verifier,
+        max_browsers,
         created_at: now_millis(),
     };
     let response = CreateSessionResponse {
@@ -109,6 +115,17 @@ async fn parse_request(body: Body) -> Result<CreateSessionRequest, ApiError> {
     })
 }
 
+fn check_max_browsers(requested: Option<u32>) -> Result<u32, ApiError> {
+    let max_browsers = requested.unwrap_or(DEFAULT_MAX_BROWSERS);
+    if (1..=MAX_BROWSERS_LIMIT).contains(&max_browsers) {
+        Ok(max_browsers)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "max_browsers {max_browsers} is out of range: use 1 to {MAX_BROWSERS_LIMIT}"
+        )))
+    }
+}
+
 fn parse_verifier(text: &str) -> Result<[u8; 32], ApiError> {
     let invalid =
         || ApiError::BadRequest("invite_verifier must be 32 bytes as unpadded base64url".into());
@@ -127,6 +144,14 @@ mod tests {
         let unpadded = URL_SAFE_NO_PAD.encode([7u8; 32]);
         assert_eq!(parse_verifier(&unpadded).unwrap(), [7u8; 32]);
         assert_eq!(parse_verifier(&format!("{unpadded}=")).unwrap(), [7u8; 32]);
+    }
+
+    #[test]
+    fn max_browsers_defaults_and_range() {
+        assert_eq!(check_max_browsers(None).unwrap(), DEFAULT_MAX_BROWSERS);
+        assert_eq!(check_max_browsers(Some(3)).unwrap(), 3);
+        assert!(check_max_browsers(Some(0)).is_err());
+        assert!(check_max_browsers(Some(MAX_BROWSERS_LIMIT + 1)).is_err());
     }
 
     #[test]

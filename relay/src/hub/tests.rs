@@ -23,6 +23,7 @@ async fn fixture(ring_budget: usize) -> Fixture {
             publisher_token_hash: [1; 32],
             invite_token_hash: [2; 32],
             invite_verifier: None,
+            max_browsers: 1,
             created_at: 0,
         })
         .await

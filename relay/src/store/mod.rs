@@ -10,7 +10,9 @@
 //! | [`schema`] | pragmas and migrations |
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
+//! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
 
+mod browsers;
 mod reader;
 mod schema;
 mod writer;
@@ -71,6 +73,20 @@ pub enum StoreError {
         /// The session.
         session_id: SessionId,
     },
+    /// An invite cannot be redeemed by another browser.
+    #[error("invite of session {session_id} was already redeemed by its maximum of {max_browsers} browsers")]
+    BrowsersExhausted {
+        /// The session.
+        session_id: SessionId,
+        /// Browsers the session admits.
+        max_browsers: u32,
+    },
+    /// The session has ended, or is unknown, so its invite cannot be redeemed.
+    #[error("session {session_id} has ended or is unknown: its invite cannot be redeemed")]
+    SessionEnded {
+        /// The session.
+        session_id: SessionId,
+    },
     /// A stored value does not fit its type.
     #[error("stored {what} is invalid: the database is damaged or was edited")]
     Corrupt {
@@ -89,6 +105,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Returns whether the store refused a write because of the request, not
+    /// because it failed: such outcomes are not counted as write failures.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BrowsersExhausted { .. } | StoreError::SessionEnded { .. }
+        )
+    }
+
     /// Wraps a SQLite error with what the store was doing, for `map_err`.
     pub(crate) fn sqlite(action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
         move |source| StoreError::Sqlite {
@@ -107,6 +132,8 @@ pub(crate) struct NewSession {
     pub(crate) publisher_token_hash: CredentialHash,
     pub(crate) invite_token_hash: CredentialHash,
     pub(crate) invite_verifier: Option<[u8; 32]>,
+    /// Browsers that may redeem the invite.
+    pub(crate) max_browsers: u32,
     pub(crate) created_at: i64,
 }
 
@@ -118,7 +145,17 @@ pub(crate) struct SessionRecord {
     pub(crate) fingerprint: [u8; 16],
     pub(crate) publisher_token_hash: Vec<u8>,
     pub(crate) invite_token_hash: Vec<u8>,
+    /// The invite authentication key, when the clinician device sent one.
+    pub(crate) invite_verifier: Option<[u8; 32]>,
     pub(crate) ended_at: Option<i64>,
+}
+
+/// A browser's redemption of an invite: the hash of its new follow credential.
+#[derive(Debug, Clone)]
+pub(crate) struct Redemption {
+    pub(crate) session_id: SessionId,
+    pub(crate) credential_hash: CredentialHash,
+    pub(crate) created_at: i64,
 }
 
 /// A frame to store, with the header fields the relay routes on.
@@ -230,6 +267,31 @@ impl Store {
     /// Stores a new session.
     pub(crate) async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
         self.write(|done| WriteOp::CreateSession { session, done })
+            .await
+    }
+
+    /// Stores a browser's follow credential if the session is open and admits
+    /// another browser. Fails with [`StoreError::BrowsersExhausted`] or
+    /// [`StoreError::SessionEnded`] otherwise, checked in the same transaction.
+    pub(crate) async fn redeem_invite(&self, redemption: Redemption) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::RedeemInvite { redemption, done })
+            .await
+    }
+
+    /// Looks up the session of a browser's follow credential by its hash,
+    /// comparing in constant time.
+    pub(crate) async fn session_by_browser(
+        &self,
+        credential_hash: CredentialHash,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |conn| browsers::session_by_credential(conn, &credential_hash))
+            .await
+    }
+
+    /// Counts the browsers that redeemed a session's invite.
+    #[cfg(test)]
+    pub(crate) async fn browser_count(&self, session_id: SessionId) -> Result<u64, StoreError> {
+        self.read(move |conn| browsers::count(conn, &session_id))
             .await
     }
 

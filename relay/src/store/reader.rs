@@ -102,8 +102,8 @@ pub(super) fn api_key_exists(
     Ok(stored.is_some_and(|stored| hashes_match(&stored, key_hash)))
 }
 
-const SESSION_COLUMNS: &str =
-    "session_id, epoch, fingerprint, publisher_token_hash, invite_token_hash, ended_at";
+const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, publisher_token_hash,
+    invite_token_hash, ended_at, invite_verifier";
 
 pub(super) fn session_by_id(
     conn: &Connection,
@@ -146,6 +146,7 @@ struct SessionColumns {
     publisher_token_hash: Vec<u8>,
     invite_token_hash: Vec<u8>,
     ended_at: Option<i64>,
+    invite_verifier: Option<Vec<u8>>,
 }
 
 fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
@@ -156,6 +157,7 @@ fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
         publisher_token_hash: row.get(3)?,
         invite_token_hash: row.get(4)?,
         ended_at: row.get(5)?,
+        invite_verifier: row.get(6)?,
     })
 }
 
@@ -167,12 +169,20 @@ impl SessionColumns {
             <[u8; 16]>::try_from(self.fingerprint).map_err(|_| StoreError::Corrupt {
                 what: "fingerprint",
             })?;
+        let invite_verifier = self
+            .invite_verifier
+            .map(<[u8; 32]>::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt {
+                what: "invite verifier",
+            })?;
         Ok(SessionRecord {
             session_id: SessionId(session_id),
             epoch: u64_from_sql(self.epoch),
             fingerprint,
             publisher_token_hash: self.publisher_token_hash,
             invite_token_hash: self.invite_token_hash,
+            invite_verifier,
             ended_at: self.ended_at,
         })
     }

@@ -42,6 +42,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, frame_offset),
         UNIQUE (session_id, stream_id, seq)
     ) WITHOUT ROWID;",
+    // Version 2: browsers that redeemed an invite, each with the hash of its
+    // follow cookie, and how many browsers each session admits.
+    "ALTER TABLE sessions ADD COLUMN max_browsers INTEGER NOT NULL DEFAULT 1;
+
+    CREATE TABLE browser_credentials (
+        credential_hash BLOB PRIMARY KEY,
+        session_id BLOB NOT NULL REFERENCES sessions (session_id),
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE INDEX browser_credentials_by_session ON browser_credentials (session_id);",
 ];
 
 /// Schema version this build writes.

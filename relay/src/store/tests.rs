@@ -13,6 +13,7 @@ fn new_session(session_id: SessionId) -> NewSession {
         publisher_token_hash: [1; 32],
         invite_token_hash: [2; 32],
         invite_verifier: Some([3; 32]),
+        max_browsers: 2,
         created_at: 1_700_000_000_000,
     }
 }
@@ -284,4 +285,136 @@ async fn closed_store_rejects_writes() {
     store.close().await;
     let result = store.insert_api_key([5; 32]).await;
     assert!(matches!(result, Err(StoreError::WriterStopped)));
+}
+
+fn redemption(session_id: SessionId, credential: u8) -> Redemption {
+    Redemption {
+        session_id,
+        credential_hash: [credential; 32],
+        created_at: 1_700_000_001_000,
+    }
+}
+
+#[tokio::test]
+async fn redemptions_stop_at_browser_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+
+    store
+        .redeem_invite(redemption(session_id, 10))
+        .await
+        .unwrap();
+    store
+        .redeem_invite(redemption(session_id, 11))
+        .await
+        .unwrap();
+    let third = store.redeem_invite(redemption(session_id, 12)).await;
+    assert!(
+        matches!(
+            third,
+            Err(StoreError::BrowsersExhausted {
+                max_browsers: 2,
+                ..
+            })
+        ),
+        "{third:?}"
+    );
+    assert_eq!(store.browser_count(session_id).await.unwrap(), 2);
+
+    let record = store.session(session_id).await.unwrap().unwrap();
+    assert_eq!(record.invite_verifier, Some([3; 32]));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn browser_credentials_find_their_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    store
+        .redeem_invite(redemption(session_id, 10))
+        .await
+        .unwrap();
+
+    let found = store.session_by_browser([10; 32]).await.unwrap().unwrap();
+    assert_eq!(found.session_id, session_id);
+    assert!(store.session_by_browser([11; 32]).await.unwrap().is_none());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn ending_deletes_browser_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    store
+        .redeem_invite(redemption(session_id, 10))
+        .await
+        .unwrap();
+
+    end(&store, session_id).await.unwrap();
+    assert!(store.session_by_browser([10; 32]).await.unwrap().is_none());
+    assert_eq!(store.browser_count(session_id).await.unwrap(), 0);
+    let late = store.redeem_invite(redemption(session_id, 11)).await;
+    assert!(
+        matches!(late, Err(StoreError::SessionEnded { .. })),
+        "{late:?}"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn version_1_database_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    {
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE api_keys (key_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL)
+                 WITHOUT ROWID;
+             CREATE TABLE sessions (
+                 session_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL,
+                 fingerprint BLOB NOT NULL, publisher_token_hash BLOB NOT NULL UNIQUE,
+                 invite_token_hash BLOB NOT NULL UNIQUE, invite_verifier BLOB,
+                 created_at INTEGER NOT NULL, ended_at INTEGER) WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sessions (session_id, epoch, fingerprint, publisher_token_hash,
+                 invite_token_hash, created_at) VALUES (?1, 5, ?2, ?3, ?4, 0)",
+            rusqlite::params![
+                session_id.as_bytes().as_slice(),
+                [9u8; 16].as_slice(),
+                [1u8; 32].as_slice(),
+                [2u8; 32].as_slice()
+            ],
+        )
+        .unwrap();
+    }
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let record = store.session(session_id).await.unwrap().unwrap();
+    assert_eq!(record.invite_verifier, None);
+    // Sessions made before the migration admit one browser.
+    store
+        .redeem_invite(redemption(session_id, 10))
+        .await
+        .unwrap();
+    let second = store.redeem_invite(redemption(session_id, 11)).await;
+    assert!(
+        matches!(
+            second,
+            Err(StoreError::BrowsersExhausted {
+                max_browsers: 1,
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+    store.close().await;
 }

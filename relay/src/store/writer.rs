@@ -12,8 +12,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
+use super::browsers;
 use super::schema::u64_to_sql;
-use super::{FrameRecord, NewSession, StoreError};
+use super::{FrameRecord, NewSession, Redemption, StoreError};
 use crate::credentials::CredentialHash;
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
@@ -45,7 +46,13 @@ pub(crate) enum WriteOp {
         frame: FrameRecord,
         done: Completion,
     },
-    /// Mark a session ended. Queued behind the session's frames.
+    /// Store a browser's follow credential if the session admits another browser.
+    RedeemInvite {
+        redemption: Redemption,
+        done: Completion,
+    },
+    /// Mark a session ended and delete its browser credentials. Queued behind
+    /// the session's frames.
     EndSession {
         session_id: SessionId,
         ended_at: i64,
@@ -137,7 +144,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
     match outcomes {
         Ok(outcomes) => {
             for (op, outcome) in batch.drain(..).zip(outcomes) {
-                if outcome.is_err() {
+                if outcome.as_ref().is_err_and(|error| !error.is_refusal()) {
                     metrics::counter!(STORE_WRITE_FAILURES).increment(1);
                 }
                 complete(op, outcome);
@@ -176,6 +183,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
         } => insert_api_key(conn, key_hash, *created_at),
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, frame),
+        WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
         WriteOp::EndSession {
             session_id,
             ended_at,
@@ -190,6 +198,7 @@ fn complete(op: WriteOp, outcome: Result<(), StoreError>) {
         WriteOp::InsertApiKey { done, .. }
         | WriteOp::CreateSession { done, .. }
         | WriteOp::AppendFrame { done, .. }
+        | WriteOp::RedeemInvite { done, .. }
         | WriteOp::EndSession { done, .. } => done(outcome),
         WriteOp::Stop => {}
     }
@@ -208,7 +217,8 @@ fn insert_api_key(
 
 fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
     let sql = "INSERT INTO sessions (session_id, epoch, fingerprint, publisher_token_hash,
-        invite_token_hash, invite_verifier, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+        invite_token_hash, invite_verifier, max_browsers, created_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
     conn.prepare_cached(sql)
         .and_then(|mut statement| {
             statement.execute(params![
@@ -221,6 +231,7 @@ fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreEr
                     .invite_verifier
                     .as_ref()
                     .map(|verifier| verifier.as_slice()),
+                session.max_browsers,
                 session.created_at,
             ])
         })
@@ -278,7 +289,7 @@ fn end_session(conn: &Connection, session_id: &SessionId, ended_at: i64) -> Resu
         .map_err(StoreError::sqlite("end a session"))?;
 
     if changed == 1 {
-        Ok(())
+        browsers::delete_for_session(conn, session_id)
     } else {
         Err(StoreError::NotEndable {
             session_id: *session_id,

@@ -29,7 +29,7 @@ use crate::http::{auth, ApiError, AppState};
 use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{ActiveConnection, BYTES_DELIVERED, FOLLOWERS_LAGGED, FRAMES_DELIVERED};
-use crate::store::{Store, StoredFrame};
+use crate::store::{now_millis, Store, StoredFrame};
 
 const ROLE: &str = "follower";
 
@@ -45,6 +45,10 @@ const MAX_DETACHMENTS: u32 = 3;
 /// ring moved on meanwhile.
 const MAX_CATCH_UP_ROUNDS: u32 = 8;
 
+/// How long after a session ends a follower that was already following may
+/// reconnect to fetch the frames it missed, in milliseconds.
+const RESUME_AFTER_END_MS: i64 = 10 * 60 * 1000;
+
 /// Query parameters of the follow endpoint.
 #[derive(Debug, Deserialize)]
 pub(crate) struct FollowQuery {
@@ -54,9 +58,11 @@ pub(crate) struct FollowQuery {
     from: Option<u64>,
 }
 
-/// Checks the invite token, then upgrades. Invites stop working once the
-/// session end is committed; a follower connected before then still gets
-/// every frame and the end.
+/// Checks the credential (the invite token, or a browser's follow cookie with
+/// the relay's own `Origin`), then upgrades. Invites and follow cookies stop
+/// working for new followers once the session end is committed. A follower
+/// connected before then still gets every frame and the end, and may resume
+/// with its epoch for [`RESUME_AFTER_END_MS`] to fetch a tail it missed.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -64,17 +70,22 @@ pub(crate) async fn upgrade(
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let record = auth::invite_session(&state, &headers).await?;
-    if record.ended_at.is_some() {
-        return Err(ApiError::Gone(format!(
-            "session {} has ended, so its invite no longer works",
-            record.session_id
-        )));
-    }
+    let record = auth::follow_session(&state, &headers).await?;
     // The rejection text would repeat the query, so it stays out of the message.
     let Query(query) = query.map_err(|_| {
         ApiError::BadRequest("query parameters epoch and from must be unsigned integers".into())
     })?;
+    if let Some(ended_at) = record.ended_at {
+        // A follower that was following (it names the epoch) may still come
+        // back for the tail it missed; a new follower is refused at once.
+        let resuming = query.epoch.is_some();
+        if !resuming || now_millis().saturating_sub(ended_at) > RESUME_AFTER_END_MS {
+            return Err(ApiError::Gone(format!(
+                "session {} has ended, so its invite no longer works",
+                record.session_id
+            )));
+        }
+    }
     let upgrade = upgrade.map_err(not_an_upgrade)?;
     let lease = state.hubs.lease(&record).await?;
 

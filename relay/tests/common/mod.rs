@@ -103,6 +103,7 @@ impl TestRelay {
         let request = CreateSessionRequest {
             fingerprint: key.fingerprint().to_base64url(),
             invite_verifier: None,
+            max_browsers: None,
         };
         let response = self
             .http
@@ -161,12 +162,25 @@ impl TestRelay {
         token: &str,
         recv_buffer: Option<u32>,
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let authorization = format!("Bearer {token}");
+        self.connect_with_headers(path, &[("authorization", &authorization)], recv_buffer)
+            .await
+    }
+
+    /// Opens a WebSocket with extra request headers, such as a cookie and an
+    /// `Origin`, optionally with a small TCP receive buffer.
+    pub async fn connect_with_headers(
+        &self,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        recv_buffer: Option<u32>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         let mut request = format!("wss://{}{path}", self.addr())
             .into_client_request()
             .unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
         let socket = TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();

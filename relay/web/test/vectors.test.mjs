@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { redeemInvite } from '../invite.js';
 import { parseJson } from '../json.js';
 import { StreamOpener } from '../opener.js';
 import {
@@ -339,6 +340,34 @@ test('publisher and session messages parse', () => {
   assert.equal(response.invite_token, vector('invite_token'));
   assert.equal(typeof parseJson(vector('publisher_welcome')).epoch, 'bigint');
   assert.equal(parseJson(vector('publisher_ack')).stream_id, vector('stream_id'));
+});
+
+test('invite redemption sends and reads the documented bodies', async () => {
+  const expected = {
+    '/v1/invites/challenge': [
+      vector('invite_challenge_request'),
+      vector('invite_challenge_response'),
+    ],
+    '/v1/invites/redeem': [vector('invite_redeem_request'), vector('invite_redeem_response')],
+  };
+  const sent = [];
+  const fetchFn = async (url, init) => {
+    const path = new URL(url).pathname;
+    sent.push(path);
+    assert.equal(init.body, expected[path][0], `body of ${path}`);
+    return new Response(expected[path][1], { status: 200 });
+  };
+  const result = await redeemInvite({
+    fetchFn,
+    origin: 'https://relay.example:8443',
+    token: vector('invite_token'),
+    fingerprint: hexToBytes(vector('fingerprint')),
+    inviteAuthKey: await deriveInviteAuthKey(sessionKey),
+  });
+  assert.deepEqual(sent, ['/v1/invites/challenge', '/v1/invites/redeem']);
+  assert.deepEqual(result, { outcome: 'ok', sessionId: vector('session_id'), epoch: 1n });
+  assert.equal(encodeBase64url(bytes('challenge')), vector('challenge_base64url'));
+  assert.equal(encodeBase64url(bytes('invite_proof')), vector('invite_proof_base64url'));
 });
 
 test('word lists agree', () => {

@@ -1,0 +1,130 @@
+//! Editing the `frames` table of a stopped relay's SQLite database directly,
+//! as someone who has stolen or taken over the database could.
+//!
+//! The relay delivers a stored frame blob without checking it, so these edits
+//! reach followers unchanged. Open a [`FrameStore`] only while the relay is
+//! stopped, and drop it before the relay starts again.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use sealcast_protocol::{FrameHeader, SessionId, StreamId};
+
+/// File name of the relay's database inside its data directory.
+pub const DATABASE_FILE: &str = "relay.db";
+
+/// The frames a relay stored, opened for editing.
+pub struct FrameStore {
+    conn: Connection,
+}
+
+impl FrameStore {
+    /// Opens the database in a stopped relay's data directory.
+    pub fn open(data_dir: &Path) -> Self {
+        let path = data_dir.join(DATABASE_FILE);
+        let conn = Connection::open(&path)
+            .unwrap_or_else(|err| panic!("failed to open {}: {err}", path.display()));
+        FrameStore { conn }
+    }
+
+    /// Returns the session's stored offsets in order.
+    pub fn offsets(&self, session: SessionId) -> Vec<u64> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT frame_offset FROM frames WHERE session_id = ?1 ORDER BY frame_offset")
+            .expect("the frames table exists");
+        statement
+            .query_map(params![session.as_bytes().as_slice()], |row| {
+                row.get::<_, i64>(0)
+            })
+            .expect("frame offsets are readable")
+            .map(|offset| offset.expect("offset is an integer") as u64)
+            .collect()
+    }
+
+    /// Returns the frame blob stored at `offset`.
+    pub fn frame(&self, session: SessionId, offset: u64) -> Vec<u8> {
+        self.conn
+            .query_row(
+                "SELECT frame FROM frames WHERE session_id = ?1 AND frame_offset = ?2",
+                params![session.as_bytes().as_slice(), offset as i64],
+                |row| row.get(0),
+            )
+            .unwrap_or_else(|err| panic!("no frame at offset {offset} of {session}: {err}"))
+    }
+
+    /// Returns the decoded header of the frame stored at `offset`.
+    pub fn header(&self, session: SessionId, offset: u64) -> FrameHeader {
+        FrameHeader::decode_frame(&self.frame(session, offset))
+            .unwrap_or_else(|err| panic!("stored frame at offset {offset} is invalid: {err}"))
+    }
+
+    /// Overwrites the frame blob at `offset`, leaving the row's other columns as they are.
+    pub fn replace_frame(&self, session: SessionId, offset: u64, frame: &[u8]) {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE frames SET frame = ?3 WHERE session_id = ?1 AND frame_offset = ?2",
+                params![session.as_bytes().as_slice(), offset as i64, frame],
+            )
+            .expect("frame update succeeds");
+        assert_eq!(changed, 1, "no frame at offset {offset} of {session}");
+    }
+
+    /// Inverts bit `bit` (0 is the least significant) of byte `byte` of the frame at `offset`.
+    pub fn flip_bit(&self, session: SessionId, offset: u64, byte: usize, bit: u8) {
+        let mut frame = self.frame(session, offset);
+        assert!(
+            byte < frame.len(),
+            "byte {byte} is beyond the {}-byte frame at offset {offset}",
+            frame.len()
+        );
+        frame[byte] ^= 1 << bit;
+        self.replace_frame(session, offset, &frame);
+    }
+
+    /// Exchanges the frame blobs at offsets `first` and `second`.
+    pub fn swap_frames(&self, session: SessionId, first: u64, second: u64) {
+        let first_frame = self.frame(session, first);
+        let second_frame = self.frame(session, second);
+        self.replace_frame(session, first, &second_frame);
+        self.replace_frame(session, second, &first_frame);
+    }
+
+    /// Stores `frame` at the session's next offset and returns that offset.
+    ///
+    /// The row's kind, sequence number and final count come from the frame's
+    /// header. `row_stream` goes into the row's `stream_id` column: the store
+    /// allows one row per (stream, sequence number), so a copy of a stored
+    /// frame needs another stream id there. The blob itself is unchanged.
+    pub fn append_frame(&self, session: SessionId, frame: &[u8], row_stream: StreamId) -> u64 {
+        let header = FrameHeader::decode_frame(frame)
+            .unwrap_or_else(|err| panic!("appended frame is invalid: {err}"));
+        let offset = self.offsets(session).last().map_or(0, |last| last + 1);
+        self.conn
+            .execute(
+                "INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
+                    received_at, frame)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    session.as_bytes().as_slice(),
+                    offset as i64,
+                    row_stream.as_bytes().as_slice(),
+                    header.seq as i64,
+                    header.kind.to_byte(),
+                    header.final_count as i64,
+                    now_millis(),
+                    frame,
+                ],
+            )
+            .expect("frame insert succeeds");
+        offset
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
