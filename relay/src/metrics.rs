@@ -63,6 +63,8 @@ pub const SESSIONS_ENDED: &str = "sealcast_sessions_ended_total";
 pub const HTTP_REQUESTS: &str = "sealcast_http_requests_total";
 /// WebSockets closed by the relay, labels `role` and `code`.
 pub const WEBSOCKET_CLOSES: &str = "sealcast_websocket_closes_total";
+/// Peers that broke the WebSocket protocol (RFC 6455), label `role`.
+pub const WEBSOCKET_PROTOCOL_ERRORS: &str = "sealcast_websocket_protocol_errors_total";
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -170,6 +172,10 @@ fn describe() {
     describe_counter!(
         WEBSOCKET_CLOSES,
         "WebSockets closed by the relay, by role and code."
+    );
+    describe_counter!(
+        WEBSOCKET_PROTOCOL_ERRORS,
+        "Peers that broke the WebSocket protocol, by role."
     );
 }
 

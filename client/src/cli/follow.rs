@@ -58,7 +58,7 @@ pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
     };
     let link = InviteLink::parse(&link_text)?;
     let tls = TlsSettings::new(args.ca_cert.as_deref())?;
-    eprintln!(
+    stderr_line!(
         "Following the session on {}. Fingerprint words: {} (check that the clinician's screen shows the same)",
         link.relay,
         link.key.fingerprint().words().join(" ")
@@ -83,9 +83,10 @@ pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
     printer.clear_status()?;
     let report = follower.finish().await?;
     if report.missing_final_frames > 0 || report.frames_rejected > 0 {
-        eprintln!(
+        stderr_line!(
             "warning: the transcript is incomplete: {} final segments missing, {} frames rejected",
-            report.missing_final_frames, report.frames_rejected
+            report.missing_final_frames,
+            report.frames_rejected
         );
     }
     Ok(())
@@ -148,7 +149,7 @@ impl Printer {
                 if self.format == OutputFormat::Jsonl {
                     write_stdout("{\"event\":\"ended\"}\n")?;
                 }
-                eprintln!("The session has ended.");
+                stderr_line!("The session has ended.");
             }
             other => self.report(other)?,
         }
@@ -168,10 +169,10 @@ impl Printer {
             } => {
                 let action = if resumed { "Reconnected" } else { "Connected" };
                 let ended = if session_ended { " (the session has already ended)" } else { "" };
-                eprintln!("{action} to session {session_id} from offset {from_offset}{ended}");
+                stderr_line!("{action} to session {session_id} from offset {from_offset}{ended}");
             }
             FollowEvent::Disconnected { reason, retry_in } => {
-                eprintln!(
+                stderr_line!(
                     "warning: connection lost ({reason}); reconnecting in {:.1} s",
                     retry_in.as_secs_f64()
                 );
@@ -180,14 +181,14 @@ impl Printer {
                 offset,
                 stream_id,
                 missing_final_frames,
-            } => eprintln!(
+            } => stderr_line!(
                 "warning: {missing_final_frames} final segments of stream {stream_id} are missing before offset {offset}"
             ),
             FollowEvent::FrameRejected { offset, reason } => {
-                eprintln!("warning: rejected the frame at offset {offset}: {reason}");
+                stderr_line!("warning: rejected the frame at offset {offset}: {reason}");
             }
             FollowEvent::EndOfSession { final_segments, .. } => {
-                eprintln!("The clinician's device closed the session ({final_segments} final segments in its last stream).");
+                stderr_line!("The clinician's device closed the session ({final_segments} final segments in its last stream).");
             }
             FollowEvent::SegmentFinal { .. } | FollowEvent::SegmentUpdated { .. } | FollowEvent::Ended => {}
         }

@@ -6,6 +6,15 @@
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
 
+/// Writes a line to standard error, ignoring a closed or failing stream:
+/// unlike `eprintln!`, it never panics when stderr is a closed pipe.
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod follow;
 pub mod publish;
 pub mod session;
@@ -98,6 +107,9 @@ pub(crate) fn parse_session_id(text: &str) -> Result<SessionId, String> {
         .map_err(|_| format!("{text:?} is not a session id: expected 32 hex digits"))
 }
 
+const TUNGSTENITE_CAP: &str = "tungstenite=debug";
+const TOKIO_TUNGSTENITE_CAP: &str = "tokio_tungstenite=debug";
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -106,6 +118,11 @@ fn init_logging(verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("SEALCAST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // tungstenite's trace output prints whole upgrade requests, bearer
+    // tokens included, so it is capped at debug whatever the filter says.
+    let filter = filter
+        .add_directive(TUNGSTENITE_CAP.parse().unwrap_or_default())
+        .add_directive(TOKIO_TUNGSTENITE_CAP.parse().unwrap_or_default());
     // A second initialisation, as in tests that call `run` twice, keeps the first.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

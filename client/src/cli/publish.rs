@@ -136,7 +136,7 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     let published = tokio::select! {
         result = send_all(&mut publisher, &mut source, &mut pacer) => result?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("Interrupted: waiting for the relay to acknowledge what was sent (Ctrl-C again to quit)");
+            stderr_line!("Interrupted: waiting for the relay to acknowledge what was sent (Ctrl-C again to quit)");
             let report = tokio::select! {
                 report = publisher.finish() => report?,
                 _ = tokio::signal::ctrl_c() => return Err(ClientError::Interrupted),
@@ -151,7 +151,7 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         print_report(&report, Some(published));
         super::session::call_end_endpoint(&session, &tls).await?;
         store.shred(&session.session_id)?;
-        eprintln!(
+        stderr_line!(
             "Session {} ended. Its key was deleted from this device.",
             session.session_id
         );
@@ -185,9 +185,11 @@ fn print_report(report: &PublishReport, final_segments: Option<u64>) {
     };
     let finals =
         final_segments.map_or(String::new(), |count| format!("{count} final segments in "));
-    eprintln!(
+    stderr_line!(
         "Published {finals}{} frames on stream {}, {acknowledged}, {} reconnects",
-        report.frames, report.stream_id, report.reconnects
+        report.frames,
+        report.stream_id,
+        report.reconnects
     );
 }
 

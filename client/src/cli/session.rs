@@ -128,7 +128,7 @@ fn print_invitation(session: &StoredSession, path: &std::path::Path, no_qr: bool
     if !no_qr {
         match render_qr(&link) {
             Some(qr) => println!("\n{qr}"),
-            None => eprintln!("warning: the link is too long for a QR code"),
+            None => stderr_line!("warning: the link is too long for a QR code"),
         }
     }
     println!();

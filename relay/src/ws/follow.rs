@@ -23,7 +23,7 @@ use sealcast_protocol::api::{close, FollowerEvent};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::socket::{Closing, Inbound, SendFailure, WsConnection};
+use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
 use super::{configure, not_an_upgrade};
 use crate::http::{auth, ApiError, AppState};
 use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
@@ -216,10 +216,13 @@ impl Follower {
                 "message exceeds the maximum size",
             ))),
             Inbound::Closed => Err(Ending::PeerGone),
-            Inbound::Failed(error) => {
-                tracing::debug!(session_id = %self.feed.hub.session_id(), %error, "follow socket failed");
-                Err(Ending::PeerGone)
-            }
+            Inbound::Failed(error) => match protocol_violation(&error, ROLE) {
+                Some(closing) => Err(Ending::Close(closing)),
+                None => {
+                    tracing::debug!(session_id = %self.feed.hub.session_id(), %error, "follow socket failed");
+                    Err(Ending::PeerGone)
+                }
+            },
         }
     }
 

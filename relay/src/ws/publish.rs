@@ -20,7 +20,7 @@ use sealcast_protocol::{FrameHeader, ProtocolError, StreamId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::socket::{Closing, Inbound, SendFailure, WsConnection};
+use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
 use super::{configure, not_an_upgrade};
 use crate::http::{auth, ApiError, AppState};
 use crate::hub::{HubLease, Offer, Progress};
@@ -190,10 +190,13 @@ impl Publisher {
                 ),
             )),
             Inbound::Closed => Err(Ending::PeerGone),
-            Inbound::Failed(error) => {
-                tracing::debug!(session_id = %self.hub.session_id(), %error, "publish socket failed");
-                Err(Ending::PeerGone)
-            }
+            Inbound::Failed(error) => match protocol_violation(&error, ROLE) {
+                Some(closing) => Err(Ending::Close(closing)),
+                None => {
+                    tracing::debug!(session_id = %self.hub.session_id(), %error, "publish socket failed");
+                    Err(Ending::PeerGone)
+                }
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::config::Limits;
-use crate::metrics::WEBSOCKET_CLOSES;
+use crate::metrics::{WEBSOCKET_CLOSES, WEBSOCKET_PROTOCOL_ERRORS};
 
 /// Maximum time the relay waits for the peer's reply to its close frame.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -199,6 +199,24 @@ impl Keepalive {
 }
 
 /// Checks whether a read failed because the message exceeds the maximum size.
+/// Returns the close frame for a peer that broke RFC 6455: 1007 for invalid
+/// UTF-8 in a text message, 1002 for any other protocol violation, and
+/// `None` for errors that are not the peer's fault, such as a reset connection.
+/// Every protocol violation is counted by role and logged as peer misbehaviour.
+pub(crate) fn protocol_violation(error: &axum::Error, role: &'static str) -> Option<Closing> {
+    let source = std::error::Error::source(error)?;
+    let closing = match source.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Utf8(_) => Closing::new(1007, "text message is not valid UTF-8"),
+        tungstenite::Error::Protocol(violation) => {
+            Closing::new(1002, format!("WebSocket protocol error: {violation}"))
+        }
+        _ => return None,
+    };
+    metrics::counter!(WEBSOCKET_PROTOCOL_ERRORS, "role" => role).increment(1);
+    tracing::warn!(role, code = closing.code, reason = %closing.reason, "peer broke the WebSocket protocol");
+    Some(closing)
+}
+
 fn is_message_too_big(error: &axum::Error) -> bool {
     let source = std::error::Error::source(error);
     matches!(
