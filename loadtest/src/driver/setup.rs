@@ -1,0 +1,184 @@
+//! Setting up clinics the way devices do: a session created with the clinic
+//! API key and a fresh session key, then the publisher and follower sockets
+//! opened with the publisher and invite tokens the relay returned.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures_util::stream::{self, StreamExt};
+use sealcast_client::{endpoint, RelayApi, SecretString, TlsSettings};
+use sealcast_protocol::api::CreateSessionRequest;
+use sealcast_protocol::{SessionId, SessionKey};
+use tokio::sync::Semaphore;
+
+use crate::client::socket::{Dialer, Socket};
+use crate::client::{connect_follower, connect_publisher};
+use crate::error::LoadtestError;
+use crate::stats::Recorder;
+use crate::target::Target;
+
+/// A session created for one clinic, with what its devices hold.
+pub struct Clinic {
+    /// Clinic index, from 0.
+    pub index: usize,
+    /// The session key, made here as a clinician device makes it.
+    pub key: SessionKey,
+    /// The relay's session id.
+    pub session_id: SessionId,
+    /// Credential of the publish socket and of ending the session.
+    pub publisher_token: SecretString,
+    /// Credential of the follow sockets.
+    pub invite_token: SecretString,
+}
+
+/// A clinic with its sockets open.
+pub struct ConnectedClinic {
+    /// The clinic.
+    pub clinic: Clinic,
+    /// The publisher's socket, `None` when it failed to open.
+    pub publisher: Option<Socket>,
+    /// The followers' sockets that opened.
+    pub followers: Vec<Socket>,
+}
+
+/// Returns a client for the relay's HTTP API.
+pub fn relay_api(target: &Target) -> Result<RelayApi, LoadtestError> {
+    let tls = target.tls.clone().unwrap_or_else(TlsSettings::public_roots);
+    RelayApi::new(&target.base_url, &tls).map_err(|err| LoadtestError::TargetStart {
+        system: target.name().to_string(),
+        reason: err.to_string(),
+    })
+}
+
+/// Creates `count` sessions, `concurrency` requests at a time.
+pub async fn create_clinics(
+    target: &Target,
+    api: &RelayApi,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<Clinic>, LoadtestError> {
+    let requests = (0..count).map(|index| create_clinic(target, api, index, count));
+    let mut clinics: Vec<Clinic> = stream::iter(requests)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    clinics.sort_by_key(|clinic| clinic.index);
+    Ok(clinics)
+}
+
+async fn create_clinic(
+    target: &Target,
+    api: &RelayApi,
+    index: usize,
+    total: usize,
+) -> Result<Clinic, LoadtestError> {
+    // The relay gets only the fingerprint and the invite verifier, both
+    // one-way derivations of the key, as from a real clinician device.
+    let key = SessionKey::generate();
+    let request = CreateSessionRequest {
+        fingerprint: key.fingerprint().to_base64url(),
+        invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
+        // Followers here present the invite token as a bearer credential, as
+        // native devices do, so no browser redemption is needed.
+        max_browsers: None,
+    };
+    let created = api
+        .create_session(&target.api_key, &request)
+        .await
+        .map_err(|err| LoadtestError::SessionSetup {
+            system: target.name().to_string(),
+            index,
+            total,
+            reason: err.to_string(),
+        })?;
+    Ok(Clinic {
+        index,
+        key,
+        session_id: created.session_id,
+        publisher_token: SecretString::new(created.publisher_token.clone()),
+        invite_token: SecretString::new(created.invite_token.clone()),
+    })
+}
+
+/// Opens every clinic's followers, then its publisher, at most
+/// `concurrency` connection attempts at a time.
+pub async fn connect_clinics(
+    target: &Target,
+    dialer: Arc<Dialer>,
+    clinics: Vec<Clinic>,
+    followers: usize,
+    concurrency: usize,
+    recorder: Arc<Recorder>,
+) -> Vec<ConnectedClinic> {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(clinics.len());
+    for clinic in clinics {
+        let dialer = Arc::clone(&dialer);
+        let slots = Arc::clone(&slots);
+        let recorder = Arc::clone(&recorder);
+        let base = target.base_url.clone();
+        tasks.push(tokio::spawn(async move {
+            connect_clinic(&base, &dialer, clinic, followers, &slots, &recorder).await
+        }));
+    }
+
+    let mut connected = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match task.await {
+            Ok(clinic) => connected.push(clinic),
+            Err(err) => tracing::error!(error = %err, "a connect task failed"),
+        }
+    }
+    connected
+}
+
+async fn connect_clinic(
+    base: &url::Url,
+    dialer: &Dialer,
+    clinic: Clinic,
+    followers: usize,
+    slots: &Semaphore,
+    recorder: &Recorder,
+) -> ConnectedClinic {
+    let follow_url = endpoint::follow_url(base, None, 0);
+    let mut sockets = Vec::with_capacity(followers);
+    for follower in 0..followers {
+        let Ok(_slot) = slots.acquire().await else {
+            break;
+        };
+        let shard = clinic.index * (followers + 1) + follower;
+        let socket = connect_follower(
+            dialer,
+            &follow_url,
+            &clinic.invite_token,
+            &clinic.key,
+            recorder,
+            shard,
+        )
+        .await;
+        sockets.extend(socket);
+    }
+
+    let publish_url = endpoint::publish_url(base, &clinic.session_id);
+    let publisher = match slots.acquire().await {
+        Ok(_slot) => {
+            connect_publisher(
+                dialer,
+                &publish_url,
+                &clinic.publisher_token,
+                recorder,
+                clinic.index,
+            )
+            .await
+        }
+        Err(_) => None,
+    };
+    ConnectedClinic {
+        clinic,
+        publisher,
+        followers: sockets,
+    }
+}
