@@ -243,6 +243,7 @@ fn summarize(
         && frames.gap_frames == 0
         && frames.duplicates == 0
         && frames.decrypt_errors == 0
+        && frames.frames_acknowledged == frames.frames_sent
         && connections.opened == connections.attempted;
     StepResult {
         system: target.name().to_string(),

@@ -125,7 +125,7 @@ fn mean(steps: &[StepResult], system: &str, figure: Figure) -> Option<f64> {
 }
 
 /// Decides whether the run passed. Every step must be free of loss, gaps,
-/// duplicates, decryption errors and failed connections, except that ramp
+/// duplicates, decryption errors, unacknowledged frames and failed connections, except that ramp
 /// steps may lose frames (loss ends a ramp) but never duplicate or corrupt
 /// them. Connection mode must open every requested connection.
 pub fn verdict(steps: &[StepResult], ramp_mode: bool, connections: &[ConnectionResult]) -> Verdict {
@@ -154,6 +154,13 @@ pub fn verdict(steps: &[StepResult], ramp_mode: bool, connections: &[ConnectionR
             problems.push(format!(
                 "{name}: {} final frames missing in gaps",
                 step.frames.gap_frames
+            ));
+        }
+        let unacknowledged =
+            step.frames.frames_sent - step.frames.frames_acknowledged.min(step.frames.frames_sent);
+        if unacknowledged > 0 {
+            problems.push(format!(
+                "{name}: {unacknowledged} frames not acknowledged by the relay"
             ));
         }
         if step.incomplete_followers > 0 {
@@ -290,6 +297,18 @@ mod tests {
         let ramp = verdict(&[broken], true, &[]);
         assert!(!ramp.passed);
         assert_eq!(ramp.problems.len(), 2);
+    }
+
+    #[test]
+    fn unacknowledged_frames_fail_a_run() {
+        let mut step = step("sealcast", 10.0, 1000);
+        step.frames.frames_sent = 10;
+        step.frames.frames_acknowledged = 7;
+        let verdict = verdict(&[step], false, &[]);
+        assert_eq!(
+            verdict.problems,
+            ["sealcast round 1 step 1: 3 frames not acknowledged by the relay"]
+        );
     }
 
     #[test]

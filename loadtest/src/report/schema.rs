@@ -138,7 +138,8 @@ pub struct StepResult {
     pub errors: BTreeMap<String, u64>,
     /// CPU and memory of the system, when measured.
     pub resources: Option<Resources>,
-    /// No loss, gap, duplicate, decryption error or failed connection.
+    /// No loss, gap, duplicate, decryption error, unacknowledged frame or
+    /// failed connection.
     pub passed: bool,
 }
 

@@ -5,16 +5,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sealcast_client::{SecretString, TlsSettings};
 use sealcast_relay::{Config, Limits, RelayHandle};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::runtime::Runtime;
 use url::Url;
 
@@ -23,6 +20,7 @@ use crate::error::LoadtestError;
 use crate::null_relay::NullRelay;
 use crate::stats::procfs::{ProbeScope, ProcessProbe};
 
+mod child;
 mod node;
 
 /// Thread name prefix of a relay started in this process; the relay's store
@@ -30,8 +28,6 @@ mod node;
 const RELAY_THREAD_PREFIX: &str = "sealcast-";
 /// Thread name of the runtime of a null relay started in this process.
 const NULL_THREAD_NAME: &str = "null-relay";
-/// Maximum wait for a child relay to print its address.
-const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections a started relay accepts beyond the ones the harness plans to open.
 const CONNECTION_HEADROOM: usize = 1000;
 
@@ -118,8 +114,8 @@ impl Target {
                 let binary = args
                     .relay_bin
                     .clone()
-                    .unwrap_or_else(|| sibling_binary("sealcast-relay"));
-                sealcast_child(&binary, max_connections).await
+                    .unwrap_or_else(|| child::sibling_binary("sealcast-relay"));
+                child::sealcast_child(&binary, max_connections).await
             }
         }
     }
@@ -128,7 +124,7 @@ impl Target {
     pub async fn null(args: &RunArgs) -> Result<Target, LoadtestError> {
         match args.relay_process {
             Placement::InProcess => null_in_process().await,
-            Placement::Child => null_child().await,
+            Placement::Child => child::null_child().await,
         }
     }
 
@@ -173,7 +169,7 @@ impl Target {
                 relay.stop();
                 runtime.shutdown_background();
             }
-            Guard::Child { mut child, .. } => stop_child(&mut child).await,
+            Guard::Child { mut child, .. } => child::stop_child(&mut child).await,
             Guard::External => {}
         }
     }
@@ -237,23 +233,32 @@ async fn sealcast_in_process(max_connections: usize) -> Result<Target, LoadtestE
         limits: limits_for(max_connections),
         ..Config::default()
     };
-    let handle = runtime
-        .spawn(sealcast_relay::start(config))
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let started = runtime.spawn(sealcast_relay::start(config)).await;
+    let handle = match started {
+        Ok(Ok(handle)) => handle,
+        Ok(Err(err)) => return Err(abandon(runtime, fail(err.to_string()))),
+        Err(err) => return Err(abandon(runtime, fail(err.to_string()))),
+    };
 
-    let api_key = handle
-        .api_key()
-        .ok_or_else(|| fail("the new relay made no API key".into()))?;
     let addr = handle.local_addr();
     let cert = handle.data_dir().join(sealcast_relay::tls::DEV_CERT_FILE);
+    let credentials = handle
+        .api_key()
+        .ok_or_else(|| fail("the new relay made no API key".into()))
+        .and_then(|key| {
+            let tls = TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?;
+            Ok((key, tls, localhost_url("https", addr.port())?))
+        });
+    let (api_key, tls, base_url) = match credentials {
+        Ok(credentials) => credentials,
+        Err(err) => return Err(abandon(runtime, err)),
+    };
     Ok(Target {
         kind: SystemKind::Sealcast,
-        base_url: localhost_url("https", addr.port())?,
+        base_url,
         addr,
         api_key: SecretString::new(api_key),
-        tls: Some(TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?),
+        tls: Some(tls),
         probe: Some(ProcessProbe::own_threads(RELAY_THREAD_PREFIX)),
         placement: "in-process",
         guard: Guard::InProcess {
@@ -264,6 +269,13 @@ async fn sealcast_in_process(max_connections: usize) -> Result<Target, LoadtestE
     })
 }
 
+/// Shuts a runtime down without blocking and returns `error`. Dropping a
+/// runtime inside another runtime's task would panic.
+fn abandon(runtime: Runtime, error: LoadtestError) -> LoadtestError {
+    runtime.shutdown_background();
+    error
+}
+
 async fn null_in_process() -> Result<Target, LoadtestError> {
     let fail = |reason: String| start_error(SystemKind::Null, reason);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -271,15 +283,25 @@ async fn null_in_process() -> Result<Target, LoadtestError> {
         .thread_name(NULL_THREAD_NAME)
         .build()
         .map_err(|e| fail(format!("failed to start the null relay runtime: {e}")))?;
-    let relay = runtime
+    let started = runtime
         .spawn(NullRelay::start(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(format!("failed to listen: {e}")))?;
+        .await;
+    let relay = match started {
+        Ok(Ok(relay)) => relay,
+        Ok(Err(err)) => return Err(abandon(runtime, fail(format!("failed to listen: {err}")))),
+        Err(err) => return Err(abandon(runtime, fail(err.to_string()))),
+    };
     let addr = relay.local_addr();
+    let base_url = match plain_url(addr) {
+        Ok(url) => url,
+        Err(err) => {
+            relay.stop();
+            return Err(abandon(runtime, err));
+        }
+    };
     Ok(Target {
         kind: SystemKind::Null,
-        base_url: plain_url(addr)?,
+        base_url,
         addr,
         api_key: SecretString::from("null-relay-ignores-credentials"),
         tls: None,
@@ -287,149 +309,6 @@ async fn null_in_process() -> Result<Target, LoadtestError> {
         placement: "in-process",
         guard: Guard::NullInProcess { runtime, relay },
     })
-}
-
-async fn sealcast_child(binary: &Path, max_connections: usize) -> Result<Target, LoadtestError> {
-    let fail = |reason: String| start_error(SystemKind::Sealcast, reason);
-    let data_dir =
-        tempfile::tempdir().map_err(|e| fail(format!("failed to make a data directory: {e}")))?;
-    let log = std::fs::File::create(data_dir.path().join("relay.log"))
-        .map_err(|e| fail(format!("failed to create the relay log: {e}")))?;
-    let mut command = Command::new(binary);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path().join("relay"))
-        .args(["--max-connections", &max_connections.to_string()])
-        .stderr(Stdio::from(log));
-    let (child, lines) = spawn_and_read(command, binary, SystemKind::Sealcast, 2).await?;
-
-    let addr = line_value(&lines, "sealcast-relay listening on https://")
-        .and_then(|text| text.parse::<SocketAddr>().ok())
-        .ok_or_else(|| fail(format!("the relay printed no address: {lines:?}")))?;
-    let api_key = line_value(&lines, "clinic API key (shown once): ")
-        .ok_or_else(|| fail("the relay printed no API key".into()))?;
-    let cert = data_dir
-        .path()
-        .join("relay")
-        .join(sealcast_relay::tls::DEV_CERT_FILE);
-    let pid = child.id().unwrap_or_default();
-    Ok(Target {
-        kind: SystemKind::Sealcast,
-        base_url: localhost_url("https", addr.port())?,
-        addr,
-        api_key: SecretString::new(api_key.to_string()),
-        tls: Some(TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?),
-        probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
-        placement: "child process",
-        guard: Guard::Child {
-            child,
-            _data_dir: data_dir,
-        },
-    })
-}
-
-async fn null_child() -> Result<Target, LoadtestError> {
-    let fail = |reason: String| start_error(SystemKind::Null, reason);
-    let data_dir =
-        tempfile::tempdir().map_err(|e| fail(format!("failed to make a directory: {e}")))?;
-    let binary = std::env::current_exe()
-        .map_err(|e| fail(format!("failed to find this executable: {e}")))?;
-    let mut command = Command::new(&binary);
-    command
-        .args(["null-relay", "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::inherit());
-    let (child, lines) = spawn_and_read(command, &binary, SystemKind::Null, 1).await?;
-    let addr = line_value(&lines, crate::NULL_RELAY_BANNER)
-        .and_then(|text| text.parse::<SocketAddr>().ok())
-        .ok_or_else(|| fail(format!("the null relay printed no address: {lines:?}")))?;
-    let pid = child.id().unwrap_or_default();
-    Ok(Target {
-        kind: SystemKind::Null,
-        base_url: plain_url(addr)?,
-        addr,
-        api_key: SecretString::from("null-relay-ignores-credentials"),
-        tls: None,
-        probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
-        placement: "child process",
-        guard: Guard::Child {
-            child,
-            _data_dir: data_dir,
-        },
-    })
-}
-
-/// Spawns a child with stdout piped and reads its first `count` lines.
-async fn spawn_and_read(
-    mut command: Command,
-    binary: &Path,
-    kind: SystemKind,
-    count: usize,
-) -> Result<(Child, Vec<String>), LoadtestError> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            start_error(
-                kind,
-                format!("failed to run {}: {e}: build it with cargo build --release --bins, or pass --relay-bin", binary.display()),
-            )
-        })?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| start_error(kind, "the child's standard output is not piped"))?;
-    let mut reader = BufReader::new(stdout).lines();
-    let mut lines = Vec::new();
-    let read = async {
-        while lines.len() < count {
-            match reader.next_line().await {
-                Ok(Some(line)) => lines.push(line),
-                _ => break,
-            }
-        }
-    };
-    if tokio::time::timeout(CHILD_START_TIMEOUT, read)
-        .await
-        .is_err()
-    {
-        return Err(start_error(kind, "the child printed nothing within 30 s"));
-    }
-    Ok((child, lines))
-}
-
-fn line_value<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .find_map(|line| line.strip_prefix(prefix))
-        .map(str::trim)
-}
-
-/// Stops a child with SIGTERM, so a relay commits and closes cleanly, and
-/// with SIGKILL if it lingers.
-async fn stop_child(child: &mut Child) {
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pid {
-        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
-            && tokio::time::timeout(Duration::from_secs(40), child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}
-
-fn sibling_binary(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn localhost_url(scheme: &str, port: u16) -> Result<Url, LoadtestError> {

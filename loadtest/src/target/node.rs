@@ -8,7 +8,8 @@ use std::process::Stdio;
 use sealcast_client::{SecretString, TlsSettings};
 use tokio::process::Command;
 
-use super::{line_value, localhost_url, spawn_and_read, start_error, Guard, SystemKind, Target};
+use super::child::{line_value, spawn_and_read};
+use super::{localhost_url, start_error, Guard, SystemKind, Target};
 use crate::error::LoadtestError;
 use crate::stats::procfs::{ProbeScope, ProcessProbe};
 
