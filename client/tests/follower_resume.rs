@@ -71,7 +71,12 @@ fn revisions(id: u64) -> Vec<TranscriptSegment> {
         .map(|count| TranscriptSegment {
             segment_id: id,
             revision: count as u32 - 1,
-            speaker: if id.is_multiple_of(2) { "doctor" } else { "patient" }.into(),
+            speaker: if id.is_multiple_of(2) {
+                "doctor"
+            } else {
+                "patient"
+            }
+            .into(),
             start_ms: id * 1000,
             end_ms: id * 1000 + count as u64 * 100,
             text: words[..count].join(" "),

@@ -55,7 +55,12 @@ fn segment(id: u64) -> TranscriptSegment {
     TranscriptSegment {
         segment_id: id,
         revision: 0,
-        speaker: if id % 2 == 0 { "doctor" } else { "patient" }.into(),
+        speaker: if id.is_multiple_of(2) {
+            "doctor"
+        } else {
+            "patient"
+        }
+        .into(),
         start_ms: id * 1000,
         end_ms: id * 1000 + 800,
         text: format!("utterance number {id}"),
