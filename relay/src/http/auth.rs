@@ -24,6 +24,10 @@ pub(crate) const PUBLISH: &str = "publish";
 /// Endpoint label of the follow socket.
 pub(crate) const FOLLOW: &str = "follow";
 
+// NOTE: failed bearer credentials here are counted per endpoint but not rate
+// limited; only the invite routes are. The credentials are 256-bit random
+// values, so guessing is impractical, but a flood still costs a store read.
+
 /// Requires a stored clinic API key.
 pub(crate) async fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let key = bearer(headers, CREATE_SESSION)?;
