@@ -39,6 +39,40 @@ async fn post_create(relay: &TestRelay, key: Option<&str>, body: String) -> reqw
 }
 
 #[tokio::test]
+async fn api_responses_are_not_cached() {
+    let relay = start_relay(Limits::default()).await;
+    let body = serde_json::to_string(&create_request()).unwrap();
+    let created = post_create(&relay, Some(&relay.api_key), body.clone()).await;
+    let refused = post_create(&relay, None, body).await;
+    let missing = relay
+        .http
+        .post(relay.url("/v1/invites/challenge"))
+        .header("content-type", "application/json")
+        .body(r#"{"token":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#)
+        .send()
+        .await
+        .unwrap();
+
+    for (name, response) in [
+        ("created", created),
+        ("refused", refused),
+        ("missing", missing),
+    ] {
+        let cache = response
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            cache.as_deref(),
+            Some("no-store"),
+            "{name} response ({})",
+            response.status()
+        );
+    }
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn create_session_requires_api_key() {
     let relay = start_relay(Limits::default()).await;
     let body = serde_json::to_string(&create_request()).unwrap();

@@ -187,6 +187,11 @@ impl Printer {
             FollowEvent::FrameRejected { offset, reason } => {
                 stderr_line!("warning: rejected the frame at offset {offset}: {reason}");
             }
+            // `session end` seals the end frame on a stream of its own, whose
+            // count of zero would only confuse the patient.
+            FollowEvent::EndOfSession { final_segments: 0, .. } => {
+                stderr_line!("The clinician's device closed the session.");
+            }
             FollowEvent::EndOfSession { final_segments, .. } => {
                 stderr_line!("The clinician's device closed the session ({final_segments} final segments in its last stream).");
             }

@@ -21,7 +21,10 @@ mod sessions;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -54,6 +57,18 @@ pub(crate) struct RelayState {
 /// The state as handlers receive it.
 pub(crate) type AppState = Arc<RelayState>;
 
+/// Marks every response `Cache-Control: no-store` unless its handler chose
+/// otherwise: API responses carry tokens, session ids and errors that no
+/// cache between the device and the relay should keep.
+async fn no_store_by_default(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Builds the router of every endpoint.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -69,6 +84,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(no_store_by_default))
         .layer(middleware::from_fn(observe::record))
         .with_state(state)
 }
