@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real-transcript tests read from here; without it they say they were skipped.
+# The real-transcript tests read from here; without it they print that they were skipped.
 if [[ -z "${SEALCAST_TRANSCRIPTS:-}" && -d ../shared/data/transcripts ]]; then
     export SEALCAST_TRANSCRIPTS="$(cd ../shared/data/transcripts && pwd)"
 fi

@@ -13,7 +13,8 @@ pub struct Needle {
     pub bytes: Vec<u8>,
 }
 
-/// Every encoding of a binary secret worth looking for: raw, hex, and the four base64 forms.
+/// Returns every encoding of a binary secret worth looking for: raw, hex, and
+/// the four base64 forms.
 pub fn secret_needles(label: &str, secret: &[u8]) -> Vec<Needle> {
     let forms = [
         ("raw", secret.to_vec()),
@@ -38,7 +39,7 @@ pub fn secret_needles(label: &str, secret: &[u8]) -> Vec<Needle> {
         .collect()
 }
 
-/// A text value, such as a token or a transcript phrase, as it would be written.
+/// Returns a text value, such as a token or a transcript phrase, as it would be written.
 pub fn text_needle(label: &str, text: &str) -> Needle {
     Needle {
         label: label.to_string(),

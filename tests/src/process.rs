@@ -86,12 +86,12 @@ impl RelayProcess {
         self.child.id()
     }
 
-    /// The relay's base URL.
+    /// Returns the relay's base URL.
     pub fn base_url(&self) -> String {
         format!("https://{}/", self.addr)
     }
 
-    /// The development certificate the relay made in its data directory.
+    /// Returns the path of the development certificate in the relay's data directory.
     pub fn ca_cert(&self) -> PathBuf {
         self.data_dir.join("dev-cert.pem")
     }

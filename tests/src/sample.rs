@@ -11,12 +11,13 @@ pub fn sample_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../relay/demo/sample-consultation.jsonl")
 }
 
-/// The sample's final segments.
+/// Returns the sample's final segments.
 pub fn sample_finals() -> Vec<TranscriptSegment> {
     load_files(&[sample_path()], None).expect("the sample consultation parses")
 }
 
-/// The sample with interim revisions before each final segment, as a live recognizer sends it.
+/// Returns the sample with interim revisions before each final segment, as a
+/// live recognizer sends it.
 pub fn sample_with_interim() -> Vec<TranscriptSegment> {
     interim::expand_all(sample_finals()).expect("interim revisions")
 }

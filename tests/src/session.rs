@@ -18,7 +18,7 @@ use crate::process::RelayProcess;
 
 /// A session created on a relay, with the key the clinician device made.
 pub struct LiveSession {
-    /// The relay's answer: id, epoch and tokens.
+    /// The relay's response: id, epoch and tokens.
     pub created: CreateSessionResponse,
     /// The session key, which the relay never saw.
     pub key: SessionKey,
@@ -58,12 +58,12 @@ impl LiveSession {
         }
     }
 
-    /// The invite link a patient would receive.
+    /// Returns the invite link a patient would receive.
     pub fn link(&self) -> InviteLink {
         self.link_with_key(self.key.clone())
     }
 
-    /// An invite link for this session carrying another key.
+    /// Returns an invite link for this session that carries another key.
     pub fn link_with_key(&self, key: SessionKey) -> InviteLink {
         InviteLink {
             relay: self.relay.clone(),

@@ -1,5 +1,5 @@
 //! Every real consultation, published through a relay over TLS, reaches two
-//! followers complete, in order and exactly once; afterwards neither the
+//! followers complete, in order and exactly once. Afterwards neither the
 //! relay's database nor its logs hold transcript text, keys or tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,7 +18,7 @@ use url::Url;
 /// Consultations published at once.
 const PARALLEL: usize = 5;
 
-/// Longest a follower may take to see one consultation end.
+/// Maximum time a follower may take to see one consultation end.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
