@@ -6,7 +6,7 @@
 //! | fingerprint | none | `sealcast v1 fingerprint` | 16 |
 //! | invite authentication key | none | `sealcast v1 invite auth` | 32 |
 //!
-//! Each purpose has its own label, so no derived value says anything about another.
+//! Each purpose has its own label, so no derived value reveals anything about another.
 
 use std::fmt;
 
@@ -46,12 +46,12 @@ impl SessionKey {
         key
     }
 
-    /// The raw key bytes. Callers must not log or persist them outside a key store.
+    /// Returns the raw key bytes. Callers must not log or persist them outside a key store.
     pub fn expose_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
-    /// The key as unpadded base64url, the form used in invite links.
+    /// Encodes the key as unpadded base64url, the form used in invite links.
     pub fn to_base64url(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0.as_slice())
     }
@@ -71,14 +71,14 @@ impl SessionKey {
         StreamKey(out)
     }
 
-    /// Derives the fingerprint the relay stores to tell a device it holds the wrong key.
+    /// Derives the fingerprint the relay stores to tell a device that it has the wrong key.
     pub fn fingerprint(&self) -> Fingerprint {
         let mut out = [0u8; 16];
         expand(None, self.0.as_slice(), FINGERPRINT_LABEL, &mut out);
         Fingerprint(out)
     }
 
-    /// Derives the key a browser uses to prove it holds the session key when redeeming an invite.
+    /// Derives the key a browser uses to prove that it has the session key when redeeming an invite.
     pub fn derive_invite_auth_key(&self) -> InviteAuthKey {
         let mut out = Box::new([0u8; 32]);
         expand(
@@ -102,7 +102,7 @@ impl fmt::Debug for SessionKey {
 pub struct StreamKey(Box<[u8; 32]>);
 
 impl StreamKey {
-    /// The raw key bytes, for the AEAD.
+    /// Returns the raw key bytes, for the AEAD.
     pub fn expose_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -126,7 +126,7 @@ impl InviteAuthKey {
         InviteAuthKey(Box::new(bytes))
     }
 
-    /// The raw bytes, to store as the verifier.
+    /// Returns the raw bytes, to store as the verifier.
     pub fn expose_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -168,7 +168,7 @@ impl fmt::Debug for InviteAuthKey {
 pub struct Fingerprint(pub [u8; 16]);
 
 impl Fingerprint {
-    /// The fingerprint as unpadded base64url, its form in the API.
+    /// Encodes the fingerprint as unpadded base64url, its form in the API.
     pub fn to_base64url(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }
