@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::error::ClientError;
+
 /// Reconnect policy of publishers and followers.
 ///
 /// The delay before retry `n` (from 0) is drawn uniformly from the upper half
@@ -49,6 +51,20 @@ impl Backoff {
     /// Returns whether another attempt is allowed after `failures` failures in a row.
     pub fn allows(&self, failures: u32) -> bool {
         self.max_attempts.is_none_or(|max| failures < max)
+    }
+
+    /// Counts one more failure in a row and returns the delay before the next
+    /// attempt, or [`ClientError::RetriesExhausted`] naming `last` once the
+    /// policy allows no more attempts.
+    pub fn next_retry(&self, failures: &mut u32, last: &str) -> Result<Duration, ClientError> {
+        *failures += 1;
+        if !self.allows(*failures) {
+            return Err(ClientError::RetriesExhausted {
+                attempts: *failures,
+                last: last.to_string(),
+            });
+        }
+        Ok(self.delay(*failures - 1))
     }
 }
 

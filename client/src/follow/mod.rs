@@ -174,15 +174,7 @@ impl FollowSession {
                 }
                 Err(Failure::Retry(reason)) => reason,
             };
-            failures += 1;
-            if !self.backoff.allows(failures) {
-                return Err(ClientError::RetriesExhausted {
-                    attempts: failures,
-                    last: reason,
-                });
-            }
-
-            let retry_in = self.backoff.delay(failures - 1);
+            let retry_in = self.backoff.next_retry(&mut failures, &reason)?;
             tracing::debug!(reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "follow connection lost");
             if !self
                 .emit(FollowEvent::Disconnected { reason, retry_in })

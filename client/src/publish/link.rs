@@ -94,14 +94,7 @@ impl Link {
                 }
                 Failure::Retry(reason) => reason,
             };
-            failures += 1;
-            if !self.backoff.allows(failures) {
-                return Err(ClientError::RetriesExhausted {
-                    attempts: failures,
-                    last: reason,
-                });
-            }
-            let delay = self.backoff.delay(failures - 1);
+            let delay = self.backoff.next_retry(&mut failures, &reason)?;
             tracing::warn!(
                 session_id = %self.session_id,
                 reason = %reason,
