@@ -251,7 +251,7 @@ pub mod close {
     pub const CANNOT_RECOVER: u16 = 4006;
     /// Another publisher connection for the session replaced this one.
     pub const REPLACED: u16 = 4007;
-    /// The peer did not answer pings in time.
+    /// The peer sent no message or pong within the idle timeout.
     pub const TIMEOUT: u16 = 4008;
 }
 

@@ -73,7 +73,7 @@ impl StreamSealer {
         self.next_seq
     }
 
-    /// Seals a transcript segment as an interim or final frame, as the segment says.
+    /// Seals a transcript segment as an interim or final frame, following the segment's `is_final`.
     pub fn seal_segment(&mut self, segment: &TranscriptSegment) -> Result<Vec<u8>, ProtocolError> {
         let kind = if segment.is_final {
             FrameKind::Final
@@ -255,7 +255,7 @@ impl StreamOpener {
         }
     }
 
-    /// The session this opener serves.
+    /// Returns the session this opener serves.
     pub fn session_id(&self) -> SessionId {
         self.session_id
     }

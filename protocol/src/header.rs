@@ -28,7 +28,7 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Encoded length of a header in bytes.
 pub const HEADER_LEN: usize = 88;
 
-/// What a frame carries.
+/// Kind of content a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
     /// An interim transcript segment that a later revision replaces. The relay
@@ -41,7 +41,7 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    /// The kind byte on the wire.
+    /// Returns the kind byte on the wire.
     pub fn to_byte(self) -> u8 {
         match self {
             FrameKind::Interim => 1,
@@ -69,7 +69,7 @@ impl FrameKind {
 /// A decoded frame header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameHeader {
-    /// What the frame carries.
+    /// Kind of content the frame carries.
     pub kind: FrameKind,
     /// Padding bucket: the sealed plaintext is `256 << bucket` bytes.
     pub bucket: u8,

@@ -20,7 +20,7 @@ macro_rules! id_type {
                 Self(bytes)
             }
 
-            /// The raw bytes.
+            /// Returns the raw bytes.
             pub fn as_bytes(&self) -> &[u8; 16] {
                 &self.0
             }

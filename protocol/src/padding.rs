@@ -16,7 +16,7 @@ pub const MIN_PADDED_LEN: usize = 256;
 /// Size of the largest bucket.
 pub const MAX_PADDED_LEN: usize = MIN_PADDED_LEN << MAX_BUCKET;
 
-/// Longest content that fits the largest bucket.
+/// Maximum content length that fits the largest bucket.
 pub const MAX_CONTENT_LEN: usize = MAX_PADDED_LEN - 4;
 
 /// Size in bytes of the padded plaintext for a bucket.
@@ -24,7 +24,7 @@ pub fn padded_len(bucket: u8) -> usize {
     MIN_PADDED_LEN << bucket.min(MAX_BUCKET)
 }
 
-/// Smallest bucket that holds `content_len` bytes of content.
+/// Returns the smallest bucket that fits `content_len` bytes of content.
 pub fn bucket_for(content_len: usize) -> Result<u8, ProtocolError> {
     (0..=MAX_BUCKET)
         .find(|&bucket| content_len + 4 <= padded_len(bucket))

@@ -188,7 +188,7 @@ impl Connection {
             Ok(()) => tracing::debug!(%peer, "HTTP serving finished"),
             Err(error) => {
                 // A request hyper cannot parse never reaches the router, so
-                // it is counted here; hyper has already answered 400.
+                // it is counted here; hyper has already sent 400.
                 if error.is_parse() || error.is_parse_too_large() {
                     metrics::counter!(CONNECTIONS_REJECTED, "reason" => "http_parse_failed")
                         .increment(1);

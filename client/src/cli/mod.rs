@@ -119,7 +119,7 @@ fn init_logging(verbose: u8) {
     let filter =
         EnvFilter::try_from_env("SEALCAST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // tungstenite's trace output prints whole upgrade requests, bearer
-    // tokens included, so it is capped at debug whatever the filter says.
+    // tokens included, so it is capped at debug whatever the filter sets.
     let filter = filter
         .add_directive(TUNGSTENITE_CAP.parse().unwrap_or_default())
         .add_directive(TOKIO_TUNGSTENITE_CAP.parse().unwrap_or_default());
