@@ -6,9 +6,9 @@ use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, ErrorB
 use sealcast_protocol::SessionId;
 use url::Url;
 
+use crate::auth::{AuthHeaders, Authorizer};
 use crate::endpoint;
 use crate::error::ClientError;
-use crate::secret::SecretString;
 use crate::tls::TlsSettings;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,20 +49,17 @@ impl RelayApi {
         })
     }
 
-    /// Creates a session with `POST /v1/sessions`, authenticated by the clinic API key.
+    /// Creates a session with `POST /v1/sessions`.
     pub async fn create_session(
         &self,
-        api_key: &SecretString,
+        auth: &dyn Authorizer,
         request: &CreateSessionRequest,
     ) -> Result<CreateSessionResponse, ClientError> {
         let url = endpoint::sessions_url(&self.relay);
         let response = self
             .client
             .post(url.clone())
-            .header(
-                reqwest::header::AUTHORIZATION,
-                api_key.bearer_header().as_str(),
-            )
+            .headers(header_map(auth.headers("POST", url.as_str())?))
             .json(request)
             .send()
             .await
@@ -82,20 +79,17 @@ impl RelayApi {
             })
     }
 
-    /// Ends a session with `POST /v1/sessions/{id}/end`, authenticated by the publisher token.
+    /// Ends a session with `POST /v1/sessions/{id}/end`.
     pub async fn end_session(
         &self,
         session_id: &SessionId,
-        publisher_token: &SecretString,
+        auth: &dyn Authorizer,
     ) -> Result<EndOutcome, ClientError> {
         let url = endpoint::end_url(&self.relay, session_id);
         let response = self
             .client
             .post(url.clone())
-            .header(
-                reqwest::header::AUTHORIZATION,
-                publisher_token.bearer_header().as_str(),
-            )
+            .headers(header_map(auth.headers("POST", url.as_str())?))
             .send()
             .await
             .map_err(|err| request_error(&url, &err))?;
@@ -109,6 +103,11 @@ impl RelayApi {
         }
         Ok(EndOutcome::Ended)
     }
+}
+
+/// Collects authentication headers into a map for `reqwest`.
+pub(crate) fn header_map(headers: AuthHeaders) -> reqwest::header::HeaderMap {
+    headers.into_iter().collect()
 }
 
 fn create_hint(status: reqwest::StatusCode) -> &'static str {

@@ -30,6 +30,7 @@
 //! | [`error`] | the crate's error type and exit codes |
 
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod endpoint;

@@ -7,15 +7,14 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::api::error_chain;
+use crate::auth::Authorizer;
 use crate::error::ClientError;
-use crate::secret::SecretString;
 
 /// A WebSocket to the relay.
 pub(crate) type RelaySocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -45,10 +44,10 @@ pub(crate) enum Credential {
     InviteToken,
 }
 
-/// Opens a WebSocket with an `Authorization: Bearer` header.
+/// Opens a WebSocket with the headers of `auth`.
 pub(crate) async fn connect(
     url: &Url,
-    token: &SecretString,
+    auth: &dyn Authorizer,
     tls: &Arc<ClientConfig>,
     credential: Credential,
 ) -> Result<RelaySocket, Failure> {
@@ -56,13 +55,9 @@ pub(crate) async fn connect(
         .as_str()
         .into_client_request()
         .map_err(|err| Failure::Fatal(ClientError::Internal(format!("invalid request: {err}"))))?;
-    let mut value = HeaderValue::from_str(token.bearer_header().as_str()).map_err(|_| {
-        Failure::Fatal(ClientError::Internal(
-            "the token contains characters not allowed in a header".into(),
-        ))
-    })?;
-    value.set_sensitive(true);
-    request.headers_mut().insert(header::AUTHORIZATION, value);
+    for (name, value) in auth.headers("GET", url.as_str()).map_err(Failure::Fatal)? {
+        request.headers_mut().insert(name, value);
+    }
 
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))

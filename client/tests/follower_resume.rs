@@ -7,10 +7,12 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use sealcast_client::auth::BearerToken;
 use sealcast_client::{
     Backoff, ClientError, FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig,
     RelayApi, SecretString, TlsSettings, Transcript,
@@ -42,7 +44,7 @@ async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionRes
     };
     RelayApi::new(&relay.url, &tls(relay))
         .unwrap()
-        .create_session(&SecretString::from(API_KEY), &request)
+        .create_session(&BearerToken::new(SecretString::from(API_KEY)), &request)
         .await
         .unwrap()
 }
@@ -95,7 +97,9 @@ async fn publish_and_end(
     let mut config = PublisherConfig::new(
         relay.url.clone(),
         created.session_id,
-        SecretString::new(created.publisher_token.clone()),
+        Arc::new(BearerToken::new(SecretString::new(
+            created.publisher_token.clone(),
+        ))),
         tls(relay),
     );
     config.backoff = quick_backoff();
@@ -110,7 +114,7 @@ async fn publish_and_end(
         .unwrap()
         .end_session(
             &created.session_id,
-            &SecretString::new(created.publisher_token.clone()),
+            &BearerToken::new(SecretString::new(created.publisher_token.clone())),
         )
         .await
         .unwrap();

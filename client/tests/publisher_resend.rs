@@ -7,10 +7,12 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use sealcast_client::auth::BearerToken;
 use sealcast_client::{
     Backoff, ClientError, Publisher, PublisherConfig, RelayApi, SecretString, TlsSettings,
 };
@@ -35,7 +37,7 @@ async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionRes
     };
     RelayApi::new(&relay.url, &tls)
         .unwrap()
-        .create_session(&SecretString::from(API_KEY), &request)
+        .create_session(&BearerToken::new(SecretString::from(API_KEY)), &request)
         .await
         .unwrap()
 }
@@ -44,7 +46,9 @@ fn config(relay: &TestRelay, created: &CreateSessionResponse) -> PublisherConfig
     let mut config = PublisherConfig::new(
         relay.url.clone(),
         created.session_id,
-        SecretString::new(created.publisher_token.clone()),
+        Arc::new(BearerToken::new(SecretString::new(
+            created.publisher_token.clone(),
+        ))),
         TlsSettings::new(Some(&relay.ca_cert)).unwrap(),
     );
     config.backoff = quick_backoff();
@@ -170,7 +174,7 @@ async fn wrong_token_fails_without_retrying() {
     let key = SessionKey::generate();
     let created = create_session(&relay, &key).await;
     let mut config = config(&relay, &created);
-    config.publisher_token = SecretString::from("not-the-token");
+    config.auth = Arc::new(BearerToken::new(SecretString::from("not-the-token")));
     config.backoff.max_attempts = None;
 
     let started = std::time::Instant::now();
@@ -192,11 +196,15 @@ async fn ended_session_is_final() {
     let token = SecretString::new(created.publisher_token.clone());
     let api = RelayApi::new(&relay.url, &tls).unwrap();
     assert_eq!(
-        api.end_session(&created.session_id, &token).await.unwrap(),
+        api.end_session(&created.session_id, &BearerToken::new(token.clone()))
+            .await
+            .unwrap(),
         sealcast_client::EndOutcome::Ended
     );
     assert_eq!(
-        api.end_session(&created.session_id, &token).await.unwrap(),
+        api.end_session(&created.session_id, &BearerToken::new(token.clone()))
+            .await
+            .unwrap(),
         sealcast_client::EndOutcome::AlreadyEnded
     );
 
@@ -265,7 +273,7 @@ async fn api_rejects_wrong_api_key() {
     };
     let err = RelayApi::new(&relay.url, &tls)
         .unwrap()
-        .create_session(&SecretString::from("wrong"), &request)
+        .create_session(&BearerToken::new(SecretString::from("wrong")), &request)
         .await
         .unwrap_err();
     let message = err.to_string();

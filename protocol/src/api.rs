@@ -253,6 +253,9 @@ pub mod close {
     pub const REPLACED: u16 = 4007;
     /// The peer sent no message or pong within the idle timeout.
     pub const TIMEOUT: u16 = 4008;
+    /// The credential of the connection was revoked: its device or user was
+    /// revoked or disabled, or the sign-in ended. Sign in again.
+    pub const REVOKED: u16 = 4009;
 }
 
 /// Encodes a frame for a follow socket: the offset, then the frame.

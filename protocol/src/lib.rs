@@ -24,6 +24,8 @@
 //! | [`api`] | JSON messages and close codes of the relay API |
 
 pub mod api;
+pub mod auth;
+pub mod dpop;
 pub mod error;
 pub mod frame;
 pub mod header;

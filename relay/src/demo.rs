@@ -6,10 +6,12 @@
 //! clinician device would; it has no shortcut into the relay.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use sealcast_client::auth::BearerToken;
 use sealcast_client::input::{interim, jsonl, merge, InputError};
 use sealcast_client::{
     ClientError, Pace, Pacer, Publisher, PublisherConfig, RelayApi, SecretString, TlsSettings,
@@ -88,7 +90,7 @@ impl DemoSession {
         };
         let api = RelayApi::new(&local_url, &tls)?;
         let created = api
-            .create_session(&SecretString::from(api_key), &request)
+            .create_session(&BearerToken::new(SecretString::from(api_key)), &request)
             .await?;
         tracing::info!(session_id = %created.session_id, "demo session created");
         Ok(DemoSession {
@@ -149,7 +151,7 @@ impl DemoSession {
         let api = RelayApi::new(&self.local_url, &self.tls)?;
         api.end_session(
             &self.created.session_id,
-            &SecretString::from(self.created.publisher_token.as_str()),
+            &BearerToken::new(SecretString::from(self.created.publisher_token.as_str())),
         )
         .await?;
         tracing::info!(session_id = %self.created.session_id, "demo session ended");
@@ -160,7 +162,9 @@ impl DemoSession {
         let config = PublisherConfig::new(
             self.local_url.clone(),
             self.created.session_id,
-            SecretString::from(self.created.publisher_token.as_str()),
+            Arc::new(BearerToken::new(SecretString::from(
+                self.created.publisher_token.as_str(),
+            ))),
             self.tls.clone(),
         );
         Ok(Publisher::connect(config, &self.key).await?)

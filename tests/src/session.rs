@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealcast_client::auth::BearerToken;
 use sealcast_client::{
     FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig, RelayApi, SecretString,
     TlsSettings,
@@ -47,7 +48,7 @@ impl LiveSession {
         };
         let api = RelayApi::new(&url, &tls).expect("HTTP client builds");
         let created = api
-            .create_session(&SecretString::from(api_key), &request)
+            .create_session(&BearerToken::new(SecretString::from(api_key)), &request)
             .await
             .expect("session is created");
         LiveSession {
@@ -77,7 +78,9 @@ impl LiveSession {
         let config = PublisherConfig::new(
             self.relay.clone(),
             self.created.session_id,
-            SecretString::from(self.created.publisher_token.as_str()),
+            Arc::new(BearerToken::new(SecretString::from(
+                self.created.publisher_token.as_str(),
+            ))),
             self.tls.clone(),
         );
         Publisher::connect(config, &self.key)
@@ -100,7 +103,7 @@ impl LiveSession {
         let api = RelayApi::new(&self.relay, &self.tls).expect("HTTP client builds");
         api.end_session(
             &self.created.session_id,
-            &SecretString::from(self.created.publisher_token.as_str()),
+            &BearerToken::new(SecretString::from(self.created.publisher_token.as_str())),
         )
         .await
         .expect("session ends");

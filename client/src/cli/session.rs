@@ -12,6 +12,7 @@ use sealcast_protocol::{SessionId, SessionKey};
 
 use super::{open_key_store, parse_session_id};
 use crate::api::{EndOutcome, RelayApi};
+use crate::auth::BearerToken;
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
 use crate::keystore::{now_unix_s, StoredSession};
@@ -92,7 +93,7 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         max_browsers: None,
     };
     let created = RelayApi::new(&relay, &tls)?
-        .create_session(&api_key, &request)
+        .create_session(&BearerToken::new(api_key), &request)
         .await?;
 
     let session = StoredSession {
@@ -203,7 +204,10 @@ pub(crate) async fn call_end_endpoint(
     tls: &TlsSettings,
 ) -> Result<bool, ClientError> {
     let outcome = RelayApi::new(&session.relay, tls)?
-        .end_session(&session.session_id, &session.publisher_token)
+        .end_session(
+            &session.session_id,
+            &BearerToken::new(session.publisher_token.clone()),
+        )
         .await?;
     Ok(outcome == EndOutcome::AlreadyEnded)
 }

@@ -37,6 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub use self::event::{FollowEvent, FollowReport};
 use self::state::FollowState;
 use crate::api::error_chain;
+use crate::auth::BearerToken;
 use crate::backoff::Backoff;
 use crate::endpoint;
 use crate::error::ClientError;
@@ -97,7 +98,7 @@ impl Follower {
         let (sender, events) = mpsc::channel(config.event_capacity.max(1));
         let session = FollowSession {
             relay: config.link.relay.clone(),
-            token: SecretString::new(config.link.token.clone()),
+            auth: BearerToken::new(SecretString::new(config.link.token.clone())),
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             state: FollowState::new(config.link.key.clone()),
@@ -147,7 +148,7 @@ enum Done {
 /// The follow connection driver.
 struct FollowSession {
     relay: url::Url,
-    token: SecretString,
+    auth: BearerToken,
     tls: Arc<ClientConfig>,
     backoff: Backoff,
     state: FollowState,
@@ -161,7 +162,7 @@ impl FollowSession {
             let url =
                 endpoint::follow_url(&self.relay, self.state.epoch(), self.state.resume_from());
             let outcome =
-                match ws::connect(&url, &self.token, &self.tls, Credential::InviteToken).await {
+                match ws::connect(&url, &self.auth, &self.tls, Credential::InviteToken).await {
                     Ok(socket) => self.serve(socket, &mut failures).await,
                     Err(failure) => Err(failure),
                 };

@@ -18,9 +18,9 @@ use url::Url;
 use super::outbox::{AckOutcome, Outbox};
 use super::PublishReport;
 use crate::api::error_chain;
+use crate::auth::Authorizer;
 use crate::backoff::Backoff;
 use crate::error::ClientError;
-use crate::secret::SecretString;
 use crate::ws::{self, Credential, Failure, RelaySocket};
 
 /// Maximum wait for the relay's `welcome` after the upgrade.
@@ -51,7 +51,7 @@ pub(crate) struct Link {
     pub(crate) url: Url,
     pub(crate) session_id: SessionId,
     pub(crate) stream_id: StreamId,
-    pub(crate) token: SecretString,
+    pub(crate) auth: Arc<dyn Authorizer>,
     pub(crate) tls: Arc<ClientConfig>,
     pub(crate) backoff: Backoff,
     pub(crate) outbox: Outbox,
@@ -69,7 +69,7 @@ impl Link {
         loop {
             let failure = match ws::connect(
                 &self.url,
-                &self.token,
+                self.auth.as_ref(),
                 &self.tls,
                 Credential::PublisherToken,
             )

@@ -17,6 +17,8 @@
 mod link;
 mod outbox;
 
+use std::sync::Arc;
+
 use sealcast_protocol::{
     EndOfSession, SessionId, SessionKey, StreamId, StreamSealer, TranscriptSegment,
 };
@@ -26,11 +28,11 @@ use url::Url;
 
 use self::link::{Command, Link};
 use self::outbox::Outbox;
+use crate::auth::{Authorizer, BearerToken};
 use crate::backoff::Backoff;
 use crate::endpoint;
 use crate::error::ClientError;
 use crate::keystore::StoredSession;
-use crate::secret::SecretString;
 use crate::tls::TlsSettings;
 
 /// Default limit of unacknowledged frames.
@@ -44,7 +46,7 @@ pub struct PublisherConfig {
     /// Session to publish to.
     pub session_id: SessionId,
     /// Credential of the publish socket.
-    pub publisher_token: SecretString,
+    pub auth: Arc<dyn Authorizer>,
     /// Trusted roots for the relay's certificate.
     pub tls: TlsSettings,
     /// Most frames sent but not yet acknowledged; publishing waits beyond it.
@@ -58,13 +60,13 @@ impl PublisherConfig {
     pub fn new(
         relay: Url,
         session_id: SessionId,
-        publisher_token: SecretString,
+        auth: Arc<dyn Authorizer>,
         tls: TlsSettings,
     ) -> Self {
         PublisherConfig {
             relay,
             session_id,
-            publisher_token,
+            auth,
             tls,
             window: DEFAULT_WINDOW,
             backoff: Backoff::default(),
@@ -76,7 +78,7 @@ impl PublisherConfig {
         Self::new(
             session.relay.clone(),
             session.session_id,
-            session.publisher_token.clone(),
+            Arc::new(BearerToken::new(session.publisher_token.clone())),
             tls,
         )
     }
@@ -118,7 +120,7 @@ impl Publisher {
             url: endpoint::publish_url(&config.relay, &config.session_id),
             session_id: config.session_id,
             stream_id: sealer.stream_id(),
-            token: config.publisher_token,
+            auth: config.auth,
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             outbox: Outbox::new(sealer.stream_id(), config.window),
@@ -223,7 +225,9 @@ mod tests {
         let config = PublisherConfig::new(
             Url::parse("https://relay.example/").unwrap(),
             SessionId([1; 16]),
-            SecretString::from("publisher-token-value"),
+            Arc::new(BearerToken::new(crate::SecretString::from(
+                "publisher-token-value",
+            ))),
             TlsSettings::public_roots(),
         );
         let text = format!("{config:?}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures_util::stream::{self, StreamExt};
+use sealcast_client::auth::BearerToken;
 use sealcast_client::{endpoint, RelayApi, SecretString, TlsSettings};
 use sealcast_protocol::api::CreateSessionRequest;
 use sealcast_protocol::{SessionId, SessionKey};
@@ -86,7 +87,7 @@ async fn create_clinic(
         max_browsers: None,
     };
     let created = api
-        .create_session(&target.api_key, &request)
+        .create_session(&BearerToken::new(target.api_key.clone()), &request)
         .await
         .map_err(|err| LoadtestError::SessionSetup {
             system: target.name().to_string(),

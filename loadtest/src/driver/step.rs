@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealcast_client::auth::BearerToken;
 use sealcast_client::RelayApi;
 use sealcast_protocol::{StreamOpener, StreamSealer};
 
@@ -186,7 +187,10 @@ async fn run_clinic(connected: ConnectedClinic, run: ClinicRun) -> ClinicOutcome
     }
     if let Err(err) = run
         .api
-        .end_session(&clinic.session_id, &clinic.publisher_token)
+        .end_session(
+            &clinic.session_id,
+            &BearerToken::new(clinic.publisher_token.clone()),
+        )
         .await
     {
         tracing::debug!(error = %err, session_id = %clinic.session_id, "failed to end a session");
