@@ -1,9 +1,9 @@
 //! Device keys and DPoP proofs (RFC 9449) that bind access tokens to them.
 //!
-//! A device signs each request with its Ed25519 key: the proof is a JWT with
-//! header `typ: dpop+jwt`, `alg: EdDSA` and the public key as `jwk`, and
-//! claims `jti`, `htm` (method), `htu` (URL without query or fragment), `iat`
-//! and, when an access token goes with it, `ath` (its SHA-256). The relay
+//! A device signs each request with its Ed25519 key. The proof is a JWT with
+//! header `typ: dpop+jwt`, `alg: EdDSA` and the public key as `jwk`. Its
+//! claims are `jti`, `htm` (method), `htu` (URL without query or fragment),
+//! `iat` and, when an access token goes with it, `ath` (its SHA-256). The relay
 //! checks the signature against the embedded key, the method, URL and age,
 //! and that the key's thumbprint is the token's `cnf.jkt`. The relay also
 //! remembers each `jti` for [`PROOF_MAX_AGE_SECS`] so a proof cannot be
@@ -37,7 +37,7 @@ const MAX_JTI_LEN: usize = 64;
 /// Shortest accepted `jti`, in bytes: 96 random bits in base64url.
 const MIN_JTI_LEN: usize = 16;
 
-/// Why a proof could not be made or was rejected.
+/// A failure to make a proof, or the reason a proof was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DpopError {
     /// The URL could not be parsed or has no host.
@@ -66,7 +66,7 @@ pub enum DpopError {
     Signing(String),
 }
 
-/// A device's Ed25519 key pair. The secret half zeroizes on drop.
+/// A device's Ed25519 key pair. The secret key and its encoded copy zeroize on drop.
 pub struct DeviceKey {
     signing: SigningKey,
     encoding: EncodingKey,
@@ -163,7 +163,7 @@ struct ProofClaims {
     ath: Option<String>,
 }
 
-/// What a verified proof establishes.
+/// The facts a verified proof establishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedProof {
     /// JWK SHA-256 thumbprint of the key that signed the proof.
