@@ -30,6 +30,7 @@
 //! | `store` | SQLite schema, group-commit writer thread, read pool |
 //! | `metrics` | metric names and the Prometheus recorder |
 
+mod accounts;
 pub mod cli;
 pub mod config;
 mod credentials;
