@@ -1,10 +1,11 @@
-//! The files of the patient page, embedded in the binary at build time from
-//! `relay/web/`. The folder's tests, test helpers and README are not served.
+//! The files of the patient page and the sign-in page, embedded in the binary
+//! at build time from `relay/web/`. The folder's tests, test helpers and
+//! README are not served.
 
-/// One embedded file of the patient page.
+/// One embedded file.
 #[derive(Debug)]
 pub(crate) struct Asset {
-    /// File name, the last segment of its URL under `/join/`.
+    /// File name, the last segment of its URL under the page's path.
     pub(crate) name: &'static str,
     /// `Content-Type` it is served with.
     pub(crate) content_type: &'static str,
@@ -12,8 +13,25 @@ pub(crate) struct Asset {
     pub(crate) bytes: &'static [u8],
 }
 
-/// Name of the page itself, served at `/join` and `/join/`.
-pub(crate) const PAGE: &str = "join.html";
+/// A page and the files served under its path.
+#[derive(Debug)]
+pub(crate) struct Page {
+    /// Path of the page itself, such as `/join`.
+    pub(crate) path: &'static str,
+    /// Name of the page in error messages.
+    pub(crate) title: &'static str,
+    /// Name of the HTML file served at `path` and at `path/`.
+    pub(crate) entry: &'static str,
+    /// Every file served at `path/NAME`, the entry included.
+    pub(crate) files: &'static [&'static Asset],
+}
+
+impl Page {
+    /// Returns this page's embedded file with this name.
+    pub(crate) fn find(&self, name: &str) -> Option<&'static Asset> {
+        self.files.iter().copied().find(|asset| asset.name == name)
+    }
+}
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
@@ -32,27 +50,50 @@ macro_rules! asset {
     };
 }
 
-/// Every served file. A test checks this list against the folder.
-pub(crate) static ASSETS: &[Asset] = &[
-    asset!("join.html", HTML),
-    asset!("join.css", CSS),
-    asset!("icon.svg", SVG),
-    asset!("app.js", JAVASCRIPT),
-    asset!("bytes.js", JAVASCRIPT),
-    asset!("connection.js", JAVASCRIPT),
-    asset!("invite.js", JAVASCRIPT),
-    asset!("json.js", JAVASCRIPT),
-    asset!("opener.js", JAVASCRIPT),
-    asset!("protocol.js", JAVASCRIPT),
-    asset!("transcript.js", JAVASCRIPT),
-    asset!("view.js", JAVASCRIPT),
-    asset!("words.js", JAVASCRIPT),
-];
+// Files that both pages use.
+static JOIN_CSS: Asset = asset!("join.css", CSS);
+static ICON: Asset = asset!("icon.svg", SVG);
 
-/// Returns the embedded file with this name.
-pub(crate) fn find(name: &str) -> Option<&'static Asset> {
-    ASSETS.iter().find(|asset| asset.name == name)
-}
+/// The patient page, which a patient's invite link opens.
+pub(crate) static JOIN: Page = Page {
+    path: "/join",
+    title: "patient page",
+    entry: "join.html",
+    files: &[
+        &asset!("join.html", HTML),
+        &JOIN_CSS,
+        &ICON,
+        &asset!("app.js", JAVASCRIPT),
+        &asset!("bytes.js", JAVASCRIPT),
+        &asset!("connection.js", JAVASCRIPT),
+        &asset!("invite.js", JAVASCRIPT),
+        &asset!("json.js", JAVASCRIPT),
+        &asset!("opener.js", JAVASCRIPT),
+        &asset!("protocol.js", JAVASCRIPT),
+        &asset!("transcript.js", JAVASCRIPT),
+        &asset!("view.js", JAVASCRIPT),
+        &asset!("words.js", JAVASCRIPT),
+    ],
+};
+
+/// The staff sign-in page, which a magic link opens.
+pub(crate) static LOGIN: Page = Page {
+    path: "/login",
+    title: "sign-in page",
+    entry: "login.html",
+    files: &[
+        &asset!("login.html", HTML),
+        &JOIN_CSS,
+        &asset!("login.css", CSS),
+        &ICON,
+        &asset!("login.js", JAVASCRIPT),
+        &asset!("login-api.js", JAVASCRIPT),
+        &asset!("login-view.js", JAVASCRIPT),
+    ],
+};
+
+/// Every served page. A test checks their files against the folder.
+pub(crate) static PAGES: [&Page; 2] = [&JOIN, &LOGIN];
 
 #[cfg(test)]
 mod tests {
@@ -61,11 +102,15 @@ mod tests {
 
     use super::*;
 
-    /// Entries of `relay/web/` that are not part of the page.
+    /// Entries of `relay/web/` that no page serves.
     const NOT_SERVED: [&str; 3] = ["README.md", "test", "test-support"];
 
     fn web_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web")
+    }
+
+    fn all_assets() -> impl Iterator<Item = &'static Asset> {
+        PAGES.iter().flat_map(|page| page.files.iter().copied())
     }
 
     #[test]
@@ -83,16 +128,16 @@ mod tests {
             );
             on_disk.insert(name);
         }
-        let embedded: BTreeSet<String> = ASSETS.iter().map(|a| a.name.to_owned()).collect();
+        let embedded: BTreeSet<String> = all_assets().map(|a| a.name.to_owned()).collect();
         assert_eq!(
             embedded, on_disk,
-            "ASSETS and relay/web/ list different files"
+            "the pages' files and relay/web/ list different files"
         );
     }
 
     #[test]
     fn embedded_bytes_match_files() {
-        for asset in ASSETS {
+        for asset in all_assets() {
             let on_disk = std::fs::read(web_dir().join(asset.name)).unwrap();
             assert!(
                 on_disk == asset.bytes,
@@ -104,7 +149,7 @@ mod tests {
 
     #[test]
     fn content_types_follow_extensions() {
-        for asset in ASSETS {
+        for asset in all_assets() {
             let expected = match asset.name.rsplit_once('.').map(|(_, ext)| ext) {
                 Some("js") => JAVASCRIPT,
                 Some("css") => CSS,
@@ -114,7 +159,22 @@ mod tests {
             };
             assert_eq!(asset.content_type, expected, "{}", asset.name);
         }
-        assert!(find(PAGE).is_some());
-        assert!(find("README.md").is_none());
+    }
+
+    #[test]
+    fn pages_list_their_entry_once() {
+        for page in PAGES {
+            let entries = page.files.iter().filter(|a| a.name == page.entry).count();
+            assert_eq!(entries, 1, "{} in {}", page.entry, page.path);
+            assert!(page.find("README.md").is_none(), "{}", page.path);
+        }
+    }
+
+    #[test]
+    fn pages_serve_only_their_own_scripts() {
+        assert!(LOGIN.find("app.js").is_none());
+        assert!(LOGIN.find("protocol.js").is_none());
+        assert!(JOIN.find("login.js").is_none());
+        assert!(JOIN.find("login.html").is_none());
     }
 }

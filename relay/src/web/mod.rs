@@ -1,15 +1,18 @@
-//! The patient page: `GET /join`, `GET /join/` and `GET /join/{file}`.
+//! The browser pages: the patient page at `/join` and the staff sign-in page
+//! at `/login`, each at `PATH`, `PATH/` and `PATH/{file}`.
 //!
-//! The page is plain HTML, CSS and ES modules embedded in the binary (see
-//! [`assets`]). Serving it reads nothing and writes nothing: opening an invite
-//! link, as mail scanners and link previews do, changes no state, and the page
-//! itself redeems the invite with the key from the link's fragment. Every
-//! response carries a Content-Security-Policy that allows only this origin's
-//! files, no referrer and no caching.
+//! The pages are plain HTML, CSS and ES modules embedded in the binary (see
+//! [`assets`]). Serving them reads nothing and writes nothing: opening an
+//! invite link or a magic link, as mail scanners and link previews do, changes
+//! no state. The page itself redeems the invite with the key from the link's
+//! fragment, and the sign-in page sends the magic-link token from its fragment
+//! only after the user presses a button. Every response carries a
+//! Content-Security-Policy that allows only this origin's files, no referrer
+//! and no caching.
 //!
 //! | module | job |
 //! | --- | --- |
-//! | [`assets`] | the embedded files and their content types |
+//! | [`assets`] | the embedded files, the pages they belong to and their content types |
 
 pub(crate) mod assets;
 
@@ -25,14 +28,15 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::http::ApiError;
+use assets::Page;
 
-/// The page's Content-Security-Policy: scripts, styles, images and
+/// The pages' Content-Security-Policy: scripts, styles, images and
 /// connections from this origin only, no `<base>`, no forms, no framing.
 pub(crate) const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
-/// Headers on every response of the page's routes, errors included.
+/// Headers on every response of the pages' routes, errors included.
 const PAGE_HEADERS: [(axum::http::HeaderName, &str); 5] = [
     (CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY_VALUE),
     (REFERRER_POLICY, "no-referrer"),
@@ -41,33 +45,44 @@ const PAGE_HEADERS: [(axum::http::HeaderName, &str); 5] = [
     (X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-/// Builds the routes of the patient page. They need no relay state.
+/// Builds the routes of the patient page and the sign-in page. They need no
+/// relay state.
 pub(crate) fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
-        .route("/join", get(page))
-        .route("/join/", get(page))
-        .route("/join/{file}", get(file))
+    assets::PAGES
+        .iter()
+        .fold(Router::new(), |router, page| {
+            router.merge(page_routes(page))
+        })
         .layer(map_response(add_page_headers))
 }
 
-/// `GET /join` and `GET /join/`: the page. The query, which contains the invite
-/// token, is neither read nor logged.
-async fn page() -> Response {
-    serve(assets::PAGE).unwrap_or_else(IntoResponse::into_response)
+/// Routes `PATH` and `PATH/` to the page's HTML file and `PATH/{file}` to its
+/// scripts, style sheets and icon. The query, which may contain a token, is
+/// neither read nor logged.
+fn page_routes<S>(page: &'static Page) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let entry = get(move || async move { serve(page, page.entry) });
+    let file = get(move |Path(name): Path<String>| async move { serve(page, &name) });
+    Router::new()
+        .route(page.path, entry.clone())
+        .route(&format!("{}/", page.path), entry)
+        .route(&format!("{}/{{file}}", page.path), file)
 }
 
-/// `GET /join/{file}`: a script, style sheet or icon of the page.
-async fn file(Path(name): Path<String>) -> Response {
-    serve(&name).unwrap_or_else(IntoResponse::into_response)
-}
-
-fn serve(name: &str) -> Result<Response, ApiError> {
-    let asset = assets::find(name)
-        .ok_or_else(|| ApiError::NotFound("no such file of the patient page: open /join".into()))?;
-    Ok(([(CONTENT_TYPE, asset.content_type)], asset.bytes).into_response())
+fn serve(page: &Page, name: &str) -> Response {
+    match page.find(name) {
+        Some(asset) => ([(CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
+        None => ApiError::NotFound(format!(
+            "no such file of the {}: open {}",
+            page.title, page.path
+        ))
+        .into_response(),
+    }
 }
 
 async fn add_page_headers(mut response: Response) -> Response {
@@ -93,7 +108,17 @@ mod tests {
 
     #[tokio::test]
     async fn page_routes_serve_the_page() {
-        for path in ["/join", "/join/", "/join?token=abc", "/join/join.html"] {
+        let paths = [
+            "/join",
+            "/join/",
+            "/join?token=abc",
+            "/join/join.html",
+            "/login",
+            "/login/",
+            "/login?token=abc",
+            "/login/login.html",
+        ];
+        for path in paths {
             let response = get_path(path).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             assert_eq!(
@@ -106,7 +131,15 @@ mod tests {
 
     #[tokio::test]
     async fn every_response_has_page_headers() {
-        for path in ["/join", "/join/app.js", "/join/missing.js"] {
+        let paths = [
+            "/join",
+            "/join/app.js",
+            "/join/missing.js",
+            "/login",
+            "/login/login.js",
+            "/login/missing.js",
+        ];
+        for path in paths {
             let response = get_path(path).await;
             for (name, value) in PAGE_HEADERS {
                 assert_eq!(response.headers()[&name], value, "{name} on {path}");
@@ -116,12 +149,30 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_test_files_are_not_found() {
-        for path in ["/join/README.md", "/join/missing.js", "/join/..%2Fcli.rs"] {
+        let paths = [
+            "/join/README.md",
+            "/join/missing.js",
+            "/join/..%2Fcli.rs",
+            "/join/login.js",
+            "/login/README.md",
+            "/login/app.js",
+            "/login/..%2Flogin.js",
+        ];
+        for path in paths {
             assert_eq!(
                 get_path(path).await.status(),
                 StatusCode::NOT_FOUND,
                 "{path}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn login_page_is_the_login_html() {
+        let response = get_path("/login").await;
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(body, assets::LOGIN.find("login.html").unwrap().bytes);
     }
 }
