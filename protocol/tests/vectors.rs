@@ -714,6 +714,7 @@ fn close_code_table_matches_constants() {
         ("CANNOT_RECOVER", close::CANNOT_RECOVER),
         ("REPLACED", close::REPLACED),
         ("TIMEOUT", close::TIMEOUT),
+        ("REVOKED", close::REVOKED),
     ];
     let expected: BTreeMap<String, u16> = constants
         .iter()
