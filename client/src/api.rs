@@ -36,15 +36,8 @@ pub struct RelayApi {
 impl RelayApi {
     /// Creates a client for the relay at `relay`, trusting the roots in `tls`.
     pub fn new(relay: &Url, tls: &TlsSettings) -> Result<Self, ClientError> {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls.http_config()?)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("sealcast/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| ClientError::Tls(err.to_string()))?;
         Ok(RelayApi {
-            client,
+            client: http_client(tls)?,
             relay: relay.clone(),
         })
     }
@@ -105,6 +98,17 @@ impl RelayApi {
     }
 }
 
+/// Builds the HTTP client for a relay, trusting the roots in `tls`.
+pub(crate) fn http_client(tls: &TlsSettings) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls.http_config()?)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("sealcast/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| ClientError::Tls(err.to_string()))
+}
+
 /// Collects authentication headers into a map for `reqwest`.
 pub(crate) fn header_map(headers: AuthHeaders) -> reqwest::header::HeaderMap {
     headers.into_iter().collect()
@@ -112,7 +116,8 @@ pub(crate) fn header_map(headers: AuthHeaders) -> reqwest::header::HeaderMap {
 
 fn create_hint(status: reqwest::StatusCode) -> &'static str {
     match status.as_u16() {
-        401 | 403 => "check --api-key or SEALCAST_API_KEY",
+        401 => "the relay rejected this device's sign-in: run `sealcast login` again",
+        403 => "the signed-in user may not create sessions: that takes a clinician account",
         429 => "wait a minute and try again",
         500..=599 => "the relay failed: try again later",
         _ => "check that --relay names a sealcast relay of this version",
@@ -121,9 +126,8 @@ fn create_hint(status: reqwest::StatusCode) -> &'static str {
 
 fn end_hint(status: reqwest::StatusCode) -> &'static str {
     match status.as_u16() {
-        401 | 403 => {
-            "the stored publisher token was rejected: the session may belong to another relay"
-        }
+        401 => "the relay rejected this device's sign-in: run `sealcast login` again",
+        403 => "the signed-in user may not end this session: it belongs to another organization or needs a clinician account",
         404 => "the relay has no such session: check --session",
         429 => "wait a minute and try again",
         500..=599 => "the relay failed: try again later",
@@ -131,7 +135,7 @@ fn end_hint(status: reqwest::StatusCode) -> &'static str {
     }
 }
 
-fn request_error(url: &Url, err: &reqwest::Error) -> ClientError {
+pub(crate) fn request_error(url: &Url, err: &reqwest::Error) -> ClientError {
     if let Some(reason) = find_certificate_error(err) {
         return ClientError::UntrustedCertificate { reason };
     }
@@ -142,7 +146,7 @@ fn request_error(url: &Url, err: &reqwest::Error) -> ClientError {
 }
 
 /// Turns an error response into an error that quotes the relay's explanation.
-async fn status_error(
+pub(crate) async fn status_error(
     response: reqwest::Response,
     what: &'static str,
     hint: &'static str,

@@ -39,6 +39,11 @@ pub fn parse_relay_url(text: &str) -> Result<Url, ClientError> {
     Ok(url)
 }
 
+/// Builds the URL of an HTTP route such as `/v1/auth/login` at the relay's root.
+pub fn route_url(relay: &Url, path: &str) -> Url {
+    with_path(relay, path)
+}
+
 /// Builds the URL of `POST /v1/sessions`.
 pub fn sessions_url(relay: &Url) -> Url {
     with_path(relay, "/v1/sessions")

@@ -100,6 +100,67 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// A stored device credentials file is unreadable or damaged.
+    #[error(
+        "stored device credentials {} are invalid: {reason}: delete the file and run \
+         `sealcast login` again",
+        path.display()
+    )]
+    InvalidDeviceFile {
+        /// The credentials file.
+        path: PathBuf,
+        /// The problem found.
+        reason: String,
+    },
+
+    /// The device has no sign-in for the relay.
+    #[error("not signed in to {relay}: run `sealcast login --relay {relay} --email ADDRESS`")]
+    NotSignedIn {
+        /// The relay's base URL.
+        relay: String,
+    },
+
+    /// The relay rejected the refresh token, so the sign-in was revoked,
+    /// ended or has expired.
+    #[error(
+        "the sign-in to {relay} was revoked or has expired: run \
+         `sealcast login --relay {relay} --email ADDRESS` again"
+    )]
+    SignInRevoked {
+        /// The relay's base URL.
+        relay: String,
+    },
+
+    /// The magic link expired, or was used, before this device's sign-in
+    /// was approved (HTTP 410).
+    #[error(
+        "the sign-in link expired or was already used: run `sealcast login` again and \
+         open the new link before it expires"
+    )]
+    SignInExpired,
+
+    /// The relay closed a connection because this device or user was
+    /// revoked, or the sign-in ended (close code 4009).
+    #[error(
+        "the relay revoked this device's sign-in (close code 4009): run \
+         `sealcast login --relay {relay} --email ADDRESS` to sign in again"
+    )]
+    Revoked {
+        /// The relay's base URL.
+        relay: String,
+    },
+
+    /// Another process held the refresh lock of a sign-in for too long.
+    #[error(
+        "another sealcast process is refreshing the sign-in (lock file {}): try again, or \
+         delete the file if no other sealcast process is running",
+        path.display()
+    )]
+    RefreshLocked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
     /// The relay URL is not usable.
     #[error("invalid relay URL {url}: {reason}")]
     InvalidRelayUrl {
@@ -220,7 +281,9 @@ impl ClientError {
                 exit_code::DATA
             }
             ClientError::InvalidArgument { .. } => exit_code::USAGE,
-            ClientError::Io { .. } | ClientError::InvalidSessionFile { .. } => exit_code::IO,
+            ClientError::Io { .. }
+            | ClientError::InvalidSessionFile { .. }
+            | ClientError::InvalidDeviceFile { .. } => exit_code::IO,
             ClientError::NoStateDir
             | ClientError::NoCurrentSession
             | ClientError::SessionNotStored { .. }
@@ -229,10 +292,15 @@ impl ClientError {
             | ClientError::Tls(_)
             | ClientError::UntrustedCertificate { .. } => exit_code::CONFIG,
             ClientError::RelayStatus { status: 401, .. }
-            | ClientError::RelayStatus { status: 403, .. } => exit_code::NO_PERMISSION,
+            | ClientError::RelayStatus { status: 403, .. }
+            | ClientError::NotSignedIn { .. }
+            | ClientError::SignInRevoked { .. }
+            | ClientError::SignInExpired
+            | ClientError::Revoked { .. } => exit_code::NO_PERMISSION,
             ClientError::Request { .. }
             | ClientError::RelayStatus { .. }
             | ClientError::RetriesExhausted { .. }
+            | ClientError::RefreshLocked { .. }
             | ClientError::SessionEnded
             | ClientError::Replaced
             | ClientError::CannotRecover => exit_code::UNAVAILABLE,
@@ -271,12 +339,35 @@ mod tests {
     #[test]
     fn credential_rejection_maps_to_no_permission() {
         let err = ClientError::RelayStatus {
-            what: "the API key",
+            what: "the new session",
             status: 401,
             message: "unauthorized".into(),
-            hint: "check --api-key",
+            hint: "run sealcast login again",
         };
         assert_eq!(err.exit_code(), exit_code::NO_PERMISSION);
+    }
+
+    #[test]
+    fn sign_in_errors_name_the_login_command() {
+        let relay = "https://relay.example:8443/".to_string();
+        for err in [
+            ClientError::NotSignedIn {
+                relay: relay.clone(),
+            },
+            ClientError::SignInRevoked {
+                relay: relay.clone(),
+            },
+            ClientError::Revoked {
+                relay: relay.clone(),
+            },
+        ] {
+            let message = err.to_string();
+            assert!(
+                message.contains("sealcast login --relay https://relay.example:8443/ --email"),
+                "{message}"
+            );
+            assert_eq!(err.exit_code(), exit_code::NO_PERMISSION, "{message}");
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! | path | content |
 //! | --- | --- |
-//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, publisher token, invite token, session key (unpadded base64url) |
+//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url) |
 //! | `current` | id of the session started last, so commands can omit `--session` |
+//! | `devices/<host>_<port>.device` | JSON: the device key and sign-in of one relay, see [`crate::auth::credentials`] |
 //!
 //! On Unix the directories are mode 0700 and the files 0600, and files are
 //! written to a temporary name and renamed, so a crash never leaves half a
@@ -31,7 +32,11 @@ use crate::secret::SecretString;
 const SESSIONS_DIR: &str = "sessions";
 const CURRENT_FILE: &str = "current";
 const SESSION_EXTENSION: &str = "session";
-const RECORD_FORMAT: u32 = 1;
+/// Format written by this build. Format 1 files also carried a
+/// `publisher_token`, which is read and ignored.
+const RECORD_FORMAT: u32 = 2;
+/// Oldest format this build reads.
+const OLDEST_RECORD_FORMAT: u32 = 1;
 
 /// A session as the clinician device stores it.
 #[derive(Clone)]
@@ -44,8 +49,6 @@ pub struct StoredSession {
     pub ca_cert: Option<PathBuf>,
     /// History epoch the relay reported when the session was created.
     pub epoch: u64,
-    /// Credential for publishing and ending the session.
-    pub publisher_token: SecretString,
     /// Token that goes into invite links.
     pub invite_token: SecretString,
     /// The session key.
@@ -87,7 +90,10 @@ struct SessionRecord {
     #[serde(default)]
     ca_cert: Option<String>,
     epoch: u64,
-    publisher_token: String,
+    /// Read from format 1 files and ignored: the device's sign-in now
+    /// authorizes publishing and ending the session.
+    #[serde(default, skip_serializing)]
+    publisher_token: Option<String>,
     invite_token: String,
     key: String,
     created_unix_s: u64,
@@ -146,7 +152,7 @@ impl KeyStore {
             relay: session.relay.to_string(),
             ca_cert,
             epoch: session.epoch,
-            publisher_token: session.publisher_token.expose().to_string(),
+            publisher_token: None,
             invite_token: session.invite_token.expose().to_string(),
             key: session.key.to_base64url(),
             created_unix_s: session.created_unix_s,
@@ -286,9 +292,10 @@ pub fn now_unix_s() -> u64 {
 }
 
 fn record_to_session(record: &SessionRecord) -> Result<StoredSession, String> {
-    if record.format != RECORD_FORMAT {
+    if !(OLDEST_RECORD_FORMAT..=RECORD_FORMAT).contains(&record.format) {
         return Err(format!(
-            "format {} is not supported: this build reads format {RECORD_FORMAT}",
+            "format {} is not supported: this build reads formats \
+             {OLDEST_RECORD_FORMAT} to {RECORD_FORMAT}",
             record.format
         ));
     }
@@ -310,7 +317,6 @@ fn record_to_session(record: &SessionRecord) -> Result<StoredSession, String> {
         relay,
         ca_cert: record.ca_cert.as_ref().map(PathBuf::from),
         epoch: record.epoch,
-        publisher_token: SecretString::new(record.publisher_token.clone()),
         invite_token: SecretString::new(record.invite_token.clone()),
         key: SessionKey::from_bytes(key_array),
         created_unix_s: record.created_unix_s,
@@ -318,7 +324,7 @@ fn record_to_session(record: &SessionRecord) -> Result<StoredSession, String> {
 }
 
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -333,12 +339,12 @@ fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
 
 // NOTE: outside Unix the directory gets the platform's default permissions.
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
     std::fs::create_dir_all(dir).map_err(|err| ClientError::io("create directory", dir, err))
 }
 
 /// Writes a file readable only by its owner, through a temporary file and a rename.
-fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     let name = path
         .file_name()
         .and_then(|name| name.to_str())
@@ -375,7 +381,7 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
 /// NOTE: on copy-on-write file systems and flash storage, the old blocks can
 /// survive an overwrite, so this lowers but does not remove the chance of
 /// recovering the key from the disk.
-fn overwrite_with_zeros(mut file: File, path: &Path) -> Result<(), ClientError> {
+pub(crate) fn overwrite_with_zeros(mut file: File, path: &Path) -> Result<(), ClientError> {
     let result = (|| -> std::io::Result<()> {
         let mut remaining = file.metadata()?.len();
         let zeros = [0u8; 4096];
@@ -390,14 +396,14 @@ fn overwrite_with_zeros(mut file: File, path: &Path) -> Result<(), ClientError> 
 }
 
 /// Flushes a directory entry change to disk, where the platform allows it.
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Err(err) = File::open(dir).and_then(|handle| handle.sync_all()) {
         tracing::debug!(dir = %dir.display(), error = %err, "directory sync failed");
     }
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+pub(crate) fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
 
     if let Ok(metadata) = std::fs::metadata(path) {
@@ -406,14 +412,14 @@ fn warn_if_readable_by_others(path: &Path) {
             tracing::warn!(
                 path = %path.display(),
                 mode = format_args!("{:o}", mode & 0o777),
-                "session file is accessible to other users: run chmod 600 on it"
+                "key store file is accessible to other users: run chmod 600 on it"
             );
         }
     }
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+pub(crate) fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -425,7 +431,6 @@ mod tests {
             relay: Url::parse("https://relay.example:8443/").unwrap(),
             ca_cert: Some(PathBuf::from("/etc/sealcast/dev-cert.pem")),
             epoch: 3,
-            publisher_token: SecretString::from("publisher-secret-token"),
             invite_token: SecretString::from("invite-secret-token"),
             key: SessionKey::from_bytes([0x42; 32]),
             created_unix_s: 1_700_000_000,
@@ -443,7 +448,6 @@ mod tests {
         assert_eq!(loaded.relay, session.relay);
         assert_eq!(loaded.ca_cert, session.ca_cert);
         assert_eq!(loaded.epoch, 3);
-        assert_eq!(loaded.publisher_token, session.publisher_token);
         assert_eq!(loaded.invite_token, session.invite_token);
         assert_eq!(loaded.key.expose_bytes(), session.key.expose_bytes());
         assert_eq!(store.list().unwrap(), vec![session.session_id]);
@@ -557,10 +561,51 @@ mod tests {
     }
 
     #[test]
+    fn format_1_file_with_publisher_token_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let session = sample();
+        let old = serde_json::json!({
+            "format": 1,
+            "session_id": session.session_id.to_string(),
+            "relay": "https://relay.example:8443/",
+            "ca_cert": null,
+            "epoch": 3,
+            "publisher_token": "publisher-secret-token",
+            "invite_token": "invite-secret-token",
+            "key": session.key.to_base64url(),
+            "created_unix_s": 1_700_000_000u64,
+        });
+        let path = store.session_path(&session.session_id);
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+
+        let loaded = store.load(&session.session_id).unwrap();
+        assert_eq!(loaded.invite_token, session.invite_token);
+        assert_eq!(loaded.key.expose_bytes(), session.key.expose_bytes());
+
+        // Saving again writes the current format without the old token.
+        store.save(&loaded).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("publisher_token"), "{text}");
+        assert!(text.contains("\"format\": 2"), "{text}");
+    }
+
+    #[test]
+    fn newer_format_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let session = sample();
+        let path = store.save(&session).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"format\": 2", "\"format\": 9")).unwrap();
+        let message = store.load(&session.session_id).unwrap_err().to_string();
+        assert!(message.contains("format 9 is not supported"), "{message}");
+    }
+
+    #[test]
     fn debug_hides_tokens_and_key() {
         let session = sample();
         let text = format!("{session:?}");
-        assert!(!text.contains("publisher-secret-token"), "{text}");
         assert!(!text.contains("invite-secret-token"), "{text}");
         assert!(!text.contains(&session.key.to_base64url()), "{text}");
         assert!(text.contains("abababab"), "{text}");

@@ -10,17 +10,20 @@
 //!
 //! Entry points: [`Publisher`] publishes segments of a session,
 //! [`Follower`] follows one and reports [`FollowEvent`]s, [`Transcript`]
-//! keeps the latest revision of each segment, and [`KeyStore`] stores
-//! sessions on the device.
+//! keeps the latest revision of each segment, [`KeyStore`] stores
+//! sessions and device credentials on the device, and
+//! [`auth::SignedInDevice`] authorizes requests with a device-bound access
+//! token that it refreshes.
 //!
 //! | module | job |
 //! | --- | --- |
 //! | [`input`] | TextGrid and JSON Lines inputs, merging, interim revisions |
 //! | [`pace`] | publishing as fast as possible or at the timestamps' pace |
+//! | [`auth`] | device sign-in, DPoP proofs, device credentials, token refresh |
 //! | [`keystore`] | session files with the key, mode 0600, shredding |
 //! | [`tls`] | rustls settings from `--ca-cert` or the Mozilla roots |
 //! | [`endpoint`] | relay base URL checks and API URLs |
-//! | [`api`] | HTTP calls: create and end a session |
+//! | [`api`] | HTTP calls: create and end a session (accounts calls are in [`auth`]) |
 //! | [`publish`] | the publisher: window, acknowledgements, reconnect and resend |
 //! | [`follow`] | the follower: fingerprint check, opening, resume, events |
 //! | [`transcript`] | the follower's view of the transcript |

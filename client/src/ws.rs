@@ -38,8 +38,8 @@ pub(crate) enum Failure {
 /// The credential the caller authenticates with, named in error messages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Credential {
-    /// The publisher token of a stored session.
-    PublisherToken,
+    /// A device-bound access token of a signed-in device.
+    DeviceToken,
     /// The invite token of an invite link.
     InviteToken,
 }
@@ -102,13 +102,16 @@ fn classify_connect_error(err: WsError, credential: Credential) -> Failure {
 /// Sorts an HTTP status that refused a WebSocket upgrade.
 fn classify_status(status: u16, body: &str, credential: Credential) -> Failure {
     let message = relay_message(body, status);
-    let (what, credential_hint) = match credential {
-        Credential::PublisherToken => (
-            "the publisher token",
-            "the stored publisher token was rejected: the session may belong to another relay",
+    let (what, unauthorized_hint, forbidden_hint) = match credential {
+        Credential::DeviceToken => (
+            "the device's sign-in",
+            "the relay rejected this device's sign-in: run `sealcast login` again",
+            "the signed-in user may not publish to this session: it belongs to another \
+             organization or needs a clinician account",
         ),
         Credential::InviteToken => (
             "the invite link",
+            "the invite was rejected: it may have expired or been revoked, so ask the clinic for a new link",
             "the invite was rejected: it may have expired or been revoked, so ask the clinic for a new link",
         ),
     };
@@ -121,7 +124,8 @@ fn classify_status(status: u16, body: &str, credential: Credential) -> Failure {
         })
     };
     match status {
-        401 | 403 => fatal(credential_hint),
+        401 => fatal(unauthorized_hint),
+        403 => fatal(forbidden_hint),
         404 => fatal("the relay has no such session"),
         410 => Failure::Fatal(ClientError::SessionEnded),
         408 | 429 | 500..=599 => Failure::Retry(format!("relay returned HTTP {status}: {message}")),
@@ -159,6 +163,7 @@ pub(crate) fn describe_close(code: u16, reason: &str) -> String {
         close::CANNOT_RECOVER => "cannot recover",
         close::REPLACED => "replaced by another connection",
         close::TIMEOUT => "timed out",
+        close::REVOKED => "credential revoked",
         _ => "no reason given",
     }
     .to_string()
@@ -175,15 +180,26 @@ mod tests {
             assert!(matches!(failure, Failure::Fatal(_)), "{status}");
         }
         assert!(matches!(
-            classify_status(410, "", Credential::PublisherToken),
+            classify_status(410, "", Credential::DeviceToken),
             Failure::Fatal(ClientError::SessionEnded)
         ));
     }
 
     #[test]
+    fn forbidden_device_names_organization_and_role() {
+        let Failure::Fatal(err) = classify_status(403, "", Credential::DeviceToken) else {
+            panic!("403 must be final");
+        };
+        let message = err.to_string();
+        assert!(message.contains("another organization"), "{message}");
+        assert!(message.contains("clinician account"), "{message}");
+        assert_eq!(err.exit_code(), crate::error::exit_code::NO_PERMISSION);
+    }
+
+    #[test]
     fn server_failures_are_retried() {
         for status in [429, 500, 502, 503] {
-            let failure = classify_status(status, "", Credential::PublisherToken);
+            let failure = classify_status(status, "", Credential::DeviceToken);
             assert!(matches!(failure, Failure::Retry(_)), "{status}");
         }
     }

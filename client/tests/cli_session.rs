@@ -1,5 +1,5 @@
-//! The `sealcast` binary end to end against the loopback test relay: start a
-//! session, follow it, publish, end it and check the key is gone.
+//! The `sealcast` binary end to end against the loopback test relay: sign
+//! in, start a session, follow it, publish, end it and check the key is gone.
 
 // Test helpers outside #[test] functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use support::{TestRelay, API_KEY};
+use support::{TestRelay, CLINICIAN};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -22,7 +22,6 @@ fn sealcast(state_dir: &Path) -> Command {
         .env_remove("SEALCAST_RELAY")
         .env_remove("SEALCAST_LOG")
         .env("SEALCAST_HOME", state_dir)
-        .env("SEALCAST_API_KEY", API_KEY)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
@@ -43,7 +42,41 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
+/// Runs `sealcast login` for `email` and confirms the link on the relay's
+/// side while the command polls. `stdin` is what the command reads, such as
+/// a TOTP code.
+async fn login_as(relay: &TestRelay, state_dir: &Path, email: &str, stdin: &str) -> Output {
+    let mut child = sealcast(state_dir)
+        .args(["login", "--relay", relay.url.as_str(), "--email", email])
+        .args(["--device-name", "exam room 2", "--ca-cert"])
+        .arg(&relay.ca_cert)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    assert!(relay.confirm_login(email).await, "no pending sign-in");
+    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("sealcast login did not finish in time")
+        .unwrap()
+}
+
+async fn login(relay: &TestRelay, state_dir: &Path) {
+    let output = login_as(relay, state_dir, CLINICIAN, "").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Signed in to"),
+        "{}",
+        stdout(&output)
+    );
+}
+
 async fn start_session(relay: &TestRelay, state_dir: &Path) -> String {
+    login(relay, state_dir).await;
     let output = run(sealcast(state_dir).args([
         "session",
         "start",
@@ -299,4 +332,253 @@ async fn publish_end_and_text_follow() {
         "{messages}"
     );
     assert!(messages.contains("(3 final segments"), "{messages}");
+}
+
+#[tokio::test]
+async fn session_start_without_login_says_what_to_run() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let output = run(sealcast(state.path()).args([
+        "session",
+        "start",
+        "--relay",
+        relay.url.as_str(),
+        "--ca-cert",
+        relay.ca_cert.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(output.status.code(), Some(77));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("run `sealcast login --relay {}", relay.url)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn login_whoami_logout() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    login(&relay, state.path()).await;
+
+    let whoami = run(sealcast(state.path()).args(["whoami", "--relay", relay.url.as_str()])).await;
+    assert!(whoami.status.success(), "{}", stderr(&whoami));
+    let text = stdout(&whoami);
+    assert!(text.contains(CLINICIAN), "{text}");
+    assert!(text.contains("clinician"), "{text}");
+
+    let logout = run(sealcast(state.path()).args(["logout", "--relay", relay.url.as_str()])).await;
+    assert!(logout.status.success(), "{}", stderr(&logout));
+    assert!(
+        stdout(&logout).contains("Signed out"),
+        "{}",
+        stdout(&logout)
+    );
+
+    let again = run(sealcast(state.path()).args(["whoami", "--relay", relay.url.as_str()])).await;
+    assert_eq!(again.status.code(), Some(77));
+    assert!(
+        stderr(&again).contains("not signed in"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test]
+async fn login_asks_for_totp_code() {
+    let relay = TestRelay::start().await;
+    relay.enable_totp(CLINICIAN);
+    let state = tempfile::tempdir().unwrap();
+
+    let output = login_as(&relay, state.path(), CLINICIAN, "000000\n123456\n").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let messages = stderr(&output);
+    assert!(messages.contains("authenticator app"), "{messages}");
+    assert!(messages.contains("The code was not accepted"), "{messages}");
+    assert!(
+        stdout(&output).contains("Signed in to"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[tokio::test]
+async fn login_without_totp_code_fails_clearly() {
+    let relay = TestRelay::start().await;
+    relay.enable_totp(CLINICIAN);
+    let state = tempfile::tempdir().unwrap();
+
+    let output = login_as(&relay, state.path(), CLINICIAN, "").await;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("no code was entered"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn publish_after_revocation_says_sign_in_again() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    start_session(&relay, state.path()).await;
+    for device_id in relay.device_ids() {
+        relay.revoke_device(&device_id);
+    }
+
+    let input = write_jsonl(state.path());
+    let output = run(sealcast(state.path()).arg("publish").arg(&input)).await;
+    assert_eq!(output.status.code(), Some(77));
+    let text = stderr(&output);
+    assert!(text.contains("was revoked"), "{text}");
+    assert!(text.contains("sealcast login --relay"), "{text}");
+}
+
+#[tokio::test]
+async fn admin_session_start_is_forbidden() {
+    let relay = TestRelay::start().await;
+    relay.add_user(
+        "admin@clinic.example",
+        support::Role::Admin,
+        support::ORGANIZATION,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let output = login_as(&relay, state.path(), "admin@clinic.example", "").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let output =
+        run(sealcast(state.path()).args(["session", "start", "--relay", relay.url.as_str()])).await;
+    assert_eq!(output.status.code(), Some(77));
+    let text = stderr(&output);
+    assert!(text.contains("HTTP 403"), "{text}");
+    assert!(text.contains("clinician account"), "{text}");
+}
+
+#[tokio::test]
+async fn totp_enrol_prints_recovery_codes_once() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    login(&relay, state.path()).await;
+
+    let mut child = sealcast(state.path())
+        .args(["totp", "enrol", "--relay", relay.url.as_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"123456\n").await.unwrap();
+    drop(input);
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("otpauth://totp/"), "{text}");
+    assert!(
+        text.contains('▀') || text.contains('▄') || text.contains('█'),
+        "no QR code"
+    );
+    assert!(text.contains(support::accounts::RECOVERY_CODE), "{text}");
+
+    let whoami = run(sealcast(state.path()).args(["whoami", "--relay", relay.url.as_str()])).await;
+    assert!(
+        stdout(&whoami).contains("TOTP:         enrolled"),
+        "{}",
+        stdout(&whoami)
+    );
+}
+
+#[tokio::test]
+async fn admin_lists_and_revokes_devices() {
+    let relay = TestRelay::start().await;
+    let admin = "admin@clinic.example";
+    relay.add_user(admin, support::Role::Admin, support::ORGANIZATION);
+    relay.enable_totp(admin);
+    let clinician_state = tempfile::tempdir().unwrap();
+    login(&relay, clinician_state.path()).await;
+    let state = tempfile::tempdir().unwrap();
+    let output = login_as(&relay, state.path(), admin, "123456\n").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let admin_cmd = |args: &[&str]| {
+        let mut command = sealcast(state.path());
+        command
+            .args(["admin", "--relay", relay.url.as_str()])
+            .args(args);
+        command
+    };
+
+    let users = run(&mut admin_cmd(&["users"])).await;
+    assert!(users.status.success(), "{}", stderr(&users));
+    assert!(stdout(&users).contains(CLINICIAN), "{}", stdout(&users));
+
+    let users = run(&mut admin_cmd(&["--json", "users"])).await;
+    let users: Vec<serde_json::Value> = serde_json::from_slice(&users.stdout).unwrap();
+    let clinician_id = users
+        .iter()
+        .find(|user| user["email"] == CLINICIAN)
+        .unwrap()["user_id"]
+        .clone();
+
+    let devices = run(&mut admin_cmd(&["--json", "devices"])).await;
+    assert!(devices.status.success(), "{}", stderr(&devices));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&devices.stdout).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let clinician_device = listed
+        .iter()
+        .find(|device| device["user_id"] == clinician_id)
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let revoked = run(&mut admin_cmd(&["revoke-device", &clinician_device])).await;
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+
+    let whoami =
+        run(sealcast(clinician_state.path()).args(["whoami", "--relay", relay.url.as_str()])).await;
+    assert_eq!(whoami.status.code(), Some(77), "{}", stderr(&whoami));
+}
+
+#[tokio::test]
+async fn clinician_cannot_administer() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    login(&relay, state.path()).await;
+    let output =
+        run(sealcast(state.path()).args(["admin", "--relay", relay.url.as_str(), "users"])).await;
+    assert_eq!(output.status.code(), Some(77));
+    assert!(
+        stderr(&output).contains("administration needs an admin account"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn logout_without_relay_removes_local_tokens() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    login(&relay, state.path()).await;
+    let url = relay.url.to_string();
+    relay.stop().await;
+
+    let output = run(sealcast(state.path()).args(["logout", "--relay", &url])).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("on this device only"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(stderr(&output).contains("warning:"), "{}", stderr(&output));
+
+    let whoami = run(sealcast(state.path()).args(["whoami", "--relay", &url])).await;
+    assert_eq!(whoami.status.code(), Some(77));
+    assert!(
+        stderr(&whoami).contains("not signed in"),
+        "{}",
+        stderr(&whoami)
+    );
 }

@@ -7,19 +7,16 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use sealcast_client::auth::BearerToken;
 use sealcast_client::{
     Backoff, ClientError, FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig,
-    RelayApi, SecretString, TlsSettings, Transcript,
+    RelayApi, TlsSettings, Transcript,
 };
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
 use sealcast_protocol::{InviteLink, SessionKey, TranscriptSegment};
-use support::{TestRelay, API_KEY};
+use support::{Created, TestRelay};
 
 /// Maximum time a test waits for the follower to finish.
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,24 +33,11 @@ fn tls(relay: &TestRelay) -> TlsSettings {
     TlsSettings::new(Some(&relay.ca_cert)).unwrap()
 }
 
-async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionResponse {
-    let request = CreateSessionRequest {
-        fingerprint: key.fingerprint().to_base64url(),
-        invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
-        max_browsers: None,
-    };
-    RelayApi::new(&relay.url, &tls(relay))
-        .unwrap()
-        .create_session(&BearerToken::new(SecretString::from(API_KEY)), &request)
-        .await
-        .unwrap()
+async fn create_session(relay: &TestRelay, key: &SessionKey) -> Created {
+    relay.create_session(key).await
 }
 
-fn follower_config(
-    relay: &TestRelay,
-    created: &CreateSessionResponse,
-    key: &SessionKey,
-) -> FollowerConfig {
+fn follower_config(relay: &TestRelay, created: &Created, key: &SessionKey) -> FollowerConfig {
     let link = InviteLink {
         relay: relay.url.clone(),
         token: created.invite_token.clone(),
@@ -88,18 +72,11 @@ fn revisions(id: u64) -> Vec<TranscriptSegment> {
 }
 
 /// Publishes `count` segments with interim revisions, then ends the session.
-async fn publish_and_end(
-    relay: &TestRelay,
-    created: &CreateSessionResponse,
-    key: &SessionKey,
-    count: u64,
-) {
+async fn publish_and_end(relay: &TestRelay, created: &Created, key: &SessionKey, count: u64) {
     let mut config = PublisherConfig::new(
         relay.url.clone(),
         created.session_id,
-        Arc::new(BearerToken::new(SecretString::new(
-            created.publisher_token.clone(),
-        ))),
+        created.device.authorizer(),
         tls(relay),
     );
     config.backoff = quick_backoff();
@@ -112,10 +89,7 @@ async fn publish_and_end(
     publisher.end().await.unwrap();
     RelayApi::new(&relay.url, &tls(relay))
         .unwrap()
-        .end_session(
-            &created.session_id,
-            &BearerToken::new(SecretString::new(created.publisher_token.clone())),
-        )
+        .end_session(&created.session_id, created.device.token().as_ref())
         .await
         .unwrap();
 }

@@ -10,15 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use sealcast_client::auth::BearerToken;
 use sealcast_client::{
     Backoff, ClientError, Publisher, PublisherConfig, RelayApi, SecretString, TlsSettings,
 };
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::api::CreateSessionRequest;
 use sealcast_protocol::{FrameKind, SessionKey, StreamOpener, TranscriptSegment};
-use support::{TestRelay, API_KEY};
+use support::{Created, TestRelay};
 
 fn quick_backoff() -> Backoff {
     Backoff {
@@ -28,27 +26,15 @@ fn quick_backoff() -> Backoff {
     }
 }
 
-async fn create_session(relay: &TestRelay, key: &SessionKey) -> CreateSessionResponse {
-    let tls = TlsSettings::new(Some(&relay.ca_cert)).unwrap();
-    let request = CreateSessionRequest {
-        fingerprint: key.fingerprint().to_base64url(),
-        invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
-        max_browsers: None,
-    };
-    RelayApi::new(&relay.url, &tls)
-        .unwrap()
-        .create_session(&BearerToken::new(SecretString::from(API_KEY)), &request)
-        .await
-        .unwrap()
+async fn create_session(relay: &TestRelay, key: &SessionKey) -> Created {
+    relay.create_session(key).await
 }
 
-fn config(relay: &TestRelay, created: &CreateSessionResponse) -> PublisherConfig {
+fn config(relay: &TestRelay, created: &Created) -> PublisherConfig {
     let mut config = PublisherConfig::new(
         relay.url.clone(),
         created.session_id,
-        Arc::new(BearerToken::new(SecretString::new(
-            created.publisher_token.clone(),
-        ))),
+        created.device.authorizer(),
         TlsSettings::new(Some(&relay.ca_cert)).unwrap(),
     );
     config.backoff = quick_backoff();
@@ -193,16 +179,16 @@ async fn ended_session_is_final() {
     let key = SessionKey::generate();
     let created = create_session(&relay, &key).await;
     let tls = TlsSettings::new(Some(&relay.ca_cert)).unwrap();
-    let token = SecretString::new(created.publisher_token.clone());
+    let token = created.device.token();
     let api = RelayApi::new(&relay.url, &tls).unwrap();
     assert_eq!(
-        api.end_session(&created.session_id, &BearerToken::new(token.clone()))
+        api.end_session(&created.session_id, token.as_ref())
             .await
             .unwrap(),
         sealcast_client::EndOutcome::Ended
     );
     assert_eq!(
-        api.end_session(&created.session_id, &BearerToken::new(token.clone()))
+        api.end_session(&created.session_id, token.as_ref())
             .await
             .unwrap(),
         sealcast_client::EndOutcome::AlreadyEnded
@@ -263,7 +249,7 @@ async fn untrusted_certificate_is_final() {
 }
 
 #[tokio::test]
-async fn api_rejects_wrong_api_key() {
+async fn api_rejects_bearer_in_place_of_device_token() {
     let relay = TestRelay::start().await;
     let tls = TlsSettings::new(Some(&relay.ca_cert)).unwrap();
     let request = CreateSessionRequest {
@@ -278,6 +264,6 @@ async fn api_rejects_wrong_api_key() {
         .unwrap_err();
     let message = err.to_string();
     assert!(message.contains("HTTP 401"), "{message}");
-    assert!(message.contains("unknown API key"), "{message}");
-    assert!(message.contains("SEALCAST_API_KEY"), "{message}");
+    assert!(message.contains("missing DPoP access token"), "{message}");
+    assert!(message.contains("sealcast login"), "{message}");
 }

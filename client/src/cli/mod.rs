@@ -2,9 +2,12 @@
 //!
 //! | command | module |
 //! | --- | --- |
+//! | `sealcast login`, `logout`, `whoami` | [`login`] |
 //! | `sealcast session start`, `session end`, `session list` | [`session`] |
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
+//! | `sealcast totp enrol` | [`totp`] |
+//! | `sealcast admin users`, `create-user`, `devices`, `revoke-device` | [`admin`] |
 
 /// Writes a line to standard error, ignoring a closed or failing stream:
 /// unlike `eprintln!`, it never panics when stderr is a closed pipe.
@@ -15,11 +18,15 @@ macro_rules! stderr_line {
     }};
 }
 
+pub mod admin;
 pub mod follow;
+pub mod login;
 pub mod publish;
 pub mod session;
+pub mod totp;
 
-use std::path::PathBuf;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use sealcast_protocol::SessionId;
@@ -27,6 +34,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::error::ClientError;
 use crate::keystore::KeyStore;
+use crate::secret::SecretString;
 
 /// Command-line arguments of `sealcast`.
 #[derive(Debug, Parser)]
@@ -35,9 +43,10 @@ use crate::keystore::KeyStore;
     version,
     about = "Relay live clinical transcripts, end-to-end encrypted",
     long_about = "Relay live clinical transcripts, end-to-end encrypted.\n\n\
-        The clinician device starts a session, which makes the session key and \
-        keeps it in the key store, then publishes a transcript. The patient \
-        follows the session with the invite link. The relay only sees ciphertext."
+        The clinician signs this device in to the relay once with `sealcast login`, \
+        then starts a session, which makes the session key and keeps it in the key \
+        store, and publishes a transcript. The patient follows the session with the \
+        invite link. The relay only sees ciphertext."
 )]
 pub struct Cli {
     /// Key store directory [default: the platform data directory joined with sealcast]
@@ -57,6 +66,12 @@ pub struct Cli {
 /// A `sealcast` command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Sign this device in to a relay by a link sent to your email address
+    Login(login::LoginArgs),
+    /// Sign this device out of a relay
+    Logout(login::LogoutArgs),
+    /// Show the user this device is signed in as
+    Whoami(login::WhoamiArgs),
     /// Start, end or list sessions of this device
     Session {
         /// The session command.
@@ -67,6 +82,14 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Follow a session from an invite link and print its transcript
     Follow(follow::FollowArgs),
+    /// Set up the TOTP second factor
+    Totp {
+        /// The TOTP command.
+        #[command(subcommand)]
+        command: totp::TotpCommand,
+    },
+    /// Manage the users and devices of your organization (admins)
+    Admin(admin::AdminArgs),
 }
 
 /// Parses the command line, runs the command and returns its outcome.
@@ -86,6 +109,11 @@ pub fn main() -> Result<(), ClientError> {
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
+        Command::Login(args) => login::login(args, cli.state_dir).await,
+        Command::Logout(args) => login::logout(args, cli.state_dir).await,
+        Command::Whoami(args) => login::whoami(args, cli.state_dir).await,
+        Command::Totp { command } => totp::run(command, cli.state_dir).await,
+        Command::Admin(args) => admin::run(args, cli.state_dir).await,
         Command::Session { command } => session::run(command, cli.state_dir).await,
         Command::Publish(args) => publish::run(args, cli.state_dir).await,
         Command::Follow(args) => follow::run(args).await,
@@ -98,6 +126,45 @@ pub(crate) fn open_key_store(state_dir: Option<PathBuf>) -> Result<KeyStore, Cli
         .or_else(KeyStore::default_dir)
         .ok_or(ClientError::NoStateDir)?;
     KeyStore::open(dir)
+}
+
+/// Makes a path absolute, so that it stays valid when stored.
+pub(crate) fn absolute_path(path: &Path) -> Result<PathBuf, ClientError> {
+    std::path::absolute(path).map_err(|err| ClientError::io("resolve", path, err))
+}
+
+/// Prints `prompt` on stderr and reads one line from stdin: a TOTP or
+/// recovery code. Ctrl-C interrupts the wait.
+pub(crate) async fn read_code(prompt: &str) -> Result<SecretString, ClientError> {
+    {
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, "{prompt}");
+        let _ = stderr.flush();
+    }
+    let reading = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|read| {
+            let code = SecretString::new(line.trim().to_string());
+            zeroize::Zeroize::zeroize(&mut line);
+            (read, code)
+        })
+    });
+    let (read, code) = tokio::select! {
+        result = reading => result
+            .map_err(|err| ClientError::Internal(format!("the stdin reader failed: {err}")))?
+            .map_err(|err| ClientError::io("read", "stdin", err))?,
+        _ = tokio::signal::ctrl_c() => return Err(ClientError::Interrupted),
+    };
+    if read == 0 || code.expose().is_empty() {
+        return Err(ClientError::InvalidArgument {
+            option: "code",
+            reason: "no code was entered on standard input: run the command in a terminal \
+                     and type the code"
+                .into(),
+        });
+    }
+    Ok(code)
 }
 
 /// Parses a `--session` value.
@@ -143,18 +210,25 @@ mod tests {
     }
 
     #[test]
-    fn help_hides_the_api_key_value() {
-        std::env::set_var("SEALCAST_API_KEY", "clinic-key-that-must-not-show");
-        let mut command = Cli::command();
-        let help = command
-            .find_subcommand_mut("session")
-            .unwrap()
-            .find_subcommand_mut("start")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        assert!(help.contains("SEALCAST_API_KEY"), "{help}");
-        assert!(!help.contains("clinic-key-that-must-not-show"), "{help}");
+    fn session_start_takes_no_api_key() {
+        let parsed = Cli::try_parse_from([
+            "sealcast",
+            "session",
+            "start",
+            "--relay",
+            "https://relay.example",
+            "--api-key",
+            "clinic-key",
+        ]);
+        let err = parsed.unwrap_err().to_string();
+        assert!(err.contains("--api-key"), "{err}");
+    }
+
+    #[test]
+    fn login_requires_email() {
+        let parsed = Cli::try_parse_from(["sealcast", "login", "--relay", "https://relay.example"]);
+        let err = parsed.unwrap_err().to_string();
+        assert!(err.contains("--email"), "{err}");
     }
 
     #[test]

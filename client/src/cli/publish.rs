@@ -8,12 +8,12 @@ use sealcast_protocol::{SessionId, TranscriptSegment};
 use tokio::sync::mpsc;
 
 use super::{open_key_store, parse_session_id};
+use crate::auth::SignedInDevice;
 use crate::error::ClientError;
 use crate::input::merge::IdAssigner;
 use crate::input::{self, interim, jsonl, InputError, InputFormat};
 use crate::pace::{self, Pace, Pacer};
-use crate::publish::{PublishReport, Publisher, PublisherConfig, DEFAULT_WINDOW};
-use crate::tls::TlsSettings;
+use crate::publish::{PublishReport, Publisher, DEFAULT_WINDOW};
 
 /// Arguments of `sealcast publish`.
 #[derive(Debug, Args)]
@@ -126,11 +126,10 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     let (mut source, mut pacer) = open_source(&args, pace)?;
     let store = open_key_store(state_dir)?;
     let session = store.resolve(args.session.as_ref())?;
-    let tls = TlsSettings::new(session.ca_cert.as_deref())?;
-
-    let mut config = PublisherConfig::from_session(&session, tls.clone());
-    config.window = args.window;
-    let mut publisher = Publisher::connect(config, &session.key).await?;
+    let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
+    let mut publisher = super::session::connect_publisher(&session, &device, args.window).await?;
+    // Keeps the shared access token fresh for reconnects during a long publish.
+    let _refresher = device.spawn_refresher();
     tracing::info!(session_id = %session.session_id, stream_id = %publisher.stream_id(), "publishing");
 
     let published = tokio::select! {
@@ -149,7 +148,7 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     if args.end {
         let report = publisher.end().await?;
         print_report(&report, Some(published));
-        super::session::call_end_endpoint(&session, &tls).await?;
+        super::session::call_end_endpoint(&session, &device).await?;
         store.shred(&session.session_id)?;
         stderr_line!(
             "Session {} ended. Its key was deleted from this device.",

@@ -1,6 +1,6 @@
 //! `sealcast session start`, `session end` and `session list`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,15 +10,14 @@ use qrcode::QrCode;
 use sealcast_protocol::api::CreateSessionRequest;
 use sealcast_protocol::{SessionId, SessionKey};
 
-use super::{open_key_store, parse_session_id};
+use super::{absolute_path, open_key_store, parse_session_id};
 use crate::api::{EndOutcome, RelayApi};
-use crate::auth::BearerToken;
+use crate::auth::SignedInDevice;
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
 use crate::keystore::{now_unix_s, StoredSession};
-use crate::publish::{Publisher, PublisherConfig};
+use crate::publish::{Publisher, PublisherConfig, DEFAULT_WINDOW};
 use crate::secret::SecretString;
-use crate::tls::TlsSettings;
 
 /// A `sealcast session` command.
 #[derive(Debug, Subcommand)]
@@ -41,17 +40,9 @@ pub struct StartArgs {
     #[arg(long, env = "SEALCAST_RELAY", value_name = "URL")]
     pub relay: String,
 
-    /// Clinic API key for creating sessions
-    #[arg(
-        long,
-        env = "SEALCAST_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub api_key: String,
-
     /// PEM file with the CA certificate that signs the relay's certificate,
-    /// for example the relay's dev-cert.pem [default: the bundled Mozilla roots]
+    /// for example the relay's dev-cert.pem [default: the one given to
+    /// `sealcast login`, else the bundled Mozilla roots]
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
 
@@ -80,9 +71,8 @@ pub async fn run(command: SessionCommand, state_dir: Option<PathBuf>) -> Result<
 async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     let relay = parse_relay_url(&args.relay)?;
     let ca_cert = args.ca_cert.as_deref().map(absolute_path).transpose()?;
-    let tls = TlsSettings::new(ca_cert.as_deref())?;
     let store = open_key_store(state_dir)?;
-    let api_key = SecretString::new(args.api_key);
+    let device = SignedInDevice::load(&store, &relay, ca_cert.as_deref())?;
 
     // The key never leaves this device: the relay gets its fingerprint and
     // the invite verifier, both one-way derivations.
@@ -92,16 +82,19 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         invite_verifier: Some(URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes())),
         max_browsers: None,
     };
-    let created = RelayApi::new(&relay, &tls)?
-        .create_session(&BearerToken::new(api_key), &request)
+    let api = RelayApi::new(&relay, device.tls())?;
+    let created = device
+        .call(|auth| {
+            let (api, request) = (&api, &request);
+            async move { api.create_session(auth.as_ref(), request).await }
+        })
         .await?;
 
     let session = StoredSession {
         session_id: created.session_id,
         relay,
-        ca_cert,
+        ca_cert: device.ca_cert().map(Path::to_path_buf),
         epoch: created.epoch,
-        publisher_token: SecretString::new(created.publisher_token.clone()),
         invite_token: SecretString::new(created.invite_token.clone()),
         key,
         created_unix_s: now_unix_s(),
@@ -147,7 +140,7 @@ fn print_invitation(session: &StoredSession, path: &std::path::Path, no_qr: bool
 
 /// Renders text as a QR code of Unicode half blocks, light modules drawn
 /// dark so that it scans on a dark terminal.
-fn render_qr(text: &str) -> Option<String> {
+pub(crate) fn render_qr(text: &str) -> Option<String> {
     let code = QrCode::new(text.as_bytes()).ok()?;
     Some(
         code.render::<Dense1x2>()
@@ -161,8 +154,8 @@ fn render_qr(text: &str) -> Option<String> {
 async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     let store = open_key_store(state_dir)?;
     let session = store.resolve(args.session.as_ref())?;
-    let tls = TlsSettings::new(session.ca_cert.as_deref())?;
-    let already_ended = end_on_relay(&session, &tls).await?;
+    let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
+    let already_ended = end_on_relay(&session, &device).await?;
 
     store.shred(&session.session_id)?;
     tracing::info!(session_id = %session.session_id, "session ended and key shredded");
@@ -183,9 +176,11 @@ async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientErro
 /// Publishes the end-of-session frame on a new stream, waits for its
 /// acknowledgement and calls the end endpoint. Returns whether the session
 /// had already ended.
-async fn end_on_relay(session: &StoredSession, tls: &TlsSettings) -> Result<bool, ClientError> {
-    let config = PublisherConfig::from_session(session, tls.clone());
-    let published = match Publisher::connect(config, &session.key).await {
+async fn end_on_relay(
+    session: &StoredSession,
+    device: &SignedInDevice,
+) -> Result<bool, ClientError> {
+    let published = match connect_publisher(session, device, DEFAULT_WINDOW).await {
         Ok(publisher) => publisher.end().await.map(|_| ()),
         Err(err) => Err(err),
     };
@@ -194,20 +189,37 @@ async fn end_on_relay(session: &StoredSession, tls: &TlsSettings) -> Result<bool
         Err(ClientError::SessionEnded) => return Ok(true),
         Err(err) => return Err(err),
     }
-    call_end_endpoint(session, tls).await
+    call_end_endpoint(session, device).await
+}
+
+/// Connects a publisher to a stored session with the device's token,
+/// refreshing it first when it is about to expire or the relay rejects it.
+pub(crate) async fn connect_publisher(
+    session: &StoredSession,
+    device: &SignedInDevice,
+    window: usize,
+) -> Result<Publisher, ClientError> {
+    device
+        .call(|auth| {
+            let mut config = PublisherConfig::from_session(session, auth, device.tls().clone());
+            config.window = window;
+            Publisher::connect(config, &session.key)
+        })
+        .await
 }
 
 /// Calls the end endpoint once the end-of-session frame is acknowledged.
 /// Returns whether the session had already ended.
 pub(crate) async fn call_end_endpoint(
     session: &StoredSession,
-    tls: &TlsSettings,
+    device: &SignedInDevice,
 ) -> Result<bool, ClientError> {
-    let outcome = RelayApi::new(&session.relay, tls)?
-        .end_session(
-            &session.session_id,
-            &BearerToken::new(session.publisher_token.clone()),
-        )
+    let api = RelayApi::new(&session.relay, device.tls())?;
+    let outcome = device
+        .call(|auth| {
+            let api = &api;
+            async move { api.end_session(&session.session_id, auth.as_ref()).await }
+        })
         .await?;
     Ok(outcome == EndOutcome::AlreadyEnded)
 }
@@ -228,10 +240,6 @@ fn list(state_dir: Option<PathBuf>) -> Result<(), ClientError> {
         }
     }
     Ok(())
-}
-
-fn absolute_path(path: &std::path::Path) -> Result<PathBuf, ClientError> {
-    std::path::absolute(path).map_err(|err| ClientError::io("resolve", path, err))
 }
 
 #[cfg(test)]

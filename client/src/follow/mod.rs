@@ -15,8 +15,8 @@
 //! `min(last received + 1, last committed + 1)` with the session's epoch.
 //! Frames already opened that the relay sends again in that overlap are
 //! skipped without an event. Close code 4004 (session ended) ends following
-//! normally. Close code 4006 (cannot recover), a wrong key and rejected
-//! credentials are final errors.
+//! normally. Close codes 4006 (cannot recover) and 4009 (invite revoked), a
+//! wrong key and rejected credentials are final errors.
 
 mod event;
 mod state;
@@ -353,6 +353,11 @@ fn follower_close(frame: Option<CloseFrame>) -> CloseOutcome {
     let failure = match code {
         close::SESSION_ENDED => return CloseOutcome::Ended,
         close::CANNOT_RECOVER => Failure::Fatal(ClientError::CannotRecover),
+        close::REVOKED => Failure::Fatal(ClientError::Closed {
+            code,
+            reason,
+            hint: "the invite was revoked: ask the clinic for a new link",
+        }),
         close::NORMAL
         | close::GOING_AWAY
         | close::INTERNAL_ERROR

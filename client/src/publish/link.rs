@@ -48,6 +48,7 @@ enum Done {
 
 /// The publish connection driver.
 pub(crate) struct Link {
+    pub(crate) relay: Url,
     pub(crate) url: Url,
     pub(crate) session_id: SessionId,
     pub(crate) stream_id: StreamId,
@@ -71,7 +72,7 @@ impl Link {
                 &self.url,
                 self.auth.as_ref(),
                 &self.tls,
-                Credential::PublisherToken,
+                Credential::DeviceToken,
             )
             .await
             {
@@ -224,7 +225,7 @@ impl Link {
                         Err(err) => Err(violation(format!("invalid publisher event: {err}"))),
                     };
                 }
-                Some(Ok(Message::Close(frame))) => return Err(close_failure(frame)),
+                Some(Ok(Message::Close(frame))) => return Err(close_failure(frame, &self.relay)),
                 Some(Ok(Message::Binary(_))) => {
                     return Err(violation("binary message on a publish socket".into()))
                 }
@@ -274,7 +275,7 @@ impl Link {
                 }
                 Ok(())
             }
-            Some(Ok(Message::Close(frame))) => Err(close_failure(frame)),
+            Some(Ok(Message::Close(frame))) => Err(close_failure(frame, &self.relay)),
             Some(Ok(Message::Binary(_))) => {
                 tracing::warn!(session_id = %self.session_id, "ignoring a binary message on the publish socket");
                 Ok(())
@@ -304,8 +305,9 @@ impl Link {
 /// Sorts a close frame from the relay. Retrying is right when the relay is
 /// restarting or failed, and wrong when retrying cannot change the outcome.
 /// Close code 4007 is final, because reconnecting would replace the
-/// publisher that replaced this one, and the two would take turns.
-pub(crate) fn close_failure(frame: Option<CloseFrame>) -> Failure {
+/// publisher that replaced this one, and the two would take turns. Close
+/// code 4009 is final, because the revoked sign-in cannot connect again.
+pub(crate) fn close_failure(frame: Option<CloseFrame>, relay: &Url) -> Failure {
     let Some(frame) = frame else {
         return Failure::Retry("the relay closed the connection without a code".into());
     };
@@ -322,6 +324,9 @@ pub(crate) fn close_failure(frame: Option<CloseFrame>) -> Failure {
         | close::TIMEOUT => Failure::Retry(format!("relay closed with code {code} ({reason})")),
         close::SESSION_ENDED => Failure::Fatal(ClientError::SessionEnded),
         close::REPLACED => Failure::Fatal(ClientError::Replaced),
+        close::REVOKED => Failure::Fatal(ClientError::Revoked {
+            relay: relay.to_string(),
+        }),
         close::MALFORMED_FRAME..=close::SEQUENCE_GAP => Failure::Fatal(ClientError::Closed {
             code,
             reason,

@@ -12,7 +12,8 @@
 //!
 //! Final errors, which stop publishing: HTTP 401, 403, 404 and 410 on the
 //! upgrade, close codes 4000-4003 (the relay rejected a frame), 4004 (the
-//! session ended) and 4007 (another publisher connection replaced this one).
+//! session ended), 4007 (another publisher connection replaced this one) and
+//! 4009 (the device's sign-in was revoked).
 
 mod link;
 mod outbox;
@@ -28,7 +29,7 @@ use url::Url;
 
 use self::link::{Command, Link};
 use self::outbox::Outbox;
-use crate::auth::{Authorizer, BearerToken};
+use crate::auth::Authorizer;
 use crate::backoff::Backoff;
 use crate::endpoint;
 use crate::error::ClientError;
@@ -73,14 +74,14 @@ impl PublisherConfig {
         }
     }
 
-    /// Creates a configuration for a stored session.
-    pub fn from_session(session: &StoredSession, tls: TlsSettings) -> Self {
-        Self::new(
-            session.relay.clone(),
-            session.session_id,
-            Arc::new(BearerToken::new(session.publisher_token.clone())),
-            tls,
-        )
+    /// Creates a configuration for a stored session, authorized by `auth`,
+    /// usually the token of a [`crate::auth::SignedInDevice`].
+    pub fn from_session(
+        session: &StoredSession,
+        auth: Arc<dyn Authorizer>,
+        tls: TlsSettings,
+    ) -> Self {
+        Self::new(session.relay.clone(), session.session_id, auth, tls)
     }
 }
 
@@ -117,6 +118,7 @@ impl Publisher {
         let (connected, connected_receiver) = oneshot::channel();
 
         let link = Link {
+            relay: config.relay.clone(),
             url: endpoint::publish_url(&config.relay, &config.session_id),
             session_id: config.session_id,
             stream_id: sealer.stream_id(),
@@ -219,6 +221,7 @@ fn join_error(err: tokio::task::JoinError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::BearerToken;
 
     #[test]
     fn config_debug_hides_the_token() {

@@ -1,14 +1,17 @@
 //! A small relay on loopback for tests: TLS with a fresh self-signed
 //! certificate, hand-parsed HTTP/1.1, and WebSockets over tokio-tungstenite.
 //!
-//! It implements just enough of the relay API for the client: creating and
-//! ending sessions, the publish socket with deduplication and cumulative
-//! acks, and the follow socket with resume, `committed` and `ended`. Faults
-//! can be switched on to drop connections, delay acks, hold back commits or
-//! alter a delivered frame.
+//! It implements just enough of the relay API for the client: device
+//! sign-in with DPoP-bound tokens (see [`accounts`]), creating and ending
+//! sessions, the publish socket with deduplication and cumulative acks, and
+//! the follow socket with resume, `committed` and `ended`. Faults can be
+//! switched on to drop connections, delay acks, hold back commits or alter a
+//! delivered frame.
 
 // Each test file uses part of this module, and test code may unwrap.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod accounts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,23 +23,31 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sealcast_client::auth::login::{wait_for_approval, Approval};
+use sealcast_client::auth::{AccountsApi, SignedInDevice};
+use sealcast_client::{KeyStore, SecretString, TlsSettings};
 use sealcast_protocol::api::{
     close, encode_delivery, CreateSessionRequest, CreateSessionResponse, ErrorBody, FollowerEvent,
     PublisherEvent,
 };
+pub use sealcast_protocol::auth::Role;
 use sealcast_protocol::{FrameHeader, SessionId, StreamId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WebSocketRole};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
-/// The clinic API key the test relay accepts.
-pub const API_KEY: &str = "test-clinic-api-key";
+use self::accounts::{Accounts, AuthStats, Reply};
+
+/// A clinician of [`ORGANIZATION`] that every test relay starts with.
+pub const CLINICIAN: &str = "clinician@clinic.example";
+/// The organization of [`CLINICIAN`].
+pub const ORGANIZATION: &str = "org-clinic";
 
 /// Value of a fault counter that is switched off.
 const OFF: u64 = u64::MAX;
@@ -99,7 +110,7 @@ pub struct Stats {
 
 struct Session {
     fingerprint: String,
-    publisher_token: String,
+    organization_id: String,
     invite_token: String,
     epoch: u64,
     frames: Vec<Vec<u8>>,
@@ -116,10 +127,14 @@ impl Session {
     }
 }
 
-#[derive(Default)]
 struct State {
+    /// Origin of the relay, `https://127.0.0.1:PORT`, for checking proofs.
+    origin: String,
     sessions: HashMap<SessionId, Session>,
     stats: Stats,
+    accounts: Accounts,
+    /// Bumped whenever a device is revoked, so publish sockets check theirs.
+    revocations: watch::Sender<u64>,
 }
 
 /// A running test relay.
@@ -169,7 +184,15 @@ impl TestRelay {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
+        let mut accounts = Accounts::default();
+        accounts.add_user(CLINICIAN, Role::Clinician, ORGANIZATION);
+        let state = Arc::new(Mutex::new(State {
+            origin: format!("https://127.0.0.1:{port}"),
+            sessions: HashMap::new(),
+            stats: Stats::default(),
+            accounts,
+            revocations: watch::channel(0).0,
+        }));
         let faults = Arc::new(Faults::default());
 
         let task = {
@@ -203,6 +226,13 @@ impl TestRelay {
         }
     }
 
+    /// Stops accepting connections, keeping the certificate file.
+    pub async fn stop(&self) {
+        self.task.abort();
+        // Let the runtime drop the aborted task and with it the listener.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.state.lock().unwrap().stats.clone()
@@ -219,6 +249,151 @@ impl TestRelay {
     pub fn ended(&self, session_id: &SessionId) -> bool {
         self.state.lock().unwrap().sessions[session_id].ended
     }
+
+    /// Counters of the accounts routes.
+    pub fn auth_stats(&self) -> AuthStats {
+        self.state.lock().unwrap().accounts.stats.clone()
+    }
+
+    /// Adds a user.
+    pub fn add_user(&self, email: &str, role: Role, organization_id: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.accounts.add_user(email, role, organization_id);
+    }
+
+    /// Enrols TOTP for a user: [`accounts::TOTP_CODE`] then passes.
+    pub fn enable_totp(&self, email: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.accounts.users.get_mut(email).unwrap().totp_enabled = true;
+    }
+
+    /// Sets the lifetime of access tokens issued from now on, in seconds.
+    pub fn set_access_ttl(&self, seconds: u64) {
+        self.state.lock().unwrap().accounts.access_ttl = seconds;
+    }
+
+    /// Waits until `email` has a pending sign-in and confirms it, as a
+    /// click on the magic link does. Returns false after 20 s without one.
+    pub async fn confirm_login(&self, email: &str) -> bool {
+        for _ in 0..400 {
+            if self.state.lock().unwrap().accounts.confirm(email) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Makes every access token issued so far expire on the relay's side,
+    /// while the device still counts on its stated lifetime.
+    pub fn expire_access_tokens(&self) {
+        self.state.lock().unwrap().accounts.expire_access_tokens();
+    }
+
+    /// Makes every pending sign-in expire, so polls get 410.
+    pub fn expire_logins(&self) {
+        self.state.lock().unwrap().accounts.expire_logins();
+    }
+
+    /// Revokes a device: its tokens stop working and its publish sockets
+    /// close with 4009.
+    pub fn revoke_device(&self, device_id: &str) {
+        let state = &mut *self.state.lock().unwrap();
+        state.accounts.revoke_device(device_id);
+        state.revocations.send_modify(|count| *count += 1);
+    }
+
+    /// Ids of the devices that signed in.
+    pub fn device_ids(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state.accounts.devices.keys().cloned().collect()
+    }
+
+    /// Signs `email` in through the client library with a device key kept
+    /// in `store`, confirming the link and sending [`accounts::TOTP_CODE`]
+    /// when asked.
+    pub async fn sign_in(&self, store: &KeyStore, email: &str) -> SignedInDevice {
+        let mut credentials = store
+            .load_or_generate_device(&self.url, Some(self.ca_cert.clone()))
+            .unwrap();
+        let tls = TlsSettings::new(Some(&self.ca_cert)).unwrap();
+        let api = AccountsApi::new(&self.url, &tls).unwrap();
+        let started = api
+            .start_login(&credentials.key, email, Some("test device"))
+            .await
+            .unwrap();
+        assert!(self.confirm_login(email).await, "no pending sign-in");
+        let tokens = match wait_for_approval(&api, &credentials.key, &started)
+            .await
+            .unwrap()
+        {
+            Approval::Approved(tokens) => tokens,
+            Approval::TotpRequired => {
+                let login_id = SecretString::new(started.login_id.clone());
+                let code = SecretString::from(accounts::TOTP_CODE);
+                api.submit_totp(&credentials.key, &login_id, &code)
+                    .await
+                    .unwrap()
+            }
+        };
+        store.store_tokens(&mut credentials, tokens).unwrap();
+        SignedInDevice::new(store.clone(), credentials, Some(self.ca_cert.clone())).unwrap()
+    }
+}
+
+/// A session created by a signed-in clinician device. It dereferences to
+/// the relay's response.
+pub struct Created {
+    /// The relay's response.
+    pub response: CreateSessionResponse,
+    /// The device that created the session.
+    pub device: SignedInDevice,
+    /// The device's key store.
+    pub store: KeyStore,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Created {
+    type Target = CreateSessionResponse;
+
+    fn deref(&self) -> &CreateSessionResponse {
+        &self.response
+    }
+}
+
+impl TestRelay {
+    /// Signs [`CLINICIAN`] in on a new device and creates a session for `key`.
+    pub async fn create_session(&self, key: &sealcast_protocol::SessionKey) -> Created {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let device = self.sign_in(&store, CLINICIAN).await;
+        let request = CreateSessionRequest {
+            fingerprint: key.fingerprint().to_base64url(),
+            invite_verifier: Some(
+                URL_SAFE_NO_PAD.encode(key.derive_invite_auth_key().expose_bytes()),
+            ),
+            max_browsers: None,
+        };
+        let api = sealcast_client::RelayApi::new(&self.url, device.tls()).unwrap();
+        let response = api
+            .create_session(device.token().as_ref(), &request)
+            .await
+            .unwrap();
+        Created {
+            response,
+            device,
+            store,
+            _dir: dir,
+        }
+    }
+}
+
+/// Returns the current time in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 struct Request {
@@ -232,6 +407,27 @@ impl Request {
     fn bearer(&self) -> Option<&str> {
         self.headers.get("authorization")?.strip_prefix("Bearer ")
     }
+}
+
+/// Checks the device's access token and proof, and that its user belongs
+/// to `organization_id` when one is given. Returns the device id, or the
+/// rejection to send.
+fn authorize_device(
+    state: &mut State,
+    request: &Request,
+    organization_id: Option<&str>,
+) -> Result<(String, Role, String), Reply> {
+    let url = format!("{}{}", state.origin, request.path);
+    let grant = state.accounts.authenticate(request, &url)?;
+    let user = state.accounts.user_of(&grant).unwrap();
+    if organization_id.is_some_and(|organization| organization != user.organization_id) {
+        return Err(Reply::error(
+            403,
+            "forbidden",
+            "session of another organization",
+        ));
+    }
+    Ok((grant.device_id, user.role, user.organization_id.clone()))
 }
 
 async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Request> {
@@ -282,8 +478,14 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Request> {
 async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, body: &str) {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        409 => "Conflict",
         410 => "Gone",
         _ => "Error",
     };
@@ -313,16 +515,29 @@ where
     let url = Url::parse(&format!("https://relay{}", request.path)).unwrap();
     let segments: Vec<&str> = url.path().trim_matches('/').split('/').collect();
 
+    let accounts_reply = {
+        let state = &mut *state.lock().unwrap();
+        let full_url = format!("{}{}", state.origin, request.path);
+        state
+            .accounts
+            .route(&request, &full_url, segments.as_slice())
+    };
+    if let Some(reply) = accounts_reply {
+        respond(&mut stream, reply.status, &reply.body).await;
+        return;
+    }
+
     match (request.method.as_str(), segments.as_slice()) {
         ("POST", ["v1", "sessions"]) => create_session(stream, &request, &state).await,
         ("POST", ["v1", "sessions", id, "end"]) => end_session(stream, &request, &state, id).await,
         ("GET", ["v1", "sessions", id, "publish"]) => {
-            let Some(session_id) = authorize_publisher(&mut stream, &request, &state, id).await
+            let Some((session_id, device_id)) =
+                authorize_publisher(&mut stream, &request, &state, id).await
             else {
                 return;
             };
             let socket = upgrade(stream, &request).await;
-            serve_publisher(socket, session_id, state, faults).await;
+            serve_publisher(socket, session_id, device_id, state, faults).await;
         }
         ("GET", ["v1", "follow"]) => {
             let Some(session_id) = authorize_follower(&mut stream, &request, &state).await else {
@@ -352,15 +567,19 @@ async fn create_session<S: AsyncWrite + Unpin>(
     request: &Request,
     state: &Mutex<State>,
 ) {
-    if request.bearer() != Some(API_KEY) {
-        respond(
-            &mut stream,
-            401,
-            &error_body("unauthorized", "unknown API key"),
-        )
-        .await;
-        return;
-    }
+    let authorized = authorize_device(&mut state.lock().unwrap(), request, None);
+    let organization_id = match authorized {
+        Ok((_, Role::Clinician, organization_id)) => organization_id,
+        Ok((_, Role::Admin, _)) => {
+            let body = error_body("forbidden", "sessions are started by clinicians");
+            respond(&mut stream, 403, &body).await;
+            return;
+        }
+        Err(reply) => {
+            respond(&mut stream, reply.status, &reply.body).await;
+            return;
+        }
+    };
     let body: CreateSessionRequest = serde_json::from_slice(&request.body).unwrap();
     assert!(
         body.invite_verifier.is_some(),
@@ -376,7 +595,7 @@ async fn create_session<S: AsyncWrite + Unpin>(
     };
     let session = Session {
         fingerprint: body.fingerprint,
-        publisher_token: response.publisher_token.clone(),
+        organization_id,
         invite_token: response.invite_token.clone(),
         epoch: response.epoch,
         frames: Vec::new(),
@@ -396,24 +615,36 @@ async fn end_session<S: AsyncWrite + Unpin>(
     state: &Mutex<State>,
     id: &str,
 ) {
-    let status = {
-        let mut state = state.lock().unwrap();
-        match id
+    let reply = {
+        let state = &mut *state.lock().unwrap();
+        let organization = id
             .parse()
             .ok()
-            .and_then(|id: SessionId| state.sessions.get_mut(&id))
-        {
-            None => 404,
-            Some(session) if request.bearer() != Some(session.publisher_token.as_str()) => 401,
-            Some(session) if session.ended => 410,
-            Some(session) => {
-                session.ended = true;
-                session.notify();
-                200
-            }
+            .and_then(|id: SessionId| state.sessions.get(&id))
+            .map(|session| session.organization_id.clone());
+        match organization {
+            None => Reply::error(404, "not_found", "no such session"),
+            Some(organization) => match authorize_device(state, request, Some(&organization)) {
+                Err(reply) => reply,
+                Ok(_) => {
+                    let session = state.sessions.get_mut(&id.parse().unwrap()).unwrap();
+                    if session.ended {
+                        Reply::error(410, "gone", "session ended")
+                    } else {
+                        session.ended = true;
+                        session.notify();
+                        Reply::error(200, "", "")
+                    }
+                }
+            },
         }
     };
-    respond(&mut stream, status, if status == 200 { "{}" } else { "" }).await;
+    let body = if reply.status == 200 {
+        "{}"
+    } else {
+        &reply.body
+    };
+    respond(&mut stream, reply.status, body).await;
 }
 
 async fn authorize_publisher<S: AsyncWrite + Unpin>(
@@ -421,28 +652,29 @@ async fn authorize_publisher<S: AsyncWrite + Unpin>(
     request: &Request,
     state: &Mutex<State>,
     id: &str,
-) -> Option<SessionId> {
-    let status = {
-        let state = state.lock().unwrap();
+) -> Option<(SessionId, String)> {
+    let result = {
+        let state = &mut *state.lock().unwrap();
         let session_id: Option<SessionId> = id.parse().ok();
-        match session_id.and_then(|id| state.sessions.get(&id).map(|session| (id, session))) {
-            None => Err(404),
-            Some((_, session)) if request.bearer() != Some(session.publisher_token.as_str()) => {
-                Err(401)
+        let found = session_id.and_then(|id| {
+            let session = state.sessions.get(&id)?;
+            Some((id, session.organization_id.clone(), session.ended))
+        });
+        match found {
+            None => Err(Reply::error(404, "not_found", "no such session")),
+            Some((id, organization, ended)) => {
+                match authorize_device(state, request, Some(&organization)) {
+                    Err(reply) => Err(reply),
+                    Ok(_) if ended => Err(Reply::error(410, "gone", "session ended")),
+                    Ok((device_id, _, _)) => Ok((id, device_id)),
+                }
             }
-            Some((_, session)) if session.ended => Err(410),
-            Some((id, _)) => Ok(id),
         }
     };
-    match status {
-        Ok(id) => Some(id),
-        Err(status) => {
-            respond(
-                stream,
-                status,
-                &error_body("rejected", "publisher rejected"),
-            )
-            .await;
+    match result {
+        Ok(found) => Some(found),
+        Err(reply) => {
+            respond(stream, reply.status, &reply.body).await;
             None
         }
     }
@@ -477,7 +709,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         derive_accept_key(key.as_bytes())
     );
     stream.write_all(response.as_bytes()).await.unwrap();
-    WebSocketStream::from_raw_socket(stream, Role::Server, None).await
+    WebSocketStream::from_raw_socket(stream, WebSocketRole::Server, None).await
 }
 
 async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<S>, code: u16) {
@@ -486,6 +718,10 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStr
         reason: "".into(),
     };
     let _ = socket.close(Some(frame)).await;
+    // Wait for the client's close reply, as a relay does, so the client
+    // reads the code instead of a reset connection.
+    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 fn text<T: serde::Serialize>(event: &T) -> Message {
@@ -495,9 +731,11 @@ fn text<T: serde::Serialize>(event: &T) -> Message {
 async fn serve_publisher<S: AsyncRead + AsyncWrite + Unpin>(
     mut socket: WebSocketStream<S>,
     session_id: SessionId,
+    device_id: String,
     state: Arc<Mutex<State>>,
     faults: Arc<Faults>,
 ) {
+    let mut revocations = state.lock().unwrap().revocations.subscribe();
     let (epoch, mut generation, my_generation) = {
         let mut state = state.lock().unwrap();
         state.stats.publish_connections += 1;
@@ -523,6 +761,13 @@ async fn serve_publisher<S: AsyncRead + AsyncWrite + Unpin>(
             _ = generation.changed() => {
                 if *generation.borrow() != my_generation {
                     close_with(&mut socket, close::REPLACED).await;
+                    return;
+                }
+                continue;
+            }
+            _ = revocations.changed() => {
+                if state.lock().unwrap().accounts.device_revoked(&device_id) {
+                    close_with(&mut socket, close::REVOKED).await;
                     return;
                 }
                 continue;

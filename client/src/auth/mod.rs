@@ -1,9 +1,23 @@
-//! Request credentials: what a device puts on each request to the relay.
+//! Request credentials: what a device puts on each request to the relay,
+//! and how a staff device signs in and keeps its tokens fresh.
 //!
 //! Staff devices send a device-bound access token with a fresh DPoP proof
 //! (`Authorization: DPoP <token>` and `DPoP: <proof>`), see
 //! [`sealcast_protocol::auth`]. Patient devices send an invite token as
 //! `Authorization: Bearer <token>`.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`credentials`] | the device key and tokens of each relay in the key store |
+//! | [`accounts`] | HTTP calls to the accounts routes |
+//! | [`login`] | the sign-in steps: start, poll until approved, second factor |
+//! | [`device`] | [`SignedInDevice`]: tokens that refresh themselves |
+
+pub mod accounts;
+pub mod credentials;
+pub mod device;
+pub mod login;
+mod refresh_lock;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -15,6 +29,9 @@ use sealcast_protocol::auth::DPOP_SCHEME;
 use sealcast_protocol::dpop::DeviceKey;
 use zeroize::Zeroizing;
 
+pub use self::accounts::AccountsApi;
+pub use self::credentials::{DeviceCredentials, SignIn};
+pub use self::device::{Refresher, SignedInDevice};
 use crate::error::ClientError;
 use crate::secret::SecretString;
 
@@ -28,7 +45,7 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
     fn headers(&self, method: &str, url: &str) -> Result<AuthHeaders, ClientError>;
 }
 
-/// A bearer credential: an invite token, or a session's publisher token.
+/// A bearer credential, such as an invite token.
 #[derive(Debug, Clone)]
 pub struct BearerToken(SecretString);
 
@@ -109,6 +126,30 @@ impl Authorizer for DeviceToken {
     }
 }
 
+/// A DPoP proof without an access token, for the sign-in and refresh
+/// routes, which bind or check the device key before any token exists.
+#[derive(Debug, Clone)]
+pub struct DeviceProof {
+    key: Arc<DeviceKey>,
+}
+
+impl DeviceProof {
+    /// Proves possession of `key` on each request.
+    pub fn new(key: Arc<DeviceKey>) -> Self {
+        DeviceProof { key }
+    }
+}
+
+impl Authorizer for DeviceProof {
+    fn headers(&self, method: &str, url: &str) -> Result<AuthHeaders, ClientError> {
+        let proof = self
+            .key
+            .proof(method, url, None, unix_now())
+            .map_err(|err| ClientError::Internal(format!("failed to make a DPoP proof: {err}")))?;
+        Ok(vec![(dpop_header_name(), sensitive(&proof)?)])
+    }
+}
+
 /// Returns the current time in Unix seconds, 0 before 1970.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -164,6 +205,18 @@ mod tests {
             .headers("POST", "https://relay.example/v1/sessions")
             .unwrap();
         assert_ne!(first[1].1, second[1].1);
+    }
+
+    #[test]
+    fn device_proof_has_no_access_token() {
+        let key = Arc::new(DeviceKey::generate().unwrap());
+        let url = "https://relay.example/v1/auth/login";
+        let headers = DeviceProof::new(key.clone()).headers("POST", url).unwrap();
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[0].0.as_str(), "dpop");
+        let proof = headers[0].1.to_str().unwrap();
+        let verified = verify_proof(proof, "POST", url, None, unix_now()).unwrap();
+        assert_eq!(verified.thumbprint, key.thumbprint());
     }
 
     #[test]
