@@ -19,5 +19,6 @@ pub mod raw_tls;
 pub mod sample;
 pub mod session;
 pub mod smtp_sink;
+pub mod staff;
 pub mod store;
 pub mod transcripts;

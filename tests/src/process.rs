@@ -13,9 +13,6 @@ use std::time::Duration;
 /// How long a relay may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long to wait after the listening line for the API key line of a new relay.
-const KEY_LINE_WAIT: Duration = Duration::from_millis(500);
-
 /// Path of a workspace binary next to the test executable, built by
 /// `cargo build --workspace --bins` (the test script does this first).
 pub fn binary_path(name: &str) -> PathBuf {
@@ -39,8 +36,6 @@ pub struct RelayProcess {
     child: Child,
     /// Address the relay listens on.
     pub addr: SocketAddr,
-    /// Clinic API key printed on this start, if the data directory was new.
-    pub api_key: Option<String>,
     /// The relay's data directory.
     pub data_dir: PathBuf,
     output: Arc<Mutex<Vec<u8>>>,
@@ -71,11 +66,10 @@ impl RelayProcess {
         spawn_line_reader(stdout, output.clone(), Some(lines_tx));
         spawn_line_reader(stderr, output.clone(), None);
 
-        let (addr, api_key) = wait_for_listening(&lines_rx, &output);
+        let addr = wait_for_listening(&lines_rx, &output);
         RelayProcess {
             child,
             addr,
-            api_key,
             data_dir: data_dir.to_path_buf(),
             output,
         }
@@ -89,6 +83,11 @@ impl RelayProcess {
     /// Returns the relay's base URL.
     pub fn base_url(&self) -> String {
         format!("https://{}/", self.addr)
+    }
+
+    /// Returns the folder where a relay without SMTP settings writes its mail.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
     }
 
     /// Returns the path of the development certificate in the relay's data directory.
@@ -153,11 +152,7 @@ fn spawn_line_reader<R: Read + Send + 'static>(
     });
 }
 
-fn wait_for_listening(
-    lines: &mpsc::Receiver<String>,
-    output: &Arc<Mutex<Vec<u8>>>,
-) -> (SocketAddr, Option<String>) {
-    let mut api_key = None;
+fn wait_for_listening(lines: &mpsc::Receiver<String>, output: &Arc<Mutex<Vec<u8>>>) -> SocketAddr {
     loop {
         let Ok(line) = lines.recv_timeout(START_TIMEOUT) else {
             let text = output.lock().map(|out| out.clone()).unwrap_or_default();
@@ -166,24 +161,8 @@ fn wait_for_listening(
                 String::from_utf8_lossy(&text)
             );
         };
-        if api_key.is_none() {
-            api_key = parse_api_key(&line);
-        }
         if let Some(addr) = line.strip_prefix("sealcast-relay listening on https://") {
-            let addr = addr.trim().parse().expect("listening line has an address");
-            // A new relay prints its API key right after the listening line.
-            while api_key.is_none() {
-                let Ok(line) = lines.recv_timeout(KEY_LINE_WAIT) else {
-                    break;
-                };
-                api_key = parse_api_key(&line);
-            }
-            return (addr, api_key);
+            return addr.trim().parse().expect("listening line has an address");
         }
     }
-}
-
-fn parse_api_key(line: &str) -> Option<String> {
-    line.strip_prefix("clinic API key (shown once): ")
-        .map(|key| key.trim().to_string())
 }

@@ -6,16 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealcast_client::auth::BearerToken;
+use sealcast_client::auth::Authorizer;
 use sealcast_client::{
-    FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig, RelayApi, SecretString,
-    TlsSettings,
+    FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig, RelayApi, TlsSettings,
 };
 use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
 use sealcast_protocol::{InviteLink, SessionKey, StreamId, TranscriptSegment};
 use url::Url;
 
 use crate::process::RelayProcess;
+use crate::staff::StaffDevice;
 
 /// A session created on a relay, with the key the clinician device made.
 pub struct LiveSession {
@@ -27,17 +27,20 @@ pub struct LiveSession {
     pub relay: Url,
     /// Trust settings for the relay's development certificate.
     pub tls: TlsSettings,
+    /// Credentials of the clinician device that created the session.
+    pub auth: Arc<dyn Authorizer>,
 }
 
 impl LiveSession {
-    /// Makes a key and creates a session on `relay` with its clinic API key.
-    pub async fn create(relay: &RelayProcess, api_key: &str) -> Self {
+    /// Makes a key and creates a session on `relay` as the signed-in
+    /// clinician device `staff`.
+    pub async fn create(relay: &RelayProcess, staff: &StaffDevice) -> Self {
         let url = Url::parse(&relay.base_url()).expect("relay URL parses");
-        Self::create_at(&url, &relay.ca_cert(), api_key).await
+        Self::create_at(&url, &relay.ca_cert(), staff.authorizer()).await
     }
 
     /// Makes a key and creates a session on the relay at `url`, trusting `ca_cert`.
-    pub async fn create_at(url: &Url, ca_cert: &Path, api_key: &str) -> Self {
+    pub async fn create_at(url: &Url, ca_cert: &Path, auth: Arc<dyn Authorizer>) -> Self {
         let tls = TlsSettings::from_ca_file(ca_cert).expect("dev certificate loads");
         let url = url.clone();
         let key = SessionKey::generate();
@@ -48,7 +51,7 @@ impl LiveSession {
         };
         let api = RelayApi::new(&url, &tls).expect("HTTP client builds");
         let created = api
-            .create_session(&BearerToken::new(SecretString::from(api_key)), &request)
+            .create_session(auth.as_ref(), &request)
             .await
             .expect("session is created");
         LiveSession {
@@ -56,6 +59,7 @@ impl LiveSession {
             key,
             relay: url,
             tls,
+            auth,
         }
     }
 
@@ -78,9 +82,7 @@ impl LiveSession {
         let config = PublisherConfig::new(
             self.relay.clone(),
             self.created.session_id,
-            Arc::new(BearerToken::new(SecretString::from(
-                self.created.publisher_token.as_str(),
-            ))),
+            self.auth.clone(),
             self.tls.clone(),
         );
         Publisher::connect(config, &self.key)
@@ -101,12 +103,9 @@ impl LiveSession {
     /// Ends the session on the relay.
     pub async fn end(&self) {
         let api = RelayApi::new(&self.relay, &self.tls).expect("HTTP client builds");
-        api.end_session(
-            &self.created.session_id,
-            &BearerToken::new(SecretString::from(self.created.publisher_token.as_str())),
-        )
-        .await
-        .expect("session ends");
+        api.end_session(&self.created.session_id, self.auth.as_ref())
+            .await
+            .expect("session ends");
     }
 }
 

@@ -25,6 +25,7 @@ use sealcast_tests::raw_socket::{read_close, rejected_upgrade, RawPublisher};
 use sealcast_tests::raw_tls::{exchange_over_tls, exchange_plain};
 use sealcast_tests::sample::sample_finals;
 use sealcast_tests::session::{follow_counting_finals, wait_until_connected, LiveSession};
+use sealcast_tests::staff::StaffDevice;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Maximum time session A's follower may take to see the session end.
@@ -171,12 +172,12 @@ fn cases() -> Vec<(Input, Reply, Counter)> {
 async fn malformed_input_keeps_others_streaming() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay.api_key.clone().unwrap();
+    let staff = StaffDevice::clinician(&relay).await;
     let target = Target {
         addr: relay.addr,
         tls: TlsSettings::from_ca_file(&relay.ca_cert()).unwrap(),
-        streaming: LiveSession::create(&relay, &api_key).await,
-        victim: LiveSession::create(&relay, &api_key).await,
+        streaming: LiveSession::create(&relay, &staff).await,
+        victim: LiveSession::create(&relay, &staff).await,
     };
 
     let finals_seen = Arc::new(AtomicUsize::new(0));

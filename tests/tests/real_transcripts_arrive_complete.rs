@@ -5,13 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use sealcast_client::auth::Authorizer;
 use sealcast_client::input::{interim, load_files};
 use sealcast_protocol::TranscriptSegment;
 use sealcast_tests::leaks::{find_leaks, secret_needles, text_needle, Needle};
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::session::{follow_until_end, FollowOutcome, LiveSession};
+use sealcast_tests::staff::StaffDevice;
 use sealcast_tests::transcripts::{consultations, transcripts_dir, Consultation};
 use url::Url;
 
@@ -36,10 +39,7 @@ async fn consultations_arrive_complete_and_leave_no_trace() {
 
     let data = tempfile::tempdir().unwrap();
     let mut relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay
-        .api_key
-        .clone()
-        .expect("a new relay prints its API key");
+    let staff = StaffDevice::clinician(&relay).await;
     let url = Url::parse(&relay.base_url()).unwrap();
     let ca_cert = relay.ca_cert();
 
@@ -52,7 +52,7 @@ async fn consultations_arrive_complete_and_leave_no_trace() {
             tasks.spawn(run_consultation(
                 url.clone(),
                 ca_cert.clone(),
-                api_key.clone(),
+                staff.authorizer(),
                 consultation.clone(),
                 with_interim,
             ));
@@ -70,7 +70,7 @@ async fn consultations_arrive_complete_and_leave_no_trace() {
 async fn run_consultation(
     url: Url,
     ca_cert: PathBuf,
-    api_key: String,
+    auth: Arc<dyn Authorizer>,
     consultation: Consultation,
     with_interim: bool,
 ) -> Vec<Needle> {
@@ -81,7 +81,7 @@ async fn run_consultation(
         finals.clone()
     };
 
-    let session = LiveSession::create_at(&url, &ca_cert, &api_key).await;
+    let session = LiveSession::create_at(&url, &ca_cert, auth).await;
     let first = tokio::spawn(follow_until_end(session.follower(), FOLLOW_LIMIT));
     let second = tokio::spawn(follow_until_end(session.follower(), FOLLOW_LIMIT));
 

@@ -11,17 +11,18 @@ use std::time::Duration;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::sample::{sample_finals, sample_with_interim};
 use sealcast_tests::session::{follow_until_end, LiveSession};
+use sealcast_tests::staff::StaffDevice;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_mid_session_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let mut relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay.api_key.clone().unwrap();
+    let staff = StaffDevice::clinician(&relay).await;
     let listen = relay.addr.to_string();
 
     let finals = sample_finals();
     let frames = sample_with_interim();
-    let session = LiveSession::create(&relay, &api_key).await;
+    let session = LiveSession::create(&relay, &staff).await;
     let follower = tokio::spawn(follow_until_end(
         session.follower(),
         Duration::from_secs(90),

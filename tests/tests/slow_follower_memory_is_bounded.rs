@@ -16,6 +16,7 @@ use sealcast_tests::process::RelayProcess;
 use sealcast_tests::raw_socket;
 use sealcast_tests::sample::sample_finals;
 use sealcast_tests::session::{follow_until_end, wait_until_connected, LiveSession};
+use sealcast_tests::staff::StaffDevice;
 
 /// Frames published.
 const FRAMES: usize = 10_000;
@@ -49,7 +50,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 async fn stalled_follower_leaves_memory_bounded() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let session = LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
 
     // Completes the upgrade, then is never polled again, so the relay's
     // writes pile up in the TCP buffers and then on the relay's side.

@@ -24,6 +24,7 @@ use sealcast_tests::sample::sample_finals;
 use sealcast_tests::session::{
     follow_then_end, follow_until_end, wait_until_connected, FollowOutcome, LiveSession,
 };
+use sealcast_tests::staff::StaffDevice;
 use sealcast_tests::store::FrameStore;
 
 /// Maximum time a follower may take to see a session end.
@@ -132,9 +133,10 @@ const BIT_FLIPS: &[BitFlip] = {
 async fn stored_bit_flips_are_rejected() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let staff = StaffDevice::clinician(&relay).await;
     let mut sessions = Vec::new();
     for _ in BIT_FLIPS {
-        sessions.push(LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await);
+        sessions.push(LiveSession::create(&relay, &staff).await);
     }
     for session in &sessions {
         publish_short_sample(session).await;
@@ -168,7 +170,8 @@ async fn stored_bit_flips_are_rejected() {
 async fn relayed_bit_flips_are_rejected() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let session = LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
     let mut follower = session.follower();
     wait_until_connected(&mut follower, FOLLOW_LIMIT).await;
     let following = tokio::spawn(follow_until_end(follower, FOLLOW_LIMIT));
@@ -226,7 +229,8 @@ async fn relayed_bit_flips_are_rejected() {
 async fn wrong_key_fails_before_any_frame() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let session = LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
     publish_short_sample(&session).await;
 
     let wrong_link = session.link_with_key(sealcast_protocol::SessionKey::generate());
@@ -269,7 +273,8 @@ async fn wrong_key_fails_before_any_frame() {
 async fn stored_replay_and_reorder_are_rejected() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let session = LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
     publish_short_sample(&session).await;
     let relay = stop(relay);
 
@@ -295,9 +300,9 @@ async fn stored_replay_and_reorder_are_rejected() {
 async fn frame_of_another_session_is_rejected() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay.api_key.clone().unwrap();
-    let session = LiveSession::create(&relay, &api_key).await;
-    let other = LiveSession::create(&relay, &api_key).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
+    let other = LiveSession::create(&relay, &staff).await;
     publish_short_sample(&session).await;
     publish_short_sample(&other).await;
     let relay = stop(relay);

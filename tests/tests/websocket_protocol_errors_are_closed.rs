@@ -8,6 +8,7 @@ use sealcast_tests::metrics::scrape;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::raw_tls::exchange_over_tls;
 use sealcast_tests::session::LiveSession;
+use sealcast_tests::staff::StaffDevice;
 
 const PROTOCOL_ERRORS: &str = "sealcast_websocket_protocol_errors_total";
 
@@ -15,7 +16,8 @@ const PROTOCOL_ERRORS: &str = "sealcast_websocket_protocol_errors_total";
 async fn protocol_violations_get_close_1002() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let session = LiveSession::create(&relay, relay.api_key.as_deref().unwrap()).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let session = LiveSession::create(&relay, &staff).await;
 
     // An unmasked client frame, and a masked frame with the RSV1 bit set.
     let cases: [(&str, Vec<u8>); 2] = [
