@@ -63,6 +63,14 @@ impl StreamSealer {
         }
     }
 
+    /// Sets the key epoch written into every header. The caller passes the
+    /// session key of that epoch to the constructor and calls this before the
+    /// first frame, because a stream keeps one epoch.
+    pub fn with_key_epoch(mut self, key_epoch: u32) -> Self {
+        self.key_epoch = key_epoch;
+        self
+    }
+
     /// This stream's id.
     pub fn stream_id(&self) -> StreamId {
         self.stream_id

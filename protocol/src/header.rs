@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | version, 1 |
-//! | 1 | 1 | kind: 1 interim segment, 2 final segment, 3 end of session |
+//! | 1 | 1 | kind: 1 interim segment, 2 final segment, 3 end of session, 4 checkpoint |
 //! | 2 | 1 | padding bucket b: the padded plaintext is `256 << b` bytes |
 //! | 3 | 1 | flags, reserved, 0 |
 //! | 4 | 4 | key epoch, 0 until the session key is rotated |
@@ -38,6 +38,10 @@ pub enum FrameKind {
     Final,
     /// The last frame of a session, sealed by the clinician device.
     EndOfSession,
+    /// A signature of the publishing device over the frames before it (see
+    /// [`crate::authorship`]). The relay must not skip it, but it does not
+    /// count as final, so the final count and `final_segments` ignore it.
+    Checkpoint,
 }
 
 impl FrameKind {
@@ -47,6 +51,7 @@ impl FrameKind {
             FrameKind::Interim => 1,
             FrameKind::Final => 2,
             FrameKind::EndOfSession => 3,
+            FrameKind::Checkpoint => 4,
         }
     }
 
@@ -56,13 +61,15 @@ impl FrameKind {
             1 => Ok(FrameKind::Interim),
             2 => Ok(FrameKind::Final),
             3 => Ok(FrameKind::EndOfSession),
+            4 => Ok(FrameKind::Checkpoint),
             other => Err(ProtocolError::UnknownKind(other)),
         }
     }
 
-    /// Whether a receiver must see this frame to hold a complete stream.
+    /// Whether a receiver must see this frame to hold a complete transcript,
+    /// which is whether the frame counts in the header's final count.
     pub fn counts_as_final(self) -> bool {
-        !matches!(self, FrameKind::Interim)
+        matches!(self, FrameKind::Final | FrameKind::EndOfSession)
     }
 }
 

@@ -10,8 +10,10 @@ use std::fmt;
 
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
+use thiserror::Error;
 use url::Url;
 
+use crate::authorship::PublisherKey;
 use crate::error::InviteError;
 use crate::keys::SessionKey;
 
@@ -41,10 +43,8 @@ impl InviteLink {
 
     /// Parses a link, tolerating the mangling mail and chat clients do.
     pub fn parse(text: &str) -> Result<Self, InviteError> {
-        let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        let cleaned = cleaned.trim_matches(|c| c == '<' || c == '>' || c == '"' || c == '\'');
-        let cleaned = unescape_fragment_marker(cleaned);
-        let url = Url::parse(&cleaned).map_err(|err| InviteError::InvalidUrl(err.to_string()))?;
+        let url = Url::parse(&clean_link_text(text))
+            .map_err(|err| InviteError::InvalidUrl(err.to_string()))?;
 
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(InviteError::InvalidScheme(url.scheme().to_string()));
@@ -88,6 +88,107 @@ impl fmt::Debug for InviteLink {
             .field("key", &self.key)
             .finish()
     }
+}
+
+/// An invite link with the optional fragment parameters that later versions
+/// add: `publisher=` (the publishing device's Ed25519 key, unpadded
+/// base64url) and `epoch=` (the key epoch of the secret, decimal). A link
+/// without them parses with no publisher and epoch 0, and parsers that know
+/// only [`InviteLink`] still read the token and key of a link that has them.
+///
+/// Producers write `#publisher=P&secret=K` (and `&epoch=N` when it is not 0):
+/// with the publisher key first, a link cut short loses part of the secret
+/// and fails to parse, instead of silently losing the publisher key.
+#[derive(Debug, Clone)]
+pub struct FollowInvite {
+    /// The token, relay and key.
+    pub link: InviteLink,
+    /// The key followers check authorship with, when the link carries one.
+    pub publisher: Option<PublisherKey>,
+    /// The key epoch of `link.key`.
+    pub key_epoch: u32,
+}
+
+/// An error parsing a [`FollowInvite`].
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FollowInviteError {
+    /// The part every invite link has is invalid.
+    #[error(transparent)]
+    Invite(#[from] InviteError),
+    /// `publisher=` is not unpadded base64url of a valid Ed25519 public key.
+    #[error(
+        "invite link publisher key is malformed: the link is damaged, ask the clinic for a new one"
+    )]
+    InvalidPublisherKey,
+    /// `epoch=` is not a decimal number from 0 to 4294967295.
+    #[error("invite link epoch is malformed: the link is damaged, ask the clinic for a new one")]
+    InvalidEpoch,
+}
+
+impl FollowInvite {
+    /// Builds the link text.
+    pub fn to_url(&self) -> String {
+        let mut fragment = String::new();
+        if let Some(publisher) = &self.publisher {
+            fragment.push_str(&format!("publisher={}&", publisher.to_base64url()));
+        }
+        fragment.push_str(&format!("secret={}", self.link.key.to_base64url()));
+        if self.key_epoch != 0 {
+            fragment.push_str(&format!("&epoch={}", self.key_epoch));
+        }
+        let mut url = self.link.relay.clone();
+        url.set_path("/join");
+        url.set_query(Some(&format!("token={}", self.link.token)));
+        url.set_fragment(Some(&fragment));
+        url.to_string()
+    }
+
+    /// Parses a link with the tolerance of [`InviteLink::parse`], then reads
+    /// the first `publisher=` and `epoch=` parts of the fragment.
+    pub fn parse(text: &str) -> Result<Self, FollowInviteError> {
+        let mut cleaned = clean_link_text(text);
+        if !cleaned.contains('#') {
+            cleaned = cleaned.replacen("%23publisher=", "#publisher=", 1);
+        }
+        let link = InviteLink::parse(&cleaned)?;
+        let url = Url::parse(&cleaned).map_err(|err| InviteError::InvalidUrl(err.to_string()))?;
+        let fragment = url.fragment().unwrap_or_default();
+        let parameter = |name: &str| {
+            fragment
+                .split('&')
+                .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+        };
+
+        let publisher = parameter("publisher")
+            .map(|text| {
+                let bytes = decode_base64url(text).ok_or(FollowInviteError::InvalidPublisherKey)?;
+                let bytes: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| FollowInviteError::InvalidPublisherKey)?;
+                PublisherKey::from_bytes(&bytes).map_err(|_| FollowInviteError::InvalidPublisherKey)
+            })
+            .transpose()?;
+        let key_epoch = parameter("epoch")
+            .map(|text| {
+                text.parse::<u32>()
+                    .map_err(|_| FollowInviteError::InvalidEpoch)
+            })
+            .transpose()?
+            .unwrap_or(0);
+        Ok(FollowInvite {
+            link,
+            publisher,
+            key_epoch,
+        })
+    }
+}
+
+/// Applies the first three parsing steps: removes whitespace, strips quotes
+/// and angle brackets at both ends, and restores an escaped `#secret=`.
+fn clean_link_text(text: &str) -> String {
+    let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let cleaned = cleaned.trim_matches(|c| c == '<' || c == '>' || c == '"' || c == '\'');
+    unescape_fragment_marker(cleaned)
 }
 
 /// Turns a `%23secret=` that a mail client escaped back into `#secret=`, when the link has no real `#`.

@@ -198,10 +198,21 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// Computes HKDF-SHA256 (RFC 5869), extract then expand, into `out`. A
+/// `None` salt is the RFC's default of 32 zero bytes. Fails only when `out`
+/// is longer than 8,160 bytes (255 hash lengths).
+pub fn hkdf_sha256(
+    salt: Option<&[u8]>,
+    ikm: &[u8],
+    info: &[u8],
+    out: &mut [u8],
+) -> Result<(), hkdf::InvalidLength> {
+    Hkdf::<Sha256>::new(salt, ikm).expand(info, out)
+}
+
 fn expand(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) {
-    let hkdf = Hkdf::<Sha256>::new(salt, ikm);
     // Outputs here are at most 32 bytes, far below HKDF-SHA256's 8160-byte limit.
-    if hkdf.expand(info, out).is_err() {
+    if hkdf_sha256(salt, ikm, info, out).is_err() {
         unreachable_expand(out.len());
     }
 }

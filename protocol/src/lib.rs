@@ -10,7 +10,11 @@
 //!
 //! Entry points: [`SessionKey`] for the key a clinician device makes,
 //! [`StreamSealer`] and [`StreamOpener`] to seal and open frames, and
-//! [`InviteLink`] to build and parse the patient link.
+//! [`InviteLink`] to build and parse the patient link. Devices pair with
+//! [`pairing::JoinerPairing`] and [`pairing::ClinicianPairing`], publishers
+//! sign streams with [`authorship::AuthoredStream`], followers check them with
+//! [`authorship::AuthorshipVerifier`], and [`rotation::EpochOpener`] opens
+//! frames across key rotations.
 //!
 //! | module | job |
 //! | --- | --- |
@@ -22,9 +26,13 @@
 //! | [`invite`] | the invite link and its tolerant parser |
 //! | [`ids`] | session and stream identifiers |
 //! | [`api`] | JSON messages and close codes of the relay API |
+//! | [`pairing`] | X25519 pairing, pairing codes and wrapped session keys |
+//! | [`authorship`] | signed checkpoints and the authorship verifier |
+//! | [`rotation`] | key epochs and the opener's grace window |
 
 pub mod api;
 pub mod auth;
+pub mod authorship;
 pub mod dpop;
 pub mod error;
 pub mod frame;
@@ -33,6 +41,8 @@ pub mod ids;
 pub mod invite;
 pub mod keys;
 pub mod padding;
+pub mod pairing;
+pub mod rotation;
 pub mod segment;
 mod words;
 
@@ -40,7 +50,7 @@ pub use error::{InviteError, ProtocolError};
 pub use frame::{frame_hash, nonce_for_seq, OpenedFrame, StreamOpener, StreamSealer};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, PROTOCOL_VERSION};
 pub use ids::{SessionId, StreamId};
-pub use invite::InviteLink;
+pub use invite::{FollowInvite, InviteLink};
 pub use keys::{Fingerprint, InviteAuthKey, SessionKey, StreamKey};
 pub use segment::{EndOfSession, TranscriptSegment};
 

@@ -31,11 +31,18 @@ use sealcast_protocol::api::{
     ErrorBody, FollowerEvent, InviteChallengeRequest, InviteChallengeResponse, InviteRedeemRequest,
     InviteRedeemResponse, PublisherEvent, CHALLENGE_LEN,
 };
+use sealcast_protocol::authorship::{
+    AuthoredStream, AuthorshipVerifier, Problem, PublisherKey, Verdict,
+};
 use sealcast_protocol::padding::{bucket_for, pad, padded_len, MAX_BUCKET};
+use sealcast_protocol::pairing::{
+    self, ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairedClinician, PairedJoiner,
+    PairingCode, PairingKeyPair, WRAPPED_KEY_LEN,
+};
 use sealcast_protocol::{
-    frame_hash, nonce_for_seq, EndOfSession, Fingerprint, FrameHeader, FrameKind, InviteLink,
-    SessionId, SessionKey, StreamId, StreamOpener, StreamSealer, TranscriptSegment, HEADER_LEN,
-    TAG_LEN,
+    frame_hash, nonce_for_seq, EndOfSession, Fingerprint, FollowInvite, FrameHeader, FrameKind,
+    InviteLink, SessionId, SessionKey, StreamId, StreamOpener, StreamSealer, TranscriptSegment,
+    HEADER_LEN, TAG_LEN,
 };
 
 /// Every vector name the document must contain, and the only ones it may contain.
@@ -102,6 +109,45 @@ const NAMES: &[&str] = &[
     "invite_challenge_response",
     "invite_redeem_request",
     "invite_redeem_response",
+    "joiner_secret",
+    "clinician_secret",
+    "publisher_secret",
+    "rotated_session_key",
+    "pairing_commit_label",
+    "pairing_code_label",
+    "wrap_label",
+    "joiner_public",
+    "clinician_public",
+    "pairing_commitment",
+    "pairing_shared_secret",
+    "pairing_code",
+    "pairing_code_words",
+    "pairing_code_digits",
+    "wrap_key_0",
+    "wrap_nonce_0",
+    "wrapped_key_0",
+    "wrap_key_1",
+    "wrap_nonce_1",
+    "wrapped_key_1",
+    "checkpoint_label",
+    "publisher_key",
+    "publisher_key_base64url",
+    "checkpoint_statement_1",
+    "checkpoint_signature_1",
+    "checkpoint_content_1",
+    "checkpoint_frame_1",
+    "signed_end_statement_2",
+    "signed_end_signature_2",
+    "signed_end_content_2",
+    "signed_end_frame_2",
+    "authorship_0_1_2",
+    "authorship_0_2",
+    "authorship_0_1",
+    "authorship_1_2",
+    "authorship_2",
+    "rotated_session_key_base64url",
+    "invite_link_publisher",
+    "invite_link_epoch_1",
 ];
 
 /// Plaintext vector of each frame of the vector stream, by sequence number.
@@ -830,4 +876,340 @@ fn word_list_matches_code() {
     }
     let distinct: BTreeSet<&String> = words.iter().collect();
     assert_eq!(distinct.len(), 256);
+}
+
+/// Runs the pairing of the vectors through the crate's state machines.
+fn paired_vectors(vectors: &Vectors) -> (PairedJoiner, PairedClinician, [u8; 32], [u8; 32]) {
+    let joiner_keys = PairingKeyPair::from_secret_bytes(&vectors.array("joiner_secret"));
+    let clinician_keys = PairingKeyPair::from_secret_bytes(&vectors.array("clinician_secret"));
+    let (joiner, commitment) = JoinerPairing::with_key_pair(joiner_keys);
+    let (clinician, clinician_public) =
+        ClinicianPairing::respond_with_key_pair(commitment, clinician_keys);
+    let (joiner, joiner_public) = joiner.receive_clinician_key(clinician_public).unwrap();
+    let clinician = clinician.receive_joiner_key(joiner_public).unwrap();
+    assert_eq!(joiner.code(), clinician.code());
+    (
+        clinician.confirm(),
+        joiner.confirm(),
+        joiner_public,
+        clinician_public,
+    )
+}
+
+#[test]
+fn pairing_messages_match_vectors() {
+    let vectors = Vectors::load();
+    let joiner_secret = vectors.array("joiner_secret");
+    let clinician_secret = vectors.array("clinician_secret");
+    let joiner_public = vectors.array::<32>("joiner_public");
+    let clinician_public = vectors.array::<32>("clinician_public");
+    let basepoint = x25519_dalek::X25519_BASEPOINT_BYTES;
+    assert_eq!(
+        x25519_dalek::x25519(joiner_secret, basepoint),
+        joiner_public
+    );
+    assert_eq!(
+        x25519_dalek::x25519(clinician_secret, basepoint),
+        clinician_public
+    );
+
+    let (_, _, flow_joiner, flow_clinician) = paired_vectors(&vectors);
+    assert_eq!(flow_joiner, joiner_public);
+    assert_eq!(flow_clinician, clinician_public);
+
+    let mut commit = Sha256::new();
+    commit.update(vectors.text("pairing_commit_label").as_bytes());
+    commit.update(joiner_public);
+    let commitment = commit.finalize().to_vec();
+    assert_eq!(commitment, vectors.bytes("pairing_commitment"));
+    assert_eq!(
+        Commitment::to_public_key(&joiner_public).0.to_vec(),
+        commitment
+    );
+
+    let shared = vectors.bytes("pairing_shared_secret");
+    let from_joiner = pairing::x25519(&joiner_secret, &clinician_public).unwrap();
+    let from_clinician = pairing::x25519(&clinician_secret, &joiner_public).unwrap();
+    assert_eq!(from_joiner.to_vec(), shared);
+    assert_eq!(from_clinician.to_vec(), shared);
+}
+
+#[test]
+fn pairing_code_matches_vectors() {
+    let vectors = Vectors::load();
+    let joiner_public = vectors.array::<32>("joiner_public");
+    let clinician_public = vectors.array::<32>("clinician_public");
+    let ikm = [joiner_public, clinician_public].concat();
+    let label = vectors.text("pairing_code_label").as_bytes();
+    let code = hkdf(None, &ikm, label, 4);
+    assert_eq!(code, vectors.bytes("pairing_code"));
+
+    let derived = PairingCode::derive(&joiner_public, &clinician_public);
+    assert_eq!(derived.0.to_vec(), code);
+    assert_eq!(
+        derived.words().join(" "),
+        vectors.text("pairing_code_words")
+    );
+    assert_eq!(derived.digits(), vectors.text("pairing_code_digits"));
+    let number = u32::from_be_bytes(derived.0) % 1_000_000;
+    assert_eq!(format!("{number:06}"), vectors.text("pairing_code_digits"));
+}
+
+#[test]
+fn wrapped_keys_match_vectors() {
+    let vectors = Vectors::load();
+    let (paired_joiner, paired_clinician, joiner_public, clinician_public) =
+        paired_vectors(&vectors);
+    let salt = [joiner_public, clinician_public].concat();
+    let shared = vectors.bytes("pairing_shared_secret");
+    let publisher = PublisherKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let keys = [
+        vectors.session_key(),
+        SessionKey::from_bytes(vectors.array("rotated_session_key")),
+    ];
+
+    for (epoch, key) in keys.into_iter().enumerate() {
+        let epoch_u32 = u32::try_from(epoch).unwrap();
+        let mut info = vectors.text("wrap_label").as_bytes().to_vec();
+        info.extend_from_slice(&epoch_u32.to_be_bytes());
+        let wrap_key = hkdf(Some(&salt), &shared, &info, 32);
+        assert_eq!(wrap_key, vectors.bytes(&format!("wrap_key_{epoch}")));
+
+        let wrapped = vectors.bytes(&format!("wrapped_key_{epoch}"));
+        let nonce = vectors.array::<12>(&format!("wrap_nonce_{epoch}"));
+        assert_eq!(wrapped.len(), WRAPPED_KEY_LEN);
+        assert_eq!(wrapped[..4], epoch_u32.to_be_bytes());
+        assert_eq!(wrapped[4..16], nonce);
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&wrap_key));
+        let payload = Payload {
+            msg: &wrapped[16..],
+            aad: &wrapped[..4],
+        };
+        let plaintext = cipher.decrypt(Nonce::from_slice(&nonce), payload).unwrap();
+        let expected = [
+            vectors.bytes("session_id"),
+            key.expose_bytes().to_vec(),
+            vectors.bytes("publisher_key"),
+        ]
+        .concat();
+        assert_eq!(plaintext, expected, "payload of epoch {epoch}");
+
+        let grant = KeyGrant {
+            key_epoch: epoch_u32,
+            session_id: vectors.session_id(),
+            session_key: key,
+            publisher,
+        };
+        assert_eq!(paired_joiner.wrap_key_with_nonce(&grant, nonce), wrapped);
+        let unwrapped = paired_clinician.unwrap_key(&wrapped).unwrap();
+        assert_eq!(unwrapped.key_epoch, epoch_u32);
+        assert_eq!(unwrapped.session_id, vectors.session_id());
+        assert_eq!(
+            unwrapped.session_key.expose_bytes(),
+            grant.session_key.expose_bytes()
+        );
+        assert_eq!(unwrapped.publisher, publisher);
+    }
+}
+
+/// Seals the stream of the authorship vectors with the crate's signed sealer.
+fn authored_frames(vectors: &Vectors) -> Vec<Vec<u8>> {
+    let mut stream = AuthoredStream::with_stream_id(
+        &vectors.session_key(),
+        vectors.session_id(),
+        vectors.stream_id(),
+        0,
+        &vectors.array("publisher_secret"),
+    );
+    let segment = TranscriptSegment::from_plaintext(vectors.text("segment_0").as_bytes()).unwrap();
+    let mut frames = stream.seal_segment(&segment).unwrap();
+    frames.push(stream.seal_checkpoint(false).unwrap());
+    frames.push(stream.seal_end(1).unwrap());
+    frames
+}
+
+#[test]
+fn authored_frames_match_vectors() {
+    let vectors = Vectors::load();
+    let secret = vectors.array::<32>("publisher_secret");
+    let publisher = ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key();
+    assert_eq!(
+        publisher.to_bytes().to_vec(),
+        vectors.bytes("publisher_key")
+    );
+    let encoded = URL_SAFE_NO_PAD.encode(publisher.to_bytes());
+    assert_eq!(encoded, vectors.text("publisher_key_base64url"));
+
+    let frames = authored_frames(&vectors);
+    assert_eq!(frames[0], vectors.bytes("frame_0"));
+    assert_eq!(frames[1], vectors.bytes("checkpoint_frame_1"));
+    assert_eq!(frames[2], vectors.bytes("signed_end_frame_2"));
+}
+
+/// Builds the statement of section 13.2 from a frame's header and the listed hashes.
+fn statement_of(
+    vectors: &Vectors,
+    frame: &[u8],
+    first_seq: u64,
+    closes: u8,
+    listed: &[&[u8]],
+) -> Vec<u8> {
+    let header = &frame[..HEADER_LEN];
+    let mut statement = vectors.text("checkpoint_label").as_bytes().to_vec();
+    statement.extend_from_slice(&header[8..40]);
+    statement.extend_from_slice(&header[4..8]);
+    statement.extend_from_slice(&header[40..48]);
+    statement.push(header[1]);
+    statement.extend_from_slice(&header[48..88]);
+    statement.extend_from_slice(&first_seq.to_be_bytes());
+    statement.push(closes);
+    let mut digest = Sha256::new();
+    for hash in listed {
+        digest.update(hash);
+    }
+    statement.extend_from_slice(&digest.finalize());
+    statement
+}
+
+#[test]
+fn checkpoint_signatures_match_vectors() {
+    let vectors = Vectors::load();
+    let publisher =
+        ed25519_dalek::VerifyingKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let frame_0_hash = vectors.bytes("frame_0_hash");
+    let checkpoint = vectors.bytes("checkpoint_frame_1");
+    let end = vectors.bytes("signed_end_frame_2");
+    let cases = [
+        (
+            "checkpoint",
+            1,
+            &checkpoint,
+            0,
+            vec![frame_0_hash.as_slice()],
+            0,
+        ),
+        ("signed_end", 2, &end, 2, vec![], 1),
+    ];
+
+    for (name, seq, frame, first_seq, listed, closes) in cases {
+        let statement = statement_of(&vectors, frame, first_seq, closes, &listed);
+        assert_eq!(statement, vectors.bytes(&format!("{name}_statement_{seq}")));
+
+        let signature = vectors.array::<64>(&format!("{name}_signature_{seq}"));
+        let signature = ed25519_dalek::Signature::from_bytes(&signature);
+        publisher.verify_strict(&statement, &signature).unwrap();
+
+        let stream_key = vectors.bytes("stream_key");
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&stream_key));
+        let payload = Payload {
+            msg: &frame[HEADER_LEN..],
+            aad: &frame[..HEADER_LEN],
+        };
+        let padded = cipher
+            .decrypt(Nonce::from_slice(&nonce_for_seq(seq)), payload)
+            .unwrap();
+        let length = u32::from_be_bytes(padded[..4].try_into().unwrap()) as usize;
+        let content = std::str::from_utf8(&padded[4..4 + length]).unwrap();
+        assert_eq!(content, vectors.text(&format!("{name}_content_{seq}")));
+        let json: serde_json::Value = serde_json::from_str(content).unwrap();
+        let frames = URL_SAFE_NO_PAD.encode(listed.concat());
+        assert_eq!(json["frames"], frames.as_str(), "{name}");
+        let encoded = URL_SAFE_NO_PAD.encode(signature.to_bytes());
+        assert_eq!(json["signature"], encoded.as_str(), "{name}");
+    }
+}
+
+/// Describes a verdict in the notation of the authorship vectors.
+fn describe_verdict(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::NotCheckable => "not_checkable".into(),
+        Verdict::Complete { .. } => "complete".into(),
+        Verdict::Incomplete(problems) => problems
+            .iter()
+            .map(|problem| match problem {
+                Problem::Unverified { first, last } => format!("unverified:{first}-{last}"),
+                Problem::Missing {
+                    first,
+                    last,
+                    finals,
+                } => format!("missing:{first}-{last}/{finals}"),
+                Problem::BadSignature { seq } => format!("bad_signature:{seq}"),
+                Problem::EndNotSeen { last_opened } => format!("end_not_seen:{last_opened}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+#[test]
+fn authorship_vectors_match_verifier() {
+    let vectors = Vectors::load();
+    let frames = [
+        vectors.bytes("frame_0"),
+        vectors.bytes("checkpoint_frame_1"),
+        vectors.bytes("signed_end_frame_2"),
+    ];
+    let publisher = PublisherKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let cases = vectors
+        .0
+        .iter()
+        .filter(|(name, _)| name.starts_with("authorship_"));
+    let mut checked = 0;
+    for (name, expected) in cases {
+        let mut opener = StreamOpener::new(vectors.session_key(), vectors.session_id());
+        let mut verifier = AuthorshipVerifier::new(Some(publisher));
+        for seq in name.trim_start_matches("authorship_").split('_') {
+            let frame = &frames[seq.parse::<usize>().unwrap()];
+            let opened = opener.open(frame).unwrap();
+            verifier.observe(frame, &opened);
+        }
+        let verdict = verifier.verdict(&vectors.stream_id()).unwrap();
+        assert_eq!(describe_verdict(&verdict), *expected, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
+
+#[test]
+fn publisher_links_match_vectors() {
+    let vectors = Vectors::load();
+    let publisher = PublisherKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let rotated = SessionKey::from_bytes(vectors.array("rotated_session_key"));
+    assert_eq!(
+        rotated.to_base64url(),
+        vectors.text("rotated_session_key_base64url")
+    );
+    let cases = [
+        ("invite_link_publisher", vectors.session_key(), 0),
+        ("invite_link_epoch_1", rotated, 1),
+    ];
+
+    for (name, key, key_epoch) in cases {
+        let link = InviteLink {
+            relay: Url::parse(vectors.text("relay_url")).unwrap(),
+            token: vectors.text("invite_token").to_string(),
+            key,
+        };
+        let invite = FollowInvite {
+            link,
+            publisher: Some(publisher),
+            key_epoch,
+        };
+        assert_eq!(invite.to_url(), vectors.text(name));
+
+        let parsed = FollowInvite::parse(vectors.text(name)).unwrap();
+        assert_eq!(parsed.publisher, Some(publisher), "{name}");
+        assert_eq!(parsed.key_epoch, key_epoch, "{name}");
+        let old_parser = InviteLink::parse(vectors.text(name)).unwrap();
+        assert_eq!(old_parser.token, vectors.text("invite_token"), "{name}");
+        assert_eq!(
+            old_parser.key.expose_bytes(),
+            invite.link.key.expose_bytes(),
+            "{name}"
+        );
+    }
+
+    let plain = FollowInvite::parse(vectors.text("invite_link")).unwrap();
+    assert_eq!(plain.publisher, None);
+    assert_eq!(plain.key_epoch, 0);
 }
