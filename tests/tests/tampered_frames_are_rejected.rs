@@ -414,7 +414,7 @@ fn replay_and_reorder(store: &FrameStore, session_id: SessionId) -> ExpectedRepo
 /// Returns the gap report expected at `next_offset` when a frame of `kind` before it was lost.
 fn gap_if_final(kind: FrameKind, next_offset: u64) -> Vec<(u64, u64)> {
     match kind {
-        FrameKind::Interim => vec![],
+        FrameKind::Interim | FrameKind::Checkpoint => vec![],
         FrameKind::Final | FrameKind::EndOfSession => vec![(next_offset, 1)],
     }
 }

@@ -173,6 +173,13 @@ impl FollowState {
 
         let event = match opened.header.kind {
             FrameKind::Interim | FrameKind::Final => self.segment_event(offset, &opened),
+            FrameKind::Checkpoint => {
+                // NOTE: the checkpoint opened, so the session key sealed it,
+                // but its authorship signature is not checked here yet; it
+                // carries no transcript text to show.
+                self.report.frames_opened += 1;
+                return events;
+            }
             FrameKind::EndOfSession => match EndOfSession::from_plaintext(&opened.content) {
                 Ok(end) => {
                     self.report.end_of_session = true;

@@ -126,6 +126,8 @@ fn apply(run: &FollowerRun, opened: &OpenedFrame, received_us: u64, outcome: &mu
             }
             None => run.recorder.count_error("follower segment without probe"),
         },
+        // The harness's publishers seal no checkpoints, so none arrive.
+        FrameKind::Checkpoint => run.recorder.count_error("follower unexpected checkpoint"),
         FrameKind::EndOfSession => {
             let end = sealcast_protocol::EndOfSession::from_plaintext(&opened.content);
             outcome.end_verified =
