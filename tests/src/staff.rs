@@ -2,28 +2,22 @@
 //! with `sealcast-relay admin`, and device sign-in through the magic link
 //! that the relay writes to its outbox folder in development mode.
 //!
-//! The sign-in takes the same steps as a person with `sealcast login`: the
-//! device asks for a link, the test reads the mail, confirms the link as the
-//! sign-in page would, and the device polls until it gets its tokens.
+//! The sign-in takes the same steps as a person with `sealcast login`, see
+//! [`sealcast_client::auth::outbox`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use sealcast_client::auth::login::{wait_for_approval, Approval};
-use sealcast_client::auth::{AccountsApi, Authorizer, DeviceCredentials, SignedInDevice};
-use sealcast_client::{KeyStore, TlsSettings};
-use sealcast_protocol::auth::{LoginConfirmRequest, LoginConfirmed, Role};
+use sealcast_client::auth::outbox::sign_in_from_outbox;
+use sealcast_client::auth::{Authorizer, SignedInDevice};
+use sealcast_client::KeyStore;
+use sealcast_protocol::auth::Role;
 use tempfile::TempDir;
 use url::Url;
 
 use crate::process::{binary_path, RelayProcess};
-use crate::smtp_sink::{first_https_url, header_value};
-
-/// How long a test waits for the relay to write a sign-in mail.
-const MAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counter that keeps organization names and addresses unique per process.
 static NEXT_ACCOUNT: AtomicUsize = AtomicUsize::new(0);
@@ -120,97 +114,8 @@ pub async fn sign_in(
 ) -> (SignedInDevice, TempDir) {
     let key_store_dir = TempDir::new().expect("temporary key store");
     let store = KeyStore::open(key_store_dir.path()).expect("key store opens");
-    let tls = TlsSettings::new(Some(ca_cert)).expect("dev certificate loads");
-    let api = AccountsApi::new(relay, &tls).expect("accounts client builds");
-    let mut credentials = DeviceCredentials::generate(relay.clone(), Some(ca_cert.to_path_buf()))
-        .expect("device key is made");
-
-    let asked_at = std::time::SystemTime::now();
-    let started = api
-        .start_login(&credentials.key, email, Some("test device"))
+    let device = sign_in_from_outbox(&store, relay, Some(ca_cert), outbox, email, "test device")
         .await
-        .expect("sign-in starts");
-    let link = wait_for_link(outbox, email, asked_at);
-    confirm_link(relay, &tls, &link).await;
-
-    let tokens = match wait_for_approval(&api, &credentials.key, &started)
-        .await
-        .expect("sign-in is approved")
-    {
-        Approval::Approved(tokens) => tokens,
-        Approval::TotpRequired => panic!("{email} needs TOTP, which this helper does not enter"),
-    };
-    store
-        .store_tokens(&mut credentials, tokens)
-        .expect("tokens are stored");
-    let device = SignedInDevice::new(store, credentials, Some(ca_cert.to_path_buf()))
-        .expect("signed-in device builds");
+        .unwrap_or_else(|err| panic!("{email} failed to sign in: {err}"));
     (device, key_store_dir)
-}
-
-/// Waits for a mail to `email` written to `outbox` after `since` and returns
-/// the sign-in link in it.
-pub fn wait_for_link(outbox: &Path, email: &str, since: std::time::SystemTime) -> String {
-    let deadline = Instant::now() + MAIL_TIMEOUT;
-    loop {
-        if let Some(link) = find_link(outbox, email, since) {
-            return link;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no sign-in mail to {email} in {} within {MAIL_TIMEOUT:?}",
-            outbox.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn find_link(outbox: &Path, email: &str, since: std::time::SystemTime) -> Option<String> {
-    let entries = std::fs::read_dir(outbox).ok()?;
-    let mut mails: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let modified = entry.metadata().ok()?.modified().ok()?;
-            (modified >= since).then(|| (modified, entry.path()))
-        })
-        .collect();
-    mails.sort();
-    mails.into_iter().rev().find_map(|(_, path)| {
-        let raw = std::fs::read(&path).ok()?;
-        let to = header_value(&raw, "To")?;
-        if !to
-            .to_ascii_lowercase()
-            .contains(&email.to_ascii_lowercase())
-        {
-            return None;
-        }
-        first_https_url(&raw)
-    })
-}
-
-/// Confirms a sign-in link as the sign-in page does after its button is
-/// pressed: `POST /v1/auth/login/confirm` with the token from the fragment.
-pub async fn confirm_link(relay: &Url, tls: &TlsSettings, link: &str) -> LoginConfirmed {
-    let token = link
-        .split_once("#token=")
-        .map(|(_, token)| token.to_string())
-        .unwrap_or_else(|| panic!("sign-in link has no #token= fragment: {link}"));
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls.http_config().expect("TLS settings build"))
-        .build()
-        .expect("HTTP client builds");
-    let url = relay.join("v1/auth/login/confirm").expect("URL joins");
-    let response = client
-        .post(url)
-        .json(&LoginConfirmRequest { token })
-        .send()
-        .await
-        .expect("confirm request is sent");
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "confirming the sign-in link failed with {status}: {}",
-        response.text().await.unwrap_or_default()
-    );
-    response.json().await.expect("confirm response parses")
 }

@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod credentials;
 pub mod device;
 pub mod login;
+pub mod outbox;
 mod refresh_lock;
 
 use std::fmt;
