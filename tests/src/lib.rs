@@ -18,5 +18,6 @@ pub mod raw_socket;
 pub mod raw_tls;
 pub mod sample;
 pub mod session;
+pub mod smtp_sink;
 pub mod store;
 pub mod transcripts;
