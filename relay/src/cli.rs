@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{default_max_message_size, parse_duration, Config, Limits};
+use crate::admin_cli::{self, AdminArgs};
+use crate::config::{default_max_message_size, parse_duration, AccountsConfig, Config, Limits};
 use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::server::{start, RelayHandle};
@@ -49,6 +50,9 @@ enum Command {
     /// Serve the relay and stream a sample consultation into a demo session
     /// in a loop, printing the patient's link. Takes the same flags as serve.
     Demo(ServeArgs),
+    /// Manage organizations, users and devices in the data directory. Works
+    /// while a relay runs, which closes revoked sockets within 5 seconds.
+    Admin(AdminArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -101,6 +105,32 @@ struct ServeArgs {
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Lifetime of staff access tokens, for example 5m.
+    #[arg(long, env = "SEALCAST_ACCESS_TOKEN_LIFETIME", default_value = "5m", value_parser = parse_duration)]
+    access_token_lifetime: Duration,
+    /// Lifetime of staff refresh tokens. Each refresh makes a new one.
+    #[arg(long, env = "SEALCAST_REFRESH_TOKEN_LIFETIME", default_value = "30d", value_parser = parse_duration)]
+    refresh_token_lifetime: Duration,
+    /// Age after which the access token signing key is replaced.
+    #[arg(long, env = "SEALCAST_SIGNING_KEY_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    signing_key_max_age: Duration,
+    /// Lifetime of a magic sign-in link.
+    #[arg(long, env = "SEALCAST_MAGIC_LINK_LIFETIME", default_value = "15m", value_parser = parse_duration)]
+    magic_link_lifetime: Duration,
+    /// SMTP server for sign-in mail: smtp://host:port, smtp://host:port?tls=required
+    /// or smtps://user:password@host:port. Without it, mail is written to DATA_DIR/outbox/.
+    #[arg(long, env = "SEALCAST_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// From address of sign-in mail.
+    #[arg(
+        long,
+        env = "SEALCAST_MAIL_FROM",
+        default_value = "sealcast <no-reply@localhost>"
+    )]
+    mail_from: String,
+    /// Extra PEM root certificate for the SMTP server.
+    #[arg(long, env = "SEALCAST_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -126,6 +156,15 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout,
                 handshake_timeout: self.handshake_timeout,
             },
+            accounts: AccountsConfig {
+                access_token_lifetime: self.access_token_lifetime,
+                refresh_token_lifetime: self.refresh_token_lifetime,
+                signing_key_max_age: self.signing_key_max_age,
+                magic_link_lifetime: self.magic_link_lifetime,
+                smtp_url: self.smtp_url,
+                mail_from: self.mail_from,
+                smtp_ca_file: self.smtp_ca_file,
+            },
         }
     }
 }
@@ -136,6 +175,7 @@ pub fn main() -> ExitCode {
     let (args, demo) = match cli.command {
         Some(Command::Serve(args)) => (args, false),
         Some(Command::Demo(args)) => (args, true),
+        Some(Command::Admin(args)) => return run_admin(args),
         None => (cli.serve, false),
     };
     if let Err(error) = init_logging(args.log_format) {
@@ -164,6 +204,25 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "relay failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_admin(args: AdminArgs) -> ExitCode {
+    // Only warnings and errors, so the output stays machine-readable.
+    if let Err(error) = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(io::stderr)
+        .try_init()
+    {
+        eprintln!("error: failed to set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    match admin_cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
@@ -219,7 +278,7 @@ async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Prints the listening address and, on first start, the API key to stdout.
+/// Prints the listening address and where sign-in mail goes to stdout.
 fn announce(handle: &RelayHandle) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(
@@ -227,8 +286,14 @@ fn announce(handle: &RelayHandle) -> io::Result<()> {
         "sealcast-relay listening on https://{}",
         handle.local_addr()
     )?;
-    if let Some(key) = handle.api_key() {
-        writeln!(out, "clinic API key (shown once): {key}")?;
+    let mail = handle.mail_destination();
+    if handle.mail_is_sent() {
+        writeln!(out, "sign-in mail goes to {mail}")?;
+    } else {
+        writeln!(
+            out,
+            "development mode: sign-in mail is not sent but written to {mail} (set --smtp-url to send it)"
+        )?;
     }
     out.flush()
 }

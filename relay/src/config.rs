@@ -24,6 +24,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Limits on connections, messages, queues and timeouts.
     pub limits: Limits,
+    /// Token lifetimes and mail settings of staff sign-in.
+    pub accounts: AccountsConfig,
 }
 
 impl Default for Config {
@@ -35,7 +37,86 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             limits: Limits::default(),
+            accounts: AccountsConfig::default(),
         }
+    }
+}
+
+/// Staff sign-in settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountsConfig {
+    /// Lifetime of access tokens.
+    pub access_token_lifetime: Duration,
+    /// Lifetime of refresh tokens. Each refresh issues a new one.
+    pub refresh_token_lifetime: Duration,
+    /// Age after which the access token signing key is replaced.
+    pub signing_key_max_age: Duration,
+    /// Lifetime of a magic sign-in link.
+    pub magic_link_lifetime: Duration,
+    /// SMTP server URL, for example `smtps://user:password@mail.example:465`.
+    /// `None` writes mail into `<data_dir>/outbox/` instead of sending it.
+    pub smtp_url: Option<String>,
+    /// `From` address of sign-in mail.
+    pub mail_from: String,
+    /// Extra PEM root certificate for the SMTP server's TLS.
+    pub smtp_ca_file: Option<PathBuf>,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            access_token_lifetime: Duration::from_secs(5 * 60),
+            refresh_token_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
+            signing_key_max_age: Duration::from_secs(24 * 60 * 60),
+            magic_link_lifetime: Duration::from_secs(15 * 60),
+            smtp_url: None,
+            mail_from: "sealcast <no-reply@localhost>".into(),
+            smtp_ca_file: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AccountsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The SMTP URL may contain a password.
+        f.debug_struct("AccountsConfig")
+            .field("access_token_lifetime", &self.access_token_lifetime)
+            .field("refresh_token_lifetime", &self.refresh_token_lifetime)
+            .field("signing_key_max_age", &self.signing_key_max_age)
+            .field("magic_link_lifetime", &self.magic_link_lifetime)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "[redacted]"))
+            .field("mail_from", &self.mail_from)
+            .field("smtp_ca_file", &self.smtp_ca_file)
+            .finish()
+    }
+}
+
+impl AccountsConfig {
+    /// Checks that every lifetime is usable.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let invalid = |name, reason: &str| {
+            Err(RelayError::InvalidLimit {
+                name,
+                reason: reason.into(),
+            })
+        };
+        for (name, value) in [
+            ("access_token_lifetime", self.access_token_lifetime),
+            ("refresh_token_lifetime", self.refresh_token_lifetime),
+            ("signing_key_max_age", self.signing_key_max_age),
+            ("magic_link_lifetime", self.magic_link_lifetime),
+        ] {
+            if value.is_zero() {
+                return invalid(name, "must be longer than zero");
+            }
+        }
+        if self.refresh_token_lifetime < self.access_token_lifetime {
+            return invalid(
+                "refresh_token_lifetime",
+                "must be at least access_token_lifetime",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -136,7 +217,8 @@ pub fn default_max_message_size() -> usize {
     sealcast_protocol::MAX_FRAME_LEN.div_ceil(1024) * 1024
 }
 
-/// Parses a duration such as `30s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses a duration such as `30s`, `500ms`, `2m`, `24h`, `30d` or a bare
+/// number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -151,8 +233,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(value)),
         "ms" => Ok(Duration::from_millis(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(value.saturating_mul(60 * 60))),
+        "d" => Ok(Duration::from_secs(value.saturating_mul(24 * 60 * 60))),
         other => Err(format!(
-            "invalid duration unit {other:?} in {text:?}: use ms, s or m"
+            "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
         )),
     }
 }
@@ -167,13 +251,15 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
     }
 
     #[test]
     fn duration_rejects_garbage() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("10w").is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Random credentials, their SHA-256 hashes and the clinic API key bootstrap.
+//! Random credentials and their SHA-256 hashes.
 //!
 //! The relay stores only hashes: a credential is looked up by its hash and the
 //! stored hash is compared in constant time. Credential text lives in
@@ -6,8 +6,7 @@
 //!
 //! NOTE: copies outside `Secret` are not zeroized: request header buffers
 //! (the `Cookie` header included), the `Set-Cookie` header of a redemption,
-//! the JSON of the create-session response and the `String` that
-//! `RelayHandle::api_key` returns.
+//! the JSON bodies of responses that carry a token.
 
 use std::fmt;
 
@@ -18,18 +17,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::store::{Store, StoreError};
-
-/// Prefix of clinic API keys, so leaked keys are easy to recognise and scan for.
-pub(crate) const API_KEY_PREFIX: &str = "sck_";
-
-/// Random bytes in every token and API key.
+/// Random bytes in every token.
 const TOKEN_BYTES: usize = 32;
 
 /// SHA-256 of a credential's text.
 pub(crate) type CredentialHash = [u8; 32];
 
-/// A credential's text: a token or an API key.
+/// A credential's text, such as a token.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Secret(Zeroizing<String>);
 
@@ -56,35 +50,16 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Makes a publisher or invite token: 32 random bytes as unpadded base64url.
+/// Makes a token: 32 random bytes as unpadded base64url.
 pub(crate) fn random_token() -> Secret {
     let mut bytes = Zeroizing::new([0u8; TOKEN_BYTES]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut_slice());
     Secret::new(URL_SAFE_NO_PAD.encode(bytes.as_slice()))
 }
 
-/// Makes a clinic API key: [`API_KEY_PREFIX`] then a random token.
-pub(crate) fn new_api_key() -> Secret {
-    let token = random_token();
-    Secret::new(format!("{API_KEY_PREFIX}{}", token.expose()))
-}
-
 /// Compares two credential hashes in constant time.
 pub(crate) fn hashes_match(expected: &[u8], presented: &CredentialHash) -> bool {
     expected.ct_eq(presented.as_slice()).into()
-}
-
-/// Makes the clinic API key when the store has none yet, keeping only its hash.
-///
-/// Returns the key text when it was made now, so the caller can show it once.
-pub(crate) async fn bootstrap_api_key(store: &Store) -> Result<Option<Secret>, StoreError> {
-    if store.api_key_count().await? > 0 {
-        return Ok(None);
-    }
-    let key = new_api_key();
-    store.insert_api_key(key.hash()).await?;
-    tracing::info!("made the clinic API key: it is printed once and only its hash is stored");
-    Ok(Some(key))
 }
 
 #[cfg(test)]
@@ -101,13 +76,6 @@ mod tests {
     }
 
     #[test]
-    fn api_key_has_prefix() {
-        let key = new_api_key();
-        let rest = key.expose().strip_prefix(API_KEY_PREFIX).unwrap();
-        assert_eq!(URL_SAFE_NO_PAD.decode(rest).unwrap().len(), 32);
-    }
-
-    #[test]
     fn hash_comparison() {
         let token = random_token();
         let hash = token.hash();
@@ -118,7 +86,7 @@ mod tests {
 
     #[test]
     fn secret_debug_is_redacted() {
-        let key = new_api_key();
+        let key = random_token();
         assert_eq!(format!("{key:?}"), "Secret([redacted])");
     }
 }

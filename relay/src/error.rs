@@ -75,4 +75,7 @@ pub enum RelayError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Sign-in mail cannot be set up.
+    #[error("failed to set up sign-in mail: {0}")]
+    Mail(String),
 }

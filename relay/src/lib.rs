@@ -15,13 +15,15 @@
 //! | module | job |
 //! | --- | --- |
 //! | `cli` | command line, logging setup, signals |
+//! | `admin_cli` | the `admin` command: organizations, users, devices |
 //! | `config` | [`Config`] and [`Limits`] |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
 //! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
 //! | `tls` | rustls setup, development certificate, live certificate swap |
 //! | `shutdown` | shutdown signal and task tracking |
-//! | `credentials` | random tokens, their hashes, API key bootstrap |
+//! | `accounts` | organizations, users, devices, tokens, staff sign-in |
+//! | `credentials` | random tokens and their hashes |
 //! | `http` | routes, authentication, errors, session and invite endpoints |
 //! | `invites` | invite challenges, per-client rate limit, follow cookie |
 //! | `web` | the patient page at `/join`, embedded, with its security headers |
@@ -30,7 +32,8 @@
 //! | `store` | SQLite schema, group-commit writer thread, read pool |
 //! | `metrics` | metric names and the Prometheus recorder |
 
-mod accounts;
+pub mod accounts;
+mod admin_cli;
 pub mod cli;
 pub mod config;
 mod credentials;
@@ -48,7 +51,7 @@ pub mod tls;
 mod web;
 mod ws;
 
-pub use config::{Config, Limits};
+pub use config::{AccountsConfig, Config, Limits};
 pub use error::RelayError;
 pub use server::{start, RelayHandle};
 pub use store::StoreError;

@@ -45,7 +45,8 @@ pub const FOLLOWERS_DETACHED: &str = "sealcast_followers_detached_total";
 pub const FOLLOWERS_LAGGED: &str = "sealcast_followers_lagged_total";
 /// Bytes of frames waiting in all follower queues.
 pub const FOLLOWER_QUEUE_BYTES: &str = "sealcast_follower_queue_bytes";
-/// Requests with a missing or invalid credential, label `endpoint`.
+/// Requests with a missing, invalid or forbidden credential, labels
+/// `endpoint` and `reason`.
 pub const AUTH_FAILURES: &str = "sealcast_auth_failures_total";
 /// Invite challenges issued.
 pub const INVITE_CHALLENGES: &str = "sealcast_invite_challenges_total";
@@ -197,4 +198,35 @@ impl Drop for ActiveConnection {
     fn drop(&mut self) {
         gauge!(CONNECTIONS_ACTIVE, "role" => self.role).decrement(1.0);
     }
+}
+
+// Accounts and staff sign-in.
+
+/// Refresh tokens presented again after use. Each revokes its sign-in.
+pub const REFRESH_REUSE: &str = "sealcast_refresh_token_reuse_total";
+/// Requests refused by a rate limit, labels `endpoint` and `scope`
+/// (`ip` or `account`).
+pub const RATE_LIMITED: &str = "sealcast_rate_limited_total";
+/// Sign-in steps, labels `step` (`started`, `confirmed`, `approved`,
+/// `second_factor`, `refreshed`) and `outcome` (`ok` or a failure reason).
+pub const SIGN_INS: &str = "sealcast_sign_ins_total";
+/// Staff sockets closed because their device or user was revoked, label
+/// `trigger` (`admin_route` or `recheck`).
+pub const SOCKETS_REVOKED: &str = "sealcast_sockets_revoked_total";
+
+/// Describes the accounts metrics, once when accounts are opened.
+pub(crate) fn describe_accounts() {
+    describe_counter!(
+        REFRESH_REUSE,
+        "Refresh tokens used twice; each revokes its sign-in."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a rate limit, by endpoint and scope."
+    );
+    describe_counter!(SIGN_INS, "Sign-in steps by step and outcome.");
+    describe_counter!(
+        SOCKETS_REVOKED,
+        "Staff sockets closed because their credential was revoked."
+    );
 }

@@ -1,14 +1,23 @@
-//! The `sealcast-relay` binary: startup lines on stdout, logs on stderr that
-//! never contain the API key or a token, and a clean exit on SIGTERM.
+//! The `sealcast-relay` binary: startup lines on stdout, the admin command,
+//! logs on stderr that never contain a token or a magic link, and a clean
+//! exit on SIGTERM.
 
 // Helpers fail by panicking, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sealcast_client::auth::{Authorizer, DeviceToken};
+use sealcast_client::SecretString;
 use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::auth::{
+    LoginConfirmRequest, LoginPollRequest, LoginPollResponse, LoginRequest, LoginStarted,
+    DPOP_HEADER,
+};
+use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::SessionKey;
 
 /// Starts the binary with `leading` arguments (a subcommand, if any) before the flags.
@@ -59,13 +68,63 @@ fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
     (exit, stderr)
 }
 
-/// Checks health, then creates and ends a session, with one rejected
-/// attempt on the way. Returns the session's tokens.
-fn exercise(address: &str, pem: &[u8], api_key: &str) -> Vec<String> {
+/// Runs `sealcast-relay admin` with `args` and returns its stdout.
+fn admin(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sealcast-relay"))
+        .args(["admin", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "admin {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Waits for the sign-in mail in the outbox and returns its magic token.
+fn magic_token(outbox: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(entries) = std::fs::read_dir(outbox) {
+            for entry in entries {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                if let Some(start) = text.find("#token=") {
+                    return text[start + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                        .collect();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sign-in mail in {}",
+            outbox.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs in a device of `email` through the outbox, checks health, then
+/// creates and ends a session with one rejected attempt on the way. Returns
+/// every credential the run saw.
+fn exercise(address: &str, pem: &[u8], data_dir: &std::path::Path, email: &str) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let port = address.rsplit_once(':').unwrap().1;
+    let public_url = format!("https://localhost:{port}");
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap())
@@ -78,22 +137,83 @@ fn exercise(address: &str, pem: &[u8], api_key: &str) -> Vec<String> {
             .unwrap();
         assert_eq!(health.status(), reqwest::StatusCode::OK);
 
-        let request = CreateSessionRequest {
-            fingerprint: SessionKey::generate().fingerprint().to_base64url(),
-            invite_verifier: None,
-            max_browsers: None,
-        };
-        let session: CreateSessionResponse = client
-            .post(format!("https://{address}/v1/sessions"))
-            .bearer_auth(api_key)
-            .json(&request)
+        let key = Arc::new(DeviceKey::generate().unwrap());
+        let login_url = format!("{public_url}/v1/auth/login");
+        let started: LoginStarted = client
+            .post(format!("https://{address}/v1/auth/login"))
+            .header(
+                DPOP_HEADER,
+                key.proof("POST", &login_url, None, unix_now()).unwrap(),
+            )
+            .json(&LoginRequest {
+                email: email.into(),
+                device_name: Some("cli test".into()),
+            })
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let end_url = format!("https://{address}/v1/sessions/{}/end", session.session_id);
+        let token = magic_token(&data_dir.join("outbox"));
+        let confirmed = client
+            .post(format!("https://{address}/v1/auth/login/confirm"))
+            .json(&LoginConfirmRequest {
+                token: token.clone(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirmed.status(), reqwest::StatusCode::OK);
+        let poll_url = format!("{public_url}/v1/auth/login/poll");
+        let polled: LoginPollResponse = client
+            .post(format!("https://{address}/v1/auth/login/poll"))
+            .header(
+                DPOP_HEADER,
+                key.proof("POST", &poll_url, None, unix_now()).unwrap(),
+            )
+            .json(&LoginPollRequest {
+                login_id: started.login_id.clone(),
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let LoginPollResponse::Approved(tokens) = polled else {
+            panic!("sign-in not approved: {polled:?}");
+        };
+        let device = DeviceToken::new(key, SecretString::from(tokens.access_token.as_str()));
+        let authorize = |request: reqwest::RequestBuilder, method: &str, path: &str| {
+            device
+                .headers(method, &format!("{public_url}{path}"))
+                .unwrap()
+                .into_iter()
+                .fold(request, |request, (name, value)| {
+                    request.header(name, value)
+                })
+        };
+
+        let request = CreateSessionRequest {
+            fingerprint: SessionKey::generate().fingerprint().to_base64url(),
+            invite_verifier: None,
+            max_browsers: None,
+        };
+        let session: CreateSessionResponse = authorize(
+            client.post(format!("https://{address}/v1/sessions")),
+            "POST",
+            "/v1/sessions",
+        )
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let end_path = format!("/v1/sessions/{}/end", session.session_id);
+        let end_url = format!("https://{address}{end_path}");
         let wrong = client
             .post(&end_url)
             .bearer_auth(&session.invite_token)
@@ -101,19 +221,23 @@ fn exercise(address: &str, pem: &[u8], api_key: &str) -> Vec<String> {
             .await
             .unwrap();
         assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
-        let ended = client
-            .post(&end_url)
-            .bearer_auth(&session.publisher_token)
+        let ended = authorize(client.post(&end_url), "POST", &end_path)
             .send()
             .await
             .unwrap();
         assert_eq!(ended.status(), reqwest::StatusCode::NO_CONTENT);
-        vec![session.publisher_token, session.invite_token]
+        vec![
+            token,
+            started.login_id,
+            tokens.access_token,
+            tokens.refresh_token,
+            session.invite_token,
+        ]
     })
 }
 
 #[test]
-fn binary_prints_address_and_key_once() {
+fn binary_prints_address_and_mail_folder() {
     let dir = tempfile::tempdir().unwrap();
 
     let mut child = spawn_relay(dir.path(), &[], &[]);
@@ -127,15 +251,42 @@ fn binary_prints_address_and_key_once() {
         !address.ends_with(":0"),
         "printed the configured port, not the bound one"
     );
-    let key_line = read_line(&mut stdout);
-    let key = key_line
-        .strip_prefix("clinic API key (shown once): ")
-        .unwrap_or_else(|| panic!("unexpected second line {key_line:?}"))
-        .to_owned();
-    assert!(key.starts_with("sck_"));
+    let mail_line = read_line(&mut stdout);
+    assert!(
+        mail_line.starts_with("development mode: sign-in mail is not sent but written to folder"),
+        "unexpected second line {mail_line:?}"
+    );
+    assert!(mail_line.contains("outbox"), "{mail_line}");
+
+    // The admin command works beside the running relay.
+    let created: serde_json::Value = serde_json::from_str(&admin(
+        dir.path(),
+        &["--json", "create-org", "--name", "CLI clinic"],
+    ))
+    .unwrap();
+    let org = created["id"].as_str().unwrap().to_owned();
+    let email = "cli@clinic.example";
+    let user = admin(
+        dir.path(),
+        &[
+            "create-user",
+            "--org",
+            &org,
+            "--email",
+            email,
+            "--role",
+            "clinician",
+        ],
+    );
+    assert!(user.trim().starts_with("usr_"), "{user}");
+    let users: serde_json::Value =
+        serde_json::from_str(&admin(dir.path(), &["list-users", "--org", &org, "--json"])).unwrap();
+    assert_eq!(users[0]["email"], email);
 
     let pem = std::fs::read(dir.path().join("dev-cert.pem")).unwrap();
-    let tokens = exercise(&address, &pem, &key);
+    let secrets = exercise(&address, &pem, dir.path(), email);
+    let devices = admin(dir.path(), &["list-devices", "--org", &org]);
+    assert!(devices.contains("cli test"), "{devices}");
 
     let (exit, stderr) = terminate(child);
     assert!(exit.success(), "exit status {exit:?}");
@@ -144,18 +295,18 @@ fn binary_prints_address_and_key_once() {
         "debug log is missing lifecycle lines"
     );
     assert!(stderr.contains("relay stopped"));
-    assert!(!stderr.contains(&key), "the API key reached the log");
-    for token in tokens {
-        assert!(!stderr.contains(&token), "a session token reached the log");
+    for secret in secrets {
+        assert!(!stderr.contains(&secret), "a credential reached the log");
     }
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert!(rest.is_empty(), "more stdout output: {rest:?}");
 
-    // A second start keeps the key and prints only the address.
+    // A second start prints the same two lines.
     let mut child = spawn_relay(dir.path(), &["serve"], &["--log-format", "json"]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     assert!(read_line(&mut stdout).starts_with("sealcast-relay listening on https://127.0.0.1:"));
+    assert!(read_line(&mut stdout).starts_with("development mode:"));
     let (exit, stderr) = terminate(child);
     assert!(exit.success());
     let mut rest = String::new();
@@ -166,6 +317,49 @@ fn binary_prints_address_and_key_once() {
             serde_json::from_str(line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
         assert!(entry.get("level").is_some());
     }
+}
+
+#[test]
+fn admin_command_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sealcast-relay"))
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "create-user",
+            "--org",
+            "org_missing",
+            "--email",
+            "a@b.example",
+            "--role",
+            "clinician",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("organization org_missing not found"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sealcast-relay"))
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "create-user",
+            "--org",
+            "x",
+            "--email",
+            "a@b.example",
+            "--role",
+            "patient",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid role"), "{stderr}");
 }
 
 #[test]

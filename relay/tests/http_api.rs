@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{metric_value, start_relay, TestRelay};
+use common::{start_relay, TestRelay};
 use reqwest::StatusCode;
 use rusqlite::Connection;
 use sealcast_protocol::api::{CreateSessionRequest, ErrorBody};
@@ -26,24 +26,37 @@ fn create_request() -> CreateSessionRequest {
     }
 }
 
-async fn post_create(relay: &TestRelay, key: Option<&str>, body: String) -> reqwest::Response {
-    let mut request = relay
-        .http
-        .post(relay.url("/v1/sessions"))
+/// Posts a session request, as the signed-in clinician when `signed_in`.
+async fn post_create(relay: &TestRelay, signed_in: bool, body: String) -> reqwest::Response {
+    let request = if signed_in {
+        relay.staff_post("/v1/sessions")
+    } else {
+        relay.http.post(relay.url("/v1/sessions"))
+    };
+    request
         .header("content-type", "application/json")
-        .body(body);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    request.send().await.unwrap()
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sums every series of `name` whose labels start with `labels`.
+fn metric_sum(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name_and_labels))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
 }
 
 #[tokio::test]
 async fn api_responses_are_not_cached() {
     let relay = start_relay(Limits::default()).await;
     let body = serde_json::to_string(&create_request()).unwrap();
-    let created = post_create(&relay, Some(&relay.api_key), body.clone()).await;
-    let refused = post_create(&relay, None, body).await;
+    let created = post_create(&relay, true, body.clone()).await;
+    let refused = post_create(&relay, false, body).await;
     let missing = relay
         .http
         .post(relay.url("/v1/invites/challenge"))
@@ -73,28 +86,31 @@ async fn api_responses_are_not_cached() {
 }
 
 #[tokio::test]
-async fn create_session_requires_api_key() {
+async fn create_session_requires_clinician() {
     let relay = start_relay(Limits::default()).await;
     let body = serde_json::to_string(&create_request()).unwrap();
-    let before = metric_value(
-        &relay.metrics().await,
-        "sealcast_auth_failures_total{endpoint=\"create_session\"}",
-    );
+    let series = "sealcast_auth_failures_total{endpoint=\"create_session\"";
+    let before = metric_sum(&relay.metrics().await, series);
 
-    let missing = post_create(&relay, None, body.clone()).await;
+    let missing = post_create(&relay, false, body.clone()).await;
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(error_body(missing).await.error, "unauthorized");
 
-    let wrong = post_create(&relay, Some("sck_not-the-key"), body.clone()).await;
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let bearer = relay
+        .http
+        .post(relay.url("/v1/sessions"))
+        .bearer_auth(&relay.staff.tokens.access_token)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::UNAUTHORIZED);
 
-    let right = post_create(&relay, Some(&relay.api_key), body).await;
+    let right = post_create(&relay, true, body).await;
     assert_eq!(right.status(), StatusCode::CREATED);
 
-    let after = metric_value(
-        &relay.metrics().await,
-        "sealcast_auth_failures_total{endpoint=\"create_session\"}",
-    );
+    let after = metric_sum(&relay.metrics().await, series);
     assert!(
         after >= before + 2.0,
         "auth failures not counted: {before} -> {after}"
@@ -105,7 +121,7 @@ async fn create_session_requires_api_key() {
 #[tokio::test]
 async fn create_session_rejects_bad_bodies() {
     let relay = start_relay(Limits::default()).await;
-    let key = Some(relay.api_key.as_str());
+    let key = true;
 
     let not_json = post_create(&relay, key, "{".into()).await;
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
@@ -137,9 +153,12 @@ async fn created_session_has_fresh_credentials() {
     let (second, _) = relay.create_session().await;
 
     assert_ne!(first.session_id, second.session_id);
-    assert_ne!(first.publisher_token, second.publisher_token);
-    assert_ne!(first.publisher_token, first.invite_token);
-    for token in [&first.publisher_token, &first.invite_token] {
+    assert_ne!(first.invite_token, second.invite_token);
+    assert!(
+        first.publisher_token.is_empty(),
+        "publisher tokens are gone"
+    );
+    for token in [&first.invite_token, &second.invite_token] {
         assert_eq!(token.len(), 43, "32 bytes of unpadded base64url");
         assert!(token
             .bytes()
@@ -153,24 +172,17 @@ async fn end_session_statuses() {
     let relay = start_relay(Limits::default()).await;
     let (session, _) = relay.create_session().await;
     let end_url = |id: &str| relay.url(&format!("/v1/sessions/{id}/end"));
+    let end_path = |id: &str| format!("/v1/sessions/{id}/end");
 
     let unknown = relay
-        .http
-        .post(end_url(&SessionId::random().to_string()))
-        .bearer_auth(&session.publisher_token)
+        .staff_post(&end_path(&SessionId::random().to_string()))
         .send()
         .await
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_body(unknown).await.error, "not_found");
 
-    let malformed = relay
-        .http
-        .post(end_url("not-hex"))
-        .bearer_auth(&session.publisher_token)
-        .send()
-        .await
-        .unwrap();
+    let malformed = relay.staff_post(&end_path("not-hex")).send().await.unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
 
     let wrong_token = relay
@@ -206,14 +218,13 @@ async fn websocket_endpoints_check_credentials_before_upgrade() {
         .await;
     assert_http_status(wrong_publisher, 401);
     let wrong_invite = relay
-        .connect("/v1/follow", &session.publisher_token, None)
+        .connect("/v1/follow", &relay.staff.tokens.access_token, None)
         .await;
     assert_http_status(wrong_invite, 401);
     let unknown = relay
-        .connect(
+        .connect_staff(
             &format!("/v1/sessions/{}/publish", SessionId::random()),
-            &session.publisher_token,
-            None,
+            &relay.staff,
         )
         .await;
     assert_http_status(unknown, 404);
@@ -233,9 +244,7 @@ async fn websocket_endpoints_check_credentials_before_upgrade() {
     assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
 
     assert_eq!(relay.end_session(&session).await, StatusCode::NO_CONTENT);
-    let ended = relay
-        .connect(&publish_path, &session.publisher_token, None)
-        .await;
+    let ended = relay.connect_staff(&publish_path, &relay.staff).await;
     assert_http_status(ended, 410);
     let ended = relay
         .connect("/v1/follow", &session.invite_token, None)
@@ -293,36 +302,44 @@ async fn health_metrics_and_unknown_routes() {
 async fn store_keeps_only_token_hashes() {
     let relay = start_relay(Limits::default()).await;
     let (session, _) = relay.create_session().await;
-    let api_key = relay.api_key.clone();
+    let refresh_token = relay.staff.tokens.refresh_token.clone();
+    let access_token = relay.staff.tokens.access_token.clone();
     let data_dir = relay.data_dir().to_path_buf();
     relay.handle.shutdown().await;
 
     let conn = Connection::open(data_dir.join("relay.db")).unwrap();
-    let (publisher_hash, invite_hash): (Vec<u8>, Vec<u8>) = conn
+    let invite_hash: Vec<u8> = conn
         .query_row(
-            "SELECT publisher_token_hash, invite_token_hash FROM sessions WHERE session_id = ?1",
+            "SELECT invite_token_hash FROM sessions WHERE session_id = ?1",
             [session.session_id.as_bytes().as_slice()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(
-        publisher_hash,
-        Sha256::digest(session.publisher_token.as_bytes()).to_vec()
-    );
     assert_eq!(
         invite_hash,
         Sha256::digest(session.invite_token.as_bytes()).to_vec()
     );
-    let key_hash: Vec<u8> = conn
-        .query_row("SELECT key_hash FROM api_keys", [], |row| row.get(0))
+    let refresh_hashes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = ?1",
+            [Sha256::digest(refresh_token.as_bytes()).to_vec()],
+            |row| row.get(0),
+        )
         .unwrap();
-    assert_eq!(key_hash, Sha256::digest(api_key.as_bytes()).to_vec());
+    assert_eq!(refresh_hashes, 1);
+    let publisher_column = conn.prepare("SELECT publisher_token_hash FROM sessions");
+    assert!(publisher_column.is_err(), "publisher token hashes are gone");
+    drop(publisher_column);
     drop(conn);
 
     // No file in the data directory contains any credential's text.
     for entry in std::fs::read_dir(&data_dir).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        for secret in [&session.publisher_token, &session.invite_token, &api_key] {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        let bytes = std::fs::read(path).unwrap();
+        for secret in [&session.invite_token, &refresh_token, &access_token] {
             assert!(
                 !bytes
                     .windows(secret.len())
@@ -334,11 +351,11 @@ async fn store_keeps_only_token_hashes() {
 }
 
 #[tokio::test]
-async fn restart_keeps_api_key_valid() {
+async fn restart_keeps_accounts() {
     let relay = start_relay(Limits::default()).await;
     let relay = relay.restart(Limits::default()).await;
     let body = serde_json::to_string(&create_request()).unwrap();
-    let response = post_create(&relay, Some(&relay.api_key), body).await;
+    let response = post_create(&relay, true, body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     relay.handle.shutdown().await;
 }

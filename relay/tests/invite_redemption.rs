@@ -35,9 +35,7 @@ async fn create_invite(relay: &TestRelay, max_browsers: Option<u32>) -> Invite {
         max_browsers,
     };
     let response = relay
-        .http
-        .post(relay.url("/v1/sessions"))
-        .bearer_auth(&relay.api_key)
+        .staff_post("/v1/sessions")
         .json(&request)
         .send()
         .await

@@ -94,9 +94,7 @@ async fn opening_invite_link_redeems_nothing() {
         max_browsers: Some(1),
     };
     let session: CreateSessionResponse = relay
-        .http
-        .post(relay.url("/v1/sessions"))
-        .bearer_auth(&relay.api_key)
+        .staff_post("/v1/sessions")
         .json(&request)
         .send()
         .await

@@ -15,9 +15,6 @@
 //! buffers) and of the SMTP password (in its `Credentials`), which are not
 //! zeroized.
 
-// NOTE: the account routes that call this module are not in the relay yet.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -259,6 +256,7 @@ impl Mailer {
     }
 
     /// Replaces [`SEND_TIMEOUT`] as the bound on one send.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn with_send_timeout(mut self, timeout: Duration) -> Mailer {
         self.send_timeout = timeout;
         self

@@ -8,9 +8,6 @@
 //! Three steps are accepted, so a guessed code is right with probability
 //! 3 in 10^6: callers must rate-limit verification attempts per account.
 
-// NOTE: the account routes that call this module are not in the relay yet.
-#![allow(dead_code)]
-
 use std::fmt;
 
 use qrcode::render::svg;

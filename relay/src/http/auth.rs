@@ -1,69 +1,28 @@
-//! Credentials: bearer tokens from `Authorization`, the follow cookie of a
-//! browser that redeemed an invite, and the checks for each endpoint.
+//! Patient credentials: the invite token as a bearer credential, and the
+//! follow cookie of a browser that redeemed an invite. Staff credentials
+//! are checked in [`super::staff`].
 //!
 //! A credential is hashed and looked up by its hash; stored hashes are
 //! compared in constant time. Failures are counted per endpoint and logged at
 //! debug level without the credential.
+//!
+//! NOTE: failed invite tokens here are counted but not rate limited. Only
+//! the invite routes are. Invite tokens are 256-bit random values, so
+//! guessing is impractical, but a flood still costs a store read.
 
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::HeaderMap;
-use sealcast_protocol::SessionId;
 
 use super::{ApiError, AppState};
-use crate::credentials::{hashes_match, Secret};
+use crate::credentials::Secret;
 use crate::invites::cookie::follow_cookie;
 use crate::metrics::AUTH_FAILURES;
 use crate::store::SessionRecord;
 
-/// Endpoint label of `POST /v1/sessions`.
-pub(crate) const CREATE_SESSION: &str = "create_session";
-/// Endpoint label of `POST /v1/sessions/{id}/end`.
-pub(crate) const END_SESSION: &str = "end_session";
-/// Endpoint label of the publish socket.
-pub(crate) const PUBLISH: &str = "publish";
 /// Endpoint label of the follow socket.
 pub(crate) const FOLLOW: &str = "follow";
-
-// NOTE: failed bearer credentials here are counted per endpoint but not rate
-// limited; only the invite routes are. The credentials are 256-bit random
-// values, so guessing is impractical, but a flood still costs a store read.
-
-/// Requires a stored clinic API key.
-pub(crate) async fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let key = bearer(headers, CREATE_SESSION)?;
-    if state.store.api_key_exists(key.hash()).await? {
-        Ok(())
-    } else {
-        Err(reject(
-            CREATE_SESSION,
-            "invalid API key: use the clinic API key the relay printed at first start",
-        ))
-    }
-}
-
-/// Requires the publisher token of the session named in the path.
-pub(crate) async fn publisher_session(
-    state: &AppState,
-    headers: &HeaderMap,
-    session: &str,
-    endpoint: &'static str,
-) -> Result<SessionRecord, ApiError> {
-    let session_id: SessionId = session.parse().map_err(|_| {
-        ApiError::BadRequest("session id in the path must be 32 hexadecimal digits".into())
-    })?;
-    let token = bearer(headers, endpoint)?;
-    let record = state
-        .store
-        .session(session_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("session {session_id} not found")))?;
-
-    if hashes_match(&record.publisher_token_hash, &token.hash()) {
-        Ok(record)
-    } else {
-        Err(reject(endpoint, "invalid publisher token for this session"))
-    }
-}
+/// Endpoint label of the staff follow socket.
+pub(crate) const STAFF_FOLLOW: &str = "staff_follow";
 
 /// Requires an invite token and returns its session.
 async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRecord, ApiError> {
@@ -128,7 +87,8 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if allowed {
         return Ok(());
     }
-    metrics::counter!(AUTH_FAILURES, "endpoint" => FOLLOW).increment(1);
+    metrics::counter!(AUTH_FAILURES, "endpoint" => FOLLOW, "reason" => "foreign_origin")
+        .increment(1);
     tracing::warn!("follow upgrade with a cookie from a foreign or missing Origin rejected");
     Err(ApiError::Forbidden(
         "follow cookie sent from another site: open the patient page on this relay",
@@ -171,7 +131,8 @@ fn bearer(headers: &HeaderMap, endpoint: &'static str) -> Result<Secret, ApiErro
 }
 
 fn reject(endpoint: &'static str, message: &'static str) -> ApiError {
-    metrics::counter!(AUTH_FAILURES, "endpoint" => endpoint).increment(1);
+    metrics::counter!(AUTH_FAILURES, "endpoint" => endpoint, "reason" => "invalid_credential")
+        .increment(1);
     tracing::debug!(endpoint, "credential rejected");
     ApiError::Unauthorized(message)
 }

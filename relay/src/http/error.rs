@@ -36,6 +36,9 @@ pub(crate) enum ApiError {
     /// The session has ended.
     #[error("{0}")]
     Gone(String),
+    /// A sign-in expired, was used, or had too many wrong codes.
+    #[error("{0}")]
+    Expired(&'static str),
     /// The body is larger than the relay accepts.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -62,7 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Gone(_) | ApiError::Expired(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Gone(_) => "session_ended",
+            ApiError::Expired(_) => "expired",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::TooManyRequests(_) => "too_many_requests",

@@ -203,7 +203,8 @@ async fn redeemable_session(state: &AppState, token: &Secret) -> Result<SessionR
 
 fn reject_challenge(rejected: ChallengeRejected) -> ApiError {
     count_failure(rejected.label());
-    metrics::counter!(AUTH_FAILURES, "endpoint" => REDEEM).increment(1);
+    metrics::counter!(AUTH_FAILURES, "endpoint" => REDEEM, "reason" => rejected.label())
+        .increment(1);
     tracing::debug!(reason = rejected.label(), "invite challenge rejected");
     ApiError::Unauthorized("invite challenge is unknown, used or expired: request a new challenge")
 }
@@ -221,7 +222,7 @@ fn verify_proof(
         return Ok(());
     }
     count_failure("bad_proof");
-    metrics::counter!(AUTH_FAILURES, "endpoint" => REDEEM).increment(1);
+    metrics::counter!(AUTH_FAILURES, "endpoint" => REDEEM, "reason" => "bad_proof").increment(1);
     tracing::warn!(session_id = %record.session_id, "invite proof rejected");
     Err(ApiError::Unauthorized(
         "invite proof does not verify: the key in the link does not belong to this session",

@@ -6,18 +6,32 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`error`] | the error type and its JSON response |
-//! | [`auth`] | bearer credentials and their checks |
+//! | [`auth`] | patient credentials: invite tokens and follow cookies |
+//! | [`staff`] | staff credentials, roles and organizations |
+//! | [`login`] | magic-link sign-in |
+//! | [`tokens`] | refresh, logout and the signed-in user |
+//! | [`totp`] | TOTP enrolment |
+//! | [`admin`] | users and devices of an organization |
+//! | [`cookies`], [`json`], [`limits`] | sign-in cookies, JSON bodies, rate limits |
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`ops`] | health, metrics and fallbacks |
 //! | [`observe`] | request counting and logging |
 
+mod admin;
 pub(crate) mod auth;
+mod cookies;
 mod error;
 mod invites;
+mod json;
+mod limits;
+mod login;
 mod observe;
 mod ops;
 mod sessions;
+pub(crate) mod staff;
+mod tokens;
+mod totp;
 
 use std::sync::Arc;
 
@@ -29,6 +43,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::accounts::Accounts;
 use crate::config::Limits;
 use crate::hub::Registry;
 use crate::invites::InviteState;
@@ -52,6 +67,11 @@ pub(crate) struct RelayState {
     /// Origin of the public URL, such as `https://relay.example:8443`: the
     /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
     pub(crate) public_origin: String,
+    /// The public URL without a trailing slash: DPoP proofs name it and the
+    /// request path as their `htu`.
+    pub(crate) public_url: String,
+    /// Staff accounts, tokens and open staff sockets.
+    pub(crate) accounts: Arc<Accounts>,
 }
 
 /// The state as handlers receive it.
@@ -75,7 +95,24 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}/end", post(sessions::end))
         .route("/v1/sessions/{id}/publish", get(ws::publish::upgrade))
+        .route("/v1/sessions/{id}/follow", get(ws::follow::staff_upgrade))
         .route("/v1/follow", get(ws::follow::upgrade))
+        .route("/v1/auth/login", post(login::start))
+        .route("/v1/auth/login/confirm", post(login::confirm))
+        .route("/v1/auth/login/poll", post(login::poll))
+        .route("/v1/auth/login/totp", post(login::second_factor))
+        .route("/v1/auth/refresh", post(tokens::refresh))
+        .route("/v1/auth/logout", post(tokens::logout))
+        .route("/v1/me", get(tokens::me))
+        .route("/v1/auth/totp/enrol", post(totp::enrol))
+        .route("/v1/auth/totp/activate", post(totp::activate))
+        .route(
+            "/v1/admin/users",
+            get(admin::list_users).post(admin::create_user),
+        )
+        .route("/v1/admin/users/{id}/disable", post(admin::disable_user))
+        .route("/v1/admin/devices", get(admin::list_devices))
+        .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
         .route("/v1/invites/challenge", post(invites::challenge))
         .route("/v1/invites/redeem", post(invites::redeem))
         .merge(web::routes())

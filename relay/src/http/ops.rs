@@ -8,7 +8,7 @@ use super::{ApiError, AppState};
 
 /// `GET /healthz`: 200 `ok` while reads from the store succeed.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.api_key_count().await {
+    match state.store.check_readable().await {
         Ok(_) => "ok".into_response(),
         Err(error) => {
             tracing::error!(%error, "health check failed to read the store");

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,7 +10,8 @@ use rand::RngCore;
 use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, DEFAULT_MAX_BROWSERS};
 use sealcast_protocol::{Fingerprint, SessionId};
 
-use super::{auth, ApiError, AppState, MAX_BODY_BYTES};
+use super::staff::{self, authenticate, require_clinician};
+use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::credentials::random_token;
 use crate::hub::EndRefused;
 use crate::metrics::{SESSIONS_CREATED, SESSIONS_ENDED};
@@ -20,14 +21,22 @@ use crate::store::{now_millis, NewSession, StoreError};
 /// credential is a stored row, so the number stays small.
 const MAX_BROWSERS_LIMIT: u32 = 100;
 
-/// Creates a session for a clinic API key holder. Responds 201 with the
-/// session's id, epoch and both tokens, which the relay keeps only hashed.
+/// Endpoint label of `POST /v1/sessions`.
+const CREATE_SESSION: &str = "create_session";
+/// Endpoint label of `POST /v1/sessions/{id}/end`.
+const END_SESSION: &str = "end_session";
+
+/// Creates a session of the clinician's organization. Responds 201 with the
+/// session's id, epoch and invite token, which the relay keeps only hashed.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<CreateSessionResponse>), ApiError> {
-    auth::require_api_key(&state, &headers).await?;
+    let principal = authenticate(&state, &headers, &method, uri.path(), CREATE_SESSION).await?;
+    require_clinician(&principal, CREATE_SESSION)?;
     let request = parse_request(body).await?;
     let fingerprint = Fingerprint::from_base64url(&request.fingerprint).ok_or_else(|| {
         ApiError::BadRequest("fingerprint must be 16 bytes as unpadded base64url".into())
@@ -39,39 +48,49 @@ pub(crate) async fn create(
         .transpose()?;
     let max_browsers = check_max_browsers(request.max_browsers)?;
 
-    let publisher_token = random_token();
     let invite_token = random_token();
     let session = NewSession {
         session_id: SessionId::random(),
         epoch: rand::rngs::OsRng.next_u64(),
         fingerprint: fingerprint.0,
-        publisher_token_hash: publisher_token.hash(),
         invite_token_hash: invite_token.hash(),
         invite_verifier,
         max_browsers,
         created_at: now_millis(),
+        organization_id: Some(principal.organization_id.clone()),
+        created_by_user: Some(principal.user_id.clone()),
+        created_by_device: principal.device_id.clone(),
     };
     let response = CreateSessionResponse {
         session_id: session.session_id,
         epoch: session.epoch,
-        publisher_token: publisher_token.expose().to_owned(),
+        // NOTE: field removed from the protocol when the client stops reading it.
+        publisher_token: String::new(),
         invite_token: invite_token.expose().to_owned(),
     };
     state.store.create_session(session).await?;
 
     metrics::counter!(SESSIONS_CREATED).increment(1);
-    tracing::info!(session_id = %response.session_id, "session created");
+    tracing::info!(
+        session_id = %response.session_id,
+        organization_id = %principal.organization_id,
+        user_id = %principal.user_id,
+        "session created"
+    );
     Ok((StatusCode::CREATED, Json(response)))
 }
 
-/// Ends a session for its publisher token holder, after its accepted frames.
-/// Responds 204, or 410 if it had already ended.
+/// Ends a session for a clinician of its organization, after its accepted
+/// frames. Responds 204, or 410 if it had already ended.
 pub(crate) async fn end(
     State(state): State<AppState>,
     Path(session): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let record = auth::publisher_session(&state, &headers, &session, auth::END_SESSION).await?;
+    let principal = authenticate(&state, &headers, &method, uri.path(), END_SESSION).await?;
+    let record = staff::clinician_session(&state, &principal, &session, END_SESSION).await?;
     let already_ended =
         || ApiError::Gone(format!("session {} has already ended", record.session_id));
     if record.ended_at.is_some() {

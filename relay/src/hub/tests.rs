@@ -20,11 +20,13 @@ async fn fixture(ring_budget: usize) -> Fixture {
             session_id,
             epoch: 42,
             fingerprint: [7; 16],
-            publisher_token_hash: [1; 32],
             invite_token_hash: [2; 32],
             invite_verifier: None,
             max_browsers: 1,
             created_at: 0,
+            organization_id: None,
+            created_by_user: None,
+            created_by_device: None,
         })
         .await
         .unwrap();

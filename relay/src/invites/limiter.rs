@@ -47,7 +47,7 @@ impl Default for ClientLimiter {
 }
 
 impl ClientLimiter {
-    fn with_quota(quota: Quota) -> Self {
+    pub(crate) fn with_quota(quota: Quota) -> Self {
         ClientLimiter {
             limiter: DefaultKeyedRateLimiter::dashmap(quota),
             clock: DefaultClock::default(),

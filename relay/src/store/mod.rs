@@ -129,12 +129,18 @@ pub(crate) struct NewSession {
     pub(crate) session_id: SessionId,
     pub(crate) epoch: u64,
     pub(crate) fingerprint: [u8; 16],
-    pub(crate) publisher_token_hash: CredentialHash,
     pub(crate) invite_token_hash: CredentialHash,
     pub(crate) invite_verifier: Option<[u8; 32]>,
     /// Browsers that may redeem the invite.
     pub(crate) max_browsers: u32,
     pub(crate) created_at: i64,
+    /// Organization of the clinician who created the session. Only store
+    /// and hub tests leave it out.
+    pub(crate) organization_id: Option<String>,
+    /// The clinician who created the session.
+    pub(crate) created_by_user: Option<String>,
+    /// The device that created it, when the request came from a device.
+    pub(crate) created_by_device: Option<String>,
 }
 
 /// A stored session.
@@ -143,8 +149,10 @@ pub(crate) struct SessionRecord {
     pub(crate) session_id: SessionId,
     pub(crate) epoch: u64,
     pub(crate) fingerprint: [u8; 16],
-    pub(crate) publisher_token_hash: Vec<u8>,
     pub(crate) invite_token_hash: Vec<u8>,
+    /// Organization the session belongs to. `None` for sessions created
+    /// before accounts existed, which no staff member may manage.
+    pub(crate) organization_id: Option<String>,
     /// The invite authentication key, when the clinician device sent one.
     pub(crate) invite_verifier: Option<[u8; 32]>,
     pub(crate) ended_at: Option<i64>,
@@ -253,17 +261,6 @@ impl Store {
         Ok(WritePermit::new(permit))
     }
 
-    /// Stores the hash of a clinic API key.
-    pub(crate) async fn insert_api_key(&self, key_hash: CredentialHash) -> Result<(), StoreError> {
-        let created_at = now_millis();
-        self.write(|done| WriteOp::InsertApiKey {
-            key_hash,
-            created_at,
-            done,
-        })
-        .await
-    }
-
     /// Stores a new session.
     pub(crate) async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
         self.write(|done| WriteOp::CreateSession { session, done })
@@ -295,18 +292,13 @@ impl Store {
             .await
     }
 
-    /// Counts stored API keys.
-    pub(crate) async fn api_key_count(&self) -> Result<u64, StoreError> {
-        self.read(reader::api_key_count).await
-    }
-
-    /// Checks whether an API key with this hash is stored, comparing in constant time.
-    pub(crate) async fn api_key_exists(
-        &self,
-        key_hash: CredentialHash,
-    ) -> Result<bool, StoreError> {
-        self.read(move |conn| reader::api_key_exists(conn, &key_hash))
-            .await
+    /// Runs a trivial query, to check that the store is readable.
+    pub(crate) async fn check_readable(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(StoreError::sqlite("run a health check query"))
+        })
+        .await
     }
 
     /// Looks a session up by id.
@@ -387,6 +379,17 @@ impl Store {
     {
         self.inner.readers.run(query).await
     }
+}
+
+/// Opens a read-write connection to `relay.db` in `data_dir` with the
+/// writer's pragmas, migrating the schema if needed. The accounts module and
+/// the admin command use it beside the writer thread: SQLite serializes the
+/// writers, each waiting up to the busy timeout for the lock.
+pub(crate) fn open_extra_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DATABASE_FILE);
+    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
+    schema::prepare_writer(&mut conn)?;
+    Ok(conn)
 }
 
 fn open_connections(path: &Path) -> Result<(Connection, ReadPool), StoreError> {

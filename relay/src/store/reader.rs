@@ -78,31 +78,7 @@ impl ReadPool {
     }
 }
 
-pub(super) fn api_key_count(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 = conn
-        .query_row("SELECT COUNT(*) FROM api_keys", [], |row| row.get(0))
-        .map_err(StoreError::sqlite("count API keys"))?;
-    u64::try_from(count).map_err(|_| StoreError::Corrupt {
-        what: "API key count",
-    })
-}
-
-pub(super) fn api_key_exists(
-    conn: &Connection,
-    key_hash: &CredentialHash,
-) -> Result<bool, StoreError> {
-    let stored: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT key_hash FROM api_keys WHERE key_hash = ?1")
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![key_hash.as_slice()], |row| row.get(0))
-                .optional()
-        })
-        .map_err(StoreError::sqlite("look up an API key"))?;
-    Ok(stored.is_some_and(|stored| hashes_match(&stored, key_hash)))
-}
-
-const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, publisher_token_hash,
+const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, organization_id,
     invite_token_hash, ended_at, invite_verifier";
 
 pub(super) fn session_by_id(
@@ -143,7 +119,7 @@ struct SessionColumns {
     session_id: Vec<u8>,
     epoch: i64,
     fingerprint: Vec<u8>,
-    publisher_token_hash: Vec<u8>,
+    organization_id: Option<String>,
     invite_token_hash: Vec<u8>,
     ended_at: Option<i64>,
     invite_verifier: Option<Vec<u8>>,
@@ -154,7 +130,7 @@ fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
         session_id: row.get(0)?,
         epoch: row.get(1)?,
         fingerprint: row.get(2)?,
-        publisher_token_hash: row.get(3)?,
+        organization_id: row.get(3)?,
         invite_token_hash: row.get(4)?,
         ended_at: row.get(5)?,
         invite_verifier: row.get(6)?,
@@ -180,7 +156,7 @@ impl SessionColumns {
             session_id: SessionId(session_id),
             epoch: u64_from_sql(self.epoch),
             fingerprint,
-            publisher_token_hash: self.publisher_token_hash,
+            organization_id: self.organization_id,
             invite_token_hash: self.invite_token_hash,
             invite_verifier,
             ended_at: self.ended_at,

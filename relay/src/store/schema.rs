@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
@@ -53,6 +53,117 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 
     CREATE INDEX browser_credentials_by_session ON browser_credentials (session_id);",
+    // Version 3: accounts. Organizations have users, users sign in with magic
+    // links and get device-bound tokens, and sessions belong to an
+    // organization. The clinic API key and the per-session publisher token
+    // are gone: `sessions` is rebuilt without its publisher token column,
+    // keeping every row. Sessions made before accounts have no organization,
+    // so no staff member can publish to or end them.
+    "DROP TABLE api_keys;
+
+    CREATE TABLE organizations (
+        organization_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        organization_id TEXT NOT NULL REFERENCES organizations (organization_id),
+        email TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'clinician')),
+        created_at INTEGER NOT NULL,
+        disabled_at INTEGER,
+        totp_secret BLOB,
+        totp_pending_secret BLOB,
+        totp_last_step INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE INDEX users_by_organization ON users (organization_id);
+
+    CREATE TABLE recovery_codes (
+        code_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (user_id),
+        created_at INTEGER NOT NULL,
+        used_at INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE INDEX recovery_codes_by_user ON recovery_codes (user_id);
+
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (user_id),
+        name TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        thumbprint TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        last_seen_at INTEGER,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE INDEX devices_by_user ON devices (user_id);
+
+    CREATE TABLE pending_logins (
+        login_id_hash BLOB PRIMARY KEY,
+        token_hash BLOB NOT NULL UNIQUE,
+        second_step_hash BLOB UNIQUE,
+        user_id TEXT REFERENCES users (user_id),
+        kind TEXT NOT NULL CHECK (kind IN ('device', 'browser')),
+        device_public_key TEXT,
+        device_thumbprint TEXT,
+        device_name TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        confirmed_at INTEGER,
+        second_factor_at INTEGER,
+        completed_at INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    CREATE TABLE refresh_tokens (
+        token_hash BLOB PRIMARY KEY,
+        family_id TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users (user_id),
+        device_id TEXT REFERENCES devices (device_id),
+        mfa INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
+    CREATE INDEX refresh_tokens_by_device ON refresh_tokens (device_id);
+
+    CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        private_key BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        retired_at INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TABLE sessions_v3 (
+        session_id BLOB PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        fingerprint BLOB NOT NULL,
+        invite_token_hash BLOB NOT NULL UNIQUE,
+        invite_verifier BLOB,
+        created_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        max_browsers INTEGER NOT NULL DEFAULT 1,
+        organization_id TEXT REFERENCES organizations (organization_id),
+        created_by_user TEXT REFERENCES users (user_id),
+        created_by_device TEXT REFERENCES devices (device_id)
+    ) WITHOUT ROWID;
+
+    INSERT INTO sessions_v3 (session_id, epoch, fingerprint, invite_token_hash,
+        invite_verifier, created_at, ended_at, max_browsers)
+    SELECT session_id, epoch, fingerprint, invite_token_hash, invite_verifier,
+        created_at, ended_at, max_browsers
+    FROM sessions;
+
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v3 RENAME TO sessions;",
 ];
 
 /// Schema version this build writes.
@@ -93,6 +204,15 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         });
     }
 
+    if current >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // A migration may rebuild a table that others reference, which SQLite
+    // allows only with foreign keys off. So they are off while migrating, and
+    // `foreign_key_check` below verifies every reference before turning them
+    // back on.
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(StoreError::sqlite("disable foreign keys for a migration"))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = index as i64 + 1;
         let tx = conn
@@ -106,7 +226,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .map_err(StoreError::sqlite("commit a schema migration"))?;
         tracing::info!(version, "store schema migrated");
     }
-    Ok(())
+    let broken: Option<String> = conn
+        .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+        .optional()
+        .map_err(StoreError::sqlite("check foreign keys after a migration"))?;
+    if broken.is_some() {
+        return Err(StoreError::Corrupt {
+            what: "foreign key after a schema migration",
+        });
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(StoreError::sqlite("enable foreign keys"))
 }
 
 /// Stores a `u64` bit-for-bit in SQLite's signed integer.

@@ -10,11 +10,13 @@ fn new_session(session_id: SessionId) -> NewSession {
         session_id,
         epoch: u64::MAX - 7,
         fingerprint: [9; 16],
-        publisher_token_hash: [1; 32],
         invite_token_hash: [2; 32],
         invite_verifier: Some([3; 32]),
         max_browsers: 2,
         created_at: 1_700_000_000_000,
+        organization_id: None,
+        created_by_user: None,
+        created_by_device: None,
     }
 }
 
@@ -265,11 +267,6 @@ async fn lookups_match_hashes_only() {
     let session_id = SessionId::random();
     let store = Store::open(dir.path()).await.unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
-    store.insert_api_key([5; 32]).await.unwrap();
-
-    assert_eq!(store.api_key_count().await.unwrap(), 1);
-    assert!(store.api_key_exists([5; 32]).await.unwrap());
-    assert!(!store.api_key_exists([6; 32]).await.unwrap());
 
     let found = store.session_by_invite([2; 32]).await.unwrap().unwrap();
     assert_eq!(found.session_id, session_id);
@@ -283,7 +280,7 @@ async fn closed_store_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
     store.close().await;
-    let result = store.insert_api_key([5; 32]).await;
+    let result = store.create_session(new_session(SessionId::random())).await;
     assert!(matches!(result, Err(StoreError::WriterStopped)));
 }
 
@@ -400,6 +397,25 @@ async fn version_1_database_migrates() {
     let store = Store::open(dir.path()).await.unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
     assert_eq!(record.invite_verifier, None);
+    // Sessions made before accounts belong to no organization.
+    assert_eq!(record.organization_id, None);
+    {
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!tables.contains(&"api_keys".to_owned()), "{tables:?}");
+        assert!(tables.contains(&"users".to_owned()), "{tables:?}");
+        assert!(
+            conn.prepare("SELECT publisher_token_hash FROM sessions")
+                .is_err(),
+            "the publisher token column survived the rebuild"
+        );
+    }
     // Sessions made before the migration admit one browser.
     store
         .redeem_invite(redemption(session_id, 10))

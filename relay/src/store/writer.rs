@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use super::browsers;
 use super::schema::u64_to_sql;
 use super::{FrameRecord, NewSession, Redemption, StoreError};
-use crate::credentials::CredentialHash;
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
 };
@@ -29,12 +28,6 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// One queued write.
 pub(crate) enum WriteOp {
-    /// Store the hash of a clinic API key.
-    InsertApiKey {
-        key_hash: CredentialHash,
-        created_at: i64,
-        done: Completion,
-    },
     /// Store a new session.
     CreateSession {
         session: NewSession,
@@ -176,11 +169,6 @@ fn apply_batch(
 
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::InsertApiKey {
-            key_hash,
-            created_at,
-            ..
-        } => insert_api_key(conn, key_hash, *created_at),
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
@@ -195,8 +183,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
 
 fn complete(op: WriteOp, outcome: Result<(), StoreError>) {
     match op {
-        WriteOp::InsertApiKey { done, .. }
-        | WriteOp::CreateSession { done, .. }
+        WriteOp::CreateSession { done, .. }
         | WriteOp::AppendFrame { done, .. }
         | WriteOp::RedeemInvite { done, .. }
         | WriteOp::EndSession { done, .. } => done(outcome),
@@ -204,28 +191,17 @@ fn complete(op: WriteOp, outcome: Result<(), StoreError>) {
     }
 }
 
-fn insert_api_key(
-    conn: &Connection,
-    key_hash: &CredentialHash,
-    created_at: i64,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO api_keys (key_hash, created_at) VALUES (?1, ?2)")
-        .and_then(|mut statement| statement.execute(params![key_hash.as_slice(), created_at]))
-        .map_err(StoreError::sqlite("store an API key"))?;
-    Ok(())
-}
-
 fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
-    let sql = "INSERT INTO sessions (session_id, epoch, fingerprint, publisher_token_hash,
-        invite_token_hash, invite_verifier, max_browsers, created_at)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    let sql = "INSERT INTO sessions (session_id, epoch, fingerprint, invite_token_hash,
+        invite_verifier, max_browsers, created_at, organization_id, created_by_user,
+        created_by_device)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
     conn.prepare_cached(sql)
         .and_then(|mut statement| {
             statement.execute(params![
                 session.session_id.as_bytes().as_slice(),
                 u64_to_sql(session.epoch),
                 session.fingerprint.as_slice(),
-                session.publisher_token_hash.as_slice(),
                 session.invite_token_hash.as_slice(),
                 session
                     .invite_verifier
@@ -233,6 +209,9 @@ fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreEr
                     .map(|verifier| verifier.as_slice()),
                 session.max_browsers,
                 session.created_at,
+                session.organization_id,
+                session.created_by_user,
+                session.created_by_device,
             ])
         })
         .map_err(StoreError::sqlite("store a session"))?;

@@ -12,8 +12,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,14 +22,16 @@ use futures_util::StreamExt;
 use sealcast_protocol::api::{close, FollowerEvent};
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
 use super::{configure, not_an_upgrade};
-use crate::http::{auth, ApiError, AppState};
+use crate::accounts::live::{LiveSocket, SocketOwner};
+use crate::http::{auth, staff, ApiError, AppState};
 use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{ActiveConnection, BYTES_DELIVERED, FOLLOWERS_LAGGED, FRAMES_DELIVERED};
-use crate::store::{now_millis, Store, StoredFrame};
+use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
 
 const ROLE: &str = "follower";
 
@@ -71,6 +73,37 @@ pub(crate) async fn upgrade(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let record = auth::follow_session(&state, &headers).await?;
+    follow(state, record, query, ticket, upgrade, None).await
+}
+
+/// `GET /v1/sessions/{id}/follow`: requires a clinician of the session's
+/// organization, then upgrades with the same resume rules as an invite.
+pub(crate) async fn staff_upgrade(
+    State(state): State<AppState>,
+    Path(session): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<FollowQuery>, QueryRejection>,
+    ticket: Option<Extension<ConnectionTicket>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let endpoint = auth::STAFF_FOLLOW;
+    // The route serves GET only, the method of every WebSocket upgrade.
+    let principal =
+        staff::authenticate(&state, &headers, &Method::GET, uri.path(), endpoint).await?;
+    let record = staff::clinician_session(&state, &principal, &session, endpoint).await?;
+    let live = state.accounts.live.register(SocketOwner::of(&principal));
+    follow(state, record, query, ticket, upgrade, Some(live)).await
+}
+
+async fn follow(
+    state: AppState,
+    record: SessionRecord,
+    query: Result<Query<FollowQuery>, QueryRejection>,
+    ticket: Option<Extension<ConnectionTicket>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    live: Option<LiveSocket>,
+) -> Result<Response, ApiError> {
     // The rejection text would repeat the query, so it stays out of the message.
     let Query(query) = query.map_err(|_| {
         ApiError::BadRequest("query parameters epoch and from must be unsigned integers".into())
@@ -93,14 +126,22 @@ pub(crate) async fn upgrade(
     let limits = state.limits.clone();
     Ok(
         configure(upgrade, &limits).on_upgrade(move |socket| async move {
-            run(state, lease, socket, query).await;
+            let revoked = live.as_ref().map(|live| live.revoked().clone());
+            run(state, lease, socket, query, revoked).await;
+            drop(live);
             drop(ticket);
             drop(hold);
         }),
     )
 }
 
-async fn run(state: AppState, hub: HubLease, socket: WebSocket, query: FollowQuery) {
+async fn run(
+    state: AppState,
+    hub: HubLease,
+    socket: WebSocket,
+    query: FollowQuery,
+    revoked: Option<CancellationToken>,
+) {
     let conn = WsConnection::new(socket, ROLE, &state.limits);
     let from = query.from.unwrap_or(0);
     if let Err(closing) = check_resume(&hub, query.epoch, from) {
@@ -116,7 +157,16 @@ async fn run(state: AppState, hub: HubLease, socket: WebSocket, query: FollowQue
         conn,
         _active: ActiveConnection::open(ROLE),
     };
-    let ending = follower.serve().await;
+    let ending = match revoked {
+        Some(revoked) => tokio::select! {
+            ending = follower.serve() => ending,
+            () = revoked.cancelled() => Ending::Close(Closing::new(
+                close::REVOKED,
+                "the device or user was revoked: sign in again",
+            )),
+        },
+        None => follower.serve().await,
+    };
     follower.finish(ending).await;
 }
 

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Extension;
 use futures_util::StreamExt;
@@ -19,10 +19,12 @@ use sealcast_protocol::api::{close, PublisherEvent};
 use sealcast_protocol::{FrameHeader, ProtocolError, StreamId};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
 use super::{configure, not_an_upgrade};
-use crate::http::{auth, ApiError, AppState};
+use crate::accounts::live::SocketOwner;
+use crate::http::{staff, ApiError, AppState};
 use crate::hub::{HubLease, Offer, Progress};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{
@@ -33,15 +35,21 @@ use crate::store::now_millis;
 
 const ROLE: &str = "publisher";
 
-/// Checks the publisher token, then upgrades.
+/// Endpoint label of the publish socket.
+const PUBLISH: &str = "publish";
+
+/// Requires a clinician of the session's organization, then upgrades.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Path(session): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let record = auth::publisher_session(&state, &headers, &session, auth::PUBLISH).await?;
+    let principal = staff::authenticate(&state, &headers, &method, uri.path(), PUBLISH).await?;
+    let record = staff::clinician_session(&state, &principal, &session, PUBLISH).await?;
     if record.ended_at.is_some() {
         return Err(ApiError::Gone(format!(
             "session {} has ended: start a new session to publish",
@@ -53,16 +61,19 @@ pub(crate) async fn upgrade(
 
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
+    let live = state.accounts.live.register(SocketOwner::of(&principal));
     Ok(
         configure(upgrade, &limits).on_upgrade(move |socket| async move {
-            run(state, lease, socket).await;
+            let revoked = live.revoked().clone();
+            run(state, lease, socket, revoked).await;
+            drop(live);
             drop(ticket);
             drop(hold);
         }),
     )
 }
 
-async fn run(state: AppState, hub: HubLease, socket: WebSocket) {
+async fn run(state: AppState, hub: HubLease, socket: WebSocket, revoked: CancellationToken) {
     let conn = WsConnection::new(socket, ROLE, &state.limits);
     let session_id = hub.session_id();
     let Some(seat) = hub.hub().attach_publisher() else {
@@ -87,6 +98,10 @@ async fn run(state: AppState, hub: HubLease, socket: WebSocket) {
     let ending = tokio::select! {
         ending = publisher.serve() => ending,
         () = replaced.cancelled() => Ending::Replaced,
+        () = revoked.cancelled() => Ending::Close(Closing::new(
+            close::REVOKED,
+            "the device or user was revoked: sign in again",
+        )),
     };
     publisher.finish(ending).await;
     drop(seat);

@@ -1,0 +1,159 @@
+//! Device rows: a staff member's devices, each with the public key its
+//! tokens are bound to.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sealcast_protocol::auth::DeviceSummary;
+
+use super::store::new_id;
+use crate::store::StoreError;
+
+/// A device row.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceRecord {
+    pub(crate) device_id: String,
+    pub(crate) user_id: String,
+    pub(crate) name: String,
+    pub(crate) thumbprint: String,
+    pub(crate) created_at: i64,
+    pub(crate) last_seen_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+}
+
+impl DeviceRecord {
+    /// Returns the device as the admin listing shows it.
+    pub(crate) fn summary(&self) -> DeviceSummary {
+        DeviceSummary {
+            device_id: self.device_id.clone(),
+            user_id: self.user_id.clone(),
+            name: self.name.clone(),
+            key_thumbprint: self.thumbprint.clone(),
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// A device about to be stored.
+#[derive(Debug, Clone)]
+pub(crate) struct NewDevice<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) public_key: &'a str,
+    pub(crate) thumbprint: &'a str,
+}
+
+/// Inserts a device and returns its id, or `None` when a device with the
+/// same key already exists.
+pub(crate) fn insert_device(
+    conn: &Connection,
+    device: &NewDevice<'_>,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    let device_id = new_id("dev");
+    let inserted = conn
+        .execute(
+            "INSERT INTO devices (device_id, user_id, name, public_key, thumbprint, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (thumbprint) DO NOTHING",
+            params![
+                device_id,
+                device.user_id,
+                device.name,
+                device.public_key,
+                device.thumbprint,
+                now
+            ],
+        )
+        .map_err(StoreError::sqlite("store a device"))?;
+    Ok((inserted == 1).then_some(device_id))
+}
+
+const DEVICE_COLUMNS: &str =
+    "d.device_id, d.user_id, d.name, d.thumbprint, d.created_at, d.last_seen_at, d.revoked_at";
+
+fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        device_id: row.get(0)?,
+        user_id: row.get(1)?,
+        name: row.get(2)?,
+        thumbprint: row.get(3)?,
+        created_at: row.get(4)?,
+        last_seen_at: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
+}
+
+/// Looks a device up by id, with its owner's organization.
+pub(crate) fn device_by_id(
+    conn: &Connection,
+    device_id: &str,
+) -> Result<Option<(DeviceRecord, String)>, StoreError> {
+    let sql = format!(
+        "SELECT {DEVICE_COLUMNS}, u.organization_id FROM devices d
+         JOIN users u ON u.user_id = d.user_id WHERE d.device_id = ?1"
+    );
+    conn.query_row(&sql, params![device_id], |row| {
+        Ok((device_row(row)?, row.get(7)?))
+    })
+    .optional()
+    .map_err(StoreError::sqlite("look up a device"))
+}
+
+/// Looks a device up by its key's thumbprint.
+pub(crate) fn device_by_thumbprint(
+    conn: &Connection,
+    thumbprint: &str,
+) -> Result<Option<DeviceRecord>, StoreError> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.thumbprint = ?1");
+    conn.query_row(&sql, params![thumbprint], device_row)
+        .optional()
+        .map_err(StoreError::sqlite("look up a device by key"))
+}
+
+/// Lists devices, of one organization or of all, oldest first.
+pub(crate) fn list_devices(
+    conn: &Connection,
+    organization_id: Option<&str>,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.user_id = d.user_id
+         WHERE ?1 IS NULL OR u.organization_id = ?1 ORDER BY d.created_at, d.device_id"
+    );
+    let error = StoreError::sqlite("list devices");
+    let mut statement = conn.prepare(&sql).map_err(&error)?;
+    let rows = statement
+        .query_map(params![organization_id], device_row)
+        .map_err(&error)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&error)
+}
+
+/// Marks a device revoked and revokes its refresh tokens. Returns false when
+/// the device does not exist or is already revoked.
+pub(crate) fn revoke_device(
+    conn: &Connection,
+    device_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+            params![device_id, now],
+        )
+        .map_err(StoreError::sqlite("revoke a device"))?;
+    conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+        params![device_id, now],
+    )
+    .map_err(StoreError::sqlite("revoke a device's refresh tokens"))?;
+    Ok(changed == 1)
+}
+
+/// Sets a device's `last_seen_at`.
+pub(crate) fn touch_device(conn: &Connection, device_id: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE devices SET last_seen_at = ?2 WHERE device_id = ?1",
+        params![device_id, now],
+    )
+    .map_err(StoreError::sqlite("record a device's last request"))?;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The admin routes: users and devices of the administrator's own
+//! organization. Every route requires an administrator who passed TOTP.
+//!
+//! Requests about users and devices of other organizations get 404, as if
+//! they did not exist, so ids cannot be probed across organizations.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::Json;
+use sealcast_protocol::auth::{CreateUserRequest, DeviceSummary, UserSummary};
+
+use super::json::read_json;
+use super::staff::{authenticate, require_admin, Principal};
+use super::{ApiError, AppState};
+use crate::accounts::admin::{checked_email, AdminError, AdminStore};
+use crate::accounts::{devices, store};
+use crate::metrics::SOCKETS_REVOKED;
+use crate::store::now_millis;
+
+const ADMIN_USERS: &str = "admin_users";
+const ADMIN_DEVICES: &str = "admin_devices";
+
+async fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    endpoint: &'static str,
+) -> Result<Principal, ApiError> {
+    let principal = authenticate(state, headers, method, uri.path(), endpoint).await?;
+    require_admin(&principal, endpoint)?;
+    Ok(principal)
+}
+
+/// `GET /v1/admin/users`: the organization's users.
+pub(crate) async fn list_users(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Vec<UserSummary>>, ApiError> {
+    let principal = admin(&state, &headers, &method, &uri, ADMIN_USERS).await?;
+    let users = state
+        .accounts
+        .db
+        .run(move |conn| store::list_users(conn, Some(&principal.organization_id)))
+        .await?;
+    Ok(Json(users.iter().map(store::UserRecord::summary).collect()))
+}
+
+/// `POST /v1/admin/users`: adds a user to the organization. Responds 201,
+/// or 409 when the address belongs to another user.
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<UserSummary>), ApiError> {
+    let principal = admin(&state, &headers, &method, &uri, ADMIN_USERS).await?;
+    let request: CreateUserRequest = read_json(&headers, body, "user request").await?;
+    let email = checked_email(&request.email).map_err(admin_error)?;
+    let admin_store = AdminStore::from_db(state.accounts.db.clone());
+    let organization_id = principal.organization_id.clone();
+    let user_id = tokio::task::spawn_blocking(move || {
+        admin_store.create_user(&organization_id, &email, request.role)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(admin_error)?;
+    let created = state
+        .accounts
+        .db
+        .run(move |conn| store::user_by_id(conn, &user_id))
+        .await?
+        .ok_or(ApiError::Internal)?;
+    tracing::info!(
+        user_id = %created.user_id,
+        admin_id = %principal.user_id,
+        role = created.role.as_str(),
+        "user created"
+    );
+    Ok((StatusCode::CREATED, Json(created.summary())))
+}
+
+/// `POST /v1/admin/users/{id}/disable`: disables a user, revokes their
+/// refresh tokens and closes their open sockets. Responds 204.
+pub(crate) async fn disable_user(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let principal = admin(&state, &headers, &method, &uri, ADMIN_USERS).await?;
+    let organization_id = principal.organization_id.clone();
+    let target = user_id.clone();
+    let found = state
+        .accounts
+        .db
+        .run(move |conn| {
+            let in_organization = store::user_by_id(conn, &target)?
+                .is_some_and(|user| user.organization_id == organization_id);
+            if in_organization {
+                store::disable_user(conn, &target, now_millis())?;
+            }
+            Ok::<_, crate::store::StoreError>(in_organization)
+        })
+        .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("user {user_id} not found")));
+    }
+    let closed = state.accounts.live.revoke_user(&user_id);
+    metrics::counter!(SOCKETS_REVOKED, "trigger" => "admin_route").increment(closed as u64);
+    tracing::info!(%user_id, admin_id = %principal.user_id, closed, "user disabled");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/admin/devices`: the devices of the organization's users.
+pub(crate) async fn list_devices(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Vec<DeviceSummary>>, ApiError> {
+    let principal = admin(&state, &headers, &method, &uri, ADMIN_DEVICES).await?;
+    let devices = state
+        .accounts
+        .db
+        .run(move |conn| devices::list_devices(conn, Some(&principal.organization_id)))
+        .await?;
+    Ok(Json(
+        devices.iter().map(devices::DeviceRecord::summary).collect(),
+    ))
+}
+
+/// `POST /v1/admin/devices/{id}/revoke`: revokes a device and its refresh
+/// tokens and closes its open sockets. Responds 204.
+pub(crate) async fn revoke_device(
+    State(state): State<AppState>,
+    Path(device_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let principal = admin(&state, &headers, &method, &uri, ADMIN_DEVICES).await?;
+    let organization_id = principal.organization_id.clone();
+    let target = device_id.clone();
+    let found = state
+        .accounts
+        .db
+        .run(move |conn| {
+            let in_organization = devices::device_by_id(conn, &target)?
+                .is_some_and(|(_, organization)| organization == organization_id);
+            if in_organization {
+                devices::revoke_device(conn, &target, now_millis())?;
+            }
+            Ok::<_, crate::store::StoreError>(in_organization)
+        })
+        .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("device {device_id} not found")));
+    }
+    let closed = state.accounts.live.revoke_device(&device_id);
+    metrics::counter!(SOCKETS_REVOKED, "trigger" => "admin_route").increment(closed as u64);
+    tracing::info!(%device_id, admin_id = %principal.user_id, closed, "device revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn admin_error(error: AdminError) -> ApiError {
+    match error {
+        AdminError::Store(error) => error.into(),
+        AdminError::Output(error) => {
+            tracing::error!(%error, "admin step failed to write its output");
+            ApiError::Internal
+        }
+        AdminError::Invalid(message) => ApiError::BadRequest(message),
+        AdminError::NotFound(message) => ApiError::NotFound(message),
+        AdminError::EmailTaken(_) => {
+            ApiError::Conflict("this email address already belongs to a user".into())
+        }
+    }
+}
