@@ -33,7 +33,8 @@ const STREAM_ID_START = 24;
 const SEQ_START = 40;
 const HEADER_LEN = 88;
 
-// Clinic API key that session requests must present as a bearer token.
+// Clinic API key that the clinician's requests (create, publish, end) must
+// present as a bearer token.
 const API_KEY = process.env.WS_RELAY_API_KEY;
 if (!API_KEY) {
   console.error("error: WS_RELAY_API_KEY is not set: set it to the clinic API key to accept");
@@ -78,7 +79,6 @@ function createSession(request, response) {
     const session = {
       id: randomBytes(16).toString("hex"),
       fingerprint,
-      publisherToken: token(),
       inviteToken: token(),
       nextOffset: 0,
       followers: new Set(),
@@ -88,7 +88,6 @@ function createSession(request, response) {
     sendJson(response, 201, {
       session_id: session.id,
       epoch: 1,
-      publisher_token: session.publisherToken,
       invite_token: session.inviteToken,
     });
   });
@@ -96,8 +95,8 @@ function createSession(request, response) {
 
 function endSession(request, response, id) {
   const session = sessionsById.get(id);
-  if (!session || bearer(request) !== session.publisherToken) {
-    sendJson(response, 401, { error: "unauthorized", message: "publisher token is invalid" });
+  if (!session || bearer(request) !== API_KEY) {
+    sendJson(response, 401, { error: "unauthorized", message: "API key is invalid" });
     return;
   }
   for (const follower of session.followers) {
@@ -173,7 +172,7 @@ server.on("upgrade", (request, stream, head) => {
   let role;
   if (publishMatch) {
     session = sessionsById.get(publishMatch[1]);
-    role = session && bearer(request) === session.publisherToken ? publish : null;
+    role = session && bearer(request) === API_KEY ? publish : null;
   } else if (url.pathname === "/v1/follow") {
     session = sessionsByInvite.get(bearer(request));
     role = session ? follow : null;

@@ -79,9 +79,10 @@ pub struct RunArgs {
     /// the harness starts a relay with a temporary data directory.
     #[arg(long, env = "SEALCAST_RELAY")]
     pub relay: Option<String>,
-    /// Clinic API key of the running relay given by --relay.
-    #[arg(long, env = "SEALCAST_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// Key store folder of `sealcast` holding a clinician device signed in to
+    /// the running relay given by --relay [default: the sealcast CLI's own].
+    #[arg(long, env = "SEALCAST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// PEM file with the CA certificate that signed the running relay's certificate.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
@@ -213,9 +214,6 @@ impl RunArgs {
         if self.mode == Mode::Connections && (self.count == 0 || self.followers_per_session == 0) {
             return invalid("--count", "and --followers-per-session must be at least 1");
         }
-        if self.relay.is_some() && self.api_key.is_none() {
-            return invalid("--api-key", "is required with --relay: pass the clinic API key the relay printed on its first start");
-        }
         Ok(())
     }
 }
@@ -243,14 +241,6 @@ mod tests {
     fn fail_on_loss_can_be_turned_off() {
         let cli = Cli::try_parse_from(["sealcast-loadtest", "--fail-on-loss", "false"]).unwrap();
         assert!(!cli.run.fail_on_loss);
-    }
-
-    #[test]
-    fn relay_without_api_key_is_rejected() {
-        let cli = Cli::try_parse_from(["sealcast-loadtest", "--relay", "https://127.0.0.1:8443"])
-            .unwrap();
-        let err = cli.run.validate().unwrap_err();
-        assert!(err.to_string().contains("--api-key"), "{err}");
     }
 
     #[test]

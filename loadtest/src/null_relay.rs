@@ -131,7 +131,6 @@ async fn create_session(
     Json(CreateSessionResponse {
         session_id: session.id,
         epoch: 1,
-        publisher_token: SessionId::random().to_string(),
         invite_token,
     })
 }

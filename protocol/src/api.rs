@@ -3,9 +3,10 @@
 //!
 //! | method and path | credential | purpose |
 //! | --- | --- | --- |
-//! | `POST /v1/sessions` | clinic API key (bearer) | create a session: 201 |
-//! | `GET /v1/sessions/{id}/publish` (WebSocket) | publisher token (bearer) | publish sealed frames |
-//! | `POST /v1/sessions/{id}/end` | publisher token (bearer) | end the session: 204, 410 if ended |
+//! | `POST /v1/sessions` | clinician access credential | create a session: 201 |
+//! | `GET /v1/sessions/{id}/publish` (WebSocket) | clinician of the session's organization | publish sealed frames |
+//! | `POST /v1/sessions/{id}/end` | clinician of the session's organization | end the session: 204, 410 if ended |
+//! | `GET /v1/sessions/{id}/follow?epoch=E&from=N` (WebSocket) | clinician of the session's organization | follow from a staff device |
 //! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token (bearer) or [`FOLLOW_COOKIE`] | follow, resuming at offset N |
 //! | `POST /v1/invites/challenge` | none | get a challenge for an invite token |
 //! | `POST /v1/invites/redeem` | proof over the challenge | redeem an invite: sets [`FOLLOW_COOKIE`] |
@@ -13,7 +14,9 @@
 //! | `GET /healthz` | none | liveness |
 //! | `GET /metrics` | none | Prometheus metrics |
 //!
-//! Bearer credentials travel as `Authorization: Bearer …`. Browsers cannot set
+//! Staff credentials are described in [`crate::auth`]: a device-bound access
+//! token with a DPoP proof, or a browser's access cookie. Invite tokens
+//! travel as `Authorization: Bearer …`. Browsers cannot set
 //! that header on a WebSocket upgrade, so the patient page redeems the invite
 //! with the two invite routes, proving that it has the session key, and the
 //! relay sets the HttpOnly cookie [`FOLLOW_COOKIE`], which the follow socket
@@ -71,15 +74,13 @@ pub const FOLLOW_COOKIE: &str = "sealcast_follow";
 /// Length in bytes of an invite challenge.
 pub const CHALLENGE_LEN: usize = 32;
 
-/// Response to `POST /v1/sessions`. The tokens are shown only here: the relay keeps their hashes.
+/// Response to `POST /v1/sessions`. The invite token is shown only here: the relay keeps its hash.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSessionResponse {
     /// The new session's id.
     pub session_id: SessionId,
     /// History epoch of the session.
     pub epoch: u64,
-    /// Credential for the publish socket and for ending the session.
-    pub publisher_token: String,
     /// Token that goes into the invite link.
     pub invite_token: String,
 }

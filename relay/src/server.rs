@@ -51,14 +51,6 @@ impl RelayHandle {
         &self.public_url
     }
 
-    /// Returns `None`, because clinic API keys no longer exist. Staff sign
-    /// in with their own accounts instead.
-    // NOTE: kept only so the load test compiles until it signs in a device;
-    // removed at merge together with that caller.
-    pub fn api_key(&self) -> Option<String> {
-        None
-    }
-
     /// Returns where sign-in mail goes: `SMTP host:port` or `folder PATH`.
     pub fn mail_destination(&self) -> String {
         self.accounts.mailer.describe().to_owned()

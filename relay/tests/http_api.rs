@@ -154,10 +154,6 @@ async fn created_session_has_fresh_credentials() {
 
     assert_ne!(first.session_id, second.session_id);
     assert_ne!(first.invite_token, second.invite_token);
-    assert!(
-        first.publisher_token.is_empty(),
-        "publisher tokens are gone"
-    );
     for token in [&first.invite_token, &second.invite_token] {
         assert_eq!(token.len(), 43, "32 bytes of unpadded base64url");
         assert!(token

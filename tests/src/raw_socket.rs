@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use sealcast_client::TlsSettings;
+use sealcast_client::auth::{Authorizer, BearerToken};
+use sealcast_client::{SecretString, TlsSettings};
 use sealcast_protocol::api::{ErrorBody, PublisherEvent};
 use sealcast_protocol::StreamId;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
@@ -24,14 +24,21 @@ const READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// Opens a WebSocket at `url` (`wss://…`) with `Authorization: Bearer
 /// {credential}`, trusting the roots in `tls`.
-pub async fn connect(url: &Url, tls: &TlsSettings, credential: &str) -> Result<RawSocket, WsError> {
+pub async fn connect(
+    url: &Url,
+    tls: &TlsSettings,
+    auth: &dyn Authorizer,
+) -> Result<RawSocket, WsError> {
     let mut request = url
         .as_str()
         .into_client_request()
         .expect("the WebSocket URL is valid");
-    let bearer = HeaderValue::from_str(&format!("Bearer {credential}"))
-        .expect("the credential fits in a header");
-    request.headers_mut().insert(header::AUTHORIZATION, bearer);
+    let headers = auth
+        .headers("GET", url.as_str())
+        .expect("the credential headers are made");
+    for (name, value) in headers {
+        request.headers_mut().insert(name, value);
+    }
 
     let config = tls
         .websocket_config()
@@ -51,7 +58,8 @@ pub async fn connect(url: &Url, tls: &TlsSettings, credential: &str) -> Result<R
 /// Attempts an upgrade that the relay must reject, and returns the HTTP
 /// status and the JSON error body of its response.
 pub async fn rejected_upgrade(url: &Url, tls: &TlsSettings, credential: &str) -> (u16, ErrorBody) {
-    let response = match connect(url, tls, credential).await {
+    let bearer = BearerToken::new(SecretString::from(credential));
+    let response = match connect(url, tls, &bearer).await {
         Ok(_) => panic!("the relay upgraded {url} with an invalid credential"),
         Err(WsError::Http(response)) => response,
         Err(other) => panic!("upgrade of {url} failed without an HTTP response: {other}"),
@@ -94,11 +102,11 @@ pub struct RawPublisher {
 }
 
 impl RawPublisher {
-    /// Opens the publish socket of `session` with its publisher token and waits for the welcome.
+    /// Opens the publish socket of `session` as its clinician and waits for the welcome.
     pub async fn connect(session: &LiveSession) -> Self {
         let url =
             sealcast_client::endpoint::publish_url(&session.relay, &session.created.session_id);
-        let mut socket = connect(&url, &session.tls, &session.created.publisher_token)
+        let mut socket = connect(&url, &session.tls, session.auth.as_ref())
             .await
             .expect("publish socket opens");
         match next_event(&mut socket).await {

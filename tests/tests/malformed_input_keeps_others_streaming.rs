@@ -312,7 +312,7 @@ async fn send_bad_input(target: &Target, input: Input) -> Reply {
         Input::WrongCredential => {
             let url = publish_url(&target.victim.relay, &target.victim.created.session_id);
             let (status, body) =
-                rejected_upgrade(&url, &target.tls, "not-the-publisher-token").await;
+                rejected_upgrade(&url, &target.tls, "not-a-clinician-credential").await;
             Reply::Http {
                 status,
                 reason: format!("{}: {}", body.error, body.message),

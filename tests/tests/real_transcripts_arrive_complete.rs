@@ -62,6 +62,7 @@ async fn consultations_arrive_complete_and_leave_no_trace() {
         }
     }
 
+    needles.extend(staff_needles(&staff, &relay.outbox_dir()));
     let status = relay.terminate();
     assert!(status.success(), "relay exited with {status}");
     assert_no_leaks(data.path(), &relay.output(), &needles);
@@ -138,7 +139,7 @@ fn assert_complete(name: &str, outcome: &FollowOutcome, expected: &[TranscriptSe
 }
 
 /// The values of one consultation that must never reach the store or a log:
-/// its key, both tokens, and its three longest utterances.
+/// its key, its invite token, and its three longest utterances.
 fn consultation_needles(
     name: &str,
     session: &LiveSession,
@@ -149,16 +150,37 @@ fn consultation_needles(
         &format!("{name} invite token"),
         &session.created.invite_token,
     ));
-    needles.push(text_needle(
-        &format!("{name} publisher token"),
-        &session.created.publisher_token,
-    ));
     let mut longest: Vec<&TranscriptSegment> = finals.iter().collect();
     longest.sort_by_key(|segment| std::cmp::Reverse(segment.text.len()));
     for segment in longest.iter().take(3) {
         let phrase: String = segment.text.chars().take(60).collect();
         needles.push(text_needle(&format!("{name} phrase {phrase:?}"), &phrase));
     }
+    needles
+}
+
+/// The clinician device's secrets that must never reach the store or a log:
+/// its access token, its device key and the token of every sign-in link.
+fn staff_needles(staff: &StaffDevice, outbox: &Path) -> Vec<Needle> {
+    let token = staff.device.token();
+    let mut needles = secret_needles("device key", token.key().secret_bytes().as_slice());
+    needles.push(text_needle("access token", token.access_token().expose()));
+    let mut links = 0;
+    for entry in std::fs::read_dir(outbox).unwrap() {
+        let mail = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (_, rest) in mail
+            .match_indices("#token=")
+            .map(|(at, _)| mail.split_at(at + 7))
+        {
+            let magic_token: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            needles.push(text_needle("magic link token", &magic_token));
+            links += 1;
+        }
+    }
+    assert!(links > 0, "no sign-in mail in {}", outbox.display());
     needles
 }
 

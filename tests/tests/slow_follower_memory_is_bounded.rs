@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
+use sealcast_client::auth::BearerToken;
 use sealcast_client::endpoint::follow_url;
+use sealcast_client::SecretString;
 use sealcast_protocol::TranscriptSegment;
 use sealcast_tests::memory::{peak_resident_bytes, resident_bytes, PeakSampler};
 use sealcast_tests::metrics::scrape;
@@ -56,7 +58,8 @@ async fn stalled_follower_leaves_memory_bounded() {
     // Completes the upgrade, then is never polled again, so the relay's
     // writes pile up in the TCP buffers and then on the relay's side.
     let stalled_url = follow_url(&session.relay, None, 0);
-    let stalled = raw_socket::connect(&stalled_url, &session.tls, &session.created.invite_token)
+    let invite = BearerToken::new(SecretString::from(session.created.invite_token.as_str()));
+    let stalled = raw_socket::connect(&stalled_url, &session.tls, &invite)
         .await
         .expect("the stalled follower connects");
     let mut reader = session.follower();

@@ -590,7 +590,6 @@ async fn create_session<S: AsyncWrite + Unpin>(
     let response = CreateSessionResponse {
         session_id,
         epoch: 1,
-        publisher_token: format!("pub-{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())),
         invite_token: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
     };
     let session = Session {

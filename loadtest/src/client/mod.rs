@@ -14,6 +14,7 @@ pub mod socket;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use sealcast_client::auth::{Authorizer, BearerToken};
 use sealcast_client::SecretString;
 use sealcast_protocol::api::{close, FollowerEvent, PublisherEvent};
 use sealcast_protocol::{Fingerprint, SessionKey};
@@ -66,12 +67,12 @@ impl Timing {
 pub async fn connect_publisher(
     dialer: &Dialer,
     url: &Url,
-    token: &SecretString,
+    auth: &dyn Authorizer,
     recorder: &Recorder,
     key: usize,
 ) -> Option<Socket> {
     let started = Instant::now();
-    let mut socket = open(dialer, url, token, recorder, "publisher").await?;
+    let mut socket = open(dialer, url, auth, recorder, "publisher").await?;
     match first_text(&mut socket).await {
         Some(text)
             if matches!(
@@ -100,7 +101,8 @@ pub async fn connect_follower(
     shard: usize,
 ) -> Option<Socket> {
     let started = Instant::now();
-    let mut socket = open(dialer, url, token, recorder, "follower").await?;
+    let invite = BearerToken::new(token.clone());
+    let mut socket = open(dialer, url, &invite, recorder, "follower").await?;
     let welcome = first_text(&mut socket).await;
     let fingerprint = match welcome.map(|text| serde_json::from_str(&text)) {
         Some(Ok(FollowerEvent::Welcome { fingerprint, .. })) => fingerprint,
@@ -120,11 +122,11 @@ pub async fn connect_follower(
 async fn open(
     dialer: &Dialer,
     url: &Url,
-    token: &SecretString,
+    auth: &dyn Authorizer,
     recorder: &Recorder,
     role: &str,
 ) -> Option<Socket> {
-    match dialer.open(url, token).await {
+    match dialer.open(url, auth).await {
         Ok(socket) => Some(socket),
         Err(failure) => {
             tracing::debug!(role, kind = %failure.kind, detail = %failure.detail, "connection failed");

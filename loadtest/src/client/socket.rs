@@ -6,15 +6,14 @@
 //! relay port at about 28,000. Connections to a loopback relay therefore
 //! take their source address in turn from 127.0.0.2, 127.0.0.3 and so on.
 
+use sealcast_client::auth::Authorizer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealcast_client::SecretString;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
@@ -71,9 +70,9 @@ impl Dialer {
         }
     }
 
-    /// Opens a WebSocket to `url` with `Authorization: Bearer token`.
-    pub async fn open(&self, url: &Url, token: &SecretString) -> Result<Socket, ConnectFailure> {
-        let attempt = self.open_unbounded(url, token);
+    /// Opens a WebSocket to `url` with the headers of `auth`.
+    pub async fn open(&self, url: &Url, auth: &dyn Authorizer) -> Result<Socket, ConnectFailure> {
+        let attempt = self.open_unbounded(url, auth);
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(result) => result,
             Err(_) => Err(ConnectFailure {
@@ -86,9 +85,9 @@ impl Dialer {
     async fn open_unbounded(
         &self,
         url: &Url,
-        token: &SecretString,
+        auth: &dyn Authorizer,
     ) -> Result<Socket, ConnectFailure> {
-        let request = authorized_request(url, token)?;
+        let request = authorized_request(url, auth)?;
         let tcp = self.connect_tcp().await?;
         let connector = match &self.tls {
             Some(config) => Connector::Rustls(Arc::clone(config)),
@@ -138,7 +137,7 @@ impl Dialer {
 
 fn authorized_request(
     url: &Url,
-    token: &SecretString,
+    auth: &dyn Authorizer,
 ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ConnectFailure> {
     let invalid = |detail: String| ConnectFailure {
         kind: "invalid request".into(),
@@ -148,10 +147,12 @@ fn authorized_request(
         .as_str()
         .into_client_request()
         .map_err(|err| invalid(format!("invalid WebSocket URL {url}: {err}")))?;
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| invalid("the token contains characters not allowed in a header".into()))?;
-    value.set_sensitive(true);
-    request.headers_mut().insert(header::AUTHORIZATION, value);
+    let headers = auth
+        .headers("GET", url.as_str())
+        .map_err(|err| invalid(format!("failed to make the credential headers: {err}")))?;
+    for (name, value) in headers {
+        request.headers_mut().insert(name, value);
+    }
     Ok(request)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures_util::stream::{self, StreamExt};
-use sealcast_client::auth::BearerToken;
+use sealcast_client::auth::Authorizer;
 use sealcast_client::{endpoint, RelayApi, SecretString, TlsSettings};
 use sealcast_protocol::api::CreateSessionRequest;
 use sealcast_protocol::{SessionId, SessionKey};
@@ -27,8 +27,8 @@ pub struct Clinic {
     pub key: SessionKey,
     /// The relay's session id.
     pub session_id: SessionId,
-    /// Credential of the publish socket and of ending the session.
-    pub publisher_token: SecretString,
+    /// Credentials of the clinician device that publishes and ends the session.
+    pub staff: Arc<dyn Authorizer>,
     /// Credential of the follow sockets.
     pub invite_token: SecretString,
 }
@@ -87,7 +87,7 @@ async fn create_clinic(
         max_browsers: None,
     };
     let created = api
-        .create_session(&BearerToken::new(target.api_key.clone()), &request)
+        .create_session(target.staff.as_ref(), &request)
         .await
         .map_err(|err| LoadtestError::SessionSetup {
             system: target.name().to_string(),
@@ -99,7 +99,7 @@ async fn create_clinic(
         index,
         key,
         session_id: created.session_id,
-        publisher_token: SecretString::new(created.publisher_token.clone()),
+        staff: Arc::clone(&target.staff),
         invite_token: SecretString::new(created.invite_token.clone()),
     })
 }
@@ -169,7 +169,7 @@ async fn connect_clinic(
             connect_publisher(
                 dialer,
                 &publish_url,
-                &clinic.publisher_token,
+                clinic.staff.as_ref(),
                 recorder,
                 clinic.index,
             )

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealcast_client::auth::BearerToken;
 use sealcast_client::RelayApi;
 use sealcast_protocol::{StreamOpener, StreamSealer};
 
@@ -187,10 +186,7 @@ async fn run_clinic(connected: ConnectedClinic, run: ClinicRun) -> ClinicOutcome
     }
     if let Err(err) = run
         .api
-        .end_session(
-            &clinic.session_id,
-            &BearerToken::new(clinic.publisher_token.clone()),
-        )
+        .end_session(&clinic.session_id, clinic.staff.as_ref())
         .await
     {
         tracing::debug!(error = %err, session_id = %clinic.session_id, "failed to end a session");

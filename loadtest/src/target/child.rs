@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use sealcast_client::{SecretString, TlsSettings};
+use sealcast_client::TlsSettings;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{localhost_url, plain_url, start_error, Guard, SystemKind, Target};
+use super::{
+    ignored_credentials, localhost_url, plain_url, staff, start_error, Guard, SystemKind, Target,
+};
 use crate::error::LoadtestError;
 use crate::stats::procfs::{ProbeScope, ProcessProbe};
 
@@ -34,23 +36,22 @@ pub(super) async fn sealcast_child(
         .arg(data_dir.path().join("relay"))
         .args(["--max-connections", &max_connections.to_string()])
         .stderr(Stdio::from(log));
-    let (child, lines) = spawn_and_read(command, binary, SystemKind::Sealcast, 2).await?;
+    let (child, lines) = spawn_and_read(command, binary, SystemKind::Sealcast, 1).await?;
 
     let addr = line_value(&lines, "sealcast-relay listening on https://")
         .and_then(|text| text.parse::<SocketAddr>().ok())
         .ok_or_else(|| fail(format!("the relay printed no address: {lines:?}")))?;
-    let api_key = line_value(&lines, "clinic API key (shown once): ")
-        .ok_or_else(|| fail("the relay printed no API key".into()))?;
-    let cert = data_dir
-        .path()
-        .join("relay")
-        .join(sealcast_relay::tls::DEV_CERT_FILE);
+    let relay_dir = data_dir.path().join("relay");
+    let cert = relay_dir.join(sealcast_relay::tls::DEV_CERT_FILE);
+    let base_url = localhost_url("https", addr.port())?;
+    let sign_in = staff::sign_in_local(&relay_dir, &base_url, &cert).await?;
     let pid = child.id().unwrap_or_default();
     Ok(Target {
         kind: SystemKind::Sealcast,
-        base_url: localhost_url("https", addr.port())?,
+        base_url,
         addr,
-        api_key: SecretString::new(api_key.to_string()),
+        staff: sign_in.authorizer(),
+        _sign_in: Some(sign_in),
         tls: Some(TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?),
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",
@@ -80,7 +81,8 @@ pub(super) async fn null_child() -> Result<Target, LoadtestError> {
         kind: SystemKind::Null,
         base_url: plain_url(addr)?,
         addr,
-        api_key: SecretString::from("null-relay-ignores-credentials"),
+        staff: ignored_credentials(),
+        _sign_in: None,
         tls: None,
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",

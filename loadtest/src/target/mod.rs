@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealcast_client::auth::{Authorizer, BearerToken};
 use sealcast_client::{SecretString, TlsSettings};
 use sealcast_relay::{Config, Limits, RelayHandle};
 use tempfile::TempDir;
@@ -22,6 +23,9 @@ use crate::stats::procfs::{ProbeScope, ProcessProbe};
 
 mod child;
 mod node;
+mod staff;
+
+pub use staff::StaffSignIn;
 
 /// Thread name prefix of a relay started in this process; the relay's store
 /// writer thread is named `sealcast-store-writer`, so one prefix covers both.
@@ -61,8 +65,9 @@ pub struct Target {
     pub base_url: Url,
     /// Address the devices connect to.
     pub addr: SocketAddr,
-    /// Clinic API key for creating sessions; the null relay accepts any.
-    pub api_key: SecretString,
+    /// Credentials the simulated clinician devices send when they create,
+    /// publish and end sessions. The null relay accepts any.
+    pub staff: Arc<dyn Authorizer>,
     /// Trust roots; `None` for plain TCP.
     pub tls: Option<TlsSettings>,
     /// CPU and memory probe, when the system runs on this machine.
@@ -70,6 +75,8 @@ pub struct Target {
     /// Where it runs, for the report: `in-process`, `child process` or `external`.
     pub placement: &'static str,
     guard: Guard,
+    /// The sealcast relay's signed-in clinician device, kept fresh for the run.
+    _sign_in: Option<StaffSignIn>,
 }
 
 impl fmt::Debug for Target {
@@ -197,17 +204,24 @@ async fn external(args: &RunArgs, relay: &str) -> Result<Target, LoadtestError> 
         .map_err(|e| fail(format!("failed to resolve {host}: {e}")))?
         .next()
         .ok_or_else(|| fail(format!("{host} resolves to no address")))?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(sealcast_client::KeyStore::default_dir)
+        .ok_or_else(|| fail("no key store folder: pass --state-dir".into()))?;
+    let sign_in = staff::load_external(&state_dir, &base_url, args.ca_cert.as_deref())?;
     Ok(Target {
         kind: SystemKind::Sealcast,
+        staff: sign_in.authorizer(),
         base_url,
         addr,
-        api_key: SecretString::new(args.api_key.clone().unwrap_or_default()),
         tls: Some(tls),
         probe: args
             .relay_pid
             .map(|pid| ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "external",
         guard: Guard::External,
+        _sign_in: Some(sign_in),
     })
 }
 
@@ -241,23 +255,24 @@ async fn sealcast_in_process(max_connections: usize) -> Result<Target, LoadtestE
     };
 
     let addr = handle.local_addr();
-    let cert = handle.data_dir().join(sealcast_relay::tls::DEV_CERT_FILE);
-    let credentials = handle
-        .api_key()
-        .ok_or_else(|| fail("the new relay made no API key".into()))
-        .and_then(|key| {
-            let tls = TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?;
-            Ok((key, tls, localhost_url("https", addr.port())?))
-        });
-    let (api_key, tls, base_url) = match credentials {
-        Ok(credentials) => credentials,
+    let relay_dir = handle.data_dir().to_path_buf();
+    let cert = relay_dir.join(sealcast_relay::tls::DEV_CERT_FILE);
+    let set_up = async {
+        let tls = TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?;
+        let base_url = localhost_url("https", addr.port())?;
+        let sign_in = staff::sign_in_local(&relay_dir, &base_url, &cert).await?;
+        Ok((tls, base_url, sign_in))
+    };
+    let (tls, base_url, sign_in) = match set_up.await {
+        Ok(set_up) => set_up,
         Err(err) => return Err(abandon(runtime, err)),
     };
     Ok(Target {
         kind: SystemKind::Sealcast,
+        staff: sign_in.authorizer(),
+        _sign_in: Some(sign_in),
         base_url,
         addr,
-        api_key: SecretString::new(api_key),
         tls: Some(tls),
         probe: Some(ProcessProbe::own_threads(RELAY_THREAD_PREFIX)),
         placement: "in-process",
@@ -303,12 +318,20 @@ async fn null_in_process() -> Result<Target, LoadtestError> {
         kind: SystemKind::Null,
         base_url,
         addr,
-        api_key: SecretString::from("null-relay-ignores-credentials"),
+        staff: ignored_credentials(),
         tls: None,
         probe: Some(ProcessProbe::own_threads(NULL_THREAD_NAME)),
         placement: "in-process",
         guard: Guard::NullInProcess { runtime, relay },
+        _sign_in: None,
     })
+}
+
+/// Returns a credential for the null relay, which checks none.
+fn ignored_credentials() -> Arc<dyn Authorizer> {
+    Arc::new(BearerToken::new(SecretString::from(
+        "null-relay-ignores-credentials",
+    )))
 }
 
 fn localhost_url(scheme: &str, port: u16) -> Result<Url, LoadtestError> {

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
+use sealcast_client::auth::BearerToken;
 use sealcast_client::{SecretString, TlsSettings};
 use tokio::process::Command;
 
@@ -62,7 +64,8 @@ pub(super) async fn start(peers_dir: &Path) -> Result<Target, LoadtestError> {
         kind: SystemKind::NodeWs,
         base_url: localhost_url("https", addr.port())?,
         addr,
-        api_key: SecretString::new(api_key),
+        staff: Arc::new(BearerToken::new(SecretString::new(api_key))),
+        _sign_in: None,
         tls: Some(TlsSettings::from_ca_pem(cert_pem.as_bytes()).map_err(|e| fail(e.to_string()))?),
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",

@@ -64,8 +64,6 @@ pub(crate) async fn create(
     let response = CreateSessionResponse {
         session_id: session.session_id,
         epoch: session.epoch,
-        // NOTE: field removed from the protocol when the client stops reading it.
-        publisher_token: String::new(),
         invite_token: invite_token.expose().to_owned(),
     };
     state.store.create_session(session).await?;
