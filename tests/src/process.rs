@@ -80,9 +80,10 @@ impl RelayProcess {
         self.child.id()
     }
 
-    /// Returns the relay's base URL.
+    /// Returns the relay's base URL: its default public URL,
+    /// `https://localhost:PORT/`, which staff devices' proofs must name.
     pub fn base_url(&self) -> String {
-        format!("https://{}/", self.addr)
+        format!("https://localhost:{}/", self.addr.port())
     }
 
     /// Returns the folder where a relay without SMTP settings writes its mail.

@@ -78,10 +78,24 @@ enum Reply {
 struct Counter {
     name: &'static str,
     label: (&'static str, &'static str),
+    /// The `reason` label, for counters that have one.
+    reason: Option<&'static str>,
+}
+
+impl Counter {
+    fn labels(&self) -> Vec<(&'static str, &'static str)> {
+        let mut labels = vec![self.label];
+        labels.extend(self.reason.map(|reason| ("reason", reason)));
+        labels
+    }
 }
 
 const fn counter(name: &'static str, label: (&'static str, &'static str)) -> Counter {
-    Counter { name, label }
+    Counter {
+        name,
+        label,
+        reason: None,
+    }
 }
 
 /// The sessions and trust settings the bad inputs are sent with.
@@ -144,9 +158,12 @@ fn cases() -> Vec<(Input, Reply, Counter)> {
             Input::WrongCredential,
             Reply::Http {
                 status: 401,
-                reason: "unauthorized: invalid publisher token for this session".into(),
+                reason: "unauthorized: invalid credential: staff requests send Authorization: DPoP <access token>".into(),
             },
-            counter(AUTH_FAILURES, ("endpoint", "publish")),
+            Counter {
+                reason: Some("wrong_scheme"),
+                ..counter(AUTH_FAILURES, ("endpoint", "publish"))
+            },
         ),
         (
             Input::FrameOfAnotherSession,
@@ -202,7 +219,7 @@ async fn malformed_input_keeps_others_streaming() {
         let after = scrape(&target.streaming.relay, &target.tls).await;
         assert_eq!(reply, expected, "{input:?}: reply");
 
-        let labels = [counter.label];
+        let labels = counter.labels();
         let change = after.value(counter.name, &labels) - before.value(counter.name, &labels);
         metric_changes.push((input, counter, change));
         wait_for_progress(&finals_seen, seen_before, input).await;
@@ -249,9 +266,11 @@ async fn malformed_input_keeps_others_streaming() {
     // Checked last, so that a missing count does not hide the other checks.
     for (input, counter, change) in metric_changes {
         assert_eq!(
-            change, 1.0,
-            "{input:?}: {}{{{}=\"{}\"}} changed by {change}, so the relay did not count this input once",
-            counter.name, counter.label.0, counter.label.1
+            change,
+            1.0,
+            "{input:?}: {}{:?} changed by {change}, so the relay did not count this input once",
+            counter.name,
+            counter.labels()
         );
     }
 }
