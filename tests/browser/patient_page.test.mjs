@@ -27,7 +27,7 @@ import {
   waitForState,
 } from './support/browser.mjs';
 import { repoPath } from './support/paths.mjs';
-import { Relay, runCli, startSession, waitFor } from './support/processes.mjs';
+import { Relay, runCli, signIn, startSession, waitFor } from './support/processes.mjs';
 import { findLeaks, keyForms, keyOfLink, tokenOfLink } from './support/secrets.mjs';
 import { chooseConsultation } from './support/transcript.mjs';
 
@@ -51,6 +51,8 @@ const traffic = new Traffic();
 // tokens or cookie values.
 const links = [];
 const cookies = [];
+// Sign-in links the clinicians opened. No relay log line may contain their tokens.
+const signInLinks = [];
 let workDir;
 let relay;
 let browser;
@@ -75,7 +77,7 @@ after(async () => {
 const LIVE_TEST = 'live session arrives whole through a reload and a relay restart';
 test(LIVE_TEST, { timeout: 100000 }, async () => {
   const stateDir = join(workDir, 'clinician-live');
-  const link = await startSession(stateDir, relay);
+  const link = await signedInSession(stateDir);
   links.push(link);
   endedLink = link;
   const expected = consultation.segments;
@@ -137,7 +139,7 @@ test(LIVE_TEST, { timeout: 100000 }, async () => {
 });
 
 test('fetching the invite link without scripts redeems nothing', { timeout: 30000 }, async () => {
-  const link = await startSession(join(workDir, 'clinician-fresh'), relay);
+  const link = await signedInSession(join(workDir, 'clinician-fresh'));
   links.push(link);
   freshLink = link;
 
@@ -196,12 +198,14 @@ test('no key in browser requests, no secret in relay logs', async () => {
   const secrets = [
     ...keys,
     ...links.map((link) => ({ label: 'invite token', text: tokenOfLink(link) })),
+    ...signInLinks.map((link) => ({ label: 'sign-in token', text: link.split('#token=')[1] })),
     ...cookies.map((text) => ({ label: 'follow cookie', text })),
     ...traffic.challenges.map((text) => ({ label: 'challenge', text })),
     ...traffic.proofs.map((text) => ({ label: 'proof', text })),
   ];
   assert.ok(traffic.challenges.length >= 4, 'too few invite challenges recorded');
   assert.ok(traffic.proofs.length >= 2, 'too few invite proofs recorded');
+  assert.ok(signInLinks.length >= 2, 'too few sign-in links recorded');
   const logs = relay.logLines.map((line, index) => ({
     where: `relay log line ${index + 1}`,
     text: line,
@@ -245,6 +249,31 @@ async function restartRelayMidSession() {
   assert.ok(from <= lastBefore + 1n, `offset ${from} skips past ${lastBefore}, a gap`);
   const welcome = resumed.events.find((event) => event.type === 'welcome');
   assert.equal(BigInt(welcome.from_offset), from);
+}
+
+/** Signs a clinician device in through the sign-in page, then starts a session on it. */
+async function signedInSession(stateDir) {
+  await signIn(stateDir, relay, confirmInBrowser);
+  return startSession(stateDir, relay);
+}
+
+/**
+ * Opens a sign-in link as a clinician would: a mail scanner's fetch first, which must change
+ * nothing, then the page in Chromium, where pressing "Sign in" approves the waiting device.
+ */
+async function confirmInBrowser(link) {
+  signInLinks.push(link);
+  const scanned = await plainGet(link);
+  assert.equal(scanned.status, 200, 'the sign-in page did not load without scripts');
+
+  const context = await traffic.newContext(browser, DESKTOP);
+  const page = await context.newPage();
+  await page.goto(link);
+  await page.locator('#confirm-button').waitFor({ state: 'visible' });
+  await assertNoFragment(page);
+  await page.click('#confirm-button');
+  await page.locator('#step-device').waitFor({ state: 'visible' });
+  await context.close();
 }
 
 /** Checks that the page removed the fragment, which contains the key, from the address bar. */

@@ -2,8 +2,8 @@
 // `cargo build` into target/debug.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 
 import { repoPath } from './paths.mjs';
 
@@ -22,16 +22,22 @@ export function binary(name) {
  */
 export class Relay {
   logLines = [];
-  apiKey = null;
   port = 0;
+  organization = null;
   #child = null;
 
   constructor(dataDir) {
     this.dataDir = dataDir;
   }
 
+  // The relay's default public URL, which the proofs of staff devices must name.
   get url() {
-    return `https://127.0.0.1:${this.port}`;
+    return `https://localhost:${this.port}`;
+  }
+
+  /** The folder where this development relay writes its mail. */
+  get outbox() {
+    return join(this.dataDir, 'outbox');
   }
 
   get devCert() {
@@ -47,22 +53,44 @@ export class Relay {
     });
     this.#child = child;
     collectLines(child.stderr, (line) => this.logLines.push(line));
-    const firstStart = this.apiKey === null;
     const stdout = [];
     collectLines(child.stdout, (line) => stdout.push(line));
 
     await waitFor(() => {
       const listening = stdout.find((line) => line.startsWith('sealcast-relay listening on '));
-      const key = stdout.find((line) => line.startsWith('clinic API key (shown once): '));
-      if (listening === undefined || (firstStart && key === undefined)) {
+      if (listening === undefined) {
         return false;
       }
       this.port = Number(new URL(listening.split(' ').at(-1)).port);
-      if (firstStart) {
-        this.apiKey = key.slice('clinic API key (shown once): '.length).trim();
-      }
       return true;
     }, `the relay did not start: ${this.logLines.slice(-5).join(' | ')}`, child);
+  }
+
+  /** Runs `sealcast-relay admin` on this relay's data directory and returns its output. */
+  async admin(args) {
+    const child = spawn(binary('sealcast-relay'), ['admin', '--data-dir', this.dataDir, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const { stdout } = await finished(child, `sealcast-relay admin ${args.join(' ')}`);
+    return stdout.trim();
+  }
+
+  /** Creates a clinician of this relay's test organization and returns the email address. */
+  async createClinician(name) {
+    if (this.organization === null) {
+      this.organization = await this.admin(['create-org', '--name', 'Browser test clinic']);
+    }
+    const email = `${name}@clinic.example`;
+    await this.admin([
+      'create-user',
+      '--org',
+      this.organization,
+      '--email',
+      email,
+      '--role',
+      'clinician',
+    ]);
+    return email;
   }
 
   /** Stops the relay with a signal and waits for it to exit. */
@@ -86,6 +114,11 @@ export function runCli(stateDir, args) {
   const child = spawn(binary('sealcast'), ['--state-dir', stateDir, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  return finished(child, `sealcast ${args.join(' ')}`);
+}
+
+/** Resolves to a child's output once it exits with 0, and rejects with its stderr otherwise. */
+function finished(child, what) {
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk) => {
@@ -100,10 +133,56 @@ export function runCli(stateDir, args) {
       if (code === 0) {
         resolve({ stdout, stderr });
       } else {
-        reject(new Error(`sealcast ${args.join(' ')} exited with ${code}: ${stderr.trim()}`));
+        reject(new Error(`${what} exited with ${code}: ${stderr.trim()}`));
       }
     });
   });
+}
+
+/**
+ * Signs the clinician device of `stateDir` in with `sealcast login`: waits for the sign-in mail in
+ * the relay's outbox, hands its link to `confirmLink` (which opens it as the clinician would)
+ * and waits for the CLI to receive its tokens. Returns the link.
+ */
+export async function signIn(stateDir, relay, confirmLink) {
+  const email = await relay.createClinician(basename(stateDir));
+  const requested = Date.now();
+  const login = runCli(stateDir, [
+    'login',
+    '--relay',
+    relay.url,
+    '--email',
+    email,
+    '--ca-cert',
+    relay.devCert,
+    '--device-name',
+    'browser test',
+  ]);
+  let link;
+  await waitFor(() => {
+    link = findSignInLink(relay.outbox, email, requested);
+    return link !== undefined;
+  }, `no sign-in mail to ${email} in ${relay.outbox}`);
+  await confirmLink(link);
+  await login;
+  return link;
+}
+
+/** Returns the link of the newest mail to `email` in `outbox` written since `sinceMs`. */
+function findSignInLink(outbox, email, sinceMs) {
+  if (!existsSync(outbox)) {
+    return undefined;
+  }
+  const mails = readdirSync(outbox)
+    .filter((name) => name.endsWith('.eml'))
+    // Names start with the Unix time in milliseconds, so this sorts them oldest first.
+    .sort()
+    .map((name) => join(outbox, name))
+    .filter((path) => statSync(path).mtimeMs >= sinceMs - 1000)
+    .map((path) => readFileSync(path, 'utf8'))
+    .filter((mail) => mail.match(/^To: (.*)$/im)?.[1].includes(email));
+  const link = mails.at(-1)?.match(/https:\/\/\S+#token=[A-Za-z0-9_-]+/);
+  return link?.[0];
 }
 
 /** Starts a session with `sealcast session start` and returns its invite link. */
@@ -113,8 +192,6 @@ export async function startSession(stateDir, relay) {
     'start',
     '--relay',
     relay.url,
-    '--api-key',
-    relay.apiKey,
     '--ca-cert',
     relay.devCert,
     '--no-qr',
