@@ -1,7 +1,7 @@
-//! The whole staff sign-in through a real SMTP listener: the relay process
-//! sends the magic link by SMTP to a sink on loopback, the test reads the
-//! link from the received mail, confirms it as the sign-in page does, and the
-//! device's tokens then start, publish and end a session.
+//! The whole staff sign-in through a real SMTP listener. The relay process
+//! sends the magic link by SMTP to a sink on loopback. The test reads the
+//! link from the received mail and confirms it as the sign-in page does, and
+//! the device's tokens then start, publish and end a session.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,7 +19,7 @@ use sealcast_tests::smtp_sink::SmtpSink;
 use sealcast_tests::staff::{admin, create_organization};
 use url::Url;
 
-/// Longest wait for the relay's mail to reach the sink.
+/// Maximum wait for the relay's mail to reach the sink.
 const MAIL_WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
