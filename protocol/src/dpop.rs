@@ -195,6 +195,9 @@ pub fn verify_proof(
         return Err(DpopError::Malformed("alg must be EdDSA"));
     }
     let jwk = header.jwk.ok_or(DpopError::InvalidKey)?;
+    if carries_private_key(proof) {
+        return Err(DpopError::InvalidKey);
+    }
     let public_key = ed25519_public_key(&jwk)?;
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| DpopError::InvalidKey)?;
 
@@ -212,7 +215,8 @@ pub fn verify_proof(
     if !(MIN_JTI_LEN..=MAX_JTI_LEN).contains(&claims.jti.len()) {
         return Err(DpopError::Malformed("jti must be 16 to 64 bytes"));
     }
-    if !claims.htm.eq_ignore_ascii_case(method) {
+    // RFC 9449 compares the method exactly, and methods are upper case.
+    if claims.htm != method {
         return Err(DpopError::WrongRequest("htm"));
     }
     if claims.htu != target_uri(url)? {
@@ -238,6 +242,22 @@ pub fn verify_proof(
         jti: claims.jti,
         iat: claims.iat,
     })
+}
+
+/// Returns whether the proof's header `jwk` has a private part `d`, which
+/// RFC 9449 forbids. The JWT library drops members it does not know, so the
+/// header is read again as plain JSON.
+fn carries_private_key(proof: &str) -> bool {
+    let Some(encoded) = proof.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(encoded) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|header| header.get("jwk")?.get("d").cloned())
+        .is_some()
 }
 
 /// Returns the `htu` form of a request URL: `https` for `wss` and `http`
@@ -400,6 +420,31 @@ mod tests {
         assert_eq!(
             verify_proof(&forged, "GET", URL, None, NOW),
             Err(DpopError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn key_with_private_part_is_rejected() {
+        let key = key();
+        let proof = key.proof("GET", URL, None, NOW).unwrap();
+        let mut parts: Vec<String> = proof.split('.').map(str::to_owned).collect();
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[0]).unwrap()).unwrap();
+        header["jwk"]["d"] = serde_json::Value::String(URL_SAFE_NO_PAD.encode([7u8; 32]));
+        parts[0] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap());
+        let with_private = parts.join(".");
+        assert_eq!(
+            verify_proof(&with_private, "GET", URL, None, NOW),
+            Err(DpopError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn method_must_match_exactly() {
+        let proof = key().proof("GET", URL, None, NOW).unwrap();
+        assert_eq!(
+            verify_proof(&proof, "get", URL, None, NOW),
+            Err(DpopError::WrongRequest("htm"))
         );
     }
 

@@ -105,6 +105,14 @@ struct ServeArgs {
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Requests answered 401 that one client address may make per minute before
+    /// all its requests get 429 for a while.
+    #[arg(
+        long,
+        env = "SEALCAST_FAILED_CREDENTIALS_PER_MINUTE",
+        default_value_t = 20
+    )]
+    failed_credentials_per_minute: u32,
     /// Lifetime of staff access tokens, for example 5m.
     #[arg(long, env = "SEALCAST_ACCESS_TOKEN_LIFETIME", default_value = "5m", value_parser = parse_duration)]
     access_token_lifetime: Duration,
@@ -155,6 +163,7 @@ impl ServeArgs {
                 ping_interval: self.ping_interval,
                 idle_timeout: self.idle_timeout,
                 handshake_timeout: self.handshake_timeout,
+                failed_credentials_per_minute: self.failed_credentials_per_minute,
             },
             accounts: AccountsConfig {
                 access_token_lifetime: self.access_token_lifetime,

@@ -145,6 +145,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     pub handshake_timeout: Duration,
+    /// Requests answered `401` that one client address may make per minute,
+    /// and at once, before every request from it gets `429` for a while.
+    pub failed_credentials_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -162,6 +165,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            failed_credentials_per_minute: 20,
         }
     }
 }
@@ -173,6 +177,9 @@ impl Limits {
         let smallest_message = sealcast_protocol::HEADER_LEN + 8;
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1".into());
+        }
+        if self.failed_credentials_per_minute == 0 {
+            return invalid("failed_credentials_per_minute", "must be at least 1".into());
         }
         if self.max_message_size < smallest_message {
             return invalid(

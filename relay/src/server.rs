@@ -175,6 +175,7 @@ fn spawn_server(
         public_origin: http::auth::origin_of(public_url),
         public_url: public_url.to_owned(),
         accounts,
+        failures: http::failures::FailureLimiter::new(config.limits.failed_credentials_per_minute),
     });
     let listener = Listener::new(
         tcp,

@@ -17,15 +17,20 @@ pub(crate) fn admit_ip(
     peer: Option<&Extension<PeerAddr>>,
     endpoint: &'static str,
 ) -> Result<(), ApiError> {
-    // Every request from the listener has a peer address. Any other shares one budget.
-    let client = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(peer)| {
-        peer.0.ip()
-    });
+    let client = client_address(peer);
     state
         .accounts
         .limits
         .check_ip(client)
         .map_err(|wait| limited(endpoint, LimitScope::Ip, wait))
+}
+
+/// Returns the client address of a request. Every request from the listener
+/// has one, and any other shares the unspecified address's budget.
+pub(crate) fn client_address(peer: Option<&Extension<PeerAddr>>) -> IpAddr {
+    peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(peer)| {
+        peer.0.ip()
+    })
 }
 
 /// Counts a request against an account's budget. `account` is a normalized

@@ -19,7 +19,7 @@ use sealcast_protocol::auth::{
 
 use super::cookies::set_sign_in_cookies;
 use super::json::read_json;
-use super::limits::{admit_account, admit_ip};
+use super::limits::{admit_account, admit_ip, client_address};
 use super::staff::{key_proof, reject};
 use super::{ApiError, AppState};
 use crate::accounts::admin::checked_email;
@@ -57,7 +57,10 @@ pub(crate) async fn start(
     let request: LoginRequest = read_json(&headers, body, "sign-in request").await?;
     let email =
         checked_email(&request.email).map_err(|error| ApiError::BadRequest(error.to_string()))?;
-    admit_account(&state, &email, LOGIN)?;
+    // The budget is per address and client, so that nobody can spend a
+    // user's budget and keep them from getting links from their own device.
+    let client = client_address(peer.as_ref());
+    admit_account(&state, &format!("{email} {client}"), LOGIN)?;
     let device = match (proof, request.device_name) {
         (Some(proof), name) => Some(PendingDevice {
             public_key: proof.public_key,
@@ -169,16 +172,18 @@ pub(crate) async fn confirm(
 
 /// Returns the state of a device sign-in to a poll with a proof by the key
 /// it started with. On approval the device is registered and gets tokens,
-/// and a later poll gets 410.
-// NOTE: polls are not rate limited. Each needs a fresh proof by the key that
-// started the sign-in and the login id, so only that device can poll it.
+/// and a later poll gets 410. Polls count against the client address's
+/// budget before the proof is checked, because every checked proof takes a
+/// place in the shared replay cache.
 pub(crate) async fn poll(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LoginPollResponse>, ApiError> {
+    admit_ip(&state, peer.as_ref(), POLL)?;
     let proof = key_proof(&state, &headers, &method, uri.path(), POLL)?.ok_or_else(|| {
         reject(
             POLL,
@@ -231,12 +236,14 @@ pub(crate) async fn second_factor(
         .filter(|c| !c.is_whitespace())
         .collect();
     let pending = find(&state, LoginKey::AnyLoginId(login_id.hash()), LOGIN_TOTP).await?;
-    let user = pending.user.clone().ok_or_else(unknown_login)?;
+    // Unconfirmed comes first: a sign-in for an address without an account
+    // is never confirmed, so this answer is the same for every address.
     if !pending.confirmed {
         return Err(ApiError::Conflict(
             "the sign-in link has not been opened yet: open it first".into(),
         ));
     }
+    let user = pending.user.clone().ok_or_else(unknown_login)?;
     if !pending.needs_second_factor() {
         return Err(ApiError::Conflict(
             "this sign-in needs no TOTP or recovery code".into(),

@@ -22,6 +22,7 @@ mod admin;
 pub(crate) mod auth;
 mod cookies;
 mod error;
+pub(crate) mod failures;
 mod invites;
 mod json;
 mod limits;
@@ -72,6 +73,8 @@ pub(crate) struct RelayState {
     pub(crate) public_url: String,
     /// Staff accounts, tokens and open staff sockets.
     pub(crate) accounts: Arc<Accounts>,
+    /// Client addresses blocked after too many failed credentials.
+    pub(crate) failures: failures::FailureLimiter,
 }
 
 /// The state as handlers receive it.
@@ -121,6 +124,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            failures::limit_failures,
+        ))
         .layer(middleware::from_fn(no_store_by_default))
         .layer(middleware::from_fn(observe::record))
         .with_state(state)
