@@ -20,4 +20,6 @@ pub mod sample;
 pub mod session;
 pub mod smtp_sink;
 pub mod store;
+pub mod streaming;
 pub mod transcripts;
+pub mod wire_socket;
