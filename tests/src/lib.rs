@@ -21,4 +21,6 @@ pub mod session;
 pub mod smtp_sink;
 pub mod staff;
 pub mod store;
+pub mod streaming;
 pub mod transcripts;
+pub mod wire_socket;

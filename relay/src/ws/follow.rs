@@ -339,7 +339,10 @@ impl Follower {
                 tracing::debug!(%session_id, role = ROLE, code = closing.code, "follower closed");
                 self.conn.close(closing).await;
             }
-            None => tracing::debug!(%session_id, role = ROLE, "follower disconnected"),
+            None => {
+                self.conn.answer_peer_close().await;
+                tracing::debug!(%session_id, role = ROLE, "follower disconnected");
+            }
         }
     }
 }

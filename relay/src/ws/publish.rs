@@ -336,7 +336,10 @@ impl Publisher {
                 tracing::debug!(%session_id, role = ROLE, code = closing.code, "publisher closed");
                 self.conn.close(closing).await;
             }
-            None => tracing::debug!(%session_id, role = ROLE, "publisher disconnected"),
+            None => {
+                self.conn.answer_peer_close().await;
+                tracing::debug!(%session_id, role = ROLE, "publisher disconnected");
+            }
         }
     }
 }

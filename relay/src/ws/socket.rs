@@ -21,6 +21,10 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// most 125 bytes (RFC 6455, section 5.5) and the code takes two of them.
 const MAX_REASON_LEN: usize = 123;
 
+/// Largest payload length a frame can declare: RFC 6455, section 5.2,
+/// requires the most significant bit of the 64-bit length to be 0.
+const MAX_DECLARED_LEN: usize = i64::MAX as usize;
+
 /// A WebSocket split into halves, with its keepalive state.
 pub(crate) struct WsConnection {
     /// Outgoing half.
@@ -110,12 +114,40 @@ impl WsConnection {
             Some(Ok(Message::Binary(data))) => Inbound::Binary(data),
             Some(Ok(Message::Text(_))) => Inbound::Text,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Control,
-            Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+            Some(Ok(Message::Close(frame))) => {
+                self.count_reserved_close_code(frame.as_ref());
+                Inbound::Closed
+            }
+            None => Inbound::Closed,
             Some(Err(error)) if is_message_too_big(&error) => Inbound::TooBig,
             Some(Err(error)) => Inbound::Failed(error),
         };
         self.keepalive.touch();
         inbound
+    }
+
+    /// Counts a close frame whose code a peer must never send (1005, 1006,
+    /// 1015 or an unassigned one, RFC 6455 section 7.4). tungstenite replies
+    /// to such a frame with 1002 itself and passes it on with code 1002 and the
+    /// reason "Protocol violation" in place of the peer's.
+    fn count_reserved_close_code(&self, frame: Option<&CloseFrame>) {
+        // NOTE: this relies on tungstenite's replacement reason (0.26 to 0.29);
+        // a peer that sends exactly 1002 "Protocol violation" is counted too.
+        let Some(frame) = frame else {
+            return;
+        };
+        if frame.code == 1002 && frame.reason.as_str() == "Protocol violation" {
+            metrics::counter!(WEBSOCKET_PROTOCOL_ERRORS, "role" => self.role).increment(1);
+            tracing::warn!(role = self.role, "peer sent a reserved close code");
+        }
+    }
+
+    /// Sends the reply to the peer's close frame, which tungstenite queued
+    /// when the frame arrived (RFC 6455, section 5.5.1), waiting at most 1 s.
+    /// Does nothing when the connection ended without a close frame.
+    pub(crate) async fn answer_peer_close(&mut self) {
+        let wait = self.write_timeout.min(CLOSE_REPLY_WAIT);
+        let _ = tokio::time::timeout(wait, self.sink.flush()).await;
     }
 
     /// Handles a keepalive tick: closes an idle peer, pings a live one.
@@ -198,18 +230,27 @@ impl Keepalive {
     }
 }
 
-/// Checks whether a read failed because the message exceeds the maximum size.
 /// Returns the close frame for a peer that broke RFC 6455: 1007 for invalid
-/// UTF-8 in a text message, 1002 for any other protocol violation, and
-/// `None` for errors that are not the peer's fault, such as a reset connection.
+/// UTF-8 in a text message or close reason, 1002 for any other protocol
+/// violation, and `None` for errors that are not the peer's fault, such as a
+/// reset connection.
 /// Every protocol violation is counted by role and logged as peer misbehaviour.
 pub(crate) fn protocol_violation(error: &axum::Error, role: &'static str) -> Option<Closing> {
     let source = std::error::Error::source(error)?;
     let closing = match source.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Utf8(_) => Closing::new(1007, "text message is not valid UTF-8"),
+        tungstenite::Error::Utf8(_) => {
+            Closing::new(1007, "text message or close reason is not valid UTF-8")
+        }
         tungstenite::Error::Protocol(violation) => {
             Closing::new(1002, format!("WebSocket protocol error: {violation}"))
         }
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        }) if *size > MAX_DECLARED_LEN => Closing::new(
+            1002,
+            "WebSocket protocol error: frame length has its most significant bit set",
+        ),
         _ => return None,
     };
     metrics::counter!(WEBSOCKET_PROTOCOL_ERRORS, "role" => role).increment(1);
@@ -217,13 +258,14 @@ pub(crate) fn protocol_violation(error: &axum::Error, role: &'static str) -> Opt
     Some(closing)
 }
 
+/// Checks whether a read failed because the message exceeds the maximum size.
 fn is_message_too_big(error: &axum::Error) -> bool {
     let source = std::error::Error::source(error);
     matches!(
         source.and_then(|source| source.downcast_ref::<tungstenite::Error>()),
         Some(tungstenite::Error::Capacity(
-            tungstenite::error::CapacityError::MessageTooLong { .. }
-        ))
+            tungstenite::error::CapacityError::MessageTooLong { size, .. }
+        )) if *size <= MAX_DECLARED_LEN
     )
 }
 
