@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sealcast_client::auth::Authorizer;
 use sealcast_protocol::TranscriptSegment;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::session::{
     follow_counting_finals, wait_until_connected, FollowOutcome, LiveSession,
 };
+use sealcast_tests::staff::StaffDevice;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use url::Url;
@@ -90,7 +92,7 @@ impl SessionPlan {
 struct RelayTarget {
     url: Url,
     ca_cert: PathBuf,
-    api_key: String,
+    auth: Arc<dyn Authorizer>,
 }
 
 /// What one session published and what each of its followers received.
@@ -112,10 +114,11 @@ async fn followers_receive_only_their_own_session() {
 
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
+    let staff = StaffDevice::clinician(&relay).await;
     let target = RelayTarget {
         url: Url::parse(&relay.base_url()).unwrap(),
         ca_cert: relay.ca_cert(),
-        api_key: relay.api_key.clone().unwrap(),
+        auth: staff.authorizer(),
     };
 
     let slots = Arc::new(Semaphore::new(CONCURRENT_SESSIONS));
@@ -152,7 +155,7 @@ async fn followers_receive_only_their_own_session() {
 /// Creates a session, publishes its segments while followers join and
 /// leave as planned, ends it and collects what every follower received.
 async fn run_session(target: &RelayTarget, plan: SessionPlan, seed: u64) -> SessionResult {
-    let session = LiveSession::create_at(&target.url, &target.ca_cert, &target.api_key).await;
+    let session = LiveSession::create_at(&target.url, &target.ca_cert, target.auth.clone()).await;
     let marker = format!("session {}", session.created.session_id);
     let mut rng = StdRng::seed_from_u64(seed ^ plan.index as u64);
     let mut publisher = session.publisher().await;

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 
+use sealcast_client::endpoint::publish_url;
 use sealcast_client::TlsSettings;
 use sealcast_protocol::api::PublisherEvent;
 use sealcast_protocol::{StreamSealer, TranscriptSegment};
@@ -19,6 +20,7 @@ use sealcast_tests::memory::{peak_resident_bytes, resident_bytes};
 use sealcast_tests::metrics::scrape;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::session::LiveSession;
+use sealcast_tests::staff::StaffDevice;
 use sealcast_tests::streaming::BackgroundStream;
 use sealcast_tests::wire_socket::{op, WireSocket};
 
@@ -143,9 +145,9 @@ fn handshake_cases() -> Vec<Handshake> {
 async fn websocket_abuse_gets_rfc_close_codes() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
-    let api_key = relay.api_key.clone().unwrap();
-    let streaming = LiveSession::create(&relay, &api_key).await;
-    let victim = LiveSession::create(&relay, &api_key).await;
+    let staff = StaffDevice::clinician(&relay).await;
+    let streaming = LiveSession::create(&relay, &staff).await;
+    let victim = LiveSession::create(&relay, &staff).await;
     let background = BackgroundStream::start(&streaming).await;
 
     for (abuse, expected) in abuse_cases() {
@@ -401,13 +403,18 @@ fn upgrade_request(session: &LiveSession, addr: SocketAddr, handshake: Handshake
         .extra_header
         .map(|header| format!("{header}\r\n"))
         .unwrap_or_default();
+    let url = publish_url(&session.relay, &session.created.session_id);
+    let credentials: String = session
+        .auth
+        .headers("GET", url.as_str())
+        .unwrap()
+        .iter()
+        .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap()))
+        .collect();
     format!(
         "GET /v1/sessions/{}/publish HTTP/1.1\r\nHost: {addr}\r\n{}\r\n{}\r\n{extra}\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        session.created.session_id,
-        handshake.upgrade,
-        handshake.connection,
-        session.created.publisher_token
+         {credentials}\r\n",
+        session.created.session_id, handshake.upgrade, handshake.connection,
     )
 }

@@ -107,6 +107,8 @@ impl AccountsApi {
 
     /// Sends the second factor of a pending sign-in with
     /// `POST /v1/auth/login/totp`: six TOTP digits or a recovery code.
+    /// The relay either returns the tokens or, with 204, completes the
+    /// sign-in for the device's next poll, which this function then makes.
     pub async fn submit_totp(
         &self,
         key: &Arc<DeviceKey>,
@@ -123,6 +125,14 @@ impl AccountsApi {
             .await?;
         if response.status() == StatusCode::GONE {
             return Err(ClientError::SignInExpired);
+        }
+        if response.status() == StatusCode::NO_CONTENT {
+            return match self.poll(key, login_id).await? {
+                PollOutcome::Status(LoginPollResponse::Approved(tokens)) => Ok(tokens),
+                other => Err(ClientError::ProtocolViolation(format!(
+                    "the relay accepted the TOTP code but did not approve the sign-in: {other:?}"
+                ))),
+            };
         }
         read_json(response, "the TOTP code", totp_hint).await
     }

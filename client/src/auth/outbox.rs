@@ -22,6 +22,9 @@ use crate::tls::TlsSettings;
 /// How long [`sign_in_from_outbox`] waits for the relay to write the mail.
 pub const MAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Allowance for file modification times that lag the system clock.
+const MTIME_SLACK: Duration = Duration::from_secs(1);
+
 /// Signs a new device of `key_store` in to `relay` as `email`, reading the
 /// magic link from the relay's `outbox` folder. Fails with
 /// [`ClientError::Internal`] when no mail arrives within [`MAIL_TIMEOUT`]
@@ -126,6 +129,9 @@ pub async fn confirm_link(
 /// Returns the link of the newest mail to `email` in `outbox` written at or
 /// after `since`.
 fn find_link(outbox: &Path, email: &str, since: SystemTime) -> Option<String> {
+    // File times come from a coarser clock than `SystemTime::now`, so a mail
+    // written just after `since` can carry a time a little before it.
+    let since = since - MTIME_SLACK;
     let mut mails: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(outbox)
         .ok()?
         .filter_map(Result::ok)
