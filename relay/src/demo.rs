@@ -136,9 +136,11 @@ impl DemoSession {
         println!("Patient link (it carries the session key):");
         println!("  {link}");
         println!("Fingerprint words: {words}");
+        // The link goes in on standard input, so it stays out of the
+        // process list and of cargo's "Running" line.
         println!("Follow it from a terminal:");
         println!(
-            "  cargo run --release --bin sealcast -- follow --ca-cert '{}' '{link}'",
+            "  echo '{link}' | cargo run --release --bin sealcast -- follow --ca-cert '{}' -",
             self.ca_cert.display()
         );
         println!();

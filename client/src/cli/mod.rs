@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use sealcast_protocol::SessionId;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::error::ClientError;
@@ -174,8 +175,8 @@ pub(crate) fn parse_session_id(text: &str) -> Result<SessionId, String> {
         .map_err(|_| format!("{text:?} is not a session id: expected 32 hex digits"))
 }
 
-const TUNGSTENITE_CAP: &str = "tungstenite=debug";
-const TOKIO_TUNGSTENITE_CAP: &str = "tokio_tungstenite=debug";
+/// Log targets of the WebSocket library, whose level is capped.
+const WEBSOCKET_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -187,9 +188,17 @@ fn init_logging(verbose: u8) {
         EnvFilter::try_from_env("SEALCAST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // tungstenite's trace output prints whole upgrade requests, bearer
     // tokens included, so it is capped at debug whatever the filter sets.
-    let filter = filter
-        .add_directive(TUNGSTENITE_CAP.parse().unwrap_or_default())
-        .add_directive(TOKIO_TUNGSTENITE_CAP.parse().unwrap_or_default());
+    // The cap is never more verbose than the filter itself.
+    let cap = filter
+        .max_level_hint()
+        .unwrap_or(LevelFilter::WARN)
+        .min(LevelFilter::DEBUG);
+    let filter = WEBSOCKET_TARGETS.iter().fold(filter, |filter, target| {
+        match format!("{target}={cap}").parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        }
+    });
     // A second initialisation, as in tests that call `run` twice, keeps the first.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
