@@ -3,10 +3,12 @@
 //! Every name starts with `sealcast_`; counters end in `_total`, durations in
 //! `_seconds` and sizes in `_bytes`. `GET /metrics` renders them.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open connections, label `role`: `http` for connections serving HTTP,
@@ -34,6 +36,12 @@ pub const BYTES_DELIVERED: &str = "sealcast_bytes_delivered_total";
 pub const STORE_COMMIT_SECONDS: &str = "sealcast_store_commit_seconds";
 /// Writes committed together in one transaction.
 pub const STORE_COMMIT_BATCH_WRITES: &str = "sealcast_store_commit_batch_writes";
+/// Time a WAL checkpoint took, label `mode`: `passive` or `restart`.
+pub const STORE_CHECKPOINT_SECONDS: &str = "sealcast_store_checkpoint_seconds";
+/// WAL checkpoints that failed, label `mode`.
+pub const STORE_CHECKPOINT_FAILURES: &str = "sealcast_store_checkpoint_failures_total";
+/// Size of the WAL file after the last checkpoint.
+pub const STORE_WAL_BYTES: &str = "sealcast_store_wal_bytes";
 /// Store transactions that failed to commit.
 pub const STORE_COMMIT_FAILURES: &str = "sealcast_store_commit_failures_total";
 /// Single writes that failed inside a committed transaction, for example a
@@ -75,13 +83,70 @@ const SECONDS_BUCKETS: &[f64] = &[
 
 /// Batch size buckets, in writes per transaction.
 const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
 ];
 
 /// Interval of histogram upkeep, which bounds memory when `/metrics` is not scraped.
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+static FRAME_METRICS: OnceLock<FrameMetrics> = OnceLock::new();
+
+/// Handles of the metrics that change with every frame, registered once so
+/// that the frame path skips the recorder's lookup by name.
+pub(crate) struct FrameMetrics {
+    /// [`FRAMES_RECEIVED`].
+    pub(crate) received: Counter,
+    /// [`BYTES_RECEIVED`].
+    pub(crate) bytes_received: Counter,
+    /// [`FRAMES_ACCEPTED`].
+    pub(crate) accepted: Counter,
+    /// [`FRAMES_DELIVERED`].
+    pub(crate) delivered: Counter,
+    /// [`BYTES_DELIVERED`].
+    pub(crate) bytes_delivered: Counter,
+    /// [`FRAMES_SKIPPED`].
+    pub(crate) skipped: Counter,
+    /// [`FOLLOWER_QUEUE_BYTES`].
+    pub(crate) queue_bytes: Gauge,
+}
+
+impl FrameMetrics {
+    fn register() -> Self {
+        FrameMetrics {
+            received: counter!(FRAMES_RECEIVED),
+            bytes_received: counter!(BYTES_RECEIVED),
+            accepted: counter!(FRAMES_ACCEPTED),
+            delivered: counter!(FRAMES_DELIVERED),
+            bytes_delivered: counter!(BYTES_DELIVERED),
+            skipped: counter!(FRAMES_SKIPPED),
+            queue_bytes: gauge!(FOLLOWER_QUEUE_BYTES),
+        }
+    }
+
+    fn noop() -> Self {
+        FrameMetrics {
+            received: Counter::noop(),
+            bytes_received: Counter::noop(),
+            accepted: Counter::noop(),
+            delivered: Counter::noop(),
+            bytes_delivered: Counter::noop(),
+            skipped: Counter::noop(),
+            queue_bytes: Gauge::noop(),
+        }
+    }
+}
+
+/// Returns the frame path's metric handles. Before [`install`] has run they
+/// record nothing, as the relay has no recorder yet.
+pub(crate) fn frame_metrics() -> &'static FrameMetrics {
+    static NOOP: LazyLock<FrameMetrics> = LazyLock::new(FrameMetrics::noop);
+    match HANDLE.get() {
+        Some(_) => FRAME_METRICS.get_or_init(FrameMetrics::register),
+        None => &NOOP,
+    }
+}
 
 /// Installs the Prometheus recorder for this process, or returns the one an
 /// earlier relay in the same process installed.
@@ -144,6 +209,20 @@ fn describe() {
     );
     describe_histogram!(STORE_COMMIT_BATCH_WRITES, "Writes per store transaction.");
     describe_counter!(STORE_COMMIT_FAILURES, "Store transactions that failed.");
+    describe_histogram!(
+        STORE_CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "WAL checkpoint time, by mode."
+    );
+    describe_counter!(
+        STORE_CHECKPOINT_FAILURES,
+        "WAL checkpoints that failed, by mode."
+    );
+    describe_gauge!(
+        STORE_WAL_BYTES,
+        Unit::Bytes,
+        "WAL file size after the last checkpoint."
+    );
     describe_counter!(STORE_WRITE_FAILURES, "Single store writes that failed.");
 
     describe_counter!(

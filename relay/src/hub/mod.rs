@@ -7,12 +7,14 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`session`] | one session's offsets, ring, publisher seat and followers |
+//! | [`state`] | the fields of a session hub and the steps that change them |
 //! | [`handles`] | the publisher seat and follower subscriptions sockets keep |
 //! | [`queue`] | a follower's bounded live queue |
 
 mod handles;
 mod queue;
 mod session;
+mod state;
 
 use std::ops::Deref;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use sealcast_protocol::FrameKind;
 use tokio::sync::Notify;
 
 use super::HubFrame;
-use crate::metrics::{FOLLOWERS_DETACHED, FOLLOWER_QUEUE_BYTES, FRAMES_SKIPPED};
+use crate::metrics::{frame_metrics, FOLLOWERS_DETACHED};
 
 /// Outcome of [`FollowerQueue::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,21 +75,21 @@ impl FollowerQueue {
             state.bytes = 0;
             state.detached = true;
             drop(state);
-            metrics::gauge!(FOLLOWER_QUEUE_BYTES).decrement(freed as f64);
+            frame_metrics().queue_bytes.decrement(freed as f64);
             metrics::counter!(FOLLOWERS_DETACHED).increment(1);
             self.ready.notify_one();
             return Pushed::Detached;
         }
 
         if frame.kind == FrameKind::Interim && state.bytes >= self.limit / 2 {
-            metrics::counter!(FRAMES_SKIPPED).increment(1);
+            frame_metrics().skipped.increment(1);
             return Pushed::Skipped;
         }
 
         state.frames.push_back(Arc::clone(frame));
         state.bytes += len;
         drop(state);
-        metrics::gauge!(FOLLOWER_QUEUE_BYTES).increment(len as f64);
+        frame_metrics().queue_bytes.increment(len as f64);
         self.ready.notify_one();
         Pushed::Queued
     }
@@ -104,7 +104,9 @@ impl FollowerQueue {
             Some(frame) => {
                 state.bytes -= frame.delivery.len();
                 drop(state);
-                metrics::gauge!(FOLLOWER_QUEUE_BYTES).decrement(frame.delivery.len() as f64);
+                frame_metrics()
+                    .queue_bytes
+                    .decrement(frame.delivery.len() as f64);
                 Popped::Frame(frame)
             }
             None => Popped::Empty,
@@ -131,7 +133,7 @@ impl Drop for FollowerQueue {
     fn drop(&mut self) {
         let bytes = self.lock().bytes;
         if bytes > 0 {
-            metrics::gauge!(FOLLOWER_QUEUE_BYTES).decrement(bytes as f64);
+            frame_metrics().queue_bytes.decrement(bytes as f64);
         }
     }
 }

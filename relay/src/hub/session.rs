@@ -3,22 +3,30 @@
 //!
 //! Everything that orders frames happens under the hub's lock: checking the
 //! sequence number, assigning the offset, pushing to followers' queues and
-//! enqueueing the store write. The store therefore commits a session's frames
-//! in offset order, and a follower that subscribes under the same lock gets
-//! every frame exactly once, from the ring or from its queue.
+//! appending the store write to the hub's unstored writes. Those reach the
+//! store's queue in the same order, one at a time under the lock, so the store
+//! commits a session's frames in offset order. A follower that subscribes
+//! under the same lock gets every frame exactly once, from the ring or from
+//! its queue.
+//!
+//! Fan-out never waits for the store: a frame reaches followers' queues
+//! before its write waits for room in the store's queue. The publish socket
+//! then waits in [`SessionHub::enqueue_writes`] until the write is queued,
+//! which slows the publisher down while the store is behind.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use axum::body::Bytes;
-use sealcast_protocol::{api, FrameHeader, SessionId, StreamId};
+use sealcast_protocol::{FrameHeader, SessionId};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::handles::{PublisherSeat, Subscription};
 use super::queue::{FollowerQueue, Pushed};
-use super::{HubFrame, RegistryInner};
-use crate::store::{FrameRecord, SessionRecord, SessionTail, StoreError, WriteOp, WritePermit};
+use super::state::HubState;
+use super::RegistryInner;
+use crate::store::{
+    FrameRecord, SessionRecord, SessionTail, Store, StoreError, WriteOp, WritePermit,
+};
 
 /// Commit and end state that the session's sockets watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,31 +84,6 @@ pub(crate) struct SessionHub {
     registry: Weak<RegistryInner>,
     state: Mutex<HubState>,
     progress: watch::Sender<Progress>,
-}
-
-struct HubState {
-    next_offset: u64,
-    committed: u64,
-    end: Option<u64>,
-    /// The end was requested: frames are refused from now on.
-    ending: bool,
-    end_pending: bool,
-    failed: bool,
-    retired: bool,
-    leases: usize,
-    streams: HashMap<StreamId, StreamPosition>,
-    /// Recent frames in offset order, including every uncommitted one.
-    ring: VecDeque<Arc<HubFrame>>,
-    ring_bytes: usize,
-    followers: Vec<(u64, Arc<FollowerQueue>)>,
-    publisher: Option<(u64, CancellationToken)>,
-    next_id: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct StreamPosition {
-    next_seq: u64,
-    last_offset: u64,
 }
 
 impl SessionHub {
@@ -170,14 +153,14 @@ impl SessionHub {
     }
 
     /// Checks a decoded frame's sequence number and, if it is the next one of
-    /// its stream, gives it the next offset, pushes it to every follower and
-    /// enqueues its store write.
+    /// its stream, gives it the next offset and pushes it to every follower.
+    /// Its store write waits in the hub until [`Self::enqueue_writes`] moves it
+    /// to the store's queue, which the caller must call next.
     pub(crate) fn offer(
         self: &Arc<Self>,
         header: &FrameHeader,
         frame: &[u8],
         received_at: i64,
-        permit: WritePermit<'_>,
     ) -> Offer {
         let mut state = self.lock();
         if let Some(outcome) = state.check(header) {
@@ -197,11 +180,39 @@ impl SessionHub {
             delivery: frame.delivery.clone(),
         };
         let hub = Arc::clone(self);
-        permit.send(WriteOp::AppendFrame {
+        state.unstored.push_back(WriteOp::AppendFrame {
             frame: record,
             done: Box::new(move |result| hub.frame_committed(offset, result)),
         });
         Offer::Accepted { offset }
+    }
+
+    /// Moves the hub's unstored writes to the store's queue in offset order,
+    /// waiting for room there. Returns once none is left, so a publish socket
+    /// that calls it after each frame waits while the store is behind.
+    ///
+    /// Concurrent calls are safe: each write is taken and sent under the
+    /// hub's lock. When the store has stopped, the unstored writes fail with
+    /// its error, which fails the hub.
+    pub(crate) async fn enqueue_writes(self: &Arc<Self>, store: &Store) -> Result<(), StoreError> {
+        loop {
+            if self.lock().unstored.is_empty() {
+                return Ok(());
+            }
+            let permit = match store.reserve().await {
+                Ok(permit) => permit,
+                Err(error) => {
+                    self.fail_unstored(&error);
+                    return Err(error);
+                }
+            };
+
+            let mut state = self.lock();
+            match state.unstored.pop_front() {
+                Some(op) => permit.send(op),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Registers a follower whose next frame is `cursor`, when the ring still
@@ -252,7 +263,7 @@ impl SessionHub {
 
         let (sender, receiver) = oneshot::channel();
         let hub = Arc::clone(self);
-        permit.send(WriteOp::EndSession {
+        state.unstored.push_back(WriteOp::EndSession {
             session_id: self.session_id,
             ended_at,
             done: Box::new(move |result| {
@@ -260,6 +271,12 @@ impl SessionHub {
                 let _ = sender.send(result);
             }),
         });
+        // The permit takes the oldest unstored write. When that is a frame,
+        // the publish socket that offered it is still in `enqueue_writes`
+        // (or will call it as it closes), and that call moves the end too.
+        if let Some(op) = state.unstored.pop_front() {
+            permit.send(op);
+        }
         Ok(receiver)
     }
 
@@ -306,6 +323,15 @@ impl SessionHub {
             state.retired = true;
         }
         state.retired
+    }
+
+    /// Completes every unstored write with `error`, outside the hub's lock
+    /// because completions take it.
+    fn fail_unstored(&self, error: &StoreError) {
+        let unstored = std::mem::take(&mut self.lock().unstored);
+        for op in unstored {
+            op.complete(Err(error.clone()));
+        }
     }
 
     fn frame_committed(self: &Arc<Self>, offset: u64, result: Result<(), StoreError>) {
@@ -364,132 +390,5 @@ impl SessionHub {
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl HubState {
-    fn new(record: &SessionRecord, tail: &SessionTail) -> HubState {
-        let streams = tail
-            .streams
-            .iter()
-            .map(|stream| {
-                let position = StreamPosition {
-                    next_seq: stream.last_seq + 1,
-                    last_offset: stream.last_offset,
-                };
-                (stream.stream_id, position)
-            })
-            .collect();
-        let ended = record.ended_at.is_some();
-        HubState {
-            next_offset: tail.next_offset,
-            committed: tail.next_offset,
-            end: ended.then_some(tail.next_offset),
-            ending: ended,
-            end_pending: false,
-            failed: false,
-            retired: false,
-            leases: 0,
-            streams,
-            ring: VecDeque::new(),
-            ring_bytes: 0,
-            followers: Vec::new(),
-            publisher: None,
-            next_id: 0,
-        }
-    }
-
-    /// Returns the outcome for a frame that cannot be accepted now, or `None`
-    /// when it is the next frame of its stream.
-    fn check(&self, header: &FrameHeader) -> Option<Offer> {
-        if self.retired {
-            return Some(Offer::Unavailable);
-        }
-        if self.ending {
-            return Some(Offer::Ended);
-        }
-        match self.streams.get(&header.stream_id) {
-            Some(position) if header.seq < position.next_seq => Some(Offer::Duplicate {
-                seq: position.next_seq - 1,
-                offset: position.last_offset,
-            }),
-            Some(position) if header.seq > position.next_seq => Some(Offer::Gap {
-                expected: position.next_seq,
-            }),
-            None if header.seq > 0 => Some(Offer::Gap { expected: 0 }),
-            _ => None,
-        }
-    }
-
-    /// Gives a checked frame the next offset, records its stream's position,
-    /// keeps it in the ring and pushes it to every follower.
-    fn append(&mut self, header: &FrameHeader, frame: &[u8]) -> Arc<HubFrame> {
-        let offset = self.next_offset;
-        let frame = Arc::new(HubFrame {
-            offset,
-            kind: header.kind,
-            delivery: Bytes::from(api::encode_delivery(offset, frame)),
-        });
-        self.next_offset += 1;
-        let position = StreamPosition {
-            next_seq: header.seq + 1,
-            last_offset: offset,
-        };
-        self.streams.insert(header.stream_id, position);
-
-        self.ring_bytes += frame.delivery.len();
-        self.ring.push_back(Arc::clone(&frame));
-        self.fan_out(&frame);
-        frame
-    }
-
-    fn progress(&self) -> Progress {
-        Progress {
-            committed: self.committed,
-            end: self.end,
-            failed: self.failed,
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.leases == 0 && self.committed == self.next_offset && !self.end_pending
-    }
-
-    fn take_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn ring_start(&self) -> u64 {
-        self.ring
-            .front()
-            .map_or(self.next_offset, |frame| frame.offset)
-    }
-
-    /// Drops the oldest committed frames while the ring is over its budget.
-    fn trim_ring(&mut self, budget: usize) {
-        while self.ring_bytes > budget {
-            match self.ring.front() {
-                Some(front) if front.offset < self.committed => {
-                    self.ring_bytes -= front.delivery.len();
-                    self.ring.pop_front();
-                }
-                _ => break,
-            }
-        }
-    }
-
-    /// Pushes a frame to every follower, forgetting followers that detach.
-    fn fan_out(&mut self, frame: &Arc<HubFrame>) {
-        self.followers
-            .retain(|(_, queue)| queue.push(frame) != Pushed::Detached);
-    }
-
-    fn fail(&mut self) {
-        self.failed = true;
-        self.retired = true;
-        self.ring.clear();
-        self.ring_bytes = 0;
-        self.followers.clear();
     }
 }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use sealcast_protocol::{FrameHeader, SessionKey, StreamId, StreamSealer, TranscriptSegment};
 
 use super::*;
@@ -47,9 +49,37 @@ impl Fixture {
 
     async fn offer(&self, hub: &HubLease, frame: &[u8]) -> Offer {
         let header = FrameHeader::decode_frame(frame).unwrap();
-        let permit = self.store.reserve().await.unwrap();
-        hub.hub().offer(&header, frame, 0, permit)
+        let offer = hub.hub().offer(&header, frame, 0);
+        hub.hub().enqueue_writes(&self.store).await.unwrap();
+        offer
     }
+
+    fn database_path(&self) -> std::path::PathBuf {
+        self._dir.path().join(crate::store::DATABASE_FILE)
+    }
+}
+
+/// Reserves every free place in the store's write queue, so that the next
+/// reservation waits until one of these permits is dropped.
+async fn fill_write_queue(store: &Store) -> Vec<crate::store::WritePermit<'_>> {
+    let mut permits = Vec::new();
+    while let Ok(permit) = tokio::time::timeout(Duration::from_millis(20), store.reserve()).await {
+        permits.push(permit.unwrap());
+    }
+    assert!(!permits.is_empty(), "the write queue had no free place");
+    permits
+}
+
+/// Takes the database's write lock on a connection of its own, which holds
+/// the store writer at its next `BEGIN IMMEDIATE` until the lock is released.
+fn hold_write_lock(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+fn committed(hub: &HubLease) -> u64 {
+    hub.watch_progress().borrow().committed
 }
 
 fn segment(text: &str, is_final: bool) -> TranscriptSegment {
@@ -218,4 +248,119 @@ async fn publisher_seat_replaces_previous_holder() {
     assert!(first.replaced().is_cancelled());
     drop(first);
     assert!(!second.replaced().is_cancelled());
+}
+
+#[tokio::test]
+async fn fan_out_precedes_room_in_store_queue() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let Subscribe::Live(subscription) = hub.hub().subscribe(0, 1 << 20) else {
+        panic!("follower was not subscribed");
+    };
+    let permits = fill_write_queue(&fixture.store).await;
+
+    let frame = sealed(&mut sealer, true);
+    let header = FrameHeader::decode_frame(&frame).unwrap();
+    assert_eq!(
+        hub.hub().offer(&header, &frame, 0),
+        Offer::Accepted { offset: 0 }
+    );
+    assert_eq!(
+        drain(&subscription),
+        vec![0],
+        "fan-out waited for the store"
+    );
+
+    let store = fixture.store.clone();
+    let publisher_hub = Arc::clone(hub.hub());
+    let enqueue = tokio::spawn(async move { publisher_hub.enqueue_writes(&store).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !enqueue.is_finished(),
+        "the publisher was not held back by the full store queue"
+    );
+    assert_eq!(committed(&hub), 0, "frame committed before it was stored");
+
+    drop(permits);
+    enqueue.await.unwrap().unwrap();
+    wait_committed(&hub, 1).await;
+}
+
+#[tokio::test]
+async fn commit_waits_for_held_writer() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let Subscribe::Live(subscription) = hub.hub().subscribe(0, 1 << 20) else {
+        panic!("follower was not subscribed");
+    };
+
+    // The writer's busy timeout is 5 s: the lock is held for far less.
+    let lock = hold_write_lock(&fixture.database_path());
+    for _ in 0..3 {
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    }
+    assert_eq!(drain(&subscription), vec![0, 1, 2]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        committed(&hub),
+        0,
+        "frames committed while the writer was held"
+    );
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    wait_committed(&hub, 3).await;
+    let tail = fixture.store.session_tail(fixture.record.session_id).await;
+    assert_eq!(tail.unwrap().next_offset, 3);
+}
+
+#[tokio::test]
+async fn end_queues_behind_unstored_frames() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let mut permits = fill_write_queue(&fixture.store).await;
+
+    let frame = sealed(&mut sealer, true);
+    let header = FrameHeader::decode_frame(&frame).unwrap();
+    hub.hub().offer(&header, &frame, 0);
+    let store = fixture.store.clone();
+    let publisher_hub = Arc::clone(hub.hub());
+    let enqueue = tokio::spawn(async move { publisher_hub.enqueue_writes(&store).await });
+
+    // The end's permit carries the frame; the end waits for the publisher's call.
+    let end_permit = permits.pop().unwrap();
+    let ended = hub.hub().begin_end(end_permit, 5).unwrap();
+    drop(permits);
+
+    enqueue.await.unwrap().unwrap();
+    ended.await.unwrap().unwrap();
+    assert_eq!(hub.watch_progress().borrow().end, Some(1));
+    assert_eq!(committed(&hub), 1);
+    let tail = fixture.store.session_tail(fixture.record.session_id).await;
+    assert_eq!(tail.unwrap().next_offset, 1);
+}
+
+#[tokio::test]
+async fn stopped_store_fails_unstored_frames() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+
+    let frame = sealed(&mut sealer, true);
+    let header = FrameHeader::decode_frame(&frame).unwrap();
+    hub.hub().offer(&header, &frame, 0);
+    fixture.store.close().await;
+
+    let enqueued = hub.hub().enqueue_writes(&fixture.store).await;
+    assert!(
+        matches!(enqueued, Err(StoreError::WriterStopped)),
+        "{enqueued:?}"
+    );
+    assert!(hub.watch_progress().borrow().failed);
+    assert_eq!(
+        fixture.offer(&hub, &sealed(&mut sealer, true)).await,
+        Offer::Unavailable
+    );
 }

@@ -5,22 +5,44 @@
 //! `BEGIN IMMEDIATE` transaction and completes each write's callback after
 //! COMMIT returns, in queue order. A write that fails on its own (for example
 //! a frame out of order) fails alone; a failed COMMIT fails the whole batch.
+//! WAL checkpoints run on the [`checkpoint`] thread, which the writer thread
+//! starts and stops.
 
-use std::time::Instant;
+mod checkpoint;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
 use super::browsers;
-use super::schema::u64_to_sql;
+use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{FrameRecord, NewSession, Redemption, StoreError};
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
 };
+use checkpoint::{CheckpointPolicy, Checkpointer, RestartSignal};
 
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 1024;
+/// Most writes committed in one transaction. Larger than the store's queue,
+/// for the batches that [`collect`] fills while the store is behind.
+const MAX_BATCH: usize = 8192;
+
+/// Pause between two takes while a batch fills from a queue that was full.
+const REFILL_PAUSE: Duration = Duration::from_millis(1);
+
+/// Maximum time a batch fills from a queue that was full.
+const MAX_REFILL_TIME: Duration = Duration::from_millis(10);
+
+/// Bytes of frames after which a batch stops filling from a queue that was
+/// full. Every frame in a batch is in memory until its commit, so this
+/// bounds what the refill adds to the queue's own 1,024 writes.
+const MAX_REFILL_BYTES: usize = 8 * 1024 * 1024;
+
+/// SQLite's default WAL size in pages for automatic checkpoints, used only
+/// when the checkpointer thread cannot start.
+const AUTOCHECKPOINT_PAGES: i64 = 1000;
 
 /// Called on the writer thread once the write is committed or has failed.
 /// It must not block.
@@ -55,6 +77,27 @@ pub(crate) enum WriteOp {
     Stop,
 }
 
+impl WriteOp {
+    /// Returns the bytes of the frame a write appends, 0 for other writes.
+    fn frame_bytes(&self) -> usize {
+        match self {
+            WriteOp::AppendFrame { frame, .. } => frame.delivery.len(),
+            _ => 0,
+        }
+    }
+
+    /// Calls the write's completion with `outcome`.
+    pub(crate) fn complete(self, outcome: Result<(), StoreError>) {
+        match self {
+            WriteOp::CreateSession { done, .. }
+            | WriteOp::AppendFrame { done, .. }
+            | WriteOp::RedeemInvite { done, .. }
+            | WriteOp::EndSession { done, .. } => done(outcome),
+            WriteOp::Stop => {}
+        }
+    }
+}
+
 /// A reserved place in the writer's queue.
 pub(crate) struct WritePermit<'a> {
     permit: mpsc::Permit<'a, WriteOp>,
@@ -71,20 +114,70 @@ impl<'a> WritePermit<'a> {
     }
 }
 
-/// Starts the writer thread.
+/// Starts the writer thread, which runs the checkpointer while it runs.
 pub(super) fn spawn(
     conn: Connection,
     queue: mpsc::Receiver<WriteOp>,
 ) -> Result<std::thread::JoinHandle<u64>, StoreError> {
+    spawn_with_policy(conn, queue, CheckpointPolicy::default())
+}
+
+pub(super) fn spawn_with_policy(
+    conn: Connection,
+    queue: mpsc::Receiver<WriteOp>,
+    policy: CheckpointPolicy,
+) -> Result<std::thread::JoinHandle<u64>, StoreError> {
     std::thread::Builder::new()
         .name("sealcast-store-writer".into())
-        .spawn(move || run(conn, queue))
+        .spawn(move || {
+            let restart = RestartSignal::default();
+            let checkpointer = start_checkpointer(&conn, policy, &restart);
+            let transactions = serve(conn, queue, Some(&restart));
+            if let Some(checkpointer) = checkpointer {
+                checkpointer.stop();
+            }
+            transactions
+        })
         .map_err(|error| StoreError::WriterThread(error.into()))
 }
 
-/// Commits batches until stopped or every sender is gone. Returns the number
+/// Starts the checkpointer for the writer's database file. When it cannot
+/// start, turns SQLite's automatic checkpoints back on, inside commits, so
+/// that the WAL stays bounded all the same.
+fn start_checkpointer(
+    conn: &Connection,
+    policy: CheckpointPolicy,
+    restart: &RestartSignal,
+) -> Option<Checkpointer> {
+    let path = conn.path().filter(|path| !path.is_empty())?;
+    match Checkpointer::start(Path::new(path), policy, restart.clone()) {
+        Ok(checkpointer) => Some(checkpointer),
+        Err(error) => {
+            tracing::error!(%error, "failed to start the store checkpoint thread: checkpoints run inside commits");
+            if let Err(error) = conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
+            {
+                tracing::error!(%error, "failed to turn automatic checkpoints on: the WAL grows without bound");
+            }
+            None
+        }
+    }
+}
+
+/// Commits batches until stopped or every sender is gone, without a
+/// checkpointer. Returns the number of transactions run.
+#[cfg(test)]
+pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>) -> u64 {
+    serve(conn, queue, None)
+}
+
+/// Commits batches until stopped or every sender is gone, and runs a RESTART
+/// checkpoint after a batch when `restart` requests one. Returns the number
 /// of transactions run.
-pub(super) fn run(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) -> u64 {
+fn serve(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<WriteOp>,
+    restart: Option<&RestartSignal>,
+) -> u64 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut transactions = 0;
     loop {
@@ -101,24 +194,69 @@ pub(super) fn run(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) -> u
         if stop {
             break;
         }
+        // After the batch's completions, so that only the next batch waits.
+        if restart.is_some_and(RestartSignal::take) {
+            checkpoint::restart_wal(&conn, BUSY_TIMEOUT);
+        }
     }
     tracing::debug!(transactions, "store writer thread stopped");
     transactions
 }
 
 /// Fills `batch` from the queue. Returns whether a stop request was taken.
+///
+/// When the first take empties a full queue, senders are waiting for room,
+/// so the store is behind. The batch then keeps filling: the writer pauses
+/// for [`REFILL_PAUSE`] and takes what the waiting senders queued, for up to
+/// [`MAX_REFILL_TIME`] and [`MAX_REFILL_BYTES`]. A larger group shares one
+/// WAL sync among more writes, and frames of one session that commit
+/// together share their B-tree pages.
 fn collect(first: WriteOp, queue: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) -> bool {
+    let started = Instant::now();
+    let (moved, stop) = take_queued(first, queue, batch);
+    if stop || moved < queue.max_capacity() {
+        return stop;
+    }
+
+    let mut bytes: usize = batch.iter().map(WriteOp::frame_bytes).sum();
+    while batch.len() < MAX_BATCH && bytes < MAX_REFILL_BYTES && started.elapsed() < MAX_REFILL_TIME
+    {
+        std::thread::sleep(REFILL_PAUSE);
+        let Ok(next) = queue.try_recv() else {
+            break;
+        };
+        let taken_from = batch.len();
+        if take_queued(next, queue, batch).1 {
+            return true;
+        }
+        bytes += batch[taken_from..]
+            .iter()
+            .map(WriteOp::frame_bytes)
+            .sum::<usize>();
+    }
+    false
+}
+
+/// Moves `first` and the writes queued behind it into `batch`, up to
+/// [`MAX_BATCH`]. Returns how many it moved and whether it took a stop request.
+fn take_queued(
+    first: WriteOp,
+    queue: &mut mpsc::Receiver<WriteOp>,
+    batch: &mut Vec<WriteOp>,
+) -> (usize, bool) {
+    let mut moved = 0;
     let mut next = Some(first);
     while let Some(op) = next.take() {
         if matches!(op, WriteOp::Stop) {
-            return true;
+            return (moved, true);
         }
         batch.push(op);
+        moved += 1;
         if batch.len() < MAX_BATCH {
             next = queue.try_recv().ok();
         }
     }
-    false
+    (moved, false)
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
@@ -140,14 +278,14 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
                 if outcome.as_ref().is_err_and(|error| !error.is_refusal()) {
                     metrics::counter!(STORE_WRITE_FAILURES).increment(1);
                 }
-                complete(op, outcome);
+                op.complete(outcome);
             }
         }
         Err(error) => {
             metrics::counter!(STORE_COMMIT_FAILURES).increment(1);
             tracing::error!(%error, writes = batch.len(), "store commit failed");
             for op in batch.drain(..) {
-                complete(op, Err(error.clone()));
+                op.complete(Err(error.clone()));
             }
         }
     }
@@ -178,16 +316,6 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             ..
         } => end_session(conn, session_id, *ended_at),
         WriteOp::Stop => Ok(()),
-    }
-}
-
-fn complete(op: WriteOp, outcome: Result<(), StoreError>) {
-    match op {
-        WriteOp::CreateSession { done, .. }
-        | WriteOp::AppendFrame { done, .. }
-        | WriteOp::RedeemInvite { done, .. }
-        | WriteOp::EndSession { done, .. } => done(outcome),
-        WriteOp::Stop => {}
     }
 }
 

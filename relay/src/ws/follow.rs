@@ -24,19 +24,25 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
+use super::socket::{
+    event_message, protocol_violation, Closing, Inbound, SendFailure, WsConnection,
+};
 use super::{configure, not_an_upgrade};
 use crate::accounts::live::{LiveSocket, SocketOwner};
 use crate::http::{auth, staff, ApiError, AppState};
 use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
 use crate::listener::ConnectionTicket;
-use crate::metrics::{ActiveConnection, BYTES_DELIVERED, FOLLOWERS_LAGGED, FRAMES_DELIVERED};
+use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
 
 const ROLE: &str = "follower";
 
 /// Most frames read from the store at once.
 const STORE_BATCH_FRAMES: usize = 256;
+
+/// Most messages written to a follower before one flush. It bounds how long
+/// the socket loop goes without checking for shutdown or incoming messages.
+const MAX_BATCH_MESSAGES: usize = 64;
 
 /// Detachments from live fan-out, without an empty queue in between, after
 /// which a follower is closed as lagged.
@@ -276,31 +282,37 @@ impl Follower {
         }
     }
 
-    async fn on_work(&mut self, work: Work) -> Result<(), Ending> {
-        let sent = match work {
-            Work::Deliver(delivery) => {
-                let len = delivery.len() as u64;
-                let sent = self.conn.send(Message::Binary(delivery)).await;
-                if sent.is_ok() {
-                    metrics::counter!(FRAMES_DELIVERED).increment(1);
-                    metrics::counter!(BYTES_DELIVERED).increment(len);
-                }
-                sent
+    /// Sends `first` and the work that is ready after it, up to
+    /// [`MAX_BATCH_MESSAGES`] messages, with one flush.
+    async fn on_work(&mut self, first: Work) -> Result<(), Ending> {
+        let mut batch = Batch::default();
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            if let Some(ending) = batch.add(work) {
+                self.send_batch(batch).await?;
+                return Err(ending);
             }
-            Work::Committed(offset) => {
-                self.conn
-                    .send_event(&FollowerEvent::Committed { offset })
-                    .await
+            if batch.messages.len() < MAX_BATCH_MESSAGES {
+                next = self.feed.ready_work();
             }
-            Work::Ended => {
-                return match self.conn.send_event(&FollowerEvent::Ended).await {
-                    Ok(()) => Err(Ending::Ended),
-                    Err(failure) => Err(self.on_send_failure(failure)),
-                }
-            }
-            Work::Close(closing) => return Err(Ending::Close(closing)),
-        };
-        sent.map_err(|failure| self.on_send_failure(failure))
+        }
+        self.send_batch(batch).await
+    }
+
+    async fn send_batch(&mut self, batch: Batch) -> Result<(), Ending> {
+        if batch.messages.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .send_all(batch.messages)
+            .await
+            .map_err(|failure| self.on_send_failure(failure))?;
+        if batch.frames > 0 {
+            let metrics = frame_metrics();
+            metrics.delivered.increment(batch.frames);
+            metrics.bytes_delivered.increment(batch.bytes);
+        }
+        Ok(())
     }
 
     fn on_send_failure(&self, failure: SendFailure) -> Ending {
@@ -358,6 +370,38 @@ enum Work {
     Ended,
     /// The follower must be closed.
     Close(Closing),
+}
+
+/// Messages to write to a follower with one flush.
+#[derive(Debug, Default)]
+struct Batch {
+    messages: Vec<Message>,
+    /// Frames among the messages, and their bytes.
+    frames: u64,
+    bytes: u64,
+}
+
+impl Batch {
+    /// Adds the message for `work`. Returns how the socket ends after this
+    /// batch is sent, for work that ends it.
+    fn add(&mut self, work: Work) -> Option<Ending> {
+        let event = match work {
+            Work::Deliver(delivery) => {
+                self.frames += 1;
+                self.bytes += delivery.len() as u64;
+                self.messages.push(Message::Binary(delivery));
+                return None;
+            }
+            Work::Committed(offset) => FollowerEvent::Committed { offset },
+            Work::Ended => FollowerEvent::Ended,
+            Work::Close(closing) => return Some(Ending::Close(closing)),
+        };
+        match event_message(&event) {
+            Ok(message) => self.messages.push(message),
+            Err(_) => return Some(Ending::PeerGone),
+        }
+        matches!(event, FollowerEvent::Ended).then_some(Ending::Ended)
+    }
 }
 
 /// Source of a follower's frames: the store, then its live queue.

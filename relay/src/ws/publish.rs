@@ -21,16 +21,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{protocol_violation, Closing, Inbound, SendFailure, WsConnection};
+use super::socket::{
+    event_message, protocol_violation, Closing, Inbound, SendFailure, WsConnection,
+};
 use super::{configure, not_an_upgrade};
 use crate::accounts::live::SocketOwner;
 use crate::http::{staff, ApiError, AppState};
 use crate::hub::{HubLease, Offer, Progress};
 use crate::listener::ConnectionTicket;
-use crate::metrics::{
-    ActiveConnection, BYTES_RECEIVED, FRAMES_ACCEPTED, FRAMES_DUPLICATE, FRAMES_RECEIVED,
-    FRAMES_REJECTED,
-};
+use crate::metrics::{frame_metrics, ActiveConnection, FRAMES_DUPLICATE, FRAMES_REJECTED};
 use crate::store::now_millis;
 
 const ROLE: &str = "publisher";
@@ -216,8 +215,9 @@ impl Publisher {
     }
 
     async fn on_frame(&mut self, data: Bytes) -> Result<(), Ending> {
-        metrics::counter!(FRAMES_RECEIVED).increment(1);
-        metrics::counter!(BYTES_RECEIVED).increment(data.len() as u64);
+        let metrics = frame_metrics();
+        metrics.received.increment(1);
+        metrics.bytes_received.increment(data.len() as u64);
 
         let header = match FrameHeader::decode_frame(&data) {
             Ok(header) => header,
@@ -231,22 +231,32 @@ impl Publisher {
             return Err(self.reject("wrong_session", closing));
         }
 
-        let permit = match self.state.store.reserve().await {
-            Ok(permit) => permit,
-            Err(_) => return Err(Ending::Close(shutting_down())),
-        };
-        let offer = self.hub.hub().offer(&header, &data, now_millis(), permit);
+        // Followers get the frame in `offer`. Only then does this socket wait
+        // for room in the store's queue, so a store that is behind slows the
+        // publisher down without delaying fan-out.
+        let offer = self.hub.hub().offer(&header, &data, now_millis());
         self.on_offer(&header, offer)?;
+        self.enqueue_writes().await?;
 
         let committed = self.progress.borrow().committed;
         self.send_acks(committed).await
+    }
+
+    /// Moves the hub's unstored writes, this socket's frames among them, to
+    /// the store's queue.
+    async fn enqueue_writes(&self) -> Result<(), Ending> {
+        self.hub
+            .hub()
+            .enqueue_writes(&self.state.store)
+            .await
+            .map_err(|_| Ending::Close(shutting_down()))
     }
 
     fn on_offer(&mut self, header: &FrameHeader, offer: Offer) -> Result<(), Ending> {
         let session_id = self.hub.session_id();
         match offer {
             Offer::Accepted { offset } => {
-                metrics::counter!(FRAMES_ACCEPTED).increment(1);
+                frame_metrics().accepted.increment(1);
                 tracing::trace!(%session_id, stream_id = %header.stream_id, seq = header.seq, offset, "frame accepted");
                 self.acks.insert(header.stream_id, header.seq, offset);
                 Ok(())
@@ -281,15 +291,22 @@ impl Publisher {
         Ending::Close(closing)
     }
 
-    /// Sends acknowledgements for every waiting frame below `committed`.
+    /// Sends acknowledgements for every waiting frame below `committed`, with
+    /// one flush for all of them.
     async fn send_acks(&mut self, committed: u64) -> Result<(), Ending> {
-        for ack in self.acks.take_ready(committed) {
-            self.conn
-                .send_event(&ack)
-                .await
-                .map_err(|_: SendFailure| Ending::PeerGone)?;
+        let acks = self.acks.take_ready(committed);
+        if acks.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let messages = acks
+            .iter()
+            .map(event_message)
+            .collect::<Result<Vec<_>, SendFailure>>()
+            .map_err(|_| Ending::PeerGone)?;
+        self.conn
+            .send_all(messages)
+            .await
+            .map_err(|_: SendFailure| Ending::PeerGone)
     }
 
     /// Waits up to the write timeout for the frames this socket sent to be
@@ -318,6 +335,10 @@ impl Publisher {
 
     async fn finish(mut self, ending: Ending) {
         let session_id = self.hub.session_id();
+        // `serve` may have been cancelled, for example by a replacing
+        // publisher, while a frame it fanned out waited for the store's queue.
+        // A stopped store fails the hub, which `drain_acks` then reports.
+        let _ = self.enqueue_writes().await;
         let closing = match ending {
             Ending::Close(closing) if closing.code == close::INTERNAL_ERROR => Some(closing),
             Ending::Close(closing) => match self.drain_acks().await {
@@ -393,6 +414,10 @@ impl AckQueue {
     /// Removes every entry below `committed` and returns one acknowledgement
     /// per stream, for its highest committed frame, in offset order.
     fn take_ready(&mut self, committed: u64) -> Vec<PublisherEvent> {
+        let oldest = self.waiting.first_key_value().map(|(offset, _)| *offset);
+        if oldest.is_none_or(|offset| offset >= committed) {
+            return Vec::new();
+        }
         let still_waiting = self.waiting.split_off(&committed);
         let ready = std::mem::replace(&mut self.waiting, still_waiting);
 

@@ -102,10 +102,31 @@ impl WsConnection {
         }
     }
 
+    /// Sends `messages` with one flush at the end, giving up after the write
+    /// timeout. The WebSocket layer writes its buffer to the TLS stream only
+    /// when the buffer passes its size or at the flush, so a burst of small
+    /// messages becomes one TLS record and one system call, not one per message.
+    pub(crate) async fn send_all(
+        &mut self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<(), SendFailure> {
+        let sink = &mut self.sink;
+        let write = async move {
+            for message in messages {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendFailure::Closed),
+            Err(_) => Err(SendFailure::TimedOut),
+        }
+    }
+
     /// Sends an API event as a JSON text message.
     pub(crate) async fn send_event(&mut self, event: &impl Serialize) -> Result<(), SendFailure> {
-        let text = serde_json::to_string(event).map_err(|_| SendFailure::Closed)?;
-        self.send(Message::Text(text.into())).await
+        self.send(event_message(event)?).await
     }
 
     /// Sorts an item of the incoming half and notes that the peer is alive.
@@ -228,6 +249,14 @@ impl Keepalive {
     fn is_idle(&self) -> bool {
         self.last_seen.elapsed() > self.idle_timeout
     }
+}
+
+/// Serializes an API event as a JSON text message. The API's events contain
+/// only strings and integers, so this fails only if that changes, and then
+/// the socket cannot go on.
+pub(crate) fn event_message(event: &impl Serialize) -> Result<Message, SendFailure> {
+    let text = serde_json::to_string(event).map_err(|_| SendFailure::Closed)?;
+    Ok(Message::Text(text.into()))
 }
 
 /// Returns the close frame for a peer that broke RFC 6455: 1007 for invalid
