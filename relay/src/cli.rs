@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin_cli::{self, AdminArgs};
@@ -240,10 +240,11 @@ fn run_admin(args: AdminArgs) -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), RelayError> {
     let handle = start(config).await?;
+    let mut signals = StopSignals::register();
     if let Err(error) = announce(&handle) {
         tracing::error!(%error, "failed to write the startup lines to stdout");
     }
-    if let Err(error) = wait_for_stop(&handle).await {
+    if let Err(error) = wait_for_stop(&handle, &mut signals).await {
         tracing::error!(%error, "failed to listen for signals: stopping");
     }
     handle.shutdown().await;
@@ -253,6 +254,7 @@ async fn serve(config: Config) -> Result<(), RelayError> {
 async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
     let tls_cert = args.tls_cert.clone();
     let handle = start(args.into_config()).await?;
+    let mut signals = StopSignals::register();
     if let Err(error) = announce(&handle) {
         tracing::error!(%error, "failed to write the startup lines to stdout");
     }
@@ -265,19 +267,21 @@ async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
     };
     session.print_invitation();
 
-    tokio::select! {
-        result = session.stream_forever() => {
+    let streaming = tokio::select! {
+        result = session.stream_forever() => Some(result),
+        result = wait_for_stop(&handle, &mut signals) => {
             if let Err(error) = result {
-                tracing::error!(%error, "demo streaming stopped: the relay keeps running");
-            }
-            if let Err(error) = wait_for_stop(&handle).await {
                 tracing::error!(%error, "failed to listen for signals: stopping");
             }
+            None
         }
-        result = wait_for_stop(&handle) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "failed to listen for signals: stopping");
-            }
+    };
+    if let Some(result) = streaming {
+        if let Err(error) = result {
+            tracing::error!(%error, "demo streaming stopped: the relay keeps running");
+        }
+        if let Err(error) = wait_for_stop(&handle, &mut signals).await {
+            tracing::error!(%error, "failed to listen for signals: stopping");
         }
     }
     if let Err(error) = session.end().await {
@@ -307,14 +311,32 @@ fn announce(handle: &RelayHandle) -> io::Result<()> {
     out.flush()
 }
 
+/// The signal handlers of a serving relay, installed before it announces
+/// its address, so that a signal sent right after the listening line is
+/// handled instead of ending the process with the default action.
+struct StopSignals(io::Result<(Signal, Signal, Signal)>);
+
+impl StopSignals {
+    fn register() -> Self {
+        StopSignals((|| {
+            Ok((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })())
+    }
+}
+
 /// Waits for SIGINT or SIGTERM, reloading the certificate on SIGHUP meanwhile.
-async fn wait_for_stop(handle: &RelayHandle) -> io::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+async fn wait_for_stop(handle: &RelayHandle, signals: &mut StopSignals) -> io::Result<()> {
+    let (interrupt, terminate, hangup) = match &mut signals.0 {
+        Ok(signals) => signals,
+        Err(error) => return Err(io::Error::new(error.kind(), error.to_string())),
+    };
     loop {
         tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result?;
+            _ = interrupt.recv() => {
                 tracing::info!("SIGINT received");
                 return Ok(());
             }
