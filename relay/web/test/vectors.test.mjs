@@ -378,8 +378,15 @@ test('word lists agree', () => {
   assert.equal(new Set(WORDS).size, 256);
 });
 
+// The page does not pair devices, check stream authorship or read publisher keys from links
+// yet, so the vectors of those sections (10.7 to 10.9) are checked by the Rust crate only.
+const LATER_SECTIONS = parseVectors(doc.slice(doc.indexOf('### 10.7'), doc.indexOf('## 11.')));
+
 // Registered last, so it runs after every test that reads vectors.
 test('every vector is checked', () => {
-  const unchecked = [...vectors.keys()].filter((name) => !used.has(name));
+  assert.ok(LATER_SECTIONS.size > 0, 'sections 10.7 to 10.9 hold no vectors');
+  const unchecked = [...vectors.keys()].filter(
+    (name) => !used.has(name) && !LATER_SECTIONS.has(name),
+  );
   assert.deepEqual(unchecked, [], 'vectors this suite does not check yet');
 });
