@@ -53,14 +53,19 @@ async fn enrol(args: EnrolArgs, state_dir: Option<PathBuf>) -> Result<(), Client
 
     // The secret goes to the terminal only: it is what the authenticator
     // app needs, and the relay shows it just this once.
-    println!("Scan this QR code with your authenticator app:");
-    if !args.no_qr {
+    if args.no_qr {
+        println!(
+            "Add this URI to your authenticator app: {}",
+            enrolment.otpauth_uri
+        );
+    } else {
+        println!("Scan this QR code with your authenticator app:");
         match render_qr(&enrolment.otpauth_uri) {
             Some(qr) => println!("\n{qr}"),
             None => stderr_line!("warning: the URI is too long for a QR code"),
         }
+        println!("or add this URI: {}", enrolment.otpauth_uri);
     }
-    println!("or add this URI: {}", enrolment.otpauth_uri);
     println!("or type this secret: {}", enrolment.secret_base32);
     println!();
     enrolment.otpauth_uri.zeroize();

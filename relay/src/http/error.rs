@@ -46,7 +46,7 @@ pub(crate) enum ApiError {
     #[error("request body must be JSON sent with Content-Type: application/json")]
     UnsupportedMediaType,
     /// The client sent too many requests: retry after this many seconds.
-    #[error("too many requests from this address: retry in {0} s")]
+    #[error("too many requests from this client or for this account: retry in {0} s")]
     TooManyRequests(u64),
     /// The relay cannot serve the request now.
     #[error("{0}")]
