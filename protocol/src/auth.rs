@@ -18,7 +18,7 @@
 //! | `POST /v1/admin/devices/{id}/revoke` | admin with TOTP | revoke a device, closing its sockets |
 //! | `GET /login` | none | the page a magic link opens; the token is in the fragment |
 //!
-//! A native device holds an Ed25519 key pair. It signs in by sending a
+//! A native device has an Ed25519 key pair. It signs in by sending a
 //! [`DPOP_HEADER`] proof (RFC 9449) with `POST /v1/auth/login`, so the pending
 //! sign-in is bound to the key's JWK thumbprint. After the user confirms the
 //! link, the device polls with proofs by the same key and receives an access
@@ -169,7 +169,7 @@ impl std::fmt::Debug for LoginConfirmRequest {
     }
 }
 
-/// Who started a sign-in.
+/// The kind of client that started a sign-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LoginKind {
@@ -182,7 +182,7 @@ pub enum LoginKind {
 /// Response to `POST /v1/auth/login/confirm`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginConfirmed {
-    /// Who started the sign-in.
+    /// The kind of client that started the sign-in.
     pub kind: LoginKind,
     /// Whether a TOTP or recovery code must follow, with
     /// `POST /v1/auth/login/totp`.

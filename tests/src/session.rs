@@ -90,6 +90,21 @@ impl LiveSession {
             .expect("publisher connects")
     }
 
+    /// Returns the clinician's credential headers for the publish upgrade as
+    /// raw HTTP/1.1 header lines, each ending in CRLF, for hand-built requests.
+    pub fn publish_credential_lines(&self) -> String {
+        let url = sealcast_client::endpoint::publish_url(&self.relay, &self.created.session_id);
+        self.auth
+            .headers("GET", url.as_str())
+            .expect("the credential headers are made")
+            .iter()
+            .map(|(name, value)| {
+                let value = value.to_str().expect("credential headers are ASCII");
+                format!("{name}: {value}\r\n")
+            })
+            .collect()
+    }
+
     /// Starts a follower from the invite link.
     pub fn follower(&self) -> Follower {
         self.follower_with_link(self.link())

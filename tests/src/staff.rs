@@ -75,6 +75,22 @@ impl StaffDevice {
     }
 }
 
+/// Computes the RFC 6238 code (SHA-1, six digits, 30 s steps) of a base32
+/// secret at `unix_time`, as an authenticator app would.
+pub fn totp_code(secret_base32: &str, unix_time: u64) -> String {
+    let secret = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret_base32)
+        .expect("the enrolment secret is base32");
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(secret)
+        .build()
+        .expect("the TOTP parameters are valid")
+        .generate(unix_time)
+        .to_string()
+}
+
 /// Creates an organization with `sealcast-relay admin` and returns its id.
 pub fn create_organization(data_dir: &Path) -> String {
     let number = NEXT_ACCOUNT.fetch_add(1, Ordering::Relaxed);

@@ -12,11 +12,11 @@ use sealcast_client::auth::{AccountsApi, DeviceCredentials};
 use sealcast_client::{SecretString, TlsSettings};
 use sealcast_protocol::auth::Role;
 use sealcast_tests::process::RelayProcess;
-use sealcast_tests::staff::{create_organization, StaffDevice};
+use sealcast_tests::staff::{create_organization, totp_code, StaffDevice};
 use url::Url;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_enrols_totp_and_signs_in_with_a_code() {
+async fn admin_signs_in_with_totp_code() {
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
     let org = create_organization(&relay.data_dir);
@@ -82,19 +82,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Computes the RFC 6238 code (SHA-1, six digits, 30 s) of a base32 secret.
-fn totp_code(secret_base32: &str, unix_time: u64) -> String {
-    let secret = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret_base32)
-        .expect("the enrolment secret is base32");
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(secret)
-        .build()
-        .unwrap()
-        .generate(unix_time)
-        .to_string()
 }

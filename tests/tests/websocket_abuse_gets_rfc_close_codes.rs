@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 
-use sealcast_client::endpoint::publish_url;
 use sealcast_client::TlsSettings;
 use sealcast_protocol::api::PublisherEvent;
 use sealcast_protocol::{StreamSealer, TranscriptSegment};
@@ -403,14 +402,7 @@ fn upgrade_request(session: &LiveSession, addr: SocketAddr, handshake: Handshake
         .extra_header
         .map(|header| format!("{header}\r\n"))
         .unwrap_or_default();
-    let url = publish_url(&session.relay, &session.created.session_id);
-    let credentials: String = session
-        .auth
-        .headers("GET", url.as_str())
-        .unwrap()
-        .iter()
-        .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap()))
-        .collect();
+    let credentials = session.publish_credential_lines();
     format!(
         "GET /v1/sessions/{}/publish HTTP/1.1\r\nHost: {addr}\r\n{}\r\n{}\r\n{extra}\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\

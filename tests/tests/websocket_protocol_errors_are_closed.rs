@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sealcast_client::endpoint::publish_url;
 use sealcast_tests::metrics::scrape;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::raw_tls::exchange_over_tls;
@@ -58,14 +57,7 @@ async fn protocol_violations_get_close_1002() {
 }
 
 fn upgrade_request(session: &LiveSession, port: u16) -> String {
-    let url = publish_url(&session.relay, &session.created.session_id);
-    let credentials: String = session
-        .auth
-        .headers("GET", url.as_str())
-        .unwrap()
-        .iter()
-        .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap()))
-        .collect();
+    let credentials = session.publish_credential_lines();
     format!(
         "GET /v1/sessions/{}/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\n\

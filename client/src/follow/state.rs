@@ -175,7 +175,7 @@ impl FollowState {
             FrameKind::Interim | FrameKind::Final => self.segment_event(offset, &opened),
             FrameKind::Checkpoint => {
                 // NOTE: the checkpoint opened, so the session key sealed it,
-                // but its authorship signature is not checked here yet; it
+                // but its authorship signature is not checked here yet. It
                 // carries no transcript text to show.
                 self.report.frames_opened += 1;
                 return events;

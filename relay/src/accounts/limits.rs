@@ -66,7 +66,7 @@ fn per_minute(rate: u32, burst: u32) -> Quota {
     Quota::per_minute(rate).allow_burst(burst)
 }
 
-/// Which budget a request exceeded.
+/// The budget a request exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LimitScope {
     /// The client address's budget.

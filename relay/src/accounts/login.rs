@@ -113,7 +113,7 @@ pub(crate) fn insert(conn: &Connection, login: &NewLogin) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Which hash a pending sign-in is looked up by.
+/// The hash a pending sign-in is looked up by.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum LoginKey {
     /// The login id the requester holds.

@@ -57,8 +57,8 @@ pub(crate) async fn start(
     let request: LoginRequest = read_json(&headers, body, "sign-in request").await?;
     let email =
         checked_email(&request.email).map_err(|error| ApiError::BadRequest(error.to_string()))?;
-    // The budget is per address and client, so that nobody can spend a
-    // user's budget and keep them from getting links from their own device.
+    // The budget is per address and client, so that another client cannot
+    // spend a user's budget and keep them from getting links.
     let client = client_address(peer.as_ref());
     admit_account(&state, &format!("{email} {client}"), LOGIN)?;
     let device = match (proof, request.device_name) {
@@ -237,7 +237,7 @@ pub(crate) async fn second_factor(
         .collect();
     let pending = find(&state, LoginKey::AnyLoginId(login_id.hash()), LOGIN_TOTP).await?;
     // Unconfirmed comes first: a sign-in for an address without an account
-    // is never confirmed, so this answer is the same for every address.
+    // is never confirmed, so this response is the same for every address.
     if !pending.confirmed {
         return Err(ApiError::Conflict(
             "the sign-in link has not been opened yet: open it first".into(),

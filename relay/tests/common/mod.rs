@@ -654,21 +654,7 @@ pub async fn acks_until(ws: &mut Ws, stream: StreamId, seq: u64) -> Vec<(u64, u6
     }
 }
 
-/// Computes the 6-digit TOTP code (SHA-1, 30-second steps) of a base32
-/// secret at `unix_time`.
-pub fn totp_code(secret_base32: &str, unix_time: u64) -> String {
-    let secret = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, secret_base32)
-        .expect("the enrolment secret is base32");
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(secret)
-        .build()
-        .unwrap()
-        .generate(unix_time)
-        .to_string()
-}
+pub use sealcast_tests::staff::totp_code;
 
 /// An administrator's device that enrolled TOTP: its credential carries
 /// `mfa: true`.
