@@ -67,6 +67,15 @@ pub enum StoreError {
         /// Offset the frame was given.
         offset: u64,
     },
+    /// A frame's sequence number does not directly follow the stored frames
+    /// of its stream: a duplicate or a gap.
+    #[error("store rejected sequence number {seq} in session {session_id}: it does not directly follow the stored frames of its stream")]
+    SequenceOutOfOrder {
+        /// Session of the frame.
+        session_id: SessionId,
+        /// Sequence number the frame carries.
+        seq: u64,
+    },
     /// The session to end is unknown or already ended.
     #[error("session {session_id} cannot be ended: it is unknown or already ended")]
     NotEndable {

@@ -185,11 +185,10 @@ pub(super) fn session_tail(
 
 fn stream_tails(conn: &Connection, session_key: &[u8]) -> Result<Vec<StreamTail>, StoreError> {
     let error = StoreError::sqlite("read a session's streams");
-    // SQLite takes the bare column frame_offset from the row holding MAX(seq).
     let mut statement = conn
         .prepare_cached(
-            "SELECT stream_id, MAX(seq), frame_offset FROM frames
-             WHERE session_id = ?1 GROUP BY stream_id",
+            "SELECT stream_id, next_seq - 1, last_offset FROM streams
+             WHERE session_id = ?1",
         )
         .map_err(&error)?;
     let rows = statement

@@ -164,6 +164,46 @@ const MIGRATIONS: &[&str] = &[
 
     DROP TABLE sessions;
     ALTER TABLE sessions_v3 RENAME TO sessions;",
+    // Version 4: frames in arrival order. The clustered layout of versions 1
+    // to 3 kept each session's frames together, so a group commit that
+    // carries one frame for each of many sessions rewrote one table page and
+    // one unique-index page per frame. Frames now go to the end of a rowid
+    // table, several to a page, and one index on (session_id, frame_offset)
+    // finds them. The uniqueness of (session_id, stream_id, seq) moves to
+    // `streams`, one small row per stream, which also gives a session's
+    // stream tails without scanning its frames.
+    "CREATE TABLE frames_v4 (
+        session_id BLOB NOT NULL REFERENCES sessions (session_id),
+        frame_offset INTEGER NOT NULL,
+        stream_id BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        final_count INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        frame BLOB NOT NULL
+    );
+
+    INSERT INTO frames_v4 (session_id, frame_offset, stream_id, seq, kind, final_count,
+        received_at, frame)
+    SELECT session_id, frame_offset, stream_id, seq, kind, final_count, received_at, frame
+    FROM frames ORDER BY session_id, frame_offset;
+
+    DROP TABLE frames;
+    ALTER TABLE frames_v4 RENAME TO frames;
+    CREATE UNIQUE INDEX frames_by_session_offset ON frames (session_id, frame_offset);
+
+    CREATE TABLE streams (
+        session_id BLOB NOT NULL REFERENCES sessions (session_id),
+        stream_id BLOB NOT NULL,
+        next_seq INTEGER NOT NULL,
+        last_offset INTEGER NOT NULL,
+        PRIMARY KEY (session_id, stream_id)
+    ) WITHOUT ROWID;
+
+    -- SQLite takes the bare column frame_offset from the row holding MAX(seq).
+    INSERT INTO streams (session_id, stream_id, next_seq, last_offset)
+    SELECT session_id, stream_id, MAX(seq) + 1, frame_offset
+    FROM frames GROUP BY session_id, stream_id;",
 ];
 
 /// Schema version this build writes.
@@ -173,11 +213,12 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Page cache of the write connection, in KiB. A group commit dirties about
-/// two 4 KiB pages for each session it writes to, so 32 MiB has room for
-/// those of about 4,000 sessions. With the pages in memory SQLite does not spill them
-/// to the WAL in the middle of a transaction, as it did with the default
-/// cache of 2 MiB. The cache counts against the relay's memory bound, which
-/// a larger one would crowd.
+/// one 4 KiB index page and one `streams` page for each session it writes
+/// to, plus the appended frame pages, so 32 MiB has room for those of several
+/// thousand sessions. With the pages in memory SQLite does not spill them to
+/// the WAL in the middle of a transaction, as it did with the default cache
+/// of 2 MiB. The cache counts against the relay's memory bound, which a
+/// larger one would crowd.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// Size in bytes that the first commit after the WAL starts over cuts the

@@ -172,7 +172,10 @@ fn writer_fails_bad_writes_alone() {
     let outcomes = outcomes.take();
     assert!(outcomes[0].1.is_ok());
     assert!(outcomes[1].1.is_ok());
-    assert!(matches!(outcomes[2].1, Err(StoreError::Sqlite { .. })));
+    assert!(matches!(
+        outcomes[2].1,
+        Err(StoreError::SequenceOutOfOrder { seq: 0, .. })
+    ));
     assert!(outcomes[3].1.is_ok());
     assert!(matches!(
         outcomes[4].1,
@@ -184,6 +187,39 @@ fn writer_fails_bad_writes_alone() {
         Err(StoreError::FrameOutOfOrder { offset: 2, .. })
     ));
     assert!(matches!(outcomes[7].1, Err(StoreError::NotEndable { .. })));
+}
+
+#[tokio::test]
+async fn store_rejects_sequence_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    append(&store, frame(session_id, 0, 1, 0)).await.unwrap();
+
+    // A new stream must start at 0, and a known one must not skip a number.
+    let late_start = append(&store, frame(session_id, 1, 2, 3)).await;
+    assert!(
+        matches!(
+            late_start,
+            Err(StoreError::SequenceOutOfOrder { seq: 3, .. })
+        ),
+        "{late_start:?}"
+    );
+    let skipped = append(&store, frame(session_id, 1, 1, 2)).await;
+    assert!(
+        matches!(skipped, Err(StoreError::SequenceOutOfOrder { seq: 2, .. })),
+        "{skipped:?}"
+    );
+
+    // The rejected frames left no row behind, so offset 1 is still free.
+    append(&store, frame(session_id, 1, 1, 1)).await.unwrap();
+    let tail = store.session_tail(session_id).await.unwrap();
+    assert_eq!(tail.next_offset, 2);
+    assert_eq!(tail.streams.len(), 1);
+    assert_eq!(tail.streams[0].last_seq, 1);
+    assert_eq!(tail.streams[0].last_offset, 1);
+    store.close().await;
 }
 
 #[tokio::test]
@@ -378,6 +414,14 @@ async fn version_1_database_migrates() {
                  fingerprint BLOB NOT NULL, publisher_token_hash BLOB NOT NULL UNIQUE,
                  invite_token_hash BLOB NOT NULL UNIQUE, invite_verifier BLOB,
                  created_at INTEGER NOT NULL, ended_at INTEGER) WITHOUT ROWID;
+             CREATE TABLE frames (
+                 session_id BLOB NOT NULL REFERENCES sessions (session_id),
+                 frame_offset INTEGER NOT NULL, stream_id BLOB NOT NULL,
+                 seq INTEGER NOT NULL, kind INTEGER NOT NULL,
+                 final_count INTEGER NOT NULL, received_at INTEGER NOT NULL,
+                 frame BLOB NOT NULL,
+                 PRIMARY KEY (session_id, frame_offset),
+                 UNIQUE (session_id, stream_id, seq)) WITHOUT ROWID;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -392,9 +436,39 @@ async fn version_1_database_migrates() {
             ],
         )
         .unwrap();
+        // Offsets 0 to 2: stream 1 at seq 0 and 1, stream 2 at seq 0.
+        for (offset, stream, seq) in [(0i64, 1u8, 0i64), (1, 2, 0), (2, 1, 1)] {
+            conn.execute(
+                "INSERT INTO frames VALUES (?1, ?2, ?3, ?4, 1, 0, 0, ?5)",
+                rusqlite::params![
+                    session_id.as_bytes().as_slice(),
+                    offset,
+                    [stream; 16].as_slice(),
+                    seq,
+                    [offset as u8; 40].as_slice()
+                ],
+            )
+            .unwrap();
+        }
     }
 
     let store = Store::open(dir.path()).await.unwrap();
+    let tail = store.session_tail(session_id).await.unwrap();
+    assert_eq!(tail.next_offset, 3);
+    let mut streams: Vec<_> = tail
+        .streams
+        .iter()
+        .map(|stream| (stream.stream_id.0[0], stream.last_seq, stream.last_offset))
+        .collect();
+    streams.sort();
+    assert_eq!(streams, vec![(1, 1, 2), (2, 0, 1)]);
+    let frames = store
+        .frames_between(session_id, 0, 10, 10, 1 << 20)
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = frames.iter().map(|frame| frame.offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+
     let record = store.session(session_id).await.unwrap().unwrap();
     assert_eq!(record.invite_verifier, None);
     // Sessions made before accounts belong to no organization.

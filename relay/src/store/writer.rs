@@ -378,11 +378,59 @@ fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError
         })
         .map_err(StoreError::sqlite("store a frame"))?;
 
-    if inserted == 1 {
-        Ok(())
-    } else {
-        Err(out_of_order())
+    if inserted != 1 {
+        return Err(out_of_order());
     }
+    if advance_stream(conn, frame, offset, seq)? {
+        return Ok(());
+    }
+
+    // The stream already holds this sequence number or a hole precedes it,
+    // which the session's in-memory state should have caught. Take the frame
+    // back out, so that the batch's other writes still commit.
+    conn.prepare_cached("DELETE FROM frames WHERE session_id = ?1 AND frame_offset = ?2")
+        .and_then(|mut statement| {
+            statement.execute(params![frame.session_id.as_bytes().as_slice(), offset])
+        })
+        .map_err(StoreError::sqlite("remove a rejected frame"))?;
+    Err(StoreError::SequenceOutOfOrder {
+        session_id: frame.session_id,
+        seq: frame.seq,
+    })
+}
+
+/// Records `seq` at `offset` as the last frame of the frame's stream.
+/// Returns false when `seq` does not directly follow the stream's last
+/// stored sequence number, or is not 0 for a new stream.
+fn advance_stream(
+    conn: &Connection,
+    frame: &FrameRecord,
+    offset: i64,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let session = frame.session_id.as_bytes().as_slice();
+    let stream = frame.stream_id.as_bytes().as_slice();
+    let advanced = conn
+        .prepare_cached(
+            "UPDATE streams SET next_seq = ?3 + 1, last_offset = ?4
+             WHERE session_id = ?1 AND stream_id = ?2 AND next_seq = ?3",
+        )
+        .and_then(|mut statement| statement.execute(params![session, stream, seq, offset]))
+        .map_err(StoreError::sqlite("advance a stream"))?;
+    if advanced == 1 {
+        return Ok(true);
+    }
+    if seq != 0 {
+        return Ok(false);
+    }
+    let started = conn
+        .prepare_cached(
+            "INSERT INTO streams (session_id, stream_id, next_seq, last_offset)
+             VALUES (?1, ?2, 1, ?3) ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut statement| statement.execute(params![session, stream, offset]))
+        .map_err(StoreError::sqlite("start a stream"))?;
+    Ok(started == 1)
 }
 
 fn end_session(conn: &Connection, session_id: &SessionId, ended_at: i64) -> Result<(), StoreError> {
