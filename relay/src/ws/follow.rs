@@ -7,6 +7,7 @@
 //! still cannot keep up is closed with `LAGGED` and resumes on reconnect.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -22,6 +23,7 @@ use futures_util::StreamExt;
 use sealcast_protocol::api::{close, FollowerEvent};
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::socket::{
@@ -43,6 +45,13 @@ const STORE_BATCH_FRAMES: usize = 256;
 /// Most messages written to a follower before one flush. It bounds how long
 /// the socket loop goes without checking for shutdown or incoming messages.
 const MAX_BATCH_MESSAGES: usize = 64;
+
+/// Longest time a follower waits for a `committed` event after its offset
+/// moved. Until then the event goes out only with the next frame, in the same
+/// flush, which saves a TLS record and a system call per frame. A follower
+/// that reconnects resumes from its last announced offset, so a later
+/// announcement costs it only duplicates, which it drops.
+const COMMITTED_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Detachments from live fan-out, without an empty queue in between, after
 /// which a follower is closed as lagged.
@@ -296,6 +305,11 @@ impl Follower {
                 next = self.feed.ready_work();
             }
         }
+        if batch.frames > 0 {
+            if let Some(committed) = self.feed.announce_committed() {
+                batch.add(committed);
+            }
+        }
         self.send_batch(batch).await
     }
 
@@ -414,6 +428,8 @@ struct Feed {
     cursor: u64,
     /// Last offset announced as committed.
     announced: Option<u64>,
+    /// When the committed offset was last announced, or the feed started.
+    announced_at: Instant,
     /// Frames read from the store, not yet delivered.
     batch: VecDeque<StoredFrame>,
     /// Ring start at the last check. The store contains every frame before it.
@@ -432,6 +448,7 @@ impl Feed {
             queue_limit: state.limits.follower_queue_bytes,
             cursor: from,
             announced: None,
+            announced_at: Instant::now(),
             batch: VecDeque::new(),
             catch_up_until: 0,
             catch_up_rounds: 0,
@@ -448,6 +465,9 @@ impl Feed {
                 return work;
             }
             if let Some(subscription) = &self.subscription {
+                let announcement_due = self
+                    .committed_to_announce()
+                    .map(|_| self.announced_at + COMMITTED_INTERVAL);
                 tokio::select! {
                     () = subscription.queue().wait() => {}
                     changed = self.progress.changed() => {
@@ -455,6 +475,7 @@ impl Feed {
                             return Work::Close(store_failed());
                         }
                     }
+                    () = sleep_until(announcement_due) => {}
                 }
             } else if let Err(closing) = self.read_store_batch().await {
                 return Work::Close(closing);
@@ -481,14 +502,25 @@ impl Feed {
         if let Some(work) = self.pop_live() {
             return Some(work);
         }
-        if let Some(offset) = self.committed_to_announce() {
-            self.announced = Some(offset);
-            return Some(Work::Committed(offset));
+        // Before `ended`, the last committed offset goes out at once.
+        let at_end = progress.end.is_some_and(|end| self.cursor >= end);
+        if at_end || self.announced_at.elapsed() >= COMMITTED_INTERVAL {
+            if let Some(work) = self.announce_committed() {
+                return Some(work);
+            }
         }
-        if self.subscription.is_some() && progress.end.is_some_and(|end| self.cursor >= end) {
+        if self.subscription.is_some() && at_end {
             return Some(Work::Ended);
         }
         None
+    }
+
+    /// Returns the `committed` announcement if the offset moved, and records it.
+    fn announce_committed(&mut self) -> Option<Work> {
+        let offset = self.committed_to_announce()?;
+        self.announced = Some(offset);
+        self.announced_at = Instant::now();
+        Some(Work::Committed(offset))
     }
 
     /// Subscribes at the cursor, or notes how far the store must be read first.
@@ -508,10 +540,7 @@ impl Feed {
                 if self.catch_up_rounds > MAX_CATCH_UP_ROUNDS {
                     return Err(Some(lagged("cannot catch up with the live frames")));
                 }
-                Err(self.committed_to_announce().map(|offset| {
-                    self.announced = Some(offset);
-                    Work::Committed(offset)
-                }))
+                Err(self.announce_committed())
             }
             Subscribe::Unavailable => Err(Some(Work::Close(store_failed()))),
         }
@@ -581,6 +610,14 @@ impl Feed {
         }
         self.batch.extend(frames);
         Ok(())
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
