@@ -27,7 +27,7 @@ use sealcast_protocol::{FrameKind, SessionId};
 use crate::store::{SessionRecord, Store, StoreError};
 pub(crate) use handles::Subscription;
 pub(crate) use queue::Popped;
-pub(crate) use session::{EndRefused, Offer, Progress, SessionHub, Subscribe};
+pub(crate) use session::{EndRefused, Lifecycle, Offer, Progress, SessionHub, Subscribe};
 
 /// A frame held in memory for fan-out.
 #[derive(Debug)]

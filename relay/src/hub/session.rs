@@ -39,6 +39,27 @@ pub(crate) struct Progress {
     pub(crate) failed: bool,
 }
 
+impl Progress {
+    /// Returns the part of the progress that followers wake for.
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            end: self.end,
+            failed: self.failed,
+        }
+    }
+}
+
+/// The session end and failure: the progress that every follower must act on
+/// at once. Followers read commits when they wake for other reasons, so that
+/// a commit does not wake every follower of the sessions it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifecycle {
+    /// Once the session end is committed: the offset after its last frame.
+    pub(crate) end: Option<u64>,
+    /// A commit failed: the hub is dropped and every socket on it must close.
+    pub(crate) failed: bool,
+}
+
 /// Outcome of [`SessionHub::offer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
@@ -84,6 +105,7 @@ pub(crate) struct SessionHub {
     registry: Weak<RegistryInner>,
     state: Mutex<HubState>,
     progress: watch::Sender<Progress>,
+    lifecycle: watch::Sender<Lifecycle>,
 }
 
 impl SessionHub {
@@ -96,6 +118,7 @@ impl SessionHub {
     ) -> SessionHub {
         let state = HubState::new(record, tail);
         let (progress, _) = watch::channel(state.progress());
+        let (lifecycle, _) = watch::channel(state.progress().lifecycle());
         SessionHub {
             session_id: record.session_id,
             epoch: record.epoch,
@@ -104,6 +127,7 @@ impl SessionHub {
             registry,
             state: Mutex::new(state),
             progress,
+            lifecycle,
         }
     }
 
@@ -135,6 +159,11 @@ impl SessionHub {
     /// Watches commits, the session end and failure.
     pub(crate) fn watch_progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    /// Watches the session end and failure only.
+    pub(crate) fn watch_lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
     }
 
     /// Takes the publisher seat, telling the previous holder it was replaced.
@@ -379,6 +408,12 @@ impl SessionHub {
         self.progress.send_if_modified(|current| {
             let changed = *current != progress;
             *current = progress;
+            changed
+        });
+        let lifecycle = progress.lifecycle();
+        self.lifecycle.send_if_modified(|current| {
+            let changed = *current != lifecycle;
+            *current = lifecycle;
             changed
         });
         if unused {

@@ -364,3 +364,21 @@ async fn stopped_store_fails_unstored_frames() {
         Offer::Unavailable
     );
 }
+
+#[tokio::test]
+async fn commits_do_not_wake_lifecycle_watchers() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let lifecycle = hub.hub().watch_lifecycle();
+
+    fixture.offer(&hub, &sealed(&mut sealer, true)).await;
+    wait_committed(&hub, 1).await;
+    assert!(!lifecycle.has_changed().unwrap());
+
+    let permit = fixture.store.reserve().await.unwrap();
+    let ended = hub.hub().begin_end(permit, 5).unwrap();
+    ended.await.unwrap().unwrap();
+    assert!(lifecycle.has_changed().unwrap());
+    assert_eq!(lifecycle.borrow().end, Some(1));
+}

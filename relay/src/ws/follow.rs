@@ -32,7 +32,7 @@ use super::socket::{
 use super::{configure, not_an_upgrade};
 use crate::accounts::live::{LiveSocket, SocketOwner};
 use crate::http::{auth, staff, ApiError, AppState};
-use crate::hub::{HubLease, Popped, Progress, Subscribe, Subscription};
+use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
@@ -46,11 +46,12 @@ const STORE_BATCH_FRAMES: usize = 256;
 /// the socket loop goes without checking for shutdown or incoming messages.
 const MAX_BATCH_MESSAGES: usize = 64;
 
-/// Longest time a follower waits for a `committed` event after its offset
-/// moved. Until then the event goes out only with the next frame, in the same
-/// flush, which saves a TLS record and a system call per frame. A follower
-/// that reconnects resumes from its last announced offset, so a later
-/// announcement costs it only duplicates, which it drops.
+/// Longest time between a frame's delivery and the `committed` event that
+/// covers it, once the frame is committed. Until then the event goes out only
+/// with the next frame, in the same flush, which saves a TLS record and a
+/// system call per frame. A follower that reconnects resumes from its last
+/// announced offset, so a later announcement costs it only duplicates, which
+/// it drops.
 const COMMITTED_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Detachments from live fan-out, without an empty queue in between, after
@@ -423,13 +424,17 @@ struct Feed {
     hub: HubLease,
     store: Store,
     queue_limit: usize,
+    /// Commits, end and failure, read without waking for them.
     progress: watch::Receiver<Progress>,
+    /// End and failure, which wake the follower.
+    lifecycle: watch::Receiver<Lifecycle>,
     /// Next offset to deliver.
     cursor: u64,
     /// Last offset announced as committed.
     announced: Option<u64>,
-    /// When the committed offset was last announced, or the feed started.
-    announced_at: Instant,
+    /// When to check next for a committed offset to announce, while delivered
+    /// frames wait for their announcement.
+    next_announcement: Instant,
     /// Frames read from the store, not yet delivered.
     batch: VecDeque<StoredFrame>,
     /// Ring start at the last check. The store contains every frame before it.
@@ -443,12 +448,13 @@ impl Feed {
     fn new(state: &AppState, hub: HubLease, from: u64) -> Feed {
         Feed {
             progress: hub.watch_progress(),
+            lifecycle: hub.watch_lifecycle(),
             hub,
             store: state.store.clone(),
             queue_limit: state.limits.follower_queue_bytes,
             cursor: from,
             announced: None,
-            announced_at: Instant::now(),
+            next_announcement: Instant::now() + COMMITTED_INTERVAL,
             batch: VecDeque::new(),
             catch_up_until: 0,
             catch_up_rounds: 0,
@@ -465,17 +471,15 @@ impl Feed {
                 return work;
             }
             if let Some(subscription) = &self.subscription {
-                let announcement_due = self
-                    .committed_to_announce()
-                    .map(|_| self.announced_at + COMMITTED_INTERVAL);
+                let announcement = self.awaits_announcement().then_some(self.next_announcement);
                 tokio::select! {
                     () = subscription.queue().wait() => {}
-                    changed = self.progress.changed() => {
+                    changed = self.lifecycle.changed() => {
                         if changed.is_err() {
                             return Work::Close(store_failed());
                         }
                     }
-                    () = sleep_until(announcement_due) => {}
+                    () = sleep_until(announcement) => {}
                 }
             } else if let Err(closing) = self.read_store_batch().await {
                 return Work::Close(closing);
@@ -504,10 +508,13 @@ impl Feed {
         }
         // Before `ended`, the last committed offset goes out at once.
         let at_end = progress.end.is_some_and(|end| self.cursor >= end);
-        if at_end || self.announced_at.elapsed() >= COMMITTED_INTERVAL {
+        let now = Instant::now();
+        if at_end || now >= self.next_announcement {
             if let Some(work) = self.announce_committed() {
                 return Some(work);
             }
+            // The delivered frames are not committed yet: look again later.
+            self.next_announcement = now + COMMITTED_INTERVAL;
         }
         if self.subscription.is_some() && at_end {
             return Some(Work::Ended);
@@ -519,8 +526,16 @@ impl Feed {
     fn announce_committed(&mut self) -> Option<Work> {
         let offset = self.committed_to_announce()?;
         self.announced = Some(offset);
-        self.announced_at = Instant::now();
+        self.next_announcement = Instant::now() + COMMITTED_INTERVAL;
         Some(Work::Committed(offset))
+    }
+
+    /// Checks whether frames were delivered that no `committed` event covers yet.
+    fn awaits_announcement(&self) -> bool {
+        match self.announced {
+            Some(announced) => announced + 1 < self.cursor,
+            None => self.cursor > 0,
+        }
     }
 
     /// Subscribes at the cursor, or notes how far the store must be read first.
