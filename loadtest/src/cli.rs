@@ -37,6 +37,10 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Run the followers of one step that a coordinating harness assigns on
+    /// standard input; the harness starts it this way with --processes.
+    #[command(hide = true)]
+    Worker,
 }
 
 /// Measurement mode.
@@ -134,9 +138,16 @@ pub struct RunArgs {
     /// 0 lets the system choose.
     #[arg(long, default_value_t = 4)]
     pub source_addrs: u8,
-    /// Connections opened at the same time while setting up.
+    /// Connections opened at the same time while setting up, in each process.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Processes that open the follower connections, this one included. Above
+    /// 1, the harness starts N-1 worker processes of its own binary and
+    /// spreads each step's followers so that every process has about the
+    /// same number of sockets. Publishers stay in this process. Run and ramp
+    /// modes only.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub processes: usize,
 
     /// Ramp mode: the p99 latency budget in milliseconds.
     #[arg(long, default_value_t = 10.0)]
@@ -152,8 +163,8 @@ pub struct RunArgs {
     pub ramp_steps: u32,
 
     /// Connection mode: idle follower connections to open.
-    // NOTE: all client connections come from this one process, so the file
-    // descriptor limit of one process (about 20,000 here) caps --count.
+    // NOTE: connection mode rejects --processes above 1 and runs in this one
+    // process, so the file descriptor limit of one process caps --count.
     #[arg(long, default_value_t = 1000)]
     pub count: usize,
     /// Connection mode: followers per session.
@@ -199,6 +210,15 @@ impl RunArgs {
         if self.rounds == 0 {
             return invalid("--rounds", "must be at least 1");
         }
+        if self.processes == 0 {
+            return invalid("--processes", "must be at least 1");
+        }
+        if self.mode == Mode::Connections && self.processes > 1 {
+            return invalid(
+                "--processes",
+                "connections mode runs in one process: omit --processes or use --mode run or ramp",
+            );
+        }
         if self.connect_concurrency == 0 {
             return invalid("--connect-concurrency", "must be at least 1");
         }
@@ -238,6 +258,24 @@ mod tests {
     }
 
     #[test]
+    fn processes_apply_to_run_and_ramp() {
+        for mode in ["run", "ramp"] {
+            let cli =
+                Cli::try_parse_from(["sealcast-loadtest", "--mode", mode, "--processes", "3"])
+                    .unwrap();
+            cli.run.validate().unwrap();
+            assert_eq!(cli.run.processes, 3);
+        }
+    }
+
+    #[test]
+    fn worker_command_takes_no_run_options() {
+        let cli = Cli::try_parse_from(["sealcast-loadtest", "worker"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Worker)));
+        assert!(Cli::try_parse_from(["sealcast-loadtest", "worker", "--clinics", "3"]).is_err());
+    }
+
+    #[test]
     fn fail_on_loss_can_be_turned_off() {
         let cli = Cli::try_parse_from(["sealcast-loadtest", "--fail-on-loss", "false"]).unwrap();
         assert!(!cli.run.fail_on_loss);
@@ -250,6 +288,14 @@ mod tests {
             vec!["sealcast-loadtest", "--jitter", "1.5"],
             vec!["sealcast-loadtest", "--clinics", "0"],
             vec!["sealcast-loadtest", "--mode", "ramp", "--ramp-factor", "1"],
+            vec!["sealcast-loadtest", "--processes", "0"],
+            vec![
+                "sealcast-loadtest",
+                "--mode",
+                "connections",
+                "--processes",
+                "2",
+            ],
         ] {
             let cli = Cli::try_parse_from(&args).unwrap();
             assert!(cli.run.validate().is_err(), "{args:?} was accepted");

@@ -62,6 +62,14 @@ pub enum LoadtestError {
         /// What failed.
         reason: String,
     },
+    /// A worker process failed, stopped early or did not report in time.
+    #[error("{worker} failed: {reason}")]
+    Worker {
+        /// The worker, for example `load-test worker 1 (pid 4242)`.
+        worker: String,
+        /// What failed.
+        reason: String,
+    },
     /// The async runtime could not be built.
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -22,6 +22,7 @@
 //! | [`stats`] | HDR histograms, counters, `/proc` readings |
 //! | [`report`] | JSON result, table, Markdown report, SVG plot |
 //! | [`progress`] | the live progress line |
+//! | [`worker`] | follower sockets in worker processes (`--processes`) |
 
 mod cli;
 mod client;
@@ -32,6 +33,7 @@ mod progress;
 mod report;
 mod stats;
 mod target;
+mod worker;
 mod workload;
 
 use std::io::Write;
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
     init_logging();
     let outcome = match cli.command {
         Some(Command::NullRelay { listen }) => serve_null_relay(listen).map(|()| ExitCode::SUCCESS),
+        Some(Command::Worker) => worker::run().map(|()| ExitCode::SUCCESS),
         None => load_test(&cli.run),
     };
     outcome.unwrap_or_else(|err| {

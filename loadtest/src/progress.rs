@@ -1,25 +1,41 @@
 //! The live progress line: elapsed time, phase, open connections, frames
-//! delivered and the p99 latency of the last second, which is also kept as
-//! the step's timeline.
+//! delivered and the p99 latency of the last second. The latency of each
+//! second is also kept, merged with the worker processes' seconds, as the
+//! step's timeline.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant as TokioInstant, MissedTickBehavior};
 
 use crate::client::Timing;
 use crate::report::schema::TimelinePoint;
+use crate::stats::summary::new_histogram;
 use crate::stats::Recorder;
+use crate::worker::message::{EncodedHistogram, TimelineSecond};
 
 /// Interval between updates and between timeline points.
 const TICK: Duration = Duration::from_secs(1);
+
+/// The worker processes' part of the progress line. Workers report nothing
+/// during a step, only when connected and at the end.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteProgress {
+    /// Worker processes.
+    pub workers: usize,
+    /// Followers the workers opened.
+    pub followers_opened: u64,
+}
 
 /// A progress line that updates itself until dropped or finished.
 pub struct Progress {
     bar: ProgressBar,
     ticker: Option<JoinHandle<()>>,
-    timeline: Arc<Mutex<Vec<TimelinePoint>>>,
+    timeline: Arc<Mutex<Vec<TimelineSecond>>>,
 }
 
 impl Progress {
@@ -48,48 +64,79 @@ impl Progress {
         self.bar.set_message(message.to_string());
     }
 
-    /// Updates the line once a second from the recorder, and returns the
-    /// per-second timeline of the step when [`Progress::finish_step`] is called.
-    pub fn follow_step(&mut self, recorder: Arc<Recorder>, timing: Timing, expected: u64) {
+    /// Updates the line each second of the step from the recorder, and keeps
+    /// the latency of each second for the timeline that
+    /// [`Progress::finish_step`] returns. `expected` counts this process's
+    /// connections. With `remote`, the line labels its figures as this
+    /// process's and adds the workers' connections.
+    pub fn follow_step(
+        &mut self,
+        recorder: Arc<Recorder>,
+        timing: Timing,
+        expected: u64,
+        remote: Option<RemoteProgress>,
+    ) {
+        self.bar.set_message("starting");
         let bar = self.bar.clone();
         let timeline = Arc::clone(&self.timeline);
-        self.ticker = Some(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                let recent = recorder.take_recent();
-                let point = TimelinePoint {
-                    second: timing.start.elapsed().as_secs_f64().round(),
-                    delivered: recent.len(),
-                    p99_us: recent.value_at_quantile(0.99),
-                };
-                bar.set_message(format!(
-                    "{} | connections {}/{expected} | frames delivered {} | p99 {:.1} ms",
+        let counters = Arc::clone(&recorder);
+        self.ticker = Some(spawn_ticker(recorder, timing, move |second, recent| {
+            let figures = format!(
+                "connections {}/{expected} | frames delivered {} | p99 {:.1} ms",
+                counters.connections_open(),
+                counters.frames_delivered(),
+                recent.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+            let message = match &remote {
+                None => format!("{} | {figures}", phase(&timing)),
+                Some(remote) => format!(
+                    "{} | this process: {figures} | {} workers: {} followers connected, figures at the end",
                     phase(&timing),
-                    recorder.connections_open(),
-                    recorder.frames_delivered(),
-                    point.p99_us as f64 / 1000.0,
-                ));
-                if Instant::now() >= timing.start {
-                    timeline
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(point);
-                }
+                    remote.workers,
+                    remote.followers_opened,
+                ),
+            };
+            bar.set_message(message);
+            match EncodedHistogram::encode(&recent) {
+                Ok(latency) => timeline
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(TimelineSecond { second, latency }),
+                Err(err) => tracing::warn!(error = %err, second, "timeline second dropped"),
             }
         }));
     }
 
-    /// Clears the line and returns the timeline recorded since [`Progress::follow_step`].
-    pub fn finish_step(self) -> Vec<TimelinePoint> {
-        let timeline = self
-            .timeline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    /// Clears the line and returns the timeline since [`Progress::follow_step`],
+    /// with the seconds that worker processes reported merged in.
+    pub fn finish_step(self, remote: Vec<(u64, Histogram<u64>)>) -> Vec<TimelinePoint> {
+        let own =
+            std::mem::take(&mut *self.timeline.lock().unwrap_or_else(PoisonError::into_inner));
         self.finish();
-        timeline
+
+        let mut seconds: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+        let decoded = own
+            .into_iter()
+            .filter_map(|second| match second.latency.decode() {
+                Ok(histogram) => Some((second.second, histogram)),
+                Err(err) => {
+                    tracing::warn!(error = %err, second = second.second, "timeline second dropped");
+                    None
+                }
+            });
+        for (second, histogram) in decoded.chain(remote) {
+            let merged = seconds.entry(second).or_insert_with(new_histogram);
+            // Own and decoded worker histograms have the bounds of `new_histogram`.
+            let _ = merged.add(&histogram);
+        }
+        seconds
+            .into_iter()
+            .map(|(second, histogram)| TimelinePoint {
+                second: second as f64,
+                delivered: histogram.len(),
+                p99_us: histogram.value_at_quantile(0.99),
+            })
+            .collect()
     }
 
     /// Clears the line.
@@ -99,6 +146,27 @@ impl Progress {
         }
         self.bar.finish_and_clear();
     }
+}
+
+/// Calls `tick` with `k` and the latency recorded since the previous call at
+/// `timing.start` plus `k` seconds, for `k` from 1. Every process of a step
+/// ticks at the same instants, so their seconds can be merged. A stalled
+/// runtime catches up with ticks in a burst, which keeps the numbering.
+pub fn spawn_ticker<F>(recorder: Arc<Recorder>, timing: Timing, mut tick: F) -> JoinHandle<()>
+where
+    F: FnMut(u64, Histogram<u64>) + Send + 'static,
+{
+    tokio::spawn(async move {
+        let first = TokioInstant::from_std(timing.start + TICK);
+        let mut interval = tokio::time::interval_at(first, TICK);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut second = 0;
+        loop {
+            interval.tick().await;
+            second += 1;
+            tick(second, recorder.take_recent());
+        }
+    })
 }
 
 impl Drop for Progress {
@@ -121,5 +189,59 @@ fn phase(timing: &Timing) -> &'static str {
         "cool-down"
     } else {
         "draining"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::summary::record;
+
+    fn histogram(values: &[u64]) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        for &value in values {
+            record(&mut histogram, value);
+        }
+        histogram
+    }
+
+    #[test]
+    fn worker_seconds_merge_by_number() {
+        let progress = Progress::new("test", false);
+        let remote = vec![
+            (2, histogram(&[100, 200])),
+            (1, histogram(&[300])),
+            (2, histogram(&[5_000])),
+        ];
+        let points = progress.finish_step(remote);
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[0].second, 1.0);
+        assert_eq!(points[0].delivered, 1);
+        assert_eq!(points[0].p99_us, 300);
+        assert_eq!(points[1].second, 2.0);
+        assert_eq!(points[1].delivered, 3);
+        assert!(points[1].p99_us >= 4_995, "{}", points[1].p99_us);
+    }
+
+    #[tokio::test]
+    async fn ticker_numbers_seconds_from_the_start() {
+        let recorder = Arc::new(Recorder::new());
+        let timing = Timing::new(
+            Duration::from_millis(200),
+            Duration::ZERO,
+            Duration::from_secs(10),
+            Duration::ZERO,
+        );
+        let seconds = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&seconds);
+        let ticker = spawn_ticker(Arc::clone(&recorder), timing, move |second, recent| {
+            collected.lock().unwrap().push((second, recent.len()));
+        });
+        recorder.record_delivery(0, 1, 2);
+        // Half a second after the second tick, at start + 1 s and start + 2 s.
+        tokio::time::sleep_until(TokioInstant::from_std(timing.start + TICK * 2 + TICK / 2)).await;
+        ticker.abort();
+        let seconds = seconds.lock().unwrap().clone();
+        assert_eq!(seconds, vec![(1, 1), (2, 0)]);
     }
 }

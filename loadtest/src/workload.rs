@@ -3,7 +3,8 @@
 //!
 //! Every frame's plaintext is a transcript segment in the protocol's JSON
 //! form with one extra field, `sent_us`: the intended send time in
-//! microseconds since [`clock_origin`]. Receivers ignore unknown fields, as
+//! microseconds on the system's `CLOCK_MONOTONIC` (see [`monotonic_micros`]),
+//! so that worker processes share the scale. Receivers ignore unknown fields, as
 //! the protocol requires, so the frames are valid segments for any device,
 //! and the follower recovers the field only after decrypting the frame.
 
@@ -26,20 +27,80 @@ const SAMPLE_CONSULTATION: &str = include_str!("../../relay/demo/sample-consulta
 /// Subfolder of `SEALCAST_TRANSCRIPTS` that contains the PriMock57 TextGrid files.
 const PRIMOCK_FOLDER: &str = "primock57";
 
-/// Returns the instant that `sent_us` values count from. Publishers and
-/// followers of one clinic run in the same process, so one monotonic origin
-/// serves both.
-pub fn clock_origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
+/// An [`Instant`] paired with the `CLOCK_MONOTONIC` reading taken at the
+/// same moment, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct ClockOrigin {
+    instant: Instant,
+    monotonic_us: u64,
 }
 
-/// Converts an instant to microseconds since [`clock_origin`].
-pub fn micros_since_origin(instant: Instant) -> u64 {
-    let micros = instant
-        .saturating_duration_since(clock_origin())
-        .as_micros();
-    u64::try_from(micros).unwrap_or(u64::MAX)
+/// Returns this process's pairing of [`Instant`] and `CLOCK_MONOTONIC`,
+/// read once. `CLOCK_MONOTONIC` is one clock for the whole system, so
+/// publishers in the coordinator and followers in worker processes convert
+/// instants to the same microsecond scale.
+fn clock_origin() -> ClockOrigin {
+    static ORIGIN: OnceLock<ClockOrigin> = OnceLock::new();
+    *ORIGIN.get_or_init(pair_clocks)
+}
+
+/// Attempts at pairing the clocks; the narrowest one is kept.
+const PAIRING_ATTEMPTS: usize = 16;
+
+/// Reads `CLOCK_MONOTONIC` between two instants and pairs it with their
+/// midpoint. The error is at most half the gap between the instants, which
+/// a preemption can widen, so the narrowest of several attempts is kept.
+fn pair_clocks() -> ClockOrigin {
+    let attempt = || {
+        let before = Instant::now();
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let after = Instant::now();
+        let gap = after.duration_since(before);
+        let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+        let origin = ClockOrigin {
+            instant: before + gap / 2,
+            monotonic_us: seconds * 1_000_000 + nanos / 1_000,
+        };
+        (gap, origin)
+    };
+    let (mut narrowest, mut best) = attempt();
+    for _ in 1..PAIRING_ATTEMPTS {
+        let (gap, origin) = attempt();
+        if gap < narrowest {
+            (narrowest, best) = (gap, origin);
+        }
+    }
+    best
+}
+
+/// Converts an instant to microseconds on `CLOCK_MONOTONIC`, the scale of
+/// `sent_us` and of the step timeline sent to worker processes.
+pub fn monotonic_micros(instant: Instant) -> u64 {
+    let origin = clock_origin();
+    if instant >= origin.instant {
+        let after = instant.duration_since(origin.instant).as_micros();
+        origin
+            .monotonic_us
+            .saturating_add(u64::try_from(after).unwrap_or(u64::MAX))
+    } else {
+        let before = origin.instant.duration_since(instant).as_micros();
+        origin
+            .monotonic_us
+            .saturating_sub(u64::try_from(before).unwrap_or(u64::MAX))
+    }
+}
+
+/// Converts microseconds on `CLOCK_MONOTONIC` back to an instant of this
+/// process; the inverse of [`monotonic_micros`].
+pub fn instant_at(monotonic_us: u64) -> Instant {
+    let origin = clock_origin();
+    if monotonic_us >= origin.monotonic_us {
+        origin.instant + Duration::from_micros(monotonic_us - origin.monotonic_us)
+    } else {
+        let before = Duration::from_micros(origin.monotonic_us - monotonic_us);
+        origin.instant.checked_sub(before).unwrap_or(origin.instant)
+    }
 }
 
 /// The consultations the publishers replay, each a list of segments in order.
@@ -145,7 +206,7 @@ struct ProbeSegment<'a> {
 pub struct Probe {
     /// Frame number within the stream.
     pub segment_id: u64,
-    /// Intended send time, microseconds since [`clock_origin`].
+    /// Intended send time, microseconds on `CLOCK_MONOTONIC`.
     pub sent_us: u64,
 }
 
@@ -269,6 +330,43 @@ mod tests {
         assert_eq!(probe.segment_id, 0);
         let second = Probe::parse(&script.next_plaintext(9)).unwrap();
         assert_eq!(second.segment_id, 1);
+    }
+
+    #[test]
+    fn monotonic_micros_round_trip() {
+        let now = Instant::now();
+        for instant in [
+            now,
+            now + Duration::from_secs(30),
+            now - Duration::from_millis(5),
+        ] {
+            let micros = monotonic_micros(instant);
+            let back = instant_at(micros);
+            let error = if back > instant {
+                back - instant
+            } else {
+                instant - back
+            };
+            assert!(error < Duration::from_micros(1), "{error:?}");
+        }
+        let later = monotonic_micros(now + Duration::from_millis(250));
+        assert_eq!(later - monotonic_micros(now), 250_000);
+    }
+
+    #[test]
+    fn monotonic_micros_match_clock_gettime() {
+        // Pairs the clocks first, outside the readings compared.
+        monotonic_micros(Instant::now());
+        let before = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let micros = monotonic_micros(Instant::now());
+        let after = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let to_micros =
+            |t: rustix::time::Timespec| t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000;
+        assert!(
+            micros + 1 >= to_micros(before),
+            "{micros} before {before:?}"
+        );
+        assert!(micros <= to_micros(after) + 1, "{micros} after {after:?}");
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use sealcast_protocol::api::{decode_delivery, FollowerEvent};
 use sealcast_protocol::{FrameHeader, FrameKind, OpenedFrame, ProtocolError, StreamOpener};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::socket::Socket;
 use super::{close_kind, is_session_ended, Timing};
 use crate::stats::Recorder;
-use crate::workload::{micros_since_origin, Probe};
+use crate::workload::{monotonic_micros, Probe};
 
 /// Everything one follower needs for a run.
 pub struct FollowerRun {
@@ -29,7 +30,8 @@ pub struct FollowerRun {
 }
 
 /// Frames a follower opened and how its stream ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FollowerOutcome {
     /// Segment frames opened, duplicates not included.
     pub segments_opened: u64,
@@ -80,7 +82,7 @@ pub async fn run(mut socket: Socket, mut run: FollowerRun) -> FollowerOutcome {
 }
 
 fn handle_delivery(run: &mut FollowerRun, bytes: &[u8], outcome: &mut FollowerOutcome) {
-    let received_us = micros_since_origin(Instant::now());
+    let received_us = monotonic_micros(Instant::now());
     let Some((_offset, frame)) = decode_delivery(bytes) else {
         run.recorder.count_error("follower delivery too short");
         return;
@@ -169,7 +171,7 @@ mod tests {
         let mut script = Transcripts::load(None).unwrap().script_for(0);
         (0..count)
             .map(|_| {
-                let plaintext = script.next_plaintext(micros_since_origin(Instant::now()));
+                let plaintext = script.next_plaintext(monotonic_micros(Instant::now()));
                 sealer.seal(FrameKind::Final, &plaintext).unwrap()
             })
             .collect()

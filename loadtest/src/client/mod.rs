@@ -18,12 +18,14 @@ use sealcast_client::auth::{Authorizer, BearerToken};
 use sealcast_client::SecretString;
 use sealcast_protocol::api::{close, FollowerEvent, PublisherEvent};
 use sealcast_protocol::{Fingerprint, SessionKey};
+use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
 use self::socket::{Dialer, Socket, CONNECT_TIMEOUT};
 use crate::stats::Recorder;
+use crate::workload::{instant_at, monotonic_micros};
 
 /// The time line of one step, fixed before any frame is sent.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +62,45 @@ impl Timing {
             drain_deadline: send_stop + drain,
         }
     }
+
+    /// Returns the time line on `CLOCK_MONOTONIC`, the form sent to worker processes.
+    pub fn to_timeline(self) -> Timeline {
+        Timeline {
+            start_us: monotonic_micros(self.start),
+            measure_start_us: monotonic_micros(self.measure_start),
+            stop_us: monotonic_micros(self.stop),
+            send_stop_us: monotonic_micros(self.send_stop),
+            drain_deadline_us: monotonic_micros(self.drain_deadline),
+        }
+    }
+
+    /// Rebuilds the time line in this process's instants.
+    pub fn from_timeline(timeline: &Timeline) -> Timing {
+        Timing {
+            start: instant_at(timeline.start_us),
+            measure_start: instant_at(timeline.measure_start_us),
+            stop: instant_at(timeline.stop_us),
+            send_stop: instant_at(timeline.send_stop_us),
+            drain_deadline: instant_at(timeline.drain_deadline_us),
+        }
+    }
+}
+
+/// The time line of one step in microseconds on `CLOCK_MONOTONIC`, which
+/// every process on the machine reads alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeline {
+    /// [`Timing::start`].
+    pub start_us: u64,
+    /// [`Timing::measure_start`].
+    pub measure_start_us: u64,
+    /// [`Timing::stop`].
+    pub stop_us: u64,
+    /// [`Timing::send_stop`].
+    pub send_stop_us: u64,
+    /// [`Timing::drain_deadline`].
+    pub drain_deadline_us: u64,
 }
 
 /// Opens a publish socket and waits for the relay's welcome. Records the
@@ -177,4 +218,42 @@ pub fn is_normal_close(frame: Option<&CloseFrame>) -> bool {
 /// Returns whether a close reports the end of the session (4004).
 pub fn is_session_ended(frame: Option<&CloseFrame>) -> bool {
     frame.is_some_and(|frame| u16::from(frame.code) == close::SESSION_ENDED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_survives_the_monotonic_timeline() {
+        let timing = Timing::new(
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        let timeline = timing.to_timeline();
+        assert_eq!(timeline.measure_start_us - timeline.start_us, 2_000_000);
+        assert_eq!(
+            timeline.drain_deadline_us - timeline.send_stop_us,
+            5_000_000
+        );
+
+        let rebuilt = Timing::from_timeline(&timeline);
+        let pairs = [
+            (timing.start, rebuilt.start),
+            (timing.measure_start, rebuilt.measure_start),
+            (timing.stop, rebuilt.stop),
+            (timing.send_stop, rebuilt.send_stop),
+            (timing.drain_deadline, rebuilt.drain_deadline),
+        ];
+        for (original, back) in pairs {
+            let error = if back > original {
+                back - original
+            } else {
+                original - back
+            };
+            assert!(error < Duration::from_micros(1), "{error:?}");
+        }
+    }
 }

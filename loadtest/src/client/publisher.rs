@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::socket::Socket;
 use super::{close_kind, is_normal_close, Timing};
 use crate::stats::Recorder;
-use crate::workload::{micros_since_origin, Schedule, Script};
+use crate::workload::{monotonic_micros, Schedule, Script};
 
 /// Everything one publisher needs for a run.
 pub struct PublisherRun {
@@ -63,7 +63,7 @@ pub async fn run(socket: Socket, mut run: PublisherRun) -> PublisherOutcome {
     let mut intended = run.timing.start + run.schedule.first_offset(&mut rng);
     while intended < run.timing.send_stop {
         tokio::time::sleep_until(TokioInstant::from_std(intended)).await;
-        let sent_us = micros_since_origin(intended);
+        let sent_us = monotonic_micros(intended);
         let plaintext = run.script.next_plaintext(sent_us);
         let Some(frame) = seal(&mut run, FrameKind::Final, &plaintext) else {
             break;
@@ -75,7 +75,7 @@ pub async fn run(socket: Socket, mut run: PublisherRun) -> PublisherOutcome {
         run.recorder.record_send(
             run.key,
             sent_us,
-            micros_since_origin(std::time::Instant::now()),
+            monotonic_micros(std::time::Instant::now()),
         );
         outcome.segments_sent += 1;
         intended += run.schedule.next_gap(&mut rng);

@@ -8,11 +8,13 @@
 //! | [`step`] | one load step: warm-up, measurement, drain, summary |
 //! | [`connections`] | idle connections and memory per connection |
 //! | [`sampler`] | CPU and memory readings during a step |
+//! | [`workers`] | worker processes of a step (`--processes`) |
 
 pub mod connections;
 pub mod sampler;
 pub mod setup;
 pub mod step;
+pub mod workers;
 
 use crate::cli::{Baseline, Mode, RunArgs};
 use crate::error::LoadtestError;
@@ -114,6 +116,7 @@ fn plan(args: &RunArgs, round: u32, step: u32, clinics: usize) -> StepPlan {
         drain: args.drain,
         source_addrs: args.source_addrs,
         connect_concurrency: args.connect_concurrency,
+        processes: args.processes,
         progress: !args.no_progress,
     }
 }

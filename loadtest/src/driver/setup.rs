@@ -18,6 +18,7 @@ use crate::client::{connect_follower, connect_publisher};
 use crate::error::LoadtestError;
 use crate::stats::Recorder;
 use crate::target::Target;
+use crate::worker::split::FollowerSplit;
 
 /// A session created for one clinic, with what its devices hold.
 pub struct Clinic {
@@ -39,8 +40,8 @@ pub struct ConnectedClinic {
     pub clinic: Clinic,
     /// The publisher's socket, `None` when it failed to open.
     pub publisher: Option<Socket>,
-    /// The followers' sockets that opened.
-    pub followers: Vec<Socket>,
+    /// The followers' sockets that opened, each with its follower number in the clinic.
+    pub followers: Vec<(usize, Socket)>,
 }
 
 /// Returns a client for the relay's HTTP API.
@@ -104,16 +105,24 @@ async fn create_clinic(
     })
 }
 
-/// Opens every clinic's followers, then its publisher, at most
-/// `concurrency` connection attempts at a time.
+/// Opens the followers of every clinic that `followers` assigns to this
+/// process, then the clinic's publisher, at most `concurrency` connection
+/// attempts at a time.
 pub async fn connect_clinics(
     target: &Target,
     dialer: Arc<Dialer>,
     clinics: Vec<Clinic>,
-    followers: usize,
+    followers: &FollowerSplit,
     concurrency: usize,
     recorder: Arc<Recorder>,
 ) -> Vec<ConnectedClinic> {
+    let mut own = vec![Vec::new(); clinics.len()];
+    for (index, numbers) in followers.clinics_of(0) {
+        if let Some(slot) = own.get_mut(index) {
+            *slot = numbers;
+        }
+    }
+    let per_clinic = followers.followers_per_clinic();
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(clinics.len());
     for clinic in clinics {
@@ -121,6 +130,14 @@ pub async fn connect_clinics(
         let slots = Arc::clone(&slots);
         let recorder = Arc::clone(&recorder);
         let base = target.base_url.clone();
+        let numbers = own
+            .get_mut(clinic.index)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let followers = FollowerNumbers {
+            numbers,
+            per_clinic,
+        };
         tasks.push(tokio::spawn(async move {
             connect_clinic(&base, &dialer, clinic, followers, &slots, &recorder).await
         }));
@@ -136,21 +153,29 @@ pub async fn connect_clinics(
     connected
 }
 
+/// The followers of one clinic that this process opens.
+struct FollowerNumbers {
+    /// Follower numbers, each below `per_clinic`.
+    numbers: Vec<usize>,
+    /// Followers per clinic over all processes.
+    per_clinic: usize,
+}
+
 async fn connect_clinic(
     base: &url::Url,
     dialer: &Dialer,
     clinic: Clinic,
-    followers: usize,
+    followers: FollowerNumbers,
     slots: &Semaphore,
     recorder: &Recorder,
 ) -> ConnectedClinic {
     let follow_url = endpoint::follow_url(base, None, 0);
-    let mut sockets = Vec::with_capacity(followers);
-    for follower in 0..followers {
+    let mut sockets = Vec::with_capacity(followers.numbers.len());
+    for number in followers.numbers {
         let Ok(_slot) = slots.acquire().await else {
             break;
         };
-        let shard = clinic.index * (followers + 1) + follower;
+        let shard = clinic.index * (followers.per_clinic + 1) + number;
         let socket = connect_follower(
             dialer,
             &follow_url,
@@ -160,7 +185,7 @@ async fn connect_clinic(
             shard,
         )
         .await;
-        sockets.extend(socket);
+        sockets.extend(socket.map(|socket| (number, socket)));
     }
 
     let publish_url = endpoint::publish_url(base, &clinic.session_id);

@@ -1,25 +1,30 @@
 //! One load step: create the clinics, connect them, run the open-loop load
 //! through warm-up, measurement and drain, and summarize what happened.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use sealcast_client::RelayApi;
 use sealcast_protocol::{StreamOpener, StreamSealer};
 
 use super::sampler;
 use super::setup::{connect_clinics, create_clinics, relay_api, ConnectedClinic};
+use super::workers::WorkerPool;
 use crate::client::follower::{self, FollowerOutcome, FollowerRun};
 use crate::client::publisher::{self, PublisherOutcome, PublisherRun};
 use crate::client::socket::Dialer;
 use crate::client::Timing;
 use crate::error::LoadtestError;
-use crate::progress::Progress;
+use crate::progress::{Progress, RemoteProgress};
 use crate::report::schema::{ConnectionStats, StepResult};
 use crate::stats::summary::{curve, Summary};
 use crate::stats::Recorder;
 use crate::target::Target;
-use crate::workload::{micros_since_origin, Schedule, Transcripts};
+use crate::worker::message::WorkerReport;
+use crate::worker::split::FollowerSplit;
+use crate::workload::{monotonic_micros, Schedule, Transcripts};
 
 /// Time between the last connection opening and the first frame.
 const LEAD: Duration = Duration::from_millis(300);
@@ -47,13 +52,16 @@ pub struct StepPlan {
     pub drain: Duration,
     /// Loopback source addresses.
     pub source_addrs: u8,
-    /// Parallel connection attempts.
+    /// Parallel connection attempts in each process.
     pub connect_concurrency: usize,
+    /// Processes that hold followers, this one included.
+    pub processes: usize,
     /// Whether to show progress.
     pub progress: bool,
 }
 
-/// Runs one step against `target`.
+/// Runs one step against `target`. Followers assigned to worker processes
+/// run there, and their statistics are merged before the summary.
 pub async fn run_step(
     target: &Target,
     transcripts: &Transcripts,
@@ -67,6 +75,12 @@ pub async fn run_step(
     let api = relay_api(target)?;
     let clinics = create_clinics(target, &api, plan.clinics, plan.connect_concurrency).await?;
 
+    let split = FollowerSplit::new(plan.clinics, plan.followers, plan.processes);
+    if split.processes() > 1 {
+        progress.set_phase("starting worker processes");
+    }
+    let mut workers = WorkerPool::start(target, &clinics, &split, plan).await?;
+
     progress.set_phase("connecting");
     let dialer = Arc::new(Dialer::new(
         target.addr,
@@ -77,23 +91,33 @@ pub async fn run_step(
         target,
         dialer,
         clinics,
-        plan.followers,
+        &split,
         plan.connect_concurrency,
         Arc::clone(&recorder),
     )
     .await;
+    if workers.len() > 0 {
+        progress.set_phase("waiting for the worker processes to connect");
+    }
+    let remote_opened = workers.wait_connected().await?;
 
     let timing = Timing::new(LEAD, plan.warmup, plan.duration, plan.drain);
+    workers.start_step(&timing).await?;
     recorder.set_window(
-        micros_since_origin(timing.measure_start),
-        micros_since_origin(timing.stop),
+        monotonic_micros(timing.measure_start),
+        monotonic_micros(timing.stop),
     );
     let sampling = target
         .probe
         .clone()
         .map(|probe| sampler::spawn(probe, timing.measure_start, timing.stop));
     let expected_connections = (plan.clinics * (plan.followers + 1)) as u64;
-    progress.follow_step(Arc::clone(&recorder), timing, expected_connections);
+    let remote = (workers.len() > 0).then(|| RemoteProgress {
+        workers: workers.len(),
+        followers_opened: remote_opened,
+    });
+    let expected_here = expected_connections - workers.attempted() as u64;
+    progress.follow_step(Arc::clone(&recorder), timing, expected_here, remote);
 
     let tasks: Vec<_> = connected
         .into_iter()
@@ -109,19 +133,28 @@ pub async fn run_step(
             tokio::spawn(run_clinic(clinic, run))
         })
         .collect();
-    let mut totals = LossTotals::default();
+    let mut outcomes = BTreeMap::new();
     for task in tasks {
         match task.await {
-            Ok(outcome) => totals.add(&outcome),
+            Ok(outcome) => {
+                outcomes.insert(outcome.index, outcome);
+            }
             Err(err) => tracing::error!(error = %err, "a clinic task failed"),
         }
+    }
+
+    let reports = workers.collect(&timing).await?;
+    let remote_timeline = merge_reports(&recorder, &mut outcomes, &reports)?;
+    let mut totals = LossTotals::default();
+    for outcome in outcomes.values() {
+        totals.add(outcome);
     }
 
     let window = match sampling {
         Some(task) => task.await.ok().flatten(),
         None => None,
     };
-    let timeline = progress.finish_step();
+    let timeline = progress.finish_step(remote_timeline);
     let mut result = summarize(
         plan,
         target,
@@ -132,6 +165,39 @@ pub async fn run_step(
     );
     result.timeline = timeline;
     Ok(result)
+}
+
+/// Adds the workers' statistics to `recorder` and their followers' outcomes
+/// to the clinics they followed, and returns their timeline seconds.
+fn merge_reports(
+    recorder: &Recorder,
+    outcomes: &mut BTreeMap<usize, ClinicOutcome>,
+    reports: &[(usize, WorkerReport)],
+) -> Result<Vec<(u64, Histogram<u64>)>, LoadtestError> {
+    let mut timeline = Vec::new();
+    for (number, report) in reports {
+        let invalid = |reason: String| LoadtestError::Worker {
+            worker: format!("load-test worker {number}"),
+            reason: format!("sent an invalid report: {reason}"),
+        };
+        let histograms = report.histograms().map_err(invalid)?;
+        timeline.extend(report.timeline().map_err(invalid)?);
+        recorder.absorb(&report.counts, &report.errors, &histograms);
+        for follower in &report.followers {
+            // A clinic whose task failed sent nothing, so its remote
+            // followers count against zero frames sent.
+            outcomes
+                .entry(follower.clinic)
+                .or_insert_with(|| ClinicOutcome {
+                    index: follower.clinic,
+                    publisher: PublisherOutcome::default(),
+                    followers: Vec::new(),
+                })
+                .followers
+                .push(follower.outcome);
+        }
+    }
+    Ok(timeline)
 }
 
 /// Inputs of a clinic task besides its sockets.
@@ -146,6 +212,7 @@ struct ClinicRun {
 
 /// Outcome of one clinic's devices.
 struct ClinicOutcome {
+    index: usize,
     publisher: PublisherOutcome,
     followers: Vec<FollowerOutcome>,
 }
@@ -160,7 +227,6 @@ async fn run_clinic(connected: ConnectedClinic, run: ClinicRun) -> ClinicOutcome
     } = connected;
     let followers: Vec<_> = followers
         .into_iter()
-        .enumerate()
         .map(|(number, socket)| {
             let follower_run = FollowerRun {
                 key: clinic.index * (run.followers_per_clinic + 1) + number,
@@ -198,6 +264,7 @@ async fn run_clinic(connected: ConnectedClinic, run: ClinicRun) -> ClinicOutcome
         outcomes.extend(task.await.ok());
     }
     ClinicOutcome {
+        index: clinic.index,
         publisher: publisher_outcome,
         followers: outcomes,
     }

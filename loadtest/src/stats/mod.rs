@@ -247,6 +247,34 @@ impl Recorder {
         }
     }
 
+    /// Adds the counters, errors and histograms of followers that ran in a
+    /// worker process, so that the step's summary covers every process.
+    pub fn absorb(&self, counts: &Counts, errors: &BTreeMap<String, u64>, histograms: &Histograms) {
+        let add = |counter: &AtomicU64, value: u64| counter.fetch_add(value, Ordering::Relaxed);
+        add(&self.frames_sent, counts.frames_sent);
+        add(&self.frames_acknowledged, counts.frames_acknowledged);
+        add(&self.frames_delivered, counts.frames_delivered);
+        add(
+            &self.frames_delivered_in_window,
+            counts.frames_delivered_in_window,
+        );
+        add(&self.gap_frames, counts.gap_frames);
+        add(&self.duplicates, counts.duplicates);
+        add(&self.decrypt_errors, counts.decrypt_errors);
+        {
+            let mut own = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+            for (kind, count) in errors {
+                *own.entry(kind.clone()).or_insert(0) += count;
+            }
+        }
+        // Decoded worker histograms have the bounds of `new_histogram`, as
+        // `EncodedHistogram::decode` ensures, so adding cannot fail for lack of range.
+        let mut shard = self.shard(0);
+        let _ = shard.latency.add(&histograms.latency);
+        let _ = shard.send_lag.add(&histograms.send_lag);
+        let _ = shard.connect.add(&histograms.connect);
+    }
+
     /// Returns the errors by kind.
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors
@@ -297,6 +325,33 @@ mod tests {
         assert_eq!(errors.get("close 4005"), Some(&2));
         assert_eq!(errors.get("decrypt"), Some(&1));
         assert_eq!(recorder.counts().decrypt_errors, 1);
+    }
+
+    #[test]
+    fn absorbed_statistics_are_added() {
+        let remote = Recorder::new();
+        remote.set_window(0, 10_000);
+        remote.record_connect(0, 900);
+        remote.record_delivery(0, 1_000, 1_400);
+        remote.add_duplicate();
+        remote.count_error("follower connection lost");
+
+        let local = Recorder::new();
+        local.set_window(0, 10_000);
+        local.record_connect(1, 700);
+        local.record_delivery(1, 2_000, 2_100);
+        local.count_error("follower connection lost");
+        local.absorb(&remote.counts(), &remote.errors(), &remote.histograms());
+
+        let counts = local.counts();
+        assert_eq!(counts.frames_delivered, 2);
+        assert_eq!(counts.frames_delivered_in_window, 2);
+        assert_eq!(counts.duplicates, 1);
+        assert_eq!(local.errors().get("follower connection lost"), Some(&2));
+        let histograms = local.histograms();
+        assert_eq!(histograms.connect.len(), 2);
+        assert_eq!(histograms.latency.len(), 2);
+        assert_eq!(histograms.latency.max(), 400);
     }
 
     #[test]

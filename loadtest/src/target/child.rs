@@ -53,6 +53,7 @@ pub(super) async fn sealcast_child(
         staff: sign_in.authorizer(),
         _sign_in: Some(sign_in),
         tls: Some(TlsSettings::from_ca_file(&cert).map_err(|e| fail(e.to_string()))?),
+        ca_cert: Some(cert),
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",
         guard: Guard::Child {
@@ -84,6 +85,7 @@ pub(super) async fn null_child() -> Result<Target, LoadtestError> {
         staff: ignored_credentials(),
         _sign_in: None,
         tls: None,
+        ca_cert: None,
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",
         guard: Guard::Child {

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,9 @@ pub struct Target {
     pub staff: Arc<dyn Authorizer>,
     /// Trust roots; `None` for plain TCP.
     pub tls: Option<TlsSettings>,
+    /// PEM file that `tls` trusts, which worker processes load again; `None`
+    /// with the bundled Mozilla roots or plain TCP.
+    pub ca_cert: Option<PathBuf>,
     /// CPU and memory probe, when the system runs on this machine.
     pub probe: Option<ProcessProbe>,
     /// Where it runs, for the report: `in-process`, `child process` or `external`.
@@ -216,6 +220,7 @@ async fn external(args: &RunArgs, relay: &str) -> Result<Target, LoadtestError> 
         base_url,
         addr,
         tls: Some(tls),
+        ca_cert: args.ca_cert.clone(),
         probe: args
             .relay_pid
             .map(|pid| ProcessProbe::new(pid, ProbeScope::Process)),
@@ -274,6 +279,7 @@ async fn sealcast_in_process(max_connections: usize) -> Result<Target, LoadtestE
         base_url,
         addr,
         tls: Some(tls),
+        ca_cert: Some(cert),
         probe: Some(ProcessProbe::own_threads(RELAY_THREAD_PREFIX)),
         placement: "in-process",
         guard: Guard::InProcess {
@@ -320,6 +326,7 @@ async fn null_in_process() -> Result<Target, LoadtestError> {
         addr,
         staff: ignored_credentials(),
         tls: None,
+        ca_cert: None,
         probe: Some(ProcessProbe::own_threads(NULL_THREAD_NAME)),
         placement: "in-process",
         guard: Guard::NullInProcess { runtime, relay },

@@ -67,6 +67,7 @@ pub(super) async fn start(peers_dir: &Path) -> Result<Target, LoadtestError> {
         staff: Arc::new(BearerToken::new(SecretString::new(api_key))),
         _sign_in: None,
         tls: Some(TlsSettings::from_ca_pem(cert_pem.as_bytes()).map_err(|e| fail(e.to_string()))?),
+        ca_cert: Some(cert_path),
         probe: Some(ProcessProbe::new(pid, ProbeScope::Process)),
         placement: "child process",
         guard: Guard::Child {
