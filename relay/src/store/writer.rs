@@ -37,10 +37,10 @@ const MAX_REFILL_TIME: Duration = Duration::from_millis(10);
 
 /// Writes below which a batch keeps filling while writes keep arriving, and
 /// the maximum time it does so. Each write of a small batch pays for the
-/// commit's WAL sync and for index and `streams` pages that it rarely shares:
-/// on 5,000 sessions a batch of 25 frames cost the writer about 2.4 times the
-/// CPU per frame of a batch of 1,000 (an estimate from replaying this
-/// schema's inserts through Python's `sqlite3` module on a two-core machine).
+/// commit's WAL sync and for index and `streams` pages that it rarely shares.
+/// On 5,000 sessions a batch of 25 frames cost the writer about 2.4 times the
+/// CPU per frame of a batch of 1,000. That is an estimate from replaying this
+/// schema's inserts through Python's `sqlite3` module on a two-core machine.
 /// A pause that finds no new write ends the filling, so a lightly loaded
 /// relay commits after one pause.
 const FILL_TARGET: usize = 512;
@@ -402,7 +402,7 @@ fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError
         return Ok(());
     }
 
-    // The stream already holds this sequence number or a hole precedes it,
+    // The stream already contains this sequence number or a hole precedes it,
     // which the session's in-memory state should have caught. Take the frame
     // back out, so that the batch's other writes still commit.
     conn.prepare_cached("DELETE FROM frames WHERE session_id = ?1 AND frame_offset = ?2")
