@@ -80,17 +80,7 @@ impl Writer {
     fn append(&mut self, count: usize) -> u64 {
         let mut largest = 0;
         for _ in 0..count {
-            let frame = FrameRecord {
-                session_id: self.session_id,
-                offset: self.next_offset,
-                stream_id: StreamId([1; 16]),
-                seq: self.next_offset,
-                kind: FrameKind::Final,
-                final_count: self.next_offset + 1,
-                received_at: 0,
-                delivery: Bytes::from(vec![7u8; 8 + FRAME_BYTES]),
-            };
-            self.next_offset += 1;
+            let frame = self.next_frame();
             self.send(WriteOp::AppendFrame {
                 frame,
                 done: self.completion(),
@@ -98,6 +88,40 @@ impl Writer {
             largest = largest.max(file_size(&self.wal));
         }
         largest
+    }
+
+    fn next_frame(&mut self) -> FrameRecord {
+        let frame = FrameRecord {
+            session_id: self.session_id,
+            offset: self.next_offset,
+            stream_id: StreamId([1; 16]),
+            seq: self.next_offset,
+            kind: FrameKind::Final,
+            final_count: self.next_offset + 1,
+            received_at: 0,
+            delivery: Bytes::from(vec![7u8; 8 + FRAME_BYTES]),
+        };
+        self.next_offset += 1;
+        frame
+    }
+
+    /// Appends one frame, waits until it is committed, and so every write
+    /// queued before it, then returns the WAL file's size.
+    fn settle(&mut self) -> u64 {
+        let (committed, wait) = std::sync::mpsc::channel();
+        let failures = Arc::clone(&self.failures);
+        let frame = self.next_frame();
+        self.send(WriteOp::AppendFrame {
+            frame,
+            done: Box::new(move |result| {
+                if result.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = committed.send(());
+            }),
+        });
+        wait.recv().unwrap();
+        file_size(&self.wal)
     }
 
     /// Stops the writer after it commits everything queued and returns how
@@ -155,7 +179,10 @@ fn wal_restarts_after_reader_lets_go() {
     let _: i64 = reader
         .query_row("SELECT COUNT(*) FROM frames", [], |row| row.get(0))
         .unwrap();
-    let pinned = writer.append(400);
+    // Measured once the writer has committed them all, which on a busy
+    // machine it may not have while they are still being queued.
+    writer.append(400);
+    let pinned = writer.settle();
     assert!(
         pinned > policy().restart_above_bytes,
         "the reader did not keep the WAL from starting over ({pinned} bytes)"
