@@ -40,6 +40,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::redact::Redacted;
+
 /// Request header that carries a DPoP proof.
 pub const DPOP_HEADER: &str = "DPoP";
 /// `Authorization` scheme of device-bound access tokens.
@@ -126,13 +128,22 @@ pub struct Confirmation {
 }
 
 /// Body of `POST /v1/auth/login`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginRequest {
     /// The user's email address.
     pub email: String,
     /// Name of the signing-in device, shown to admins. Only with a proof.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &Redacted)
+            .field("device_name", &self.device_name.as_ref().map(|_| Redacted))
+            .finish()
+    }
 }
 
 /// Response to `POST /v1/auth/login`, the same whether or not the address
@@ -285,7 +296,7 @@ impl std::fmt::Debug for RefreshRequest {
 }
 
 /// A user as `GET /v1/me` and the token responses show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
     /// User id.
     pub user_id: String,
@@ -348,8 +359,20 @@ impl std::fmt::Debug for TotpActivated {
     }
 }
 
+impl std::fmt::Debug for UserInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserInfo")
+            .field("user_id", &self.user_id)
+            .field("email", &Redacted)
+            .field("role", &self.role)
+            .field("organization_id", &self.organization_id)
+            .field("totp_enabled", &self.totp_enabled)
+            .finish()
+    }
+}
+
 /// Body of `POST /v1/admin/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateUserRequest {
     /// Email address; unique across the relay.
     pub email: String,
@@ -357,8 +380,17 @@ pub struct CreateUserRequest {
     pub role: Role,
 }
 
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("email", &Redacted)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
 /// A user in the admin listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSummary {
     /// User id.
     pub user_id: String,
@@ -375,8 +407,21 @@ pub struct UserSummary {
     pub disabled_at: Option<i64>,
 }
 
+impl std::fmt::Debug for UserSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSummary")
+            .field("user_id", &self.user_id)
+            .field("email", &Redacted)
+            .field("role", &self.role)
+            .field("totp_enabled", &self.totp_enabled)
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish()
+    }
+}
+
 /// A device in the admin listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSummary {
     /// Device id.
     pub device_id: String,
@@ -396,9 +441,90 @@ pub struct DeviceSummary {
     pub revoked_at: Option<i64>,
 }
 
+impl std::fmt::Debug for DeviceSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSummary")
+            .field("device_id", &self.device_id)
+            .field("user_id", &self.user_id)
+            .field("name", &Redacted)
+            .field("key_thumbprint", &self.key_thumbprint)
+            .field("created_at", &self.created_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_request_debug_is_redacted() {
+        let request = LoginRequest {
+            email: "a.person@clinic.example".into(),
+            device_name: Some("Front Desk".into()),
+        };
+        assert_eq!(
+            format!("{request:?}"),
+            "LoginRequest { email: [redacted], device_name: Some([redacted]) }"
+        );
+    }
+
+    #[test]
+    fn user_debug_is_redacted() {
+        let info = UserInfo {
+            user_id: "usr_1".into(),
+            email: "a.person@clinic.example".into(),
+            role: Role::Admin,
+            organization_id: "org_1".into(),
+            totp_enabled: true,
+        };
+        assert_eq!(
+            format!("{info:?}"),
+            "UserInfo { user_id: \"usr_1\", email: [redacted], role: Admin, \
+             organization_id: \"org_1\", totp_enabled: true }"
+        );
+        let summary = UserSummary {
+            user_id: "usr_1".into(),
+            email: "a.person@clinic.example".into(),
+            role: Role::Clinician,
+            totp_enabled: false,
+            created_at: 1,
+            disabled_at: None,
+        };
+        assert_eq!(
+            format!("{summary:?}"),
+            "UserSummary { user_id: \"usr_1\", email: [redacted], role: Clinician, \
+             totp_enabled: false, created_at: 1, disabled_at: None }"
+        );
+        let create = CreateUserRequest {
+            email: "a.person@clinic.example".into(),
+            role: Role::Clinician,
+        };
+        assert_eq!(
+            format!("{create:?}"),
+            "CreateUserRequest { email: [redacted], role: Clinician }"
+        );
+    }
+
+    #[test]
+    fn device_summary_debug_is_redacted() {
+        let device = DeviceSummary {
+            device_id: "dev_1".into(),
+            user_id: "usr_1".into(),
+            name: "Dr Quill's tablet".into(),
+            key_thumbprint: "tp".into(),
+            created_at: 1,
+            last_seen_at: Some(2),
+            revoked_at: None,
+        };
+        assert_eq!(
+            format!("{device:?}"),
+            "DeviceSummary { device_id: \"dev_1\", user_id: \"usr_1\", name: [redacted], \
+             key_thumbprint: \"tp\", created_at: 1, last_seen_at: Some(2), revoked_at: None }"
+        );
+    }
 
     #[test]
     fn poll_response_is_tagged_by_status() {

@@ -42,6 +42,7 @@ pub mod invite;
 pub mod keys;
 pub mod padding;
 pub mod pairing;
+pub mod redact;
 pub mod rotation;
 pub mod segment;
 mod words;

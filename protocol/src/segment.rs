@@ -3,12 +3,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
+use crate::redact::Redacted;
 
 /// One transcript segment, as live speech recognition produces it.
 ///
 /// A segment is revised while the speaker talks: receivers keep the highest
 /// revision of each `segment_id`, and a final revision replaces every interim one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Debug` output leaves the text out, because it is what the patient hears.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TranscriptSegment {
     /// Identifier of the segment within the session, stable across revisions.
     pub segment_id: u64,
@@ -25,6 +28,20 @@ pub struct TranscriptSegment {
     /// Whether this is the final revision.
     #[serde(rename = "final")]
     pub is_final: bool,
+}
+
+impl std::fmt::Debug for TranscriptSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscriptSegment")
+            .field("segment_id", &self.segment_id)
+            .field("revision", &self.revision)
+            .field("speaker", &self.speaker)
+            .field("start_ms", &self.start_ms)
+            .field("end_ms", &self.end_ms)
+            .field("text", &Redacted)
+            .field("is_final", &self.is_final)
+            .finish()
+    }
 }
 
 impl TranscriptSegment {
@@ -60,5 +77,28 @@ impl EndOfSession {
         serde_json::from_slice(bytes).map_err(|err| {
             ProtocolError::MalformedPlaintext(format!("end frame is not valid JSON: {err}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_debug_leaves_text_out() {
+        let segment = TranscriptSegment {
+            segment_id: 3,
+            revision: 1,
+            speaker: "patient".into(),
+            start_ms: 10,
+            end_ms: 20,
+            text: "my chest hurts".into(),
+            is_final: true,
+        };
+        assert_eq!(
+            format!("{segment:?}"),
+            "TranscriptSegment { segment_id: 3, revision: 1, speaker: \"patient\", \
+             start_ms: 10, end_ms: 20, text: [redacted], is_final: true }"
+        );
     }
 }

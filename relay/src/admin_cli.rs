@@ -12,6 +12,8 @@ use sealcast_protocol::auth::Role;
 use serde::Serialize;
 
 use crate::accounts::admin::{AdminError, AdminStore};
+use crate::at_rest::KeySource;
+use crate::store::StoreError;
 
 /// Arguments of `sealcast-relay admin`.
 #[derive(Debug, Clone, Args)]
@@ -19,6 +21,11 @@ pub(crate) struct AdminArgs {
     /// Directory with relay.db, as given to serve.
     #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
     data_dir: PathBuf,
+    /// File with the at-rest key, as given to serve. SEALCAST_AT_REST_KEY may
+    /// hold the key itself instead. Without either, the development key file
+    /// in the data directory is used.
+    #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
+    at_rest_key_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -78,7 +85,9 @@ struct Created<'a> {
 
 /// Runs one admin command and prints its result to stdout.
 pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
-    let admin = AdminStore::open(&args.data_dir)?;
+    let source = KeySource::from_flag_and_env(args.at_rest_key_file)
+        .map_err(|error| AdminError::Store(StoreError::at_rest(error)))?;
+    let admin = AdminStore::open_with_key(&args.data_dir, &source)?;
     let mut out = io::stdout().lock();
     let printed = match args.command {
         AdminCommand::CreateOrg { name } => {

@@ -15,9 +15,11 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin_cli::{self, AdminArgs};
+use crate::at_rest::{AtRestError, KeySource};
 use crate::config::{default_max_message_size, parse_duration, AccountsConfig, Config, Limits};
 use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
+use crate::keys_cli::{self, KeysArgs};
 use crate::server::{start, RelayHandle};
 
 /// Log line format.
@@ -53,6 +55,8 @@ enum Command {
     /// Manage organizations, users and devices in the data directory. Works
     /// while a relay runs, which closes revoked sockets within 5 seconds.
     Admin(AdminArgs),
+    /// Make at-rest key files and rotate the key that wraps the database's data key.
+    Keys(KeysArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -63,6 +67,11 @@ struct ServeArgs {
     /// Directory for relay.db and the development certificate.
     #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
     data_dir: PathBuf,
+    /// File with the at-rest key-encryption key: 32 bytes as 64 hex digits or
+    /// base64. SEALCAST_AT_REST_KEY may hold the key itself instead. Without
+    /// either, a development key file is made in the data directory.
+    #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
+    at_rest_key_file: Option<PathBuf>,
     /// Base URL of invite links [default: https://localhost:PORT].
     #[arg(long, env = "SEALCAST_PUBLIC_URL")]
     public_url: Option<String>,
@@ -142,11 +151,14 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> Config {
+    /// Builds the configuration. Fails when the at-rest key sources conflict
+    /// or `SEALCAST_AT_REST_KEY` is not a valid key.
+    fn into_config(self) -> Result<Config, AtRestError> {
         let max_write_buffer_size = self
             .max_write_buffer_size
             .unwrap_or(2 * self.max_message_size + self.write_buffer_size);
-        Config {
+        let at_rest_key = KeySource::from_flag_and_env(self.at_rest_key_file)?;
+        Ok(Config {
             listen: self.listen,
             data_dir: self.data_dir,
             public_url: self.public_url,
@@ -174,7 +186,8 @@ impl ServeArgs {
                 mail_from: self.mail_from,
                 smtp_ca_file: self.smtp_ca_file,
             },
-        }
+            at_rest_key,
+        })
     }
 }
 
@@ -185,6 +198,7 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => (args, false),
         Some(Command::Demo(args)) => (args, true),
         Some(Command::Admin(args)) => return run_admin(args),
+        Some(Command::Keys(args)) => return run_keys(args),
         None => (cli.serve, false),
     };
     if let Err(error) = init_logging(args.log_format) {
@@ -205,9 +219,10 @@ pub fn main() -> ExitCode {
     let result = if demo {
         runtime.block_on(serve_demo(args))
     } else {
-        runtime
-            .block_on(serve(args.into_config()))
-            .map_err(DemoError::from)
+        match args.into_config() {
+            Ok(config) => runtime.block_on(serve(config)).map_err(DemoError::from),
+            Err(error) => Err(DemoError::from(RelayError::from(error))),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -238,6 +253,24 @@ fn run_admin(args: AdminArgs) -> ExitCode {
     }
 }
 
+fn run_keys(args: KeysArgs) -> ExitCode {
+    if let Err(error) = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(io::stderr)
+        .try_init()
+    {
+        eprintln!("error: failed to set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    match keys_cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve(config: Config) -> Result<(), RelayError> {
     let handle = start(config).await?;
     let mut signals = StopSignals::register();
@@ -253,7 +286,8 @@ async fn serve(config: Config) -> Result<(), RelayError> {
 
 async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
     let tls_cert = args.tls_cert.clone();
-    let handle = start(args.into_config()).await?;
+    let config = args.into_config().map_err(RelayError::from)?;
+    let handle = start(config).await?;
     let mut signals = StopSignals::register();
     if let Err(error) = announce(&handle) {
         tracing::error!(%error, "failed to write the startup lines to stdout");
@@ -291,7 +325,8 @@ async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Prints the listening address and where sign-in mail goes to stdout.
+/// Prints the listening address, where sign-in mail goes and where the
+/// at-rest key comes from to stdout.
 fn announce(handle: &RelayHandle) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(
@@ -306,6 +341,20 @@ fn announce(handle: &RelayHandle) -> io::Result<()> {
         writeln!(
             out,
             "development mode: sign-in mail is not sent but written to {mail} (set --smtp-url to send it)"
+        )?;
+    }
+    if handle.at_rest_key_is_development() {
+        writeln!(
+            out,
+            "development mode: stored data is encrypted at rest with the {}, which lies beside the database (pass --at-rest-key-file or set SEALCAST_AT_REST_KEY to keep the key elsewhere)",
+            handle.at_rest_key_source()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "stored data is encrypted at rest with the key from {} (fingerprint {})",
+            handle.at_rest_key_source(),
+            handle.at_rest_key_fingerprint()
         )?;
     }
     out.flush()
@@ -397,7 +446,7 @@ mod tests {
         let Some(Command::Serve(args)) = cli.command else {
             panic!("serve subcommand not parsed");
         };
-        let config = args.into_config();
+        let config = args.into_config().unwrap();
         assert_eq!(config.limits.write_timeout, Duration::from_millis(500));
         assert_eq!(config.limits.follower_queue_bytes, 200_000);
         assert_eq!(

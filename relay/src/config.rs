@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::at_rest::KeySource;
 use crate::error::RelayError;
 
 /// Everything [`crate::start`] needs to run a relay.
@@ -26,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// Token lifetimes and mail settings of staff sign-in.
     pub accounts: AccountsConfig,
+    /// Source of the at-rest layer's key-encryption key.
+    pub at_rest_key: KeySource,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             tls_key: None,
             limits: Limits::default(),
             accounts: AccountsConfig::default(),
+            at_rest_key: KeySource::Development,
         }
     }
 }

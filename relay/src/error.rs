@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::at_rest::AtRestError;
 use crate::store::StoreError;
 
 /// A failure to start the relay or reload its certificate.
@@ -75,6 +76,9 @@ pub enum RelayError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The at-rest key configuration is invalid.
+    #[error(transparent)]
+    AtRest(#[from] AtRestError),
     /// Sign-in mail cannot be set up.
     #[error("failed to set up sign-in mail: {0}")]
     Mail(String),

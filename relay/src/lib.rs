@@ -15,7 +15,8 @@
 //! | module | job |
 //! | --- | --- |
 //! | `cli` | command line, logging setup, signals |
-//! | `admin_cli` | the `admin` command: organizations, users, devices |
+//! | `admin_cli` | the `admin` and `keys` commands: organizations, users, devices, at-rest keys |
+//! | `at_rest` | encryption of stored frames and personal data under a wrapped data key |
 //! | `config` | [`Config`] and [`Limits`] |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
@@ -34,6 +35,7 @@
 
 pub mod accounts;
 mod admin_cli;
+pub mod at_rest;
 pub mod cli;
 pub mod config;
 mod credentials;
@@ -42,6 +44,7 @@ pub mod error;
 mod http;
 mod hub;
 mod invites;
+mod keys_cli;
 mod listener;
 pub mod metrics;
 mod server;

@@ -44,6 +44,9 @@ pub const STORE_CHECKPOINT_FAILURES: &str = "sealcast_store_checkpoint_failures_
 pub const STORE_WAL_BYTES: &str = "sealcast_store_wal_bytes";
 /// Store transactions that failed to commit.
 pub const STORE_COMMIT_FAILURES: &str = "sealcast_store_commit_failures_total";
+/// Stored values and frames that failed at-rest decryption, label `column`
+/// (`table.column`). Each means the database was altered or a row was moved.
+pub const STORE_AT_REST_FAILURES: &str = "sealcast_store_at_rest_failures_total";
 /// Single writes that failed inside a committed transaction, for example a
 /// frame whose offset does not follow the stored ones.
 pub const STORE_WRITE_FAILURES: &str = "sealcast_store_write_failures_total";
@@ -224,6 +227,10 @@ fn describe() {
         "WAL file size after the last checkpoint."
     );
     describe_counter!(STORE_WRITE_FAILURES, "Single store writes that failed.");
+    describe_counter!(
+        STORE_AT_REST_FAILURES,
+        "Stored values that failed at-rest decryption, by table and column."
+    );
 
     describe_counter!(
         FOLLOWERS_DETACHED,

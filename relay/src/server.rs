@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::accounts::{self, Accounts};
+use crate::at_rest::{DatabaseKeys, Fingerprint, KeySource};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::http::{self, RelayState};
@@ -35,6 +36,8 @@ pub struct RelayHandle {
     data_dir: PathBuf,
     tls: Arc<Tls>,
     accounts: Arc<Accounts>,
+    at_rest: DatabaseKeys,
+    at_rest_development: bool,
     smtp_configured: bool,
     shutdown: Shutdown,
     server: JoinHandle<()>,
@@ -60,6 +63,22 @@ impl RelayHandle {
     /// the outbox folder.
     pub fn mail_is_sent(&self) -> bool {
         self.smtp_configured
+    }
+
+    /// Names where the at-rest key-encryption key came from.
+    pub fn at_rest_key_source(&self) -> &str {
+        self.at_rest.source()
+    }
+
+    /// Returns the fingerprint of the at-rest key-encryption key.
+    pub fn at_rest_key_fingerprint(&self) -> Fingerprint {
+        self.at_rest.kek_fingerprint()
+    }
+
+    /// Returns whether the at-rest key is the development key file in the
+    /// data directory.
+    pub fn at_rest_key_is_development(&self) -> bool {
+        self.at_rest_development
     }
 
     /// Returns the accounts service, for the demo's in-process sign-in.
@@ -109,10 +128,19 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     prepare_data_dir(&config.data_dir)?;
     let metrics_handle = metrics::install();
     let tls = Arc::new(Tls::setup(&config)?);
-    let store = Store::open(&config.data_dir).await?;
+    let store = Store::open(&config.data_dir, &config.at_rest_key).await?;
+    let at_rest = store.keys().clone();
     let (tcp, local_addr) = bind(config.listen).await?;
     let public_url = resolve_public_url(config.public_url.as_deref(), local_addr.port())?;
-    let accounts = Arc::new(Accounts::open(&config.accounts, &config.data_dir, &public_url).await?);
+    let accounts = Arc::new(
+        Accounts::open(
+            &config.accounts,
+            &config.data_dir,
+            store.keys(),
+            &public_url,
+        )
+        .await?,
+    );
 
     let shutdown = Shutdown::default();
     tokio::spawn(accounts::run_recheck(accounts.clone(), shutdown.clone()));
@@ -138,6 +166,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         data_dir: config.data_dir,
         tls,
         accounts,
+        at_rest,
+        at_rest_development: matches!(config.at_rest_key, KeySource::Development),
         smtp_configured: config.accounts.smtp_url.is_some(),
         shutdown,
         server,

@@ -19,6 +19,7 @@ use sealcast_protocol::auth::{AccessClaims, Role, DPOP_HEADER};
 use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::SessionKey;
 use sealcast_relay::accounts::admin::AdminStore;
+use sealcast_relay::at_rest;
 use sealcast_relay::Limits;
 use tokio_tungstenite::tungstenite;
 
@@ -232,17 +233,24 @@ async fn fixture() -> Fixture {
     }
 }
 
-/// Reads the relay's active signing key from its database.
+/// Reads the relay's active signing key from its database, opening it with
+/// the development at-rest key in the data directory.
 fn relay_signing_key(relay: &TestRelay) -> (String, EncodingKey) {
     let conn = Connection::open(relay.data_dir().join("relay.db")).unwrap();
-    let (kid, secret): (String, Vec<u8>) = conn
+    let (kid, sealed): (String, Vec<u8>) = conn
         .query_row(
             "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap();
-    let signing = ed25519_dalek::SigningKey::from_bytes(&secret.try_into().unwrap());
+    let keys =
+        at_rest::unlock_existing(relay.data_dir(), &at_rest::KeySource::Development).unwrap();
+    let secret = keys
+        .data_keys()
+        .open_value("signing_keys", "private_key", kid.as_bytes(), &sealed)
+        .unwrap();
+    let signing = ed25519_dalek::SigningKey::from_bytes(secret.as_slice().try_into().unwrap());
     let der = signing.to_pkcs8_der().unwrap();
     (kid, EncodingKey::from_ed_der(der.as_bytes()))
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -257,6 +258,20 @@ fn binary_prints_address_and_mail_folder() {
         "unexpected second line {mail_line:?}"
     );
     assert!(mail_line.contains("outbox"), "{mail_line}");
+    let key_line = read_line(&mut stdout);
+    assert!(
+        key_line.starts_with(
+            "development mode: stored data is encrypted at rest with the development key file"
+        ),
+        "unexpected third line {key_line:?}"
+    );
+    let key_file = dir.path().join("at-rest-dev.key");
+    assert!(
+        key_line.contains(&key_file.display().to_string()),
+        "{key_line}"
+    );
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "development key file mode {mode:o}");
 
     // The admin command works beside the running relay.
     let created: serde_json::Value = serde_json::from_str(&admin(
@@ -302,11 +317,12 @@ fn binary_prints_address_and_mail_folder() {
     stdout.read_to_string(&mut rest).unwrap();
     assert!(rest.is_empty(), "more stdout output: {rest:?}");
 
-    // A second start prints the same two lines.
+    // A second start prints the same three lines, reusing the development key.
     let mut child = spawn_relay(dir.path(), &["serve"], &["--log-format", "json"]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     assert!(read_line(&mut stdout).starts_with("sealcast-relay listening on https://127.0.0.1:"));
-    assert!(read_line(&mut stdout).starts_with("development mode:"));
+    assert!(read_line(&mut stdout).starts_with("development mode: sign-in mail"));
+    assert_eq!(read_line(&mut stdout), key_line);
     let (exit, stderr) = terminate(child);
     assert!(exit.success());
     let mut rest = String::new();

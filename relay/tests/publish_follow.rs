@@ -367,18 +367,24 @@ async fn silent_peer_times_out() {
 
 /// Stores a frame row at `offset` behind the relay's back, so that the
 /// relay's next commit for the session fails its offset check.
-fn inject_stored_frame(data_dir: &std::path::Path, session_id: &[u8], offset: i64) {
+/// Stores a frame behind the relay's back, sealed with the development
+/// at-rest key as the relay would seal it.
+fn inject_stored_frame(data_dir: &std::path::Path, session_id: &[u8; 16], offset: i64) {
+    let keys = sealcast_relay::at_rest::unlock_existing(
+        data_dir,
+        &sealcast_relay::at_rest::KeySource::Development,
+    )
+    .unwrap();
+    let sealed = keys
+        .data_keys()
+        .frame_cipher(session_id)
+        .seal(offset as u64, b"injected");
     let conn = rusqlite::Connection::open(data_dir.join("relay.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn.execute(
         "INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
             received_at, frame) VALUES (?1, ?2, ?3, 0, 2, 1, 0, ?4)",
-        rusqlite::params![
-            session_id,
-            offset,
-            [0xeeu8; 16].as_slice(),
-            b"injected".as_slice()
-        ],
+        rusqlite::params![session_id, offset, [0xeeu8; 16].as_slice(), sealed],
     )
     .unwrap();
 }

@@ -1,15 +1,19 @@
 //! Editing the `frames` table of a stopped relay's SQLite database directly,
-//! as someone who has stolen or taken over the database could.
+//! as someone who has taken over the relay, its at-rest key included, could.
 //!
-//! The relay delivers a stored frame blob without checking it, so these edits
-//! reach followers unchanged. Open a [`FrameStore`] only while the relay is
-//! stopped, and drop it before the relay starts again.
+//! Frames are sealed at rest, so [`FrameStore`] opens and seals them with the
+//! relay's data key: edits made this way pass the relay's at-rest check and
+//! reach followers, whose own checks must catch them. The `raw_` methods
+//! edit the sealed blobs without the key, as a thief of the database file
+//! could. Open a [`FrameStore`] only while the relay is stopped, and drop it
+//! before the relay starts again.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 use sealcast_protocol::{FrameHeader, SessionId, StreamId};
+use sealcast_relay::at_rest::{self, DataKeys, KeySource};
 
 /// File name of the relay's database inside its data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -17,15 +21,28 @@ pub const DATABASE_FILE: &str = "relay.db";
 /// The frames a relay stored, opened for editing.
 pub struct FrameStore {
     conn: Connection,
+    keys: std::sync::Arc<DataKeys>,
 }
 
 impl FrameStore {
-    /// Opens the database in a stopped relay's data directory.
+    /// Opens the database in a stopped relay's data directory, with the
+    /// development at-rest key the relay made there.
     pub fn open(data_dir: &Path) -> Self {
+        FrameStore::open_with_key(data_dir, &KeySource::Development)
+    }
+
+    /// Opens the database in a stopped relay's data directory, with the
+    /// at-rest key from `source`.
+    pub fn open_with_key(data_dir: &Path, source: &KeySource) -> Self {
+        let keys = at_rest::unlock_existing(data_dir, source)
+            .unwrap_or_else(|err| panic!("failed to unlock the at-rest key: {err}"));
         let path = data_dir.join(DATABASE_FILE);
         let conn = Connection::open(&path)
             .unwrap_or_else(|err| panic!("failed to open {}: {err}", path.display()));
-        FrameStore { conn }
+        FrameStore {
+            conn,
+            keys: keys.data_keys().clone(),
+        }
     }
 
     /// Returns the session's stored offsets in order.
@@ -43,8 +60,18 @@ impl FrameStore {
             .collect()
     }
 
-    /// Returns the frame blob stored at `offset`.
+    /// Returns the frame stored at `offset`, decrypted as the relay reads it.
     pub fn frame(&self, session: SessionId, offset: u64) -> Vec<u8> {
+        let mut frame = self.raw_frame(session, offset);
+        self.keys
+            .frame_cipher(session.as_bytes())
+            .open_in_place(offset, &mut frame)
+            .unwrap_or_else(|err| panic!("frame at offset {offset} of {session}: {err}"));
+        frame
+    }
+
+    /// Returns the sealed blob stored at `offset`.
+    pub fn raw_frame(&self, session: SessionId, offset: u64) -> Vec<u8> {
         self.conn
             .query_row(
                 "SELECT frame FROM frames WHERE session_id = ?1 AND frame_offset = ?2",
@@ -60,13 +87,23 @@ impl FrameStore {
             .unwrap_or_else(|err| panic!("stored frame at offset {offset} is invalid: {err}"))
     }
 
-    /// Overwrites the frame blob at `offset`, leaving the row's other columns as they are.
+    /// Overwrites the frame at `offset`, sealed for that row as the relay
+    /// seals it, leaving the row's other columns as they are.
     pub fn replace_frame(&self, session: SessionId, offset: u64, frame: &[u8]) {
+        let sealed = self
+            .keys
+            .frame_cipher(session.as_bytes())
+            .seal(offset, frame);
+        self.replace_raw_frame(session, offset, &sealed);
+    }
+
+    /// Overwrites the sealed blob at `offset` with `blob` as it is.
+    pub fn replace_raw_frame(&self, session: SessionId, offset: u64, blob: &[u8]) {
         let changed = self
             .conn
             .execute(
                 "UPDATE frames SET frame = ?3 WHERE session_id = ?1 AND frame_offset = ?2",
-                params![session.as_bytes().as_slice(), offset as i64, frame],
+                params![session.as_bytes().as_slice(), offset as i64, blob],
             )
             .expect("frame update succeeds");
         assert_eq!(changed, 1, "no frame at offset {offset} of {session}");
@@ -84,7 +121,17 @@ impl FrameStore {
         self.replace_frame(session, offset, &frame);
     }
 
-    /// Exchanges the frame blobs at offsets `first` and `second`.
+    /// Exchanges the sealed blobs at offsets `first` and `second` without
+    /// the key, as a thief of the database file could.
+    pub fn swap_raw_frames(&self, session: SessionId, first: u64, second: u64) {
+        let first_blob = self.raw_frame(session, first);
+        let second_blob = self.raw_frame(session, second);
+        self.replace_raw_frame(session, first, &second_blob);
+        self.replace_raw_frame(session, second, &first_blob);
+    }
+
+    /// Exchanges the frames at offsets `first` and `second`, each sealed
+    /// again for its new row.
     pub fn swap_frames(&self, session: SessionId, first: u64, second: u64) {
         let first_frame = self.frame(session, first);
         let second_frame = self.frame(session, second);
@@ -102,6 +149,10 @@ impl FrameStore {
         let header = FrameHeader::decode_frame(frame)
             .unwrap_or_else(|err| panic!("appended frame is invalid: {err}"));
         let offset = self.offsets(session).last().map_or(0, |last| last + 1);
+        let sealed = self
+            .keys
+            .frame_cipher(session.as_bytes())
+            .seal(offset, frame);
         self.conn
             .execute(
                 "INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
@@ -115,7 +166,7 @@ impl FrameStore {
                     header.kind.to_byte(),
                     header.final_count as i64,
                     now_millis(),
-                    frame,
+                    sealed,
                 ],
             )
             .expect("frame insert succeeds");

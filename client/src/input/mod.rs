@@ -19,6 +19,7 @@ pub mod textgrid;
 
 use std::path::{Path, PathBuf};
 
+use sealcast_protocol::redact::Redacted;
 use sealcast_protocol::TranscriptSegment;
 use thiserror::Error;
 
@@ -130,7 +131,8 @@ impl InputFormat {
 }
 
 /// A segment as read from an input, before ids and revisions are assigned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves the text out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct InputSegment {
     /// Segment id, when the input gives one.
     pub segment_id: Option<u64>,
@@ -146,6 +148,20 @@ pub struct InputSegment {
     pub text: String,
     /// Whether this is the final revision.
     pub is_final: bool,
+}
+
+impl std::fmt::Debug for InputSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputSegment")
+            .field("segment_id", &self.segment_id)
+            .field("revision", &self.revision)
+            .field("speaker", &self.speaker)
+            .field("start_ms", &self.start_ms)
+            .field("end_ms", &self.end_ms)
+            .field("text", &Redacted)
+            .field("is_final", &self.is_final)
+            .finish()
+    }
 }
 
 /// Reads one input file in the given format, or the format its extension names.
@@ -196,6 +212,24 @@ pub(crate) fn seconds_to_ms(seconds: f64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_segment_debug_leaves_text_out() {
+        let segment = InputSegment {
+            segment_id: None,
+            revision: Some(2),
+            speaker: "doctor".into(),
+            start_ms: 5,
+            end_ms: 9,
+            text: "take two tablets daily".into(),
+            is_final: false,
+        };
+        assert_eq!(
+            format!("{segment:?}"),
+            "InputSegment { segment_id: None, revision: Some(2), speaker: \"doctor\", \
+             start_ms: 5, end_ms: 9, text: [redacted], is_final: false }"
+        );
+    }
 
     #[test]
     fn format_from_extension() {

@@ -16,6 +16,8 @@
 
 use std::path::Path;
 
+use sealcast_protocol::redact::Redacted;
+
 use super::{seconds_to_ms, InputError, InputSegment};
 
 /// A parsed TextGrid.
@@ -47,8 +49,8 @@ pub enum TierContent {
     Points(Vec<Point>),
 }
 
-/// One interval of an interval tier.
-#[derive(Debug, Clone, PartialEq)]
+/// One interval of an interval tier. `Debug` leaves the text out.
+#[derive(Clone, PartialEq)]
 pub struct Interval {
     /// Start, in seconds.
     pub xmin: f64,
@@ -60,13 +62,33 @@ pub struct Interval {
     pub line: usize,
 }
 
-/// One point of a point tier.
-#[derive(Debug, Clone, PartialEq)]
+impl std::fmt::Debug for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interval")
+            .field("xmin", &self.xmin)
+            .field("xmax", &self.xmax)
+            .field("text", &Redacted)
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
+/// One point of a point tier. `Debug` leaves the label out.
+#[derive(Clone, PartialEq)]
 pub struct Point {
     /// Time, in seconds.
     pub time: f64,
     /// Label text.
     pub mark: String,
+}
+
+impl std::fmt::Debug for Point {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Point")
+            .field("time", &self.time)
+            .field("mark", &Redacted)
+            .finish()
+    }
 }
 
 /// A TextGrid syntax error at a line.
@@ -547,6 +569,28 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interval_and_point_debug_leave_text_out() {
+        let interval = Interval {
+            xmin: 0.5,
+            xmax: 1.5,
+            text: "it hurts here".into(),
+            line: 12,
+        };
+        assert_eq!(
+            format!("{interval:?}"),
+            "Interval { xmin: 0.5, xmax: 1.5, text: [redacted], line: 12 }"
+        );
+        let point = Point {
+            time: 2.0,
+            mark: "cough".into(),
+        };
+        assert_eq!(
+            format!("{point:?}"),
+            "Point { time: 2.0, mark: [redacted] }"
+        );
+    }
 
     const LONG: &str = "File type = \"ooTextFile\"\r\nObject class = \"TextGrid\"\r\n\r\n\
         xmin = 0 \r\nxmax = 10.5 \r\ntiers? <exists> \r\nsize = 1 \r\nitem []: \r\n\

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::devices;
 use super::store::{self, normalize_email, AccountDb};
+use crate::at_rest::KeySource;
 use crate::store::{now_millis, StoreError};
 
 /// Longest accepted organization name, in bytes.
@@ -33,9 +34,10 @@ pub enum AdminError {
     /// The named organization, user or device does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The email address belongs to another user.
-    #[error("email address {0} is already used by another user")]
-    EmailTaken(String),
+    /// The email address belongs to another user. The address is left out
+    /// of the message, which may be logged.
+    #[error("this email address is already used by another user")]
+    EmailTaken,
     /// The result could not be written to stdout.
     #[error("failed to write the output: {0}")]
     Output(std::io::Error),
@@ -48,10 +50,18 @@ pub struct AdminStore {
 }
 
 impl AdminStore {
-    /// Opens `relay.db` in `data_dir`, creating and migrating it if needed.
+    /// Opens `relay.db` in `data_dir`, creating and migrating it if needed,
+    /// with the development at-rest key in the data directory, as a relay
+    /// started without an at-rest key flag uses it.
     pub fn open(data_dir: &Path) -> Result<AdminStore, AdminError> {
+        AdminStore::open_with_key(data_dir, &KeySource::Development)
+    }
+
+    /// Opens `relay.db` in `data_dir`, creating and migrating it if needed,
+    /// and unlocks its data key with the key from `source`.
+    pub fn open_with_key(data_dir: &Path, source: &KeySource) -> Result<AdminStore, AdminError> {
         Ok(AdminStore {
-            db: AccountDb::open(data_dir)?,
+            db: AccountDb::open_with_key(data_dir, source)?,
         })
     }
 
@@ -88,7 +98,7 @@ impl AdminStore {
                 )));
             }
             store::insert_user(conn, organization_id, &email, role, now_millis())?
-                .ok_or_else(|| AdminError::EmailTaken(email.clone()))
+                .ok_or_else(|| AdminError::EmailTaken)
         })
     }
 
@@ -180,7 +190,7 @@ mod tests {
         assert_eq!(users[0].email, "doc@clinic.example");
         assert!(matches!(
             admin.create_user(&org, "doc@clinic.example", Role::Admin),
-            Err(AdminError::EmailTaken(_))
+            Err(AdminError::EmailTaken)
         ));
         assert!(matches!(
             admin.create_user("org_missing", "x@clinic.example", Role::Admin),

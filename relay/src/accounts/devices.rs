@@ -1,14 +1,17 @@
 //! Device rows: a staff member's devices, each with the public key its
 //! tokens are bound to.
 
+use std::fmt;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sealcast_protocol::auth::DeviceSummary;
+use sealcast_protocol::redact::Redacted;
 
 use super::store::new_id;
 use crate::store::StoreError;
 
-/// A device row.
-#[derive(Debug, Clone)]
+/// A device row. `Debug` leaves the name out.
+#[derive(Clone)]
 pub(crate) struct DeviceRecord {
     pub(crate) device_id: String,
     pub(crate) user_id: String,
@@ -17,6 +20,20 @@ pub(crate) struct DeviceRecord {
     pub(crate) created_at: i64,
     pub(crate) last_seen_at: Option<i64>,
     pub(crate) revoked_at: Option<i64>,
+}
+
+impl fmt::Debug for DeviceRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceRecord")
+            .field("device_id", &self.device_id)
+            .field("user_id", &self.user_id)
+            .field("name", &Redacted)
+            .field("thumbprint", &self.thumbprint)
+            .field("created_at", &self.created_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
 }
 
 impl DeviceRecord {
@@ -34,13 +51,23 @@ impl DeviceRecord {
     }
 }
 
-/// A device about to be stored.
-#[derive(Debug, Clone)]
+/// A device about to be stored. `Debug` leaves the name out.
+#[derive(Clone)]
 pub(crate) struct NewDevice<'a> {
     pub(crate) user_id: &'a str,
     pub(crate) name: &'a str,
     pub(crate) public_key: &'a str,
     pub(crate) thumbprint: &'a str,
+}
+
+impl fmt::Debug for NewDevice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("user_id", &self.user_id)
+            .field("name", &Redacted)
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Inserts a device and returns its id, or `None` when a device with the
@@ -54,7 +81,8 @@ pub(crate) fn insert_device(
     let inserted = conn
         .execute(
             "INSERT INTO devices (device_id, user_id, name, public_key, thumbprint, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (thumbprint) DO NOTHING",
+             VALUES (?1, ?2, at_rest_seal('devices', 'name', ?1, ?3), ?4, ?5, ?6)
+             ON CONFLICT (thumbprint) DO NOTHING",
             params![
                 device_id,
                 device.user_id,
@@ -68,8 +96,10 @@ pub(crate) fn insert_device(
     Ok((inserted == 1).then_some(device_id))
 }
 
-const DEVICE_COLUMNS: &str =
-    "d.device_id, d.user_id, d.name, d.thumbprint, d.created_at, d.last_seen_at, d.revoked_at";
+/// The name is sealed at rest and opened here.
+const DEVICE_COLUMNS: &str = "d.device_id, d.user_id,
+    at_rest_open_text('devices', 'name', d.device_id, d.name), d.thumbprint, d.created_at,
+    d.last_seen_at, d.revoked_at";
 
 fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     Ok(DeviceRecord {

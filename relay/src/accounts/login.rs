@@ -23,12 +23,21 @@ pub(crate) const POLL_INTERVAL_SECS: u64 = 2;
 /// Longest accepted device name, in characters.
 pub(crate) const MAX_DEVICE_NAME_CHARS: usize = 100;
 
-/// The device key of a device sign-in.
-#[derive(Debug, Clone)]
+/// The device key of a device sign-in. `Debug` leaves the name out.
+#[derive(Clone)]
 pub(crate) struct PendingDevice {
     pub(crate) public_key: String,
     pub(crate) thumbprint: String,
     pub(crate) name: String,
+}
+
+impl std::fmt::Debug for PendingDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDevice")
+            .field("thumbprint", &self.thumbprint)
+            .field("name", &sealcast_protocol::redact::Redacted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A pending sign-in about to be stored.
@@ -96,7 +105,8 @@ pub(crate) fn insert(conn: &Connection, login: &NewLogin) -> Result<(), StoreErr
     conn.execute(
         "INSERT INTO pending_logins (login_id_hash, token_hash, user_id, kind,
              device_public_key, device_thumbprint, device_name, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+             at_rest_seal('pending_logins', 'device_name', ?1, ?7), ?8, ?9)",
         params![
             login.login_id_hash.as_slice(),
             login.token_hash.as_slice(),
@@ -133,7 +143,8 @@ pub(crate) fn find(conn: &Connection, key: LoginKey) -> Result<Option<PendingLog
         LoginKey::Token(hash) => ("token_hash = ?1", hash),
     };
     let sql = format!(
-        "SELECT login_id_hash, user_id, device_public_key, device_thumbprint, device_name,
+        "SELECT login_id_hash, user_id, device_public_key, device_thumbprint,
+             at_rest_open_text('pending_logins', 'device_name', login_id_hash, device_name),
              expires_at, confirmed_at IS NOT NULL, second_factor_at IS NOT NULL,
              completed_at IS NOT NULL, attempts
          FROM pending_logins WHERE {condition}"

@@ -30,6 +30,9 @@ pub(crate) mod store;
 pub(crate) mod tokens;
 pub(crate) mod totp;
 
+#[cfg(test)]
+mod debug_tests;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use sealcast_protocol::auth::{TokenResponse, UserInfo, DPOP_SCHEME};
 
+use crate::at_rest::DatabaseKeys;
 use crate::config::AccountsConfig;
 use crate::credentials::{CredentialHash, Secret};
 use crate::error::RelayError;
@@ -125,6 +129,7 @@ impl Accounts {
     pub(crate) async fn open(
         config: &AccountsConfig,
         data_dir: &Path,
+        keys: &DatabaseKeys,
         public_url: &str,
     ) -> Result<Accounts, RelayError> {
         crate::metrics::describe_accounts();
@@ -137,7 +142,8 @@ impl Accounts {
         .map_err(|error| RelayError::Mail(error.to_string()))?;
         let issuer = crate::http::auth::origin_of(public_url);
         let dir = data_dir.to_path_buf();
-        let db = tokio::task::spawn_blocking(move || AccountDb::open(&dir))
+        let keys = keys.clone();
+        let db = tokio::task::spawn_blocking(move || AccountDb::open(&dir, &keys))
             .await
             .map_err(|error| StoreError::ReadTask(error.to_string()))??;
         let signer = TokenSigner::load(

@@ -4,6 +4,10 @@
 //! Account reads and writes use their own connection, guarded by a mutex and
 //! run on the blocking thread pool, beside the frame writer thread. SQLite
 //! serializes the two writers with its busy timeout.
+//!
+//! Email addresses, names and secrets are sealed at rest. The statements
+//! seal and open them with the `at_rest_*` SQL functions, which every
+//! connection from [`crate::store::open_extra_writer`] has.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use sealcast_protocol::auth::{Role, UserSummary};
 use zeroize::Zeroizing;
 
-use crate::store::{open_extra_writer, StoreError};
+use crate::at_rest::{DatabaseKeys, KeySource};
+use crate::store::{open_extra_writer, open_keyed_writer, StoreError};
 
 /// The account connection, cheap to clone.
 #[derive(Clone)]
@@ -30,9 +35,21 @@ impl std::fmt::Debug for AccountDb {
 }
 
 impl AccountDb {
-    /// Opens `relay.db` in `data_dir`, migrating it if needed.
-    pub(crate) fn open(data_dir: &Path) -> Result<AccountDb, StoreError> {
-        let conn = open_extra_writer(data_dir)?;
+    /// Opens `relay.db` in `data_dir` beside a store that unlocked `keys`.
+    pub(crate) fn open(data_dir: &Path, keys: &DatabaseKeys) -> Result<AccountDb, StoreError> {
+        let conn = open_extra_writer(data_dir, keys)?;
+        Ok(AccountDb {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens `relay.db` in `data_dir`, unlocking its data key with the key
+    /// from `source` and migrating it if needed.
+    pub(crate) fn open_with_key(
+        data_dir: &Path,
+        source: &KeySource,
+    ) -> Result<AccountDb, StoreError> {
+        let (conn, _) = open_keyed_writer(data_dir, source)?;
         Ok(AccountDb {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -111,8 +128,10 @@ impl UserRecord {
     }
 }
 
-const USER_COLUMNS: &str = "user_id, organization_id, email, role, created_at, disabled_at,
-    totp_secret, totp_pending_secret, totp_last_step";
+const USER_COLUMNS: &str = "user_id, organization_id,
+    at_rest_open_text('users', 'email', user_id, email), role, created_at, disabled_at,
+    at_rest_open_blob('users', 'totp', user_id, totp_secret),
+    at_rest_open_blob('users', 'totp', user_id, totp_pending_secret), totp_last_step";
 
 fn user_row(row: &Row<'_>) -> rusqlite::Result<(UserRecord, String)> {
     let role: String = row.get(3)?;
@@ -155,7 +174,8 @@ pub(crate) fn insert_organization(
 ) -> Result<String, StoreError> {
     let organization_id = new_id("org");
     conn.execute(
-        "INSERT INTO organizations (organization_id, name, created_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO organizations (organization_id, name, created_at)
+         VALUES (?1, at_rest_seal('organizations', 'name', ?1, ?2), ?3)",
         params![organization_id, name, now],
     )
     .map_err(StoreError::sqlite("store an organization"))?;
@@ -189,8 +209,10 @@ pub(crate) fn insert_user(
     let user_id = new_id("usr");
     let inserted = conn
         .execute(
-            "INSERT INTO users (user_id, organization_id, email, role, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (email) DO NOTHING",
+            "INSERT INTO users (user_id, organization_id, email_hash, email, role, created_at)
+             VALUES (?1, ?2, at_rest_email_hash(?3), at_rest_seal('users', 'email', ?1, ?3),
+                 ?4, ?5)
+             ON CONFLICT (email_hash) DO NOTHING",
             params![user_id, organization_id, email, role.as_str(), now],
         )
         .map_err(StoreError::sqlite("store a user"))?;
@@ -215,7 +237,7 @@ pub(crate) fn user_by_email(
     conn: &Connection,
     email: &str,
 ) -> Result<Option<UserRecord>, StoreError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1");
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email_hash = at_rest_email_hash(?1)");
     conn.query_row(&sql, params![email], user_row)
         .optional()
         .map_err(StoreError::sqlite("look up a user by email"))?
@@ -268,7 +290,8 @@ pub(crate) fn set_pending_totp(
     secret: &[u8],
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE users SET totp_pending_secret = ?2 WHERE user_id = ?1",
+        "UPDATE users SET totp_pending_secret = at_rest_seal('users', 'totp', ?1, ?2)
+         WHERE user_id = ?1",
         params![user_id, secret],
     )
     .map_err(StoreError::sqlite("store a pending TOTP secret"))?;

@@ -308,7 +308,8 @@ fn rotate_stored(
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
         tx.execute(
-            "INSERT INTO signing_keys (kid, private_key, created_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO signing_keys (kid, private_key, created_at)
+             VALUES (?1, at_rest_seal('signing_keys', 'private_key', ?1, ?2), ?3)",
             params![new_id("key"), secret.as_slice(), now_ms],
         )
         .map_err(&error)?;
@@ -322,7 +323,11 @@ fn rotate_stored(
 
     let rows = {
         let mut statement = tx
-            .prepare("SELECT kid, private_key, created_at, retired_at FROM signing_keys")
+            .prepare(
+                "SELECT kid, at_rest_open_blob('signing_keys', 'private_key', kid, private_key),
+                     created_at, retired_at
+                 FROM signing_keys",
+            )
             .map_err(&error)?;
         let rows = statement
             .query_map([], |row| {
@@ -352,7 +357,7 @@ mod tests {
         max_age: u64,
         now_ms: i64,
     ) -> (AccountDb, TokenSigner) {
-        let db = AccountDb::open(dir).unwrap();
+        let db = AccountDb::open_with_key(dir, &crate::at_rest::KeySource::Development).unwrap();
         let signer = TokenSigner::load(
             &db,
             "https://relay.example".into(),

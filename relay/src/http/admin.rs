@@ -177,7 +177,7 @@ fn admin_error(error: AdminError) -> ApiError {
         }
         AdminError::Invalid(message) => ApiError::BadRequest(message),
         AdminError::NotFound(message) => ApiError::NotFound(message),
-        AdminError::EmailTaken(_) => {
+        AdminError::EmailTaken => {
             ApiError::Conflict("this email address already belongs to a user".into())
         }
     }

@@ -15,7 +15,9 @@ struct Fixture {
 
 async fn fixture(ring_budget: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &crate::at_rest::KeySource::Development)
+        .await
+        .unwrap();
     let session_id = SessionId::random();
     store
         .create_session(NewSession {

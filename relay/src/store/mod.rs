@@ -17,6 +17,10 @@ mod reader;
 mod schema;
 mod writer;
 
+pub(crate) use schema::BUSY_TIMEOUT;
+#[cfg(test)]
+pub(crate) use schema::{migrate_to, AT_REST_VERSION};
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +31,7 @@ use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::at_rest::{self, AtRestError, DatabaseKeys, KeySource};
 use crate::credentials::CredentialHash;
 use reader::ReadPool;
 pub(crate) use writer::{Completion, WriteOp, WritePermit};
@@ -111,6 +116,9 @@ pub enum StoreError {
     /// A read task on the blocking pool failed to run to completion.
     #[error("store read task failed: {0}")]
     ReadTask(String),
+    /// The at-rest key could not be loaded, or a stored value failed to decrypt.
+    #[error(transparent)]
+    AtRest(Arc<AtRestError>),
 }
 
 impl StoreError {
@@ -121,6 +129,11 @@ impl StoreError {
             self,
             StoreError::BrowsersExhausted { .. } | StoreError::SessionEnded { .. }
         )
+    }
+
+    /// Wraps an at-rest error, for `map_err`.
+    pub(crate) fn at_rest(error: AtRestError) -> StoreError {
+        StoreError::AtRest(Arc::new(error))
     }
 
     /// Wraps a SQLite error with what the store was doing, for `map_err`.
@@ -222,6 +235,7 @@ pub(crate) struct Store {
 
 struct StoreInner {
     path: PathBuf,
+    keys: DatabaseKeys,
     writes: mpsc::Sender<WriteOp>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<u64>>>,
     readers: ReadPool,
@@ -236,25 +250,38 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens or creates `relay.db` in `data_dir`, migrates it and starts the writer thread.
-    pub(crate) async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens or creates `relay.db` in `data_dir`, unlocks its data key with
+    /// the key from `source`, migrates it and starts the writer thread.
+    pub(crate) async fn open(data_dir: &Path, source: &KeySource) -> Result<Store, StoreError> {
         let path = data_dir.join(DATABASE_FILE);
-        let open_path = path.clone();
-        let (conn, readers) = tokio::task::spawn_blocking(move || open_connections(&open_path))
-            .await
-            .map_err(|error| StoreError::ReadTask(error.to_string()))??;
+        let open_dir = data_dir.to_path_buf();
+        let source = source.clone();
+        let (conn, readers, keys) =
+            tokio::task::spawn_blocking(move || open_connections(&open_dir, &source))
+                .await
+                .map_err(|error| StoreError::ReadTask(error.to_string()))??;
 
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let thread = writer::spawn(conn, queue)?;
-        tracing::info!(path = %path.display(), "store opened");
+        let thread = writer::spawn(conn, queue, keys.data_keys().clone())?;
+        tracing::info!(
+            path = %path.display(),
+            kek_fingerprint = %keys.kek_fingerprint(),
+            "store opened"
+        );
         Ok(Store {
             inner: Arc::new(StoreInner {
                 path,
+                keys,
                 writes,
                 writer_thread: Mutex::new(Some(thread)),
                 readers,
             }),
         })
+    }
+
+    /// Returns the database's at-rest keys.
+    pub(crate) fn keys(&self) -> &DatabaseKeys {
+        &self.inner.keys
     }
 
     /// Reserves a place in the writer's queue. Holding the permit lets a
@@ -347,8 +374,21 @@ impl Store {
         max_frames: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredFrame>, StoreError> {
+        let cipher = self
+            .inner
+            .keys
+            .data_keys()
+            .frame_cipher(session_id.as_bytes());
         self.read(move |conn| {
-            reader::frames_between(conn, &session_id, from, until, max_frames, max_bytes)
+            reader::frames_between(
+                conn,
+                &cipher,
+                &session_id,
+                from,
+                until,
+                max_frames,
+                max_bytes,
+            )
         })
         .await
     }
@@ -390,22 +430,53 @@ impl Store {
     }
 }
 
-/// Opens a read-write connection to `relay.db` in `data_dir` with the
-/// writer's pragmas, migrating the schema if needed. The accounts module and
-/// the admin command use it beside the writer thread: SQLite serializes the
-/// writers, each waiting up to the busy timeout for the lock.
-pub(crate) fn open_extra_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+/// Opens a read-write connection to `relay.db` in `data_dir`, unlocks the
+/// data key with the key from `source`, registers the at-rest SQL functions
+/// and migrates the schema if needed. A database without a data key gets a
+/// new one, stored by the at-rest migration.
+pub(crate) fn open_keyed_writer(
+    data_dir: &Path,
+    source: &KeySource,
+) -> Result<(Connection, DatabaseKeys), StoreError> {
     let path = data_dir.join(DATABASE_FILE);
     let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
+    conn.busy_timeout(schema::BUSY_TIMEOUT)
+        .map_err(StoreError::sqlite("set the busy timeout"))?;
+    let keys = at_rest::unlock(&conn, data_dir, source).map_err(StoreError::at_rest)?;
+    at_rest::sql::register(&conn, &keys)
+        .map_err(StoreError::sqlite("register the at-rest functions"))?;
+    schema::prepare_writer(&mut conn)?;
+    if keys.is_new() {
+        // Another process may have stored a data key of its own between the
+        // unlock and the migration. Then this one was never stored.
+        at_rest::confirm_stored(&conn, &keys).map_err(StoreError::at_rest)?;
+    }
+    Ok((conn, keys))
+}
+
+/// Opens another read-write connection to `relay.db` in `data_dir` with the
+/// writer's pragmas and the at-rest SQL functions of `keys`. The accounts
+/// module and the admin command use it beside the writer thread: SQLite
+/// serializes the writers, each waiting up to the busy timeout for the lock.
+pub(crate) fn open_extra_writer(
+    data_dir: &Path,
+    keys: &DatabaseKeys,
+) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DATABASE_FILE);
+    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
+    at_rest::sql::register(&conn, keys)
+        .map_err(StoreError::sqlite("register the at-rest functions"))?;
     schema::prepare_writer(&mut conn)?;
     Ok(conn)
 }
 
-fn open_connections(path: &Path) -> Result<(Connection, ReadPool), StoreError> {
-    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
-    schema::prepare_writer(&mut conn)?;
-    let readers = ReadPool::open(path, READ_CONNECTIONS)?;
-    Ok((conn, readers))
+fn open_connections(
+    data_dir: &Path,
+    source: &KeySource,
+) -> Result<(Connection, ReadPool, DatabaseKeys), StoreError> {
+    let (conn, keys) = open_keyed_writer(data_dir, source)?;
+    let readers = ReadPool::open(&data_dir.join(DATABASE_FILE), READ_CONNECTIONS)?;
+    Ok((conn, readers, keys))
 }
 
 /// Returns the current time in Unix milliseconds, the unit of every stored time.

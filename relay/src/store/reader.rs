@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::schema::{prepare_reader, u64_from_sql};
 use super::{SessionRecord, SessionTail, StoreError, StoredFrame, StreamTail};
+use crate::at_rest::FrameCipher;
 use crate::credentials::{hashes_match, CredentialHash};
+use crate::metrics::STORE_AT_REST_FAILURES;
 
 /// A fixed set of read-only connections.
 #[derive(Clone)]
@@ -215,8 +217,10 @@ fn stream_tails(conn: &Connection, session_key: &[u8]) -> Result<Vec<StreamTail>
     Ok(streams)
 }
 
+/// Reads frames and decrypts them with `cipher`, the session's frame cipher.
 pub(super) fn frames_between(
     conn: &Connection,
+    cipher: &FrameCipher,
     session_id: &SessionId,
     from: u64,
     until: u64,
@@ -247,7 +251,12 @@ pub(super) fn frames_between(
     let mut bytes = 0;
     while let Some(row) = rows.next().map_err(&error)? {
         let offset = offset_from_sql(row.get(0).map_err(&error)?)?;
-        let frame: Vec<u8> = row.get(1).map_err(&error)?;
+        let mut frame: Vec<u8> = row.get(1).map_err(&error)?;
+        if let Err(failure) = cipher.open_in_place(offset, &mut frame) {
+            metrics::counter!(STORE_AT_REST_FAILURES, "column" => "frames.frame").increment(1);
+            tracing::error!(session_id = %session_id, offset, "stored frame failed at-rest decryption");
+            return Err(StoreError::at_rest(failure));
+        }
         bytes += frame.len();
         frames.push(StoredFrame {
             offset,

@@ -1,7 +1,9 @@
 //! Connection settings and schema migrations, versioned by `PRAGMA user_version`.
 //!
 //! The store keeps ciphertext, header fields, the key fingerprint, credential
-//! hashes and times, never plaintext or keys. Times are Unix milliseconds.
+//! hashes and times, never plaintext or keys. Since the at-rest migration,
+//! frames, email addresses, names and TOTP and signing secrets are also
+//! sealed by [`crate::at_rest`]. Times are Unix milliseconds.
 //! SQLite integers are signed, so 64-bit values that may exceed `i64::MAX`
 //! (epoch, final count) are stored bit-for-bit as `i64`.
 
@@ -204,7 +206,74 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO streams (session_id, stream_id, next_seq, last_offset)
     SELECT session_id, stream_id, MAX(seq) + 1, frame_offset
     FROM frames GROUP BY session_id, stream_id;",
+    // Version 5: the at-rest layer.
+    AT_REST_MIGRATION,
 ];
+
+/// The at-rest migration: stores the wrapped data key and seals every
+/// existing value that identifies a person or is a secret, in the one
+/// transaction of the migration. It runs on a connection with the
+/// [`crate::at_rest`] SQL functions registered. `users` is rebuilt because
+/// its `email` column gives way to a keyed hash that is unique, beside the
+/// sealed address. The other sealed columns keep their declared TEXT type
+/// and hold BLOBs, which SQLite stores unconverted.
+///
+/// Both TOTP columns are sealed as column `totp`, so that activation can
+/// move the pending secret into `totp_secret` without opening it.
+const AT_REST_MIGRATION: &str = "CREATE TABLE at_rest_keys (
+        key_slot INTEGER PRIMARY KEY CHECK (key_slot = 1),
+        kek_fingerprint BLOB NOT NULL,
+        wrapped_dek BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        rotated_at INTEGER
+    );
+
+    INSERT INTO at_rest_keys (key_slot, kek_fingerprint, wrapped_dek, created_at)
+    VALUES (1, at_rest_kek_fingerprint(), at_rest_wrapped_dek(),
+        CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+
+    UPDATE organizations
+    SET name = at_rest_seal('organizations', 'name', organization_id, name);
+
+    CREATE TABLE users_at_rest (
+        user_id TEXT PRIMARY KEY,
+        organization_id TEXT NOT NULL REFERENCES organizations (organization_id),
+        email_hash BLOB NOT NULL UNIQUE,
+        email BLOB NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'clinician')),
+        created_at INTEGER NOT NULL,
+        disabled_at INTEGER,
+        totp_secret BLOB,
+        totp_pending_secret BLOB,
+        totp_last_step INTEGER
+    ) WITHOUT ROWID;
+
+    INSERT INTO users_at_rest (user_id, organization_id, email_hash, email, role,
+        created_at, disabled_at, totp_secret, totp_pending_secret, totp_last_step)
+    SELECT user_id, organization_id, at_rest_email_hash(email),
+        at_rest_seal('users', 'email', user_id, email), role, created_at, disabled_at,
+        at_rest_seal('users', 'totp', user_id, totp_secret),
+        at_rest_seal('users', 'totp', user_id, totp_pending_secret), totp_last_step
+    FROM users;
+
+    DROP TABLE users;
+    ALTER TABLE users_at_rest RENAME TO users;
+    CREATE INDEX users_by_organization ON users (organization_id);
+
+    UPDATE devices SET name = at_rest_seal('devices', 'name', device_id, name);
+
+    UPDATE pending_logins
+    SET device_name = at_rest_seal('pending_logins', 'device_name', login_id_hash, device_name);
+
+    UPDATE signing_keys
+    SET private_key = at_rest_seal('signing_keys', 'private_key', kid, private_key);
+
+    UPDATE frames SET frame = at_rest_seal_frame(session_id, frame_offset, frame);";
+
+/// Schema version that [`AT_REST_MIGRATION`] moves to.
+// NOTE: this is the migration's place in MIGRATIONS. A migration inserted
+// before it must raise it, and `at_rest_version_matches` fails until it does.
+pub(crate) const AT_REST_VERSION: i64 = 5;
 
 /// Schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -245,7 +314,40 @@ pub(crate) fn prepare_writer(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(StoreError::sqlite("set the WAL size limit"))?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
         .map_err(StoreError::sqlite("set the page cache size"))?;
-    migrate(conn)
+    // Deleted and overwritten content is zeroed, so that no plaintext from
+    // before the at-rest migration, and no freed sealed value, lingers in
+    // free pages.
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(StoreError::sqlite("turn on secure delete"))?;
+    let from = migrate(conn)?;
+    if from < AT_REST_VERSION && SCHEMA_VERSION >= AT_REST_VERSION {
+        scrub_plaintext(conn)?;
+    }
+    Ok(())
+}
+
+/// Returns the schema version of the database on `conn`.
+pub(crate) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(StoreError::sqlite("read the schema version"))
+}
+
+/// Rewrites the database file after the at-rest migration and empties the
+/// WAL. VACUUM copies only live content into a new file, so plaintext left
+/// in unused parts of pages is gone. The WAL frames written before sealing
+/// are cut off by the TRUNCATE checkpoint.
+fn scrub_plaintext(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("VACUUM")
+        .map_err(StoreError::sqlite("rewrite the database after sealing it"))?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .map_err(StoreError::sqlite(
+            "empty the WAL after sealing the database",
+        ))?;
+    if busy != 0 {
+        tracing::warn!("failed to empty the WAL after the at-rest migration because another connection reads it: later checkpoints overwrite it");
+    }
+    Ok(())
 }
 
 /// Sets the pragmas of a read connection.
@@ -256,10 +358,9 @@ pub(crate) fn prepare_reader(conn: &Connection) -> Result<(), StoreError> {
         .map_err(StoreError::sqlite("enable foreign keys"))
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(StoreError::sqlite("read the schema version"))?;
+/// Applies the pending migrations and returns the version the database had.
+fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
+    let current = schema_version(conn)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             found: current,
@@ -268,7 +369,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 
     if current >= SCHEMA_VERSION {
-        return Ok(());
+        return Ok(current);
     }
     // A migration may rebuild a table that others reference, which SQLite
     // allows only with foreign keys off. So they are off while migrating, and
@@ -299,7 +400,21 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         });
     }
     conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(StoreError::sqlite("enable foreign keys"))
+        .map_err(StoreError::sqlite("enable foreign keys"))?;
+    Ok(current)
+}
+
+/// Applies the migrations up to `version` only, to build databases as older
+/// relays left them.
+#[cfg(test)]
+pub(crate) fn migrate_to(conn: &Connection, version: i64) -> Result<(), StoreError> {
+    for (index, migration) in MIGRATIONS.iter().enumerate().take(version as usize) {
+        conn.execute_batch(migration)
+            .map_err(StoreError::sqlite("apply a schema migration"))?;
+        conn.pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(StoreError::sqlite("record the schema version"))?;
+    }
+    Ok(())
 }
 
 /// Stores a `u64` bit-for-bit in SQLite's signed integer.
@@ -316,9 +431,20 @@ pub(crate) fn u64_from_sql(value: i64) -> u64 {
 mod tests {
     use super::*;
 
+    use crate::at_rest::{self, KeyEncryptionKey, KeySource};
+
+    /// Opens an in-memory database with the at-rest functions of a new key.
+    fn keyed_connection() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        let source = KeySource::Environment(KeyEncryptionKey::generate());
+        let keys = at_rest::unlock(&conn, std::path::Path::new("."), &source).unwrap();
+        at_rest::sql::register(&conn, &keys).unwrap();
+        conn
+    }
+
     #[test]
     fn migration_is_idempotent() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = keyed_connection();
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();
         let version: i64 = conn
@@ -336,6 +462,12 @@ mod tests {
             migrate(&mut conn),
             Err(StoreError::SchemaTooNew { .. })
         ));
+    }
+
+    #[test]
+    fn at_rest_version_matches() {
+        let index = usize::try_from(AT_REST_VERSION - 1).unwrap();
+        assert_eq!(MIGRATIONS[index], AT_REST_MIGRATION);
     }
 
     #[test]

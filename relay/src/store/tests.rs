@@ -53,10 +53,11 @@ impl Outcomes {
     }
 }
 
-fn writer_connection(dir: &Path) -> Connection {
-    let mut conn = Connection::open(dir.join(DATABASE_FILE)).unwrap();
-    schema::prepare_writer(&mut conn).unwrap();
-    conn
+/// Opens the writer's connection as the store does, with a development key,
+/// and returns it with the frame keys.
+fn writer_connection(dir: &Path) -> (Connection, Arc<at_rest::DataKeys>) {
+    let (conn, keys) = open_keyed_writer(dir, &KeySource::Development).unwrap();
+    (conn, keys.data_keys().clone())
 }
 
 async fn append(store: &Store, record: FrameRecord) -> Result<(), StoreError> {
@@ -86,7 +87,7 @@ async fn end(store: &Store, session_id: SessionId) -> Result<(), StoreError> {
 #[test]
 fn writer_commits_queued_writes_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = writer_connection(dir.path());
+    let (conn, keys) = writer_connection(dir.path());
     let session_id = SessionId::random();
     let outcomes = Outcomes::default();
 
@@ -105,7 +106,7 @@ fn writer_commits_queued_writes_in_one_transaction() {
     }
     queue.try_send(WriteOp::Stop).ok().unwrap();
 
-    let transactions = writer::run(conn, receiver);
+    let transactions = writer::run(conn, receiver, keys);
 
     assert_eq!(transactions, 1);
     let outcomes = outcomes.take();
@@ -119,7 +120,7 @@ fn writer_commits_queued_writes_in_one_transaction() {
 #[test]
 fn writer_fails_bad_writes_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = writer_connection(dir.path());
+    let (conn, keys) = writer_connection(dir.path());
     let session_id = SessionId::random();
     let outcomes = Outcomes::default();
 
@@ -168,7 +169,7 @@ fn writer_fails_bad_writes_alone() {
     }
     drop(queue);
 
-    assert_eq!(writer::run(conn, receiver), 1);
+    assert_eq!(writer::run(conn, receiver, keys), 1);
     let outcomes = outcomes.take();
     assert!(outcomes[0].1.is_ok());
     assert!(outcomes[1].1.is_ok());
@@ -193,7 +194,9 @@ fn writer_fails_bad_writes_alone() {
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     append(&store, frame(session_id, 0, 1, 0)).await.unwrap();
 
@@ -227,7 +230,9 @@ async fn store_reloads_committed_frames() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..10u64 {
         let stream = if offset % 2 == 0 { 1 } else { 2 };
@@ -239,7 +244,9 @@ async fn store_reloads_committed_frames() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
     assert_eq!(record.epoch, u64::MAX - 7);
     assert_eq!(record.fingerprint, [9; 16]);
@@ -270,7 +277,9 @@ async fn store_reloads_committed_frames() {
 async fn frame_reads_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..20u64 {
         append(&store, frame(session_id, offset, 1, offset))
@@ -301,7 +310,9 @@ async fn frame_reads_are_bounded() {
 async fn lookups_match_hashes_only() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     let found = store.session_by_invite([2; 32]).await.unwrap().unwrap();
@@ -314,7 +325,9 @@ async fn lookups_match_hashes_only() {
 #[tokio::test]
 async fn closed_store_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.close().await;
     let result = store.create_session(new_session(SessionId::random())).await;
     assert!(matches!(result, Err(StoreError::WriterStopped)));
@@ -332,7 +345,9 @@ fn redemption(session_id: SessionId, credential: u8) -> Redemption {
 async fn redemptions_stop_at_browser_limit() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     store
@@ -365,7 +380,9 @@ async fn redemptions_stop_at_browser_limit() {
 async fn browser_credentials_find_their_session() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -382,7 +399,9 @@ async fn browser_credentials_find_their_session() {
 async fn ending_deletes_browser_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -452,7 +471,9 @@ async fn version_1_database_migrates() {
         }
     }
 
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
     let tail = store.session_tail(session_id).await.unwrap();
     assert_eq!(tail.next_offset, 3);
     let mut streams: Vec<_> = tail
@@ -506,5 +527,62 @@ async fn version_1_database_migrates() {
         ),
         "{second:?}"
     );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn swapped_frame_blobs_fail_catch_up_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
+    let session_id = SessionId::random();
+    store.create_session(new_session(session_id)).await.unwrap();
+    for offset in 0..3 {
+        append(&store, frame(session_id, offset, 1, offset))
+            .await
+            .unwrap();
+    }
+    {
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+        let blob = |offset: i64| -> Vec<u8> {
+            conn.query_row(
+                "SELECT frame FROM frames WHERE session_id = ?1 AND frame_offset = ?2",
+                rusqlite::params![session_id.as_bytes().as_slice(), offset],
+                |row| row.get(0),
+            )
+            .unwrap()
+        };
+        let (first, second) = (blob(0), blob(1));
+        assert!(
+            !first.windows(7).any(|window| window == b"frame 0"),
+            "the stored blob holds the frame as written"
+        );
+        for (offset, sealed) in [(0i64, second), (1, first)] {
+            conn.execute(
+                "UPDATE frames SET frame = ?3 WHERE session_id = ?1 AND frame_offset = ?2",
+                rusqlite::params![session_id.as_bytes().as_slice(), offset, sealed],
+            )
+            .unwrap();
+        }
+    }
+
+    let error = store
+        .frames_between(session_id, 0, 3, 256, usize::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::AtRest(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("frames.frame at offset 0"),
+        "{error}"
+    );
+    // The untouched frame after them still reads.
+    let frames = store
+        .frames_between(session_id, 2, 3, 256, usize::MAX)
+        .await
+        .unwrap();
+    let (_, body) = sealcast_protocol::api::decode_delivery(&frames[0].delivery).unwrap();
+    assert_eq!(body, b"frame 2");
     store.close().await;
 }

@@ -11,6 +11,7 @@
 mod checkpoint;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use super::browsers;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{FrameRecord, NewSession, Redemption, StoreError};
+use crate::at_rest::{DataKeys, FrameCiphers};
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
 };
@@ -126,16 +128,19 @@ impl<'a> WritePermit<'a> {
 }
 
 /// Starts the writer thread, which runs the checkpointer while it runs.
+/// Frames are sealed with `keys` on the writer thread.
 pub(super) fn spawn(
     conn: Connection,
     queue: mpsc::Receiver<WriteOp>,
+    keys: Arc<DataKeys>,
 ) -> Result<std::thread::JoinHandle<u64>, StoreError> {
-    spawn_with_policy(conn, queue, CheckpointPolicy::default())
+    spawn_with_policy(conn, queue, keys, CheckpointPolicy::default())
 }
 
 pub(super) fn spawn_with_policy(
     conn: Connection,
     queue: mpsc::Receiver<WriteOp>,
+    keys: Arc<DataKeys>,
     policy: CheckpointPolicy,
 ) -> Result<std::thread::JoinHandle<u64>, StoreError> {
     std::thread::Builder::new()
@@ -143,7 +148,7 @@ pub(super) fn spawn_with_policy(
         .spawn(move || {
             let restart = RestartSignal::default();
             let checkpointer = start_checkpointer(&conn, policy, &restart);
-            let transactions = serve(conn, queue, Some(&restart));
+            let transactions = serve(conn, queue, FrameCiphers::new(keys), Some(&restart));
             if let Some(checkpointer) = checkpointer {
                 checkpointer.stop();
             }
@@ -177,8 +182,8 @@ fn start_checkpointer(
 /// Commits batches until stopped or every sender is gone, without a
 /// checkpointer. Returns the number of transactions run.
 #[cfg(test)]
-pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>) -> u64 {
-    serve(conn, queue, None)
+pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>, keys: Arc<DataKeys>) -> u64 {
+    serve(conn, queue, FrameCiphers::new(keys), None)
 }
 
 /// Commits batches until stopped or every sender is gone, and runs a RESTART
@@ -187,6 +192,7 @@ pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>) -> u64 {
 fn serve(
     mut conn: Connection,
     mut queue: mpsc::Receiver<WriteOp>,
+    mut ciphers: FrameCiphers,
     restart: Option<&RestartSignal>,
 ) -> u64 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -199,7 +205,7 @@ fn serve(
         let stop = collect(first, &mut queue, &mut batch);
 
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut batch);
+            commit_batch(&mut conn, &mut ciphers, &mut batch);
             transactions += 1;
         }
         if stop {
@@ -276,9 +282,9 @@ fn take_queued(
     (moved, false)
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+fn commit_batch(conn: &mut Connection, ciphers: &mut FrameCiphers, batch: &mut Vec<WriteOp>) {
     let started = Instant::now();
-    let outcomes = apply_batch(conn, batch);
+    let outcomes = apply_batch(conn, ciphers, batch);
     let elapsed = started.elapsed();
 
     metrics::histogram!(STORE_COMMIT_SECONDS).record(elapsed.as_secs_f64());
@@ -311,21 +317,22 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 /// Runs every write in one transaction. The outer error means nothing was committed.
 fn apply_batch(
     conn: &mut Connection,
+    ciphers: &mut FrameCiphers,
     batch: &[WriteOp],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(StoreError::sqlite("begin a transaction"))?;
-    let outcomes = batch.iter().map(|op| apply(&tx, op)).collect();
+    let outcomes = batch.iter().map(|op| apply(&tx, ciphers, op)).collect();
     tx.commit()
         .map_err(StoreError::sqlite("commit a transaction"))?;
     Ok(outcomes)
 }
 
-fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<(), StoreError> {
     match op {
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
-        WriteOp::AppendFrame { frame, .. } => append_frame(conn, frame),
+        WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
         WriteOp::EndSession {
             session_id,
@@ -363,7 +370,11 @@ fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreEr
     Ok(())
 }
 
-fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError> {
+fn append_frame(
+    conn: &Connection,
+    ciphers: &mut FrameCiphers,
+    frame: &FrameRecord,
+) -> Result<(), StoreError> {
     let out_of_order = || StoreError::FrameOutOfOrder {
         session_id: frame.session_id,
         offset: frame.offset,
@@ -371,6 +382,7 @@ fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError
     let offset = i64::try_from(frame.offset).map_err(|_| out_of_order())?;
     let seq = i64::try_from(frame.seq).map_err(|_| out_of_order())?;
     let body = frame.delivery.get(8..).ok_or_else(out_of_order)?;
+    let sealed = ciphers.seal(frame.session_id.as_bytes(), frame.offset, body);
 
     // The WHERE clause keeps offsets gap-free and nothing after the session end,
     // whatever the in-memory state believed.
@@ -390,7 +402,7 @@ fn append_frame(conn: &Connection, frame: &FrameRecord) -> Result<(), StoreError
                 frame.kind.to_byte(),
                 u64_to_sql(frame.final_count),
                 frame.received_at,
-                body,
+                sealed,
             ])
         })
         .map_err(StoreError::sqlite("store a frame"))?;

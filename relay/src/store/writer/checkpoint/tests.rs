@@ -9,7 +9,7 @@ use tokio::sync::mpsc as queue;
 
 use super::*;
 use crate::store::writer::{spawn_with_policy, WriteOp};
-use crate::store::{schema, FrameRecord, NewSession, DATABASE_FILE};
+use crate::store::{FrameRecord, NewSession, DATABASE_FILE};
 
 /// Bytes of each test frame. Larger than a page, so each frame writes
 /// several pages to the WAL.
@@ -38,15 +38,15 @@ impl Writer {
     /// over, so its size shows how much of it is in use.
     fn start(dir: &Path, journal_size_limit: Option<i64>) -> Writer {
         let db_path = dir.join(DATABASE_FILE);
-        let mut conn = Connection::open(&db_path).unwrap();
-        schema::prepare_writer(&mut conn).unwrap();
+        let (conn, keys) =
+            crate::store::open_keyed_writer(dir, &crate::at_rest::KeySource::Development).unwrap();
         if let Some(limit) = journal_size_limit {
             conn.pragma_update(None, "journal_size_limit", limit)
                 .unwrap();
         }
         // A small queue keeps group commits small, as under steady load.
         let (sender, receiver) = queue::channel(16);
-        let thread = spawn_with_policy(conn, receiver, policy()).unwrap();
+        let thread = spawn_with_policy(conn, receiver, keys.data_keys().clone(), policy()).unwrap();
 
         let writer = Writer {
             queue: sender,

@@ -1,0 +1,150 @@
+//! `sealcast-relay keys`: making at-rest key files, and rotating the
+//! key-encryption key of a data directory's database.
+//!
+//! Rotation re-wraps the data key under the new key in one transaction and
+//! re-encrypts no data. A running relay keeps working, because it keeps the
+//! unwrapped data key in memory. It needs the new key when it starts again.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use rusqlite::Connection;
+use thiserror::Error;
+
+use crate::at_rest::{self, AtRestError, KeyEncryptionKey, DEV_KEY_FILE, KEY_FILE_FLAG};
+use crate::store::{now_millis, DATABASE_FILE};
+
+/// Arguments of `sealcast-relay keys`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum KeysCommand {
+    /// Write a new random at-rest key to a new file with mode 0600 and print
+    /// its fingerprint.
+    Generate {
+        /// File to create. An existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-wrap the database's data key under a new key. Start the relay with
+    /// the new key afterwards.
+    Rotate {
+        /// Directory with relay.db, as given to serve.
+        #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
+        data_dir: PathBuf,
+        /// File with the key the data key is wrapped by now. For a relay
+        /// started without a key, that is at-rest-dev.key in the data directory.
+        #[arg(long)]
+        old_key_file: PathBuf,
+        /// File with the new key, for example from `keys generate`.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+}
+
+/// A failed `keys` command.
+#[derive(Debug, Error)]
+pub(crate) enum KeysError {
+    /// A key or the key row failed.
+    #[error(transparent)]
+    AtRest(#[from] AtRestError),
+    /// The database is missing.
+    #[error("no database at {0}: check --data-dir")]
+    NoDatabase(PathBuf),
+    /// The database could not be opened.
+    #[error("failed to open the database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The old and new key are the same.
+    #[error("the new key is the same as the old key: make a new one with `sealcast-relay keys generate --out PATH`")]
+    SameKey,
+    /// The result could not be written to stdout.
+    #[error("failed to write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Runs one `keys` command and prints its result to stdout.
+pub(crate) fn run(args: KeysArgs) -> Result<(), KeysError> {
+    let mut out = io::stdout().lock();
+    match args.command {
+        KeysCommand::Generate { out: path } => {
+            let key = KeyEncryptionKey::generate();
+            key.write_new_file(&path)?;
+            writeln!(
+                out,
+                "wrote a new at-rest key to {} (fingerprint {})",
+                path.display(),
+                key.fingerprint()
+            )?;
+        }
+        KeysCommand::Rotate {
+            data_dir,
+            old_key_file,
+            new_key_file,
+        } => {
+            let fingerprint = rotate(&data_dir, &old_key_file, &new_key_file)?;
+            writeln!(
+                out,
+                "the data key in {} is now wrapped by the key in {} (fingerprint {fingerprint}): start the relay with {KEY_FILE_FLAG} {}",
+                data_dir.display(),
+                new_key_file.display(),
+                new_key_file.display()
+            )?;
+            let dev_key = data_dir.join(DEV_KEY_FILE);
+            if dev_key.exists() {
+                writeln!(
+                    out,
+                    "{} no longer unwraps the data key: delete it",
+                    dev_key.display()
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Re-wraps the data key of the database in `data_dir`, then runs a TRUNCATE
+/// checkpoint so that the old wrapped key leaves the WAL.
+fn rotate(
+    data_dir: &Path,
+    old_key_file: &Path,
+    new_key_file: &Path,
+) -> Result<at_rest::Fingerprint, KeysError> {
+    let old_key = KeyEncryptionKey::read_file(old_key_file)?;
+    let new_key = KeyEncryptionKey::read_file(new_key_file)?;
+    if old_key.fingerprint() == new_key.fingerprint() {
+        return Err(KeysError::SameKey);
+    }
+    let path = data_dir.join(DATABASE_FILE);
+    if !path.exists() {
+        return Err(KeysError::NoDatabase(path));
+    }
+    let open_error = |source| KeysError::Open {
+        path: path.clone(),
+        source,
+    };
+    let mut conn = Connection::open(&path).map_err(open_error)?;
+    conn.busy_timeout(crate::store::BUSY_TIMEOUT)
+        .map_err(open_error)?;
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(open_error)?;
+    let origin = format!("--old-key-file {}", old_key_file.display());
+    let fingerprint = at_rest::rotate(&mut conn, &old_key, &origin, &new_key, now_millis())?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if busy != 0 {
+        tracing::warn!("failed to empty the WAL because a running relay reads it: the old wrapped key stays in the WAL until the relay's next checkpoint");
+    }
+    Ok(fingerprint)
+}
