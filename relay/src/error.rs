@@ -75,6 +75,9 @@ pub enum RelayError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The audit key or audit log could not be set up.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// Sign-in mail cannot be set up.
     #[error("failed to set up sign-in mail: {0}")]
     Mail(String),

@@ -16,6 +16,7 @@
 //! | --- | --- |
 //! | `cli` | command line, logging setup, signals |
 //! | `admin_cli` | the `admin` command: organizations, users, devices |
+//! | [`audit`] | hash-chained audit streams, signed checkpoints, export, retention |
 //! | `config` | [`Config`] and [`Limits`] |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
@@ -34,6 +35,7 @@
 
 pub mod accounts;
 mod admin_cli;
+pub mod audit;
 pub mod cli;
 pub mod config;
 mod credentials;
@@ -51,7 +53,7 @@ pub mod tls;
 mod web;
 mod ws;
 
-pub use config::{AccountsConfig, Config, Limits};
+pub use config::{AccountsConfig, AuditConfig, Config, Limits};
 pub use error::RelayError;
 pub use server::{start, RelayHandle};
 pub use store::StoreError;

@@ -11,7 +11,9 @@
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
+//! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
 
+pub(crate) mod audit;
 mod browsers;
 mod reader;
 mod schema;

@@ -164,6 +164,8 @@ const MIGRATIONS: &[&str] = &[
 
     DROP TABLE sessions;
     ALTER TABLE sessions_v3 RENAME TO sessions;",
+    // Version 4: the audit log, its signed checkpoints and retention anchors.
+    super::audit::MIGRATION,
 ];
 
 /// Schema version this build writes.
