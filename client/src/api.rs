@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, ErrorBody};
+use sealcast_protocol::api::{
+    CreateSessionRequest, CreateSessionResponse, EndSessionRequest, ErrorBody,
+};
 use sealcast_protocol::SessionId;
 use url::Url;
 
@@ -72,17 +74,33 @@ impl RelayApi {
             })
     }
 
-    /// Ends a session with `POST /v1/sessions/{id}/end`.
+    /// Ends a session with `POST /v1/sessions/{id}/end` and an empty body.
     pub async fn end_session(
         &self,
         session_id: &SessionId,
         auth: &dyn Authorizer,
     ) -> Result<EndOutcome, ClientError> {
+        self.end_session_with(session_id, auth, None).await
+    }
+
+    /// Ends a session with `POST /v1/sessions/{id}/end`, sending `request`
+    /// as the body when there is one, for example to report that this device
+    /// destroyed its copy of the session key.
+    pub async fn end_session_with(
+        &self,
+        session_id: &SessionId,
+        auth: &dyn Authorizer,
+        request: Option<&EndSessionRequest>,
+    ) -> Result<EndOutcome, ClientError> {
         let url = endpoint::end_url(&self.relay, session_id);
-        let response = self
+        let mut builder = self
             .client
             .post(url.clone())
-            .headers(header_map(auth.headers("POST", url.as_str())?))
+            .headers(header_map(auth.headers("POST", url.as_str())?));
+        if let Some(request) = request {
+            builder = builder.json(request);
+        }
+        let response = builder
             .send()
             .await
             .map_err(|err| request_error(&url, &err))?;

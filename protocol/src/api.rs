@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `POST /v1/sessions` | clinician access credential | create a session: 201 |
 //! | `GET /v1/sessions/{id}/publish` (WebSocket) | clinician of the session's organization | publish sealed frames |
-//! | `POST /v1/sessions/{id}/end` | clinician of the session's organization | end the session: 204, 410 if ended |
+//! | `POST /v1/sessions/{id}/end` | clinician of the session's organization | end the session, body [`EndSessionRequest`] or empty: 204, 410 if ended |
 //! | `GET /v1/sessions/{id}/follow?epoch=E&from=N` (WebSocket) | clinician of the session's organization | follow from a staff device |
 //! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token (bearer) or [`FOLLOW_COOKIE`] | follow, resuming at offset N |
 //! | `POST /v1/invites/challenge` | none | get a challenge for an invite token |
@@ -62,6 +62,18 @@ pub struct CreateSessionRequest {
     /// present the invite token as a bearer credential are not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_browsers: Option<u32>,
+}
+
+/// Body of `POST /v1/sessions/{id}/end`. An empty body means the same as
+/// `{}`, so devices built before this body existed still end sessions, and
+/// relays built before it ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndSessionRequest {
+    /// Whether the ending device deleted its copy of the session key before
+    /// sending the request. The relay records the claim in its audit log; it
+    /// cannot check it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_destroyed: bool,
 }
 
 /// Browsers that may redeem an invite when the session request names no number.
@@ -276,4 +288,30 @@ pub fn decode_delivery(message: &[u8]) -> Option<(u64, &[u8])> {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(offset);
     Some((u64::from_be_bytes(bytes), frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_request_without_claim_is_empty_object() {
+        let body = serde_json::to_string(&EndSessionRequest::default()).unwrap();
+        assert_eq!(body, "{}");
+        let parsed: EndSessionRequest = serde_json::from_str("{}").unwrap();
+        assert!(!parsed.key_destroyed);
+    }
+
+    #[test]
+    fn end_request_carries_key_destroyed() {
+        let request = EndSessionRequest {
+            key_destroyed: true,
+        };
+        let body = serde_json::to_string(&request).unwrap();
+        assert_eq!(body, r#"{"key_destroyed":true}"#);
+        assert_eq!(
+            serde_json::from_str::<EndSessionRequest>(&body).unwrap(),
+            request
+        );
+    }
 }

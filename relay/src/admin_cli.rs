@@ -2,7 +2,8 @@
 //! data directory's database directly, so it works while a relay runs.
 //!
 //! A running relay closes the sockets of a device revoked or a user
-//! disabled here within [`crate::accounts::live::RECHECK_INTERVAL`].
+//! disabled here within [`crate::accounts::live::RECHECK_INTERVAL`]. Each
+//! change is recorded in the admin audit stream with the actor `admin-cli`.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -12,7 +13,10 @@ use sealcast_protocol::auth::Role;
 use serde::Serialize;
 
 use crate::accounts::admin::{AdminError, AdminStore};
+use crate::accounts::store::normalize_email;
 use crate::at_rest::KeySource;
+use crate::audit::event::ACTOR_ADMIN_CLI;
+use crate::audit::{record_direct, Action, Event};
 use crate::store::StoreError;
 
 /// Arguments of `sealcast-relay admin`.
@@ -92,10 +96,20 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
     let printed = match args.command {
         AdminCommand::CreateOrg { name } => {
             let id = admin.create_organization(&name)?;
+            let event = Event::new(Action::OrganizationCreated, ACTOR_ADMIN_CLI)
+                .subject(&id)
+                .digest_of(name.trim().as_bytes());
+            record_direct(&args.data_dir, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::CreateUser { org, email, role } => {
             let id = admin.create_user(&org, &email, role)?;
+            let event = Event::new(Action::UserCreated, ACTOR_ADMIN_CLI)
+                .subject(&id)
+                .detail("organization_id", &org)
+                .detail("role", role.as_str())
+                .digest_of(normalize_email(&email).as_bytes());
+            record_direct(&args.data_dir, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::ListUsers { org } => {
@@ -141,10 +155,14 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
         }
         AdminCommand::RevokeDevice { id } => {
             admin.revoke_device(&id)?;
+            let event = Event::new(Action::DeviceRevoked, ACTOR_ADMIN_CLI).subject(&id);
+            record_direct(&args.data_dir, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::DisableUser { id } => {
             admin.disable_user(&id)?;
+            let event = Event::new(Action::UserDisabled, ACTOR_ADMIN_CLI).subject(&id);
+            record_direct(&args.data_dir, event)?;
             print_id(&mut out, args.json, &id)
         }
     };

@@ -16,7 +16,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::admin_cli::{self, AdminArgs};
 use crate::at_rest::{AtRestError, KeySource};
-use crate::config::{default_max_message_size, parse_duration, AccountsConfig, Config, Limits};
+use crate::audit::cli::{self as audit_cli, AuditArgs, RetentionArgs};
+use crate::audit::{AuditError, CheckpointPolicy, RetentionPolicy};
+use crate::config::{
+    default_max_message_size, parse_duration, AccountsConfig, AuditConfig, Config, Limits,
+};
 use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::keys_cli::{self, KeysArgs};
@@ -57,6 +61,11 @@ enum Command {
     Admin(AdminArgs),
     /// Make at-rest key files and rotate the key that wraps the database's data key.
     Keys(KeysArgs),
+    /// Verify and export the audit trail in the data directory. Works while a
+    /// relay runs.
+    Audit(AuditArgs),
+    /// Delete expired sessions and audit entries in the data directory.
+    Retention(RetentionArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -148,6 +157,24 @@ struct ServeArgs {
     /// Extra PEM root certificate for the SMTP server.
     #[arg(long, env = "SEALCAST_SMTP_CA_FILE")]
     smtp_ca_file: Option<PathBuf>,
+    /// Age after which an ended session, or an open one without frames for
+    /// that long, is deleted with its frames, invite and browser credentials.
+    #[arg(long, env = "SEALCAST_CONTENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    content_retention: Duration,
+    /// Age after which audit entries are removed behind a signed anchor. A
+    /// year counts as 366 days.
+    #[arg(long, env = "SEALCAST_AUDIT_RETENTION", default_value = "6y", value_parser = parse_duration)]
+    audit_retention: Duration,
+    /// Time between two retention runs.
+    #[arg(long, env = "SEALCAST_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    retention_interval: Duration,
+    /// Audit entries after the last checkpoint at which the relay signs the
+    /// head of their stream.
+    #[arg(long, env = "SEALCAST_AUDIT_CHECKPOINT_ENTRIES", default_value_t = CheckpointPolicy::default().every_entries)]
+    audit_checkpoint_entries: u64,
+    /// Time after which the relay signs stream heads with unsigned entries.
+    #[arg(long, env = "SEALCAST_AUDIT_CHECKPOINT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    audit_checkpoint_interval: Duration,
 }
 
 impl ServeArgs {
@@ -187,6 +214,17 @@ impl ServeArgs {
                 smtp_ca_file: self.smtp_ca_file,
             },
             at_rest_key,
+            audit: AuditConfig {
+                retention: RetentionPolicy {
+                    content: self.content_retention,
+                    audit: self.audit_retention,
+                },
+                retention_interval: self.retention_interval,
+                checkpoints: CheckpointPolicy {
+                    every_entries: self.audit_checkpoint_entries,
+                },
+                checkpoint_interval: self.audit_checkpoint_interval,
+            },
         })
     }
 }
@@ -199,6 +237,12 @@ pub fn main() -> ExitCode {
         Some(Command::Demo(args)) => (args, true),
         Some(Command::Admin(args)) => return run_admin(args),
         Some(Command::Keys(args)) => return run_keys(args),
+        Some(Command::Audit(args)) => {
+            return run_command(|| audit_cli::run_audit(args));
+        }
+        Some(Command::Retention(args)) => {
+            return run_command(|| audit_cli::run_retention(args).map(|()| true));
+        }
         None => (cli.serve, false),
     };
     if let Err(error) = init_logging(args.log_format) {
@@ -254,13 +298,8 @@ fn run_admin(args: AdminArgs) -> ExitCode {
 }
 
 fn run_keys(args: KeysArgs) -> ExitCode {
-    if let Err(error) = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("warn"))
-        .with_writer(io::stderr)
-        .try_init()
-    {
-        eprintln!("error: failed to set up logging: {error}");
-        return ExitCode::FAILURE;
+    if let Err(code) = init_command_logging() {
+        return code;
     }
     match keys_cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,6 +308,35 @@ fn run_keys(args: KeysArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an audit or retention command with the admin command's logging:
+/// success when it returns `Ok(true)`.
+fn run_command(command: impl FnOnce() -> Result<bool, AuditError>) -> ExitCode {
+    if let Err(code) = init_command_logging() {
+        return code;
+    }
+    match command() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends warnings and errors of a one-off command to standard error.
+fn init_command_logging() -> Result<(), ExitCode> {
+    if let Err(error) = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(io::stderr)
+        .try_init()
+    {
+        eprintln!("error: failed to set up logging: {error}");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), RelayError> {
@@ -457,6 +525,50 @@ mod tests {
                 ..Limits::default()
             }
         );
+    }
+
+    #[test]
+    fn retention_flags_map_to_config() {
+        let cli = Cli::try_parse_from([
+            "sealcast-relay",
+            "--content-retention",
+            "30d",
+            "--audit-checkpoint-entries",
+            "10",
+        ])
+        .unwrap();
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(
+            config.audit.retention.content,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            config.audit.retention.audit,
+            Duration::from_secs(6 * 366 * 86_400)
+        );
+        assert_eq!(config.audit.checkpoints.every_entries, 10);
+    }
+
+    #[test]
+    fn invalid_audit_arguments_are_rejected() {
+        let cases: [&[&str]; 5] = [
+            &["audit", "export", "--stream", "billing", "--out", "x.jsonl"],
+            &["audit", "export", "--from", "yesterday", "--out", "x.jsonl"],
+            &[
+                "audit",
+                "export",
+                "--to",
+                "2026-13-01T00:00:00Z",
+                "--out",
+                "x.jsonl",
+            ],
+            &["audit", "export"],
+            &["retention", "run", "--audit-retention", "6x"],
+        ];
+        for args in cases {
+            let full = std::iter::once("sealcast-relay").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(full).is_err(), "{args:?} was accepted");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::at_rest::KeySource;
+use crate::audit::{CheckpointPolicy, RetentionPolicy};
 use crate::error::RelayError;
 
 /// Everything [`crate::start`] needs to run a relay.
@@ -29,6 +30,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     /// Source of the at-rest layer's key-encryption key.
     pub at_rest_key: KeySource,
+    /// Audit checkpoints and retention.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -42,7 +45,59 @@ impl Default for Config {
             limits: Limits::default(),
             accounts: AccountsConfig::default(),
             at_rest_key: KeySource::Development,
+            audit: AuditConfig::default(),
         }
+    }
+}
+
+/// Audit trail and retention settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// How long content and audit entries are kept.
+    pub retention: RetentionPolicy,
+    /// Time between two retention runs of a running relay.
+    pub retention_interval: Duration,
+    /// When an append signs the head of its stream.
+    pub checkpoints: CheckpointPolicy,
+    /// Time after which the relay signs heads with entries after their
+    /// last checkpoint.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: RetentionPolicy::default(),
+            retention_interval: Duration::from_secs(60 * 60),
+            checkpoints: CheckpointPolicy::default(),
+            checkpoint_interval: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Checks that every period is usable.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let invalid = |name, reason: &str| {
+            Err(RelayError::InvalidLimit {
+                name,
+                reason: reason.into(),
+            })
+        };
+        for (name, value) in [
+            ("content_retention", self.retention.content),
+            ("audit_retention", self.retention.audit),
+            ("retention_interval", self.retention_interval),
+            ("audit_checkpoint_interval", self.checkpoint_interval),
+        ] {
+            if value.is_zero() {
+                return invalid(name, "must be longer than zero");
+            }
+        }
+        if self.checkpoints.every_entries == 0 {
+            return invalid("audit_checkpoint_entries", "must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -228,8 +283,9 @@ pub fn default_max_message_size() -> usize {
     sealcast_protocol::MAX_FRAME_LEN.div_ceil(1024) * 1024
 }
 
-/// Parses a duration such as `30s`, `500ms`, `2m`, `24h`, `30d` or a bare
-/// number of seconds.
+/// Parses a duration such as `30s`, `500ms`, `2m`, `24h`, `30d`, `2w`, `6y`
+/// or a bare number of seconds. A year counts as 366 days, so that a period
+/// in years is never shorter than that many calendar years.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -246,8 +302,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
         "h" => Ok(Duration::from_secs(value.saturating_mul(60 * 60))),
         "d" => Ok(Duration::from_secs(value.saturating_mul(24 * 60 * 60))),
+        "w" => Ok(Duration::from_secs(value.saturating_mul(7 * 24 * 60 * 60))),
+        "y" => Ok(Duration::from_secs(
+            value.saturating_mul(366 * 24 * 60 * 60),
+        )),
         other => Err(format!(
-            "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            "invalid duration unit {other:?} in {text:?}: use ms, s, m, h, d, w or y"
         )),
     }
 }
@@ -264,13 +324,21 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("6y").unwrap(),
+            Duration::from_secs(6 * 366 * 86_400)
+        );
     }
 
     #[test]
     fn duration_rejects_garbage() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("10w").is_err());
+        assert!(parse_duration("10x").is_err());
     }
 
     #[test]

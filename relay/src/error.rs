@@ -79,6 +79,9 @@ pub enum RelayError {
     /// The at-rest key configuration is invalid.
     #[error(transparent)]
     AtRest(#[from] AtRestError),
+    /// The audit key or audit log could not be set up.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// Sign-in mail cannot be set up.
     #[error("failed to set up sign-in mail: {0}")]
     Mail(String),

@@ -17,6 +17,7 @@
 //! | `cli` | command line, logging setup, signals |
 //! | `admin_cli` | the `admin` and `keys` commands: organizations, users, devices, at-rest keys |
 //! | `at_rest` | encryption of stored frames and personal data under a wrapped data key |
+//! | [`audit`] | hash-chained audit streams, signed checkpoints, export, retention |
 //! | `config` | [`Config`] and [`Limits`] |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
@@ -36,6 +37,7 @@
 pub mod accounts;
 mod admin_cli;
 pub mod at_rest;
+pub mod audit;
 pub mod cli;
 pub mod config;
 mod credentials;
@@ -54,7 +56,7 @@ pub mod tls;
 mod web;
 mod ws;
 
-pub use config::{AccountsConfig, Config, Limits};
+pub use config::{AccountsConfig, AuditConfig, Config, Limits};
 pub use error::RelayError;
 pub use server::{start, RelayHandle};
 pub use store::StoreError;

@@ -316,3 +316,32 @@ pub(crate) fn describe_accounts() {
         "Staff sockets closed because their credential was revoked."
     );
 }
+
+// Audit log and retention.
+
+/// Audit entries appended, label `stream`.
+pub const AUDIT_ENTRIES: &str = "sealcast_audit_entries_total";
+/// Audit events that could not be appended after every retry.
+pub const AUDIT_WRITE_FAILURES: &str = "sealcast_audit_write_failures_total";
+/// Audit checkpoints signed, label `stream`.
+pub const AUDIT_CHECKPOINTS: &str = "sealcast_audit_checkpoints_total";
+/// Retention runs, label `outcome` (`ok` or `failed`).
+pub const RETENTION_RUNS: &str = "sealcast_retention_runs_total";
+/// Rows deleted by retention runs, label `kind` (`sessions`, `frames`,
+/// `browser_credentials`, `audit_entries`).
+pub const RETENTION_DELETED: &str = "sealcast_retention_deleted_total";
+
+/// Describes the audit and retention metrics, once when the audit log starts.
+pub(crate) fn describe_audit() {
+    describe_counter!(AUDIT_ENTRIES, "Audit entries appended, by stream.");
+    describe_counter!(
+        AUDIT_WRITE_FAILURES,
+        "Audit events that could not be appended after every retry."
+    );
+    describe_counter!(AUDIT_CHECKPOINTS, "Audit checkpoints signed, by stream.");
+    describe_counter!(RETENTION_RUNS, "Retention runs, by outcome.");
+    describe_counter!(
+        RETENTION_DELETED,
+        "Rows deleted by retention runs, by kind."
+    );
+}

@@ -14,6 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::accounts::{self, Accounts};
 use crate::at_rest::{DatabaseKeys, Fingerprint, KeySource};
+use crate::audit::event::ACTOR_RELAY;
+use crate::audit::key::AuditKey;
+use crate::audit::recorder::run_checkpoint_timer;
+use crate::audit::{retention, Action, AuditLog, Event};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::http::{self, RelayState};
@@ -125,6 +129,7 @@ impl fmt::Debug for RelayHandle {
 pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     config.limits.validate()?;
     config.accounts.validate()?;
+    config.audit.validate()?;
     prepare_data_dir(&config.data_dir)?;
     let metrics_handle = metrics::install();
     let tls = Arc::new(Tls::setup(&config)?);
@@ -144,12 +149,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
 
     let shutdown = Shutdown::default();
     tokio::spawn(accounts::run_recheck(accounts.clone(), shutdown.clone()));
+    let audit = start_audit(&config, &store, &shutdown).await?;
     let server = spawn_server(
         &config,
         tcp,
         &tls,
         store,
         accounts.clone(),
+        audit,
         shutdown.clone(),
         metrics_handle,
         &public_url,
@@ -189,6 +196,7 @@ fn spawn_server(
     tls: &Tls,
     store: Store,
     accounts: Arc<Accounts>,
+    audit: AuditLog,
     shutdown: Shutdown,
     metrics_handle: PrometheusHandle,
     public_url: &str,
@@ -205,6 +213,7 @@ fn spawn_server(
         public_origin: http::auth::origin_of(public_url),
         public_url: public_url.to_owned(),
         accounts,
+        audit: audit.clone(),
         failures: http::failures::FailureLimiter::new(config.limits.failed_credentials_per_minute),
     });
     let listener = Listener::new(
@@ -215,13 +224,66 @@ fn spawn_server(
         shutdown.clone(),
     );
     let linger = config.limits.write_timeout + SHUTDOWN_GRACE;
-    tokio::spawn(serve(listener, store, shutdown, metrics_handle, linger))
+    tokio::spawn(serve(
+        listener,
+        store,
+        audit,
+        shutdown,
+        metrics_handle,
+        linger,
+    ))
+}
+
+/// Loads or makes the audit key, starts the audit log, records the relay's
+/// settings and starts the checkpoint timer and retention runs.
+async fn start_audit(
+    config: &Config,
+    store: &Store,
+    shutdown: &Shutdown,
+) -> Result<AuditLog, RelayError> {
+    let key = Arc::new(AuditKey::load_or_create(&config.data_dir)?);
+    let audit = AuditLog::new(store.clone(), key.clone(), config.audit.checkpoints);
+    let settings = &config.audit;
+    let started = Event::new(Action::RelayStarted, ACTOR_RELAY)
+        .detail(
+            "content_retention_seconds",
+            settings.retention.content.as_secs(),
+        )
+        .detail(
+            "audit_retention_seconds",
+            settings.retention.audit.as_secs(),
+        )
+        .detail(
+            "retention_interval_seconds",
+            settings.retention_interval.as_secs(),
+        )
+        .detail("checkpoint_entries", settings.checkpoints.every_entries)
+        .detail(
+            "checkpoint_interval_seconds",
+            settings.checkpoint_interval.as_secs(),
+        );
+    audit.record_committed(started).await?;
+
+    tokio::spawn(run_checkpoint_timer(
+        audit.clone(),
+        settings.checkpoint_interval,
+        shutdown.clone(),
+    ));
+    tokio::spawn(retention::run_periodically(
+        config.data_dir.clone(),
+        key,
+        settings.retention,
+        settings.retention_interval,
+        shutdown.clone(),
+    ));
+    Ok(audit)
 }
 
 /// Runs the accept loop, then winds down once shutdown is triggered.
 async fn serve(
     listener: Listener,
     store: Store,
+    audit: AuditLog,
     shutdown: Shutdown,
     metrics_handle: PrometheusHandle,
     linger: Duration,
@@ -242,6 +304,10 @@ async fn serve(
         );
     }
 
+    // After the connections, so that their last events are signed too.
+    if let Err(error) = audit.sign_heads().await {
+        tracing::error!(%error, "failed to sign the audit heads at shutdown");
+    }
     store.close().await;
     let _ = upkeep.await;
     tracing::info!("relay stopped");

@@ -2,7 +2,8 @@
 //! and `sealcast` binaries, locating the real transcripts, and scanning
 //! files and logs for material that must never appear in them. Tests of bad
 //! input also use raw TLS and WebSocket clients, direct edits of a stopped
-//! relay's store, metrics scrapes and the relay's resident memory.
+//! relay's store, metrics scrapes and the relay's resident memory. Audit
+//! tests read and tamper with the audit tables and run the audit commands.
 //!
 //! The tests themselves live in `tests/tests/`, one file per behaviour.
 
@@ -10,6 +11,7 @@
 // the test with a message, so panicking helpers are the right tool.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audit;
 pub mod leaks;
 pub mod memory;
 pub mod metrics;

@@ -10,7 +10,7 @@ use sealcast_client::auth::Authorizer;
 use sealcast_client::{
     FollowEvent, Follower, FollowerConfig, Publisher, PublisherConfig, RelayApi, TlsSettings,
 };
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
+use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, EndSessionRequest};
 use sealcast_protocol::{InviteLink, SessionKey, StreamId, TranscriptSegment};
 use url::Url;
 
@@ -113,6 +113,18 @@ impl LiveSession {
     /// Starts a follower from a given link.
     pub fn follower_with_link(&self, link: InviteLink) -> Follower {
         Follower::start(FollowerConfig::new(link, self.tls.clone())).expect("follower starts")
+    }
+
+    /// Ends the session on the relay, reporting that the clinician device
+    /// destroyed its copy of the key, as `sealcast session end` does.
+    pub async fn end_destroying_key(&self) {
+        let api = RelayApi::new(&self.relay, &self.tls).expect("HTTP client builds");
+        let request = EndSessionRequest {
+            key_destroyed: true,
+        };
+        api.end_session_with(&self.created.session_id, self.auth.as_ref(), Some(&request))
+            .await
+            .expect("session ends");
     }
 
     /// Ends the session on the relay.

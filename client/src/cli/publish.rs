@@ -146,14 +146,14 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     };
 
     if args.end {
+        // `end` consumes the publisher, so its stream keys are gone before the shred.
         let report = publisher.end().await?;
         print_report(&report, Some(published));
-        super::session::call_end_endpoint(&session, &device).await?;
-        store.shred(&session.session_id)?;
-        stderr_line!(
-            "Session {} ended. Its key was deleted from this device.",
-            session.session_id
-        );
+        let session_id = session.session_id;
+        let relay = session.relay.clone();
+        super::session::shred_session(&store, session)?;
+        super::session::report_end(&relay, &session_id, &device).await?;
+        stderr_line!("Session {session_id} ended. Its key was deleted from this device.");
     } else {
         let report = publisher.finish().await?;
         print_report(&report, Some(published));

@@ -7,15 +7,16 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
-use sealcast_protocol::api::CreateSessionRequest;
+use sealcast_protocol::api::{CreateSessionRequest, EndSessionRequest};
 use sealcast_protocol::{SessionId, SessionKey};
+use url::Url;
 
 use super::{absolute_path, open_key_store, parse_session_id};
 use crate::api::{EndOutcome, RelayApi};
 use crate::auth::SignedInDevice;
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
-use crate::keystore::{now_unix_s, StoredSession};
+use crate::keystore::{now_unix_s, KeyStore, StoredSession};
 use crate::publish::{Publisher, PublisherConfig, DEFAULT_WINDOW};
 use crate::secret::SecretString;
 
@@ -155,41 +156,60 @@ async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientErro
     let store = open_key_store(state_dir)?;
     let session = store.resolve(args.session.as_ref())?;
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
-    let already_ended = end_on_relay(&session, &device).await?;
+    publish_end_frame(&session, &device).await?;
 
-    store.shred(&session.session_id)?;
-    tracing::info!(session_id = %session.session_id, "session ended and key shredded");
+    let session_id = session.session_id;
+    let relay = session.relay.clone();
+    shred_session(&store, session)?;
+    let already_ended = report_end(&relay, &session_id, &device).await?;
     if already_ended {
-        println!(
-            "Session {} had already ended. Its key was deleted from this device.",
-            session.session_id
-        );
+        println!("Session {session_id} had already ended. Its key was deleted from this device.");
     } else {
-        println!(
-            "Session {} ended. Its key was deleted from this device.",
-            session.session_id
-        );
+        println!("Session {session_id} ended. Its key was deleted from this device.");
     }
     Ok(())
 }
 
-/// Publishes the end-of-session frame on a new stream, waits for its
-/// acknowledgement and calls the end endpoint. Returns whether the session
-/// had already ended.
-async fn end_on_relay(
+/// Publishes the end-of-session frame on a new stream and waits for its
+/// acknowledgement. A session that already ended needs no frame.
+async fn publish_end_frame(
     session: &StoredSession,
     device: &SignedInDevice,
-) -> Result<bool, ClientError> {
+) -> Result<(), ClientError> {
     let published = match connect_publisher(session, device, DEFAULT_WINDOW).await {
         Ok(publisher) => publisher.end().await.map(|_| ()),
         Err(err) => Err(err),
     };
     match published {
-        Ok(()) => {}
-        Err(ClientError::SessionEnded) => return Ok(true),
-        Err(err) => return Err(err),
+        Ok(()) | Err(ClientError::SessionEnded) => Ok(()),
+        Err(err) => Err(err),
     }
-    call_end_endpoint(session, device).await
+}
+
+/// Deletes the session's file and drops the key from memory, which zeroes
+/// it: the device's part of crypto-shredding.
+pub(crate) fn shred_session(store: &KeyStore, session: StoredSession) -> Result<(), ClientError> {
+    store.shred(&session.session_id)?;
+    tracing::info!(session_id = %session.session_id, "session key shredded");
+    drop(session);
+    Ok(())
+}
+
+/// Calls the end endpoint after the key was shredded, telling the relay so.
+/// Returns whether the session had already ended. On failure the key is
+/// gone all the same, and a message on standard error states it.
+pub(crate) async fn report_end(
+    relay: &Url,
+    session_id: &SessionId,
+    device: &SignedInDevice,
+) -> Result<bool, ClientError> {
+    let outcome = call_end_endpoint(relay, session_id, device, true).await;
+    if outcome.is_err() {
+        stderr_line!(
+            "The key of session {session_id} was deleted from this device, but the relay did not confirm the end: the relay deletes the session once it has been idle for its content retention period."
+        );
+    }
+    outcome
 }
 
 /// Connects a publisher to a stored session with the device's token,
@@ -208,17 +228,24 @@ pub(crate) async fn connect_publisher(
         .await
 }
 
-/// Calls the end endpoint once the end-of-session frame is acknowledged.
-/// Returns whether the session had already ended.
+/// Calls the end endpoint, reporting whether this device destroyed its copy
+/// of the key. Returns whether the session had already ended.
 pub(crate) async fn call_end_endpoint(
-    session: &StoredSession,
+    relay: &Url,
+    session_id: &SessionId,
     device: &SignedInDevice,
+    key_destroyed: bool,
 ) -> Result<bool, ClientError> {
-    let api = RelayApi::new(&session.relay, device.tls())?;
+    let api = RelayApi::new(relay, device.tls())?;
+    let request = EndSessionRequest { key_destroyed };
     let outcome = device
         .call(|auth| {
             let api = &api;
-            async move { api.end_session(&session.session_id, auth.as_ref()).await }
+            let request = &request;
+            async move {
+                api.end_session_with(session_id, auth.as_ref(), Some(request))
+                    .await
+            }
         })
         .await?;
     Ok(outcome == EndOutcome::AlreadyEnded)

@@ -41,6 +41,9 @@ pub enum AdminError {
     /// The result could not be written to stdout.
     #[error("failed to write the output: {0}")]
     Output(std::io::Error),
+    /// The change was made but its audit entry could not be appended.
+    #[error("the change was made, but recording it in the audit log failed: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Administration on a relay's data directory.

@@ -7,14 +7,17 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::Json;
+use axum::{Extension, Json};
 use sealcast_protocol::auth::{CreateUserRequest, DeviceSummary, UserSummary};
 
+use super::audited::{self, peer_ip};
 use super::json::read_json;
 use super::staff::{authenticate, require_admin, Principal};
 use super::{ApiError, AppState};
 use crate::accounts::admin::{checked_email, AdminError, AdminStore};
 use crate::accounts::{devices, store};
+use crate::audit::Action;
+use crate::listener::PeerAddr;
 use crate::metrics::SOCKETS_REVOKED;
 use crate::store::now_millis;
 
@@ -53,6 +56,7 @@ pub(crate) async fn list_users(
 /// or 409 when the address belongs to another user.
 pub(crate) async fn create_user(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -81,6 +85,11 @@ pub(crate) async fn create_user(
         role = created.role.as_str(),
         "user created"
     );
+    let event = audited::staff_event(Action::UserCreated, &principal, peer_ip(peer.as_ref()))
+        .subject(&created.user_id)
+        .detail("role", created.role.as_str())
+        .digest_of(created.email.as_bytes());
+    audited::record(&state, event).await;
     Ok((StatusCode::CREATED, Json(created.summary())))
 }
 
@@ -89,6 +98,7 @@ pub(crate) async fn create_user(
 pub(crate) async fn disable_user(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -114,6 +124,10 @@ pub(crate) async fn disable_user(
     let closed = state.accounts.live.revoke_user(&user_id);
     metrics::counter!(SOCKETS_REVOKED, "trigger" => "admin_route").increment(closed as u64);
     tracing::info!(%user_id, admin_id = %principal.user_id, closed, "user disabled");
+    let event = audited::staff_event(Action::UserDisabled, &principal, peer_ip(peer.as_ref()))
+        .subject(&user_id)
+        .detail("sockets_closed", closed);
+    audited::record(&state, event).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -140,6 +154,7 @@ pub(crate) async fn list_devices(
 pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -165,6 +180,10 @@ pub(crate) async fn revoke_device(
     let closed = state.accounts.live.revoke_device(&device_id);
     metrics::counter!(SOCKETS_REVOKED, "trigger" => "admin_route").increment(closed as u64);
     tracing::info!(%device_id, admin_id = %principal.user_id, closed, "device revoked");
+    let event = audited::staff_event(Action::DeviceRevoked, &principal, peer_ip(peer.as_ref()))
+        .subject(&device_id)
+        .detail("sockets_closed", closed);
+    audited::record(&state, event).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -173,6 +192,10 @@ fn admin_error(error: AdminError) -> ApiError {
         AdminError::Store(error) => error.into(),
         AdminError::Output(error) => {
             tracing::error!(%error, "admin step failed to write its output");
+            ApiError::Internal
+        }
+        AdminError::Audit(error) => {
+            tracing::error!(%error, "admin step failed to record its audit entry");
             ApiError::Internal
         }
         AdminError::Invalid(message) => ApiError::BadRequest(message),

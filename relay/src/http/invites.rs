@@ -25,7 +25,10 @@ use sealcast_protocol::invite::{decode_base64url, TOKEN_LEN};
 use sealcast_protocol::InviteAuthKey;
 use serde::de::DeserializeOwned;
 
+use super::audited::{self, peer_ip};
 use super::{ApiError, AppState, MAX_BODY_BYTES};
+use crate::audit::event::ACTOR_PATIENT;
+use crate::audit::{Action, Event};
 use crate::credentials::{random_token, Secret};
 use crate::invites::challenges::{BookFull, Challenge, ChallengeRejected};
 use crate::invites::cookie::{follow_cookie, set_follow_cookie};
@@ -81,6 +84,7 @@ pub(crate) async fn redeem(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let source = peer_ip(peer.as_ref());
     admit(&state, peer)?;
     let request: InviteRedeemRequest = read_json(&headers, body).await?;
     let token = parse_token(&request.token)?;
@@ -106,6 +110,12 @@ pub(crate) async fn redeem(
     } else {
         tracing::info!(session_id = %record.session_id, "browser redeemed the invite");
     }
+    let event = Event::new(Action::InviteRedeemed, ACTOR_PATIENT)
+        .source(source)
+        .session(record.session_id)
+        .detail("kind", kind)
+        .digest_of(&credential.hash());
+    audited::record(&state, event).await;
     redeemed_response(&record, &credential)
 }
 

@@ -7,6 +7,8 @@
 //! of order, 410 for a sign-in that expired, was used or had too many wrong
 //! codes, and 429 past a rate limit.
 
+use std::net::IpAddr;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -17,6 +19,7 @@ use sealcast_protocol::auth::{
     LoginRequest, LoginStarted, LoginTotpRequest,
 };
 
+use super::audited::{self, peer_ip};
 use super::cookies::set_sign_in_cookies;
 use super::json::read_json;
 use super::limits::{admit_account, admit_ip, client_address};
@@ -28,6 +31,7 @@ use crate::accounts::login::{
     MAX_SECOND_FACTOR_ATTEMPTS, POLL_INTERVAL_SECS,
 };
 use crate::accounts::{devices, now_unix, recovery, store, totp, Issued};
+use crate::audit::{Action, Event};
 use crate::credentials::{random_token, Secret};
 use crate::listener::PeerAddr;
 use crate::metrics::SIGN_INS;
@@ -164,7 +168,8 @@ pub(crate) async fn confirm(
     if pending.kind() == LoginKind::Browser && !totp_required {
         // NOTE: the cookies go to the browser that opens the link, which need
         // not be the one that started the sign-in: nothing binds the two yet.
-        let issued = complete_browser(&state, &pending, &user, false).await?;
+        let source = peer_ip(peer.as_ref());
+        let issued = complete_browser(&state, &pending, &user, false, source).await?;
         return browser_response(&state, &issued, Json(confirmed).into_response());
     }
     Ok(Json(confirmed).into_response())
@@ -212,7 +217,9 @@ pub(crate) async fn poll(
     }
     let user = pending.user.clone().ok_or_else(unknown_login)?;
     claim(&state, &pending).await?;
-    let issued = sign_in_device(&state, &user, device, pending.second_factor_passed).await?;
+    let source = peer_ip(peer.as_ref());
+    let issued =
+        sign_in_device(&state, &user, device, pending.second_factor_passed, source).await?;
     metrics::counter!(SIGN_INS, "step" => "approved", "outcome" => "ok").increment(1);
     tracing::info!(user_id = %user.user_id, device_id = ?issued.device_id, "device signed in");
     Ok(Json(LoginPollResponse::Approved(issued.into_response())))
@@ -305,7 +312,8 @@ pub(crate) async fn second_factor(
 
     let response = StatusCode::NO_CONTENT.into_response();
     if pending.kind() == LoginKind::Browser {
-        let issued = complete_browser(&state, &pending, &user, true).await?;
+        let source = peer_ip(peer.as_ref());
+        let issued = complete_browser(&state, &pending, &user, true, source).await?;
         return browser_response(&state, &issued, response);
     }
     Ok(response)
@@ -365,11 +373,19 @@ async fn complete_browser(
     pending: &PendingLogin,
     user: &store::UserRecord,
     mfa: bool,
+    source: Option<IpAddr>,
 ) -> Result<Issued, ApiError> {
     claim(state, pending).await?;
     let issued = state.accounts.sign_in(user, None, mfa).await?;
     metrics::counter!(SIGN_INS, "step" => "approved", "outcome" => "ok").increment(1);
     tracing::info!(user_id = %user.user_id, "browser signed in");
+    let event = Event::new(Action::SignedIn, &user.user_id)
+        .source(source)
+        .subject(&user.user_id)
+        .detail("organization_id", &user.organization_id)
+        .detail("client", "browser")
+        .detail("mfa", mfa);
+    audited::record(state, event).await;
     Ok(issued)
 }
 
@@ -380,6 +396,26 @@ async fn sign_in_device(
     user: &store::UserRecord,
     device: PendingDevice,
     mfa: bool,
+    source: Option<IpAddr>,
+) -> Result<Issued, ApiError> {
+    let issued = register_or_reuse_device(state, user, device, mfa, source).await?;
+    let device_id = issued.device_id.clone().unwrap_or_default();
+    let event = Event::new(Action::SignedIn, &device_id)
+        .source(source)
+        .subject(&user.user_id)
+        .detail("organization_id", &user.organization_id)
+        .detail("client", "device")
+        .detail("mfa", mfa);
+    audited::record(state, event).await;
+    Ok(issued)
+}
+
+async fn register_or_reuse_device(
+    state: &AppState,
+    user: &store::UserRecord,
+    device: PendingDevice,
+    mfa: bool,
+    source: Option<IpAddr>,
 ) -> Result<Issued, ApiError> {
     let thumbprint = device.thumbprint.clone();
     let registered = state
@@ -387,6 +423,13 @@ async fn sign_in_device(
         .sign_in_new_device(user, device.public_key, device.thumbprint, device.name, mfa)
         .await?;
     if let Some(issued) = registered {
+        let device_id = issued.device_id.clone().unwrap_or_default();
+        let event = Event::new(Action::DeviceAdded, &user.user_id)
+            .source(source)
+            .subject(&device_id)
+            .detail("organization_id", &user.organization_id)
+            .digest_of(thumbprint.as_bytes());
+        audited::record(state, event).await;
         return Ok(issued);
     }
     let lookup = thumbprint.clone();

@@ -15,10 +15,12 @@
 //! | [`cookies`], [`json`], [`limits`] | sign-in cookies, JSON bodies, rate limits |
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
+//! | [`audited`] | audit events of requests |
 //! | [`ops`] | health, metrics and fallbacks |
 //! | [`observe`] | request counting and logging |
 
 mod admin;
+pub(crate) mod audited;
 pub(crate) mod auth;
 mod cookies;
 mod error;
@@ -45,6 +47,7 @@ use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::accounts::Accounts;
+use crate::audit::AuditLog;
 use crate::config::Limits;
 use crate::hub::Registry;
 use crate::invites::InviteState;
@@ -75,6 +78,8 @@ pub(crate) struct RelayState {
     pub(crate) accounts: Arc<Accounts>,
     /// Client addresses blocked after too many failed credentials.
     pub(crate) failures: failures::FailureLimiter,
+    /// The audit log.
+    pub(crate) audit: AuditLog,
 }
 
 /// The state as handlers receive it.

@@ -3,19 +3,24 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
-use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse, DEFAULT_MAX_BROWSERS};
+use sealcast_protocol::api::{
+    CreateSessionRequest, CreateSessionResponse, EndSessionRequest, DEFAULT_MAX_BROWSERS,
+};
 use sealcast_protocol::{Fingerprint, SessionId};
 
+use super::audited::{self, peer_ip};
 use super::staff::{self, authenticate, require_clinician};
 use super::{ApiError, AppState, MAX_BODY_BYTES};
+use crate::audit::Action;
 use crate::credentials::random_token;
 use crate::hub::EndRefused;
+use crate::listener::PeerAddr;
 use crate::metrics::{SESSIONS_CREATED, SESSIONS_ENDED};
-use crate::store::{now_millis, NewSession, StoreError};
+use crate::store::{now_millis, NewSession, SessionRecord, StoreError};
 
 /// Largest `max_browsers` a session may ask for. Each browser's follow
 /// credential is a stored row, so the number stays small.
@@ -30,6 +35,7 @@ const END_SESSION: &str = "end_session";
 /// session's id, epoch and invite token, which the relay keeps only hashed.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -49,6 +55,7 @@ pub(crate) async fn create(
     let max_browsers = check_max_browsers(request.max_browsers)?;
 
     let invite_token = random_token();
+    let invite_hash = invite_token.hash();
     let session = NewSession {
         session_id: SessionId::random(),
         epoch: rand::rngs::OsRng.next_u64(),
@@ -75,27 +82,63 @@ pub(crate) async fn create(
         user_id = %principal.user_id,
         "session created"
     );
+    let source = peer_ip(peer.as_ref());
+    let started = audited::staff_event(Action::SessionStarted, &principal, source)
+        .session(response.session_id)
+        .detail("max_browsers", max_browsers);
+    audited::record(&state, started).await;
+    let invited = audited::staff_event(Action::InviteCreated, &principal, source)
+        .session(response.session_id)
+        .digest_of(&invite_hash);
+    audited::record(&state, invited).await;
     Ok((StatusCode::CREATED, Json(response)))
 }
 
 /// Ends a session for a clinician of its organization, after its accepted
-/// frames. Responds 204, or 410 if it had already ended.
+/// frames. Responds 204, or 410 if it had already ended. The body is empty
+/// or an [`EndSessionRequest`]; a device's claim that it destroyed the key
+/// is recorded in the audit log after the end.
 pub(crate) async fn end(
     State(state): State<AppState>,
     Path(session): Path<String>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     let principal = authenticate(&state, &headers, &method, uri.path(), END_SESSION).await?;
+    let request = parse_end_request(body).await?;
     let record = staff::clinician_session(&state, &principal, &session, END_SESSION).await?;
+    let outcome = end_after_frames(&state, &record).await;
+
+    let source = peer_ip(peer.as_ref());
+    if outcome.is_ok() {
+        let ended = audited::staff_event(Action::SessionEnded, &principal, source)
+            .session(record.session_id);
+        audited::record(&state, ended).await;
+    }
+    // A device that finds the session already ended still destroyed its key.
+    if request.key_destroyed && matches!(outcome, Ok(_) | Err(ApiError::Gone(_))) {
+        let destroyed = audited::staff_event(Action::SessionKeyDestroyed, &principal, source)
+            .session(record.session_id);
+        audited::record(&state, destroyed).await;
+    }
+    outcome
+}
+
+/// Ends the session once the store committed its accepted frames.
+async fn end_after_frames(
+    state: &AppState,
+    record: &SessionRecord,
+) -> Result<StatusCode, ApiError> {
     let already_ended =
         || ApiError::Gone(format!("session {} has already ended", record.session_id));
     if record.ended_at.is_some() {
         return Err(already_ended());
     }
 
-    let hub = state.hubs.lease(&record).await?;
+    let hub = state.hubs.lease(record).await?;
     let permit = state.store.reserve().await?;
     let committed = hub
         .hub()
@@ -130,6 +173,26 @@ async fn parse_request(body: Body) -> Result<CreateSessionRequest, ApiError> {
             "request body is not a valid session request: {error}"
         ))
     })
+}
+
+/// Reads the end request's body: empty, or an [`EndSessionRequest`].
+async fn parse_end_request(body: Body) -> Result<EndSessionRequest, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(EndSessionRequest::default());
+    }
+    let invalid = |reason: String| {
+        ApiError::BadRequest(format!("request body is not a valid end request: {reason}"))
+    };
+    // serde would also accept a JSON array for the struct.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
+    if !value.is_object() {
+        return Err(invalid("expected a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|error| invalid(error.to_string()))
 }
 
 fn check_max_browsers(requested: Option<u32>) -> Result<u32, ApiError> {

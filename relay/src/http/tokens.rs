@@ -8,12 +8,14 @@ use axum::{Extension, Json};
 use sealcast_protocol::auth::{RefreshRequest, UserInfo, CSRF_COOKIE, CSRF_HEADER, REFRESH_COOKIE};
 use subtle::ConstantTimeEq;
 
+use super::audited::{self, peer_ip};
 use super::cookies::{clear_sign_in_cookies, set_sign_in_cookies};
 use super::json::read_json;
 use super::limits::admit_ip;
 use super::staff::{authenticate, cookie_value, forbid, key_proof, reject};
 use super::{ApiError, AppState};
 use crate::accounts::{store, user_info};
+use crate::audit::Action;
 use crate::credentials::Secret;
 use crate::listener::PeerAddr;
 use crate::metrics::SIGN_INS;
@@ -126,6 +128,7 @@ fn browser_refresh_token(state: &AppState, headers: &HeaderMap) -> Result<Secret
 /// revoked and its access tokens stop working. Responds 204.
 pub(crate) async fn logout(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -134,6 +137,9 @@ pub(crate) async fn logout(
     state.accounts.sign_out(principal.family_id.clone()).await?;
     state.accounts.live.revoke_sign_in(&principal.family_id);
     tracing::info!(user_id = %principal.user_id, "signed out");
+    let event = audited::staff_event(Action::SignedOut, &principal, peer_ip(peer.as_ref()))
+        .subject(&principal.user_id);
+    audited::record(&state, event).await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if principal.browser {
         clear_sign_in_cookies(response.headers_mut())?;

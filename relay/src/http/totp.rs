@@ -9,9 +9,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use sealcast_protocol::auth::{TotpActivateRequest, TotpActivated, TotpEnrolment};
 
+use super::audited::{self, peer_ip};
 use super::cookies::set_sign_in_cookies;
 use super::json::read_json;
 use super::limits::admit_account;
@@ -21,6 +22,8 @@ use crate::accounts::devices;
 use crate::accounts::store::{self, UserRecord};
 use crate::accounts::totp::{self, TotpSecret};
 use crate::accounts::{now_unix, recovery};
+use crate::audit::Action;
+use crate::listener::PeerAddr;
 use crate::store::{now_millis, StoreError};
 
 const ENROL: &str = "totp_enrol";
@@ -70,6 +73,7 @@ pub(crate) async fn enrol(
 /// cookies.
 pub(crate) async fn activate(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -106,6 +110,9 @@ pub(crate) async fn activate(
         .run(move |conn| store::activate_totp(conn, &user_id, step, &hashes, now_millis()))
         .await?;
     tracing::info!(user_id = %user.user_id, "TOTP activated");
+    let event = audited::staff_event(Action::TotpActivated, &principal, peer_ip(peer.as_ref()))
+        .subject(&user.user_id);
+    audited::record(&state, event).await;
 
     // The new sign-in replaces the one without a second factor.
     let device = match &principal.device_id {

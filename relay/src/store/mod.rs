@@ -11,7 +11,9 @@
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
+//! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
 
+pub(crate) mod audit;
 mod browsers;
 mod reader;
 mod schema;
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +73,15 @@ pub enum StoreError {
         session_id: SessionId,
         /// Offset the frame was given.
         offset: u64,
+    },
+    /// The database is not at this relay's schema version, and the
+    /// connection cannot migrate it.
+    #[error("store schema version {found} is not version {expected} of this relay: start the relay, or run an admin command with the at-rest key, once to migrate the database")]
+    SchemaNotCurrent {
+        /// Version in the file.
+        found: i64,
+        /// Version this build writes.
+        expected: i64,
     },
     /// A frame's sequence number does not directly follow the stored frames
     /// of its stream: a duplicate or a gap.
@@ -467,6 +478,29 @@ pub(crate) fn open_extra_writer(
     at_rest::sql::register(&conn, keys)
         .map_err(StoreError::sqlite("register the at-rest functions"))?;
     schema::prepare_writer(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens another read-write connection to `relay.db` in `data_dir` with the
+/// writer's pragmas but without the at-rest functions, for the audit and
+/// retention work that reads and deletes rows without opening sealed
+/// values. It does not migrate, because a migration may need the at-rest key,
+/// so a database at an older schema version is rejected.
+pub(crate) fn open_migrated_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(StoreError::sqlite("open the database file"))?;
+    schema::set_writer_pragmas(&conn)?;
+    let found = schema::schema_version(&conn)?;
+    if found != schema::SCHEMA_VERSION {
+        return Err(StoreError::SchemaNotCurrent {
+            found,
+            expected: schema::SCHEMA_VERSION,
+        });
+    }
     Ok(conn)
 }
 

@@ -208,6 +208,8 @@ const MIGRATIONS: &[&str] = &[
     FROM frames GROUP BY session_id, stream_id;",
     // Version 5: the at-rest layer.
     AT_REST_MIGRATION,
+    // Version 6: the audit log, its signed checkpoints and retention anchors.
+    super::audit::MIGRATION,
 ];
 
 /// The at-rest migration: stores the wrapped data key and seals every
@@ -296,6 +298,16 @@ const WAL_SIZE_LIMIT_BYTES: i64 = 128 * 1024 * 1024;
 
 /// Sets the pragmas of the write connection and migrates the schema.
 pub(crate) fn prepare_writer(conn: &mut Connection) -> Result<(), StoreError> {
+    set_writer_pragmas(conn)?;
+    let from = migrate(conn)?;
+    if from < AT_REST_VERSION && SCHEMA_VERSION >= AT_REST_VERSION {
+        scrub_plaintext(conn)?;
+    }
+    Ok(())
+}
+
+/// Sets the pragmas of a write connection.
+pub(crate) fn set_writer_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(StoreError::sqlite("set the busy timeout"))?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -318,12 +330,7 @@ pub(crate) fn prepare_writer(conn: &mut Connection) -> Result<(), StoreError> {
     // before the at-rest migration, and no freed sealed value, lingers in
     // free pages.
     conn.pragma_update(None, "secure_delete", "ON")
-        .map_err(StoreError::sqlite("turn on secure delete"))?;
-    let from = migrate(conn)?;
-    if from < AT_REST_VERSION && SCHEMA_VERSION >= AT_REST_VERSION {
-        scrub_plaintext(conn)?;
-    }
-    Ok(())
+        .map_err(StoreError::sqlite("turn on secure delete"))
 }
 
 /// Returns the schema version of the database on `conn`.

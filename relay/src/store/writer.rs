@@ -22,6 +22,7 @@ use super::browsers;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{FrameRecord, NewSession, Redemption, StoreError};
 use crate::at_rest::{DataKeys, FrameCiphers};
+use crate::audit::AuditBatch;
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
 };
@@ -86,6 +87,8 @@ pub(crate) enum WriteOp {
         ended_at: i64,
         done: Completion,
     },
+    /// Append audit events and sign due checkpoints, under a savepoint.
+    Audit { batch: AuditBatch, done: Completion },
     /// Commit what is queued before it, then stop the thread.
     Stop,
 }
@@ -105,7 +108,8 @@ impl WriteOp {
             WriteOp::CreateSession { done, .. }
             | WriteOp::AppendFrame { done, .. }
             | WriteOp::RedeemInvite { done, .. }
-            | WriteOp::EndSession { done, .. } => done(outcome),
+            | WriteOp::EndSession { done, .. }
+            | WriteOp::Audit { done, .. } => done(outcome),
             WriteOp::Stop => {}
         }
     }
@@ -339,6 +343,7 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
             ended_at,
             ..
         } => end_session(conn, session_id, *ended_at),
+        WriteOp::Audit { batch, .. } => batch.apply(conn),
         WriteOp::Stop => Ok(()),
     }
 }

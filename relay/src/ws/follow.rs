@@ -14,6 +14,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Extension;
@@ -26,14 +27,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::follow_audit::FollowerAudit;
 use super::socket::{
     event_message, protocol_violation, Closing, Inbound, SendFailure, WsConnection,
 };
 use super::{configure, not_an_upgrade};
 use crate::accounts::live::{LiveSocket, SocketOwner};
+use crate::http::audited::peer_ip;
 use crate::http::{auth, staff, ApiError, AppState};
 use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription};
-use crate::listener::ConnectionTicket;
+use crate::listener::{ConnectionTicket, PeerAddr};
 use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
 
@@ -83,20 +86,30 @@ pub(crate) struct FollowQuery {
 /// with its epoch for [`RESUME_AFTER_END_MS`] to fetch a tail it missed.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     query: Result<Query<FollowQuery>, QueryRejection>,
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let record = auth::follow_session(&state, &headers).await?;
-    follow(state, record, query, ticket, upgrade, None).await
+    let credential = if headers.contains_key(AUTHORIZATION) {
+        "invite_token"
+    } else {
+        "follow_cookie"
+    };
+    let audit = FollowerAudit::patient(peer_ip(peer.as_ref()), credential);
+    follow(state, record, query, ticket, upgrade, None, audit).await
 }
 
 /// `GET /v1/sessions/{id}/follow`: requires a clinician of the session's
 /// organization, then upgrades with the same resume rules as an invite.
+// Each argument is an axum extractor.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn staff_upgrade(
     State(state): State<AppState>,
     Path(session): Path<String>,
+    peer: Option<Extension<PeerAddr>>,
     uri: Uri,
     headers: HeaderMap,
     query: Result<Query<FollowQuery>, QueryRejection>,
@@ -109,7 +122,8 @@ pub(crate) async fn staff_upgrade(
         staff::authenticate(&state, &headers, &Method::GET, uri.path(), endpoint).await?;
     let record = staff::clinician_session(&state, &principal, &session, endpoint).await?;
     let live = state.accounts.live.register(SocketOwner::of(&principal));
-    follow(state, record, query, ticket, upgrade, Some(live)).await
+    let audit = FollowerAudit::staff(&principal, peer_ip(peer.as_ref()));
+    follow(state, record, query, ticket, upgrade, Some(live), audit).await
 }
 
 async fn follow(
@@ -119,6 +133,7 @@ async fn follow(
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     live: Option<LiveSocket>,
+    audit: FollowerAudit,
 ) -> Result<Response, ApiError> {
     // The rejection text would repeat the query, so it stays out of the message.
     let Query(query) = query.map_err(|_| {
@@ -143,7 +158,7 @@ async fn follow(
     Ok(
         configure(upgrade, &limits).on_upgrade(move |socket| async move {
             let revoked = live.as_ref().map(|live| live.revoked().clone());
-            run(state, lease, socket, query, revoked).await;
+            run(state, lease, socket, query, revoked, audit).await;
             drop(live);
             drop(ticket);
             drop(hold);
@@ -157,6 +172,7 @@ async fn run(
     socket: WebSocket,
     query: FollowQuery,
     revoked: Option<CancellationToken>,
+    audit: FollowerAudit,
 ) {
     let conn = WsConnection::new(socket, ROLE, &state.limits);
     let from = query.from.unwrap_or(0);
@@ -166,6 +182,9 @@ async fn run(
         return;
     }
     tracing::debug!(session_id = %hub.session_id(), role = ROLE, from, "follower connected");
+    let session_id = hub.session_id();
+    // Queued without waiting for the commit: joining waits only while the audit queue is full.
+    state.audit.record(audit.joined(session_id, from)).await;
 
     let mut follower = Follower {
         feed: Feed::new(&state, hub, from),
@@ -183,7 +202,14 @@ async fn run(
         },
         None => follower.serve().await,
     };
+    let reason = match &ending {
+        Ending::Close(closing) => closing.code.to_string(),
+        Ending::Ended => "session_ended".to_owned(),
+        Ending::PeerGone => "disconnected".to_owned(),
+    };
+    let audit_log = follower.state.audit.clone();
     follower.finish(ending).await;
+    audit_log.record(audit.left(session_id, &reason)).await;
 }
 
 fn check_resume(hub: &HubLease, epoch: Option<u64>, from: u64) -> Result<(), Closing> {

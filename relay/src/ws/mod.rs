@@ -8,9 +8,11 @@
 //! | --- | --- |
 //! | [`publish`] | receive frames, order them, acknowledge commits |
 //! | [`follow`] | deliver history then live frames, commits and the session end |
+//! | [`follow_audit`] | audit events of followers joining and leaving |
 //! | [`socket`] | writes with a timeout, keepalive, closing |
 
 pub(crate) mod follow;
+mod follow_audit;
 pub(crate) mod publish;
 mod socket;
 
