@@ -586,3 +586,24 @@ async fn swapped_frame_blobs_fail_catch_up_reads() {
     assert_eq!(body, b"frame 2");
     store.close().await;
 }
+
+#[test]
+fn unmigrated_database_is_rejected_without_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+    drop(conn);
+
+    let opened = open_migrated_writer(dir.path());
+    assert!(
+        matches!(
+            opened,
+            Err(StoreError::SchemaNotCurrent {
+                found: 3,
+                expected: schema::SCHEMA_VERSION
+            })
+        ),
+        "{:?}",
+        opened.err()
+    );
+}
