@@ -17,6 +17,9 @@ use sealcast_relay::Limits;
 /// Upper bound on frames published while waiting for the detachment.
 const MAX_FRAMES: u64 = 20_000;
 
+/// Pause after each published frame.
+const PUBLISH_PACE: Duration = Duration::from_millis(1);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_follower_catches_up_from_store() {
     let limits = Limits {
@@ -41,6 +44,11 @@ async fn paused_follower_catches_up_from_store() {
         while sent < MAX_FRAMES && !stop_publishing.load(Ordering::Relaxed) {
             publisher.send_binary(stream.next_frame(true, 3000)).await;
             sent += 1;
+            // Paced, so that between the detachment and `stop` fewer frames
+            // arrive than the follower's queue holds. Unpaced, they could
+            // detach the catching-up follower again and again until the
+            // relay closes it as lagged.
+            tokio::time::sleep(PUBLISH_PACE).await;
         }
         acks_until(&mut publisher, stream_id, sent - 1).await;
         sent
