@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -25,6 +25,7 @@ use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::keys_cli::{self, KeysArgs};
 use crate::server::{start, RelayHandle};
+use crate::shell_docs;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +67,14 @@ enum Command {
     Audit(AuditArgs),
     /// Delete expired sessions and audit entries in the data directory.
     Retention(RetentionArgs),
+    /// Print a shell completion script for sealcast-relay.
+    Completions {
+        /// Shell to write the completion script for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the sealcast-relay man page (roff).
+    Man,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,6 +252,13 @@ pub fn main() -> ExitCode {
         Some(Command::Retention(args)) => {
             return run_command(|| audit_cli::run_retention(args).map(|()| true));
         }
+        Some(Command::Completions { shell }) => {
+            let mut command = Cli::command();
+            return print_document(|out| shell_docs::write_completions(shell, &mut command, out));
+        }
+        Some(Command::Man) => {
+            return print_document(|out| shell_docs::write_man(Cli::command(), out))
+        }
         None => (cli.serve, false),
     };
     if let Err(error) = init_logging(args.log_format) {
@@ -321,6 +337,17 @@ fn run_command(command: impl FnOnce() -> Result<bool, AuditError>) -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a generated document to standard output.
+fn print_document(write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>) -> ExitCode {
+    match write(&mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: failed to write to standard output: {error}");
             ExitCode::FAILURE
         }
     }
@@ -525,6 +552,27 @@ mod tests {
                 ..Limits::default()
             }
         );
+    }
+
+    #[test]
+    fn bash_completions_cover_commands() {
+        let mut script = Vec::new();
+        shell_docs::write_completions(clap_complete::Shell::Bash, &mut Cli::command(), &mut script)
+            .unwrap();
+        let script = String::from_utf8(script).unwrap();
+        assert!(script.contains("_sealcast__relay()"), "{script}");
+        for command in ["serve", "demo", "admin", "audit", "completions"] {
+            assert!(script.contains(command), "missing {command}");
+        }
+    }
+
+    #[test]
+    fn man_page_has_title_and_flags() {
+        let mut page = Vec::new();
+        shell_docs::write_man(Cli::command(), &mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.contains(".TH sealcast-relay"), "{page}");
+        assert!(page.contains("max\\-connections"), "{page}");
     }
 
     #[test]

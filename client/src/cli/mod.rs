@@ -8,6 +8,7 @@
 //! | `sealcast follow` | [`follow`] |
 //! | `sealcast totp enrol` | [`totp`] |
 //! | `sealcast admin users`, `create-user`, `devices`, `revoke-device` | [`admin`] |
+//! | `sealcast completions`, `man` | [`shell_docs`] |
 
 /// Writes a line to standard error, ignoring a closed or failing stream:
 /// unlike `eprintln!`, it never panics when stderr is a closed pipe.
@@ -23,6 +24,7 @@ pub mod follow;
 pub mod login;
 pub mod publish;
 pub mod session;
+pub mod shell_docs;
 pub mod totp;
 
 use std::io::BufRead;
@@ -91,6 +93,10 @@ pub enum Command {
     },
     /// Manage the users and devices of your organization (admins)
     Admin(admin::AdminArgs),
+    /// Print a shell completion script for sealcast
+    Completions(shell_docs::CompletionsArgs),
+    /// Print the sealcast man page (roff)
+    Man,
 }
 
 /// Parses the command line, runs the command and returns its outcome.
@@ -118,6 +124,8 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Session { command } => session::run(command, cli.state_dir).await,
         Command::Publish(args) => publish::run(args, cli.state_dir).await,
         Command::Follow(args) => follow::run(args).await,
+        Command::Completions(args) => shell_docs::completions(&args),
+        Command::Man => shell_docs::man(),
     }
 }
 
