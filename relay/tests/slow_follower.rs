@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const FRAMES: u64 = 10_000;
 const QUEUE_BYTES: usize = 128 * 1024;
+/// Frames sent between two 1 ms pauses of the publisher.
+const PACE_EVERY: u64 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_follower_does_not_stall_others() {
@@ -62,9 +64,16 @@ async fn stalled_follower_does_not_stall_others() {
 
     let (mut sink, mut acks) = publisher.inner.split();
     let sending = tokio::spawn(async move {
-        for _ in 0..FRAMES {
+        for sent in 0..FRAMES {
             let frame = stream.next_frame(true, 300);
             sink.send(Message::Binary(frame.into())).await.unwrap();
+            // A short pause now and then lets the reading follower, which
+            // shares this process's two runtime threads, keep up on a busy
+            // machine. Unpaced, it could fall behind repeatedly and be closed
+            // as lagged, which is not what this test is about.
+            if sent % PACE_EVERY == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         sink
     });
