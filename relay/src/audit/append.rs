@@ -152,8 +152,8 @@ fn sign(
 
 /// Audit work for the store's writer thread, which runs it inside its group
 /// transaction beside frames. So the relay's own events never compete with
-/// the frame writer for SQLite's write lock; admin commands and retention
-/// runs, which use connections of their own, still do.
+/// the frame writer for SQLite's write lock. Admin commands and retention
+/// runs use connections of their own, so they still do.
 pub(crate) struct AuditBatch {
     pub(crate) events: Vec<Event>,
     pub(crate) key: Arc<AuditKey>,

@@ -38,9 +38,9 @@ const ANCHOR_TAG: &str = "sealcast-audit-anchor-v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
-    /// What devices and patients did: sign-in, sessions, invites, followers.
+    /// Events of devices and patients: sign-in, sessions, invites, followers.
     Application,
-    /// What administrators and the relay's operator did: users, devices,
+    /// Events of administrators and the relay's operator: users, devices,
     /// settings, exports and retention runs.
     Admin,
 }
@@ -87,9 +87,9 @@ pub struct Entry {
     pub seq: u64,
     /// Unix milliseconds when the relay recorded the event.
     pub created_at: i64,
-    /// Who acted: a user or device id, `relay` or `admin-cli`.
+    /// Actor: a user or device id, `relay` or `admin-cli`.
     pub actor: String,
-    /// What happened, such as `session.started`.
+    /// Action name, such as `session.started`.
     pub action: String,
     /// Network address the request came from, when there was one.
     pub source: Option<String>,

@@ -16,7 +16,7 @@ pub(crate) const ACTOR_ADMIN_CLI: &str = "admin-cli";
 /// Actor of a patient's follower, which has no account.
 pub(crate) const ACTOR_PATIENT: &str = "patient";
 
-/// What happened. Each action belongs to one stream.
+/// Kind of event. Each action belongs to one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     /// A staff device or browser finished signing in.

@@ -57,7 +57,7 @@ enum Line {
     Entry(Entry),
 }
 
-/// What to export.
+/// Range and destination of an export.
 #[derive(Debug, Clone)]
 pub(crate) struct ExportRequest {
     pub(crate) streams: Vec<Stream>,

@@ -25,11 +25,11 @@ use crate::shutdown::Shutdown;
 use crate::store::audit as audit_store;
 use crate::store::{now_millis, open_migrated_writer, StoreError};
 
-/// Sessions deleted per transaction, so the frame writer never waits long
-/// for the write lock.
+/// Sessions deleted per transaction, which bounds how long one retention
+/// transaction keeps the frame writer from the write lock.
 const SESSIONS_PER_TRANSACTION: usize = 50;
 
-/// Longest wait after start before a running relay's first retention run.
+/// Delay between a relay's start and its first retention run.
 const FIRST_RUN_DELAY: Duration = Duration::from_secs(60);
 
 /// How long content and audit entries are kept.
@@ -53,7 +53,7 @@ impl Default for RetentionPolicy {
 
 const DAY_SECONDS: u64 = 24 * 60 * 60;
 
-/// What one retention run deleted.
+/// Counts of what one retention run deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RetentionOutcome {
     pub(crate) sessions: u64,

@@ -49,7 +49,7 @@ impl fmt::Display for Failure {
     }
 }
 
-/// What verification found in one stream.
+/// Verification result of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamSummary {
     /// Entries checked.
@@ -82,7 +82,7 @@ impl Report {
     }
 }
 
-/// Where a stream's chain starts.
+/// Starting point of a stream's chain.
 pub(crate) enum Start<'a> {
     /// At sequence number 1 after the genesis hash.
     Genesis,
@@ -295,7 +295,7 @@ fn verify_stream(
     }
 }
 
-/// Why a walk over entries stopped early.
+/// Reason a walk over entries stopped early.
 enum Visit {
     Store(StoreError),
     Failed(Failure),
