@@ -25,7 +25,7 @@ use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::keys_cli::{self, KeysArgs};
 use crate::server::{start, RelayHandle};
-use crate::shell_docs;
+use sealcast_client::cli::shell_docs;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -23,7 +23,6 @@
 //! | `server` | [`start`] and [`RelayHandle`] |
 //! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
 //! | `tls` | rustls setup, development certificate, live certificate swap |
-//! | `shell_docs` | shell completion scripts and the man page |
 //! | `shutdown` | shutdown signal and task tracking |
 //! | `accounts` | organizations, users, devices, tokens, staff sign-in |
 //! | `credentials` | random tokens and their hashes |
@@ -51,7 +50,6 @@ mod keys_cli;
 mod listener;
 pub mod metrics;
 mod server;
-mod shell_docs;
 mod shutdown;
 mod store;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! `sealcast completions SHELL` and `sealcast man`: a shell completion script
 //! and a roff man page, generated from the command-line definition so that
-//! they list every command and option of this build.
+//! they list every command and option of this build. The relay's command line
+//! uses the same generators.
 
 use std::io::{self, Write};
 
@@ -21,24 +22,29 @@ pub struct CompletionsArgs {
 /// Writes the completion script for `shell` to standard output.
 pub fn completions(args: &CompletionsArgs) -> Result<(), ClientError> {
     let mut out = io::stdout().lock();
-    write_completions(args.shell, &mut out).map_err(output_error)
+    write_completions(args.shell, &mut Cli::command(), &mut out).map_err(output_error)
 }
 
 /// Writes the man page to standard output.
 pub fn man() -> Result<(), ClientError> {
     let mut out = io::stdout().lock();
-    write_man(&mut out).map_err(output_error)
+    write_man(Cli::command(), &mut out).map_err(output_error)
 }
 
-fn write_completions(shell: Shell, out: &mut impl Write) -> io::Result<()> {
-    let mut command = Cli::command();
+/// Writes the completion script of `command` for `shell` to `out`.
+pub fn write_completions(
+    shell: Shell,
+    command: &mut clap::Command,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let name = command.get_name().to_owned();
-    clap_complete::generate(shell, &mut command, name, out);
+    clap_complete::generate(shell, command, name, out);
     out.flush()
 }
 
-fn write_man(out: &mut impl Write) -> io::Result<()> {
-    clap_mangen::Man::new(Cli::command()).render(out)?;
+/// Writes the man page of `command` to `out`.
+pub fn write_man(command: clap::Command, out: &mut impl Write) -> io::Result<()> {
+    clap_mangen::Man::new(command).render(out)?;
     out.flush()
 }
 
@@ -53,7 +59,7 @@ mod tests {
     #[test]
     fn bash_completions_cover_commands() {
         let mut script = Vec::new();
-        write_completions(Shell::Bash, &mut script).unwrap();
+        write_completions(Shell::Bash, &mut Cli::command(), &mut script).unwrap();
         let script = String::from_utf8(script).unwrap();
         assert!(script.contains("_sealcast()"), "{script}");
         for command in ["login", "publish", "follow", "session", "completions"] {
@@ -64,7 +70,7 @@ mod tests {
     #[test]
     fn man_page_has_title_and_commands() {
         let mut page = Vec::new();
-        write_man(&mut page).unwrap();
+        write_man(Cli::command(), &mut page).unwrap();
         let page = String::from_utf8(page).unwrap();
         assert!(page.contains(".TH sealcast"), "{page}");
         assert!(page.contains("follow"), "{page}");

@@ -109,14 +109,12 @@ impl Writer {
     /// queued before it, then returns the WAL file's size.
     fn settle(&mut self) -> u64 {
         let (committed, wait) = std::sync::mpsc::channel();
-        let failures = Arc::clone(&self.failures);
+        let count_failure = self.completion();
         let frame = self.next_frame();
         self.send(WriteOp::AppendFrame {
             frame,
             done: Box::new(move |result| {
-                if result.is_err() {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
+                count_failure(result);
                 let _ = committed.send(());
             }),
         });
