@@ -195,6 +195,9 @@ pub struct Limits {
     pub max_write_buffer_size: usize,
     /// Bytes of frames queued for one follower before it is switched to
     /// catch-up from the store. Past half of it, interim frames are skipped.
+    // NOTE: this bounds each follower, not the sum: with every follower
+    // behind at once, queues, store read-ahead (half this) and session rings
+    // (half this) grow with the number of connections.
     pub follower_queue_bytes: usize,
     /// Maximum time for a single WebSocket write before the peer is dropped.
     pub write_timeout: Duration,
