@@ -42,13 +42,18 @@ pub const STORE_CHECKPOINT_SECONDS: &str = "sealcast_store_checkpoint_seconds";
 pub const STORE_CHECKPOINT_FAILURES: &str = "sealcast_store_checkpoint_failures_total";
 /// Size of the WAL file after the last checkpoint.
 pub const STORE_WAL_BYTES: &str = "sealcast_store_wal_bytes";
-/// Store transactions that failed to commit.
+/// Store transactions that failed to commit, label `reason`: `disk_full`,
+/// `locked`, `io_error` or `other`. No write of such a transaction is
+/// acknowledged.
 pub const STORE_COMMIT_FAILURES: &str = "sealcast_store_commit_failures_total";
 /// Stored values and frames that failed at-rest decryption, label `column`
 /// (`table.column`). Each means the database was altered or a row was moved.
 pub const STORE_AT_REST_FAILURES: &str = "sealcast_store_at_rest_failures_total";
-/// Single writes that failed inside a committed transaction, for example a
-/// frame whose offset does not follow the stored ones.
+/// Store writes that failed, label `reason`. Every write of a failed
+/// transaction counts with the transaction's reason (`disk_full`, `locked`,
+/// `io_error`, `other`). A write refused inside a committed transaction counts
+/// as `rejected`, for example a frame whose offset does not follow the stored
+/// ones.
 pub const STORE_WRITE_FAILURES: &str = "sealcast_store_write_failures_total";
 /// Followers moved from live fan-out to catch-up from the store.
 pub const FOLLOWERS_DETACHED: &str = "sealcast_followers_detached_total";
@@ -211,7 +216,10 @@ fn describe() {
         "Store transaction latency."
     );
     describe_histogram!(STORE_COMMIT_BATCH_WRITES, "Writes per store transaction.");
-    describe_counter!(STORE_COMMIT_FAILURES, "Store transactions that failed.");
+    describe_counter!(
+        STORE_COMMIT_FAILURES,
+        "Store transactions that failed, by reason."
+    );
     describe_histogram!(
         STORE_CHECKPOINT_SECONDS,
         Unit::Seconds,
@@ -226,7 +234,7 @@ fn describe() {
         Unit::Bytes,
         "WAL file size after the last checkpoint."
     );
-    describe_counter!(STORE_WRITE_FAILURES, "Single store writes that failed.");
+    describe_counter!(STORE_WRITE_FAILURES, "Store writes that failed, by reason.");
     describe_counter!(
         STORE_AT_REST_FAILURES,
         "Stored values that failed at-rest decryption, by table and column."

@@ -408,7 +408,7 @@ async fn commit_failure_closes_sockets_and_rebuilds() {
     assert_eq!(follower.expect_close().await.0, close::INTERNAL_ERROR);
     let failures = common::metric_value(
         &relay.metrics().await,
-        "sealcast_store_write_failures_total",
+        "sealcast_store_write_failures_total{reason=\"rejected\"}",
     );
     assert!(failures >= 1.0, "failed store write not counted");
 

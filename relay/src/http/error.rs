@@ -7,7 +7,7 @@ use axum::Json;
 use sealcast_protocol::api::ErrorBody;
 use thiserror::Error;
 
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreFault};
 
 /// A failed request. The message goes to the client, so it names the problem
 /// and the fix but never a credential or internal detail.
@@ -117,8 +117,16 @@ impl From<StoreError> for ApiError {
                 "relay is shutting down: retry on another relay or later".into(),
             ),
             other => {
-                tracing::error!(error = %other, "store failed while serving a request");
-                ApiError::Internal
+                let fault = StoreFault::of(&other);
+                tracing::error!(error = %other, reason = fault.label(), "store failed while serving a request");
+                if fault.is_transient() {
+                    ApiError::Unavailable(format!(
+                        "relay cannot write its store ({}): retry later",
+                        fault.describe()
+                    ))
+                } else {
+                    ApiError::Internal
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ use super::queue::{FollowerQueue, Pushed};
 use super::state::HubState;
 use super::RegistryInner;
 use crate::store::{
-    FrameRecord, SessionRecord, SessionTail, Store, StoreError, WriteOp, WritePermit,
+    FrameRecord, SessionRecord, SessionTail, Store, StoreError, StoreFault, WriteOp, WritePermit,
 };
 
 /// Commit and end state that the session's sockets watch.
@@ -35,8 +35,9 @@ pub(crate) struct Progress {
     pub(crate) committed: u64,
     /// Once the session end is committed: the offset after its last frame.
     pub(crate) end: Option<u64>,
-    /// A commit failed: the hub is dropped and every socket on it must close.
-    pub(crate) failed: bool,
+    /// The fault of a failed commit. Once it is set, the hub is dropped and
+    /// every socket on it must close.
+    pub(crate) failed: Option<StoreFault>,
 }
 
 impl Progress {
@@ -56,8 +57,9 @@ impl Progress {
 pub(crate) struct Lifecycle {
     /// Once the session end is committed: the offset after its last frame.
     pub(crate) end: Option<u64>,
-    /// A commit failed: the hub is dropped and every socket on it must close.
-    pub(crate) failed: bool,
+    /// The fault of a failed commit. Once it is set, the hub is dropped and
+    /// every socket on it must close.
+    pub(crate) failed: Option<StoreFault>,
 }
 
 /// Outcome of [`SessionHub::offer`].
@@ -366,17 +368,18 @@ impl SessionHub {
     fn frame_committed(self: &Arc<Self>, offset: u64, result: Result<(), StoreError>) {
         let mut state = self.lock();
         match result {
-            Ok(()) if !state.failed => {
+            Ok(()) if state.failed.is_none() => {
                 state.committed = state.committed.max(offset + 1);
                 state.trim_ring(self.ring_budget);
             }
             Ok(()) => {}
             Err(error) => {
+                let fault = StoreFault::of(&error);
                 tracing::error!(
-                    session_id = %self.session_id, offset, %error,
+                    session_id = %self.session_id, offset, %error, reason = fault.label(),
                     "frame commit failed: closing the session's sockets and dropping its state"
                 );
-                state.fail();
+                state.fail(fault);
             }
         }
         self.publish(state);
@@ -389,11 +392,12 @@ impl SessionHub {
             // NotEndable: the stored session had already ended.
             Ok(()) | Err(StoreError::NotEndable { .. }) => state.end = Some(end_offset),
             Err(error) => {
+                let fault = StoreFault::of(&error);
                 tracing::error!(
-                    session_id = %self.session_id, %error,
+                    session_id = %self.session_id, %error, reason = fault.label(),
                     "session end commit failed: dropping the session's state"
                 );
-                state.fail();
+                state.fail(fault);
             }
         }
         self.publish(state);

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{FollowerQueue, Pushed};
 use super::session::{Offer, Progress};
 use super::HubFrame;
-use crate::store::{SessionRecord, SessionTail, WriteOp};
+use crate::store::{SessionRecord, SessionTail, StoreFault, WriteOp};
 
 /// The mutable part of a session hub.
 pub(super) struct HubState {
@@ -21,7 +21,7 @@ pub(super) struct HubState {
     /// The end was requested: frames are refused from now on.
     pub(super) ending: bool,
     pub(super) end_pending: bool,
-    pub(super) failed: bool,
+    pub(super) failed: Option<StoreFault>,
     pub(super) retired: bool,
     pub(super) leases: usize,
     streams: HashMap<StreamId, StreamPosition>,
@@ -61,7 +61,7 @@ impl HubState {
             end: ended.then_some(tail.next_offset),
             ending: ended,
             end_pending: false,
-            failed: false,
+            failed: None,
             retired: false,
             leases: 0,
             streams,
@@ -160,8 +160,8 @@ impl HubState {
             .retain(|(_, queue)| queue.push(frame) != Pushed::Detached);
     }
 
-    pub(super) fn fail(&mut self) {
-        self.failed = true;
+    pub(super) fn fail(&mut self, fault: StoreFault) {
+        self.failed = Some(fault);
         self.retired = true;
         self.ring.clear();
         self.ring_bytes = 0;

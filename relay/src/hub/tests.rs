@@ -360,7 +360,7 @@ async fn stopped_store_fails_unstored_frames() {
         matches!(enqueued, Err(StoreError::WriterStopped)),
         "{enqueued:?}"
     );
-    assert!(hub.watch_progress().borrow().failed);
+    assert!(hub.watch_progress().borrow().failed.is_some());
     assert_eq!(
         fixture.offer(&hub, &sealed(&mut sealer, true)).await,
         Offer::Unavailable

@@ -11,14 +11,17 @@
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
+//! | [`fault`] | classes of store failure for metrics and error reasons |
 //! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
 
 pub(crate) mod audit;
 mod browsers;
+mod fault;
 mod reader;
 mod schema;
 mod writer;
 
+pub(crate) use fault::StoreFault;
 pub(crate) use schema::BUSY_TIMEOUT;
 #[cfg(test)]
 pub(crate) use schema::{migrate_to, AT_REST_VERSION};

@@ -190,6 +190,91 @@ fn writer_fails_bad_writes_alone() {
     assert!(matches!(outcomes[7].1, Err(StoreError::NotEndable { .. })));
 }
 
+/// Runs `ops` through a writer on `conn` and returns each write's outcome.
+fn run_writes(conn: Connection, keys: Arc<at_rest::DataKeys>, ops: Vec<WriteOp>) {
+    let (queue, receiver) = mpsc::channel(1024);
+    for op in ops {
+        queue.try_send(op).ok().unwrap();
+    }
+    queue.try_send(WriteOp::Stop).ok().unwrap();
+    writer::run(conn, receiver, keys);
+}
+
+fn stored_offsets(dir: &Path, session_id: SessionId) -> Vec<i64> {
+    let conn = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    let mut statement = conn
+        .prepare("SELECT frame_offset FROM frames WHERE session_id = ?1 ORDER BY frame_offset")
+        .unwrap();
+    statement
+        .query_map([session_id.as_bytes().as_slice()], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn full_database_acknowledges_only_stored_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (SessionId::random(), SessionId::random());
+    let (conn, keys) = writer_connection(dir.path());
+    let outcomes = Outcomes::default();
+    let sessions = vec![
+        WriteOp::CreateSession {
+            session: new_session(first),
+            done: outcomes.completion(0),
+        },
+        WriteOp::CreateSession {
+            session: NewSession {
+                invite_token_hash: [4; 32],
+                ..new_session(second)
+            },
+            done: outcomes.completion(1),
+        },
+    ];
+    run_writes(conn, keys, sessions);
+    for (position, result) in outcomes.take() {
+        assert!(
+            result.is_ok(),
+            "session {position} was not created: {result:?}"
+        );
+    }
+
+    // The database may not grow by a single page, so a frame that needs
+    // overflow pages fails with SQLITE_FULL, while a small one would still
+    // fit in the pages the database has.
+    let (conn, keys) = writer_connection(dir.path());
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .unwrap();
+    conn.pragma_update(None, "max_page_count", pages).unwrap();
+    let mut large = frame(first, 0, 1, 0);
+    large.delivery = Bytes::from(vec![7u8; 256 * 1024]);
+    let frames = vec![
+        WriteOp::AppendFrame {
+            frame: large,
+            done: outcomes.completion(0),
+        },
+        WriteOp::AppendFrame {
+            frame: frame(second, 0, 2, 0),
+            done: outcomes.completion(1),
+        },
+    ];
+    run_writes(conn, keys, frames);
+
+    let outcomes = outcomes.take();
+    assert_eq!(outcomes.len(), 2);
+    let full = outcomes[0].1.as_ref().unwrap_err();
+    assert_eq!(StoreFault::of(full), StoreFault::DiskFull, "{full}");
+    assert_eq!(stored_offsets(dir.path(), first), Vec::<i64>::new());
+    let small_stored = !stored_offsets(dir.path(), second).is_empty();
+    assert_eq!(
+        outcomes[1].1.is_ok(),
+        small_stored,
+        "the small frame's outcome {:?} disagrees with the store, which has it: {small_stored}",
+        outcomes[1].1
+    );
+}
+
 #[tokio::test]
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();

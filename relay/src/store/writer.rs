@@ -19,6 +19,7 @@ use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
 use super::browsers;
+use super::fault::StoreFault;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{FrameRecord, NewSession, Redemption, StoreError};
 use crate::at_rest::{DataKeys, FrameCiphers};
@@ -302,19 +303,33 @@ fn commit_batch(conn: &mut Connection, ciphers: &mut FrameCiphers, batch: &mut V
     match outcomes {
         Ok(outcomes) => {
             for (op, outcome) in batch.drain(..).zip(outcomes) {
-                if outcome.as_ref().is_err_and(|error| !error.is_refusal()) {
-                    metrics::counter!(STORE_WRITE_FAILURES).increment(1);
+                if let Err(error) = &outcome {
+                    count_write_failure(error);
                 }
                 op.complete(outcome);
             }
         }
         Err(error) => {
-            metrics::counter!(STORE_COMMIT_FAILURES).increment(1);
-            tracing::error!(%error, writes = batch.len(), "store commit failed");
+            let fault = StoreFault::of(&error);
+            metrics::counter!(STORE_COMMIT_FAILURES, "reason" => fault.label()).increment(1);
+            metrics::counter!(STORE_WRITE_FAILURES, "reason" => fault.label())
+                .increment(batch.len() as u64);
+            // The error names the SQLite result and the step, never stored content.
+            tracing::error!(%error, reason = fault.label(), writes = batch.len(), "store commit failed: no write of the batch is acknowledged");
             for op in batch.drain(..) {
                 op.complete(Err(error.clone()));
             }
         }
+    }
+}
+
+/// Counts a write that failed on its own inside a committed transaction.
+/// Refusals, such as an invite that no browser may redeem any more, are
+/// answers to the request rather than failures, so they are not counted.
+fn count_write_failure(error: &StoreError) {
+    if !error.is_refusal() {
+        let fault = StoreFault::of(error);
+        metrics::counter!(STORE_WRITE_FAILURES, "reason" => fault.label()).increment(1);
     }
 }
 

@@ -38,7 +38,7 @@ use crate::http::{auth, staff, ApiError, AppState};
 use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription};
 use crate::listener::{ConnectionTicket, PeerAddr};
 use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
-use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
+use crate::store::{now_millis, SessionRecord, Store, StoreFault, StoredFrame};
 
 const ROLE: &str = "follower";
 
@@ -502,7 +502,7 @@ impl Feed {
                     () = subscription.queue().wait() => {}
                     changed = self.lifecycle.changed() => {
                         if changed.is_err() {
-                            return Work::Close(store_failed());
+                            return Work::Close(store_failed(None));
                         }
                     }
                     () = sleep_until(announcement) => {}
@@ -517,8 +517,8 @@ impl Feed {
     /// the live queue, or read the store when there is no subscription.
     fn ready_work(&mut self) -> Option<Work> {
         let progress = *self.progress.borrow_and_update();
-        if progress.failed {
-            return Some(Work::Close(store_failed()));
+        if let Some(fault) = progress.failed {
+            return Some(Work::Close(store_failed(Some(fault))));
         }
         if let Some(frame) = self.batch.pop_front() {
             self.cursor = frame.offset + 1;
@@ -583,7 +583,7 @@ impl Feed {
                 }
                 Err(self.announce_committed())
             }
-            Subscribe::Unavailable => Err(Some(Work::Close(store_failed()))),
+            Subscribe::Unavailable => Err(Some(Work::Close(store_failed(None)))),
         }
     }
 
@@ -641,13 +641,13 @@ impl Feed {
             .await
             .map_err(|error| {
                 tracing::error!(%session_id, %error, "failed to read stored frames for a follower");
-                store_failed()
+                store_failed(None)
             })?;
 
         // Offsets below the ring are committed, so the store must hold them all.
         if frames.first().map(|frame| frame.offset) != Some(self.cursor) {
             tracing::error!(%session_id, cursor = self.cursor, "stored history is missing frames");
-            return Err(store_failed());
+            return Err(store_failed(None));
         }
         self.batch.extend(frames);
         Ok(())
@@ -670,9 +670,12 @@ fn lagged(reason: &str) -> Work {
     ))
 }
 
-fn store_failed() -> Closing {
+/// Close for a failed store commit or read. The reason names the commit's
+/// fault when it is known, such as `disk full`.
+fn store_failed(fault: Option<StoreFault>) -> Closing {
+    let cause = fault.map_or(String::new(), |fault| format!(" ({})", fault.describe()));
     Closing::new(
         close::INTERNAL_ERROR,
-        "relay failed to store frames: reconnect and resume",
+        format!("relay failed to store frames{cause}: reconnect and resume"),
     )
 }

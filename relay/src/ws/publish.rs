@@ -30,7 +30,7 @@ use crate::http::{staff, ApiError, AppState};
 use crate::hub::{HubLease, Offer, Progress};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{frame_metrics, ActiveConnection, FRAMES_DUPLICATE, FRAMES_REJECTED};
-use crate::store::now_millis;
+use crate::store::{now_millis, StoreFault};
 
 const ROLE: &str = "publisher";
 
@@ -169,8 +169,8 @@ impl Publisher {
 
     async fn on_progress(&mut self) -> Result<(), Ending> {
         let progress = *self.progress.borrow_and_update();
-        if progress.failed {
-            return Err(Ending::Close(store_failed()));
+        if let Some(fault) = progress.failed {
+            return Err(Ending::Close(store_failed(Some(fault))));
         }
         self.send_acks(progress.committed).await?;
         if progress.end.is_some() && self.acks.is_empty() {
@@ -275,7 +275,7 @@ impl Publisher {
                 "session_ended",
                 Closing::new(close::SESSION_ENDED, "session has ended"),
             )),
-            Offer::Unavailable => Err(Ending::Close(store_failed())),
+            Offer::Unavailable => Err(Ending::Close(store_failed(self.progress.borrow().failed))),
         }
     }
 
@@ -315,8 +315,8 @@ impl Publisher {
         let deadline = Instant::now() + self.state.limits.write_timeout;
         loop {
             let progress = *self.progress.borrow_and_update();
-            if progress.failed {
-                return Err(Ending::Close(store_failed()));
+            if let Some(fault) = progress.failed {
+                return Err(Ending::Close(store_failed(Some(fault))));
             }
             self.send_acks(progress.committed).await?;
             if self.acks.is_empty() {
@@ -325,7 +325,7 @@ impl Publisher {
             tokio::select! {
                 changed = self.progress.changed() => {
                     if changed.is_err() {
-                        return Err(Ending::Close(store_failed()));
+                        return Err(Ending::Close(store_failed(None)));
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => return Ok(()),
@@ -381,10 +381,13 @@ fn decode_rejection(error: &ProtocolError) -> (&'static str, Closing) {
     }
 }
 
-fn store_failed() -> Closing {
+/// Close for a failed store commit. The reason names the fault when it is
+/// known, such as `disk full`, so the device can show why it is resending.
+fn store_failed(fault: Option<StoreFault>) -> Closing {
+    let cause = fault.map_or(String::new(), |fault| format!(" ({})", fault.describe()));
     Closing::new(
         close::INTERNAL_ERROR,
-        "relay failed to store frames: reconnect and resend unacknowledged frames",
+        format!("relay failed to store frames{cause}: reconnect and resend unacknowledged frames"),
     )
 }
 
