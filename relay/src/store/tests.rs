@@ -275,6 +275,64 @@ fn full_database_acknowledges_only_stored_writes() {
     );
 }
 
+#[test]
+fn transaction_rolled_back_by_sqlite_fails_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SessionId::random();
+    let (conn, keys) = writer_connection(dir.path());
+    let outcomes = Outcomes::default();
+    let create = WriteOp::CreateSession {
+        session: new_session(first),
+        done: outcomes.completion(0),
+    };
+    run_writes(conn, keys, vec![create]);
+    assert!(outcomes.take()[0].1.is_ok());
+
+    // A single-row INSERT runs without a statement journal, so SQLITE_FULL
+    // in one rolls back the whole transaction. The sessions below fill their
+    // table's last page, and the frame after them fits in a page of its own
+    // table: a writer that went on would store it outside any transaction.
+    let (conn, keys) = writer_connection(dir.path());
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .unwrap();
+    conn.pragma_update(None, "max_page_count", pages).unwrap();
+    let mut ops: Vec<WriteOp> = (1..200u8)
+        .map(|index| WriteOp::CreateSession {
+            session: NewSession {
+                invite_token_hash: [index; 32],
+                ..new_session(SessionId::random())
+            },
+            done: outcomes.completion(usize::from(index)),
+        })
+        .collect();
+    ops.push(WriteOp::AppendFrame {
+        frame: frame(first, 0, 1, 0),
+        done: outcomes.completion(200),
+    });
+    run_writes(conn, keys, ops);
+
+    let outcomes = outcomes.take();
+    let failed = outcomes
+        .iter()
+        .filter(|(_, result)| result.is_err())
+        .count();
+    assert!(failed > 0, "no write hit the page limit");
+    for (position, result) in &outcomes {
+        if let Err(error) = result {
+            let fault = StoreFault::of(error);
+            assert_eq!(fault, StoreFault::DiskFull, "write {position}: {error}");
+        }
+    }
+    let frame_stored = !stored_offsets(dir.path(), first).is_empty();
+    let frame_outcome = &outcomes.last().unwrap().1;
+    assert_eq!(
+        frame_outcome.is_ok(),
+        frame_stored,
+        "the frame's outcome {frame_outcome:?} disagrees with the store, which has it: {frame_stored}"
+    );
+}
+
 #[tokio::test]
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();

@@ -334,6 +334,12 @@ fn count_write_failure(error: &StoreError) {
 }
 
 /// Runs every write in one transaction. The outer error means nothing was committed.
+///
+/// SQLite rolls the whole transaction back by itself when some statements
+/// fail with `SQLITE_FULL`, `SQLITE_IOERR` or `SQLITE_NOMEM`. The batch then
+/// stops at that write and fails with its error: the writes before it are
+/// gone, and the writes after it would otherwise run outside a transaction,
+/// each committed on its own while the batch reported them failed.
 fn apply_batch(
     conn: &mut Connection,
     ciphers: &mut FrameCiphers,
@@ -342,7 +348,16 @@ fn apply_batch(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(StoreError::sqlite("begin a transaction"))?;
-    let outcomes = batch.iter().map(|op| apply(&tx, ciphers, op)).collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for op in batch {
+        let outcome = apply(&tx, ciphers, op);
+        if let Err(error) = &outcome {
+            if tx.is_autocommit() {
+                return Err(error.clone());
+            }
+        }
+        outcomes.push(outcome);
+    }
     tx.commit()
         .map_err(StoreError::sqlite("commit a transaction"))?;
     Ok(outcomes)
