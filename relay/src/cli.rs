@@ -490,7 +490,7 @@ async fn wait_for_stop(handle: &RelayHandle, signals: &mut StopSignals) -> io::R
             }
             _ = hangup.recv() => match handle.reload_tls() {
                 Ok(()) => tracing::info!("SIGHUP received: TLS certificate reloaded"),
-                Err(error) => tracing::error!(%error, "failed to reload the TLS certificate: keeping the current one"),
+                Err(error) => tracing::error!(%error, "SIGHUP received: failed to reload the TLS certificate, keeping the current one"),
             },
         }
     }

@@ -80,6 +80,10 @@ pub const SESSIONS_ENDED: &str = "sealcast_sessions_ended_total";
 pub const HTTP_REQUESTS: &str = "sealcast_http_requests_total";
 /// WebSockets closed by the relay, labels `role` and `code`.
 pub const WEBSOCKET_CLOSES: &str = "sealcast_websocket_closes_total";
+/// Certificate reloads on SIGHUP, label `result`: `ok`, or `failed` when the
+/// files could not be read or do not form a valid pair and the relay kept
+/// serving the certificate it had.
+pub const TLS_RELOADS: &str = "sealcast_tls_reloads_total";
 /// Peers that broke the WebSocket protocol (RFC 6455), label `role`.
 pub const WEBSOCKET_PROTOCOL_ERRORS: &str = "sealcast_websocket_protocol_errors_total";
 
@@ -244,6 +248,7 @@ fn describe() {
         FOLLOWERS_DETACHED,
         "Followers switched to catch-up from the store."
     );
+    describe_counter!(TLS_RELOADS, "Certificate reloads, by result.");
     describe_counter!(FOLLOWERS_LAGGED, "Followers closed for falling behind.");
     describe_gauge!(
         FOLLOWER_QUEUE_BYTES,

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::metrics::TLS_RELOADS;
 
 /// File name of the development certificate in the data directory.
 pub const DEV_CERT_FILE: &str = "dev-cert.pem";
@@ -139,11 +140,22 @@ impl Tls {
         })
     }
 
-    /// Reads the certificate files again and serves them from the next handshake on.
+    /// Reads the certificate files again and serves them from the next
+    /// handshake on. When they cannot be read, or the key does not match the
+    /// certificate, the current certificate stays in place. Either way the
+    /// outcome is counted in [`TLS_RELOADS`].
     pub(crate) fn reload(&self) -> Result<(), RelayError> {
-        let certified = self.source.load(&self.provider)?;
-        self.resolver.replace(certified);
-        Ok(())
+        match self.source.load(&self.provider) {
+            Ok(certified) => {
+                self.resolver.replace(certified);
+                metrics::counter!(TLS_RELOADS, "result" => "ok").increment(1);
+                Ok(())
+            }
+            Err(error) => {
+                metrics::counter!(TLS_RELOADS, "result" => "failed").increment(1);
+                Err(error)
+            }
+        }
     }
 }
 
