@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use sealcast_protocol::api::{close, PublisherEvent};
 use sealcast_protocol::{SessionId, StreamId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -61,6 +61,8 @@ pub(crate) struct Link {
     pub(crate) finishing: bool,
     pub(crate) frames: u64,
     pub(crate) reconnects: u32,
+    /// The highest acknowledged sequence number, for [`super::Publisher::acknowledged_seq`].
+    pub(crate) acknowledged: watch::Sender<Option<u64>>,
 }
 
 impl Link {
@@ -290,6 +292,7 @@ impl Link {
         match self.outbox.acknowledge(stream_id, seq, offset) {
             AckOutcome::Advanced(count) => {
                 tracing::trace!(session_id = %self.session_id, seq, offset, count, "frames acknowledged");
+                self.acknowledged.send_replace(self.outbox.acknowledged());
             }
             AckOutcome::Stale => {}
             AckOutcome::OtherStream => {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use sealcast_protocol::{
     EndOfSession, SessionId, SessionKey, StreamId, StreamSealer, TranscriptSegment,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
@@ -107,6 +107,7 @@ pub struct Publisher {
     commands: mpsc::Sender<Command>,
     link: Option<JoinHandle<Result<PublishReport, ClientError>>>,
     final_segments: u64,
+    acknowledged: watch::Receiver<Option<u64>>,
 }
 
 impl Publisher {
@@ -116,6 +117,7 @@ impl Publisher {
         let sealer = StreamSealer::new(key, config.session_id);
         let (commands, command_receiver) = mpsc::channel(1);
         let (connected, connected_receiver) = oneshot::channel();
+        let (acknowledged, acknowledged_receiver) = watch::channel(None);
 
         let link = Link {
             relay: config.relay.clone(),
@@ -131,6 +133,7 @@ impl Publisher {
             finishing: false,
             frames: 0,
             reconnects: 0,
+            acknowledged,
         };
         let mut link = tokio::spawn(link.run());
 
@@ -147,7 +150,15 @@ impl Publisher {
             commands,
             link: Some(link),
             final_segments: 0,
+            acknowledged: acknowledged_receiver,
         })
+    }
+
+    /// Returns the highest sequence number the relay has acknowledged so
+    /// far, which it has committed to its store, or `None` before the first
+    /// acknowledgement.
+    pub fn acknowledged_seq(&self) -> Option<u64> {
+        *self.acknowledged.borrow()
     }
 
     /// Returns the id of the stream this publisher seals on.
