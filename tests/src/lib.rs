@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod audit;
+pub mod faults;
 pub mod leaks;
 pub mod memory;
 pub mod metrics;

@@ -112,6 +112,21 @@ impl RelayProcess {
         thread::sleep(Duration::from_millis(100));
     }
 
+    /// Checks whether the relay process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends the signal `name`, such as `HUP`, without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed with {status}");
+    }
+
     /// Sends SIGTERM and waits for a graceful exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let _ = Command::new("kill")

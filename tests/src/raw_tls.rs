@@ -1,6 +1,6 @@
 //! Sending arbitrary bytes to the relay's port, either in place of a TLS
 //! handshake or inside a TLS connection, and reading what the relay sends
-//! back before it closes the connection.
+//! back before it closes the connection, or only the certificate it serves.
 //!
 //! These helpers block, so call them from `tokio::task::spawn_blocking`.
 
@@ -44,6 +44,30 @@ pub fn exchange_over_tls(addr: SocketAddr, tls: &TlsSettings, bytes: &[u8]) -> V
     stream.write_all(bytes).expect("bytes are sent over TLS");
     stream.flush().expect("TLS records are flushed");
     read_until_closed(&mut stream)
+}
+
+/// Completes a TLS handshake with the relay at `addr`, trusting `tls`, and
+/// returns the DER of the leaf certificate the relay served.
+pub fn served_certificate(addr: SocketAddr, tls: &TlsSettings) -> Vec<u8> {
+    let config = tls
+        .websocket_config()
+        .expect("TLS settings build a client configuration");
+    let server_name = ServerName::from(addr.ip());
+    let mut connection = ClientConnection::new(config, server_name).expect("TLS client starts");
+    let mut socket = TcpStream::connect(addr).expect("TCP connection to the relay");
+    socket
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("read timeout is set");
+    while connection.is_handshaking() {
+        connection
+            .complete_io(&mut socket)
+            .expect("TLS handshake with the relay completes");
+    }
+    connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.to_vec())
+        .expect("the relay served a certificate")
 }
 
 /// Reads until end of file or a reset, which both mean the relay closed.

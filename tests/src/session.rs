@@ -163,6 +163,8 @@ pub struct FollowOutcome {
     pub gap_reports: Vec<(u64, u64)>,
     /// Reconnections seen.
     pub disconnects: usize,
+    /// The reason of each disconnection, with the relay's close code and reason.
+    pub disconnect_reasons: Vec<String>,
     /// Whether the end-of-session frame was opened.
     pub end_of_session: bool,
     /// Whether following ended because the session ended.
@@ -219,7 +221,10 @@ fn record_event(outcome: &mut FollowOutcome, event: FollowEvent) -> bool {
             outcome.gaps += missing_final_frames;
             outcome.gap_reports.push((offset, missing_final_frames));
         }
-        FollowEvent::Disconnected { .. } => outcome.disconnects += 1,
+        FollowEvent::Disconnected { reason, .. } => {
+            outcome.disconnects += 1;
+            outcome.disconnect_reasons.push(reason);
+        }
         FollowEvent::EndOfSession { offset, .. } => {
             outcome.opened.push(offset);
             outcome.end_of_session = true;

@@ -81,6 +81,11 @@ impl FrameStore {
             .unwrap_or_else(|err| panic!("no frame at offset {offset} of {session}: {err}"))
     }
 
+    /// Returns the sequence numbers stored for `stream`, in offset order.
+    pub fn stream_seqs(&self, session: SessionId, stream: StreamId) -> Vec<u64> {
+        stored_seqs(&self.conn, session, stream)
+    }
+
     /// Returns the decoded header of the frame stored at `offset`.
     pub fn header(&self, session: SessionId, offset: u64) -> FrameHeader {
         FrameHeader::decode_frame(&self.frame(session, offset))
@@ -172,6 +177,35 @@ impl FrameStore {
             .expect("frame insert succeeds");
         offset
     }
+}
+
+/// Returns the sequence numbers of `stream` stored in the database of a
+/// running or stopped relay, in offset order. It reads only the unsealed
+/// `seq` column, so it needs no at-rest key, and opens the file read-only.
+pub fn running_stream_seqs(data_dir: &Path, session: SessionId, stream: StreamId) -> Vec<u64> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|err| panic!("failed to open {} read-only: {err}", path.display()));
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout is set");
+    stored_seqs(&conn, session, stream)
+}
+
+fn stored_seqs(conn: &Connection, session: SessionId, stream: StreamId) -> Vec<u64> {
+    let mut statement = conn
+        .prepare(
+            "SELECT seq FROM frames WHERE session_id = ?1 AND stream_id = ?2
+             ORDER BY frame_offset",
+        )
+        .expect("the frames table exists");
+    statement
+        .query_map(
+            params![session.as_bytes().as_slice(), stream.as_bytes().as_slice()],
+            |row| row.get::<_, i64>(0),
+        )
+        .expect("sequence numbers are readable")
+        .map(|seq| seq.expect("seq is an integer") as u64)
+        .collect()
 }
 
 fn now_millis() -> i64 {
