@@ -40,8 +40,7 @@ pub fn load_consultation(test: &str, index: usize) -> Consultation {
         .map(PathBuf::from)
         .filter(|dir| dir.join("primock57").is_dir());
     let Some(dir) = dir else {
-        let message =
-            format!("{test}: {TRANSCRIPTS_ENV} does not name a folder with primock57/");
+        let message = format!("{test}: {TRANSCRIPTS_ENV} does not name a folder with primock57/");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
         eprintln!("{message}: publishing the demo sample consultation instead");
         return Consultation {
@@ -155,7 +154,11 @@ pub fn assert_acknowledged_stored(
 /// Checks that a follower saw the session end and received exactly
 /// `expected`'s final segments, each once and in order, with no frame
 /// rejected and no gap.
-pub fn assert_follower_complete(who: &str, outcome: &FollowOutcome, expected: &[TranscriptSegment]) {
+pub fn assert_follower_complete(
+    who: &str,
+    outcome: &FollowOutcome,
+    expected: &[TranscriptSegment],
+) {
     assert!(outcome.ended, "{who}: did not see the session end");
     assert!(outcome.end_of_session, "{who}: no end-of-session frame");
     assert!(
@@ -163,7 +166,11 @@ pub fn assert_follower_complete(who: &str, outcome: &FollowOutcome, expected: &[
         "{who}: rejected {:?}",
         outcome.rejected
     );
-    assert_eq!(outcome.gaps, 0, "{who}: reported gaps {:?}", outcome.gap_reports);
+    assert_eq!(
+        outcome.gaps, 0,
+        "{who}: reported gaps {:?}",
+        outcome.gap_reports
+    );
     for pair in outcome.opened.windows(2) {
         assert!(
             pair[0] < pair[1],
@@ -172,7 +179,11 @@ pub fn assert_follower_complete(who: &str, outcome: &FollowOutcome, expected: &[
             pair[0]
         );
     }
-    let ids: Vec<u64> = outcome.finals.iter().map(|(_, _, s)| s.segment_id).collect();
+    let ids: Vec<u64> = outcome
+        .finals
+        .iter()
+        .map(|(_, _, s)| s.segment_id)
+        .collect();
     let expected_ids: Vec<u64> = expected.iter().map(|s| s.segment_id).collect();
     assert_eq!(ids, expected_ids, "{who}: final segment ids differ");
     // Interim revisions raise a final segment's revision number, so the

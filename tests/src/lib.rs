@@ -24,6 +24,7 @@ pub mod session;
 pub mod smtp_sink;
 pub mod staff;
 pub mod store;
+pub mod store_fault;
 pub mod streaming;
 pub mod transcripts;
 pub mod wire_socket;

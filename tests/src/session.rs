@@ -257,6 +257,11 @@ pub async fn wait_until_connected(follower: &mut Follower, limit: Duration) {
         .expect("the follower did not connect in time");
 }
 
+/// Returns trust settings for the development certificate of `relay`.
+pub fn relay_tls(relay: &RelayProcess) -> TlsSettings {
+    TlsSettings::from_ca_file(&relay.ca_cert()).expect("dev certificate loads")
+}
+
 fn encode(bytes: &[u8]) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
