@@ -42,8 +42,25 @@ impl StaffDevice {
         Self::sign_in_new_user(relay, &org_id, Role::Clinician).await
     }
 
+    /// Creates a new organization with one clinician and signs a device
+    /// in, trusting the certificates in `ca_cert` in place of the relay's
+    /// development certificate.
+    pub async fn clinician_trusting(relay: &RelayProcess, ca_cert: &Path) -> Self {
+        let org_id = create_organization(&relay.data_dir);
+        Self::sign_in_trusting(relay, &org_id, Role::Clinician, ca_cert).await
+    }
+
     /// Creates a user of `org_id` with `role` and signs a device in.
     pub async fn sign_in_new_user(relay: &RelayProcess, org_id: &str, role: Role) -> Self {
+        Self::sign_in_trusting(relay, org_id, role, &relay.ca_cert()).await
+    }
+
+    async fn sign_in_trusting(
+        relay: &RelayProcess,
+        org_id: &str,
+        role: Role,
+        ca_cert: &Path,
+    ) -> Self {
         let number = NEXT_ACCOUNT.fetch_add(1, Ordering::Relaxed);
         let email = format!("staff-{}-{number}@clinic.example", std::process::id());
         let user_id = admin(
@@ -59,7 +76,7 @@ impl StaffDevice {
             ],
         );
         let url = Url::parse(&relay.base_url()).expect("relay URL parses");
-        let device = sign_in(&url, &relay.ca_cert(), &relay.outbox_dir(), &email).await;
+        let device = sign_in(&url, ca_cert, &relay.outbox_dir(), &email).await;
         StaffDevice {
             device: device.0,
             org_id: org_id.to_string(),
