@@ -1,7 +1,7 @@
-//! Support for the fault tests: a consultation published in the background
-//! whose highest acknowledged frame the test can read at any moment, and the
-//! checks that every acknowledged frame is stored and that followers
-//! received the whole transcript once and in order.
+//! Support for the fault tests. A consultation is published in the
+//! background, and the test can read its highest acknowledged frame at any
+//! moment. The checks confirm that every acknowledged frame is stored and
+//! that followers received the whole transcript once and in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,7 +125,7 @@ fn record(shared: &AtomicU64, publisher: &Publisher) {
     }
 }
 
-/// Checks that the store of the relay in `data_dir` holds every sequence
+/// Checks that the store of the relay in `data_dir` contains every sequence
 /// number of `stream` up to `acknowledged`, in order and once each.
 pub fn assert_acknowledged_stored(
     data_dir: &Path,

@@ -125,7 +125,7 @@ impl FaultRun {
 
     /// Lets the publisher finish, ends the session and checks that nothing
     /// acknowledged was lost and that the follower has the whole transcript.
-    /// Also checks the follower was told `described` and the relay logged
+    /// Also checks that a close sent to the follower named `described` and the relay logged
     /// the fault under `reason` without transcript text.
     pub async fn finish(
         self,

@@ -1,9 +1,9 @@
 //! SIGHUP makes the relay read its certificate files again. Sockets that
-//! are open keep streaming across the reload, new connections get the new
-//! certificate, and files that do not form a valid pair (a key of another
-//! certificate, garbage, a certificate cut off halfway through) are rejected
-//! with a logged error and `sealcast_tls_reloads_total{result="failed"}`
-//! while the previous certificate keeps serving. The relay has no file
+//! are open keep streaming across the reload, and new connections get the
+//! new certificate. Files that do not form a valid pair are rejected with a
+//! logged error and `sealcast_tls_reloads_total{result="failed"}` while the
+//! previous certificate keeps serving: a key of another certificate,
+//! garbage, and a certificate cut off halfway through. The relay has no file
 //! watcher: only SIGHUP reloads.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -90,7 +90,7 @@ async fn sighup_swaps_certificate_and_rejects_bad_pairs() {
     install(files.path(), &first.cert, &first.key);
 
     // Clients trust all three certificates, so that only the relay decides
-    // which one a connection sees.
+    // which one a connection gets.
     let bundle = files.path().join("trusted.pem");
     std::fs::write(
         &bundle,

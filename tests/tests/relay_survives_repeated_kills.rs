@@ -1,6 +1,6 @@
 //! A relay killed with SIGKILL five times at random moments of a real
 //! consultation, and restarted each time on the same data directory, loses
-//! no frame it acknowledged. After every kill the store holds each frame
+//! no frame it acknowledged. After every kill the store contains each frame
 //! that the publisher saw acknowledged, and at the end every follower,
 //! including one that joins after the last restart, has the whole
 //! transcript once and in order.

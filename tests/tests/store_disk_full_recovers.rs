@@ -1,8 +1,8 @@
 //! A relay whose data directory fills up while a consultation streams
-//! acknowledges no frame it could not commit, closes the sockets with 1011
-//! naming the full disk, counts `disk_full` store failures, answers a new
-//! session with 503, keeps running, and delivers the whole transcript once
-//! space returns. The publisher resends what was not acknowledged.
+//! acknowledges no frame it could not commit. It closes the sockets with
+//! 1011 naming the full disk, counts `disk_full` store failures, rejects a
+//! new session with 503 and keeps running. Once space returns it delivers
+//! the whole transcript. The publisher resends what was not acknowledged.
 //!
 //! The data directory is a 16 MiB tmpfs that a ballast file fills, so
 //! SQLite gets a real ENOSPC from the kernel. Mounting needs root, as CI
@@ -22,7 +22,7 @@ use sealcast_tests::faults::load_consultation;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::store_fault::FaultRun;
 
-/// Size of the tmpfs that holds the data directory.
+/// Size of the tmpfs that contains the data directory.
 const TMPFS_SIZE: &str = "16m";
 
 /// A tmpfs mounted for the test, unmounted when dropped.

@@ -1,8 +1,8 @@
-//! A relay whose database another process holds locked for longer than the
-//! relay's 5 s busy timeout acknowledges no frame it could not commit,
+//! A relay whose database another process keeps locked for longer than the
+//! relay's 5 s busy timeout acknowledges no frame it could not commit. It
 //! closes the sockets with 1011 naming the lock, counts `locked` store
-//! failures, answers a new session with 503, keeps running, and delivers
-//! the whole transcript once the lock is released.
+//! failures, rejects a new session with 503 and keeps running. Once the
+//! lock is released it delivers the whole transcript.
 //!
 //! The test itself is the other process: its own SQLite connection to
 //! `relay.db` runs `BEGIN EXCLUSIVE` and holds the write lock until the
