@@ -17,7 +17,7 @@ use serde_json::Value;
 use url::Url;
 
 /// Methods probed on every documented path. HEAD and OPTIONS are left out:
-/// axum answers HEAD on every GET route by itself.
+/// axum serves HEAD on every GET route by itself.
 const PROBED_METHODS: [Method; 5] = [
     Method::GET,
     Method::POST,
@@ -46,7 +46,11 @@ async fn openapi_lists_every_route() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "GET /openapi.json failed");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "GET /openapi.json failed"
+    );
     let content_type = response.headers()["content-type"].to_str().unwrap();
     assert_eq!(content_type, "application/json");
     let text = response.text().await.unwrap();
@@ -72,7 +76,11 @@ async fn openapi_lists_every_route() {
         "/openapi.json lists routes the router does not have: {documented:?}"
     );
 
-    for path in documented.iter().map(|(_, path)| path).collect::<BTreeSet<_>>() {
+    for path in documented
+        .iter()
+        .map(|(_, path)| path)
+        .collect::<BTreeSet<_>>()
+    {
         let url = base.join(&fill_parameters(path)).unwrap();
         for method in PROBED_METHODS {
             let listed = documented.contains(&(method.as_str().to_owned(), path.clone()));
@@ -143,10 +151,16 @@ fn is_method(key: &str) -> bool {
 /// Checks the fields OpenAPI 3.1 requires and the rules this API keeps.
 fn check_well_formed(document: &Value) {
     assert_eq!(document["openapi"], "3.1.0", "wrong OpenAPI version");
-    assert!(document["info"]["title"].as_str().is_some_and(|title| !title.is_empty()));
-    assert!(document["info"]["version"].as_str().is_some_and(|version| !version.is_empty()));
+    assert!(document["info"]["title"]
+        .as_str()
+        .is_some_and(|title| !title.is_empty()));
+    assert!(document["info"]["version"]
+        .as_str()
+        .is_some_and(|version| !version.is_empty()));
 
-    let schemes = document["components"]["securitySchemes"].as_object().unwrap();
+    let schemes = document["components"]["securitySchemes"]
+        .as_object()
+        .unwrap();
     let mut operation_ids = BTreeSet::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         assert!(path.starts_with('/'), "path {path} does not start with /");
@@ -155,7 +169,10 @@ fn check_well_formed(document: &Value) {
             let name = format!("{} {path}", method.to_uppercase());
             check_operation(&name, path, operation, schemes);
             if let Some(id) = operation["operationId"].as_str() {
-                assert!(operation_ids.insert(id.to_owned()), "operationId {id} is used twice");
+                assert!(
+                    operation_ids.insert(id.to_owned()),
+                    "operationId {id} is used twice"
+                );
             }
         }
     }
@@ -194,19 +211,27 @@ fn check_operation(
     }
 
     for parameter in path_parameters(path) {
-        let declared = operation["parameters"].as_array().is_some_and(|parameters| {
-            parameters.iter().any(|declared| {
-                declared["name"] == parameter.as_str()
-                    && declared["in"] == "path"
-                    && declared["required"] == true
-            })
-        });
-        assert!(declared, "{name} does not declare path parameter {parameter}");
+        let declared = operation["parameters"]
+            .as_array()
+            .is_some_and(|parameters| {
+                parameters.iter().any(|declared| {
+                    declared["name"] == parameter.as_str()
+                        && declared["in"] == "path"
+                        && declared["required"] == true
+                })
+            });
+        assert!(
+            declared,
+            "{name} does not declare path parameter {parameter}"
+        );
     }
 
     for requirement in operation["security"].as_array().into_iter().flatten() {
         for scheme in requirement.as_object().unwrap().keys() {
-            assert!(schemes.contains_key(scheme), "{name} names unknown security scheme {scheme}");
+            assert!(
+                schemes.contains_key(scheme),
+                "{name} names unknown security scheme {scheme}"
+            );
         }
     }
 }
@@ -231,9 +256,12 @@ fn check_references(document: &Value, node: &Value) {
                     "reference {reference} points to nothing"
                 );
             }
-            map.values().for_each(|value| check_references(document, value));
+            map.values()
+                .for_each(|value| check_references(document, value));
         }
-        Value::Array(items) => items.iter().for_each(|value| check_references(document, value)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|value| check_references(document, value)),
         _ => {}
     }
 }

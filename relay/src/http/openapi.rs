@@ -13,9 +13,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use sealcast_protocol::api::{ErrorBody, FollowerEvent, PublisherEvent, FOLLOW_COOKIE};
 use sealcast_protocol::auth::{ACCESS_COOKIE, CSRF_HEADER, DPOP_HEADER, REFRESH_COOKIE};
-use utoipa::openapi::security::{
-    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
-};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 

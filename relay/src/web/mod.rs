@@ -179,7 +179,9 @@ mod tests {
     async fn get_path(path: &str) -> Response {
         let request = Request::get(path).body(Body::empty()).unwrap();
         axum::Router::from(routes::<()>())
-            .oneshot(request).await.unwrap()
+            .oneshot(request)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
