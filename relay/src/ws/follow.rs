@@ -39,6 +39,7 @@ use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription}
 use crate::listener::{ConnectionTicket, PeerAddr};
 use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoredFrame};
+use tracing::Instrument;
 
 const ROLE: &str = "follower";
 
@@ -182,15 +183,18 @@ async fn follow(
 
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
-    Ok(
-        configure(upgrade, &limits).on_upgrade(move |socket| async move {
+    // axum runs the socket in a task of its own: keep the connection's span.
+    let span = tracing::Span::current();
+    Ok(configure(upgrade, &limits).on_upgrade(move |socket| {
+        async move {
             let revoked = live.as_ref().map(|live| live.revoked().clone());
             run(state, lease, socket, query, revoked, audit).await;
             drop(live);
             drop(ticket);
             drop(hold);
-        }),
-    )
+        }
+        .instrument(span)
+    }))
 }
 
 async fn run(

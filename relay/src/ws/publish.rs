@@ -31,6 +31,7 @@ use crate::hub::{HubLease, Offer, Progress};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{frame_metrics, ActiveConnection, FRAMES_DUPLICATE, FRAMES_REJECTED};
 use crate::store::now_millis;
+use tracing::Instrument;
 
 const ROLE: &str = "publisher";
 
@@ -74,15 +75,18 @@ pub(crate) async fn upgrade(
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
     let live = state.accounts.live.register(SocketOwner::of(&principal));
-    Ok(
-        configure(upgrade, &limits).on_upgrade(move |socket| async move {
+    // axum runs the socket in a task of its own: keep the connection's span.
+    let span = tracing::Span::current();
+    Ok(configure(upgrade, &limits).on_upgrade(move |socket| {
+        async move {
             let revoked = live.revoked().clone();
             run(state, lease, socket, revoked).await;
             drop(live);
             drop(ticket);
             drop(hold);
-        }),
-    )
+        }
+        .instrument(span)
+    }))
 }
 
 async fn run(state: AppState, hub: HubLease, socket: WebSocket, revoked: CancellationToken) {
