@@ -50,6 +50,7 @@ use crate::ids::{SessionId, StreamId};
 
 /// Body of `POST /v1/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSessionRequest {
     /// Key fingerprint, unpadded base64url of 16 bytes.
     pub fingerprint: String,
@@ -68,6 +69,7 @@ pub struct CreateSessionRequest {
 /// `{}`, so devices built before this body existed still end sessions, and
 /// relays built before it ignore it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndSessionRequest {
     /// Whether the ending device deleted its copy of the session key before
     /// sending the request. The relay records the claim in its audit log; it
@@ -88,6 +90,7 @@ pub const CHALLENGE_LEN: usize = 32;
 
 /// Response to `POST /v1/sessions`. The invite token is shown only here: the relay keeps its hash.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSessionResponse {
     /// The new session's id.
     pub session_id: SessionId,
@@ -108,6 +111,7 @@ impl std::fmt::Debug for CreateSessionResponse {
 
 /// Body of `POST /v1/invites/challenge`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteChallengeRequest {
     /// The invite token from the link, unpadded base64url.
     pub token: String,
@@ -122,6 +126,7 @@ impl std::fmt::Debug for InviteChallengeRequest {
 
 /// Response to `POST /v1/invites/challenge`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteChallengeResponse {
     /// [`CHALLENGE_LEN`] random bytes as unpadded base64url. Valid for one
     /// redemption of this invite token, for two minutes at most.
@@ -144,6 +149,7 @@ impl std::fmt::Debug for InviteChallengeResponse {
 
 /// Body of `POST /v1/invites/redeem`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteRedeemRequest {
     /// The invite token from the link, unpadded base64url.
     pub token: String,
@@ -164,6 +170,7 @@ impl std::fmt::Debug for InviteRedeemRequest {
 /// Response to `POST /v1/invites/redeem`. The follow credential travels only
 /// in the [`FOLLOW_COOKIE`] cookie, never in the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteRedeemResponse {
     /// The session the invite belongs to.
     pub session_id: SessionId,
@@ -173,6 +180,7 @@ pub struct InviteRedeemResponse {
 
 /// Body of every HTTP error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Machine-readable error kind, for example `unauthorized`.
     pub error: String,
@@ -182,6 +190,7 @@ pub struct ErrorBody {
 
 /// Text messages the relay sends on a publish socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PublisherEvent {
     /// Sent once after the upgrade.
@@ -205,6 +214,7 @@ pub enum PublisherEvent {
 
 /// Text messages the relay sends on a follow socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FollowerEvent {
     /// Sent once after the upgrade, before any frame.

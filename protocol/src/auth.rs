@@ -59,6 +59,7 @@ pub const ACCESS_AUDIENCE: &str = "sealcast-relay";
 
 /// A user's role in their organization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Manages users, devices and settings; reads audit metadata. Needs TOTP.
@@ -129,6 +130,7 @@ pub struct Confirmation {
 
 /// Body of `POST /v1/auth/login`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The user's email address.
     pub email: String,
@@ -149,6 +151,7 @@ impl std::fmt::Debug for LoginRequest {
 /// Response to `POST /v1/auth/login`, the same whether or not the address
 /// belongs to a user, so it cannot be used to find users.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginStarted {
     /// Handle of the pending sign-in, for polling and the second factor.
     pub login_id: String,
@@ -169,6 +172,7 @@ impl std::fmt::Debug for LoginStarted {
 
 /// Body of `POST /v1/auth/login/confirm`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginConfirmRequest {
     /// The token from the magic link's fragment.
     pub token: String,
@@ -182,6 +186,7 @@ impl std::fmt::Debug for LoginConfirmRequest {
 
 /// The kind of client that started a sign-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LoginKind {
     /// A device with a key pair; it receives the tokens when it polls.
@@ -192,6 +197,7 @@ pub enum LoginKind {
 
 /// Response to `POST /v1/auth/login/confirm`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginConfirmed {
     /// The kind of client that started the sign-in.
     pub kind: LoginKind,
@@ -213,6 +219,7 @@ impl std::fmt::Debug for LoginConfirmed {
 
 /// Body of `POST /v1/auth/login/poll`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginPollRequest {
     /// The pending sign-in.
     pub login_id: String,
@@ -226,6 +233,7 @@ impl std::fmt::Debug for LoginPollRequest {
 
 /// Response to `POST /v1/auth/login/poll`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum LoginPollResponse {
     /// The link has not been confirmed yet.
@@ -238,6 +246,7 @@ pub enum LoginPollResponse {
 
 /// Body of `POST /v1/auth/login/totp`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginTotpRequest {
     /// The pending sign-in.
     pub login_id: String,
@@ -254,6 +263,7 @@ impl std::fmt::Debug for LoginTotpRequest {
 /// Tokens of a device sign-in: the response to a successful poll, TOTP step
 /// or refresh.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// JWT access token, sent as `Authorization: DPoP <token>`.
     pub access_token: String,
@@ -284,6 +294,7 @@ impl std::fmt::Debug for TokenResponse {
 /// Body of `POST /v1/auth/refresh` from a device. Browsers send no body: the
 /// refresh token is in [`REFRESH_COOKIE`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
     /// The current refresh token.
     pub refresh_token: String,
@@ -297,6 +308,7 @@ impl std::fmt::Debug for RefreshRequest {
 
 /// A user as `GET /v1/me` and the token responses show it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserInfo {
     /// User id.
     pub user_id: String,
@@ -313,6 +325,7 @@ pub struct UserInfo {
 /// Response to `POST /v1/auth/totp/enrol`. The secret is shown only here
 /// and stays inactive until a code from it is sent to activate it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpEnrolment {
     /// The `otpauth://` URI that authenticator apps read.
     pub otpauth_uri: String,
@@ -330,6 +343,7 @@ impl std::fmt::Debug for TotpEnrolment {
 
 /// Body of `POST /v1/auth/totp/activate`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpActivateRequest {
     /// A current code from the enrolled secret.
     pub code: String,
@@ -343,6 +357,7 @@ impl std::fmt::Debug for TotpActivateRequest {
 
 /// Response to `POST /v1/auth/totp/activate`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpActivated {
     /// Single-use recovery codes, shown only here.
     pub recovery_codes: Vec<String>,
@@ -373,6 +388,7 @@ impl std::fmt::Debug for UserInfo {
 
 /// Body of `POST /v1/admin/users`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateUserRequest {
     /// Email address; unique across the relay.
     pub email: String,
@@ -391,6 +407,7 @@ impl std::fmt::Debug for CreateUserRequest {
 
 /// A user in the admin listing.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserSummary {
     /// User id.
     pub user_id: String,
@@ -422,6 +439,7 @@ impl std::fmt::Debug for UserSummary {
 
 /// A device in the admin listing.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceSummary {
     /// Device id.
     pub device_id: String,

@@ -63,7 +63,30 @@ macro_rules! id_type {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                hex16_schema(stringify!($name))
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+/// Describes an identifier as JSON Schema: a string of 32 hex digits.
+#[cfg(feature = "openapi")]
+fn hex16_schema(name: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9a-fA-F]{32}$"))
+        .description(Some(format!("{name}: 16 bytes as 32 hex digits")))
+        .examples(["9f1c2b7e4a0d4c6f8e3b5a1d2c7f9e04"])
+        .into()
 }
 
 id_type!(

@@ -58,5 +58,6 @@ mod ws;
 
 pub use config::{AccountsConfig, AuditConfig, Config, Limits};
 pub use error::RelayError;
+pub use http::openapi::{document as openapi_document, routes as http_routes};
 pub use server::{start, RelayHandle};
 pub use store::StoreError;

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::config::Limits;
 use crate::http::ApiError;
@@ -99,7 +101,15 @@ impl Listener {
                             _slot: Arc::new(permit),
                         },
                     };
-                    self.shutdown.spawn(connection.serve(stream));
+                    // Every log line of the connection, its requests and its
+                    // WebSocket carries this id and the peer address.
+                    let span = tracing::info_span!(
+                        "connection",
+                        connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                        %peer
+                    );
+                    self.shutdown
+                        .spawn(connection.serve(stream).instrument(span));
                 }
                 Err(_) => self.reject_over_capacity(stream, peer),
             }
@@ -139,6 +149,9 @@ impl Listener {
         });
     }
 }
+
+/// Id of the next accepted connection, unique within this process.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One accepted connection.
 struct Connection {

@@ -178,7 +178,108 @@ fn build_and_install() -> PrometheusHandle {
         PrometheusBuilder::new().build_recorder().handle()
     });
     describe();
+    initialize_series();
     handle
+}
+
+/// Label values of the series that [`initialize_series`] exports at zero.
+/// They mirror the values the call sites use.
+const CONNECTION_ROLES: [&str; 3] = ["http", "publisher", "follower"];
+const REJECTED_CONNECTION_REASONS: [&str; 5] = [
+    "over_capacity",
+    "tls_handshake_failed",
+    "tls_handshake_timeout",
+    "http_parse_failed",
+    "http_header_timeout",
+];
+const REJECTED_FRAME_REASONS: [&str; 7] = [
+    "malformed",
+    "unsupported_version",
+    "wrong_session",
+    "sequence_gap",
+    "session_ended",
+    "text_message",
+    "too_big",
+];
+const INVITE_FAILURE_REASONS: [&str; 9] = [
+    "malformed",
+    "not_json",
+    "rate_limited",
+    "challenges_full",
+    "unknown_invite",
+    "no_verifier",
+    "session_ended",
+    "browsers_exhausted",
+    "bad_proof",
+];
+
+/// Exports every unlabelled counter and gauge, and the failure counters whose
+/// label values form a small fixed set, at zero from the start. Alerts on
+/// `increase()` and dashboards then see a series before the first event
+/// instead of none.
+fn initialize_series() {
+    let counters = [
+        FRAMES_RECEIVED,
+        FRAMES_ACCEPTED,
+        FRAMES_DUPLICATE,
+        FRAMES_DELIVERED,
+        FRAMES_SKIPPED,
+        BYTES_RECEIVED,
+        BYTES_DELIVERED,
+        STORE_COMMIT_FAILURES,
+        STORE_WRITE_FAILURES,
+        FOLLOWERS_DETACHED,
+        FOLLOWERS_LAGGED,
+        INVITE_CHALLENGES,
+        SESSIONS_CREATED,
+        SESSIONS_ENDED,
+        REFRESH_REUSE,
+        AUDIT_WRITE_FAILURES,
+    ];
+    for name in counters {
+        counter!(name).increment(0);
+    }
+
+    gauge!(FOLLOWER_QUEUE_BYTES).increment(0.0);
+    for role in CONNECTION_ROLES {
+        gauge!(CONNECTIONS_ACTIVE, "role" => role).increment(0.0);
+    }
+
+    for reason in REJECTED_CONNECTION_REASONS {
+        counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(0);
+    }
+    for reason in REJECTED_FRAME_REASONS {
+        counter!(FRAMES_REJECTED, "reason" => reason).increment(0);
+    }
+    for reason in INVITE_FAILURE_REASONS {
+        counter!(INVITE_FAILURES, "reason" => reason).increment(0);
+    }
+    for role in ["publisher", "follower"] {
+        counter!(WEBSOCKET_PROTOCOL_ERRORS, "role" => role).increment(0);
+    }
+    for mode in ["passive", "restart"] {
+        counter!(STORE_CHECKPOINT_FAILURES, "mode" => mode).increment(0);
+    }
+    for outcome in ["ok", "failed"] {
+        counter!(RETENTION_RUNS, "outcome" => outcome).increment(0);
+    }
+    for stream in ["application", "admin"] {
+        counter!(AUDIT_ENTRIES, "stream" => stream).increment(0);
+        counter!(AUDIT_CHECKPOINTS, "stream" => stream).increment(0);
+    }
+    for kind in ["new", "renewed"] {
+        counter!(INVITES_REDEEMED, "kind" => kind).increment(0);
+    }
+    for kind in ["sessions", "frames", "browser_credentials", "audit_entries"] {
+        counter!(RETENTION_DELETED, "kind" => kind).increment(0);
+    }
+    for trigger in ["admin_route", "recheck"] {
+        counter!(SOCKETS_REVOKED, "trigger" => trigger).increment(0);
+    }
+
+    counter!(RATE_LIMITED, "endpoint" => "any", "scope" => "failed_credentials").increment(0);
+    // The frame reader's own label; other columns appear on their first failure.
+    counter!(STORE_AT_REST_FAILURES, "column" => "frames.frame").increment(0);
 }
 
 fn builder() -> Result<PrometheusBuilder, BuildError> {
@@ -303,8 +404,9 @@ impl Drop for ActiveConnection {
 
 /// Refresh tokens presented again after use. Each revokes its sign-in.
 pub const REFRESH_REUSE: &str = "sealcast_refresh_token_reuse_total";
-/// Requests refused by a rate limit, labels `endpoint` and `scope`
-/// (`ip` or `account`).
+/// Requests refused by a rate limit, labels `endpoint` and `scope` (`ip` or
+/// `account`, or `failed_credentials` with `endpoint` `any` for a client
+/// blocked after too many 401 responses).
 pub const RATE_LIMITED: &str = "sealcast_rate_limited_total";
 /// Sign-in steps, labels `step` (`started`, `confirmed`, `approved`,
 /// `second_factor`, `refreshed`) and `outcome` (`ok` or a failure reason).

@@ -39,6 +39,7 @@ pub struct RelayProcess {
     /// The relay's data directory.
     pub data_dir: PathBuf,
     output: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl RelayProcess {
@@ -60,11 +61,12 @@ impl RelayProcess {
             .expect("failed to spawn sealcast-relay");
 
         let output = Arc::new(Mutex::new(Vec::new()));
+        let stderr_output = Arc::new(Mutex::new(Vec::new()));
         let (lines_tx, lines_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        spawn_line_reader(stdout, output.clone(), Some(lines_tx));
-        spawn_line_reader(stderr, output.clone(), None);
+        spawn_line_reader(stdout, vec![output.clone()], Some(lines_tx));
+        spawn_line_reader(stderr, vec![output.clone(), stderr_output.clone()], None);
 
         let addr = wait_for_listening(&lines_rx, &output);
         RelayProcess {
@@ -72,6 +74,7 @@ impl RelayProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
             output,
+            stderr: stderr_output,
         }
     }
 
@@ -99,6 +102,14 @@ impl RelayProcess {
     /// Everything the relay has written so far, stdout and stderr interleaved by line.
     pub fn output(&self) -> Vec<u8> {
         self.output
+            .lock()
+            .map(|out| out.clone())
+            .unwrap_or_default()
+    }
+
+    /// Everything the relay has written to stderr so far: its log lines.
+    pub fn stderr(&self) -> Vec<u8> {
+        self.stderr
             .lock()
             .map(|out| out.clone())
             .unwrap_or_default()
@@ -151,15 +162,17 @@ impl Drop for RelayProcess {
 
 fn spawn_line_reader<R: Read + Send + 'static>(
     source: R,
-    output: Arc<Mutex<Vec<u8>>>,
+    outputs: Vec<Arc<Mutex<Vec<u8>>>>,
     lines: Option<mpsc::Sender<String>>,
 ) {
     thread::spawn(move || {
         let reader = BufReader::new(source);
         for line in reader.split(b'\n').map_while(Result::ok) {
-            if let Ok(mut out) = output.lock() {
-                out.extend_from_slice(&line);
-                out.push(b'\n');
+            for output in &outputs {
+                if let Ok(mut out) = output.lock() {
+                    out.extend_from_slice(&line);
+                    out.push(b'\n');
+                }
             }
             if let Some(lines) = &lines {
                 let _ = lines.send(String::from_utf8_lossy(&line).into_owned());

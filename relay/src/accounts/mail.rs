@@ -553,6 +553,20 @@ fn recipient_tag(address: &str) -> String {
 fn describe_metrics() {
     describe_counter!(MAIL_SENT, "Mail sent over SMTP or written to the outbox.");
     describe_counter!(MAIL_FAILURES, "Mail that failed to send, by reason.");
+    // Exported at zero so that alerts on increase() see a series from the start.
+    let reasons = [
+        "config",
+        "invalid_recipient",
+        "invalid_link",
+        "build",
+        "timeout",
+        "rejected",
+        "smtp",
+        "outbox",
+    ];
+    for reason in reasons {
+        counter!(MAIL_FAILURES, "reason" => reason).increment(0);
+    }
 }
 
 #[cfg(test)]

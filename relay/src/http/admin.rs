@@ -37,6 +37,14 @@ async fn admin(
 }
 
 /// `GET /v1/admin/users`: the organization's users.
+#[utoipa::path(
+    get, path = "/v1/admin/users", tag = "admin",
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [])),
+    responses(
+        (status = 200, description = "The organization's users", body = Vec<sealcast_protocol::auth::UserSummary>),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
     method: Method,
@@ -54,6 +62,18 @@ pub(crate) async fn list_users(
 
 /// `POST /v1/admin/users`: adds a user to the organization. Responds 201,
 /// or 409 when the address belongs to another user.
+#[utoipa::path(
+    post, path = "/v1/admin/users", tag = "admin",
+    request_body(content = sealcast_protocol::auth::CreateUserRequest, content_type = "application/json"),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 201, description = "User added", body = sealcast_protocol::auth::UserSummary),
+        (status = 400, description = "Malformed body or address", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "The address belongs to another user", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -95,6 +115,17 @@ pub(crate) async fn create_user(
 
 /// `POST /v1/admin/users/{id}/disable`: disables a user, revokes their
 /// refresh tokens and closes their open sockets. Responds 204.
+#[utoipa::path(
+    post, path = "/v1/admin/users/{id}/disable", tag = "admin",
+    description = "Disables a user, revokes their refresh tokens and closes their open sockets.",
+    params(("id" = String, Path, description = "User id")),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "User disabled"),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "No user with this id in the organization", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn disable_user(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -132,6 +163,14 @@ pub(crate) async fn disable_user(
 }
 
 /// `GET /v1/admin/devices`: the devices of the organization's users.
+#[utoipa::path(
+    get, path = "/v1/admin/devices", tag = "admin",
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [])),
+    responses(
+        (status = 200, description = "The devices of the organization's users", body = Vec<sealcast_protocol::auth::DeviceSummary>),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn list_devices(
     State(state): State<AppState>,
     method: Method,
@@ -151,6 +190,17 @@ pub(crate) async fn list_devices(
 
 /// `POST /v1/admin/devices/{id}/revoke`: revokes a device and its refresh
 /// tokens and closes its open sockets. Responds 204.
+#[utoipa::path(
+    post, path = "/v1/admin/devices/{id}/revoke", tag = "admin",
+    description = "Revokes a device and its refresh tokens and closes its open sockets.",
+    params(("id" = String, Path, description = "Device id")),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "Device revoked"),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "No device with this id in the organization", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     Path(device_id): Path<String>,

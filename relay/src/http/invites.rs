@@ -44,6 +44,18 @@ const PROOF_LEN: usize = 32;
 
 /// Issues a challenge for an invite token. Responds 200 with the challenge,
 /// the session id and the key fingerprint.
+#[utoipa::path(
+    post, path = "/v1/invites/challenge", operation_id = "invite_challenge", tag = "invites",
+    request_body(content = sealcast_protocol::api::InviteChallengeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A challenge valid for one redemption, for two minutes at most", body = sealcast_protocol::api::InviteChallengeResponse),
+        (status = 400, description = "Malformed body or token", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "Unknown invite, or a session created without `invite_verifier`", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many requests from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn challenge(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -78,6 +90,22 @@ pub(crate) async fn challenge(
 /// Checks a proof over a challenge and sets the follow cookie. Responds 200
 /// with the session id and epoch. A browser that sends a valid follow cookie
 /// of the same session gets it renewed without taking another browser place.
+#[utoipa::path(
+    post, path = "/v1/invites/redeem", operation_id = "redeem_invite", tag = "invites",
+    description = "Checks a proof over a challenge and sets the follow cookie. A browser that sends a valid follow cookie of the same session gets it renewed without taking another place.",
+    request_body(content = sealcast_protocol::api::InviteRedeemRequest, content_type = "application/json"),
+    security((), ("follow_cookie" = [])),
+    responses(
+        (status = 200, description = "Redeemed; the follow credential is in the `Set-Cookie` header", body = sealcast_protocol::api::InviteRedeemResponse),
+        (status = 400, description = "Malformed body, token, challenge or proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "The proof does not verify, or the challenge is unknown, used or expired", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "Unknown invite, or a session created without `invite_verifier`", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "Every one of the session's browser places is taken", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many requests from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn redeem(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,

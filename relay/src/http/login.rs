@@ -48,6 +48,19 @@ const DEFAULT_DEVICE_NAME: &str = "unnamed device";
 /// Starts a sign-in and mails the link to the user, if the address belongs
 /// to an enabled user. With a DPoP proof the sign-in is bound to the
 /// proof's key.
+#[utoipa::path(
+    post, path = "/v1/auth/login", operation_id = "start_login", tag = "sign-in",
+    description = "Mails a magic link if the address belongs to an enabled user. The response is the same whether or not it does. A device sends a DPoP proof to bind the sign-in to its key.",
+    request_body(content = sealcast_protocol::auth::LoginRequest, content_type = "application/json"),
+    security((), ("dpop_proof" = [])),
+    responses(
+        (status = 202, description = "Sign-in started", body = sealcast_protocol::auth::LoginStarted),
+        (status = 400, description = "Malformed body, address or proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Invalid DPoP proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many sign-ins from this client or for this address; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn start(
     State(state): State<AppState>,
     method: Method,
@@ -135,6 +148,19 @@ pub(crate) async fn start(
 
 /// Confirms a sign-in with the token of its link. A browser sign-in that
 /// needs no second factor completes here and gets the cookies.
+#[utoipa::path(
+    post, path = "/v1/auth/login/confirm", operation_id = "confirm_login", tag = "sign-in",
+    description = "Approves a sign-in with the token from its magic link. A browser sign-in that needs no second factor gets its cookies here.",
+    request_body(content = sealcast_protocol::auth::LoginConfirmRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sign-in approved", body = sealcast_protocol::auth::LoginConfirmed),
+        (status = 400, description = "Malformed body or token", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Unknown token", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The sign-in expired or was already used", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many attempts; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn confirm(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -180,6 +206,21 @@ pub(crate) async fn confirm(
 /// and a later poll gets 410. Polls count against the client address's
 /// budget before the proof is checked, because every checked proof takes a
 /// place in the shared replay cache.
+#[utoipa::path(
+    post, path = "/v1/auth/login/poll", operation_id = "poll_login", tag = "sign-in",
+    description = "A device waits for its sign-in to be approved, proving it holds the key it started with.",
+    request_body(content = sealcast_protocol::auth::LoginPollRequest, content_type = "application/json"),
+    security(("dpop_proof" = [])),
+    responses(
+        (status = 200, description = "`pending`, `totp_required`, or `approved` with the tokens", body = sealcast_protocol::auth::LoginPollResponse),
+        (status = 400, description = "Malformed body or proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing or invalid DPoP proof, or a key other than the one the sign-in started with", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "The device key belongs to a revoked device or another user", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The sign-in expired or was already completed", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many polls; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -228,6 +269,20 @@ pub(crate) async fn poll(
 /// Checks the TOTP or recovery code of a confirmed sign-in. A browser
 /// sign-in completes here and gets the cookies, and a device gets its
 /// tokens with its next poll. Responds 204.
+#[utoipa::path(
+    post, path = "/v1/auth/login/totp", operation_id = "login_second_factor", tag = "sign-in",
+    description = "Checks the TOTP or recovery code of a confirmed sign-in. A browser gets its cookies here; a device gets its tokens with its next poll.",
+    request_body(content = sealcast_protocol::auth::LoginTotpRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Second factor accepted"),
+        (status = 400, description = "Malformed body or code", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Wrong code", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "The sign-in link was not opened yet, or the sign-in needs no second factor", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The sign-in expired, was used, or had too many wrong codes", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many attempts; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn second_factor(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,

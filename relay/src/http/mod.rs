@@ -17,6 +17,7 @@
 //! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`audited`] | audit events of requests |
 //! | [`ops`] | health, metrics and fallbacks |
+//! | [`openapi`] | the OpenAPI document of every route |
 //! | [`observe`] | request counting and logging |
 
 mod admin;
@@ -30,6 +31,7 @@ mod json;
 mod limits;
 mod login;
 mod observe;
+pub(crate) mod openapi;
 mod ops;
 mod sessions;
 pub(crate) mod staff;
@@ -42,9 +44,11 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::accounts::Accounts;
 use crate::audit::AuditLog;
@@ -99,33 +103,8 @@ async fn no_store_by_default(request: Request, next: Next) -> Response {
 
 /// Builds the router of every endpoint.
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/sessions", post(sessions::create))
-        .route("/v1/sessions/{id}/end", post(sessions::end))
-        .route("/v1/sessions/{id}/publish", get(ws::publish::upgrade))
-        .route("/v1/sessions/{id}/follow", get(ws::follow::staff_upgrade))
-        .route("/v1/follow", get(ws::follow::upgrade))
-        .route("/v1/auth/login", post(login::start))
-        .route("/v1/auth/login/confirm", post(login::confirm))
-        .route("/v1/auth/login/poll", post(login::poll))
-        .route("/v1/auth/login/totp", post(login::second_factor))
-        .route("/v1/auth/refresh", post(tokens::refresh))
-        .route("/v1/auth/logout", post(tokens::logout))
-        .route("/v1/me", get(tokens::me))
-        .route("/v1/auth/totp/enrol", post(totp::enrol))
-        .route("/v1/auth/totp/activate", post(totp::activate))
-        .route(
-            "/v1/admin/users",
-            get(admin::list_users).post(admin::create_user),
-        )
-        .route("/v1/admin/users/{id}/disable", post(admin::disable_user))
-        .route("/v1/admin/devices", get(admin::list_devices))
-        .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
-        .route("/v1/invites/challenge", post(invites::challenge))
-        .route("/v1/invites/redeem", post(invites::redeem))
-        .merge(web::routes())
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
+    let (routes, _document) = api_routes().split_for_parts();
+    routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -136,4 +115,35 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(no_store_by_default))
         .layer(middleware::from_fn(observe::record))
         .with_state(state)
+}
+
+/// Returns every route with its OpenAPI operation. Add routes here only
+/// through `routes!`, never with `route`, so that each one is documented:
+/// `GET /openapi.json` and the tests read this list.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(sessions::create))
+        .routes(routes!(sessions::end))
+        .routes(routes!(ws::publish::upgrade))
+        .routes(routes!(ws::follow::staff_upgrade))
+        .routes(routes!(ws::follow::upgrade))
+        .routes(routes!(login::start))
+        .routes(routes!(login::confirm))
+        .routes(routes!(login::poll))
+        .routes(routes!(login::second_factor))
+        .routes(routes!(tokens::refresh))
+        .routes(routes!(tokens::logout))
+        .routes(routes!(tokens::me))
+        .routes(routes!(totp::enrol))
+        .routes(routes!(totp::activate))
+        .routes(routes!(admin::list_users, admin::create_user))
+        .routes(routes!(admin::disable_user))
+        .routes(routes!(admin::list_devices))
+        .routes(routes!(admin::revoke_device))
+        .routes(routes!(invites::challenge))
+        .routes(routes!(invites::redeem))
+        .merge(web::routes())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi::serve))
 }

@@ -7,6 +7,13 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, AppState};
 
 /// `GET /healthz`: 200 `ok` while reads from the store succeed.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "`ok`: the store is readable", body = String, content_type = "text/plain"),
+        (status = 503, description = "The store is not readable", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.check_readable().await {
         Ok(_) => "ok".into_response(),
@@ -18,6 +25,13 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text exposition format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    description = "Prometheus metrics; docs/metrics.md lists them.",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format, version 0.0.4", body = String, content_type = "text/plain; version=0.0.4")
+    )
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render();
     (

@@ -33,6 +33,18 @@ const END_SESSION: &str = "end_session";
 
 /// Creates a session of the clinician's organization. Responds 201 with the
 /// session's id, epoch and invite token, which the relay keeps only hashed.
+#[utoipa::path(
+    post, path = "/v1/sessions", operation_id = "create_session", tag = "sessions",
+    request_body(content = sealcast_protocol::api::CreateSessionRequest, content_type = "application/json"),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 201, description = "Session created; the invite token is shown only here", body = sealcast_protocol::api::CreateSessionResponse),
+        (status = 400, description = "Malformed body, fingerprint or verifier, or `max_browsers` out of range", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -98,6 +110,20 @@ pub(crate) async fn create(
 /// frames. Responds 204, or 410 if it had already ended. The body is empty
 /// or an [`EndSessionRequest`]; a device's claim that it destroyed the key
 /// is recorded in the audit log after the end.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/end", operation_id = "end_session", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, 32 hex digits")),
+    request_body(content = Option<sealcast_protocol::api::EndSessionRequest>, content_type = "application/json", description = "Optional; an empty body means `{}`"),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "Session ended after its accepted frames were committed"),
+        (status = 400, description = "Malformed session id or body", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "No session with this id in the caller's organization", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session had already ended", body = sealcast_protocol::api::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn end(
     State(state): State<AppState>,
     Path(session): Path<String>,

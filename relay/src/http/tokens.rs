@@ -28,6 +28,20 @@ const ME: &str = "me";
 /// by its key and gets a [`sealcast_protocol::auth::TokenResponse`]. A
 /// browser sends the refresh cookie with the CSRF header and gets new
 /// cookies and 204.
+#[utoipa::path(
+    post, path = "/v1/auth/refresh", operation_id = "refresh_tokens", tag = "sign-in",
+    description = "Rotates a single-use refresh token. A device sends it in the body with a DPoP proof and gets new tokens; a browser sends its refresh cookie with the CSRF header and gets new cookies and 204. A refresh token presented twice revokes its sign-in.",
+    request_body(content = Option<sealcast_protocol::auth::RefreshRequest>, content_type = "application/json", description = "Devices only; browsers send no body"),
+    security(("dpop_proof" = []), ("refresh_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 200, description = "New device tokens", body = sealcast_protocol::auth::TokenResponse),
+        (status = 204, description = "New browser cookies"),
+        (status = 400, description = "Malformed body or proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or reused refresh token, or invalid proof", body = sealcast_protocol::api::ErrorBody),
+        (status = 403, description = "CSRF header or `Origin` missing or wrong", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     method: Method,
@@ -126,6 +140,15 @@ fn browser_refresh_token(state: &AppState, headers: &HeaderMap) -> Result<Secret
 
 /// Ends the sign-in of the request's credential: its refresh tokens are
 /// revoked and its access tokens stop working. Responds 204.
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "sign-in",
+    description = "Ends the sign-in of the request's credential: its refresh tokens are revoked and its access tokens stop working.",
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "Signed out; a browser's cookies are cleared"),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -148,6 +171,14 @@ pub(crate) async fn logout(
 }
 
 /// Returns the signed-in user.
+#[utoipa::path(
+    get, path = "/v1/me", tag = "sign-in",
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = sealcast_protocol::auth::UserInfo),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn me(
     State(state): State<AppState>,
     method: Method,

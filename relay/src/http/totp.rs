@@ -37,6 +37,16 @@ const TOTP_ISSUER: &str = "sealcast";
 
 /// Makes a new TOTP secret for the signed-in user and shows it once.
 /// Responds 409 when TOTP is already active.
+#[utoipa::path(
+    post, path = "/v1/auth/totp/enrol", operation_id = "enrol_totp", tag = "sign-in",
+    description = "Makes a new TOTP secret for the signed-in user and shows it once.",
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 200, description = "The pending secret", body = sealcast_protocol::auth::TotpEnrolment),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "TOTP is already active for this user", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn enrol(
     State(state): State<AppState>,
     method: Method,
@@ -71,6 +81,19 @@ pub(crate) async fn enrol(
 /// Activates the pending secret with a current code from it. Responds with
 /// the recovery codes and, for a device, new tokens. A browser gets new
 /// cookies.
+#[utoipa::path(
+    post, path = "/v1/auth/totp/activate", operation_id = "activate_totp", tag = "sign-in",
+    description = "Activates the pending secret with a current code from it, and returns the recovery codes. A device also gets new tokens and a browser new cookies.",
+    request_body(content = sealcast_protocol::auth::TotpActivateRequest, content_type = "application/json"),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 200, description = "TOTP active", body = sealcast_protocol::auth::TotpActivated),
+        (status = 400, description = "Malformed body or wrong code", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "TOTP is already active, or no enrolment is pending", body = sealcast_protocol::api::ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,

@@ -24,8 +24,13 @@ use axum::http::header::{
 use axum::http::HeaderValue;
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, MethodRouter};
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn, Paths,
+};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use crate::http::ApiError;
 use assets::Page;
@@ -45,15 +50,15 @@ const PAGE_HEADERS: [(axum::http::HeaderName, &str); 5] = [
     (X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-/// Builds the routes of the patient page and the sign-in page. They need no
-/// relay state.
-pub(crate) fn routes<S>() -> Router<S>
+/// Builds the routes of the patient page and the sign-in page, each with
+/// its OpenAPI operation. They need no relay state.
+pub(crate) fn routes<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     assets::PAGES
         .iter()
-        .fold(Router::new(), |router, page| {
+        .fold(OpenApiRouter::new(), |router, page| {
             router.merge(page_routes(page))
         })
         .layer(map_response(add_page_headers))
@@ -62,16 +67,86 @@ where
 /// Routes `PATH` and `PATH/` to the page's HTML file and `PATH/{file}` to its
 /// scripts, style sheets and icon. The query, which may contain a token, is
 /// neither read nor logged.
-fn page_routes<S>(page: &'static Page) -> Router<S>
+fn page_routes<S>(page: &'static Page) -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     let entry = get(move || async move { serve(page, page.entry) });
     let file = get(move |Path(name): Path<String>| async move { serve(page, &name) });
-    Router::new()
-        .route(page.path, entry.clone())
-        .route(&format!("{}/", page.path), entry)
-        .route(&format!("{}/{{file}}", page.path), file)
+    OpenApiRouter::new()
+        .routes(documented(page.path, entry_operation(page), entry.clone()))
+        .routes(documented(
+            &format!("{}/", page.path),
+            entry_operation(page),
+            entry,
+        ))
+        .routes(documented(
+            &format!("{}/{{file}}", page.path),
+            file_operation(page),
+            file,
+        ))
+}
+
+/// Pairs a `GET` route with its operation, as utoipa-axum's `routes!` does
+/// for handlers with a `#[utoipa::path]` attribute.
+fn documented<S>(
+    path: &str,
+    operation: Operation,
+    method_router: MethodRouter<S>,
+) -> UtoipaMethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let mut paths = Paths::new();
+    paths.add_path_operation(path, vec![HttpMethod::Get], operation);
+    (Vec::new(), paths, method_router)
+}
+
+fn entry_operation(page: &Page) -> Operation {
+    OperationBuilder::new()
+        .tag("pages")
+        .summary(Some(format!("The {}", page.title)))
+        .description(Some(
+            "An HTML page that reads nothing and writes nothing on the relay. \
+             Any query is ignored.",
+        ))
+        .response("200", html_response("The page's HTML"))
+        .build()
+}
+
+fn file_operation(page: &Page) -> Operation {
+    let file = ParameterBuilder::new()
+        .name("file")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some("Name of a script, style sheet or icon of the page"))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build();
+    let not_found = ResponseBuilder::new()
+        .description("The page has no file of that name")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    OperationBuilder::new()
+        .tag("pages")
+        .summary(Some(format!("A file of the {}", page.title)))
+        .parameter(file)
+        .response(
+            "200",
+            ResponseBuilder::new().description("The file, with its content type"),
+        )
+        .response("404", not_found)
+        .build()
+}
+
+fn html_response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new()
+        .description(description)
+        .content("text/html", ContentBuilder::new().build())
 }
 
 fn serve(page: &Page, name: &str) -> Response {
@@ -103,7 +178,10 @@ mod tests {
 
     async fn get_path(path: &str) -> Response {
         let request = Request::get(path).body(Body::empty()).unwrap();
-        routes::<()>().oneshot(request).await.unwrap()
+        axum::Router::from(routes::<()>())
+            .oneshot(request)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription}
 use crate::listener::{ConnectionTicket, PeerAddr};
 use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoreFault, StoredFrame};
+use tracing::Instrument;
 
 const ROLE: &str = "follower";
 
@@ -84,6 +85,20 @@ pub(crate) struct FollowQuery {
 /// working for new followers once the session end is committed. A follower
 /// connected before then still gets every frame and the end, and may resume
 /// with its epoch for [`RESUME_AFTER_END_MS`] to fetch a tail it missed.
+#[utoipa::path(
+    get, path = "/v1/follow", operation_id = "follow", tag = "sessions",
+    description = "Opens a follow WebSocket with an invite credential. The relay sends `FollowerEvent` text messages (`welcome`, `committed`, `ended`) and each frame as a binary message: its 8-byte big-endian session offset, then the frame. The response is `101 Switching Protocols` and the connection becomes a WebSocket. The relay's text messages, the binary frame format and the close codes are described in docs/protocol.md.",
+    params(("epoch" = Option<u64>, Query, description = "History epoch the follower last saw; a different epoch closes the socket with 4006"), ("from" = Option<u64>, Query, description = "First session offset to deliver; 0 or absent starts at the beginning")),
+    security(("invite_token" = []), ("follow_cookie" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed query", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing or invalid invite token or follow cookie", body = sealcast_protocol::api::ErrorBody),
+        (status = 403, description = "Follow cookie sent with another `Origin`, or with none", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "Invite token of an ended session", body = sealcast_protocol::api::ErrorBody),
+        (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
@@ -106,6 +121,19 @@ pub(crate) async fn upgrade(
 /// organization, then upgrades with the same resume rules as an invite.
 // Each argument is an axum extractor.
 #[allow(clippy::too_many_arguments)]
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/follow", operation_id = "staff_follow", tag = "sessions",
+    description = "Opens a follow WebSocket from a clinician's device, with the same messages and resume rules as `GET /v1/follow`. The response is `101 Switching Protocols` and the connection becomes a WebSocket. The relay's text messages, the binary frame format and the close codes are described in docs/protocol.md.",
+    params(("id" = String, Path, description = "Session id, 32 hex digits"), ("epoch" = Option<u64>, Query, description = "History epoch the follower last saw; a different epoch closes the socket with 4006"), ("from" = Option<u64>, Query, description = "First session offset to deliver; 0 or absent starts at the beginning")),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed session id or query", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "No session with this id in the caller's organization", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session ended too long ago to resume", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn staff_upgrade(
     State(state): State<AppState>,
     Path(session): Path<String>,
@@ -155,15 +183,18 @@ async fn follow(
 
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
-    Ok(
-        configure(upgrade, &limits).on_upgrade(move |socket| async move {
+    // axum runs the socket in a task of its own: keep the connection's span.
+    let span = tracing::Span::current();
+    Ok(configure(upgrade, &limits).on_upgrade(move |socket| {
+        async move {
             let revoked = live.as_ref().map(|live| live.revoked().clone());
             run(state, lease, socket, query, revoked, audit).await;
             drop(live);
             drop(ticket);
             drop(hold);
-        }),
-    )
+        }
+        .instrument(span)
+    }))
 }
 
 async fn run(

@@ -31,6 +31,7 @@ use crate::hub::{HubLease, Offer, Progress};
 use crate::listener::ConnectionTicket;
 use crate::metrics::{frame_metrics, ActiveConnection, FRAMES_DUPLICATE, FRAMES_REJECTED};
 use crate::store::{now_millis, StoreFault};
+use tracing::Instrument;
 
 const ROLE: &str = "publisher";
 
@@ -38,6 +39,19 @@ const ROLE: &str = "publisher";
 const PUBLISH: &str = "publish";
 
 /// Requires a clinician of the session's organization, then upgrades.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/publish", operation_id = "publish", tag = "sessions",
+    description = "Opens the publish WebSocket of a session. The device sends each sealed frame as one binary message, and the relay answers with `PublisherEvent` text messages (`welcome`, then `ack` once frames are committed). The response is `101 Switching Protocols` and the connection becomes a WebSocket. The relay's text messages, the binary frame format and the close codes are described in docs/protocol.md.",
+    params(("id" = String, Path, description = "Session id, 32 hex digits")),
+    security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed session id", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 404, description = "No session with this id in the caller's organization", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Path(session): Path<String>,
@@ -61,15 +75,18 @@ pub(crate) async fn upgrade(
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
     let live = state.accounts.live.register(SocketOwner::of(&principal));
-    Ok(
-        configure(upgrade, &limits).on_upgrade(move |socket| async move {
+    // axum runs the socket in a task of its own: keep the connection's span.
+    let span = tracing::Span::current();
+    Ok(configure(upgrade, &limits).on_upgrade(move |socket| {
+        async move {
             let revoked = live.revoked().clone();
             run(state, lease, socket, revoked).await;
             drop(live);
             drop(ticket);
             drop(hold);
-        }),
-    )
+        }
+        .instrument(span)
+    }))
 }
 
 async fn run(state: AppState, hub: HubLease, socket: WebSocket, revoked: CancellationToken) {
