@@ -16,7 +16,7 @@
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`audited`] | audit events of requests |
-//! | [`ops`] | health, metrics and fallbacks |
+//! | [`ops`] | health, readiness, metrics and fallbacks |
 //! | [`observe`] | request counting and logging |
 
 mod admin;
@@ -97,9 +97,11 @@ async fn no_store_by_default(request: Request, next: Next) -> Response {
     response
 }
 
-/// Builds the router of every endpoint.
-pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
+/// Builds the router of the public listener. It serves `/healthz`,
+/// `/readyz` and `/metrics` only when `with_ops` is set, which is when no
+/// separate ops listener is configured.
+pub(crate) fn router(state: AppState, with_ops: bool) -> Router {
+    let routes = Router::new()
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}/end", post(sessions::end))
         .route("/v1/sessions/{id}/publish", get(ws::publish::upgrade))
@@ -123,9 +125,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
         .route("/v1/invites/challenge", post(invites::challenge))
         .route("/v1/invites/redeem", post(invites::redeem))
-        .merge(web::routes())
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
+        .merge(web::routes());
+    let routes = if with_ops {
+        routes.merge(ops::routes())
+    } else {
+        routes
+    };
+    routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -133,6 +139,17 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             failures::limit_failures,
         ))
+        .layer(middleware::from_fn(no_store_by_default))
+        .layer(middleware::from_fn(observe::record))
+        .with_state(state)
+}
+
+/// Builds the router of the plain-HTTP ops listener: health, readiness and
+/// metrics only.
+pub(crate) fn ops_router(state: AppState) -> Router {
+    ops::routes()
+        .fallback(ops::ops_not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(middleware::from_fn(no_store_by_default))
         .layer(middleware::from_fn(observe::record))
         .with_state(state)
