@@ -140,7 +140,7 @@ pub(crate) struct ServeArgs {
 
 impl ServeArgs {
     /// Loads the settings: defaults, the file named by `--config`, the
-    /// environment, then these flags as `matches` says they were given.
+    /// environment, then these flags, whose sources `matches` records.
     pub(crate) fn load(&self, matches: &ArgMatches) -> Result<Loaded, SettingsError> {
         let layers = self.layers(matches).map_err(SettingsError::Flags)?;
         settings::load(self.config.as_deref(), layers)
@@ -310,7 +310,7 @@ impl ServeArgs {
     }
 }
 
-/// Serializes a flag's value the way the file holds it.
+/// Serializes a flag's value in the form the file uses.
 fn to_value(value: impl serde::Serialize) -> Result<Value, Box<figment::Error>> {
     Value::serialize(value).map_err(Box::new)
 }

@@ -10,7 +10,7 @@ use super::Settings;
 pub struct KeyDoc {
     /// Dotted path: `listen`, or `limits.max_connections` for a key in a table.
     pub path: &'static str,
-    /// What the key sets, in what unit, and what happens when it is not set.
+    /// Help text: the value the key sets, its unit, and the behaviour when it is not set.
     pub help: &'static str,
     /// A TOML value to show, commented out, for a key without a default.
     pub example: Option<&'static str>,
@@ -278,12 +278,14 @@ mod tests {
 
     #[test]
     fn every_key_is_documented_once() {
-        let mut settings = Settings::default();
-        settings.ops_listen = Some(Address(([127, 0, 0, 1], 9090).into()));
-        settings.public_url = Some("https://relay.example".into());
-        settings.at_rest_key_file = Some(PathBuf::from("key"));
         let secret: Secret = toml::Value::from("x").try_into().unwrap();
-        settings.at_rest_key = Some(secret.clone());
+        let mut settings = Settings {
+            ops_listen: Some(Address(([127, 0, 0, 1], 9090).into())),
+            public_url: Some("https://relay.example".into()),
+            at_rest_key_file: Some(PathBuf::from("key")),
+            at_rest_key: Some(secret.clone()),
+            ..Settings::default()
+        };
         settings.tls.cert = Some(PathBuf::from("cert.pem"));
         settings.tls.key = Some(PathBuf::from("key.pem"));
         settings.mail.smtp_url = Some(secret);

@@ -78,9 +78,9 @@ pub struct InvalidSetting {
     pub key: String,
     /// The value as TOML, or [`REDACTED`] for a secret.
     pub value: Option<String>,
-    /// Where the value was set, such as `in /etc/sealcast-relay.toml`.
+    /// Source of the value, such as `in /etc/sealcast-relay.toml`.
     pub origin: String,
-    /// What is wrong and how to fix it.
+    /// The problem and its fix.
     pub problem: String,
 }
 
@@ -123,7 +123,7 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// Starts an empty layer; `name` says where its values come from in messages.
+    /// Starts an empty layer. Messages name `name` as the source of its values.
     pub fn new(name: &'static str) -> Self {
         Layer {
             name,
@@ -166,10 +166,10 @@ impl Provider for Layer {
     }
 }
 
-/// The built-in defaults as a layer.
+/// Returns the built-in defaults as a layer.
 fn defaults() -> Layer {
     let mut layer = Layer::new("defaults");
-    // Settings serialize to a table, so the `else` case cannot happen.
+    // `Settings` is a struct, which figment serializes to a table.
     if let Ok(Value::Dict(_, values)) = Value::serialize(Settings::default()) {
         layer.values = values;
     }

@@ -1,9 +1,9 @@
 //! Value types of the configuration file: socket addresses, periods written
 //! as text such as `30s`, and secrets that never serialize in clear.
 //!
-//! Each type's deserialization error names the rejected value and ends in a
-//! fix that starts with [`FIX_PREFIX`], which the loader rewrites to name
-//! the key.
+//! Each type's deserialization error ends in a fix that starts with
+//! [`FIX_PREFIX`], which the loader rewrites to name the key. The loader
+//! also adds the rejected value.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use crate::config::parse_duration;
 /// Start of the fix in a value error; the loader puts the key in place of "it".
 pub(super) const FIX_PREFIX: &str = "set it to";
 
-/// Text that stands in for a secret in printed settings.
+/// Replacement text for a secret in printed settings.
 pub const REDACTED: &str = "<redacted>";
 
 /// A socket address, written as `IP:PORT`.
