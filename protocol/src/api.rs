@@ -12,7 +12,11 @@
 //! | `POST /v1/invites/redeem` | proof over the challenge | redeem an invite: sets [`FOLLOW_COOKIE`] |
 //! | `GET /join`, `GET /join/{file}` | none | the patient page, read-only |
 //! | `GET /healthz` | none | liveness |
+//! | `GET /readyz` | none | readiness: 503 while shutting down or when the store does not answer |
 //! | `GET /metrics` | none | Prometheus metrics |
+//!
+//! With the relay's `ops_listen` set, the last three are served only on that
+//! plain-HTTP address.
 //!
 //! Staff credentials are described in [`crate::auth`]: a device-bound access
 //! token with a DPoP proof, or a browser's access cookie. Invite tokens

@@ -1,40 +1,30 @@
 //! The `sealcast-relay` command line.
 //!
-//! `sealcast-relay serve` is also what runs without a subcommand. Every flag
-//! can be set through an environment variable named `SEALCAST_` and the flag
-//! in upper case, for example `SEALCAST_DATA_DIR`.
+//! `sealcast-relay serve` is also what runs without a subcommand. It reads
+//! its settings from a TOML file (`--config`), environment variables and
+//! flags; [`crate::settings`] describes how they combine. Every flag can
+//! also be set through an environment variable named `SEALCAST_` and the
+//! flag in upper case, for example `SEALCAST_DATA_DIR`.
 
 use std::io::{self, IsTerminal, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin_cli::{self, AdminArgs};
-use crate::at_rest::{AtRestError, KeySource};
 use crate::audit::cli::{self as audit_cli, AuditArgs, RetentionArgs};
-use crate::audit::{AuditError, CheckpointPolicy, RetentionPolicy};
-use crate::config::{
-    default_max_message_size, parse_duration, AccountsConfig, AuditConfig, Config, Limits,
-};
+use crate::audit::AuditError;
+use crate::config::Config;
+use crate::config_cli::{self, ConfigArgs};
 use crate::demo::{DemoError, DemoSession};
 use crate::error::RelayError;
 use crate::keys_cli::{self, KeysArgs};
+use crate::serve_args::ServeArgs;
 use crate::server::{start, RelayHandle};
+pub use crate::settings::LogFormat;
 use sealcast_client::cli::shell_docs;
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +47,8 @@ enum Command {
     /// Serve the relay and stream a sample consultation into a demo session
     /// in a loop, printing the patient's link. Takes the same flags as serve.
     Demo(ServeArgs),
+    /// Check a configuration file or print an example of one.
+    Config(ConfigArgs),
     /// Manage organizations, users and devices in the data directory. Works
     /// while a relay runs, which closes revoked sockets within 5 seconds.
     Admin(AdminArgs),
@@ -77,173 +69,18 @@ enum Command {
     Man,
 }
 
-#[derive(Debug, Clone, Args)]
-struct ServeArgs {
-    /// Address to listen on. Port 0 picks a free port.
-    #[arg(long, env = "SEALCAST_LISTEN", default_value = "127.0.0.1:8443")]
-    listen: SocketAddr,
-    /// Directory for relay.db and the development certificate.
-    #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
-    data_dir: PathBuf,
-    /// File with the at-rest key-encryption key: 32 bytes as 64 hex digits or
-    /// base64. SEALCAST_AT_REST_KEY may hold the key itself instead. Without
-    /// either, a development key file is made in the data directory.
-    #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
-    at_rest_key_file: Option<PathBuf>,
-    /// Base URL of invite links [default: https://localhost:PORT].
-    #[arg(long, env = "SEALCAST_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// PEM certificate chain. Without it and --tls-key, a development certificate is used.
-    #[arg(long, env = "SEALCAST_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "SEALCAST_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Log format. The level comes from RUST_LOG (default info).
-    #[arg(long, env = "SEALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Maximum simultaneous connections, WebSockets included.
-    #[arg(long, env = "SEALCAST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
-    max_connections: usize,
-    /// Maximum WebSocket message and frame size, in bytes.
-    #[arg(long, env = "SEALCAST_MAX_MESSAGE_SIZE", default_value_t = default_max_message_size())]
-    max_message_size: usize,
-    /// WebSocket read buffer size, in bytes.
-    #[arg(long, env = "SEALCAST_READ_BUFFER_SIZE", default_value_t = Limits::default().read_buffer_size)]
-    read_buffer_size: usize,
-    /// WebSocket write buffer size, in bytes.
-    #[arg(long, env = "SEALCAST_WRITE_BUFFER_SIZE", default_value_t = Limits::default().write_buffer_size)]
-    write_buffer_size: usize,
-    /// Maximum bytes buffered for writing on one WebSocket [default: twice the message size plus the write buffer].
-    #[arg(long, env = "SEALCAST_MAX_WRITE_BUFFER_SIZE")]
-    max_write_buffer_size: Option<usize>,
-    /// Bytes queued for one follower before it catches up from the store instead.
-    #[arg(long, env = "SEALCAST_FOLLOWER_QUEUE_BYTES", default_value_t = Limits::default().follower_queue_bytes)]
-    follower_queue_bytes: usize,
-    /// Maximum time for one WebSocket write, for example 30s or 500ms.
-    #[arg(long, env = "SEALCAST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    write_timeout: Duration,
-    /// Interval between WebSocket pings.
-    #[arg(long, env = "SEALCAST_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
-    ping_interval: Duration,
-    /// Maximum time a WebSocket may stay silent, pongs included.
-    #[arg(long, env = "SEALCAST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// Maximum time for a TLS handshake, and for reading a request's headers.
-    #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
-    /// Requests answered 401 that one client address may make per minute before
-    /// all its requests get 429 for a while.
-    #[arg(
-        long,
-        env = "SEALCAST_FAILED_CREDENTIALS_PER_MINUTE",
-        default_value_t = 20
-    )]
-    failed_credentials_per_minute: u32,
-    /// Lifetime of staff access tokens, for example 5m.
-    #[arg(long, env = "SEALCAST_ACCESS_TOKEN_LIFETIME", default_value = "5m", value_parser = parse_duration)]
-    access_token_lifetime: Duration,
-    /// Lifetime of staff refresh tokens. Each refresh makes a new one.
-    #[arg(long, env = "SEALCAST_REFRESH_TOKEN_LIFETIME", default_value = "30d", value_parser = parse_duration)]
-    refresh_token_lifetime: Duration,
-    /// Age after which the access token signing key is replaced.
-    #[arg(long, env = "SEALCAST_SIGNING_KEY_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
-    signing_key_max_age: Duration,
-    /// Lifetime of a magic sign-in link.
-    #[arg(long, env = "SEALCAST_MAGIC_LINK_LIFETIME", default_value = "15m", value_parser = parse_duration)]
-    magic_link_lifetime: Duration,
-    /// SMTP server for sign-in mail: smtp://host:port, smtp://host:port?tls=required
-    /// or smtps://user:password@host:port. Without it, mail is written to DATA_DIR/outbox/.
-    #[arg(long, env = "SEALCAST_SMTP_URL", hide_env_values = true)]
-    smtp_url: Option<String>,
-    /// From address of sign-in mail.
-    #[arg(
-        long,
-        env = "SEALCAST_MAIL_FROM",
-        default_value = "sealcast <no-reply@localhost>"
-    )]
-    mail_from: String,
-    /// Extra PEM root certificate for the SMTP server.
-    #[arg(long, env = "SEALCAST_SMTP_CA_FILE")]
-    smtp_ca_file: Option<PathBuf>,
-    /// Age after which an ended session, or an open one without frames for
-    /// that long, is deleted with its frames, invite and browser credentials.
-    #[arg(long, env = "SEALCAST_CONTENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
-    content_retention: Duration,
-    /// Age after which audit entries are removed behind a signed anchor. A
-    /// year counts as 366 days.
-    #[arg(long, env = "SEALCAST_AUDIT_RETENTION", default_value = "6y", value_parser = parse_duration)]
-    audit_retention: Duration,
-    /// Time between two retention runs.
-    #[arg(long, env = "SEALCAST_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    retention_interval: Duration,
-    /// Audit entries after the last checkpoint at which the relay signs the
-    /// head of their stream.
-    #[arg(long, env = "SEALCAST_AUDIT_CHECKPOINT_ENTRIES", default_value_t = CheckpointPolicy::default().every_entries)]
-    audit_checkpoint_entries: u64,
-    /// Time after which the relay signs stream heads with unsigned entries.
-    #[arg(long, env = "SEALCAST_AUDIT_CHECKPOINT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    audit_checkpoint_interval: Duration,
-}
-
-impl ServeArgs {
-    /// Builds the configuration. Fails when the at-rest key sources conflict
-    /// or `SEALCAST_AT_REST_KEY` is not a valid key.
-    fn into_config(self) -> Result<Config, AtRestError> {
-        let max_write_buffer_size = self
-            .max_write_buffer_size
-            .unwrap_or(2 * self.max_message_size + self.write_buffer_size);
-        let at_rest_key = KeySource::from_flag_and_env(self.at_rest_key_file)?;
-        Ok(Config {
-            listen: self.listen,
-            data_dir: self.data_dir,
-            public_url: self.public_url,
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-            limits: Limits {
-                max_connections: self.max_connections,
-                max_message_size: self.max_message_size,
-                read_buffer_size: self.read_buffer_size,
-                write_buffer_size: self.write_buffer_size,
-                max_write_buffer_size,
-                follower_queue_bytes: self.follower_queue_bytes,
-                write_timeout: self.write_timeout,
-                ping_interval: self.ping_interval,
-                idle_timeout: self.idle_timeout,
-                handshake_timeout: self.handshake_timeout,
-                failed_credentials_per_minute: self.failed_credentials_per_minute,
-            },
-            accounts: AccountsConfig {
-                access_token_lifetime: self.access_token_lifetime,
-                refresh_token_lifetime: self.refresh_token_lifetime,
-                signing_key_max_age: self.signing_key_max_age,
-                magic_link_lifetime: self.magic_link_lifetime,
-                smtp_url: self.smtp_url,
-                mail_from: self.mail_from,
-                smtp_ca_file: self.smtp_ca_file,
-            },
-            at_rest_key,
-            audit: AuditConfig {
-                retention: RetentionPolicy {
-                    content: self.content_retention,
-                    audit: self.audit_retention,
-                },
-                retention_interval: self.retention_interval,
-                checkpoints: CheckpointPolicy {
-                    every_entries: self.audit_checkpoint_entries,
-                },
-                checkpoint_interval: self.audit_checkpoint_interval,
-            },
-        })
-    }
-}
-
-/// Runs the command line: parses arguments, sets up logging and serves.
+/// Runs the command line: parses arguments, loads the settings, sets up
+/// logging and serves.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (args, demo) = match cli.command {
-        Some(Command::Serve(args)) => (args, false),
-        Some(Command::Demo(args)) => (args, true),
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let (args, args_matches, demo) = match cli.command {
+        Some(Command::Serve(args)) => (args, subcommand(&matches, &["serve"]), false),
+        Some(Command::Demo(args)) => (args, subcommand(&matches, &["demo"]), true),
+        Some(Command::Config(args)) => return config_cli::run(args, &matches),
         Some(Command::Admin(args)) => return run_admin(args),
         Some(Command::Keys(args)) => return run_keys(args),
         Some(Command::Audit(args)) => {
@@ -259,9 +96,16 @@ pub fn main() -> ExitCode {
         Some(Command::Man) => {
             return print_document(|out| shell_docs::write_man(Cli::command(), out))
         }
-        None => (cli.serve, false),
+        None => (cli.serve, &matches, false),
     };
-    if let Err(error) = init_logging(args.log_format) {
+    let loaded = match args.load(args_matches) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = init_logging(loaded.settings.log_format) {
         eprintln!("error: failed to set up logging: {error}");
         return ExitCode::FAILURE;
     }
@@ -277,12 +121,11 @@ pub fn main() -> ExitCode {
         }
     };
     let result = if demo {
-        runtime.block_on(serve_demo(args))
+        runtime.block_on(serve_demo(loaded.config))
     } else {
-        match args.into_config() {
-            Ok(config) => runtime.block_on(serve(config)).map_err(DemoError::from),
-            Err(error) => Err(DemoError::from(RelayError::from(error))),
-        }
+        runtime
+            .block_on(serve(loaded.config))
+            .map_err(DemoError::from)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,6 +135,14 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Returns the matches of the nested subcommand at `path`, such as
+/// `["config", "check"]`, or the top-level matches if it is absent.
+pub(crate) fn subcommand<'a>(matches: &'a ArgMatches, path: &[&str]) -> &'a ArgMatches {
+    path.iter()
+        .try_fold(matches, |matches, name| matches.subcommand_matches(name))
+        .unwrap_or(matches)
 }
 
 fn run_admin(args: AdminArgs) -> ExitCode {
@@ -379,9 +230,8 @@ async fn serve(config: Config) -> Result<(), RelayError> {
     Ok(())
 }
 
-async fn serve_demo(args: ServeArgs) -> Result<(), DemoError> {
-    let tls_cert = args.tls_cert.clone();
-    let config = args.into_config().map_err(RelayError::from)?;
+async fn serve_demo(config: Config) -> Result<(), DemoError> {
+    let tls_cert = config.tls_cert.clone();
     let handle = start(config).await?;
     let mut signals = StopSignals::register();
     if let Err(error) = announce(&handle) {
@@ -429,6 +279,9 @@ fn announce(handle: &RelayHandle) -> io::Result<()> {
         "sealcast-relay listening on https://{}",
         handle.local_addr()
     )?;
+    if let Some(ops_addr) = handle.ops_addr() {
+        writeln!(out, "/healthz, /readyz and /metrics on http://{ops_addr}")?;
+    }
     let mail = handle.mail_destination();
     if handle.mail_is_sent() {
         writeln!(out, "sign-in mail goes to {mail}")?;
@@ -511,9 +364,24 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::CommandFactory;
 
     use super::*;
+    use crate::config::Limits;
+    use crate::settings::{Loaded, SettingsError};
+
+    /// Parses `args` as the binary would and loads the settings of `serve`.
+    fn load(args: &[&str]) -> Result<Loaded, SettingsError> {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        match cli.command {
+            Some(Command::Serve(serve)) => serve.load(subcommand(&matches, &["serve"])),
+            None => cli.serve.load(&matches),
+            Some(other) => panic!("not a serve command: {other:?}"),
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -529,7 +397,7 @@ mod tests {
 
     #[test]
     fn serve_flags_map_to_config() {
-        let cli = Cli::try_parse_from([
+        let config = load(&[
             "sealcast-relay",
             "serve",
             "--write-timeout",
@@ -537,11 +405,8 @@ mod tests {
             "--follower-queue-bytes",
             "200000",
         ])
-        .unwrap();
-        let Some(Command::Serve(args)) = cli.command else {
-            panic!("serve subcommand not parsed");
-        };
-        let config = args.into_config().unwrap();
+        .unwrap()
+        .config;
         assert_eq!(config.limits.write_timeout, Duration::from_millis(500));
         assert_eq!(config.limits.follower_queue_bytes, 200_000);
         assert_eq!(
@@ -577,15 +442,15 @@ mod tests {
 
     #[test]
     fn retention_flags_map_to_config() {
-        let cli = Cli::try_parse_from([
+        let config = load(&[
             "sealcast-relay",
             "--content-retention",
             "30d",
             "--audit-checkpoint-entries",
             "10",
         ])
-        .unwrap();
-        let config = cli.serve.into_config().unwrap();
+        .unwrap()
+        .config;
         assert_eq!(
             config.audit.retention.content,
             Duration::from_secs(30 * 86_400)
@@ -621,7 +486,10 @@ mod tests {
 
     #[test]
     fn lone_certificate_flag_is_rejected() {
-        let result = Cli::try_parse_from(["sealcast-relay", "--tls-cert", "cert.pem"]);
-        assert!(result.is_err());
+        let error = load(&["sealcast-relay", "--tls-cert", "cert.pem"]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("tls.cert"), "{message}");
+        assert!(message.contains("tls.key is not set"), "{message}");
+        assert!(message.contains("from the command line"), "{message}");
     }
 }

@@ -13,6 +13,10 @@ use crate::error::RelayError;
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port, see [`crate::RelayHandle::local_addr`].
     pub listen: SocketAddr,
+    /// Address of the plain-HTTP listener for `/healthz`, `/readyz` and
+    /// `/metrics`. When set, those routes are served there and not on
+    /// [`Config::listen`]; when `None`, the public listener serves them.
+    pub ops_listen: Option<SocketAddr>,
     /// Directory holding `relay.db` and, without configured certificates, the
     /// development certificate. Created with mode 0700 when missing.
     pub data_dir: PathBuf,
@@ -38,6 +42,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            ops_listen: None,
             data_dir: PathBuf::from("sealcast-data"),
             public_url: None,
             tls_cert: None,
@@ -85,17 +90,17 @@ impl AuditConfig {
             })
         };
         for (name, value) in [
-            ("content_retention", self.retention.content),
-            ("audit_retention", self.retention.audit),
-            ("retention_interval", self.retention_interval),
-            ("audit_checkpoint_interval", self.checkpoint_interval),
+            ("retention.content", self.retention.content),
+            ("retention.audit", self.retention.audit),
+            ("retention.interval", self.retention_interval),
+            ("audit.checkpoint_interval", self.checkpoint_interval),
         ] {
             if value.is_zero() {
                 return invalid(name, "must be longer than zero");
             }
         }
         if self.checkpoints.every_entries == 0 {
-            return invalid("audit_checkpoint_entries", "must be at least 1");
+            return invalid("audit.checkpoint_entries", "must be at least 1");
         }
         Ok(())
     }
@@ -160,10 +165,10 @@ impl AccountsConfig {
             })
         };
         for (name, value) in [
-            ("access_token_lifetime", self.access_token_lifetime),
-            ("refresh_token_lifetime", self.refresh_token_lifetime),
-            ("signing_key_max_age", self.signing_key_max_age),
-            ("magic_link_lifetime", self.magic_link_lifetime),
+            ("tokens.access_token_lifetime", self.access_token_lifetime),
+            ("tokens.refresh_token_lifetime", self.refresh_token_lifetime),
+            ("tokens.signing_key_max_age", self.signing_key_max_age),
+            ("tokens.magic_link_lifetime", self.magic_link_lifetime),
         ] {
             if value.is_zero() {
                 return invalid(name, "must be longer than zero");
@@ -171,8 +176,8 @@ impl AccountsConfig {
         }
         if self.refresh_token_lifetime < self.access_token_lifetime {
             return invalid(
-                "refresh_token_lifetime",
-                "must be at least access_token_lifetime",
+                "tokens.refresh_token_lifetime",
+                "must be at least tokens.access_token_lifetime",
             );
         }
         Ok(())
@@ -238,33 +243,36 @@ impl Limits {
         let invalid = |name, reason: String| Err(RelayError::InvalidLimit { name, reason });
         let smallest_message = sealcast_protocol::HEADER_LEN + 8;
         if self.max_connections == 0 {
-            return invalid("max_connections", "must be at least 1".into());
+            return invalid("limits.max_connections", "must be at least 1".into());
         }
         if self.failed_credentials_per_minute == 0 {
-            return invalid("failed_credentials_per_minute", "must be at least 1".into());
+            return invalid(
+                "limits.failed_credentials_per_minute",
+                "must be at least 1".into(),
+            );
         }
         if self.max_message_size < smallest_message {
             return invalid(
-                "max_message_size",
+                "limits.max_message_size",
                 format!("{} bytes cannot hold a frame header", self.max_message_size),
             );
         }
         if self.max_write_buffer_size <= self.write_buffer_size + self.max_message_size {
             return invalid(
-                "max_write_buffer_size",
+                "limits.max_write_buffer_size",
                 "must exceed write_buffer_size plus max_message_size".into(),
             );
         }
         if self.follower_queue_bytes < self.max_message_size {
             return invalid(
-                "follower_queue_bytes",
+                "limits.follower_queue_bytes",
                 "must hold at least one message of max_message_size".into(),
             );
         }
         for (name, value) in [
-            ("write_timeout", self.write_timeout),
-            ("ping_interval", self.ping_interval),
-            ("handshake_timeout", self.handshake_timeout),
+            ("limits.write_timeout", self.write_timeout),
+            ("limits.ping_interval", self.ping_interval),
+            ("limits.handshake_timeout", self.handshake_timeout),
         ] {
             if value.is_zero() {
                 return invalid(name, "must be longer than zero".into());
@@ -272,7 +280,7 @@ impl Limits {
         }
         if self.idle_timeout <= self.ping_interval {
             return invalid(
-                "idle_timeout",
+                "limits.idle_timeout",
                 "must be longer than ping_interval, or peers time out between pings".into(),
             );
         }

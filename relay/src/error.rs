@@ -55,9 +55,9 @@ pub enum RelayError {
     #[error("failed to generate the development certificate: {0}")]
     DevCertificate(#[from] rcgen::Error),
     /// A limit is out of range or inconsistent with another.
-    #[error("invalid limit {name}: {reason}")]
+    #[error("invalid setting {name}: {reason}")]
     InvalidLimit {
-        /// The flag or field.
+        /// The key path in the configuration file, such as `limits.max_connections`.
         name: &'static str,
         /// The problem and the fix.
         reason: String,
@@ -68,6 +68,14 @@ pub enum RelayError {
     /// The listening socket could not be bound.
     #[error("failed to listen on {addr}: {source}: choose another --listen address or port")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The ops listener's socket could not be bound.
+    #[error("failed to listen on {addr} for /healthz, /readyz and /metrics: {source}: choose another ops_listen address or port")]
+    BindOps {
         /// The address.
         addr: SocketAddr,
         /// The I/O error.

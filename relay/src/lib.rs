@@ -19,6 +19,8 @@
 //! | `at_rest` | encryption of stored frames and personal data under a wrapped data key |
 //! | [`audit`] | hash-chained audit streams, signed checkpoints, export, retention |
 //! | `config` | [`Config`] and [`Limits`] |
+//! | [`settings`] | the configuration file, merged with environment variables and flags |
+//! | `config_cli`, `serve_args` | the `config` command and the flags of `serve` |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
 //! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
@@ -40,6 +42,7 @@ pub mod at_rest;
 pub mod audit;
 pub mod cli;
 pub mod config;
+mod config_cli;
 mod credentials;
 pub mod demo;
 pub mod error;
@@ -49,7 +52,9 @@ mod invites;
 mod keys_cli;
 mod listener;
 pub mod metrics;
+mod serve_args;
 mod server;
+pub mod settings;
 mod shutdown;
 mod store;
 pub mod tls;

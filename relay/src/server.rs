@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -36,6 +37,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// [`RelayHandle::shutdown`] leaves the relay running until its tokio runtime stops.
 pub struct RelayHandle {
     local_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     public_url: String,
     data_dir: PathBuf,
     tls: Arc<Tls>,
@@ -51,6 +53,11 @@ impl RelayHandle {
     /// Returns the address the relay listens on, with the real port when port 0 was configured.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Returns the address of the plain-HTTP ops listener, if one is configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// Returns the base URL of invite links.
@@ -117,6 +124,7 @@ impl fmt::Debug for RelayHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayHandle")
             .field("local_addr", &self.local_addr)
+            .field("ops_addr", &self.ops_addr)
             .field("public_url", &self.public_url)
             .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
@@ -136,6 +144,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let store = Store::open(&config.data_dir, &config.at_rest_key).await?;
     let at_rest = store.keys().clone();
     let (tcp, local_addr) = bind(config.listen).await?;
+    let ops = match config.ops_listen {
+        Some(addr) => Some(bind_ops(addr).await?),
+        None => None,
+    };
+    let ops_addr = ops.as_ref().map(|(_, addr)| *addr);
     let public_url = resolve_public_url(config.public_url.as_deref(), local_addr.port())?;
     let accounts = Arc::new(
         Accounts::open(
@@ -153,6 +166,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let server = spawn_server(
         &config,
         tcp,
+        ops.map(|(tcp, _)| tcp),
         &tls,
         store,
         accounts.clone(),
@@ -163,12 +177,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     );
     tracing::info!(
         %local_addr,
+        ops_addr = ops_addr.map(|addr| addr.to_string()),
         public_url,
         data_dir = %config.data_dir.display(),
         "relay started"
     );
     Ok(RelayHandle {
         local_addr,
+        ops_addr,
         public_url,
         data_dir: config.data_dir,
         tls,
@@ -188,11 +204,19 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayError>
     Ok((tcp, local_addr))
 }
 
-/// Builds the shared state and router and spawns the task that serves them.
+async fn bind_ops(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayError> {
+    let error = |source| RelayError::BindOps { addr, source };
+    let tcp = TcpListener::bind(addr).await.map_err(error)?;
+    let local_addr = tcp.local_addr().map_err(error)?;
+    Ok((tcp, local_addr))
+}
+
+/// Builds the shared state and routers and spawns the tasks that serve them.
 #[allow(clippy::too_many_arguments)]
 fn spawn_server(
     config: &Config,
     tcp: TcpListener,
+    ops_tcp: Option<TcpListener>,
     tls: &Tls,
     store: Store,
     accounts: Arc<Accounts>,
@@ -216,10 +240,14 @@ fn spawn_server(
         audit: audit.clone(),
         failures: http::failures::FailureLimiter::new(config.limits.failed_credentials_per_minute),
     });
+    if let Some(ops_tcp) = ops_tcp {
+        let router = http::ops_router(state.clone());
+        shutdown.spawn(serve_ops(ops_tcp, router, shutdown.clone()));
+    }
     let listener = Listener::new(
         tcp,
         tls.acceptor.clone(),
-        http::router(state),
+        http::router(state, config.ops_listen.is_none()),
         &config.limits,
         shutdown.clone(),
     );
@@ -277,6 +305,19 @@ async fn start_audit(
         shutdown.clone(),
     ));
     Ok(audit)
+}
+
+/// Serves the ops routes over plain HTTP until shutdown is triggered.
+// NOTE: unlike the public listener, this one has no connection cap and no
+// header timeout, because it is meant for loopback or a private network.
+async fn serve_ops(tcp: TcpListener, router: Router, shutdown: Shutdown) {
+    let stop = shutdown.clone();
+    let result = axum::serve(tcp, router)
+        .with_graceful_shutdown(async move { stop.triggered().await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "ops listener failed");
+    }
 }
 
 /// Runs the accept loop, then winds down once shutdown is triggered.
@@ -337,7 +378,10 @@ fn prepare_data_dir(path: &Path) -> Result<(), RelayError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(error)
 }
 
-fn resolve_public_url(configured: Option<&str>, port: u16) -> Result<String, RelayError> {
+pub(crate) fn resolve_public_url(
+    configured: Option<&str>,
+    port: u16,
+) -> Result<String, RelayError> {
     let Some(url) = configured else {
         return Ok(format!("https://localhost:{port}"));
     };

@@ -21,6 +21,11 @@ impl Shutdown {
         self.signal.cancel();
     }
 
+    /// Returns whether [`Shutdown::trigger`] has been called.
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.signal.is_cancelled()
+    }
+
     /// Completes once [`Shutdown::trigger`] has been called.
     pub(crate) fn triggered(&self) -> WaitForCancellationFuture<'_> {
         self.signal.cancelled()

@@ -16,7 +16,7 @@
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`audited`] | audit events of requests |
-//! | [`ops`] | health, metrics and fallbacks |
+//! | [`ops`] | health, readiness, metrics and fallbacks |
 //! | [`openapi`] | the OpenAPI document of every route |
 //! | [`observe`] | request counting and logging |
 
@@ -101,9 +101,16 @@ async fn no_store_by_default(request: Request, next: Next) -> Response {
     response
 }
 
-/// Builds the router of every endpoint.
-pub(crate) fn router(state: AppState) -> Router {
-    let (routes, _document) = api_routes().split_for_parts();
+/// Builds the router of the public listener. It serves `/healthz`,
+/// `/readyz` and `/metrics` only when `with_ops` is set, which is when no
+/// separate ops listener is configured.
+pub(crate) fn router(state: AppState, with_ops: bool) -> Router {
+    let routes = if with_ops {
+        api_routes()
+    } else {
+        public_routes()
+    };
+    let (routes, _document) = routes.split_for_parts();
     routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -117,10 +124,16 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Returns every route with its OpenAPI operation. Add routes here only
-/// through `routes!`, never with `route`, so that each one is documented:
-/// `GET /openapi.json` and the tests read this list.
+/// Returns every route with its OpenAPI operation: the public routes and
+/// those of [`ops::routes`], which move to the ops listener when one is
+/// configured. `GET /openapi.json` and the tests read this list.
 pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    public_routes().merge(ops::routes())
+}
+
+/// Returns the routes only the public listener serves. Add routes here only
+/// through `routes!`, never with `route`, so that each one is documented.
+fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(sessions::create))
         .routes(routes!(sessions::end))
@@ -143,7 +156,17 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invites::challenge))
         .routes(routes!(invites::redeem))
         .merge(web::routes())
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::metrics))
         .routes(routes!(openapi::serve))
+}
+
+/// Builds the router of the plain-HTTP ops listener: health, readiness and
+/// metrics only.
+pub(crate) fn ops_router(state: AppState) -> Router {
+    let (routes, _document) = ops::routes().split_for_parts();
+    routes
+        .fallback(ops::ops_not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(middleware::from_fn(no_store_by_default))
+        .layer(middleware::from_fn(observe::record))
+        .with_state(state)
 }

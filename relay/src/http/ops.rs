@@ -1,10 +1,21 @@
-//! Health, metrics and the fallbacks for unknown routes and methods.
+//! Health, readiness, metrics and the fallbacks for unknown routes and methods.
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
+
+/// The routes for monitoring: `/healthz`, `/readyz` and `/metrics`, with
+/// their OpenAPI operations.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
 
 /// `GET /healthz`: 200 `ok` while reads from the store succeed.
 #[utoipa::path(
@@ -20,6 +31,29 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         Err(error) => {
             tracing::error!(%error, "health check failed to read the store");
             ApiError::Unavailable("store is not readable".into()).into_response()
+        }
+    }
+}
+
+/// `GET /readyz`: 200 `ready` while the relay accepts work and the store
+/// answers a query; otherwise 503 with the reason, so that a load balancer
+/// stops sending requests during shutdown.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`ready`: the relay accepts work and the store answers", body = String, content_type = "text/plain"),
+        (status = 503, description = "The relay is shutting down or the store does not answer", body = sealcast_protocol::api::ErrorBody)
+    )
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_triggered() {
+        return ApiError::Unavailable("relay is shutting down".into()).into_response();
+    }
+    match state.store.check_readable().await {
+        Ok(()) => "ready".into_response(),
+        Err(error) => {
+            tracing::error!(%error, "readiness check failed to query the store");
+            ApiError::Unavailable("store does not answer queries".into()).into_response()
         }
     }
 }
@@ -44,7 +78,14 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 /// Any path no route matches.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such endpoint: the relay serves /join, /v1/sessions, /v1/follow, /v1/invites, /healthz and /metrics".into(),
+        "no such endpoint: the relay serves /join, /v1/sessions, /v1/follow, /v1/invites, /openapi.json, /healthz, /readyz and /metrics".into(),
+    )
+}
+
+/// Any path on the ops listener other than its three routes.
+pub(crate) async fn ops_not_found() -> ApiError {
+    ApiError::NotFound(
+        "no such endpoint: this listener serves /healthz, /readyz and /metrics".into(),
     )
 }
 
