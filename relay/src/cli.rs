@@ -132,6 +132,9 @@ struct ServeArgs {
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Maximum TLS handshakes in progress past their ClientHello; more wait for a slot.
+    #[arg(long, env = "SEALCAST_MAX_HANDSHAKES", default_value_t = Limits::default().max_handshakes)]
+    max_handshakes: usize,
     /// Requests answered 401 that one client address may make per minute before
     /// all its requests get 429 for a while.
     #[arg(
@@ -211,6 +214,7 @@ impl ServeArgs {
                 ping_interval: self.ping_interval,
                 idle_timeout: self.idle_timeout,
                 handshake_timeout: self.handshake_timeout,
+                max_handshakes: self.max_handshakes,
                 failed_credentials_per_minute: self.failed_credentials_per_minute,
             },
             accounts: AccountsConfig {
@@ -536,6 +540,8 @@ mod tests {
             "500ms",
             "--follower-queue-bytes",
             "200000",
+            "--max-handshakes",
+            "32",
         ])
         .unwrap();
         let Some(Command::Serve(args)) = cli.command else {
@@ -549,6 +555,7 @@ mod tests {
             Limits {
                 write_timeout: Duration::from_millis(500),
                 follower_queue_bytes: 200_000,
+                max_handshakes: 32,
                 ..Limits::default()
             }
         );
