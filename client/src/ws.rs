@@ -242,7 +242,9 @@ mod tests {
         let response = http::Response::builder()
             .status(503)
             .header(http::header::RETRY_AFTER, "2")
-            .body(Some(br#"{"error":"unavailable","message":"busy"}"#.to_vec()))
+            .body(Some(
+                br#"{"error":"unavailable","message":"busy"}"#.to_vec(),
+            ))
             .unwrap();
         let failure = classify_connect_error(WsError::Http(response), Credential::InviteToken);
         let Failure::RetryAfter { reason, wait } = failure else {

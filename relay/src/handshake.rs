@@ -70,7 +70,11 @@ impl Handshaker {
     }
 
     /// Completes the handshake on `stream`, counting and logging a failure.
-    pub(crate) async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
         match self.try_accept(stream).await {
             Ok(tls) => Some(tls),
             Err((failure, error)) => {
@@ -98,8 +102,18 @@ impl Handshaker {
         // Step 2: a slot, in arrival order.
         let slot = tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned())
             .await
-            .map_err(|_| (HandshakeFailure::SlotsBusy, "no handshake slot before the deadline".to_owned()))?
-            .map_err(|_| (HandshakeFailure::Failed, "handshake slots closed".to_owned()))?;
+            .map_err(|_| {
+                (
+                    HandshakeFailure::SlotsBusy,
+                    "no handshake slot before the deadline".to_owned(),
+                )
+            })?
+            .map_err(|_| {
+                (
+                    HandshakeFailure::Failed,
+                    "handshake slots closed".to_owned(),
+                )
+            })?;
 
         // Step 3: the rest of the handshake under the slot.
         let _slot = ActiveHandshake::start(slot);

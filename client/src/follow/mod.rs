@@ -176,7 +176,9 @@ impl FollowSession {
                 Err(Failure::Retry(reason)) => (reason, None),
                 Err(Failure::RetryAfter { reason, wait }) => (reason, Some(wait)),
             };
-            let retry_in = self.backoff.next_retry(&mut failures, &reason, retry_after)?;
+            let retry_in = self
+                .backoff
+                .next_retry(&mut failures, &reason, retry_after)?;
             tracing::debug!(reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "follow connection lost");
             if !self
                 .emit(FollowEvent::Disconnected { reason, retry_in })

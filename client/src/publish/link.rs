@@ -96,7 +96,9 @@ impl Link {
                 Failure::Retry(reason) => (reason, None),
                 Failure::RetryAfter { reason, wait } => (reason, Some(wait)),
             };
-            let delay = self.backoff.next_retry(&mut failures, &reason, retry_after)?;
+            let delay = self
+                .backoff
+                .next_retry(&mut failures, &reason, retry_after)?;
             tracing::warn!(
                 session_id = %self.session_id,
                 reason = %reason,
