@@ -11,7 +11,7 @@ use crate::error::ClientError;
 /// The delay before retry `n` (from 0) is drawn uniformly from the upper half
 /// of `min(initial * 2^n, max)`. The jitter spreads out clients that lost
 /// their connection at the same moment, such as every follower of a relay
-/// that restarted. When the relay answers with `Retry-After`, the delay is
+/// that restarted. When the relay responds with `Retry-After`, the delay is
 /// at least that long and spread over twice that time, see
 /// [`Backoff::delay_after`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ mod tests {
     }
 
     /// Counts `delays` in `buckets` equal parts of `[low, high)` and checks
-    /// that each holds between 80 % and 120 % of an even share.
+    /// that each contains between 80 % and 120 % of an even share.
     fn assert_spread_evenly(delays: &[Duration], low: Duration, high: Duration, buckets: usize) {
         let width = (high - low) / buckets as u32;
         let mut counts = vec![0usize; buckets];

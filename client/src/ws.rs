@@ -34,7 +34,7 @@ pub(crate) enum Failure {
     /// A relay too busy to serve now, which asked to wait `wait` (an HTTP
     /// `Retry-After`) before the next attempt.
     RetryAfter {
-        /// What the relay answered.
+        /// The relay's status and error message.
         reason: String,
         /// The relay's `Retry-After`.
         wait: Duration,

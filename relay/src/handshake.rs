@@ -2,7 +2,7 @@
 //! on how many run their expensive part at once.
 //!
 //! The relay reads a connection's ClientHello before it takes a slot, so a
-//! peer that sends its ClientHello a byte at a time holds no slot, only its
+//! peer that sends its ClientHello a byte at a time takes no slot, only its
 //! connection, until the deadline. The key exchange, the signature and the
 //! rest of the handshake then run under a slot. Slots are handed out first
 //! come, first served, so in a reconnect storm handshakes finish in arrival
@@ -31,8 +31,8 @@ pub(crate) struct Handshaker {
     timeout: Duration,
 }
 
-/// Why a handshake ended without a TLS stream, and the `reason` label it is
-/// counted under in [`CONNECTIONS_REJECTED`].
+/// Reason a handshake ended without a TLS stream, counted under its own
+/// `reason` label in [`CONNECTIONS_REJECTED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HandshakeFailure {
     /// The peer sent bytes that are not a valid TLS handshake, or offered
@@ -100,6 +100,10 @@ impl Handshaker {
             .map_err(classify)?;
 
         // Step 2: a slot, in arrival order.
+        // NOTE: a peer that sends a whole ClientHello and then stalls keeps
+        // its slot until the deadline. More than max_handshakes such peers
+        // at once make new handshakes wait, and past the deadline they are
+        // closed as tls_handshake_slots_busy.
         let slot = tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| {

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 /// `publisher` and `follower` for WebSockets upgraded from them.
 pub const CONNECTIONS_ACTIVE: &str = "sealcast_connections_active";
 /// Connections dropped before serving, label `reason`: `over_capacity`
-/// (answered 503 with `Retry-After`), `over_capacity_dropped` (closed at once
+/// (sent a 503 with `Retry-After`), `over_capacity_dropped` (closed at once
 /// because too many 503s were in progress), `tls_handshake_failed`,
 /// `tls_handshake_aborted`, `tls_handshake_timeout`,
 /// `tls_handshake_slots_busy`, `http_parse_failed` and `http_header_timeout`.

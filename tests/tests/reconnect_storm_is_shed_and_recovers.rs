@@ -29,7 +29,7 @@ const MAX_CONNECTIONS: &str = "200";
 /// Time each storm follower stays connected before it leaves.
 const HOLD: Duration = Duration::from_millis(1000);
 
-/// Longest the whole storm may take to get every follower in.
+/// Maximum time the whole storm may take to get every follower in.
 const STORM_LIMIT: Duration = Duration::from_secs(150);
 
 /// The relay's `Retry-After` on a 503 over the connection cap.

@@ -27,10 +27,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between two bytes of a slow client.
 const DRIP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Longest a slow client may stay connected: the timeout plus scheduling slack.
+/// Maximum time a slow client may stay connected: the timeout plus scheduling slack.
 const CUT_OFF_LIMIT: Duration = Duration::from_secs(8);
 
-/// Longest a normal client's handshake may take while the slow ones hang.
+/// Maximum time a normal client's handshake may take while the slow ones hang.
 const PROMPT_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// Handshake slots, far fewer than slow clients, which must hold none.

@@ -24,10 +24,10 @@ use url::Url;
 /// Connections of each kind.
 const PER_KIND: usize = 150;
 
-/// Longest a flood connection may stay open: the 2 s handshake timeout plus slack.
+/// Maximum time a flood connection may stay open: the 2 s handshake timeout plus slack.
 const CLOSE_LIMIT: Duration = Duration::from_secs(8);
 
-/// Longest a normal client's handshake may take during the flood.
+/// Maximum time a normal client's handshake may take during the flood.
 const PROMPT_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// How a flood connection misbehaves.
