@@ -11,7 +11,9 @@ use crate::error::ClientError;
 /// The delay before retry `n` (from 0) is drawn uniformly from the upper half
 /// of `min(initial * 2^n, max)`. The jitter spreads out clients that lost
 /// their connection at the same moment, such as every follower of a relay
-/// that restarted.
+/// that restarted. When the relay responds with `Retry-After`, the delay is
+/// at least that long and spread over twice that time, see
+/// [`Backoff::delay_after`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// Delay before the first retry, before jitter.
@@ -48,15 +50,33 @@ impl Backoff {
         half + jitter_range.mul_f64(rand::thread_rng().gen::<f64>())
     }
 
+    /// Returns the delay before retry number `attempt` when the relay asked to
+    /// wait `retry_after` (an HTTP `Retry-After`): the larger of
+    /// [`Backoff::delay`] and a time drawn uniformly from `[retry_after, 2 ×
+    /// retry_after)`, with `retry_after` first capped at `max`. Every client
+    /// that a busy relay turns away gets the same `Retry-After`, so the
+    /// spread keeps them from all returning in the same instant.
+    pub fn delay_after(&self, attempt: u32, retry_after: Duration) -> Duration {
+        let floor = retry_after.min(self.max);
+        let requested = floor + floor.mul_f64(rand::thread_rng().gen::<f64>());
+        self.delay(attempt).max(requested)
+    }
+
     /// Returns whether another attempt is allowed after `failures` failures in a row.
     pub fn allows(&self, failures: u32) -> bool {
         self.max_attempts.is_none_or(|max| failures < max)
     }
 
     /// Counts one more failure in a row and returns the delay before the next
-    /// attempt, or [`ClientError::RetriesExhausted`] naming `last` once the
-    /// policy allows no more attempts.
-    pub fn next_retry(&self, failures: &mut u32, last: &str) -> Result<Duration, ClientError> {
+    /// attempt, honouring the relay's `retry_after` when it sent one, or
+    /// [`ClientError::RetriesExhausted`] naming `last` once the policy allows
+    /// no more attempts.
+    pub fn next_retry(
+        &self,
+        failures: &mut u32,
+        last: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Duration, ClientError> {
         *failures += 1;
         if !self.allows(*failures) {
             return Err(ClientError::RetriesExhausted {
@@ -64,7 +84,11 @@ impl Backoff {
                 last: last.to_string(),
             });
         }
-        Ok(self.delay(*failures - 1))
+        let attempt = *failures - 1;
+        Ok(match retry_after {
+            Some(wait) => self.delay_after(attempt, wait),
+            None => self.delay(attempt),
+        })
     }
 }
 
@@ -90,6 +114,69 @@ mod tests {
         let delays: std::collections::HashSet<Duration> =
             (0..20).map(|_| backoff.delay(5)).collect();
         assert!(delays.len() > 1);
+    }
+
+    /// Counts `delays` in `buckets` equal parts of `[low, high)` and checks
+    /// that each contains between 80 % and 120 % of an even share.
+    fn assert_spread_evenly(delays: &[Duration], low: Duration, high: Duration, buckets: usize) {
+        let width = (high - low) / buckets as u32;
+        let mut counts = vec![0usize; buckets];
+        for delay in delays {
+            assert!(*delay >= low, "{delay:?} is below {low:?}");
+            assert!(*delay <= high, "{delay:?} is above {high:?}");
+            let index = ((*delay - low).as_nanos() / width.as_nanos()) as usize;
+            counts[index.min(buckets - 1)] += 1;
+        }
+        let share = delays.len() / buckets;
+        for (index, count) in counts.iter().enumerate() {
+            assert!(
+                *count * 10 >= share * 8 && *count * 10 <= share * 12,
+                "bucket {index} of {buckets} holds {count} delays, expected about {share}: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_over_upper_half() {
+        let backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10_000).map(|_| backoff.delay(5)).collect();
+        assert_spread_evenly(&delays, Duration::from_secs(4), Duration::from_secs(8), 10);
+    }
+
+    #[test]
+    fn retry_after_sets_floor_and_spread() {
+        let backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10_000)
+            .map(|_| backoff.delay_after(0, Duration::from_secs(1)))
+            .collect();
+        // 10,000 clients turned away together return at no more than about
+        // 1,200 per 100 ms, instead of all at once after 1 s.
+        assert_spread_evenly(&delays, Duration::from_secs(1), Duration::from_secs(2), 10);
+    }
+
+    #[test]
+    fn retry_after_never_shortens_backoff() {
+        let backoff = Backoff::default();
+        for _ in 0..100 {
+            let delay = backoff.delay_after(7, Duration::from_millis(100));
+            assert!(delay >= Duration::from_secs(15), "{delay:?}");
+        }
+        let delay = backoff.delay_after(0, Duration::from_secs(3600));
+        assert!(delay >= backoff.max, "{delay:?}");
+        assert!(delay <= backoff.max * 2, "{delay:?}");
+    }
+
+    #[test]
+    fn next_retry_honours_retry_after() {
+        let backoff = Backoff::default();
+        let mut failures = 0;
+        let delay = backoff
+            .next_retry(&mut failures, "HTTP 503", Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(failures, 1);
+        assert!(delay >= Duration::from_secs(2), "{delay:?}");
+        let delay = backoff.next_retry(&mut failures, "reset", None).unwrap();
+        assert!(delay <= Duration::from_millis(500), "{delay:?}");
     }
 
     #[test]

@@ -31,6 +31,14 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub(crate) enum Failure {
     /// A transient failure: wait and reconnect.
     Retry(String),
+    /// A relay too busy to serve now, which asked to wait `wait` (an HTTP
+    /// `Retry-After`) before the next attempt.
+    RetryAfter {
+        /// The relay's status and error message.
+        reason: String,
+        /// The relay's `Retry-After`.
+        wait: Duration,
+    },
     /// A failure that reconnecting cannot fix.
     Fatal(ClientError),
 }
@@ -87,7 +95,11 @@ fn classify_connect_error(err: WsError, credential: Credential) -> Failure {
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            classify_status(status, &body, credential)
+            let failure = classify_status(status, &body, credential);
+            match (failure, retry_after(response.headers())) {
+                (Failure::Retry(reason), Some(wait)) => Failure::RetryAfter { reason, wait },
+                (failure, _) => failure,
+            }
         }
         WsError::Io(io) => match crate::tls::certificate_error(&io) {
             Some(reason) => Failure::Fatal(ClientError::UntrustedCertificate { reason }),
@@ -97,6 +109,14 @@ fn classify_connect_error(err: WsError, credential: Credential) -> Failure {
         WsError::Url(url) => Failure::Fatal(ClientError::Internal(format!("invalid URL: {url}"))),
         other => Failure::Retry(error_chain(&other)),
     }
+}
+
+/// Reads a `Retry-After` header in seconds (RFC 9110, section 10.2.3).
+// NOTE: the other form, an HTTP date, is ignored and the plain backoff
+// applies; the relay sends seconds.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// Sorts an HTTP status that refused a WebSocket upgrade.
@@ -202,6 +222,36 @@ mod tests {
             let failure = classify_status(status, "", Credential::DeviceToken);
             assert!(matches!(failure, Failure::Retry(_)), "{status}");
         }
+    }
+
+    #[test]
+    fn retry_after_seconds_are_read() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn busy_relay_answer_keeps_retry_after() {
+        let response = http::Response::builder()
+            .status(503)
+            .header(http::header::RETRY_AFTER, "2")
+            .body(Some(
+                br#"{"error":"unavailable","message":"busy"}"#.to_vec(),
+            ))
+            .unwrap();
+        let failure = classify_connect_error(WsError::Http(response), Credential::InviteToken);
+        let Failure::RetryAfter { reason, wait } = failure else {
+            panic!("a 503 with Retry-After must be retried after it: {failure:?}");
+        };
+        assert_eq!(wait, Duration::from_secs(2));
+        assert!(reason.contains("busy"), "{reason}");
     }
 
     #[test]

@@ -404,6 +404,8 @@ mod tests {
             "500ms",
             "--follower-queue-bytes",
             "200000",
+            "--max-handshakes",
+            "32",
         ])
         .unwrap()
         .config;
@@ -414,6 +416,7 @@ mod tests {
             Limits {
                 write_timeout: Duration::from_millis(500),
                 follower_queue_bytes: 200_000,
+                max_handshakes: 32,
                 ..Limits::default()
             }
         );

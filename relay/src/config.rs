@@ -212,6 +212,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     pub handshake_timeout: Duration,
+    /// Maximum TLS handshakes past their ClientHello at once. Connections
+    /// beyond it wait for a slot in arrival order, within
+    /// `handshake_timeout`. Reading the ClientHello takes no slot.
+    pub max_handshakes: usize,
     /// Requests answered `401` that one client address may make per minute,
     /// and at once, before every request from it gets `429` for a while.
     pub failed_credentials_per_minute: u32,
@@ -232,6 +236,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
             failed_credentials_per_minute: 20,
         }
     }
@@ -244,6 +249,9 @@ impl Limits {
         let smallest_message = sealcast_protocol::HEADER_LEN + 8;
         if self.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1".into());
+        }
+        if self.max_handshakes == 0 {
+            return invalid("limits.max_handshakes", "must be at least 1".into());
         }
         if self.failed_credentials_per_minute == 0 {
             return invalid(
@@ -362,6 +370,10 @@ mod tests {
         let cases = [
             Limits {
                 max_connections: 0,
+                ..Limits::default()
+            },
+            Limits {
+                max_handshakes: 0,
                 ..Limits::default()
             },
             Limits {

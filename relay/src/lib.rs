@@ -23,7 +23,8 @@
 //! | `config_cli`, `serve_args` | the `config` command and the flags of `serve` |
 //! | `demo` | the `demo` command: a session streaming the embedded sample |
 //! | `server` | [`start`] and [`RelayHandle`] |
-//! | `listener` | accept loop, connection cap, TLS handshake, HTTP/1.1 |
+//! | `listener` | accept loop, connection cap, 503 over the cap, HTTP/1.1 |
+//! | `handshake` | TLS handshakes under a deadline and a cap on concurrent handshakes |
 //! | `tls` | rustls setup, development certificate, live certificate swap |
 //! | `shutdown` | shutdown signal and task tracking |
 //! | `accounts` | organizations, users, devices, tokens, staff sign-in |
@@ -46,6 +47,7 @@ mod config_cli;
 mod credentials;
 pub mod demo;
 pub mod error;
+mod handshake;
 mod http;
 mod hub;
 mod invites;

@@ -1,9 +1,11 @@
 //! The accept loop and the life of one connection.
 //!
 //! A semaphore caps open connections. A connection over the cap gets a TLS
-//! handshake and an HTTP 503 from a small separate pool, or is dropped when
-//! that pool is busy too. Both cases are counted. Each accepted connection
-//! does a TLS handshake with a timeout, then HTTP/1.1 with upgrades.
+//! handshake and an HTTP 503 with `Retry-After` from a small separate pool,
+//! or is dropped when that pool is busy too. Both cases are counted. Each
+//! accepted connection does a TLS handshake through [`Handshaker`], then
+//! HTTP/1.1 with upgrades, with the same timeout for reading each request's
+//! headers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,12 +22,12 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::config::Limits;
+use crate::handshake::Handshaker;
 use crate::http::ApiError;
 use crate::metrics::{ActiveConnection, CONNECTIONS_REJECTED};
 use crate::shutdown::Shutdown;
@@ -35,6 +37,10 @@ const REJECTION_SLOTS: usize = 64;
 
 /// Maximum time for sending a 503 to a connection over the cap, handshake included.
 const REJECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Seconds in the `Retry-After` header of the 503 over the cap. Clients
+/// add their own jitter on top, so that they do not all return at once.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// First and largest wait after a failed accept.
 const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
@@ -55,10 +61,11 @@ pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 pub(crate) struct Listener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
+    handshaker: Handshaker,
     router: Router,
     slots: Arc<Semaphore>,
     rejection_slots: Arc<Semaphore>,
-    handshake_timeout: Duration,
+    header_timeout: Duration,
     shutdown: Shutdown,
 }
 
@@ -71,13 +78,19 @@ impl Listener {
         limits: &Limits,
         shutdown: Shutdown,
     ) -> Listener {
+        let handshaker = Handshaker::new(
+            Arc::clone(acceptor.config()),
+            limits.max_handshakes,
+            limits.handshake_timeout,
+        );
         Listener {
             tcp,
             acceptor,
+            handshaker,
             router,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
-            handshake_timeout: limits.handshake_timeout,
+            header_timeout: limits.handshake_timeout,
             shutdown,
         }
     }
@@ -93,9 +106,9 @@ impl Listener {
                 Ok(permit) => {
                     let connection = Connection {
                         peer,
-                        acceptor: self.acceptor.clone(),
+                        handshaker: self.handshaker.clone(),
                         router: self.router.clone(),
-                        handshake_timeout: self.handshake_timeout,
+                        header_timeout: self.header_timeout,
                         shutdown: self.shutdown.clone(),
                         ticket: ConnectionTicket {
                             _slot: Arc::new(permit),
@@ -134,12 +147,15 @@ impl Listener {
     }
 
     fn reject_over_capacity(&self, stream: TcpStream, peer: SocketAddr) {
-        metrics::counter!(CONNECTIONS_REJECTED, "reason" => "over_capacity").increment(1);
-        tracing::debug!(%peer, "connection over the limit rejected");
         let Ok(slot) = Arc::clone(&self.rejection_slots).try_acquire_owned() else {
             // Too many rejections in progress, so close at once.
+            metrics::counter!(CONNECTIONS_REJECTED, "reason" => "over_capacity_dropped")
+                .increment(1);
+            tracing::debug!(%peer, "connection over the limit closed without a reply");
             return;
         };
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => "over_capacity").increment(1);
+        tracing::debug!(%peer, "connection over the limit answered 503");
         let acceptor = self.acceptor.clone();
         self.shutdown.spawn(async move {
             let _ =
@@ -156,9 +172,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 /// One accepted connection.
 struct Connection {
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    handshaker: Handshaker,
     router: Router,
-    handshake_timeout: Duration,
+    header_timeout: Duration,
     shutdown: Shutdown,
     ticket: ConnectionTicket,
 }
@@ -170,7 +186,7 @@ impl Connection {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "failed to disable Nagle's algorithm");
         }
-        let Some(tls) = self.handshake(stream).await else {
+        let Some(tls) = self.handshaker.accept(stream, peer).await else {
             return;
         };
         tracing::debug!(%peer, "connection opened");
@@ -184,7 +200,7 @@ impl Connection {
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.handshake_timeout)
+            .header_read_timeout(self.header_timeout)
             .serve_connection(TokioIo::new(tls), service)
             .with_upgrades();
         tokio::pin!(connection);
@@ -213,25 +229,6 @@ impl Connection {
             }
         }
     }
-
-    async fn handshake(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
-        let peer = self.peer;
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => Some(tls),
-            Ok(Err(error)) => {
-                metrics::counter!(CONNECTIONS_REJECTED, "reason" => "tls_handshake_failed")
-                    .increment(1);
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                None
-            }
-            Err(_) => {
-                metrics::counter!(CONNECTIONS_REJECTED, "reason" => "tls_handshake_timeout")
-                    .increment(1);
-                tracing::debug!(%peer, "TLS handshake timed out");
-                None
-            }
-        }
-    }
 }
 
 /// Completes the handshake and responds to every request with 503 and `Connection: close`.
@@ -250,7 +247,7 @@ async fn respond_over_capacity(acceptor: TlsAcceptor, stream: TcpStream) {
         );
         headers.insert(
             hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from_static("1"),
+            hyper::header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
         );
         Ok::<_, Infallible>(response)
     });

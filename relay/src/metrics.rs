@@ -14,8 +14,15 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 /// Open connections, label `role`: `http` for connections serving HTTP,
 /// `publisher` and `follower` for WebSockets upgraded from them.
 pub const CONNECTIONS_ACTIVE: &str = "sealcast_connections_active";
-/// Connections dropped before serving, label `reason`.
+/// Connections dropped before serving, label `reason`: `over_capacity`
+/// (sent a 503 with `Retry-After`), `over_capacity_dropped` (closed at once
+/// because too many 503s were in progress), `tls_handshake_failed`,
+/// `tls_handshake_aborted`, `tls_handshake_timeout`,
+/// `tls_handshake_slots_busy`, `http_parse_failed` and `http_header_timeout`.
 pub const CONNECTIONS_REJECTED: &str = "sealcast_connections_rejected_total";
+/// TLS handshakes past their ClientHello that hold one of the
+/// `max_handshakes` slots.
+pub const TLS_HANDSHAKES_ACTIVE: &str = "sealcast_tls_handshakes_active";
 /// Binary messages received on publish sockets.
 pub const FRAMES_RECEIVED: &str = "sealcast_frames_received_total";
 /// Frames given an offset and handed to the store.
@@ -293,7 +300,14 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
 
 fn describe() {
     describe_gauge!(CONNECTIONS_ACTIVE, "Open connections by role.");
-    describe_counter!(CONNECTIONS_REJECTED, "Connections dropped before serving.");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections dropped before serving, by reason."
+    );
+    describe_gauge!(
+        TLS_HANDSHAKES_ACTIVE,
+        "TLS handshakes holding a handshake slot."
+    );
 
     describe_counter!(FRAMES_RECEIVED, "Binary messages received from publishers.");
     describe_counter!(

@@ -84,6 +84,9 @@ pub(crate) struct ServeArgs {
     /// Maximum time for a TLS handshake, and for reading a request's headers.
     #[arg(long, env = "SEALCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Maximum TLS handshakes in progress past their ClientHello; more wait for a slot.
+    #[arg(long, env = "SEALCAST_MAX_HANDSHAKES", default_value_t = Limits::default().max_handshakes)]
+    max_handshakes: usize,
     /// Requests answered 401 that one client address may make per minute before
     /// all its requests get 429 for a while.
     #[arg(
@@ -212,6 +215,11 @@ impl ServeArgs {
                 "handshake_timeout",
                 "limits.handshake_timeout",
                 period(self.handshake_timeout)?,
+            ),
+            (
+                "max_handshakes",
+                "limits.max_handshakes",
+                to_value(self.max_handshakes)?,
             ),
             (
                 "failed_credentials_per_minute",

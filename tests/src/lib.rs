@@ -4,6 +4,7 @@
 //! input also use raw TLS and WebSocket clients, direct edits of a stopped
 //! relay's store, metrics scrapes and the relay's resident memory. Audit
 //! tests read and tamper with the audit tables and run the audit commands.
+//! Tests of hostile networks open many slow or half-finished connections.
 //!
 //! The tests themselves live in `tests/tests/`, one file per behaviour.
 
@@ -21,6 +22,7 @@ pub mod raw_socket;
 pub mod raw_tls;
 pub mod sample;
 pub mod session;
+pub mod slow_peer;
 pub mod smtp_sink;
 pub mod staff;
 pub mod store;

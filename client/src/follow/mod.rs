@@ -167,15 +167,18 @@ impl FollowSession {
                     Err(failure) => Err(failure),
                 };
 
-            let reason = match outcome {
+            let (reason, retry_after) = match outcome {
                 Ok(Done::Ended) | Ok(Done::ConsumerGone) => return Ok(self.state.report()),
                 Err(Failure::Fatal(err)) => {
                     tracing::info!(error = %err, "following stopped");
                     return Err(err);
                 }
-                Err(Failure::Retry(reason)) => reason,
+                Err(Failure::Retry(reason)) => (reason, None),
+                Err(Failure::RetryAfter { reason, wait }) => (reason, Some(wait)),
             };
-            let retry_in = self.backoff.next_retry(&mut failures, &reason)?;
+            let retry_in = self
+                .backoff
+                .next_retry(&mut failures, &reason, retry_after)?;
             tracing::debug!(reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "follow connection lost");
             if !self
                 .emit(FollowEvent::Disconnected { reason, retry_in })

@@ -90,14 +90,17 @@ impl Link {
                 Err(failure) => failure,
             };
 
-            let reason = match failure {
+            let (reason, retry_after) = match failure {
                 Failure::Fatal(err) => {
                     tracing::error!(session_id = %self.session_id, error = %err, "publishing stopped");
                     return Err(err);
                 }
-                Failure::Retry(reason) => reason,
+                Failure::Retry(reason) => (reason, None),
+                Failure::RetryAfter { reason, wait } => (reason, Some(wait)),
             };
-            let delay = self.backoff.next_retry(&mut failures, &reason)?;
+            let delay = self
+                .backoff
+                .next_retry(&mut failures, &reason, retry_after)?;
             tracing::warn!(
                 session_id = %self.session_id,
                 reason = %reason,

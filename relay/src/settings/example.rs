@@ -129,6 +129,11 @@ pub const KEYS: &[KeyDoc] = &[
         "Maximum time for a TLS handshake, and for reading a request's headers.",
     ),
     key(
+        "limits.max_handshakes",
+        "Maximum TLS handshakes in progress past their ClientHello; more wait for a slot in \
+         arrival order, within handshake_timeout.",
+    ),
+    key(
         "limits.failed_credentials_per_minute",
         "Requests answered 401 that one client address may make per minute before all its \
          requests get 429 for a while.",

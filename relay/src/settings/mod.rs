@@ -124,6 +124,7 @@ pub struct LimitSettings {
     pub ping_interval: Period,
     pub idle_timeout: Period,
     pub handshake_timeout: Period,
+    pub max_handshakes: usize,
     pub failed_credentials_per_minute: u32,
 }
 
@@ -209,6 +210,7 @@ impl Default for LimitSettings {
             ping_interval: Period(limits.ping_interval),
             idle_timeout: Period(limits.idle_timeout),
             handshake_timeout: Period(limits.handshake_timeout),
+            max_handshakes: limits.max_handshakes,
             failed_credentials_per_minute: limits.failed_credentials_per_minute,
         }
     }
@@ -278,6 +280,7 @@ impl Settings {
                 ping_interval: limits.ping_interval.0,
                 idle_timeout: limits.idle_timeout.0,
                 handshake_timeout: limits.handshake_timeout.0,
+                max_handshakes: limits.max_handshakes,
                 failed_credentials_per_minute: limits.failed_credentials_per_minute,
             },
             accounts: AccountsConfig {
