@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod audit;
+pub mod blackhole;
 pub mod faults;
 pub mod leaks;
 pub mod memory;

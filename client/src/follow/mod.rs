@@ -41,16 +41,10 @@ use crate::auth::BearerToken;
 use crate::backoff::Backoff;
 use crate::endpoint;
 use crate::error::ClientError;
+use crate::keepalive::Keepalive;
 use crate::secret::SecretString;
 use crate::tls::TlsSettings;
 use crate::ws::{self, Credential, Failure, RelaySocket};
-
-/// Maximum wait for the relay's `welcome` after the upgrade.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
-/// Interval of the pings that detect a dead connection.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// A connection with no message from the relay for this long is treated as lost.
-const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
 /// Follower settings: invite link, trusted roots, backoff and event buffer.
 #[derive(Debug, Clone)]
@@ -63,6 +57,8 @@ pub struct FollowerConfig {
     pub backoff: Backoff,
     /// Events buffered before the follower stops reading from the relay.
     pub event_capacity: usize,
+    /// Pings and the idle limit that detect a silent connection.
+    pub keepalive: Keepalive,
 }
 
 impl FollowerConfig {
@@ -73,6 +69,7 @@ impl FollowerConfig {
             tls,
             backoff: Backoff::default(),
             event_capacity: 256,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -101,6 +98,7 @@ impl Follower {
             auth: BearerToken::new(SecretString::new(config.link.token.clone())),
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
+            keepalive: config.keepalive,
             state: FollowState::new(config.link.key.clone()),
             events: sender,
         };
@@ -151,6 +149,7 @@ struct FollowSession {
     auth: BearerToken,
     tls: Arc<ClientConfig>,
     backoff: Backoff,
+    keepalive: Keepalive,
     state: FollowState,
     events: mpsc::Sender<FollowEvent>,
 }
@@ -207,7 +206,10 @@ impl FollowSession {
         }
 
         let mut last_seen = Instant::now();
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.keepalive.ping_interval,
+            self.keepalive.ping_interval,
+        );
         loop {
             tokio::select! {
                 message = socket.next() => {
@@ -225,10 +227,10 @@ impl FollowSession {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > IDLE_LIMIT {
+                    if last_seen.elapsed() > self.keepalive.idle_limit {
                         return Err(Failure::Retry(format!(
                             "no message from the relay in {} s",
-                            IDLE_LIMIT.as_secs()
+                            self.keepalive.idle_limit.as_secs_f64()
                         )));
                     }
                     socket
@@ -242,12 +244,15 @@ impl FollowSession {
 
     /// Reads until the welcome, and checks it. No frame is opened before.
     async fn await_welcome(&mut self, socket: &mut RelaySocket) -> Result<FollowEvent, Failure> {
-        let deadline = Instant::now() + WELCOME_TIMEOUT;
+        let deadline = Instant::now() + self.keepalive.welcome_timeout;
         loop {
             let message = tokio::time::timeout_at(deadline, socket.next())
                 .await
                 .map_err(|_| {
-                    Failure::Retry(format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs()))
+                    Failure::Retry(format!(
+                        "no welcome within {} s",
+                        self.keepalive.welcome_timeout.as_secs_f64()
+                    ))
                 })?;
             let text = match message {
                 Some(Ok(Message::Text(text))) => text,

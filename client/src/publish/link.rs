@@ -21,14 +21,9 @@ use crate::api::error_chain;
 use crate::auth::Authorizer;
 use crate::backoff::Backoff;
 use crate::error::ClientError;
+use crate::keepalive::Keepalive;
 use crate::ws::{self, Credential, Failure, RelaySocket};
 
-/// Maximum wait for the relay's `welcome` after the upgrade.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
-/// Interval of the pings that keep the connection alive and detect a dead one.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// A connection with no message from the relay for this long is treated as lost.
-const IDLE_LIMIT: Duration = Duration::from_secs(45);
 /// Maximum wait for the relay to reply to our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,6 +50,7 @@ pub(crate) struct Link {
     pub(crate) auth: Arc<dyn Authorizer>,
     pub(crate) tls: Arc<ClientConfig>,
     pub(crate) backoff: Backoff,
+    pub(crate) keepalive: Keepalive,
     pub(crate) outbox: Outbox,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) connected: Option<oneshot::Sender<()>>,
@@ -158,7 +154,14 @@ impl Link {
         failures: &mut u32,
     ) -> Result<Done, Failure> {
         self.await_welcome(&mut socket).await?;
-        *failures = 0;
+        // A welcome alone does not reset the backoff while frames wait: a
+        // relay whose store fails welcomes every reconnect and then closes
+        // it, and retrying at once would only repeat that. The first
+        // acknowledgement on this connection resets it.
+        let acknowledged_at_welcome = self.outbox.acknowledged();
+        if self.outbox.is_empty() {
+            *failures = 0;
+        }
         if let Some(connected) = self.connected.take() {
             let _ = connected.send(());
         }
@@ -166,7 +169,10 @@ impl Link {
         self.resend(&mut socket).await?;
 
         let mut last_seen = Instant::now();
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.keepalive.ping_interval,
+            self.keepalive.ping_interval,
+        );
         loop {
             if self.finishing && self.outbox.is_empty() {
                 close_politely(&mut socket).await;
@@ -177,6 +183,9 @@ impl Link {
                 message = socket.next() => {
                     last_seen = Instant::now();
                     self.handle_message(message)?;
+                    if *failures > 0 && self.outbox.acknowledged() != acknowledged_at_welcome {
+                        *failures = 0;
+                    }
                 }
                 command = self.commands.recv(), if !self.finishing && self.outbox.has_room() => {
                     match command {
@@ -190,10 +199,10 @@ impl Link {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > IDLE_LIMIT {
+                    if last_seen.elapsed() > self.keepalive.idle_limit {
                         return Err(Failure::Retry(format!(
                             "no message from the relay in {} s",
-                            IDLE_LIMIT.as_secs()
+                            self.keepalive.idle_limit.as_secs_f64()
                         )));
                     }
                     socket.send(Message::Ping(Vec::new().into())).await.map_err(lost)?;
@@ -203,14 +212,14 @@ impl Link {
     }
 
     async fn await_welcome(&self, socket: &mut RelaySocket) -> Result<(), Failure> {
-        let deadline = Instant::now() + WELCOME_TIMEOUT;
+        let deadline = Instant::now() + self.keepalive.welcome_timeout;
         loop {
             let message = tokio::time::timeout_at(deadline, socket.next())
                 .await
                 .map_err(|_| {
                     Failure::Retry(format!(
                         "no welcome from the relay within {} s",
-                        WELCOME_TIMEOUT.as_secs()
+                        self.keepalive.welcome_timeout.as_secs_f64()
                     ))
                 })?;
             match message {

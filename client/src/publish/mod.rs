@@ -33,6 +33,7 @@ use crate::auth::Authorizer;
 use crate::backoff::Backoff;
 use crate::endpoint;
 use crate::error::ClientError;
+use crate::keepalive::Keepalive;
 use crate::keystore::StoredSession;
 use crate::tls::TlsSettings;
 
@@ -54,6 +55,8 @@ pub struct PublisherConfig {
     pub window: usize,
     /// Reconnect policy.
     pub backoff: Backoff,
+    /// Pings and the idle limit that detect a silent connection.
+    pub keepalive: Keepalive,
 }
 
 impl PublisherConfig {
@@ -71,6 +74,7 @@ impl PublisherConfig {
             tls,
             window: DEFAULT_WINDOW,
             backoff: Backoff::default(),
+            keepalive: Keepalive::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl Publisher {
             auth: config.auth,
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
+            keepalive: config.keepalive,
             outbox: Outbox::new(sealer.stream_id(), config.window),
             commands: command_receiver,
             connected: Some(connected),
