@@ -140,6 +140,10 @@ struct ServeArgs {
         default_value_t = 20
     )]
     failed_credentials_per_minute: u32,
+    /// How long a pairing slot accepts steps after the clinician device
+    /// opened it, for example 5m or 90s.
+    #[arg(long, env = "SEALCAST_PAIRING_LIFETIME", default_value = "5m", value_parser = parse_duration)]
+    pairing_lifetime: Duration,
     /// Lifetime of staff access tokens, for example 5m.
     #[arg(long, env = "SEALCAST_ACCESS_TOKEN_LIFETIME", default_value = "5m", value_parser = parse_duration)]
     access_token_lifetime: Duration,
@@ -212,6 +216,7 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout,
                 handshake_timeout: self.handshake_timeout,
                 failed_credentials_per_minute: self.failed_credentials_per_minute,
+                pairing_lifetime: self.pairing_lifetime,
             },
             accounts: AccountsConfig {
                 access_token_lifetime: self.access_token_lifetime,

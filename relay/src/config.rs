@@ -210,6 +210,8 @@ pub struct Limits {
     /// Requests answered `401` that one client address may make per minute,
     /// and at once, before every request from it gets `429` for a while.
     pub failed_credentials_per_minute: u32,
+    /// How long a pairing slot accepts steps after the clinician device opened it.
+    pub pairing_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -228,6 +230,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             failed_credentials_per_minute: 20,
+            pairing_lifetime: crate::pairing::DEFAULT_PAIRING_LIFETIME,
         }
     }
 }
@@ -239,6 +242,9 @@ impl Limits {
         let smallest_message = sealcast_protocol::HEADER_LEN + 8;
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1".into());
+        }
+        if self.pairing_lifetime.is_zero() {
+            return invalid("pairing_lifetime", "must be longer than zero".into());
         }
         if self.failed_credentials_per_minute == 0 {
             return invalid("failed_credentials_per_minute", "must be at least 1".into());

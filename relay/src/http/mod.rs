@@ -15,6 +15,7 @@
 //! | [`cookies`], [`json`], [`limits`] | sign-in cookies, JSON bodies, rate limits |
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
+//! | [`pairing`] | the pairing mailbox between a joining and a clinician device |
 //! | [`audited`] | audit events of requests |
 //! | [`ops`] | health, metrics and fallbacks |
 //! | [`observe`] | request counting and logging |
@@ -31,6 +32,7 @@ mod limits;
 mod login;
 mod observe;
 mod ops;
+mod pairing;
 mod sessions;
 pub(crate) mod staff;
 mod tokens;
@@ -51,6 +53,7 @@ use crate::audit::AuditLog;
 use crate::config::Limits;
 use crate::hub::Registry;
 use crate::invites::InviteState;
+use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::{web, ws};
@@ -68,6 +71,8 @@ pub(crate) struct RelayState {
     pub(crate) metrics: PrometheusHandle,
     /// Challenges and rate limits of the invite routes.
     pub(crate) invites: Arc<InviteState>,
+    /// Pairing slots, in memory only.
+    pub(crate) pairings: Arc<PairingMailbox>,
     /// Origin of the public URL, such as `https://relay.example:8443`: the
     /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
     pub(crate) public_origin: String,
@@ -123,6 +128,31 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
         .route("/v1/invites/challenge", post(invites::challenge))
         .route("/v1/invites/redeem", post(invites::redeem))
+        .route("/v1/sessions/{id}/pairings", post(pairing::open))
+        .route(
+            "/v1/sessions/{id}/pairings/{pairing}",
+            get(pairing::clinician_status).delete(pairing::clinician_cancel),
+        )
+        .route(
+            "/v1/sessions/{id}/pairings/{pairing}/clinician-key",
+            post(pairing::clinician_key),
+        )
+        .route(
+            "/v1/sessions/{id}/pairings/{pairing}/wrapped-key",
+            post(pairing::wrapped_key),
+        )
+        .route(
+            "/v1/pairings/{pairing}",
+            get(pairing::joiner_status).delete(pairing::joiner_cancel),
+        )
+        .route(
+            "/v1/pairings/{pairing}/commitment",
+            post(pairing::commitment),
+        )
+        .route(
+            "/v1/pairings/{pairing}/joiner-key",
+            post(pairing::joiner_key),
+        )
         .merge(web::routes())
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
