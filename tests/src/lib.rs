@@ -2,7 +2,8 @@
 //! and `sealcast` binaries, locating the real transcripts, and scanning
 //! files and logs for material that must never appear in them. Tests of bad
 //! input also use raw TLS and WebSocket clients, direct edits of a stopped
-//! relay's store, metrics scrapes and the relay's resident memory. Audit
+//! relay's store, metrics scrapes and the relay's resident memory. Pairing
+//! tests put a proxy that swaps public keys between a device and the relay. Audit
 //! tests read and tamper with the audit tables and run the audit commands.
 //!
 //! The tests themselves live in `tests/tests/`, one file per behaviour.
@@ -13,6 +14,7 @@
 
 pub mod audit;
 pub mod faults;
+pub mod key_swap_proxy;
 pub mod leaks;
 pub mod memory;
 pub mod metrics;
