@@ -79,7 +79,7 @@ impl FromStr for PairingId {
     }
 }
 
-/// Where a pairing slot stands. Each state names what the slot waits for.
+/// The state of a pairing slot, named after what the slot waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PairingState {
@@ -146,12 +146,12 @@ pub struct WrappedKeyBody {
     pub wrapped_key: String,
 }
 
-/// A slot as one side sees it. Each side gets only the fields it needs: the
-/// clinician device the commitment and the joiner's key, the joining device
-/// the clinician's key, then the wrapped key and its follow credential.
+/// A slot's status for one device, with only the fields that device needs.
+/// The clinician device gets the commitment and the joiner's key. The joining
+/// device gets the clinician's key, then the wrapped key and its follow credential.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairingStatus {
-    /// Where the slot stands.
+    /// The slot's state.
     pub state: PairingState,
     /// Seconds until the slot expires.
     pub expires_in: u64,

@@ -73,7 +73,7 @@ impl PairingRejected {
     }
 }
 
-/// A slot as one side sees it, and a receiver that changes when the slot does.
+/// A slot's fields for one device, and a receiver that changes when the slot does.
 pub(crate) struct SlotView {
     pub(crate) state: PairingState,
     pub(crate) expires_in: Duration,
@@ -86,7 +86,7 @@ pub(crate) struct SlotView {
     pub(crate) changes: watch::Receiver<()>,
 }
 
-/// Which device asks.
+/// The device that sends a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
     Clinician,
@@ -365,7 +365,7 @@ impl PairingMailbox {
     }
 
     /// Drops slots that expired more than one lifetime ago. Until then an
-    /// expired slot answers [`PairingRejected::Expired`] rather than
+    /// expired slot is reported as [`PairingRejected::Expired`] rather than
     /// [`PairingRejected::Unknown`].
     fn sweep(&self, slots: &mut HashMap<PairingId, Slot>, now: Instant) {
         slots.retain(|_, slot| slot.expires_at + self.lifetime > now);
@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_in_order_and_token_is_handed_out_once() {
+    fn slot_hands_out_token_once() {
         let mailbox = PairingMailbox::new(LIFETIME);
         let now = Instant::now();
         let (id, token) = exchange_keys(&mailbox, now);

@@ -23,7 +23,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use url::Url;
 
-/// Longest wait for one line or one process exit.
+/// Maximum wait for one line or one process exit.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A `sealcast` child process whose output is read line by line.
@@ -314,7 +314,7 @@ async fn swapped_key_makes_codes_differ_and_both_refuse() {
     assert!(proxy.swapped() >= 1, "the proxy swapped no key");
     assert_ne!(joiner_code, clinician_code);
 
-    // Each side is told the code the other screen shows.
+    // Each side gets the code the other screen shows.
     offer.answer(&joiner_code).await;
     let (status, _, stderr) = offer.finish().await;
     assert_eq!(status.code(), Some(65), "{stderr:#?}");

@@ -112,7 +112,7 @@ async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         _ = tokio::signal::ctrl_c() => Err(ClientError::Interrupted),
     };
     if offered.is_err() {
-        // The slot would expire anyway; cancelling tells the joining device now.
+        // The slot would expire anyway, but cancelling stops the joining device's wait now.
         let _ = api.clinician_cancel(&device, &session.session_id, id).await;
     }
     offered?;
@@ -340,8 +340,8 @@ fn decode_key(text: Option<&str>, field: &str) -> Result<[u8; 32], ClientError> 
         })
 }
 
-/// Prints `prompt` on stderr and reads one line from stdin. An empty stdin
-/// reads as an empty answer, which refuses.
+/// Prints `prompt` on stderr and reads one line from stdin. A closed stdin
+/// returns an empty line, which confirms nothing.
 async fn read_line(prompt: String) -> Result<String, ClientError> {
     {
         use std::io::Write as _;

@@ -6,7 +6,7 @@
 //! names the slot by the pairing id the clinician device shows, and its
 //! first request returns a joiner token that authenticates the rest. Its
 //! requests count against the per-client rate limit of the invite routes.
-//! The status routes long-poll: they answer at once when it is the caller's
+//! The status routes long-poll: they respond at once when it is the caller's
 //! turn or the pairing is over, else when the slot changes or `wait` seconds
 //! pass. No key, commitment or token is logged.
 
