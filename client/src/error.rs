@@ -263,6 +263,21 @@ pub enum ClientError {
         last: String,
     },
 
+    /// A pairing failed its cryptographic checks, for example a public key
+    /// that does not match its commitment or a wrapped key that fails to open.
+    #[error("pairing failed: {0}")]
+    Pairing(#[from] sealcast_protocol::pairing::PairingError),
+
+    /// A pairing was refused: the codes differ, a user declined, or the other
+    /// device cancelled. No key was sent or used.
+    #[error(
+        "pairing refused: {reason}: no key was sent or used, start a new pairing to try again"
+    )]
+    PairingRefused {
+        /// Why the pairing was refused.
+        reason: String,
+    },
+
     /// A background task stopped without reporting why.
     #[error("internal error: {0}")]
     Internal(String),
@@ -277,9 +292,11 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Input(err) if err.is_missing_file() => exit_code::NO_INPUT,
-            ClientError::Input(_) | ClientError::Invite(_) | ClientError::KeyMismatch => {
-                exit_code::DATA
-            }
+            ClientError::Input(_)
+            | ClientError::Invite(_)
+            | ClientError::KeyMismatch
+            | ClientError::Pairing(_)
+            | ClientError::PairingRefused { .. } => exit_code::DATA,
             ClientError::InvalidArgument { .. } => exit_code::USAGE,
             ClientError::Io { .. }
             | ClientError::InvalidSessionFile { .. }

@@ -26,6 +26,7 @@
 //! | [`api`] | HTTP calls: create and end a session (accounts calls are in [`auth`]) |
 //! | [`publish`] | the publisher: window, acknowledgements, reconnect and resend |
 //! | [`follow`] | the follower: fingerprint check, opening, resume, events |
+//! | [`pairing`] | HTTP calls of the pairing mailbox, for both devices |
 //! | [`transcript`] | the follower's view of the transcript |
 //! | [`backoff`] | jittered exponential reconnect delays |
 //! | [`secret`] | credentials that zeroize and never print |
@@ -162,6 +163,7 @@ pub mod input;
 pub mod keepalive;
 pub mod keystore;
 pub mod pace;
+pub mod pairing;
 pub mod publish;
 pub mod secret;
 pub mod tls;

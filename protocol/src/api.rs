@@ -7,9 +7,10 @@
 //! | `GET /v1/sessions/{id}/publish` (WebSocket) | clinician of the session's organization | publish sealed frames |
 //! | `POST /v1/sessions/{id}/end` | clinician of the session's organization | end the session, body [`EndSessionRequest`] or empty: 204, 410 if ended |
 //! | `GET /v1/sessions/{id}/follow?epoch=E&from=N` (WebSocket) | clinician of the session's organization | follow from a staff device |
-//! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token (bearer) or [`FOLLOW_COOKIE`] | follow, resuming at offset N |
+//! | `GET /v1/follow?epoch=E&from=N` (WebSocket) | invite token or a paired device's follow token (bearer), or [`FOLLOW_COOKIE`] | follow, resuming at offset N |
 //! | `POST /v1/invites/challenge` | none | get a challenge for an invite token |
 //! | `POST /v1/invites/redeem` | proof over the challenge | redeem an invite: sets [`FOLLOW_COOKIE`] |
+//! | `/v1/sessions/{id}/pairings/...`, `/v1/pairings/...` | clinician, or the joiner token | the pairing mailbox, see [`crate::pairing_api`] |
 //! | `GET /join`, `GET /join/{file}` | none | the patient page, read-only |
 //! | `GET /healthz` | none | liveness |
 //! | `GET /readyz` | none | readiness: 503 while shutting down or when the store does not answer |

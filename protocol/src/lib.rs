@@ -27,6 +27,7 @@
 //! | [`ids`] | session and stream identifiers |
 //! | [`api`] | JSON messages and close codes of the relay API |
 //! | [`pairing`] | X25519 pairing, pairing codes and wrapped session keys |
+//! | [`pairing_api`] | JSON bodies of the relay's pairing mailbox |
 //! | [`authorship`] | signed checkpoints and the authorship verifier |
 //! | [`rotation`] | key epochs and the opener's grace window |
 
@@ -42,6 +43,7 @@ pub mod invite;
 pub mod keys;
 pub mod padding;
 pub mod pairing;
+pub mod pairing_api;
 pub mod redact;
 pub mod rotation;
 pub mod segment;

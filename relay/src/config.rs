@@ -219,6 +219,8 @@ pub struct Limits {
     /// Requests answered `401` that one client address may make per minute,
     /// and at once, before every request from it gets `429` for a while.
     pub failed_credentials_per_minute: u32,
+    /// How long a pairing slot accepts steps after the clinician device opened it.
+    pub pairing_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -238,6 +240,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
             failed_credentials_per_minute: 20,
+            pairing_lifetime: crate::pairing::DEFAULT_PAIRING_LIFETIME,
         }
     }
 }
@@ -252,6 +255,9 @@ impl Limits {
         }
         if self.max_handshakes == 0 {
             return invalid("limits.max_handshakes", "must be at least 1".into());
+        }
+        if self.pairing_lifetime.is_zero() {
+            return invalid("limits.pairing_lifetime", "must be longer than zero".into());
         }
         if self.failed_credentials_per_minute == 0 {
             return invalid(

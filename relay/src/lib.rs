@@ -31,6 +31,7 @@
 //! | `credentials` | random tokens and their hashes |
 //! | `http` | routes, authentication, errors, session and invite endpoints |
 //! | `invites` | invite challenges, per-client rate limit, follow cookie |
+//! | `pairing` | the in-memory pairing mailbox: slots, steps, expiry |
 //! | `web` | the patient page at `/join`, embedded, with its security headers |
 //! | `ws` | publish and follow sockets |
 //! | `hub` | per-session ordering, ring of recent frames, follower queues |
@@ -54,6 +55,7 @@ mod invites;
 mod keys_cli;
 mod listener;
 pub mod metrics;
+mod pairing;
 mod serve_args;
 mod server;
 pub mod settings;

@@ -79,6 +79,12 @@ pub const INVITES_REDEEMED: &str = "sealcast_invites_redeemed_total";
 /// Invite challenge and redemption requests refused, label `reason`, for
 /// example `bad_proof`, `rate_limited` or `browsers_exhausted`.
 pub const INVITE_FAILURES: &str = "sealcast_invite_failures_total";
+/// Pairing steps the mailbox accepted, label `step`: `open`, `commitment`,
+/// `clinician_key`, `joiner_key`, `wrapped_key`, `cancel`.
+pub const PAIRING_STEPS: &str = "sealcast_pairing_steps_total";
+/// Pairing requests refused, label `reason`, for example `out_of_order`,
+/// `expired`, `already_joined` or `invalid_length`.
+pub const PAIRING_FAILURES: &str = "sealcast_pairing_failures_total";
 /// Sessions created.
 pub const SESSIONS_CREATED: &str = "sealcast_sessions_created_total";
 /// Sessions ended.
@@ -381,6 +387,8 @@ fn describe() {
         INVITE_FAILURES,
         "Invite challenge and redemption requests refused, by reason."
     );
+    describe_counter!(PAIRING_STEPS, "Pairing steps accepted, by step.");
+    describe_counter!(PAIRING_FAILURES, "Pairing requests refused, by reason.");
     describe_counter!(SESSIONS_CREATED, "Sessions created.");
     describe_counter!(SESSIONS_ENDED, "Sessions ended.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");

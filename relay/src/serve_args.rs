@@ -95,6 +95,10 @@ pub(crate) struct ServeArgs {
         default_value_t = 20
     )]
     failed_credentials_per_minute: u32,
+    /// How long a pairing slot accepts steps after the clinician device
+    /// opened it, for example 5m or 90s.
+    #[arg(long, env = "SEALCAST_PAIRING_LIFETIME", default_value = "5m", value_parser = parse_duration)]
+    pairing_lifetime: Duration,
     /// Lifetime of staff access tokens, for example 5m.
     #[arg(long, env = "SEALCAST_ACCESS_TOKEN_LIFETIME", default_value = "5m", value_parser = parse_duration)]
     access_token_lifetime: Duration,
@@ -225,6 +229,11 @@ impl ServeArgs {
                 "failed_credentials_per_minute",
                 "limits.failed_credentials_per_minute",
                 to_value(self.failed_credentials_per_minute)?,
+            ),
+            (
+                "pairing_lifetime",
+                "limits.pairing_lifetime",
+                period(self.pairing_lifetime)?,
             ),
             (
                 "access_token_lifetime",

@@ -26,6 +26,7 @@ use crate::hub::Registry;
 use crate::invites::{self, InviteState};
 use crate::listener::Listener;
 use crate::metrics;
+use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::tls::Tls;
@@ -234,6 +235,7 @@ fn spawn_server(
         shutdown: shutdown.clone(),
         metrics: metrics_handle.clone(),
         invites,
+        pairings: Arc::new(PairingMailbox::new(config.limits.pairing_lifetime)),
         public_origin: http::auth::origin_of(public_url),
         public_url: public_url.to_owned(),
         accounts,

@@ -2,7 +2,8 @@
 //! and `sealcast` binaries, locating the real transcripts, and scanning
 //! files and logs for material that must never appear in them. Tests of bad
 //! input also use raw TLS and WebSocket clients, direct edits of a stopped
-//! relay's store, metrics scrapes and the relay's resident memory. Audit
+//! relay's store, metrics scrapes and the relay's resident memory. Pairing
+//! tests put a proxy that swaps public keys between a device and the relay. Audit
 //! tests read and tamper with the audit tables and run the audit commands.
 //! Tests of hostile networks open many slow or half-finished connections.
 //!
@@ -15,6 +16,7 @@
 pub mod audit;
 pub mod blackhole;
 pub mod faults;
+pub mod key_swap_proxy;
 pub mod leaks;
 pub mod memory;
 pub mod metrics;

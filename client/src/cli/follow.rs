@@ -63,9 +63,18 @@ pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
         link.relay,
         link.key.fingerprint().words().join(" ")
     );
+    follow_link(link, tls, args.format).await
+}
 
+/// Follows the session of `link` and prints it until the session ends.
+/// `link` may carry a paired device's follow token in place of the invite token.
+pub(crate) async fn follow_link(
+    link: InviteLink,
+    tls: TlsSettings,
+    format: OutputFormat,
+) -> Result<(), ClientError> {
     let mut follower = Follower::start(FollowerConfig::new(link, tls))?;
-    let mut printer = Printer::new(args.format);
+    let mut printer = Printer::new(format);
     loop {
         let event = tokio::select! {
             event = follower.next_event() => event,

@@ -6,6 +6,7 @@
 //! | `sealcast session start`, `session end`, `session list` | [`session`] |
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
+//! | `sealcast pair offer`, `pair join` | [`pair`] |
 //! | `sealcast totp enrol` | [`totp`] |
 //! | `sealcast admin users`, `create-user`, `devices`, `revoke-device` | [`admin`] |
 //! | `sealcast completions`, `man` | [`shell_docs`] |
@@ -22,6 +23,7 @@ macro_rules! stderr_line {
 pub mod admin;
 pub mod follow;
 pub mod login;
+pub mod pair;
 pub mod publish;
 pub mod session;
 pub mod shell_docs;
@@ -85,6 +87,12 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Follow a session from an invite link and print its transcript
     Follow(follow::FollowArgs),
+    /// Pair a device with a session without an invite link, by comparing a code
+    Pair {
+        /// The pair command.
+        #[command(subcommand)]
+        command: pair::PairCommand,
+    },
     /// Set up the TOTP second factor
     Totp {
         /// The TOTP command.
@@ -124,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Session { command } => session::run(command, cli.state_dir).await,
         Command::Publish(args) => publish::run(args, cli.state_dir).await,
         Command::Follow(args) => follow::run(args).await,
+        Command::Pair { command } => pair::run(command, cli.state_dir).await,
         Command::Completions(args) => shell_docs::completions(&args),
         Command::Man => shell_docs::man(),
     }

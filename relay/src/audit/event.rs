@@ -33,6 +33,9 @@ pub(crate) enum Action {
     InviteCreated,
     /// A browser redeemed an invite and got a follow credential.
     InviteRedeemed,
+    /// The clinician device sent a paired device its wrapped key, and the
+    /// device got a follow credential.
+    DevicePaired,
     /// A follow socket opened.
     FollowerJoined,
     /// A follow socket closed.
@@ -68,6 +71,7 @@ impl Action {
             Action::SessionStarted => "session.started",
             Action::InviteCreated => "invite.created",
             Action::InviteRedeemed => "invite.redeemed",
+            Action::DevicePaired => "device.paired",
             Action::FollowerJoined => "follower.joined",
             Action::FollowerLeft => "follower.left",
             Action::SessionEnded => "session.ended",
@@ -92,6 +96,7 @@ impl Action {
             | Action::SessionStarted
             | Action::InviteCreated
             | Action::InviteRedeemed
+            | Action::DevicePaired
             | Action::FollowerJoined
             | Action::FollowerLeft
             | Action::SessionEnded
@@ -186,6 +191,7 @@ mod tests {
             Action::SessionStarted,
             Action::InviteCreated,
             Action::InviteRedeemed,
+            Action::DevicePaired,
             Action::FollowerJoined,
             Action::FollowerLeft,
             Action::SessionEnded,

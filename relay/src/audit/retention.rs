@@ -204,6 +204,10 @@ fn delete_expired_sessions(
             "DELETE FROM browser_credentials WHERE session_id = ?1",
             "delete an expired session's browser credentials",
         )? as u64;
+        delete(
+            "DELETE FROM paired_devices WHERE session_id = ?1",
+            "delete an expired session's paired devices",
+        )?;
         outcome.sessions += delete(
             "DELETE FROM sessions WHERE session_id = ?1",
             "delete an expired session",

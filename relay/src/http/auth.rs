@@ -1,5 +1,6 @@
-//! Patient credentials: the invite token as a bearer credential, and the
-//! follow cookie of a browser that redeemed an invite. Staff credentials
+//! Patient credentials: the invite token or a paired device's follow token as
+//! a bearer credential, and the follow cookie of a browser that redeemed an
+//! invite. Staff credentials
 //! are checked in [`super::staff`].
 //!
 //! A credential is hashed and looked up by its hash; stored hashes are
@@ -24,17 +25,21 @@ pub(crate) const FOLLOW: &str = "follow";
 /// Endpoint label of the staff follow socket.
 pub(crate) const STAFF_FOLLOW: &str = "staff_follow";
 
-/// Requires an invite token and returns its session.
+/// Requires an invite token, or the follow token of a paired device, and
+/// returns its session.
 async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRecord, ApiError> {
     let token = bearer(headers, FOLLOW)?;
+    if let Some(record) = state.store.session_by_invite(token.hash()).await? {
+        return Ok(record);
+    }
     state
         .store
-        .session_by_invite(token.hash())
+        .session_by_paired_device(token.hash())
         .await?
         .ok_or_else(|| {
             reject(
                 FOLLOW,
-                "invalid invite token: ask the clinic for a new invite link",
+                "invalid invite or follow token: ask the clinic for a new invite link, or pair this device again",
             )
         })
 }

@@ -15,6 +15,7 @@
 //! | [`cookies`], [`json`], [`limits`] | sign-in cookies, JSON bodies, rate limits |
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
+//! | [`pairing`] | the pairing mailbox between a joining and a clinician device |
 //! | [`audited`] | audit events of requests |
 //! | [`ops`] | health, readiness, metrics and fallbacks |
 //! | [`openapi`] | the OpenAPI document of every route |
@@ -33,6 +34,7 @@ mod login;
 mod observe;
 pub(crate) mod openapi;
 mod ops;
+mod pairing;
 mod sessions;
 pub(crate) mod staff;
 mod tokens;
@@ -55,6 +57,7 @@ use crate::audit::AuditLog;
 use crate::config::Limits;
 use crate::hub::Registry;
 use crate::invites::InviteState;
+use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::{web, ws};
@@ -72,6 +75,8 @@ pub(crate) struct RelayState {
     pub(crate) metrics: PrometheusHandle,
     /// Challenges and rate limits of the invite routes.
     pub(crate) invites: Arc<InviteState>,
+    /// Pairing slots, in memory only.
+    pub(crate) pairings: Arc<PairingMailbox>,
     /// Origin of the public URL, such as `https://relay.example:8443`: the
     /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
     pub(crate) public_origin: String,
@@ -155,6 +160,13 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_device))
         .routes(routes!(invites::challenge))
         .routes(routes!(invites::redeem))
+        .routes(routes!(pairing::open))
+        .routes(routes!(pairing::clinician_status, pairing::clinician_cancel))
+        .routes(routes!(pairing::clinician_key))
+        .routes(routes!(pairing::wrapped_key))
+        .routes(routes!(pairing::joiner_status, pairing::joiner_cancel))
+        .routes(routes!(pairing::commitment))
+        .routes(routes!(pairing::joiner_key))
         .merge(web::routes())
         .routes(routes!(openapi::serve))
 }

@@ -29,6 +29,8 @@ pub(crate) const CSRF_TOKEN: &str = "csrf_token";
 pub(crate) const REFRESH_COOKIE_SCHEME: &str = "refresh_cookie";
 /// Security scheme: an invite token as `Authorization: Bearer`.
 pub(crate) const INVITE_TOKEN: &str = "invite_token";
+/// Security scheme: a joining device's token for its pairing slot.
+pub(crate) const PAIRING_JOINER_TOKEN: &str = "pairing_joiner_token";
 /// Security scheme: a redeemed browser's follow cookie.
 pub(crate) const FOLLOW_COOKIE_SCHEME: &str = "follow_cookie";
 
@@ -49,6 +51,7 @@ pub(crate) const FOLLOW_COOKIE_SCHEME: &str = "follow_cookie";
         (name = "invites", description = "Patient invites and their redemption by browsers"),
         (name = "sign-in", description = "Magic-link sign-in, tokens and TOTP"),
         (name = "admin", description = "Users and devices of an organization"),
+        (name = "pairing", description = "The mailbox that carries a pairing between a joining device and the clinician device"),
         (name = "pages", description = "The patient page and the staff sign-in page"),
         (name = "operations", description = "Health, metrics and this document")
     )
@@ -124,6 +127,13 @@ impl Modify for SecuritySchemes {
             .description(Some("The invite token from the invite link."))
             .build();
         components.add_security_scheme(INVITE_TOKEN, SecurityScheme::Http(invite));
+        let joiner = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The joiner token a joining device got for its commitment to a pairing slot.",
+            ))
+            .build();
+        components.add_security_scheme(PAIRING_JOINER_TOKEN, SecurityScheme::Http(joiner));
     }
 }
 

@@ -138,6 +138,10 @@ pub const KEYS: &[KeyDoc] = &[
         "Requests answered 401 that one client address may make per minute before all its \
          requests get 429 for a while.",
     ),
+    key(
+        "limits.pairing_lifetime",
+        "How long a pairing slot accepts steps after the clinician device opened it.",
+    ),
     key("tokens.access_token_lifetime", "Lifetime of staff access tokens."),
     key(
         "tokens.refresh_token_lifetime",

@@ -126,6 +126,7 @@ pub struct LimitSettings {
     pub handshake_timeout: Period,
     pub max_handshakes: usize,
     pub failed_credentials_per_minute: u32,
+    pub pairing_lifetime: Period,
 }
 
 /// The `[tokens]` table; see [`AccountsConfig`].
@@ -212,6 +213,7 @@ impl Default for LimitSettings {
             handshake_timeout: Period(limits.handshake_timeout),
             max_handshakes: limits.max_handshakes,
             failed_credentials_per_minute: limits.failed_credentials_per_minute,
+            pairing_lifetime: Period(limits.pairing_lifetime),
         }
     }
 }
@@ -282,6 +284,7 @@ impl Settings {
                 handshake_timeout: limits.handshake_timeout.0,
                 max_handshakes: limits.max_handshakes,
                 failed_credentials_per_minute: limits.failed_credentials_per_minute,
+                pairing_lifetime: limits.pairing_lifetime.0,
             },
             accounts: AccountsConfig {
                 access_token_lifetime: self.tokens.access_token_lifetime.0,

@@ -11,12 +11,14 @@
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
+//! | [`paired`] | devices that joined by pairing, and their follow credentials |
 //! | [`fault`] | classes of store failure for metrics and error reasons |
 //! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
 
 pub(crate) mod audit;
 mod browsers;
 mod fault;
+mod paired;
 mod reader;
 mod schema;
 mod writer;
@@ -332,6 +334,23 @@ impl Store {
         credential_hash: CredentialHash,
     ) -> Result<Option<SessionRecord>, StoreError> {
         self.read(move |conn| browsers::session_by_credential(conn, &credential_hash))
+            .await
+    }
+
+    /// Stores a paired device's follow credential if the session is open.
+    /// Fails with [`StoreError::SessionEnded`] otherwise.
+    pub(crate) async fn pair_device(&self, device: Redemption) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::PairDevice { device, done })
+            .await
+    }
+
+    /// Looks up the session of a paired device's follow credential by its
+    /// hash, comparing in constant time.
+    pub(crate) async fn session_by_paired_device(
+        &self,
+        credential_hash: CredentialHash,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |conn| paired::session_by_credential(conn, &credential_hash))
             .await
     }
 

@@ -210,6 +210,9 @@ const MIGRATIONS: &[&str] = &[
     AT_REST_MIGRATION,
     // Version 6: the audit log, its signed checkpoints and retention anchors.
     super::audit::MIGRATION,
+    // Version 7: devices that joined a session by pairing, each with the
+    // hash of its follow credential.
+    super::paired::MIGRATION,
 ];
 
 /// The at-rest migration: stores the wrapped data key and seals every

@@ -18,9 +18,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
-use super::browsers;
 use super::fault::StoreFault;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
+use super::{browsers, paired};
 use super::{FrameRecord, NewSession, Redemption, StoreError};
 use crate::at_rest::{DataKeys, FrameCiphers};
 use crate::audit::AuditBatch;
@@ -81,7 +81,13 @@ pub(crate) enum WriteOp {
         redemption: Redemption,
         done: Completion,
     },
-    /// Mark a session ended and delete its browser credentials. Queued behind
+    /// Store a paired device's follow credential if the session is open.
+    PairDevice {
+        device: Redemption,
+        done: Completion,
+    },
+    /// Mark a session ended and delete its browser and paired device
+    /// credentials. Queued behind
     /// the session's frames.
     EndSession {
         session_id: SessionId,
@@ -109,6 +115,7 @@ impl WriteOp {
             WriteOp::CreateSession { done, .. }
             | WriteOp::AppendFrame { done, .. }
             | WriteOp::RedeemInvite { done, .. }
+            | WriteOp::PairDevice { done, .. }
             | WriteOp::EndSession { done, .. }
             | WriteOp::Audit { done, .. } => done(outcome),
             WriteOp::Stop => {}
@@ -368,6 +375,7 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
+        WriteOp::PairDevice { device, .. } => paired::insert(conn, device),
         WriteOp::EndSession {
             session_id,
             ended_at,
@@ -508,7 +516,8 @@ fn end_session(conn: &Connection, session_id: &SessionId, ended_at: i64) -> Resu
         .map_err(StoreError::sqlite("end a session"))?;
 
     if changed == 1 {
-        browsers::delete_for_session(conn, session_id)
+        browsers::delete_for_session(conn, session_id)?;
+        paired::delete_for_session(conn, session_id)
     } else {
         Err(StoreError::NotEndable {
             session_id: *session_id,

@@ -1,0 +1,318 @@
+//! HTTP calls to the relay's pairing mailbox, for both devices of a pairing.
+//!
+//! The clinician device authorizes its calls with its device token. The
+//! joining device has no account: its first call returns a joiner token that
+//! authorizes the rest. Status calls long-poll for up to [`WAIT_SECONDS`],
+//! and [`PairingApi::clinician_wait`] and [`PairingApi::joiner_wait`] repeat
+//! them until the slot reaches a wanted state.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::StatusCode;
+use sealcast_protocol::pairing_api::{
+    CommitmentBody, PairingId, PairingJoined, PairingOpened, PairingState, PairingStatus,
+    PublicKeyBody, WrappedKeyBody,
+};
+use sealcast_protocol::SessionId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use url::Url;
+
+use crate::api::{header_map, http_client, request_error, status_error};
+use crate::auth::{Authorizer, BearerToken, SignedInDevice};
+use crate::endpoint::route_url;
+use crate::error::ClientError;
+use crate::secret::SecretString;
+use crate::tls::TlsSettings;
+
+/// Seconds each status request long-polls, below the HTTP client's 30 s timeout.
+pub const WAIT_SECONDS: u64 = 20;
+
+/// Hint for pairing errors the relay returns.
+const PAIRING_HINT: &str = "start a new pairing with `sealcast pair offer` on the clinician device";
+
+/// A client for the pairing routes of one relay.
+#[derive(Debug, Clone)]
+pub struct PairingApi {
+    client: reqwest::Client,
+    relay: Url,
+}
+
+impl PairingApi {
+    /// Creates a client for the relay at `relay`, trusting the roots in `tls`.
+    pub fn new(relay: &Url, tls: &TlsSettings) -> Result<Self, ClientError> {
+        Ok(PairingApi {
+            client: http_client(tls)?,
+            relay: relay.clone(),
+        })
+    }
+
+    /// Opens a pairing slot for a session of the signed-in clinician.
+    pub async fn open(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+    ) -> Result<PairingOpened, ClientError> {
+        let url = self.clinician_url(session_id, None, "");
+        let response = self
+            .clinician_send(device, reqwest::Method::POST, &url, None::<&()>)
+            .await?;
+        read_body(response, &url).await
+    }
+
+    /// Sends the clinician device's public key (step 2).
+    pub async fn send_clinician_key(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        id: PairingId,
+        public_key: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        let url = self.clinician_url(session_id, Some(id), "/clinician-key");
+        let body = PublicKeyBody {
+            public_key: URL_SAFE_NO_PAD.encode(public_key),
+        };
+        self.clinician_send(device, reqwest::Method::POST, &url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Sends the wrapped key (step 5).
+    pub async fn send_wrapped_key(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        id: PairingId,
+        wrapped_key: &[u8],
+    ) -> Result<(), ClientError> {
+        let url = self.clinician_url(session_id, Some(id), "/wrapped-key");
+        let body = WrappedKeyBody {
+            wrapped_key: URL_SAFE_NO_PAD.encode(wrapped_key),
+        };
+        self.clinician_send(device, reqwest::Method::POST, &url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Cancels the slot for the clinician device.
+    pub async fn clinician_cancel(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        id: PairingId,
+    ) -> Result<(), ClientError> {
+        let url = self.clinician_url(session_id, Some(id), "");
+        self.clinician_send(device, reqwest::Method::DELETE, &url, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// Long-polls the clinician device's view until the slot is in one of
+    /// `wanted`. A cancelled slot is an error.
+    pub async fn clinician_wait(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        id: PairingId,
+        wanted: &[PairingState],
+    ) -> Result<PairingStatus, ClientError> {
+        let url = self.clinician_url(session_id, Some(id), "");
+        loop {
+            let mut polled = url.clone();
+            polled.set_query(Some(&format!("wait={WAIT_SECONDS}")));
+            let response = self
+                .clinician_send_to(device, reqwest::Method::GET, &url, &polled, None::<&()>)
+                .await?;
+            let status: PairingStatus = read_body(response, &url).await?;
+            if let Some(status) = settled(status, wanted)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Sends the joining device's commitment (step 1) and returns the joiner token.
+    pub async fn commit(
+        &self,
+        id: PairingId,
+        commitment: &[u8; 32],
+    ) -> Result<(BearerToken, PairingJoined), ClientError> {
+        let url = self.joiner_url(id, "/commitment");
+        let body = CommitmentBody {
+            commitment: URL_SAFE_NO_PAD.encode(commitment),
+        };
+        let response = self
+            .joiner_send(None, reqwest::Method::POST, &url, Some(&body))
+            .await?;
+        let joined: PairingJoined = read_body(response, &url).await?;
+        let token = BearerToken::new(SecretString::new(joined.joiner_token.clone()));
+        Ok((token, joined))
+    }
+
+    /// Sends the joining device's public key (step 3).
+    pub async fn send_joiner_key(
+        &self,
+        token: &BearerToken,
+        id: PairingId,
+        public_key: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        let url = self.joiner_url(id, "/joiner-key");
+        let body = PublicKeyBody {
+            public_key: URL_SAFE_NO_PAD.encode(public_key),
+        };
+        self.joiner_send(Some(token), reqwest::Method::POST, &url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Cancels the slot for the joining device.
+    pub async fn joiner_cancel(
+        &self,
+        token: &BearerToken,
+        id: PairingId,
+    ) -> Result<(), ClientError> {
+        let url = self.joiner_url(id, "");
+        self.joiner_send(Some(token), reqwest::Method::DELETE, &url, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// Long-polls the joining device's view until the slot is in one of
+    /// `wanted`. A cancelled slot is an error.
+    pub async fn joiner_wait(
+        &self,
+        token: &BearerToken,
+        id: PairingId,
+        wanted: &[PairingState],
+    ) -> Result<PairingStatus, ClientError> {
+        let mut url = self.joiner_url(id, "");
+        url.set_query(Some(&format!("wait={WAIT_SECONDS}")));
+        loop {
+            let response = self
+                .joiner_send(Some(token), reqwest::Method::GET, &url, None::<&()>)
+                .await?;
+            let status: PairingStatus = read_body(response, &url).await?;
+            if let Some(status) = settled(status, wanted)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    fn clinician_url(&self, session_id: &SessionId, id: Option<PairingId>, rest: &str) -> Url {
+        let slot = id.map(|id| format!("/{id}")).unwrap_or_default();
+        route_url(
+            &self.relay,
+            &format!("/v1/sessions/{session_id}/pairings{slot}{rest}"),
+        )
+    }
+
+    fn joiner_url(&self, id: PairingId, rest: &str) -> Url {
+        route_url(&self.relay, &format!("/v1/pairings/{id}{rest}"))
+    }
+
+    async fn clinician_send(
+        &self,
+        device: &SignedInDevice,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<reqwest::Response, ClientError> {
+        self.clinician_send_to(device, method, url, url, body).await
+    }
+
+    /// Sends a clinician request to `target`, whose DPoP proof names `url`:
+    /// the same URL without its query.
+    async fn clinician_send_to(
+        &self,
+        device: &SignedInDevice,
+        method: reqwest::Method,
+        url: &Url,
+        target: &Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<reqwest::Response, ClientError> {
+        device
+            .call(|auth| {
+                let method = method.clone();
+                async move {
+                    let headers = auth.headers(method.as_str(), url.as_str())?;
+                    let mut request = self
+                        .client
+                        .request(method, target.clone())
+                        .headers(header_map(headers));
+                    if let Some(body) = body {
+                        request = request.json(body);
+                    }
+                    let response = request
+                        .send()
+                        .await
+                        .map_err(|err| request_error(url, &err))?;
+                    check_status(response).await
+                }
+            })
+            .await
+    }
+
+    async fn joiner_send(
+        &self,
+        token: Option<&BearerToken>,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.client.request(method.clone(), url.clone());
+        if let Some(token) = token {
+            request = request.headers(header_map(token.headers(method.as_str(), url.as_str())?));
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| request_error(url, &err))?;
+        check_status(response).await
+    }
+}
+
+/// Returns the status when the slot is in one of `wanted`, `None` to poll
+/// again, and an error for a cancelled slot.
+fn settled(
+    status: PairingStatus,
+    wanted: &[PairingState],
+) -> Result<Option<PairingStatus>, ClientError> {
+    if wanted.contains(&status.state) {
+        return Ok(Some(status));
+    }
+    if status.state == PairingState::Cancelled {
+        return Err(ClientError::PairingRefused {
+            reason: "the other device cancelled the pairing".into(),
+        });
+    }
+    Ok(None)
+}
+
+async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => {
+            "run `sealcast login` again on the clinician device, or start a new pairing"
+        }
+        StatusCode::TOO_MANY_REQUESTS => "wait a minute and try again",
+        _ => PAIRING_HINT,
+    };
+    Err(status_error(response, "the pairing step", hint).await)
+}
+
+async fn read_body<T: DeserializeOwned>(
+    response: reqwest::Response,
+    url: &Url,
+) -> Result<T, ClientError> {
+    response.json::<T>().await.map_err(|err| {
+        ClientError::ProtocolViolation(format!(
+            "the response from {} is not a pairing message: {err}",
+            url.path()
+        ))
+    })
+}
