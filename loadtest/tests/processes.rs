@@ -119,7 +119,8 @@ fn followers_in_two_processes_lose_nothing() {
     let mut log = Vec::new();
     let status = wait(&mut harness, &lines, &mut log);
     let log = log.join("\n");
-    assert!(status.success(), "exit {status}:\n{log}");
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap_or_default();
+    assert!(status.success(), "exit {status}:\n{log}\n{report}");
 
     // 150 sockets over 2 processes: the coordinator's 50 publishers and 25
     // followers, and 75 followers in the worker.

@@ -161,7 +161,10 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invites::challenge))
         .routes(routes!(invites::redeem))
         .routes(routes!(pairing::open))
-        .routes(routes!(pairing::clinician_status, pairing::clinician_cancel))
+        .routes(routes!(
+            pairing::clinician_status,
+            pairing::clinician_cancel
+        ))
         .routes(routes!(pairing::clinician_key))
         .routes(routes!(pairing::wrapped_key))
         .routes(routes!(pairing::joiner_status, pairing::joiner_cancel))
