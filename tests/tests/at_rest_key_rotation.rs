@@ -112,8 +112,9 @@ async fn rotation_retires_the_old_key() {
 
     // A key in the variable that is not a key fails before the store opens.
     let output = start_fails(data.path(), &[], Some("not a key"));
+    assert!(output.contains("invalid at-rest key"), "{output}");
     assert!(
-        output.contains("invalid at-rest key in SEALCAST_AT_REST_KEY"),
+        output.contains("environment variable SEALCAST_AT_REST_KEY"),
         "{output}"
     );
 

@@ -20,16 +20,19 @@ use sealcast_tests::streaming::BackgroundStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Followers that connect at once.
+/// Followers that connect at once. `SEALCAST_STORM_FOLLOWERS` overrides it,
+/// as in the recorded 10,000-follower run.
 const STORM: usize = 1_000;
 
 /// The relay's connection cap in this test, far below [`STORM`].
-const MAX_CONNECTIONS: &str = "200";
+/// `SEALCAST_STORM_MAX_CONNECTIONS` overrides it.
+const MAX_CONNECTIONS: usize = 200;
 
 /// Time each storm follower stays connected before it leaves.
 const HOLD: Duration = Duration::from_millis(1000);
 
-/// Maximum time the whole storm may take to get every follower in.
+/// Maximum time a storm of [`STORM`] followers may take to get every
+/// follower in. Larger storms get proportionally longer.
 const STORM_LIMIT: Duration = Duration::from_secs(150);
 
 /// The relay's `Retry-After` on a 503 over the connection cap.
@@ -47,13 +50,16 @@ struct Attempts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_is_shed_and_recovers() {
+    let storm_size = setting("SEALCAST_STORM_FOLLOWERS", STORM);
+    let max_connections = setting("SEALCAST_STORM_MAX_CONNECTIONS", MAX_CONNECTIONS).to_string();
+    let storm_limit = STORM_LIMIT.mul_f64((storm_size as f64 / STORM as f64).max(1.0));
     let data = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(
         data.path(),
         "127.0.0.1:0",
         &[
             "--max-connections",
-            MAX_CONNECTIONS,
+            &max_connections,
             "--max-handshakes",
             "32",
         ],
@@ -66,7 +72,7 @@ async fn reconnect_storm_is_shed_and_recovers() {
 
     let started = Instant::now();
     let mut storm = JoinSet::new();
-    for _ in 0..STORM {
+    for _ in 0..storm_size {
         let mut follower = stormed.follower();
         storm.spawn(async move {
             let mut attempts = Attempts::default();
@@ -90,7 +96,7 @@ async fn reconnect_storm_is_shed_and_recovers() {
                     }
                 }
             };
-            let _ = tokio::time::timeout(STORM_LIMIT, following).await;
+            let _ = tokio::time::timeout(storm_limit, following).await;
             drop(follower);
             attempts
         });
@@ -100,7 +106,7 @@ async fn reconnect_storm_is_shed_and_recovers() {
     let mut results = Vec::new();
     while !storm.is_empty() {
         assert!(
-            started.elapsed() < STORM_LIMIT + Duration::from_secs(10),
+            started.elapsed() < storm_limit + Duration::from_secs(10),
             "storm tasks hang"
         );
         let seen = background.finals_seen();
@@ -117,7 +123,7 @@ async fn reconnect_storm_is_shed_and_recovers() {
     let shed: usize = results.iter().map(|a| a.waits_after_503.len()).sum();
     let other: usize = results.iter().map(|a| a.other_failures.len()).sum();
     println!(
-        "storm of {STORM} followers: {shed} answers 503, {other} other failed attempts, {took:?}"
+        "storm of {storm_size} followers: {shed} answers 503, {other} other failed attempts, {took:?}"
     );
     let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
     for reason in results.iter().flat_map(|a| &a.other_failures) {
@@ -162,5 +168,15 @@ fn check_attempts(attempts: &Attempts) {
             *wait >= RETRY_AFTER,
             "a follower waited {wait:?} after a 503 with Retry-After: 1"
         );
+    }
+}
+
+/// Reads a count from the environment variable `name`, or returns `default`.
+fn setting(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a count")),
+        Err(_) => default,
     }
 }

@@ -24,6 +24,14 @@ use url::Url;
 /// Connections of each kind.
 const PER_KIND: usize = 150;
 
+/// Every reason a flood connection may be counted under.
+const REASONS: [&str; 4] = [
+    "tls_handshake_timeout",
+    "tls_handshake_aborted",
+    "tls_handshake_failed",
+    "tls_handshake_slots_busy",
+];
+
 /// Maximum time a flood connection may stay open: the 2 s handshake timeout plus slack.
 const CLOSE_LIMIT: Duration = Duration::from_secs(8);
 
@@ -89,7 +97,7 @@ async fn tls_handshake_flood_is_freed() {
         }
     }
 
-    let after = wait_until_freed(&url, &tls).await;
+    let after = wait_until_freed(&url, &tls, &before).await;
     let rejected = |reason: &str| {
         after.value(CONNECTIONS_REJECTED, &[("reason", reason)])
             - before.value(CONNECTIONS_REJECTED, &[("reason", reason)])
@@ -148,19 +156,31 @@ async fn misbehave(addr: std::net::SocketAddr, kind: Flood, hello: &[u8]) -> boo
 }
 
 /// Scrapes until no connection but the scrape's own and no handshake slot
-/// is in use, and returns that scrape; fails after 10 s.
-async fn wait_until_freed(url: &Url, tls: &TlsSettings) -> Scrape {
+/// is in use, and every flood connection has been counted under some reason
+/// since `before`, and returns that scrape; fails after 10 s. A client that
+/// closed its side may still wait in the relay's accept queue, unseen by
+/// either gauge, so the gauges alone do not say that the relay is done.
+async fn wait_until_freed(url: &Url, tls: &TlsSettings, before: &Scrape) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let flood = (4 * PER_KIND) as f64;
     loop {
         let scrape = scrape(url, tls).await;
         let connections = scrape.value(CONNECTIONS_ACTIVE, &[("role", "http")]);
         let handshakes = scrape.value(TLS_HANDSHAKES_ACTIVE, &[]);
-        if connections == 1.0 && handshakes == 0.0 {
+        let counted: f64 = REASONS
+            .iter()
+            .map(|reason| {
+                scrape.value(CONNECTIONS_REJECTED, &[("reason", reason)])
+                    - before.value(CONNECTIONS_REJECTED, &[("reason", reason)])
+            })
+            .sum();
+        if connections == 1.0 && handshakes == 0.0 && counted >= flood {
             return scrape;
         }
         assert!(
             Instant::now() < deadline,
-            "{connections} connections and {handshakes} handshakes still open"
+            "{connections} connections and {handshakes} handshakes still open, \
+             {counted} of {flood} flood connections counted"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

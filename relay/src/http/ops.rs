@@ -8,8 +8,8 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 
-/// The routes for monitoring: `/healthz`, `/readyz` and `/metrics`, with
-/// their OpenAPI operations.
+/// Returns the routes for monitoring, `/healthz`, `/readyz` and
+/// `/metrics`, with their OpenAPI operations.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
@@ -42,7 +42,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "`ready`: the relay accepts work and the store answers", body = String, content_type = "text/plain"),
-        (status = 503, description = "The relay is shutting down or the store does not answer", body = sealcast_protocol::api::ErrorBody)
+        (status = 503, description = "The relay is shutting down or a store query failed", body = sealcast_protocol::api::ErrorBody)
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
@@ -53,7 +53,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => "ready".into_response(),
         Err(error) => {
             tracing::error!(%error, "readiness check failed to query the store");
-            ApiError::Unavailable("store does not answer queries".into()).into_response()
+            ApiError::Unavailable("store query failed".into()).into_response()
         }
     }
 }

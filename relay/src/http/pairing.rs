@@ -432,7 +432,7 @@ async fn long_poll(
     }
 }
 
-/// Whether a slot in `state` waits for the device other than `side`.
+/// Returns whether a slot in `state` waits for the device other than `side`.
 fn waits_for_other_side(state: PairingState, side: Side) -> bool {
     match side {
         Side::Clinician => matches!(state, PairingState::Open | PairingState::Responded),
