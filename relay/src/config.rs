@@ -322,7 +322,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })?;
 
     match unit {
-        "" | "s" => Ok(Duration::from_secs(value)),
+        // A bare number could mean seconds to one reader and days to
+        // another, and a retention period read the wrong way deletes data.
+        "" => Err(format!(
+            "invalid duration {text:?}: the unit is missing; add one of ms, s, m, h, d, w or y"
+        )),
+        "s" => Ok(Duration::from_secs(value)),
         "ms" => Ok(Duration::from_millis(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
         "h" => Ok(Duration::from_secs(value.saturating_mul(60 * 60))),
@@ -343,7 +348,7 @@ mod tests {
 
     #[test]
     fn duration_units_parse() {
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("30").is_err());
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));

@@ -108,6 +108,12 @@ fn config_check_names_each_broken_key() {
             "[retention]\ncontent = \"7x\"\n",
             "retention.content = \"7x\"",
         ),
+        ("[retention]\ncontent = 7\n", "retention.content = 7"),
+        ("[retention]\ncontent = 7\n", "a number without a unit"),
+        (
+            "[limits]\nidle_timeout = \"60\"\n",
+            "limits.idle_timeout = \"60\"",
+        ),
         ("log_format = \"xml\"\n", "log_format = \"xml\""),
         ("log_format = \"xml\"\n", "text, json"),
         (

@@ -197,8 +197,9 @@ const HEADER: &str = "\
 # SEALCAST_MAX_CONNECTIONS, override both.
 #
 # Periods are a number and a unit: ms, s, m, h, d, w or y (a year is 366
-# days). Relative paths are relative to the relay's working directory. Keys
-# that are commented out have no default; every other line shows the default.
+# days); a number without a unit is an error. Relative paths are relative
+# to the relay's working directory. Keys that are commented out have no
+# default; every other line shows the default.
 ";
 
 /// Width that help comments are wrapped to.

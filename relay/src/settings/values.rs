@@ -68,14 +68,14 @@ impl Visitor<'_> for PeriodVisitor {
         formatter.write_str("a period such as 30s")
     }
 
-    fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Period, E> {
-        Ok(Period(Duration::from_secs(seconds)))
+    // A bare number could mean seconds to one reader and days to another,
+    // and a retention period read the wrong way deletes data.
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Period, E> {
+        Err(E::custom(period_fix("a number without a unit")))
     }
 
-    fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Period, E> {
-        u64::try_from(seconds)
-            .map(|seconds| Period(Duration::from_secs(seconds)))
-            .map_err(|_| E::custom(period_fix("a negative number")))
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Period, E> {
+        Err(E::custom(period_fix("a number without a unit")))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Period, E> {
