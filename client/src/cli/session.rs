@@ -129,13 +129,15 @@ fn print_invitation(session: &StoredSession, path: &std::path::Path, no_qr: bool
     println!();
     println!("Fingerprint words, to compare with the patient's screen: {words}");
     println!();
+    // The link goes in on standard input: echo is a shell builtin, so the
+    // key stays out of the process list.
     println!("To follow from a terminal:");
     match &session.ca_cert {
         Some(ca_cert) => println!(
-            "  sealcast follow --ca-cert '{}' '{link}'",
+            "  echo '{link}' | sealcast follow --ca-cert '{}' -",
             ca_cert.display()
         ),
-        None => println!("  sealcast follow '{link}'"),
+        None => println!("  echo '{link}' | sealcast follow -"),
     }
 }
 
