@@ -274,7 +274,7 @@ pub enum ClientError {
         "pairing refused: {reason}: no key was sent or used, start a new pairing to try again"
     )]
     PairingRefused {
-        /// Why the pairing was refused.
+        /// The reason the pairing was refused.
         reason: String,
     },
 

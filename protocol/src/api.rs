@@ -13,7 +13,7 @@
 //! | `/v1/sessions/{id}/pairings/...`, `/v1/pairings/...` | clinician, or the joiner token | the pairing mailbox, see [`crate::pairing_api`] |
 //! | `GET /join`, `GET /join/{file}` | none | the patient page, read-only |
 //! | `GET /healthz` | none | liveness |
-//! | `GET /readyz` | none | readiness: 503 while shutting down or when the store does not answer |
+//! | `GET /readyz` | none | readiness: 503 while shutting down or when a store query fails |
 //! | `GET /metrics` | none | Prometheus metrics |
 //!
 //! With the relay's `ops_listen` set, the last three are served only on that

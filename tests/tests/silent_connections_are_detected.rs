@@ -93,8 +93,8 @@ async fn silent_follower_is_freed_and_resumes() {
         tokio::time::sleep(SEGMENT_INTERVAL).await;
     }
 
-    // The relay closes the silent connection: the black hole sees its side
-    // close, and the relay counts a timeout close.
+    // The relay closes the silent connection: its side of the black hole
+    // reaches end of file, and the relay counts a timeout close.
     wait_for(
         || blackhole.closed_by_target() == 1,
         DETECTION_LIMIT,

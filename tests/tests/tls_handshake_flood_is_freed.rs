@@ -156,10 +156,10 @@ async fn misbehave(addr: std::net::SocketAddr, kind: Flood, hello: &[u8]) -> boo
 }
 
 /// Scrapes until no connection but the scrape's own and no handshake slot
-/// is in use, and every flood connection has been counted under some reason
-/// since `before`, and returns that scrape; fails after 10 s. A client that
-/// closed its side may still wait in the relay's accept queue, unseen by
-/// either gauge, so the gauges alone do not say that the relay is done.
+/// is in use and every flood connection since `before` is counted, then
+/// returns that scrape. Fails after 10 s. Both gauges are needed with the
+/// count, because a client that closed its side may still wait in the
+/// relay's accept queue, where neither gauge shows it.
 async fn wait_until_freed(url: &Url, tls: &TlsSettings, before: &Scrape) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(10);
     let flood = (4 * PER_KIND) as f64;

@@ -264,7 +264,7 @@ async fn join_steps(
     Ok((status, grant))
 }
 
-/// How the user confirms that both devices show the same code.
+/// The way the user confirms that both devices show the same code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Confirmation {
     /// Ask yes or no on the terminal.

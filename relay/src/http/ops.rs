@@ -35,8 +35,8 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /readyz`: 200 `ready` while the relay accepts work and the store
-/// answers a query; otherwise 503 with the reason, so that a load balancer
+/// `GET /readyz`: 200 `ready` while the relay accepts work and a store
+/// query succeeds. Otherwise 503 with the reason, so that a load balancer
 /// stops sending requests during shutdown.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
