@@ -8,9 +8,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use sealcast_protocol::SessionId;
 
-use super::reader::session_by_id;
+use super::reader::session_by_credential_hash;
 use super::{Redemption, SessionRecord, StoreError};
-use crate::credentials::{hashes_match, CredentialHash};
+use crate::credentials::CredentialHash;
 
 /// Inserts a redemption when the session is open and below its browser limit.
 /// The check and the insert run in the writer's transaction, so two browsers
@@ -78,29 +78,13 @@ pub(super) fn session_by_credential(
     conn: &Connection,
     credential_hash: &CredentialHash,
 ) -> Result<Option<SessionRecord>, StoreError> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT credential_hash, session_id FROM browser_credentials
+    session_by_credential_hash(
+        conn,
+        "SELECT credential_hash, session_id FROM browser_credentials
              WHERE credential_hash = ?1",
-        )
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![credential_hash.as_slice()], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()
-        })
-        .map_err(StoreError::sqlite("look up a browser credential"))?;
-
-    let Some((stored_hash, session_id)) = row else {
-        return Ok(None);
-    };
-    if !hashes_match(&stored_hash, credential_hash) {
-        return Ok(None);
-    }
-    let session_id =
-        <[u8; 16]>::try_from(session_id).map_err(|_| StoreError::Corrupt { what: "session id" })?;
-    session_by_id(conn, &SessionId(session_id))
+        "look up a browser credential",
+        credential_hash,
+    )
 }
 
 /// Counts a session's browser credentials.

@@ -274,3 +274,34 @@ fn offset_from_sql(value: i64) -> Result<u64, StoreError> {
         what: "offset or sequence number",
     })
 }
+
+/// Looks up the session of a follow credential with `query`, which selects
+/// the stored hash and the session id by hash, and compares the hashes in
+/// constant time. `action` names the lookup in errors.
+pub(super) fn session_by_credential_hash(
+    conn: &Connection,
+    query: &'static str,
+    action: &'static str,
+    credential_hash: &CredentialHash,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached(query)
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![credential_hash.as_slice()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+        })
+        .map_err(StoreError::sqlite(action))?;
+
+    let Some((stored_hash, session_id)) = row else {
+        return Ok(None);
+    };
+    if !hashes_match(&stored_hash, credential_hash) {
+        return Ok(None);
+    }
+    let session_id =
+        <[u8; 16]>::try_from(session_id).map_err(|_| StoreError::Corrupt { what: "session id" })?;
+    session_by_id(conn, &SessionId(session_id))
+}
