@@ -6,6 +6,10 @@
 //! page simply asks for a new challenge. Memory stays bounded because each
 //! token keeps at most [`MAX_PER_TOKEN`] live challenges, its oldest being
 //! dropped for a new one, and the book at most [`MAX_TOTAL`].
+//!
+//! NOTE: with several relay nodes each node has its own book, so a
+//! challenge works only on the node that issued it. A load balancer must
+//! send a client's challenge and redemption to the same node.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
