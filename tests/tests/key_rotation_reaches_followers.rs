@@ -26,7 +26,7 @@ use sealcast_tests::staff::StaffDevice;
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// Segments of the new epoch published before follower A gets the new link,
-/// so that A holds their frames until the key arrives.
+/// so that A keeps their frames until the key arrives.
 const SEGMENTS_BEFORE_NEW_LINK: usize = 5;
 
 /// What one follower reported until the session ended.

@@ -26,7 +26,7 @@ use crate::transcript::{Change, Transcript};
 /// Width of the in-place interim line when the terminal width is unknown.
 const DEFAULT_COLUMNS: usize = 80;
 
-/// Longest line of standard input taken as a link, in bytes.
+/// Maximum length of a line of standard input taken as a link, in bytes.
 const MAX_LINK_LINE: u64 = 64 * 1024;
 
 /// Arguments of `sealcast follow`.

@@ -31,7 +31,7 @@
 //! [`FollowEvent::FrameUnreadable`] and are held, up to 16 MiB, and opened
 //! in order once the key arrives. The grace window of docs/protocol.md,
 //! section 14.3 applies: frames of the previous epoch open only until 64
-//! frames of the newest epoch have been opened. The relay knows the
+//! frames of the newest epoch have been opened. The relay stores the
 //! fingerprint of the epoch 0 key only, so a link of a later epoch skips the
 //! fingerprint check.
 
@@ -150,7 +150,7 @@ impl Follower {
     }
 
     /// Gives the follower the key of another key epoch, from a new invite
-    /// link after a rotation. It answers with [`FollowEvent::KeyAdded`] or
+    /// link after a rotation. The follower then emits [`FollowEvent::KeyAdded`] or
     /// [`FollowEvent::KeyRejected`].
     pub fn add_key(&self, key_epoch: u32, key: SessionKey) -> Result<(), ClientError> {
         self.keys.add_key(key_epoch, key)

@@ -877,8 +877,8 @@ mod tests {
     }
 
     #[test]
-    fn link_of_a_later_epoch_skips_the_fingerprint_check() {
-        // The relay only knows the fingerprint of the epoch 0 key.
+    fn later_epoch_link_skips_fingerprint() {
+        // The relay stores the fingerprint of the epoch 0 key only.
         let mut state = FollowState::new(rotated_key(), 1, None);
         let fingerprint = key().fingerprint().to_base64url();
         state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();

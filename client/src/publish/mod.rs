@@ -16,9 +16,9 @@
 //! and acknowledges them again.
 //!
 //! [`Publisher::rotate_key`] replaces the session key during the session
-//! (docs/protocol.md, section 14): it closes the current stream with a
-//! signed checkpoint, seals the following frames on a new stream under the
-//! next key epoch, and returns the invite link of the new key. Frames of the
+//! (docs/protocol.md, section 14). It closes the current stream with a
+//! signed checkpoint and seals the following frames on a new stream under
+//! the next key epoch. It returns the invite link of the new key. Frames of the
 //! closed stream that the relay has not acknowledged stay in the outbox and
 //! are resent, still sealed under the old key, after a reconnect.
 //!

@@ -1,6 +1,6 @@
 //! Sealed frames kept until the relay acknowledges them.
 //!
-//! After a key rotation the outbox holds frames of two streams: the tail of
+//! After a key rotation the outbox contains frames of two streams: the tail of
 //! the closed stream and the start of the new one. Both stay in the order
 //! they were sealed, so a resend after a reconnect repeats that order.
 
