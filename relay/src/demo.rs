@@ -21,8 +21,8 @@ use sealcast_client::{
 };
 use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
 use sealcast_protocol::auth::Role;
-use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::{FollowInvite, InviteLink, SessionKey, TranscriptSegment};
 use thiserror::Error;
 use url::Url;
