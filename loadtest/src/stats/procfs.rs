@@ -18,6 +18,9 @@ pub enum ProbeScope {
     /// CPU time of the threads whose name starts with this prefix; memory of
     /// the whole process.
     Threads(String),
+    /// Every thread of several processes, such as the nodes of a cluster,
+    /// with CPU time and memory summed over them.
+    Processes(Vec<u32>),
 }
 
 /// Reads CPU time and memory of one local process.
@@ -50,6 +53,19 @@ impl ProcessProbe {
         }
     }
 
+    /// Creates a probe for processes `pids`, one for each node of a cluster.
+    /// With one process id it is a probe of that process.
+    pub fn processes(pids: &[u32]) -> Option<ProcessProbe> {
+        match pids {
+            [] => None,
+            [pid] => Some(ProcessProbe::new(*pid, ProbeScope::Process)),
+            [first, ..] => Some(ProcessProbe::new(
+                *first,
+                ProbeScope::Processes(pids.to_vec()),
+            )),
+        }
+    }
+
     /// Creates a probe for the threads of this process whose names start with `prefix`.
     pub fn own_threads(prefix: &str) -> ProcessProbe {
         ProcessProbe::new(std::process::id(), ProbeScope::Threads(prefix.to_string()))
@@ -63,6 +79,10 @@ impl ProcessProbe {
                 "CPU of threads named {prefix}* in process {}; memory of the whole process, load generator included",
                 self.pid
             ),
+            ProbeScope::Processes(pids) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("processes {}, summed", list.join(", "))
+            }
         }
     }
 
@@ -73,10 +93,13 @@ impl ProcessProbe {
 
     /// Reads the process now. Returns `None` when it has exited or `/proc` is unreadable.
     pub fn sample(&self) -> Option<ProcSample> {
+        if let ProbeScope::Processes(pids) = &self.scope {
+            return self.sample_sum(pids);
+        }
         let base = PathBuf::from(format!("/proc/{}", self.pid));
         let ticks = match &self.scope {
-            ProbeScope::Process => cpu_ticks(&base.join("stat"))?,
             ProbeScope::Threads(prefix) => thread_ticks(&base.join("task"), prefix)?,
+            ProbeScope::Process | ProbeScope::Processes(_) => cpu_ticks(&base.join("stat"))?,
         };
         let status = fs::read_to_string(base.join("status")).ok()?;
         Some(ProcSample {
@@ -84,6 +107,27 @@ impl ProcessProbe {
             rss_kib: status_kib(&status, "VmRSS:")?,
             peak_rss_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
         })
+    }
+}
+
+impl ProcessProbe {
+    /// Reads every process of `pids` and sums the readings. The sum of the
+    /// peaks is an upper bound of the peak of the sum. Returns `None` when
+    /// any of them has exited.
+    fn sample_sum(&self, pids: &[u32]) -> Option<ProcSample> {
+        let mut total = ProcSample::default();
+        for &pid in pids {
+            let one = ProcessProbe {
+                pid,
+                scope: ProbeScope::Process,
+                ticks_per_second: self.ticks_per_second,
+            }
+            .sample()?;
+            total.cpu_seconds += one.cpu_seconds;
+            total.rss_kib += one.rss_kib;
+            total.peak_rss_kib += one.peak_rss_kib;
+        }
+        Some(total)
     }
 }
 
@@ -145,6 +189,23 @@ mod tests {
         let sample = probe.sample().unwrap();
         assert!(sample.rss_kib > 0);
         assert!(sample.peak_rss_kib >= sample.rss_kib);
+    }
+
+    #[test]
+    fn processes_are_summed() {
+        let own = std::process::id();
+        let single = ProcessProbe::processes(&[own]).unwrap();
+        assert_eq!(single.scope, ProbeScope::Process);
+        let twice = ProcessProbe::processes(&[own, own]).unwrap();
+        let once = single.sample().unwrap();
+        let summed = twice.sample().unwrap();
+        assert!(
+            summed.rss_kib >= once.rss_kib * 3 / 2,
+            "{summed:?} {once:?}"
+        );
+        assert!(summed.cpu_seconds >= once.cpu_seconds * 2.0 - 0.1);
+        assert!(ProcessProbe::processes(&[]).is_none());
+        assert!(twice.scope_description().contains("summed"));
     }
 
     #[test]
