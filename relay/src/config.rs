@@ -36,6 +36,32 @@ pub struct Config {
     pub at_rest_key: KeySource,
     /// Audit checkpoints and retention.
     pub audit: AuditConfig,
+    /// How frames reach followers connected to other relay nodes.
+    pub fanout: FanoutConfig,
+}
+
+/// How frames accepted on one relay node reach followers on the others.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum FanoutConfig {
+    /// A single node: frames reach the followers of this process only.
+    #[default]
+    Local,
+    /// Several nodes sharing one data directory: each node publishes the
+    /// frames it commits to NATS and delivers those of the others.
+    Nats {
+        /// NATS server URL such as `nats://127.0.0.1:4222`. It may contain a
+        /// user and password, so `Debug` leaves it out.
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for FanoutConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FanoutConfig::Local => f.write_str("Local"),
+            FanoutConfig::Nats { .. } => f.write_str("Nats { url: [redacted] }"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -51,6 +77,7 @@ impl Default for Config {
             accounts: AccountsConfig::default(),
             at_rest_key: KeySource::Development,
             audit: AuditConfig::default(),
+            fanout: FanoutConfig::Local,
         }
     }
 }

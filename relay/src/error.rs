@@ -54,6 +54,9 @@ pub enum RelayError {
     /// The development certificate could not be generated.
     #[error("failed to generate the development certificate: {0}")]
     DevCertificate(#[from] rcgen::Error),
+    /// The NATS connection of `fanout = "nats"` could not be set up.
+    #[error("failed to set up the NATS connection: {0}: check nats_url")]
+    Fanout(String),
     /// A limit is out of range or inconsistent with another.
     #[error("invalid setting {name}: {reason}")]
     InvalidLimit {

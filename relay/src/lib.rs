@@ -48,6 +48,7 @@ mod config_cli;
 mod credentials;
 pub mod demo;
 pub mod error;
+mod fanout;
 mod handshake;
 mod http;
 mod hub;

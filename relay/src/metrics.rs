@@ -39,6 +39,25 @@ pub const FRAMES_SKIPPED: &str = "sealcast_frames_skipped_total";
 pub const BYTES_RECEIVED: &str = "sealcast_bytes_received_total";
 /// Bytes of binary messages sent to followers.
 pub const BYTES_DELIVERED: &str = "sealcast_bytes_delivered_total";
+/// 1 while the node's NATS connection is up, 0 while it is down. Exported
+/// only with `fanout = "nats"`.
+pub const FANOUT_CONNECTED: &str = "sealcast_fanout_connected";
+/// Connections to NATS made, the first one included.
+pub const FANOUT_CONNECTIONS: &str = "sealcast_fanout_connections_total";
+/// Messages published to other nodes, label `event`: `frame`, `end`, `publisher`.
+pub const FANOUT_PUBLISHED: &str = "sealcast_fanout_published_total";
+/// Messages not published, label `reason`: `outbox_full` or `nats`. The
+/// other nodes read such frames from the store.
+pub const FANOUT_PUBLISH_FAILURES: &str = "sealcast_fanout_publish_failures_total";
+/// Messages received from other nodes, label `event`.
+pub const FANOUT_RECEIVED: &str = "sealcast_fanout_received_total";
+/// Received messages dropped, and messages NATS dropped for this node,
+/// label `reason`: `unknown_subject`, `unknown_event`, `malformed` or
+/// `slow_consumer`.
+pub const FANOUT_REJECTED: &str = "sealcast_fanout_rejected_total";
+/// Frames of other nodes read from the store instead of NATS, label
+/// `trigger`: `gap`, `reconnect`, `idle`, `load` or `publisher`.
+pub const FANOUT_CATCH_UP_FRAMES: &str = "sealcast_fanout_catch_up_frames_total";
 /// Time from the start of a store transaction to its COMMIT returning.
 pub const STORE_COMMIT_SECONDS: &str = "sealcast_store_commit_seconds";
 /// Writes committed together in one transaction.
@@ -290,6 +309,26 @@ fn initialize_series() {
         counter!(SOCKETS_REVOKED, "trigger" => trigger).increment(0);
     }
 
+    counter!(FANOUT_CONNECTIONS).increment(0);
+    for event in ["frame", "end", "publisher"] {
+        counter!(FANOUT_PUBLISHED, "event" => event).increment(0);
+        counter!(FANOUT_RECEIVED, "event" => event).increment(0);
+    }
+    for reason in ["outbox_full", "nats"] {
+        counter!(FANOUT_PUBLISH_FAILURES, "reason" => reason).increment(0);
+    }
+    for reason in [
+        "unknown_subject",
+        "unknown_event",
+        "malformed",
+        "slow_consumer",
+    ] {
+        counter!(FANOUT_REJECTED, "reason" => reason).increment(0);
+    }
+    for trigger in ["gap", "reconnect", "idle", "load", "publisher"] {
+        counter!(FANOUT_CATCH_UP_FRAMES, "trigger" => trigger).increment(0);
+    }
+
     counter!(RATE_LIMITED, "endpoint" => "any", "scope" => "failed_credentials").increment(0);
     // The frame reader's own label; other columns appear on their first failure.
     counter!(STORE_AT_REST_FAILURES, "column" => "frames.frame").increment(0);
@@ -363,6 +402,29 @@ fn describe() {
     describe_counter!(
         STORE_AT_REST_FAILURES,
         "Stored values that failed at-rest decryption, by table and column."
+    );
+
+    describe_gauge!(FANOUT_CONNECTED, "1 while the NATS connection is up.");
+    describe_counter!(FANOUT_CONNECTIONS, "Connections to NATS made.");
+    describe_counter!(
+        FANOUT_PUBLISHED,
+        "Messages published to other nodes, by event."
+    );
+    describe_counter!(
+        FANOUT_PUBLISH_FAILURES,
+        "Messages to other nodes not published, by reason."
+    );
+    describe_counter!(
+        FANOUT_RECEIVED,
+        "Messages received from other nodes, by event."
+    );
+    describe_counter!(
+        FANOUT_REJECTED,
+        "Messages from other nodes dropped, by reason."
+    );
+    describe_counter!(
+        FANOUT_CATCH_UP_FRAMES,
+        "Frames of other nodes read from the store, by trigger."
     );
 
     describe_counter!(

@@ -17,7 +17,7 @@ use figment::value::Value;
 use crate::audit::CheckpointPolicy;
 use crate::config::{default_max_message_size, parse_duration, Limits};
 use crate::settings::{
-    self, Address, Layer, Loaded, LogFormat, Period, SettingsError, DEFAULT_DATA_DIR,
+    self, Address, FanoutKind, Layer, Loaded, LogFormat, Period, SettingsError, DEFAULT_DATA_DIR,
 };
 
 /// The flags of `serve` and `demo`; `config check` takes them too.
@@ -42,6 +42,13 @@ pub(crate) struct ServeArgs {
     /// either, a development key file is made in the data directory.
     #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
     at_rest_key_file: Option<PathBuf>,
+    /// How frames reach followers on other relay nodes: local (one node) or
+    /// nats (nodes sharing --data-dir, connected through --nats-url).
+    #[arg(long, env = "SEALCAST_FANOUT", value_enum, default_value_t = FanoutKind::Local)]
+    fanout: FanoutKind,
+    /// NATS server URL for --fanout nats, such as nats://127.0.0.1:4222.
+    #[arg(long, env = "SEALCAST_NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
     /// Base URL of invite links [default: https://localhost:PORT].
     #[arg(long, env = "SEALCAST_PUBLIC_URL")]
     public_url: Option<String>,
@@ -175,6 +182,7 @@ impl ServeArgs {
             ("listen", "listen", to_value(Address(self.listen))?),
             ("data_dir", "data_dir", to_value(&self.data_dir)?),
             ("log_format", "log_format", to_value(self.log_format)?),
+            ("fanout", "fanout", to_value(self.fanout)?),
             (
                 "max_connections",
                 "limits.max_connections",
@@ -299,6 +307,8 @@ impl ServeArgs {
                 "public_url",
                 self.public_url.as_ref().map(to_value),
             ),
+            // The plain text, not a Secret, which would serialize redacted.
+            ("nats_url", "nats_url", self.nats_url.as_ref().map(to_value)),
             ("tls_cert", "tls.cert", self.tls_cert.as_ref().map(to_value)),
             ("tls_key", "tls.key", self.tls_key.as_ref().map(to_value)),
             (

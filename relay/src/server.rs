@@ -21,6 +21,7 @@ use crate::audit::recorder::run_checkpoint_timer;
 use crate::audit::{retention, Action, AuditLog, Event};
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::fanout::Fanout;
 use crate::http::{self, RelayState};
 use crate::hub::Registry;
 use crate::invites::{self, InviteState};
@@ -164,8 +165,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let shutdown = Shutdown::default();
     tokio::spawn(accounts::run_recheck(accounts.clone(), shutdown.clone()));
     let audit = start_audit(&config, &store, &shutdown).await?;
+    let fanout = Fanout::start(&config.fanout, &shutdown).await?;
     let server = spawn_server(
         &config,
+        fanout,
         tcp,
         ops.map(|(tcp, _)| tcp),
         &tls,
@@ -216,6 +219,7 @@ async fn bind_ops(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayEr
 #[allow(clippy::too_many_arguments)]
 fn spawn_server(
     config: &Config,
+    fanout: Fanout,
     tcp: TcpListener,
     ops_tcp: Option<TcpListener>,
     tls: &Tls,
@@ -229,7 +233,11 @@ fn spawn_server(
     let invites = Arc::new(InviteState::default());
     tokio::spawn(invites::run_upkeep(invites.clone(), shutdown.clone()));
     let state = Arc::new(RelayState {
-        hubs: Registry::new(store.clone(), config.limits.follower_queue_bytes / 2),
+        hubs: Registry::new(
+            store.clone(),
+            config.limits.follower_queue_bytes / 2,
+            fanout.clone(),
+        ),
         store: store.clone(),
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
@@ -242,6 +250,9 @@ fn spawn_server(
         audit: audit.clone(),
         failures: http::failures::FailureLimiter::new(config.limits.failed_credentials_per_minute),
     });
+    if let Fanout::Nats(nats) = &fanout {
+        nats.spawn_feed(state.hubs.clone(), &shutdown);
+    }
     if let Some(ops_tcp) = ops_tcp {
         let router = http::ops_router(state.clone());
         shutdown.spawn(serve_ops(ops_tcp, router, shutdown.clone()));

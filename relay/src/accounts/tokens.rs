@@ -86,7 +86,13 @@ pub(crate) struct TokenSigner {
     lifetime: Duration,
     key_max_age: Duration,
     keys: RwLock<Vec<KeyEntry>>,
+    /// When the keys were last read again for a token with an unknown key.
+    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Shortest time between two reads of the keys for tokens with an unknown
+/// key, so that forged key ids cannot make every request read the store.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +117,7 @@ impl TokenSigner {
             lifetime,
             key_max_age,
             keys: RwLock::new(Vec::new()),
+            last_reload: std::sync::Mutex::new(None),
         };
         signer.rotate_if_due(db, now_ms).await?;
         Ok(signer)
@@ -130,7 +137,6 @@ impl TokenSigner {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let max_age_ms = millis(self.key_max_age);
-        let verify_window_ms = millis(self.lifetime) + millis(Duration::from_secs(LEEWAY_SECS));
         let due = {
             let keys = self.read_keys();
             keys.iter()
@@ -140,6 +146,35 @@ impl TokenSigner {
         if !due && !self.read_keys().is_empty() {
             return Ok(());
         }
+        self.reload(db, now_ms).await
+    }
+
+    /// Verifies an access token as [`Self::verify`] does, reading the keys
+    /// from the store again first when the token names a key this process
+    /// does not know. Another relay node sharing the store may have made
+    /// that key. The reads are at most one per [`RELOAD_INTERVAL`].
+    pub(crate) async fn verify_or_reload(
+        &self,
+        db: &AccountDb,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<AccessClaims, TokenError> {
+        match self.verify(token, now_unix) {
+            Err(TokenError::UnknownKey) if self.take_reload_slot() => {
+                let now_ms = i64::try_from(now_unix.saturating_mul(1000)).unwrap_or(i64::MAX);
+                if let Err(error) = self.reload(db, now_ms).await {
+                    tracing::warn!(%error, "failed to read the signing keys again");
+                }
+                self.verify(token, now_unix)
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Reads the stored keys, rotating them if due, and keeps them.
+    async fn reload(&self, db: &AccountDb, now_ms: i64) -> Result<(), StoreError> {
+        let max_age_ms = millis(self.key_max_age);
+        let verify_window_ms = millis(self.lifetime) + millis(Duration::from_secs(LEEWAY_SECS));
         let rows = db
             .run(move |conn| rotate_stored(conn, now_ms, max_age_ms, verify_window_ms))
             .await?;
@@ -152,6 +187,20 @@ impl TokenSigner {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = entries;
         Ok(())
+    }
+
+    /// Returns whether a reload may run now, and if so records it.
+    fn take_reload_slot(&self) -> bool {
+        let mut last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < RELOAD_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Signs an access token for `subject`, valid from `now_unix`.
@@ -435,5 +484,29 @@ mod tests {
         let later = start + 61_000 + 300_000 + 6_000;
         signer.rotate_if_due(&db, later).await.unwrap();
         assert_eq!(signer.verify(&old, unix), Err(TokenError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn key_made_by_another_node_verifies_after_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = crate::store::now_millis();
+        let unix = u64::try_from(start / 1000).unwrap();
+        let (db_a, node_a) = signer(dir.path(), 300, 60, start).await;
+        let (db_b, node_b) = signer(dir.path(), 300, 60, start).await;
+        node_a.rotate_if_due(&db_a, start + 61_000).await.unwrap();
+        let token = node_a.issue(&subject(), unix).unwrap();
+
+        assert_eq!(node_b.verify(&token, unix), Err(TokenError::UnknownKey));
+        let claims = node_b.verify_or_reload(&db_b, &token, unix).await.unwrap();
+        assert_eq!(claims.sub, "usr_1");
+
+        // Unknown key ids read the store at most once per interval.
+        let (_, forged) = signer(tempfile::tempdir().unwrap().path(), 300, 60, start).await;
+        let foreign = forged.issue(&subject(), unix).unwrap();
+        assert_eq!(
+            node_b.verify_or_reload(&db_b, &foreign, unix).await,
+            Err(TokenError::UnknownKey)
+        );
+        assert!(!node_b.take_reload_slot());
     }
 }

@@ -35,19 +35,23 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /readyz`: 200 `ready` while the relay accepts work and a store
-/// query succeeds. Otherwise 503 with the reason, so that a load balancer
-/// stops sending requests during shutdown.
+/// `GET /readyz`: 200 `ready` while the relay accepts work, its NATS
+/// connection is up when it has one, and a store query succeeds. Otherwise
+/// 503 with the reason, so that a load balancer stops sending requests
+/// during shutdown or while the node cannot reach the other nodes.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "`ready`: the relay accepts work and the store answers", body = String, content_type = "text/plain"),
-        (status = 503, description = "The relay is shutting down or a store query failed", body = sealcast_protocol::api::ErrorBody)
+        (status = 503, description = "The relay is shutting down, its NATS connection is down or a store query failed", body = sealcast_protocol::api::ErrorBody)
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_triggered() {
         return ApiError::Unavailable("relay is shutting down".into()).into_response();
+    }
+    if let Some(reason) = state.hubs.fanout().unready_reason() {
+        return ApiError::Unavailable(reason.into()).into_response();
     }
     match state.store.check_readable().await {
         Ok(()) => "ready".into_response(),

@@ -48,10 +48,13 @@ pub(crate) async fn authenticate(
     endpoint: &'static str,
 ) -> Result<Principal, ApiError> {
     let (claims, browser) = match headers.get(AUTHORIZATION) {
-        Some(_) => (device_claims(state, headers, method, path, endpoint)?, false),
+        Some(_) => (
+            device_claims(state, headers, method, path, endpoint).await?,
+            false,
+        ),
         None => match cookie_value(headers, ACCESS_COOKIE) {
             Some(token) => (
-                browser_claims(state, headers, method, &token, endpoint)?,
+                browser_claims(state, headers, method, &token, endpoint).await?,
                 true,
             ),
             None => {
@@ -71,7 +74,7 @@ pub(crate) async fn authenticate(
 }
 
 /// Verifies `Authorization: DPoP <token>` and its proof.
-fn device_claims(
+async fn device_claims(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
@@ -86,7 +89,12 @@ fn device_claims(
         )
     })?;
     let now = now_unix();
-    let claims = state.accounts.signer.verify(token, now).map_err(|error| {
+    let claims = state
+        .accounts
+        .signer
+        .verify_or_reload(&state.accounts.db, token, now)
+        .await
+        .map_err(|error| {
         reject(
             endpoint,
             error.reason(),
@@ -147,7 +155,7 @@ fn device_claims(
 
 /// Verifies the access cookie, its `Origin` and, on state-changing
 /// requests, the CSRF header.
-fn browser_claims(
+async fn browser_claims(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
@@ -188,7 +196,8 @@ fn browser_claims(
     let claims = state
         .accounts
         .signer
-        .verify(token, now_unix())
+        .verify_or_reload(&state.accounts.db, token, now_unix())
+        .await
         .map_err(|error| {
             reject(
                 endpoint,

@@ -10,9 +10,11 @@
 //! | [`state`] | the fields of a session hub and the steps that change them |
 //! | [`handles`] | the publisher seat and follower subscriptions sockets keep |
 //! | [`queue`] | a follower's bounded live queue |
+//! | [`remote`] | frames committed on other relay nodes, and catch-up from the store |
 
 mod handles;
 mod queue;
+mod remote;
 mod session;
 mod state;
 
@@ -24,9 +26,11 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sealcast_protocol::{FrameKind, SessionId};
 
+use crate::fanout::Fanout;
 use crate::store::{SessionRecord, Store, StoreError};
 pub(crate) use handles::Subscription;
 pub(crate) use queue::Popped;
+pub(crate) use remote::{Applied, CatchUpTrigger};
 pub(crate) use session::{EndRefused, Lifecycle, Offer, Progress, SessionHub, Subscribe};
 
 /// A frame held in memory for fan-out.
@@ -50,19 +54,76 @@ pub(crate) struct RegistryInner {
     hubs: DashMap<SessionId, Arc<SessionHub>>,
     store: Store,
     ring_budget: usize,
+    pub(crate) fanout: Fanout,
 }
 
 impl Registry {
-    /// Makes an empty registry whose hubs load from `store` and keep up to
-    /// `ring_budget` bytes of committed frames for subscribing followers.
-    pub(crate) fn new(store: Store, ring_budget: usize) -> Registry {
+    /// Makes an empty registry whose hubs load from `store`, keep up to
+    /// `ring_budget` bytes of committed frames for subscribing followers
+    /// and announce commits to other nodes through `fanout`.
+    pub(crate) fn new(store: Store, ring_budget: usize, fanout: Fanout) -> Registry {
         Registry {
             inner: Arc::new(RegistryInner {
                 hubs: DashMap::new(),
                 store,
                 ring_budget,
+                fanout,
             }),
         }
+    }
+
+    /// Returns the link to other relay nodes.
+    pub(crate) fn fanout(&self) -> &Fanout {
+        &self.inner.fanout
+    }
+
+    /// Returns the session's hub if one is in memory, without leasing it.
+    pub(crate) fn hub(&self, session_id: &SessionId) -> Option<Arc<SessionHub>> {
+        self.inner.hubs.get(session_id).map(|hub| Arc::clone(&hub))
+    }
+
+    /// Returns every hub in memory.
+    pub(crate) fn hubs(&self) -> Vec<Arc<SessionHub>> {
+        self.inner
+            .hubs
+            .iter()
+            .map(|hub| Arc::clone(hub.value()))
+            .collect()
+    }
+
+    /// Reads the frames that other nodes committed for `hub` from the
+    /// store in a task of its own, unless one is running already, in which
+    /// case that one reads once more when it is done.
+    pub(crate) fn schedule_catch_up(&self, hub: &Arc<SessionHub>, trigger: CatchUpTrigger) {
+        if !hub.request_catch_up() {
+            return;
+        }
+        let hub = Arc::clone(hub);
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            while hub.take_catch_up_request() {
+                if let Err(error) = hub.catch_up(&store, trigger).await {
+                    tracing::warn!(
+                        session_id = %hub.session_id(), %error, trigger = trigger.label(),
+                        "failed to read other nodes' frames from the store: retrying on the next trigger"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Prepares a hub for a publisher that is about to attach: with other
+    /// nodes, reads every frame they committed first, so that the hub's
+    /// stream positions match the store, and tells them to close their own
+    /// publish socket of the session.
+    pub(crate) async fn prepare_publisher(&self, hub: &Arc<SessionHub>) -> Result<(), StoreError> {
+        if matches!(self.inner.fanout, Fanout::Local) {
+            return Ok(());
+        }
+        hub.catch_up(&self.inner.store, CatchUpTrigger::Publisher)
+            .await?;
+        self.inner.fanout.publisher_attached(hub.session_id());
+        Ok(())
     }
 
     /// Leases the session's hub, loading it from the store when it is not in
@@ -81,19 +142,26 @@ impl Registry {
         ));
 
         // Another task may have loaded the hub meanwhile: the first one wins.
-        let hub = match self.inner.hubs.entry(record.session_id) {
-            Entry::Occupied(occupied) if occupied.get().try_lease() => Arc::clone(occupied.get()),
+        let (hub, inserted) = match self.inner.hubs.entry(record.session_id) {
+            Entry::Occupied(occupied) if occupied.get().try_lease() => {
+                (Arc::clone(occupied.get()), false)
+            }
             Entry::Occupied(mut occupied) => {
                 fresh.try_lease();
                 occupied.insert(Arc::clone(&fresh));
-                fresh
+                (fresh, true)
             }
             Entry::Vacant(vacant) => {
                 fresh.try_lease();
                 vacant.insert(Arc::clone(&fresh));
-                fresh
+                (fresh, true)
             }
         };
+        if inserted && !matches!(self.inner.fanout, Fanout::Local) {
+            // A frame committed on another node between the tail read and
+            // the insert above found no hub here: read it from the store.
+            self.schedule_catch_up(&hub, CatchUpTrigger::Load);
+        }
         tracing::debug!(session_id = %record.session_id, "session hub leased");
         Ok(self.wrap(hub))
     }

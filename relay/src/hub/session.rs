@@ -14,6 +14,7 @@
 //! then waits in [`SessionHub::enqueue_writes`] until the write is queued,
 //! which slows the publisher down while the store is behind.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use sealcast_protocol::{FrameHeader, SessionId};
@@ -108,6 +109,16 @@ pub(crate) struct SessionHub {
     state: Mutex<HubState>,
     progress: watch::Sender<Progress>,
     lifecycle: watch::Sender<Lifecycle>,
+    pub(super) catch_up: CatchUpFlags,
+}
+
+/// Whether a catch-up from the store runs for the hub and whether another
+/// one was requested meanwhile, so that at most one runs at a time and no
+/// request is lost.
+#[derive(Debug, Default)]
+pub(super) struct CatchUpFlags {
+    pub(super) requested: AtomicBool,
+    pub(super) running: AtomicBool,
 }
 
 impl SessionHub {
@@ -130,7 +141,13 @@ impl SessionHub {
             state: Mutex::new(state),
             progress,
             lifecycle,
+            catch_up: CatchUpFlags::default(),
         }
+    }
+
+    /// Returns the bytes of committed frames the ring keeps.
+    pub(super) fn ring_budget(&self) -> usize {
+        self.ring_budget
     }
 
     /// Returns the session's id.
@@ -370,6 +387,11 @@ impl SessionHub {
         match result {
             Ok(()) if state.failed.is_none() => {
                 state.committed = state.committed.max(offset + 1);
+                if let (Some(frame), Some(registry)) =
+                    (state.ring_frame(offset), self.registry.upgrade())
+                {
+                    registry.fanout.frame_committed(self.session_id, &frame);
+                }
                 state.trim_ring(self.ring_budget);
             }
             Ok(()) => {}
@@ -390,7 +412,14 @@ impl SessionHub {
         state.end_pending = false;
         match result {
             // NotEndable: the stored session had already ended.
-            Ok(()) | Err(StoreError::NotEndable { .. }) => state.end = Some(end_offset),
+            Ok(()) => {
+                state.end = Some(end_offset);
+                if let Some(registry) = self.registry.upgrade() {
+                    registry.fanout.session_ended(self.session_id, end_offset);
+                }
+            }
+            // The stored session had already ended.
+            Err(StoreError::NotEndable { .. }) => state.end = Some(end_offset),
             Err(error) => {
                 let fault = StoreFault::of(&error);
                 tracing::error!(
@@ -404,7 +433,7 @@ impl SessionHub {
     }
 
     /// Sends the new progress to watchers and drops an idle hub from the registry.
-    fn publish(self: &Arc<Self>, state: MutexGuard<'_, HubState>) {
+    pub(super) fn publish(self: &Arc<Self>, state: MutexGuard<'_, HubState>) {
         let progress = state.progress();
         let unused = state.leases == 0 && (state.retired || state.is_idle());
         drop(state);
@@ -427,7 +456,7 @@ impl SessionHub {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use sealcast_protocol::{api, FrameHeader, StreamId};
@@ -33,6 +34,8 @@ pub(super) struct HubState {
     next_id: u64,
     /// Store writes in offset order, not yet in the store's queue.
     pub(super) unstored: VecDeque<WriteOp>,
+    /// When the last frame was appended, or the hub was loaded.
+    pub(super) last_append: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +74,7 @@ impl HubState {
             publisher: None,
             next_id: 0,
             unstored: VecDeque::new(),
+            last_append: Instant::now(),
         }
     }
 
@@ -100,12 +104,34 @@ impl HubState {
     /// keeps it in the ring and pushes it to every follower.
     pub(super) fn append(&mut self, header: &FrameHeader, frame: &[u8]) -> Arc<HubFrame> {
         let offset = self.next_offset;
+        let delivery = Bytes::from(api::encode_delivery(offset, frame));
+        self.append_delivery(header, delivery)
+    }
+
+    /// Appends a frame that another node committed at the next offset, as
+    /// [`Self::append`] does, and counts it as committed.
+    pub(super) fn append_committed(&mut self, offset: u64, header: &FrameHeader, delivery: Bytes) {
+        debug_assert_eq!(offset, self.next_offset);
+        self.append_delivery(header, delivery);
+        self.committed = self.next_offset;
+    }
+
+    /// Returns the frame at `offset` if the ring still holds it.
+    pub(super) fn ring_frame(&self, offset: u64) -> Option<Arc<HubFrame>> {
+        let first = self.ring.front()?.offset;
+        let index = usize::try_from(offset.checked_sub(first)?).ok()?;
+        self.ring.get(index).cloned()
+    }
+
+    fn append_delivery(&mut self, header: &FrameHeader, delivery: Bytes) -> Arc<HubFrame> {
+        let offset = self.next_offset;
         let frame = Arc::new(HubFrame {
             offset,
             kind: header.kind,
-            delivery: Bytes::from(api::encode_delivery(offset, frame)),
+            delivery,
         });
         self.next_offset += 1;
+        self.last_append = Instant::now();
         let position = StreamPosition {
             next_seq: header.seq + 1,
             last_offset: offset,

@@ -36,7 +36,7 @@ async fn fixture(ring_budget: usize) -> Fixture {
         .unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
     Fixture {
-        registry: Registry::new(store.clone(), ring_budget),
+        registry: Registry::new(store.clone(), ring_budget, crate::fanout::Fanout::Local),
         _dir: dir,
         store,
         record,
@@ -383,4 +383,140 @@ async fn commits_do_not_wake_lifecycle_watchers() {
     ended.await.unwrap().unwrap();
     assert!(lifecycle.has_changed().unwrap());
     assert_eq!(lifecycle.borrow().end, Some(1));
+}
+
+/// A second node's view of the fixture's session: its own store handle on
+/// the same database and its own registry.
+async fn second_node(fixture: &Fixture) -> (Store, Registry) {
+    let store = Store::open(fixture._dir.path(), &crate::at_rest::KeySource::Development)
+        .await
+        .unwrap();
+    let registry = Registry::new(store.clone(), 1 << 20, crate::fanout::Fanout::Local);
+    (store, registry)
+}
+
+/// Returns the follow-socket message of a committed frame and its header.
+fn remote(offset: u64, frame: &[u8]) -> (FrameHeader, Bytes) {
+    let header = FrameHeader::decode_frame(frame).unwrap();
+    let delivery = Bytes::from(sealcast_protocol::api::encode_delivery(offset, frame));
+    (header, delivery)
+}
+
+#[tokio::test]
+async fn remote_frames_apply_in_offset_order_once() {
+    let fixture = fixture(1 << 20).await;
+    let (_store, node_b) = second_node(&fixture).await;
+    let follower_hub = node_b.lease(&fixture.record).await.unwrap();
+    let Subscribe::Live(subscription) = follower_hub.hub().subscribe(0, 1 << 20) else {
+        panic!("follower did not go live");
+    };
+
+    let mut sealer = fixture.sealer(1);
+    let frames: Vec<Vec<u8>> = (0..3).map(|_| sealed(&mut sealer, true)).collect();
+    let (header_1, delivery_1) = remote(1, &frames[1]);
+    assert_eq!(
+        follower_hub
+            .hub()
+            .apply_remote_frame(1, &header_1, delivery_1.clone()),
+        Applied::Gap { expected: 0 }
+    );
+    let (header_0, delivery_0) = remote(0, &frames[0]);
+    assert_eq!(
+        follower_hub
+            .hub()
+            .apply_remote_frame(0, &header_0, delivery_0.clone()),
+        Applied::Appended
+    );
+    assert_eq!(
+        follower_hub
+            .hub()
+            .apply_remote_frame(0, &header_0, delivery_0),
+        Applied::Known
+    );
+    assert_eq!(
+        follower_hub
+            .hub()
+            .apply_remote_frame(1, &header_1, delivery_1),
+        Applied::Appended
+    );
+    assert_eq!(drain(&subscription), vec![0, 1]);
+    assert_eq!(committed(&follower_hub), 2);
+
+    // A frame from the local publisher's stream position on after the remote ones.
+    let (header_2, _) = remote(2, &frames[2]);
+    assert!(follower_hub.hub().lock().check(&header_2).is_none());
+}
+
+#[tokio::test]
+async fn catch_up_reads_frames_and_end_from_store() {
+    let fixture = fixture(1 << 20).await;
+    let mut sealer = fixture.sealer(1);
+    let (store_b, node_b) = second_node(&fixture).await;
+    let follower_hub = node_b.lease(&fixture.record).await.unwrap();
+    let Subscribe::Live(subscription) = follower_hub.hub().subscribe(0, 1 << 20) else {
+        panic!("follower did not go live");
+    };
+
+    // Node A publishes and ends the session; node B hears nothing of it.
+    let publisher_hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    for _ in 0..4 {
+        let frame = sealed(&mut sealer, true);
+        fixture.offer(&publisher_hub, &frame).await;
+    }
+    wait_committed(&publisher_hub, 4).await;
+    assert_eq!(
+        follower_hub.hub().apply_remote_end(4),
+        Applied::Gap { expected: 0 }
+    );
+    let permit = fixture.store.reserve().await.unwrap();
+    publisher_hub
+        .hub()
+        .begin_end(permit, 9)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+
+    let applied = follower_hub
+        .hub()
+        .catch_up(&store_b, CatchUpTrigger::Reconnect)
+        .await
+        .unwrap();
+    assert_eq!(applied, 4);
+    assert_eq!(drain(&subscription), vec![0, 1, 2, 3]);
+    let progress = *follower_hub.watch_progress().borrow();
+    assert_eq!(progress.committed, 4);
+    assert_eq!(progress.end, Some(4));
+
+    // A second catch-up finds nothing new and NATS duplicates change nothing.
+    let again = follower_hub
+        .hub()
+        .catch_up(&store_b, CatchUpTrigger::Gap)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    assert_eq!(follower_hub.hub().apply_remote_end(4), Applied::Known);
+    assert!(drain(&subscription).is_empty());
+}
+
+#[tokio::test]
+async fn remote_frame_does_not_overtake_local_uncommitted_frames() {
+    let fixture = fixture(1 << 20).await;
+    let mut local = fixture.sealer(1);
+    let mut other = fixture.sealer(2);
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let permits = fill_write_queue(&fixture.store).await;
+
+    // Offset 0 goes to a local frame whose write waits for the store.
+    let frame = sealed(&mut local, true);
+    let header = FrameHeader::decode_frame(&frame).unwrap();
+    assert_eq!(hub.hub().offer(&header, &frame, 0), Offer::Accepted { offset: 0 });
+
+    let (header_remote, delivery) = remote(1, &sealed(&mut other, true));
+    assert_eq!(
+        hub.hub().apply_remote_frame(1, &header_remote, delivery),
+        Applied::Known
+    );
+    drop(permits);
+    hub.hub().enqueue_writes(&fixture.store).await.unwrap();
 }

@@ -9,7 +9,7 @@ use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 
 use super::load::InvalidSetting;
-use super::Settings;
+use super::{FanoutKind, Settings};
 use crate::at_rest::{KeyEncryptionKey, KeySource};
 use crate::config::Config;
 use crate::error::RelayError;
@@ -33,6 +33,7 @@ pub(super) fn check(settings: &Settings, figment: &Figment) -> Result<Config, Ve
     check_tls(settings, &mut report);
     check_mail(settings, &mut report);
     check_addresses(settings, &mut report);
+    check_fanout(settings, &mut report);
 
     let config = settings.to_config(at_rest_key);
     let ranges = [
@@ -128,6 +129,42 @@ fn check_addresses(settings: &Settings, report: &mut impl FnMut(&str, String)) {
     if let Err(error) = resolve_public_url(settings.public_url.as_deref(), listen.port()) {
         report("public_url", error.to_string());
     }
+}
+
+fn check_fanout(settings: &Settings, report: &mut impl FnMut(&str, String)) {
+    match (settings.fanout, &settings.nats_url) {
+        (FanoutKind::Nats, None) => report(
+            "fanout",
+            "is nats but nats_url is not set; set nats_url to nats://HOST:PORT".into(),
+        ),
+        (FanoutKind::Local, Some(_)) => report(
+            "nats_url",
+            "is set but fanout is local; set fanout = \"nats\" or remove nats_url".into(),
+        ),
+        (FanoutKind::Nats, Some(url)) => {
+            if let Err(problem) = check_nats_url(url.expose()) {
+                report("nats_url", problem);
+            }
+        }
+        (FanoutKind::Local, None) => {}
+    }
+}
+
+/// Checks the form of a NATS URL. The message never repeats the URL,
+/// which may contain a password.
+fn check_nats_url(text: &str) -> Result<(), String> {
+    let fix = "write nats://HOST:PORT, tls://HOST:PORT or nats://USER:PASSWORD@HOST:PORT";
+    let url = url::Url::parse(text).map_err(|error| format!("not a URL ({error}); {fix}"))?;
+    if !matches!(url.scheme(), "nats" | "tls") {
+        return Err(format!(
+            "has scheme {:?}, not nats or tls; {fix}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host; {fix}"));
+    }
+    Ok(())
 }
 
 fn check_readable(key: &str, path: &Path, report: &mut impl FnMut(&str, String)) {

@@ -80,6 +80,19 @@ pub const KEYS: &[KeyDoc] = &[
          environment variable SEALCAST_AT_REST_KEY, to keeping a key in this file.",
         "\"<64 hex digits>\"",
     ),
+    key(
+        "fanout",
+        "How frames reach followers connected to other relay nodes: local for one node, \
+         or nats for several nodes that share data_dir on one host and pass each \
+         committed frame and session end through the NATS server at nats_url.",
+    ),
+    secret(
+        "nats_url",
+        "NATS server URL when fanout is nats: nats://HOST:PORT, tls://HOST:PORT or \
+         nats://USER:PASSWORD@HOST:PORT. The URL may contain a password, so consider \
+         SEALCAST_NATS_URL instead.",
+        "\"nats://127.0.0.1:4222\"",
+    ),
     optional(
         "tls.cert",
         "PEM certificate chain, leaf first. Without cert and key, the relay makes a \
@@ -294,6 +307,7 @@ mod tests {
             public_url: Some("https://relay.example".into()),
             at_rest_key_file: Some(PathBuf::from("key")),
             at_rest_key: Some(secret.clone()),
+            nats_url: Some(secret.clone()),
             ..Settings::default()
         };
         settings.tls.cert = Some(PathBuf::from("cert.pem"));

@@ -29,7 +29,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{CheckpointPolicy, RetentionPolicy};
-use crate::config::{AccountsConfig, AuditConfig, Config, Limits};
+use crate::config::{AccountsConfig, AuditConfig, Config, FanoutConfig, Limits};
 pub use example::{example_file, KeyDoc, KEYS};
 pub use load::{load, Layer, Loaded, SettingsError};
 pub use values::{format_duration, Address, Period, Secret, REDACTED};
@@ -42,6 +42,17 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// How frames reach followers on other relay nodes, as the file names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FanoutKind {
+    /// One relay node.
+    #[default]
+    Local,
+    /// Several relay nodes sharing a data directory, connected through NATS.
+    Nats,
 }
 
 /// Every setting of `serve`, as written in the configuration file.
@@ -67,6 +78,11 @@ pub struct Settings {
     /// The at-rest key-encryption key itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_rest_key: Option<Secret>,
+    /// How frames reach followers on other relay nodes.
+    pub fanout: FanoutKind,
+    /// NATS server URL, used when `fanout` is `nats`. It may contain a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<Secret>,
     /// Certificate and key files.
     pub tls: TlsSettings,
     /// Sign-in mail.
@@ -176,6 +192,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             at_rest_key_file: None,
             at_rest_key: None,
+            fanout: FanoutKind::Local,
+            nats_url: None,
             tls: TlsSettings::default(),
             mail: MailSettings::default(),
             limits: LimitSettings::default(),
@@ -310,6 +328,13 @@ impl Settings {
                     every_entries: self.audit.checkpoint_entries,
                 },
                 checkpoint_interval: self.audit.checkpoint_interval.0,
+            },
+            fanout: match (self.fanout, &self.nats_url) {
+                (FanoutKind::Nats, Some(url)) => FanoutConfig::Nats {
+                    url: url.expose().to_owned(),
+                },
+                // `check` reports nats without a URL.
+                _ => FanoutConfig::Local,
             },
         }
     }

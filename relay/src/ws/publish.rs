@@ -71,6 +71,7 @@ pub(crate) async fn upgrade(
     }
     let upgrade = upgrade.map_err(not_an_upgrade)?;
     let lease = state.hubs.lease(&record).await?;
+    state.hubs.prepare_publisher(lease.hub()).await?;
 
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();

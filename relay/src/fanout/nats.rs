@@ -1,0 +1,372 @@
+//! The NATS side of fan-out: one connection per node, an outbox that
+//! publishes in commit order, and the feed that applies other nodes'
+//! messages to this node's hubs.
+//!
+//! Every node subscribes to all sessions' subjects at once and drops the
+//! messages of sessions it has no hub for: a node with no follower of a
+//! session reads the session from the store when a follower arrives. One
+//! subscription avoids a subscribe and unsubscribe per session and the
+//! window in which a new hub would miss a message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{ConnectOptions, Event};
+use futures_util::StreamExt;
+use metrics::{counter, gauge};
+use rand::RngCore;
+use sealcast_protocol::SessionId;
+use tokio::sync::{mpsc, watch};
+
+use super::message::{self, Dropped, Incoming, Outgoing};
+use crate::error::RelayError;
+use crate::hub::{Applied, CatchUpTrigger, HubFrame, Registry};
+use crate::metrics::{
+    FANOUT_CONNECTED, FANOUT_CONNECTIONS, FANOUT_PUBLISHED, FANOUT_PUBLISH_FAILURES,
+    FANOUT_RECEIVED, FANOUT_REJECTED,
+};
+use crate::shutdown::Shutdown;
+
+/// Messages that may wait for the NATS connection. When it is full, new
+/// messages are dropped and counted: the other nodes then read those frames
+/// from the store when they see the gap, reconnect or find a session idle.
+const OUTBOX_CAPACITY: usize = 16 * 1024;
+
+/// Longest wait between two connection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Time after which a hub that received nothing reads the store for frames
+/// whose NATS message was lost.
+const IDLE_RESYNC: Duration = Duration::from_secs(5);
+
+/// Time given to queued messages to leave at shutdown.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Publish failures logged in full; later ones are only counted.
+const LOGGED_FAILURES: u64 = 10;
+
+/// The node's NATS connection and outbox.
+pub(crate) struct NatsFanout {
+    client: async_nats::Client,
+    node_id: String,
+    outbox: mpsc::Sender<Outgoing>,
+    /// Counts the events after which hubs must read the store because NATS
+    /// messages may have been lost: connections and slow-consumer drops.
+    resyncs: watch::Receiver<u64>,
+    dropped: AtomicU64,
+}
+
+impl NatsFanout {
+    /// Starts connecting to `url` in the background and starts the outbox.
+    pub(crate) async fn start(url: &str, shutdown: &Shutdown) -> Result<Arc<Self>, RelayError> {
+        let node_id = new_node_id();
+        let (resync, resyncs) = watch::channel(0u64);
+        gauge!(FANOUT_CONNECTED).set(0.0);
+
+        let events_node = node_id.clone();
+        let options = ConnectOptions::new()
+            .name(format!("sealcast-relay {node_id}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let resync = resync.clone();
+                let node_id = events_node.clone();
+                async move { on_event(&event, &resync, &node_id) }
+            });
+        let client = options.connect(url).await.map_err(|error| {
+            // The error names the failure, never the URL and its password.
+            RelayError::Fanout(format!("{:?}: {error}", error.kind()))
+        })?;
+        tracing::info!(node_id = %node_id, "NATS fan-out started: connecting in the background");
+
+        let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
+        let fanout = Arc::new(NatsFanout {
+            client: client.clone(),
+            node_id: node_id.clone(),
+            outbox,
+            resyncs,
+            dropped: AtomicU64::new(0),
+        });
+        shutdown.spawn(run_outbox(client, node_id, queue, shutdown.clone()));
+        Ok(fanout)
+    }
+
+    /// Returns this node's random id, which its messages carry.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Returns whether the connection to NATS is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub(super) fn frame_committed(&self, session_id: SessionId, frame: &Arc<HubFrame>) {
+        self.send(Outgoing::Frame {
+            session_id,
+            delivery: frame.delivery.clone(),
+        });
+    }
+
+    pub(super) fn session_ended(&self, session_id: SessionId, end_offset: u64) {
+        self.send(Outgoing::End {
+            session_id,
+            end_offset,
+        });
+    }
+
+    pub(super) fn publisher_attached(&self, session_id: SessionId) {
+        self.send(Outgoing::Publisher { session_id });
+    }
+
+    /// Queues a message without waiting, counting it when the outbox is full.
+    fn send(&self, message: Outgoing) {
+        let event = message.event();
+        if let Err(error) = self.outbox.try_send(message) {
+            counter!(FANOUT_PUBLISH_FAILURES, "reason" => "outbox_full").increment(1);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if dropped < LOGGED_FAILURES {
+                let session_id = match &error {
+                    mpsc::error::TrySendError::Full(message)
+                    | mpsc::error::TrySendError::Closed(message) => message.session_id(),
+                };
+                tracing::warn!(
+                    %session_id, event,
+                    "NATS outbox is full: other nodes will read this from the store"
+                );
+            }
+        }
+    }
+
+    /// Subscribes to every session's messages and applies them to the hubs
+    /// of `registry`, and resynchronizes hubs from the store after a
+    /// reconnection and when they stay idle. Runs until shutdown.
+    pub(crate) fn spawn_feed(self: &Arc<Self>, registry: Registry, shutdown: &Shutdown) {
+        let feed = RemoteFeed {
+            fanout: Arc::clone(self),
+            registry,
+        };
+        shutdown.spawn(feed.run(shutdown.clone()));
+    }
+}
+
+/// Applies other nodes' messages to this node's hubs.
+pub(crate) struct RemoteFeed {
+    fanout: Arc<NatsFanout>,
+    registry: Registry,
+}
+
+impl RemoteFeed {
+    async fn run(self, shutdown: Shutdown) {
+        let mut resyncs = self.fanout.resyncs.clone();
+        let mut idle_check = tokio::time::interval(IDLE_RESYNC);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With `retry_on_initial_connect`, the subscription is registered
+        // now and sent to the server once the connection is up.
+        let mut subscription = loop {
+            match self.fanout.client.subscribe(message::ALL_SESSIONS).await {
+                Ok(subscription) => break subscription,
+                Err(error) => {
+                    tracing::error!(%error, "failed to subscribe to NATS: retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.triggered() => return,
+                    }
+                }
+            }
+        };
+
+        loop {
+            tokio::select! {
+                received = subscription.next() => match received {
+                    Some(received) => self.apply(&received),
+                    None => {
+                        tracing::error!("NATS subscription ended: other nodes' frames now arrive only from the store");
+                        break;
+                    }
+                },
+                changed = resyncs.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Messages sent while this node was away, or dropped
+                    // while it was slow, are gone: every hub reads what it
+                    // missed from the store.
+                    for hub in self.registry.hubs() {
+                        self.registry.schedule_catch_up(&hub, CatchUpTrigger::Reconnect);
+                    }
+                }
+                _ = idle_check.tick() => {
+                    for hub in self.registry.hubs() {
+                        if hub.needs_idle_resync(IDLE_RESYNC, Instant::now()) {
+                            self.registry.schedule_catch_up(&hub, CatchUpTrigger::Idle);
+                        }
+                    }
+                }
+                () = shutdown.triggered() => break,
+            }
+        }
+    }
+
+    /// Applies one received message.
+    fn apply(&self, received: &async_nats::Message) {
+        let Some(session_id) = message::session_of(received.subject.as_str()) else {
+            counter!(FANOUT_REJECTED, "reason" => "unknown_subject").increment(1);
+            return;
+        };
+        let incoming = match message::decode(
+            received.headers.as_ref(),
+            &received.payload,
+            &self.fanout.node_id,
+        ) {
+            Ok(incoming) => incoming,
+            Err(Dropped::Own) => return,
+            Err(dropped) => {
+                counter!(FANOUT_REJECTED, "reason" => dropped.label()).increment(1);
+                tracing::warn!(%session_id, reason = dropped.label(), "dropped a malformed NATS message");
+                return;
+            }
+        };
+        let event = match incoming {
+            Incoming::Frame { .. } => "frame",
+            Incoming::End { .. } => "end",
+            Incoming::Publisher => "publisher",
+        };
+        counter!(FANOUT_RECEIVED, "event" => event).increment(1);
+
+        // Without a hub, no follower of the session is on this node.
+        let Some(hub) = self.registry.hub(&session_id) else {
+            return;
+        };
+        let applied = match incoming {
+            Incoming::Frame {
+                offset,
+                header,
+                delivery,
+            } => hub.apply_remote_frame(offset, &header, delivery),
+            Incoming::End { end_offset } => hub.apply_remote_end(end_offset),
+            Incoming::Publisher => {
+                hub.evict_publisher();
+                Applied::Known
+            }
+        };
+        if let Applied::Gap { expected } = applied {
+            tracing::debug!(%session_id, expected, "gap in NATS messages: reading the store");
+            self.registry.schedule_catch_up(&hub, CatchUpTrigger::Gap);
+        }
+    }
+}
+
+/// Publishes queued messages in order until shutdown, then gives what is
+/// still queued a short time to leave.
+async fn run_outbox(
+    client: async_nats::Client,
+    node_id: String,
+    mut queue: mpsc::Receiver<Outgoing>,
+    shutdown: Shutdown,
+) {
+    let mut failures: u64 = 0;
+    loop {
+        let message = tokio::select! {
+            message = queue.recv() => message,
+            () = shutdown.triggered() => break,
+        };
+        let Some(message) = message else { return };
+        publish(&client, &node_id, message, &mut failures).await;
+    }
+
+    let drain = async {
+        while let Ok(message) = queue.try_recv() {
+            publish(&client, &node_id, message, &mut failures).await;
+        }
+        let _ = client.flush().await;
+    };
+    if tokio::time::timeout(DRAIN_TIME, drain).await.is_err() {
+        tracing::warn!(
+            "NATS outbox did not drain before shutdown: other nodes read the rest from the store"
+        );
+    }
+}
+
+async fn publish(
+    client: &async_nats::Client,
+    node_id: &str,
+    message: Outgoing,
+    failures: &mut u64,
+) {
+    let subject = message::subject(message.session_id());
+    let event = message.event();
+    let result = client
+        .publish_with_headers(subject, message.headers(node_id), message.payload())
+        .await;
+    match result {
+        Ok(()) => counter!(FANOUT_PUBLISHED, "event" => event).increment(1),
+        Err(error) => {
+            counter!(FANOUT_PUBLISH_FAILURES, "reason" => "nats").increment(1);
+            *failures += 1;
+            if *failures <= LOGGED_FAILURES {
+                tracing::warn!(
+                    session_id = %message.session_id(), event, %error,
+                    "failed to publish to NATS: other nodes will read this from the store"
+                );
+            }
+        }
+    }
+}
+
+fn on_event(event: &Event, resync: &watch::Sender<u64>, node_id: &str) {
+    match event {
+        Event::Connected => {
+            gauge!(FANOUT_CONNECTED).set(1.0);
+            counter!(FANOUT_CONNECTIONS).increment(1);
+            resync.send_modify(|count| *count += 1);
+            tracing::info!(node_id, "connected to NATS");
+        }
+        Event::Disconnected => {
+            gauge!(FANOUT_CONNECTED).set(0.0);
+            tracing::warn!(node_id, "disconnected from NATS: reconnecting with backoff");
+        }
+        Event::Closed => {
+            gauge!(FANOUT_CONNECTED).set(0.0);
+            tracing::info!(node_id, "NATS connection closed");
+        }
+        Event::SlowConsumer(_) => {
+            counter!(FANOUT_REJECTED, "reason" => "slow_consumer").increment(1);
+            resync.send_modify(|count| *count += 1);
+            tracing::warn!(
+                node_id,
+                "NATS dropped messages for this slow node: hubs catch up from the store"
+            );
+        }
+        other => tracing::warn!(node_id, event = %other, "NATS connection event"),
+    }
+}
+
+/// Doubles the wait from 100 ms up to [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.min(16)).unwrap_or(16);
+    Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_RECONNECT_DELAY)
+}
+
+fn new_node_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_to_its_cap() {
+        assert_eq!(reconnect_delay(0), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(800));
+        assert_eq!(reconnect_delay(100), MAX_RECONNECT_DELAY);
+    }
+}
