@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use url::Url;
 
 use crate::balancer::LoadBalancer;
+use crate::metrics::{self, Scrape};
 use crate::process::RelayProcess;
 
 /// Lines of each node's output printed when a test fails with a cluster running.
@@ -170,6 +171,17 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Fetches node `node`'s `GET /metrics` from its ops listener.
+    pub async fn metrics(&self, node: usize) -> Scrape {
+        let url = format!("http://{}/metrics", self.ops_addr(node));
+        let response = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|err| panic!("GET {url} failed: {err}"));
+        assert_eq!(response.status().as_u16(), 200, "GET {url} failed");
+        let text = response.text().await.expect("metrics body is text");
+        metrics::parse(&text)
     }
 
     /// Wraps the credentials `auth` of a staff device that talks to node

@@ -6,15 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
 use sealcast_tests::faults::{
-    assert_acknowledged_stored, assert_follower_complete, assert_no_text_in_output,
-    load_consultation, BackgroundPublish,
+    assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
+    assert_no_text_in_output, load_consultation, BackgroundPublish,
 };
 use sealcast_tests::nats::NatsServer;
-use sealcast_tests::session::{follow_until_end, wait_until_connected, FollowOutcome, LiveSession};
+use sealcast_tests::session::{
+    follow_counting_finals, follow_until_end, wait_until_connected, FollowOutcome, LiveSession,
+};
 use sealcast_tests::staff::StaffDevice;
 use sealcast_tests::store::FrameStore;
 use tokio::task::JoinHandle;
@@ -40,6 +44,9 @@ const NODE_C: usize = 2;
 /// One session's followers, named for messages, with their tasks.
 struct Followers {
     tasks: Vec<(String, JoinHandle<FollowOutcome>)>,
+    /// The node of each follower that was there from the start, with the
+    /// count of final segments it has received so far.
+    live: Vec<(usize, Arc<AtomicUsize>)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,13 +71,18 @@ async fn frames_reach_followers_on_other_nodes() {
             consultation.published.len()
         );
         let session = LiveSession::create_at(&node_a, &cluster.ca_cert(), on_a.clone()).await;
-        let mut followers = Followers { tasks: Vec::new() };
+        let mut followers = Followers {
+            tasks: Vec::new(),
+            live: Vec::new(),
+        };
         for node in [NODE_B, NODE_C] {
             let mut follower = session.follower_at(&cluster.node_url(node));
             wait_until_connected(&mut follower, CONNECT_LIMIT).await;
+            let finals_seen = Arc::new(AtomicUsize::new(0));
+            followers.live.push((node, Arc::clone(&finals_seen)));
             followers.tasks.push((
                 format!("session {index}, follower on node {node}"),
-                tokio::spawn(follow_until_end(follower, FOLLOW_LIMIT)),
+                tokio::spawn(follow_counting_finals(follower, FOLLOW_LIMIT, finals_seen)),
             ));
         }
         sessions.push((consultation, session, followers));
@@ -87,8 +99,21 @@ async fn frames_reach_followers_on_other_nodes() {
         ));
     }
 
-    // Halfway through, a follower joins each session on node C.
+    // Halfway through, every follower has final segments already. Without
+    // the fan-out they would come only from the store, when a node finds
+    // the session idle for 5 s.
     tokio::time::sleep(PUBLISH_SPAN / 2).await;
+    for (index, (_, _, followers)) in sessions.iter().enumerate() {
+        for (node, finals_seen) in &followers.live {
+            assert!(
+                finals_seen.load(Ordering::Relaxed) > 0,
+                "session {index}: the follower on node {node} received no final segment in the first {} ms of publishing",
+                (PUBLISH_SPAN / 2).as_millis()
+            );
+        }
+    }
+
+    // Then a follower joins each session on node C.
     for (index, (_, session, followers)) in sessions.iter_mut().enumerate() {
         assert!(
             !publishing[index].is_done(),
@@ -123,11 +148,31 @@ async fn frames_reach_followers_on_other_nodes() {
         session.end().await;
     }
 
-    for (consultation, _, followers) in sessions.iter_mut() {
+    // Frames reached B and C as NATS messages, not only from the store.
+    let total_frames: u64 = streams.iter().map(|(_, frames)| frames + 1).sum();
+    let published = cluster.metrics(NODE_A).await;
+    let published_frames =
+        published.value("sealcast_fanout_published_total", &[("event", "frame")]);
+    assert!(
+        published_frames >= total_frames as f64,
+        "node A published {published_frames} frames to NATS, expected {total_frames}"
+    );
+    for node in [NODE_B, NODE_C] {
+        let scrape = cluster.metrics(node).await;
+        let received = scrape.value("sealcast_fanout_received_total", &[("event", "frame")]);
+        assert!(
+            received >= total_frames as f64,
+            "node {node} received {received} frames from NATS, expected {total_frames}"
+        );
+    }
+
+    for (index, (consultation, _, followers)) in sessions.iter_mut().enumerate() {
+        let (_, frames) = streams[index];
         for (who, task) in followers.tasks.drain(..) {
             let outcome = task.await.unwrap();
             println!("{who}: {}", outcome.summary());
             assert_follower_complete(&who, &outcome, &consultation.finals);
+            assert_every_offset_once(&who, &outcome, frames);
         }
     }
 

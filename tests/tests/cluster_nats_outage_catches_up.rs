@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
 use sealcast_tests::faults::{
-    assert_acknowledged_stored, assert_follower_complete, load_consultation, BackgroundPublish,
+    assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
+    load_consultation, BackgroundPublish,
 };
 use sealcast_tests::nats::NatsServer;
 use sealcast_tests::session::{follow_until_end, wait_until_connected, LiveSession};
@@ -142,6 +143,7 @@ async fn followers_catch_up_after_nats_returns() {
         let outcome = task.await.unwrap();
         println!("{who}: {}", outcome.summary());
         assert_follower_complete(&who, &outcome, &consultation.finals);
+        assert_every_offset_once(&who, &outcome, frames);
     }
 
     for (node, success) in cluster.terminate() {

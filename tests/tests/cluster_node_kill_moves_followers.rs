@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
 use sealcast_tests::faults::{
-    assert_acknowledged_stored, assert_follower_complete, load_consultation, BackgroundPublish,
+    assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
+    load_consultation, BackgroundPublish,
 };
 use sealcast_tests::nats::NatsServer;
 use sealcast_tests::session::{follow_until_end, wait_until_connected, LiveSession};
@@ -134,6 +135,7 @@ async fn follower_of_killed_node_resumes_on_another() {
     let moving = moving.await.unwrap();
     println!("follower moved from B: {}", moving.summary());
     assert_follower_complete("follower moved from B", &moving, &consultation.finals);
+    assert_every_offset_once("follower moved from B", &moving, frames);
     assert!(
         moving.disconnects >= 1,
         "the follower on node B never saw the kill"
@@ -141,6 +143,7 @@ async fn follower_of_killed_node_resumes_on_another() {
     let steady = steady.await.unwrap();
     println!("follower on C: {}", steady.summary());
     assert_follower_complete("follower on C", &steady, &consultation.finals);
+    assert_every_offset_once("follower on C", &steady, frames);
     assert_eq!(
         steady.disconnects, 0,
         "the follower on node C was disconnected"
