@@ -95,7 +95,13 @@ pub struct RunArgs {
     /// the running relay given by --relay [default: the sealcast CLI's own].
     #[arg(long, env = "SEALCAST_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// PEM file with the CA certificate that signed the running relay's certificate.
+    /// Data directory of the running relay, on this machine and without a
+    /// mail server: the harness then creates a clinician there and signs it
+    /// in through the relay's outbox folder, in place of --state-dir.
+    #[arg(long, value_name = "DIR", conflicts_with = "state_dir")]
+    pub relay_data_dir: Option<PathBuf>,
+    /// PEM file with the CA certificate that signed the running relay's
+    /// certificate [default with --relay-data-dir: its dev-cert.pem].
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
     /// Process id of the running relay, to read its CPU time and memory from
@@ -228,6 +234,12 @@ impl RunArgs {
                 "connections mode runs in one process: omit --processes or use --mode run or ramp",
             );
         }
+        if self.relay.is_empty() && self.relay_data_dir.is_some() {
+            return invalid(
+                "--relay-data-dir",
+                "applies to a running relay only: pass its URL with --relay",
+            );
+        }
         if self.relay.is_empty() && !self.relay_pid.is_empty() {
             return invalid(
                 "--relay-pid",
@@ -331,6 +343,7 @@ mod tests {
             vec!["sealcast-loadtest", "--mode", "ramp", "--ramp-factor", "1"],
             vec!["sealcast-loadtest", "--processes", "0"],
             vec!["sealcast-loadtest", "--relay-pid", "10"],
+            vec!["sealcast-loadtest", "--relay-data-dir", "/tmp"],
             vec![
                 "sealcast-loadtest",
                 "--mode",

@@ -216,3 +216,31 @@ fn classify(err: WsError) -> ConnectFailure {
     };
     ConnectFailure { kind, detail }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> (Url, SocketAddr) {
+        let url = Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        (url, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn followers_take_nodes_in_turn() {
+        let dialers = NodeDialers::new(vec![node(8444), node(8445)], None, 0);
+        let ports: Vec<u16> = (0..3)
+            .flat_map(|clinic| (0..2).map(move |number| NodeDialers::turn(clinic, number, 2)))
+            .map(|turn| dialers.node(turn).0.port().unwrap())
+            .collect();
+        assert_eq!(ports, [8444, 8445, 8444, 8445, 8444, 8445]);
+    }
+
+    #[test]
+    fn one_node_takes_every_follower() {
+        let dialers = NodeDialers::new(vec![node(8443)], None, 0);
+        for turn in [0, 1, 7] {
+            assert_eq!(dialers.node(turn).0.port(), Some(8443));
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! A relay in its own process is measured whole. A relay started inside the
 //! harness process runs on threads whose names start with a known prefix,
 //! so its CPU time is the sum over those threads. Its resident memory can
-//! only be read for the whole process, load generator included.
+//! only be read for the whole process, load generator included. The nodes
+//! of a cluster on this machine are measured as the sum of their processes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ pub enum ProbeScope {
     Processes(Vec<u32>),
 }
 
-/// Reads CPU time and memory of one local process.
+/// Reads CPU time and memory of one local process, part of one, or the sum
+/// of several.
 #[derive(Debug, Clone)]
 pub struct ProcessProbe {
     pid: u32,
@@ -117,15 +119,15 @@ impl ProcessProbe {
     fn sample_sum(&self, pids: &[u32]) -> Option<ProcSample> {
         let mut total = ProcSample::default();
         for &pid in pids {
-            let one = ProcessProbe {
+            let reading = ProcessProbe {
                 pid,
                 scope: ProbeScope::Process,
                 ticks_per_second: self.ticks_per_second,
             }
             .sample()?;
-            total.cpu_seconds += one.cpu_seconds;
-            total.rss_kib += one.rss_kib;
-            total.peak_rss_kib += one.peak_rss_kib;
+            total.cpu_seconds += reading.cpu_seconds;
+            total.rss_kib += reading.rss_kib;
+            total.peak_rss_kib += reading.peak_rss_kib;
         }
         Some(total)
     }

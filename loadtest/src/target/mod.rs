@@ -75,8 +75,8 @@ pub struct Target {
     pub base_url: Url,
     /// Address the publishers connect to.
     pub addr: SocketAddr,
-    /// The other nodes of a cluster, which followers connect to in turn;
-    /// empty when followers connect to `addr` like the publishers.
+    /// The other nodes of a cluster, which followers connect to in turn.
+    /// Empty when followers connect to `addr` like the publishers.
     pub follower_nodes: Vec<Endpoint>,
     /// Credentials the simulated clinician devices send when they create,
     /// publish and end sessions. The null relay accepts any.
@@ -227,13 +227,25 @@ async fn external(args: &RunArgs, relays: &[String]) -> Result<Target, LoadtestE
         endpoints.push(resolve_endpoint(relay).await?);
     }
     let first = endpoints.remove(0);
-    let tls = TlsSettings::new(args.ca_cert.as_deref()).map_err(|e| fail(e.to_string()))?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .or_else(sealcast_client::KeyStore::default_dir)
-        .ok_or_else(|| fail("no key store folder: pass --state-dir".into()))?;
-    let sign_in = staff::load_external(&state_dir, &first.base_url, args.ca_cert.as_deref())?;
+    let ca_cert = args.ca_cert.clone().or_else(|| {
+        args.relay_data_dir
+            .as_ref()
+            .map(|dir| dir.join(sealcast_relay::tls::DEV_CERT_FILE))
+    });
+    let tls = TlsSettings::new(ca_cert.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let sign_in = match (&args.relay_data_dir, &ca_cert) {
+        (Some(data_dir), Some(cert)) => {
+            staff::sign_in_local(data_dir, &first.base_url, cert).await?
+        }
+        _ => {
+            let state_dir = args
+                .state_dir
+                .clone()
+                .or_else(sealcast_client::KeyStore::default_dir)
+                .ok_or_else(|| fail("no key store folder: pass --state-dir".into()))?;
+            staff::load_external(&state_dir, &first.base_url, ca_cert.as_deref())?
+        }
+    };
     let placement = if endpoints.is_empty() {
         "external"
     } else {
@@ -246,7 +258,7 @@ async fn external(args: &RunArgs, relays: &[String]) -> Result<Target, LoadtestE
         addr: first.addr,
         follower_nodes: endpoints,
         tls: Some(tls),
-        ca_cert: args.ca_cert.clone(),
+        ca_cert,
         probe: ProcessProbe::processes(&args.relay_pid),
         placement,
         guard: Guard::External,

@@ -89,8 +89,8 @@ pub struct RelayAddress {
     pub base_url: String,
     /// Socket address to connect to.
     pub addr: SocketAddr,
-    /// The other nodes of a cluster, which the followers take in turn;
-    /// empty when they connect to `addr`.
+    /// The other nodes of a cluster, which the followers take in turn.
+    /// Empty when they connect to `addr`.
     pub follower_nodes: Vec<NodeAddress>,
     /// TLS settings, `None` for plain TCP.
     pub tls: Option<RelayTls>,
