@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use sealcast_protocol::invite::FollowInviteError;
 use sealcast_protocol::{InviteError, ProtocolError};
 use thiserror::Error;
 
@@ -45,6 +46,10 @@ pub enum ClientError {
     /// An invite link could not be parsed. The message already names the fix.
     #[error(transparent)]
     Invite(#[from] InviteError),
+
+    /// An invite link's publisher key or key epoch could not be parsed.
+    #[error(transparent)]
+    FollowInvite(#[from] FollowInviteError),
 
     /// Sealing a frame failed.
     #[error("failed to seal a frame: {0}")]
@@ -243,6 +248,14 @@ pub enum ClientError {
     )]
     Replaced,
 
+    /// The session ended, but not every stream was complete and signed by
+    /// the publisher key of the invite link.
+    #[error(
+        "the transcript is not verified complete and authored by the clinician's device: \
+         the warnings above name each stream and frame range"
+    )]
+    StreamsNotVerified,
+
     /// The relay's fingerprint differs from the fingerprint of the key in the invite link.
     #[error("key does not match this session")]
     KeyMismatch,
@@ -294,6 +307,8 @@ impl ClientError {
             ClientError::Input(err) if err.is_missing_file() => exit_code::NO_INPUT,
             ClientError::Input(_)
             | ClientError::Invite(_)
+            | ClientError::FollowInvite(_)
+            | ClientError::StreamsNotVerified
             | ClientError::KeyMismatch
             | ClientError::Pairing(_)
             | ClientError::PairingRefused { .. } => exit_code::DATA,

@@ -161,8 +161,10 @@ async fn start_follow_publish_end() {
         .arg(&input))
     .await;
     assert!(published.status.success(), "{}", stderr(&published));
+    // 16 segment frames, the checkpoint after the sixteenth and the
+    // checkpoint that closes the stream.
     assert!(
-        stderr(&published).contains("Published 3 final segments in 16 frames"),
+        stderr(&published).contains("Published 3 final segments in 18 frames"),
         "{}",
         stderr(&published)
     );
@@ -188,7 +190,8 @@ async fn start_follow_publish_end() {
     assert_eq!(lines[1]["text"], "I have had a cough for a week.");
     assert_eq!(lines[2]["segment_id"], 2);
     assert_eq!(lines[3], serde_json::json!({"event": "ended"}));
-    let secret = link.split("#secret=").nth(1).unwrap();
+    // The link carries `#publisher=KEY&secret=KEY`.
+    let secret = link.split("&secret=").nth(1).unwrap();
     assert!(!stderr(&followed).contains(secret));
 }
 
@@ -197,9 +200,9 @@ async fn follow_with_wrong_key_fails_clearly() {
     let relay = TestRelay::start().await;
     let state = tempfile::tempdir().unwrap();
     let link = start_session(&relay, state.path()).await;
-    let (head, secret) = link.split_once("#secret=").unwrap();
+    let (head, secret) = link.split_once("&secret=").unwrap();
     let wrong_secret = if secret.starts_with('A') { "B" } else { "A" }.to_string() + &secret[1..];
-    let wrong = format!("{head}#secret={wrong_secret}");
+    let wrong = format!("{head}&secret={wrong_secret}");
 
     let output = run(sealcast(state.path())
         .args(["follow", "--ca-cert"])

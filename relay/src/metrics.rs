@@ -52,8 +52,8 @@ pub const FANOUT_PUBLISH_FAILURES: &str = "sealcast_fanout_publish_failures_tota
 /// Messages received from other nodes, label `event`.
 pub const FANOUT_RECEIVED: &str = "sealcast_fanout_received_total";
 /// Received messages dropped, and messages NATS dropped for this node,
-/// label `reason`: `unknown_subject`, `unknown_event`, `malformed` or
-/// `slow_consumer`.
+/// label `reason`: `unknown_subject`, `unknown_event`, `bad_mac`,
+/// `malformed` or `slow_consumer`.
 pub const FANOUT_REJECTED: &str = "sealcast_fanout_rejected_total";
 /// Frames of other nodes read from the store instead of NATS, label
 /// `trigger`: `gap`, `reconnect`, `idle`, `load` or `publisher`.
@@ -320,6 +320,7 @@ fn initialize_series() {
     for reason in [
         "unknown_subject",
         "unknown_event",
+        "bad_mac",
         "malformed",
         "slow_consumer",
     ] {

@@ -165,7 +165,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let shutdown = Shutdown::default();
     tokio::spawn(accounts::run_recheck(accounts.clone(), shutdown.clone()));
     let audit = start_audit(&config, &store, &shutdown).await?;
-    let fanout = Fanout::start(&config.fanout, &shutdown).await?;
+    let fanout = Fanout::start(&config.fanout, at_rest.data_keys(), &shutdown).await?;
     let server = spawn_server(
         &config,
         fanout,

@@ -133,10 +133,7 @@ fn config_check_names_each_broken_key() {
         ("[mail]\nfrom = \"not a mailbox\"\n", "mail.from"),
         ("fanout = \"redis\"\n", "fanout = \"redis\""),
         ("fanout = \"nats\"\n", "nats_url is not set"),
-        (
-            "nats_url = \"nats://127.0.0.1:4222\"\n",
-            "fanout is local",
-        ),
+        ("nats_url = \"nats://127.0.0.1:4222\"\n", "fanout is local"),
         (
             "fanout = \"nats\"\nnats_url = \"http://user:hunter2@127.0.0.1:4222\"\n",
             "not nats or tls",
@@ -162,7 +159,10 @@ fn config_check_names_each_broken_key() {
             "error for {text:?} does not contain {expected:?}: {stderr}"
         );
         assert!(output.stdout.is_empty(), "{text:?} printed settings");
-        assert!(!stderr.contains("hunter2"), "a password was printed: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "a password was printed: {stderr}"
+        );
     }
 }
 

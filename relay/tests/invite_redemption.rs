@@ -272,6 +272,34 @@ async fn challenge_of_another_invite_is_refused() {
 }
 
 #[tokio::test]
+async fn challenge_redeems_on_another_node() {
+    let issuing = start_relay(Limits::default()).await;
+    let redeeming = issuing.start_node(Limits::default()).await;
+    let invite = create_invite(&issuing, None).await;
+    let before = invite_failures(&issuing, "challenge_unknown").await;
+
+    let request = redeem_request(&issuing, &invite.session.invite_token, &invite.key).await;
+    let response = post_json(&redeeming, "/v1/invites/redeem", &request, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(SET_COOKIE).is_some());
+    let redeemed: InviteRedeemResponse = response.json().await.unwrap();
+    assert_eq!(redeemed.session_id, invite.session.session_id);
+
+    // The redemption used the challenge up for both nodes.
+    let reused = post_json(&redeeming, "/v1/invites/redeem", &request, None).await;
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    let reused = post_json(&issuing, "/v1/invites/redeem", &request, None).await;
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    // Both relays of this process, and the tests running beside this one,
+    // share one metrics recorder.
+    let after = invite_failures(&issuing, "challenge_unknown").await;
+    assert!(after >= before + 2.0, "{after} rejections, {before} before");
+
+    redeeming.handle.shutdown().await;
+    issuing.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn follow_cookie_needs_own_origin() {
     let relay = start_relay(Limits::default()).await;
     let invite = create_invite(&relay, None).await;

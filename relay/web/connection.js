@@ -387,6 +387,12 @@ export class FollowSession {
   }
 
   #deliverContent(opened) {
+    // A checkpoint carries the publishing device's signature and no transcript text.
+    // NOTE: the page does not check that signature, so it cannot tell which holder of the
+    // session key sealed a stream. `sealcast follow` with the link's publisher key can.
+    if (opened.header.kind === FrameKind.CHECKPOINT) {
+      return;
+    }
     const isEnd = opened.header.kind === FrameKind.END_OF_SESSION;
     let content;
     try {

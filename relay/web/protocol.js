@@ -39,7 +39,7 @@ export const FINGERPRINT_LEN = 16;
 export const MAX_BUCKET = 8;
 
 /** Frame kind bytes. */
-export const FrameKind = Object.freeze({ INTERIM: 1, FINAL: 2, END_OF_SESSION: 3 });
+export const FrameKind = Object.freeze({ INTERIM: 1, FINAL: 2, END_OF_SESSION: 3, CHECKPOINT: 4 });
 
 /** HKDF info and HMAC labels, one per purpose, as ASCII text. */
 export const LABELS = Object.freeze({
@@ -224,8 +224,8 @@ function checkHeaderBytes(bytes) {
       `unsupported protocol version ${bytes[0]}: this page speaks version 1`,
     );
   }
-  if (bytes[1] < FrameKind.INTERIM || bytes[1] > FrameKind.END_OF_SESSION) {
-    throw new ProtocolError('unknown_kind', `unknown frame kind ${bytes[1]}: expected 1, 2 or 3`);
+  if (bytes[1] < FrameKind.INTERIM || bytes[1] > FrameKind.CHECKPOINT) {
+    throw new ProtocolError('unknown_kind', `unknown frame kind ${bytes[1]}: expected 1 to 4`);
   }
   if (bytes[2] > MAX_BUCKET) {
     throw new ProtocolError('invalid_bucket', `invalid padding bucket ${bytes[2]}: maximum is 8`);
@@ -255,7 +255,7 @@ export function decodeFrameHeader(frame) {
 
 /** Returns whether a frame of this kind counts towards the stream's final count. */
 export function countsAsFinal(kind) {
-  return kind !== FrameKind.INTERIM;
+  return kind === FrameKind.FINAL || kind === FrameKind.END_OF_SESSION;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 //! relay's store, metrics scrapes and the relay's resident memory. Pairing
 //! tests put a proxy that swaps public keys between a device and the relay. Audit
 //! tests read and tamper with the audit tables and run the audit commands.
+//! Authorship tests put a proxy that withholds a stream's last frames
+//! between a follower and the relay.
 //! Tests of hostile networks open many slow or half-finished connections.
 //! Cluster tests run several relay nodes on one data directory, with a NATS
 //! server of their own and a TCP load balancer in front.
@@ -38,3 +40,4 @@ pub mod store_fault;
 pub mod streaming;
 pub mod transcripts;
 pub mod wire_socket;
+pub mod withholding_proxy;

@@ -1,17 +1,18 @@
 //! `sealcast follow`: follow a session from an invite link and print it.
 //!
-//! Standard output carries only the transcript. Connection changes, gaps and
-//! rejected frames go to standard error, and none of them contains key
-//! material or transcript text.
+//! Standard output carries only the transcript. Connection changes, gaps,
+//! rejected frames and the authorship verdict of each stream go to standard
+//! error, and none of them contains key material or transcript text.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use sealcast_protocol::{InviteLink, TranscriptSegment};
+use sealcast_protocol::authorship::{PublisherKey, Verdict};
+use sealcast_protocol::{FollowInvite, TranscriptSegment};
 
 use crate::error::ClientError;
-use crate::follow::{FollowEvent, Follower, FollowerConfig};
+use crate::follow::{verdict, FollowEvent, FollowReport, Follower, FollowerConfig};
 use crate::tls::TlsSettings;
 use crate::transcript::{Change, Transcript};
 
@@ -22,6 +23,14 @@ const DEFAULT_COLUMNS: usize = 80;
 // The field docs are the --help text, so they stay plain text, not rustdoc markup.
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Args)]
+#[command(
+    after_help = "When the session ends, a line on stderr reports each stream: \
+    \"complete and authored by device KEY\", or which frames are not authored by that \
+    device or missing. When the link carries the publisher key (publisher= in the \
+    #fragment) and any stream is not verified complete, or no stream arrived, the \
+    command exits with status 65 after the transcript. A link without a publisher key \
+    cannot be checked: the command then warns and exits with status 0."
+)]
 pub struct FollowArgs {
     /// The invite link, in quotes. - reads it from stdin, which keeps the key
     /// out of the process list
@@ -56,25 +65,37 @@ pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
     } else {
         args.link.clone()
     };
-    let link = InviteLink::parse(&link_text)?;
+    let invite = FollowInvite::parse(&link_text)?;
+    if invite.key_epoch != 0 {
+        return Err(ClientError::InvalidArgument {
+            option: "LINK",
+            reason: format!(
+                "the link's key is for key epoch {}, and this build follows key epoch 0 only",
+                invite.key_epoch
+            ),
+        });
+    }
     let tls = TlsSettings::new(args.ca_cert.as_deref())?;
     stderr_line!(
         "Following the session on {}. Fingerprint words: {} (check that the clinician's screen shows the same)",
-        link.relay,
-        link.key.fingerprint().words().join(" ")
+        invite.link.relay,
+        invite.link.key.fingerprint().words().join(" ")
     );
-    follow_link(link, tls, args.format).await
+    follow_link(invite, tls, args.format).await
 }
 
-/// Follows the session of `link` and prints it until the session ends.
-/// `link` may carry a paired device's follow token in place of the invite token.
+/// Follows the session of `invite` and prints it until the session ends.
+/// The link may carry a paired device's follow token in place of the
+/// invite token. Returns [`ClientError::StreamsNotVerified`] when the link
+/// carries a publisher key and the session is not verified complete.
 pub(crate) async fn follow_link(
-    link: InviteLink,
+    invite: FollowInvite,
     tls: TlsSettings,
     format: OutputFormat,
 ) -> Result<(), ClientError> {
-    let mut follower = Follower::start(FollowerConfig::new(link, tls))?;
-    let mut printer = Printer::new(format);
+    let publisher = invite.publisher;
+    let mut follower = Follower::start(FollowerConfig::from_invite(invite, tls))?;
+    let mut printer = Printer::new(format, publisher);
     loop {
         let event = tokio::select! {
             event = follower.next_event() => event,
@@ -98,7 +119,25 @@ pub(crate) async fn follow_link(
             report.frames_rejected
         );
     }
-    Ok(())
+    check_authorship(&report)
+}
+
+/// Fails when the link carries a publisher key and the report is not
+/// verified complete. The verdict lines were printed with the events.
+fn check_authorship(report: &FollowReport) -> Result<(), ClientError> {
+    if report.publisher.is_none() {
+        stderr_line!(
+            "warning: authorship was not checked: the invite link carries no publisher key"
+        );
+        return Ok(());
+    }
+    if report.is_verified_complete() {
+        return Ok(());
+    }
+    if report.streams.is_empty() {
+        stderr_line!("warning: no stream of the session arrived, so nothing could be verified");
+    }
+    Err(ClientError::StreamsNotVerified)
 }
 
 fn read_link_from_stdin() -> Result<String, ClientError> {
@@ -113,6 +152,8 @@ fn read_link_from_stdin() -> Result<String, ClientError> {
 /// Writes events to stdout and stderr.
 struct Printer {
     format: OutputFormat,
+    /// The link's publisher key, named in the verdict lines.
+    publisher: Option<PublisherKey>,
     transcript: Transcript,
     /// Whether interim text is shown on a status line that is rewritten in place.
     live_status: bool,
@@ -121,7 +162,7 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(format: OutputFormat) -> Self {
+    fn new(format: OutputFormat, publisher: Option<PublisherKey>) -> Self {
         let columns = std::env::var("COLUMNS")
             .ok()
             .and_then(|value| value.parse().ok())
@@ -129,6 +170,7 @@ impl Printer {
             .unwrap_or(DEFAULT_COLUMNS);
         Printer {
             format,
+            publisher,
             transcript: Transcript::new(),
             live_status: format == OutputFormat::Text && std::io::stdout().is_terminal(),
             status_shown: false,
@@ -195,6 +237,21 @@ impl Printer {
             ),
             FollowEvent::FrameRejected { offset, reason } => {
                 stderr_line!("warning: rejected the frame at offset {offset}: {reason}");
+            }
+            FollowEvent::SignatureRejected {
+                offset,
+                stream_id,
+                seq,
+                reason,
+            } => stderr_line!(
+                "warning: frame {seq} of stream {stream_id} at offset {offset} is not authored by the clinician's device: {reason}"
+            ),
+            FollowEvent::StreamVerdict { stream_id, verdict } => {
+                let line = verdict::describe(&stream_id, &verdict, self.publisher.as_ref());
+                match verdict {
+                    Verdict::Complete { .. } => stderr_line!("{line}"),
+                    _ => stderr_line!("warning: {line}"),
+                }
             }
             // `session end` seals the end frame on a stream of its own, whose
             // count of zero would only confuse the patient.

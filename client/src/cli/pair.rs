@@ -19,7 +19,7 @@ use sealcast_protocol::pairing::{
     ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairingCode,
 };
 use sealcast_protocol::pairing_api::{PairingId, PairingState, PairingStatus};
-use sealcast_protocol::{InviteLink, SessionId};
+use sealcast_protocol::{FollowInvite, InviteLink, SessionId};
 
 use super::follow::{follow_link, OutputFormat};
 use super::{open_key_store, parse_session_id};
@@ -216,15 +216,19 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
             grant.key_epoch
         )));
     }
-    // NOTE: the follower does not check authorship yet, so the publisher
-    // key in the grant is not used.
     stderr_line!("Paired. Following session {}.", grant.session_id);
-    let link = InviteLink {
-        relay,
-        token: follow_token,
-        key: grant.session_key,
+    // The publisher key came wrapped with the session key, so the relay
+    // could not replace it.
+    let invite = FollowInvite {
+        link: InviteLink {
+            relay,
+            token: follow_token,
+            key: grant.session_key,
+        },
+        publisher: Some(grant.publisher),
+        key_epoch: grant.key_epoch,
     };
-    follow_link(link, tls, args.format).await
+    follow_link(invite, tls, args.format).await
 }
 
 /// Runs steps 2 to 5 on the joining device and returns the completed

@@ -184,8 +184,11 @@ fn print_report(report: &PublishReport, final_segments: Option<u64>) {
     };
     let finals =
         final_segments.map_or(String::new(), |count| format!("{count} final segments in "));
+    let signed = report.publisher.map_or(String::new(), |publisher| {
+        format!(" signed by device key {}", publisher.to_base64url())
+    });
     stderr_line!(
-        "Published {finals}{} frames on stream {}, {acknowledged}, {} reconnects",
+        "Published {finals}{} frames on stream {}{signed}, {acknowledged}, {} reconnects",
         report.frames,
         report.stream_id,
         report.reconnects

@@ -8,7 +8,8 @@ use clap::{Args, Subcommand};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 use sealcast_protocol::api::{CreateSessionRequest, EndSessionRequest};
-use sealcast_protocol::{SessionId, SessionKey};
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::{FollowInvite, SessionId, SessionKey};
 use url::Url;
 
 use super::{absolute_path, open_key_store, parse_session_id};
@@ -104,12 +105,25 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
     store.set_current(&session.session_id)?;
     tracing::info!(session_id = %session.session_id, "session started");
 
-    print_invitation(&session, &path, args.no_qr);
+    let publisher = PublisherKey::of_device(device.token().key());
+    print_invitation(&session, publisher, &path, args.no_qr);
     Ok(())
 }
 
-fn print_invitation(session: &StoredSession, path: &std::path::Path, no_qr: bool) {
-    let link = session.invite_link().to_url();
+/// Prints the invite link, which carries this device's public key so that
+/// followers can check that the streams they receive were signed by it.
+fn print_invitation(
+    session: &StoredSession,
+    publisher: PublisherKey,
+    path: &std::path::Path,
+    no_qr: bool,
+) {
+    let invite = FollowInvite {
+        link: session.invite_link(),
+        publisher: Some(publisher),
+        key_epoch: 0,
+    };
+    let link = invite.to_url();
     let words = session.key.fingerprint().words().join(" ");
 
     println!(
@@ -216,6 +230,7 @@ pub(crate) async fn report_end(
 
 /// Connects a publisher to a stored session with the device's token,
 /// refreshing it first when it is about to expire or the relay rejects it.
+/// The device key signs the stream.
 pub(crate) async fn connect_publisher(
     session: &StoredSession,
     device: &SignedInDevice,
@@ -223,7 +238,8 @@ pub(crate) async fn connect_publisher(
 ) -> Result<Publisher, ClientError> {
     device
         .call(|auth| {
-            let mut config = PublisherConfig::from_session(session, auth, device.tls().clone());
+            let mut config = PublisherConfig::from_session(session, auth, device.tls().clone())
+                .with_identity(device.token().key().clone());
             config.window = window;
             Publisher::connect(config, &session.key)
         })

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sealcast_protocol::authorship::{PublisherKey, Verdict};
 use sealcast_protocol::{SessionId, StreamId, TranscriptSegment};
 
 /// Something that happened while following.
@@ -61,6 +62,29 @@ pub enum FollowEvent {
         /// Why, without any content of the frame.
         reason: String,
     },
+    /// A checkpoint or end frame opened, but its authorship signature does
+    /// not verify under the link's publisher key, or its content is malformed.
+    SignatureRejected {
+        /// Session offset of the frame.
+        offset: u64,
+        /// Stream of the frame.
+        stream_id: StreamId,
+        /// Sequence number of the frame in its stream.
+        seq: u64,
+        /// Why, without any content of the frame.
+        reason: String,
+    },
+    /// The authorship and completeness of one stream, sent for every stream
+    /// seen once the relay reports that the session ended, just before
+    /// [`FollowEvent::Ended`]. Without a publisher key in the link no
+    /// verdict is sent.
+    StreamVerdict {
+        /// The stream.
+        stream_id: StreamId,
+        /// Complete and signed by the link's publisher key, or incomplete
+        /// with the reasons.
+        verdict: Verdict,
+    },
     /// The clinician device's sealed end-of-session frame arrived.
     EndOfSession {
         /// Session offset of the frame.
@@ -94,4 +118,9 @@ pub struct FollowReport {
     pub last_offset: Option<u64>,
     /// Reconnects after the first connection attempt.
     pub reconnects: u32,
+    /// The publisher key of the link, which streams were checked against.
+    pub publisher: Option<PublisherKey>,
+    /// The authorship verdict of every stream seen, in stream id order.
+    /// Empty when the link carries no publisher key.
+    pub streams: Vec<(StreamId, Verdict)>,
 }

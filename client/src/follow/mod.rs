@@ -17,9 +17,17 @@
 //! skipped without an event. Close code 4004 (session ended) ends following
 //! normally. Close codes 4006 (cannot recover) and 4009 (invite revoked), a
 //! wrong key and rejected credentials are final errors.
+//!
+//! When the link carries the publisher's key, every opened frame also goes
+//! to an [`sealcast_protocol::authorship::AuthorshipVerifier`]. A checkpoint
+//! whose signature fails becomes [`FollowEvent::SignatureRejected`]. Once
+//! the session ends, each stream's verdict arrives as a
+//! [`FollowEvent::StreamVerdict`] before [`FollowEvent::Ended`], and
+//! [`verdict::describe`] words it.
 
 mod event;
 mod state;
+pub mod verdict;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +35,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use sealcast_protocol::api::{close, decode_delivery, FollowerEvent};
-use sealcast_protocol::InviteLink;
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::{FollowInvite, InviteLink};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -46,11 +55,14 @@ use crate::secret::SecretString;
 use crate::tls::TlsSettings;
 use crate::ws::{self, Credential, Failure, RelaySocket};
 
-/// Follower settings: invite link, trusted roots, backoff and event buffer.
+/// Follower settings: invite link, publisher key, trusted roots, backoff and event buffer.
 #[derive(Debug, Clone)]
 pub struct FollowerConfig {
     /// The parsed invite link: relay, invite token and key.
     pub link: InviteLink,
+    /// The publishing device's key that streams are checked against, or
+    /// `None` to check no stream and report no verdict.
+    pub publisher: Option<PublisherKey>,
     /// Trusted roots for the relay's certificate.
     pub tls: TlsSettings,
     /// Reconnect policy.
@@ -66,11 +78,21 @@ impl FollowerConfig {
     pub fn new(link: InviteLink, tls: TlsSettings) -> Self {
         FollowerConfig {
             link,
+            publisher: None,
             tls,
             backoff: Backoff::default(),
             event_capacity: 256,
             keepalive: Keepalive::default(),
         }
+    }
+
+    /// Creates a configuration from a link that may carry the publisher
+    /// key, with the defaults of [`FollowerConfig::new`]. The link's key
+    /// epoch is not checked here.
+    pub fn from_invite(invite: FollowInvite, tls: TlsSettings) -> Self {
+        let mut config = Self::new(invite.link, tls);
+        config.publisher = invite.publisher;
+        config
     }
 }
 
@@ -99,7 +121,7 @@ impl Follower {
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             keepalive: config.keepalive,
-            state: FollowState::new(config.link.key.clone()),
+            state: FollowState::new(config.link.key.clone(), config.publisher),
             events: sender,
         };
         Ok(Follower {
@@ -214,8 +236,13 @@ impl FollowSession {
             tokio::select! {
                 message = socket.next() => {
                     last_seen = Instant::now();
-                    let events = self.handle_message(message)?;
-                    let ended = events.contains(&FollowEvent::Ended);
+                    let mut events = self.handle_message(message)?;
+                    let end_at = events.iter().position(|event| *event == FollowEvent::Ended);
+                    let ended = end_at.is_some();
+                    if let Some(at) = end_at {
+                        // The consumer gets the verdicts before the end.
+                        events.splice(at..at, self.state.verdict_events());
+                    }
                     for event in events {
                         if !self.emit(event).await {
                             return Ok(Done::ConsumerGone);

@@ -1,7 +1,8 @@
 //! The state a follower keeps between messages: the fingerprint check, the frame
-//! opener, resume offsets and the resume overlap. No I/O, so every rule here
-//! is tested without a network.
+//! opener, the authorship verifier, resume offsets and the resume overlap. No
+//! I/O, so every rule here is tested without a network.
 
+use sealcast_protocol::authorship::{AuthorshipVerifier, Observed, PublisherKey};
 use sealcast_protocol::{
     EndOfSession, Fingerprint, FrameHeader, FrameKind, OpenedFrame, SessionId, SessionKey,
     StreamOpener,
@@ -15,6 +16,9 @@ use crate::error::ClientError;
 pub(crate) struct FollowState {
     key: SessionKey,
     opener: Option<StreamOpener>,
+    /// Checks every opened frame against the publisher key of the link.
+    verifier: AuthorshipVerifier,
+    publisher: Option<PublisherKey>,
     session_id: Option<SessionId>,
     epoch: Option<u64>,
     last_received: Option<u64>,
@@ -27,10 +31,14 @@ pub(crate) struct FollowState {
 }
 
 impl FollowState {
-    pub(crate) fn new(key: SessionKey) -> Self {
+    /// Creates the state for a link with `key` and, when the link carries
+    /// one, the publisher key that streams are checked against.
+    pub(crate) fn new(key: SessionKey, publisher: Option<PublisherKey>) -> Self {
         FollowState {
             key,
             opener: None,
+            verifier: AuthorshipVerifier::new(publisher),
+            publisher,
             session_id: None,
             epoch: None,
             last_received: None,
@@ -143,18 +151,42 @@ impl FollowState {
         }
 
         match opener.open(frame) {
-            Ok(opened) => Ok(self.apply(offset, opened)),
+            Ok(opened) => Ok(self.apply(offset, frame, opened)),
             Err(err) => Ok(vec![self.reject(offset, err.to_string())]),
         }
     }
 
+    /// Returns the summary so far, with the authorship verdict of every
+    /// stream as it stands now.
     pub(crate) fn report(&self) -> FollowReport {
-        self.report.clone()
+        let mut report = self.report.clone();
+        report.publisher = self.publisher;
+        report.streams = self.verifier.verdicts();
+        report
     }
 
-    fn apply(&mut self, offset: u64, opened: OpenedFrame) -> Vec<FollowEvent> {
+    /// Returns one [`FollowEvent::StreamVerdict`] per stream seen, in stream id order.
+    pub(crate) fn verdict_events(&self) -> Vec<FollowEvent> {
+        self.verifier
+            .verdicts()
+            .into_iter()
+            .map(|(stream_id, verdict)| FollowEvent::StreamVerdict { stream_id, verdict })
+            .collect()
+    }
+
+    fn apply(&mut self, offset: u64, frame: &[u8], opened: OpenedFrame) -> Vec<FollowEvent> {
         let stream_id = opened.header.stream_id;
         let mut events = Vec::new();
+        // Every opened frame goes to the verifier, including those rejected
+        // below, so that a frame the publisher did not sign shows up as unverified.
+        if let Observed::Rejected(err) = self.verifier.observe(frame, &opened) {
+            events.push(FollowEvent::SignatureRejected {
+                offset,
+                stream_id,
+                seq: opened.header.seq,
+                reason: err.to_string(),
+            });
+        }
         if opened.skipped_final > 0 {
             self.report.missing_final_frames += opened.skipped_final;
             events.push(FollowEvent::Gap {
@@ -174,9 +206,8 @@ impl FollowState {
         let event = match opened.header.kind {
             FrameKind::Interim | FrameKind::Final => self.segment_event(offset, &opened),
             FrameKind::Checkpoint => {
-                // NOTE: the checkpoint opened, so the session key sealed it,
-                // but its authorship signature is not checked here yet. It
-                // carries no transcript text to show.
+                // The verifier above checked its signature, and it carries
+                // no transcript text to show.
                 self.report.frames_opened += 1;
                 return events;
             }
@@ -242,6 +273,8 @@ impl FollowState {
 
 #[cfg(test)]
 mod tests {
+    use sealcast_protocol::authorship::{AuthoredStream, Problem, Verdict};
+    use sealcast_protocol::dpop::DeviceKey;
     use sealcast_protocol::{StreamSealer, TranscriptSegment};
 
     use super::*;
@@ -265,7 +298,11 @@ mod tests {
     }
 
     fn welcomed() -> FollowState {
-        let mut state = FollowState::new(key());
+        welcomed_checking(None)
+    }
+
+    fn welcomed_checking(publisher: Option<PublisherKey>) -> FollowState {
+        let mut state = FollowState::new(key(), publisher);
         let fingerprint = key().fingerprint().to_base64url();
         state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
         state
@@ -287,7 +324,7 @@ mod tests {
 
     #[test]
     fn wrong_fingerprint_fails_before_any_frame() {
-        let mut state = FollowState::new(key());
+        let mut state = FollowState::new(key(), None);
         let other = SessionKey::from_bytes([1; 32]).fingerprint().to_base64url();
         let err = state.welcome(SESSION, 1, &other, 0, false).unwrap_err();
         assert_eq!(err.to_string(), "key does not match this session");
@@ -464,6 +501,139 @@ mod tests {
             .welcome(SESSION, 2, &fingerprint, 0, false)
             .unwrap_err();
         assert!(matches!(err, ClientError::CannotRecover));
+    }
+
+    fn device(seed: u8) -> (DeviceKey, PublisherKey) {
+        let device = DeviceKey::from_secret_bytes(&[seed; 32]).unwrap();
+        let publisher = PublisherKey::of_device(&device);
+        (device, publisher)
+    }
+
+    /// Seals `count` final segments on a stream signed by `device`, then
+    /// its signed end, and returns the frames in order.
+    fn signed_stream(device: &DeviceKey, count: u64) -> Vec<Vec<u8>> {
+        let mut stream = AuthoredStream::new(&key(), SESSION, 0, device);
+        let mut frames = Vec::new();
+        for id in 0..count {
+            frames.extend(stream.seal_segment(&segment(id, 0, true)).unwrap());
+        }
+        frames.push(stream.seal_end(count).unwrap());
+        frames
+    }
+
+    fn deliver_all(state: &mut FollowState, frames: &[Vec<u8>]) -> Vec<FollowEvent> {
+        let mut events = Vec::new();
+        for (offset, frame) in frames.iter().enumerate() {
+            events.extend(state.delivery(offset as u64, frame).unwrap());
+        }
+        events
+    }
+
+    fn only_verdict(state: &FollowState) -> Verdict {
+        let events = state.verdict_events();
+        let [FollowEvent::StreamVerdict { verdict, .. }] = events.as_slice() else {
+            panic!("expected one stream verdict, got {events:?}");
+        };
+        verdict.clone()
+    }
+
+    #[test]
+    fn signed_stream_is_complete_and_authored() {
+        let (device, publisher) = device(1);
+        let mut state = welcomed_checking(Some(publisher));
+        let events = deliver_all(&mut state, &signed_stream(&device, 20));
+        assert_eq!(
+            kinds(&events)
+                .iter()
+                .filter(|kind| **kind == "final")
+                .count(),
+            20
+        );
+        assert_eq!(only_verdict(&state), Verdict::Complete { publisher });
+        let report = state.report();
+        assert_eq!(report.publisher, Some(publisher));
+        assert!(report.is_verified_complete());
+        // 20 segments, the checkpoint after the sixteenth frame and the end.
+        assert_eq!(report.frames_opened, 22);
+    }
+
+    #[test]
+    fn stream_of_another_device_is_not_authored() {
+        let (_, publisher) = device(1);
+        let (forger, _) = device(2);
+        let mut state = welcomed_checking(Some(publisher));
+        let events = deliver_all(&mut state, &signed_stream(&forger, 3));
+        let rejected: Vec<u64> = events
+            .iter()
+            .filter_map(|event| match event {
+                FollowEvent::SignatureRejected { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rejected, [3]);
+        assert_eq!(
+            only_verdict(&state),
+            Verdict::Incomplete(vec![
+                Problem::Unverified { first: 0, last: 3 },
+                Problem::BadSignature { seq: 3 },
+                Problem::EndNotSeen { last_opened: 3 },
+            ])
+        );
+        assert!(!state.report().is_verified_complete());
+    }
+
+    #[test]
+    fn unsigned_stream_is_unverified() {
+        let (_, publisher) = device(1);
+        let mut state = welcomed_checking(Some(publisher));
+        let mut sealer = StreamSealer::new(&key(), SESSION);
+        let frames = vec![
+            sealer.seal_segment(&segment(0, 0, true)).unwrap(),
+            sealer
+                .seal_end(&EndOfSession { final_segments: 1 })
+                .unwrap(),
+        ];
+        deliver_all(&mut state, &frames);
+        assert_eq!(
+            only_verdict(&state),
+            Verdict::Incomplete(vec![
+                Problem::Unverified { first: 0, last: 1 },
+                Problem::BadSignature { seq: 1 },
+                Problem::EndNotSeen { last_opened: 1 },
+            ])
+        );
+    }
+
+    #[test]
+    fn withheld_tail_is_reported() {
+        let (device, publisher) = device(1);
+        let mut state = welcomed_checking(Some(publisher));
+        let frames = signed_stream(&device, 20);
+        // Frames 0 to 16 arrive, with the checkpoint at 16; 17 to 21 are withheld.
+        deliver_all(&mut state, &frames[..19]);
+        assert_eq!(
+            only_verdict(&state),
+            Verdict::Incomplete(vec![
+                Problem::Unverified {
+                    first: 17,
+                    last: 18
+                },
+                Problem::EndNotSeen { last_opened: 18 },
+            ])
+        );
+    }
+
+    #[test]
+    fn link_without_publisher_checks_nothing() {
+        let (device, _) = device(1);
+        let mut state = welcomed();
+        let events = deliver_all(&mut state, &signed_stream(&device, 2));
+        assert!(!events
+            .iter()
+            .any(|event| matches!(event, FollowEvent::SignatureRejected { .. })));
+        // The verifier keeps no record without a key, so no verdict is reported.
+        assert!(state.verdict_events().is_empty());
+        assert_eq!(state.report().streams_not_verified(), 0);
     }
 
     #[test]

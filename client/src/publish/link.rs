@@ -144,6 +144,7 @@ impl Link {
             acknowledged_seq: self.outbox.acknowledged(),
             last_offset: self.outbox.last_offset(),
             reconnects: self.reconnects,
+            publisher: None,
         }
     }
 

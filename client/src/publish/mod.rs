@@ -1,8 +1,13 @@
 //! Publishing sealed transcript frames to the relay.
 //!
-//! A [`Publisher`] seals each segment on one stream (one [`StreamSealer`], so
-//! the stream id and sequence numbers stay the same across reconnects) and
-//! hands the frame to a background task. That task keeps every frame until
+//! A [`Publisher`] seals each segment on one stream (one sealer, so the
+//! stream id and sequence numbers stay the same across reconnects) and
+//! hands the frame to a background task. With a device identity key
+//! ([`PublisherConfig::identity`]) the stream is signed. A checkpoint frame
+//! follows every 16 frames, [`Publisher::end`] seals a signed end, and
+//! [`Publisher::finish`] closes the stream with a last checkpoint. A
+//! follower with the device's public key can then check that every frame
+//! came from this device and that none is missing. That task keeps every frame until
 //! the relay acknowledges it, and waits for acknowledgements once
 //! [`PublisherConfig::window`] frames are outstanding. When the connection
 //! drops, or the relay closes it with a code worth retrying, the task
@@ -17,18 +22,20 @@
 
 mod link;
 mod outbox;
+mod sealing;
 
 use std::sync::Arc;
 
-use sealcast_protocol::{
-    EndOfSession, SessionId, SessionKey, StreamId, StreamSealer, TranscriptSegment,
-};
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::dpop::DeviceKey;
+use sealcast_protocol::{SessionId, SessionKey, StreamId, TranscriptSegment};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
 use self::link::{Command, Link};
 use self::outbox::Outbox;
+use self::sealing::{SealedFrame, StreamSealing};
 use crate::auth::Authorizer;
 use crate::backoff::Backoff;
 use crate::endpoint;
@@ -40,7 +47,7 @@ use crate::tls::TlsSettings;
 /// Default limit of unacknowledged frames.
 pub const DEFAULT_WINDOW: usize = 1024;
 
-/// Publisher settings: relay, session, credential, window and backoff.
+/// Publisher settings: relay, session, credential, signing key, window and backoff.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     /// Relay base URL, `https://HOST:PORT/`.
@@ -57,6 +64,9 @@ pub struct PublisherConfig {
     pub backoff: Backoff,
     /// Pings and the idle limit that detect a silent connection.
     pub keepalive: Keepalive,
+    /// The device identity key that signs the stream, or `None` to seal
+    /// frames that followers cannot attribute to a device.
+    pub identity: Option<Arc<DeviceKey>>,
 }
 
 impl PublisherConfig {
@@ -75,7 +85,15 @@ impl PublisherConfig {
             window: DEFAULT_WINDOW,
             backoff: Backoff::default(),
             keepalive: Keepalive::default(),
+            identity: None,
         }
+    }
+
+    /// Signs the stream with the device identity key `identity`, whose
+    /// public key goes into the invite link.
+    pub fn with_identity(mut self, identity: Arc<DeviceKey>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// Creates a configuration for a stored session, authorized by `auth`,
@@ -102,15 +120,16 @@ pub struct PublishReport {
     pub last_offset: Option<u64>,
     /// Connections made after the first.
     pub reconnects: u32,
+    /// The key that signed the stream, or `None` when it was not signed.
+    pub publisher: Option<PublisherKey>,
 }
 
 /// Publishes segments of one session on one stream.
 #[derive(Debug)]
 pub struct Publisher {
-    sealer: StreamSealer,
+    sealing: StreamSealing,
     commands: mpsc::Sender<Command>,
     link: Option<JoinHandle<Result<PublishReport, ClientError>>>,
-    final_segments: u64,
     acknowledged: watch::Receiver<Option<u64>>,
 }
 
@@ -118,7 +137,7 @@ impl Publisher {
     /// Starts a new stream and returns once the relay has welcomed the first
     /// connection, or with the error that stopped it.
     pub async fn connect(config: PublisherConfig, key: &SessionKey) -> Result<Self, ClientError> {
-        let sealer = StreamSealer::new(key, config.session_id);
+        let sealing = StreamSealing::new(key, config.session_id, config.identity.as_deref());
         let (commands, command_receiver) = mpsc::channel(1);
         let (connected, connected_receiver) = oneshot::channel();
         let (acknowledged, acknowledged_receiver) = watch::channel(None);
@@ -127,12 +146,12 @@ impl Publisher {
             relay: config.relay.clone(),
             url: endpoint::publish_url(&config.relay, &config.session_id),
             session_id: config.session_id,
-            stream_id: sealer.stream_id(),
+            stream_id: sealing.stream_id(),
             auth: config.auth,
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             keepalive: config.keepalive,
-            outbox: Outbox::new(sealer.stream_id(), config.window),
+            outbox: Outbox::new(sealing.stream_id(), config.window),
             commands: command_receiver,
             connected: Some(connected),
             finishing: false,
@@ -151,10 +170,9 @@ impl Publisher {
             result = &mut link => return Err(link_outcome(result)),
         }
         Ok(Publisher {
-            sealer,
+            sealing,
             commands,
             link: Some(link),
-            final_segments: 0,
             acknowledged: acknowledged_receiver,
         })
     }
@@ -168,26 +186,42 @@ impl Publisher {
 
     /// Returns the id of the stream this publisher seals on.
     pub fn stream_id(&self) -> StreamId {
-        self.sealer.stream_id()
+        self.sealing.stream_id()
+    }
+
+    /// Returns the key that signs this stream, or `None` when the
+    /// configuration had no identity key.
+    pub fn publisher_key(&self) -> Option<PublisherKey> {
+        self.sealing.publisher_key()
     }
 
     /// Seals a segment and queues it for sending, waiting while the window is
-    /// full. Returns the frame's sequence number.
+    /// full. Returns the frame's sequence number. In a signed stream a
+    /// checkpoint frame follows every 16th frame.
     pub async fn publish(&mut self, segment: &TranscriptSegment) -> Result<u64, ClientError> {
-        let seq = self.sealer.next_seq();
-        let frame = self.sealer.seal_segment(segment)?;
-        if segment.is_final {
-            self.final_segments += 1;
+        let frames = self.sealing.seal_segment(segment)?;
+        let seq = frames.first().map_or(0, |(seq, _)| *seq);
+        for frame in frames {
+            self.send_frame(frame).await?;
         }
-        self.send(Command::Frame { seq, frame }).await?;
         Ok(seq)
     }
 
-    /// Waits until the relay has acknowledged every frame, then closes the connection.
+    /// Closes a signed stream with a checkpoint, then waits until the relay
+    /// has acknowledged every frame and closes the connection. The stream
+    /// takes no more frames after it.
     pub async fn finish(mut self) -> Result<PublishReport, ClientError> {
+        if let Some(frame) = self.sealing.seal_close()? {
+            self.send_frame(frame).await?;
+        }
         self.send(Command::Finish).await?;
+        let publisher = self.sealing.publisher_key();
         match self.link.take() {
-            Some(link) => link.await.map_err(join_error)?,
+            Some(link) => {
+                let mut report = link.await.map_err(join_error)??;
+                report.publisher = publisher;
+                Ok(report)
+            }
             None => Err(ClientError::Internal(
                 "the publisher already stopped".into(),
             )),
@@ -195,15 +229,16 @@ impl Publisher {
     }
 
     /// Seals and sends the end-of-session frame, then finishes. The frame
-    /// states how many final segments this stream carried.
+    /// states how many final segments this stream carried, and in a signed
+    /// stream it carries the last signature.
     pub async fn end(mut self) -> Result<PublishReport, ClientError> {
-        let seq = self.sealer.next_seq();
-        let end = EndOfSession {
-            final_segments: self.final_segments,
-        };
-        let frame = self.sealer.seal_end(&end)?;
-        self.send(Command::Frame { seq, frame }).await?;
+        let frame = self.sealing.seal_end()?;
+        self.send_frame(frame).await?;
         self.finish().await
+    }
+
+    async fn send_frame(&mut self, (seq, frame): SealedFrame) -> Result<(), ClientError> {
+        self.send(Command::Frame { seq, frame }).await
     }
 
     async fn send(&mut self, command: Command) -> Result<(), ClientError> {

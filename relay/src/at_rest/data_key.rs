@@ -29,6 +29,7 @@ const HKDF_SALT: &[u8] = b"sealcast/at-rest/v1/dek";
 const FIELDS_INFO: &[u8] = b"sealcast/at-rest/v1/fields";
 const EMAIL_LOOKUP_INFO: &[u8] = b"sealcast/at-rest/v1/email-lookup";
 const FRAMES_INFO: &[u8] = b"sealcast/at-rest/v1/frames/";
+const FANOUT_MAC_INFO: &[u8] = b"sealcast/fanout/v1/mac";
 
 /// Table and column of stored frames, in their associated data.
 const FRAMES_TABLE: &str = "frames";
@@ -107,6 +108,12 @@ impl DataKeys {
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         mac.update(normalized_email.as_bytes());
         mac.finalize().into_bytes().into()
+    }
+
+    /// Returns the HMAC-SHA-256 key that relay nodes sharing this database
+    /// authenticate their NATS messages with.
+    pub fn fanout_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(expand(&self.prk, &[FANOUT_MAC_INFO]))
     }
 
     /// Returns the cipher of one session's frames.

@@ -1,8 +1,11 @@
 //! The messages that relay nodes exchange through NATS.
 //!
 //! Each session has one subject, `sealcast.session.<session id in hex>`.
-//! Every message carries two headers: `Sealcast-Node`, the random id of the
-//! node that sent it, so that a node skips its own messages, and
+//! Every message carries three headers: `Sealcast-Node`, the random id of
+//! the node that sent it, so that a node skips its own messages;
+//! `Sealcast-Mac`, an HMAC-SHA-256 in hex over the subject, the node id, the
+//! event and the payload, keyed with a key derived from the store's data
+//! key, so that only nodes sharing the store can inject messages; and
 //! `Sealcast-Event`, one of:
 //!
 //! | event | payload |
@@ -15,13 +18,72 @@
 
 use async_nats::HeaderMap;
 use axum::body::Bytes;
+use hmac::{Hmac, Mac};
 use sealcast_protocol::{api, FrameHeader, SessionId};
+use sha2::Sha256;
+use zeroize::Zeroizing;
 
 /// Header naming the node that sent a message.
 pub(super) const NODE_HEADER: &str = "Sealcast-Node";
 
 /// Header naming the kind of message.
 pub(super) const EVENT_HEADER: &str = "Sealcast-Event";
+
+/// Header carrying the message's authentication code.
+pub(super) const MAC_HEADER: &str = "Sealcast-Mac";
+
+/// The key that authenticates messages between nodes sharing a store.
+pub(super) struct MessageKey(Zeroizing<[u8; 32]>);
+
+impl MessageKey {
+    pub(super) fn new(key: Zeroizing<[u8; 32]>) -> Self {
+        MessageKey(key)
+    }
+
+    fn mac(&self, subject: &str, node_id: &str, event: &str, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        // Each text part is followed by a zero byte, which none contains.
+        for part in [subject, node_id, event] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        mac.update(payload);
+        mac
+    }
+
+    /// Returns the authentication code of a message, in hex.
+    fn sign(&self, subject: &str, node_id: &str, event: &str, payload: &[u8]) -> String {
+        hex::encode(
+            self.mac(subject, node_id, event, payload)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Checks an authentication code in constant time.
+    fn verify(
+        &self,
+        subject: &str,
+        node_id: &str,
+        event: &str,
+        payload: &[u8],
+        code: &str,
+    ) -> bool {
+        let Ok(code) = hex::decode(code) else {
+            return false;
+        };
+        self.mac(subject, node_id, event, payload)
+            .verify_slice(&code)
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for MessageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageKey([redacted])")
+    }
+}
 
 /// Subject that matches every session's messages.
 pub(super) const ALL_SESSIONS: &str = "sealcast.session.*";
@@ -67,11 +129,22 @@ impl Outgoing {
         }
     }
 
-    /// Returns the headers, naming `node_id` as the sender.
-    pub(super) fn headers(&self, node_id: &str) -> HeaderMap {
+    /// Returns the headers of the message with `payload` on `subject`,
+    /// naming `node_id` as the sender and authenticated with `key`.
+    pub(super) fn headers(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        node_id: &str,
+        key: &MessageKey,
+    ) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(NODE_HEADER, node_id);
         headers.insert(EVENT_HEADER, self.event());
+        headers.insert(
+            MAC_HEADER,
+            key.sign(subject, node_id, self.event(), payload).as_str(),
+        );
         headers
     }
 
@@ -107,6 +180,9 @@ pub(super) enum Dropped {
     Own,
     /// A header is missing or names an unknown event.
     UnknownEvent,
+    /// The authentication code is missing or wrong: the sender does not
+    /// share this node's store.
+    BadMac,
     /// The payload does not fit its event.
     Malformed,
 }
@@ -117,26 +193,37 @@ impl Dropped {
         match self {
             Dropped::Own => "own",
             Dropped::UnknownEvent => "unknown_event",
+            Dropped::BadMac => "bad_mac",
             Dropped::Malformed => "malformed",
         }
     }
 }
 
-/// Decodes a message that `node_id` received.
+/// Decodes a message on `subject` that `node_id` received, checking its
+/// authentication code with `key`.
 pub(super) fn decode(
+    subject: &str,
     headers: Option<&HeaderMap>,
     payload: &Bytes,
     node_id: &str,
+    key: &MessageKey,
 ) -> Result<Incoming, Dropped> {
     let header = |name: &str| {
         headers
             .and_then(|headers| headers.get(name))
             .map(|value| value.as_str())
     };
-    if header(NODE_HEADER) == Some(node_id) {
+    let sender = header(NODE_HEADER).unwrap_or_default();
+    if sender == node_id {
         return Err(Dropped::Own);
     }
-    match header(EVENT_HEADER) {
+    let event = header(EVENT_HEADER).ok_or(Dropped::UnknownEvent)?;
+    let authentic =
+        header(MAC_HEADER).is_some_and(|code| key.verify(subject, sender, event, payload, code));
+    if !authentic {
+        return Err(Dropped::BadMac);
+    }
+    match Some(event) {
         Some("frame") => {
             let (offset, frame) = api::decode_delivery(payload).ok_or(Dropped::Malformed)?;
             let header = FrameHeader::decode_frame(frame).map_err(|_| Dropped::Malformed)?;
@@ -166,6 +253,17 @@ pub(super) fn session_of(subject: &str) -> Option<SessionId> {
 mod tests {
     use super::*;
 
+    fn key(byte: u8) -> MessageKey {
+        MessageKey::new(Zeroizing::new([byte; 32]))
+    }
+
+    fn sent(message: &Outgoing, node_id: &str, key: &MessageKey) -> (String, HeaderMap, Bytes) {
+        let subject = subject(message.session_id());
+        let payload = message.payload();
+        let headers = message.headers(&subject, &payload, node_id, key);
+        (subject, headers, payload)
+    }
+
     #[test]
     fn end_round_trips() {
         let session_id = SessionId::random();
@@ -173,10 +271,10 @@ mod tests {
             session_id,
             end_offset: 42,
         };
-        let headers = message.headers("node-a");
-        let decoded = decode(Some(&headers), &message.payload(), "node-b");
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        let decoded = decode(&subject, Some(&headers), &payload, "node-b", &key(1));
         assert!(matches!(decoded, Ok(Incoming::End { end_offset: 42 })));
-        assert_eq!(session_of(&subject(session_id)), Some(session_id));
+        assert_eq!(session_of(&subject), Some(session_id));
     }
 
     #[test]
@@ -184,28 +282,73 @@ mod tests {
         let message = Outgoing::Publisher {
             session_id: SessionId::random(),
         };
-        let headers = message.headers("node-a");
-        let decoded = decode(Some(&headers), &message.payload(), "node-a");
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        let decoded = decode(&subject, Some(&headers), &payload, "node-a", &key(1));
         assert_eq!(decoded.err(), Some(Dropped::Own));
     }
 
     #[test]
-    fn bad_messages_are_dropped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(EVENT_HEADER, "frame");
+    fn forged_or_altered_messages_are_dropped() {
+        let message = Outgoing::End {
+            session_id: SessionId::random(),
+            end_offset: 7,
+        };
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        let wrong_key = decode(&subject, Some(&headers), &payload, "node-b", &key(2));
+        assert_eq!(wrong_key.err(), Some(Dropped::BadMac));
+
+        let altered = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        let decoded = decode(&subject, Some(&headers), &altered, "node-b", &key(1));
+        assert_eq!(decoded.err(), Some(Dropped::BadMac));
+
+        let other_subject = format!("sealcast.session.{}", SessionId::random());
+        let moved = decode(&other_subject, Some(&headers), &payload, "node-b", &key(1));
+        assert_eq!(moved.err(), Some(Dropped::BadMac));
+
+        let mut unsigned = headers.clone();
+        unsigned.insert(MAC_HEADER, "00");
+        let decoded = decode(&subject, Some(&unsigned), &payload, "node-b", &key(1));
+        assert_eq!(decoded.err(), Some(Dropped::BadMac));
+    }
+
+    #[test]
+    fn malformed_payloads_are_dropped() {
+        let session_id = SessionId::random();
+        let subject = subject(session_id);
         let garbage = Bytes::from_static(b"\x00\x00\x00\x00\x00\x00\x00\x01not a frame");
-        assert_eq!(
-            decode(Some(&headers), &garbage, "n").err(),
-            Some(Dropped::Malformed)
+        let signed = |event: &str, payload: &Bytes| {
+            let mut headers = HeaderMap::new();
+            headers.insert(NODE_HEADER, "node-a");
+            headers.insert(EVENT_HEADER, event);
+            headers.insert(
+                MAC_HEADER,
+                key(1).sign(&subject, "node-a", event, payload).as_str(),
+            );
+            headers
+        };
+        let frame = decode(
+            &subject,
+            Some(&signed("frame", &garbage)),
+            &garbage,
+            "n",
+            &key(1),
         );
+        assert_eq!(frame.err(), Some(Dropped::Malformed));
 
-        headers.insert(EVENT_HEADER, "end");
         let short = Bytes::from_static(b"\x01\x02");
-        assert_eq!(
-            decode(Some(&headers), &short, "n").err(),
-            Some(Dropped::Malformed)
-        );
+        let end = decode(&subject, Some(&signed("end", &short)), &short, "n", &key(1));
+        assert_eq!(end.err(), Some(Dropped::Malformed));
 
-        assert_eq!(decode(None, &short, "n").err(), Some(Dropped::UnknownEvent));
+        let unknown = decode(
+            &subject,
+            Some(&signed("reset", &short)),
+            &short,
+            "n",
+            &key(1),
+        );
+        assert_eq!(unknown.err(), Some(Dropped::UnknownEvent));
+
+        let bare = decode(&subject, None, &short, "n", &key(1));
+        assert_eq!(bare.err(), Some(Dropped::UnknownEvent));
     }
 }

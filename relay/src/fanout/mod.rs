@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use sealcast_protocol::SessionId;
 
+use crate::at_rest::DataKeys;
 use crate::config::FanoutConfig;
 use crate::error::RelayError;
 use crate::hub::HubFrame;
@@ -53,11 +54,15 @@ impl Fanout {
     /// while NATS is down and reports not ready until it connects.
     pub(crate) async fn start(
         config: &FanoutConfig,
+        keys: &DataKeys,
         shutdown: &Shutdown,
     ) -> Result<Fanout, RelayError> {
         Ok(match config {
             FanoutConfig::Local => Fanout::Local,
-            FanoutConfig::Nats { url } => Fanout::Nats(NatsFanout::start(url, shutdown).await?),
+            FanoutConfig::Nats { url } => {
+                let key = keys.fanout_mac_key();
+                Fanout::Nats(NatsFanout::start(url, key, shutdown).await?)
+            }
         })
     }
 

@@ -18,8 +18,9 @@ use metrics::{counter, gauge};
 use rand::RngCore;
 use sealcast_protocol::SessionId;
 use tokio::sync::{mpsc, watch};
+use zeroize::Zeroizing;
 
-use super::message::{self, Dropped, Incoming, Outgoing};
+use super::message::{self, Dropped, Incoming, MessageKey, Outgoing};
 use crate::error::RelayError;
 use crate::hub::{Applied, CatchUpTrigger, HubFrame, Registry};
 use crate::metrics::{
@@ -50,6 +51,7 @@ const LOGGED_FAILURES: u64 = 10;
 pub(crate) struct NatsFanout {
     client: async_nats::Client,
     node_id: String,
+    key: Arc<MessageKey>,
     outbox: mpsc::Sender<Outgoing>,
     /// Counts the events after which hubs must read the store because NATS
     /// messages may have been lost: connections and slow-consumer drops.
@@ -59,7 +61,14 @@ pub(crate) struct NatsFanout {
 
 impl NatsFanout {
     /// Starts connecting to `url` in the background and starts the outbox.
-    pub(crate) async fn start(url: &str, shutdown: &Shutdown) -> Result<Arc<Self>, RelayError> {
+    /// Messages are authenticated with `key`, which every node sharing the
+    /// store derives alike.
+    pub(crate) async fn start(
+        url: &str,
+        key: Zeroizing<[u8; 32]>,
+        shutdown: &Shutdown,
+    ) -> Result<Arc<Self>, RelayError> {
+        let key = Arc::new(MessageKey::new(key));
         let node_id = new_node_id();
         let (resync, resyncs) = watch::channel(0u64);
         gauge!(FANOUT_CONNECTED).set(0.0);
@@ -86,11 +95,18 @@ impl NatsFanout {
         let fanout = Arc::new(NatsFanout {
             client: client.clone(),
             node_id: node_id.clone(),
+            key: Arc::clone(&key),
             outbox,
             resyncs,
             dropped: AtomicU64::new(0),
         });
-        shutdown.spawn(run_outbox(client, node_id, queue, shutdown.clone()));
+        let sender = Sender {
+            client,
+            node_id,
+            key,
+            failures: 0,
+        };
+        shutdown.spawn(run_outbox(sender, queue, shutdown.clone()));
         Ok(fanout)
     }
 
@@ -218,9 +234,11 @@ impl RemoteFeed {
             return;
         };
         let incoming = match message::decode(
+            received.subject.as_str(),
             received.headers.as_ref(),
             &received.payload,
             &self.fanout.node_id,
+            &self.fanout.key,
         ) {
             Ok(incoming) => incoming,
             Err(Dropped::Own) => return,
@@ -262,27 +280,21 @@ impl RemoteFeed {
 
 /// Publishes queued messages in order until shutdown, then gives what is
 /// still queued a short time to leave.
-async fn run_outbox(
-    client: async_nats::Client,
-    node_id: String,
-    mut queue: mpsc::Receiver<Outgoing>,
-    shutdown: Shutdown,
-) {
-    let mut failures: u64 = 0;
+async fn run_outbox(mut sender: Sender, mut queue: mpsc::Receiver<Outgoing>, shutdown: Shutdown) {
     loop {
         let message = tokio::select! {
             message = queue.recv() => message,
             () = shutdown.triggered() => break,
         };
         let Some(message) = message else { return };
-        publish(&client, &node_id, message, &mut failures).await;
+        sender.publish(message).await;
     }
 
     let drain = async {
         while let Ok(message) = queue.try_recv() {
-            publish(&client, &node_id, message, &mut failures).await;
+            sender.publish(message).await;
         }
-        let _ = client.flush().await;
+        let _ = sender.client.flush().await;
     };
     if tokio::time::timeout(DRAIN_TIME, drain).await.is_err() {
         tracing::warn!(
@@ -291,27 +303,35 @@ async fn run_outbox(
     }
 }
 
-async fn publish(
-    client: &async_nats::Client,
-    node_id: &str,
-    message: Outgoing,
-    failures: &mut u64,
-) {
-    let subject = message::subject(message.session_id());
-    let event = message.event();
-    let result = client
-        .publish_with_headers(subject, message.headers(node_id), message.payload())
-        .await;
-    match result {
-        Ok(()) => counter!(FANOUT_PUBLISHED, "event" => event).increment(1),
-        Err(error) => {
-            counter!(FANOUT_PUBLISH_FAILURES, "reason" => "nats").increment(1);
-            *failures += 1;
-            if *failures <= LOGGED_FAILURES {
-                tracing::warn!(
-                    session_id = %message.session_id(), event, %error,
-                    "failed to publish to NATS: other nodes will read this from the store"
-                );
+/// The outbox task's side of the connection.
+struct Sender {
+    client: async_nats::Client,
+    node_id: String,
+    key: Arc<MessageKey>,
+    failures: u64,
+}
+
+impl Sender {
+    async fn publish(&mut self, message: Outgoing) {
+        let subject = message::subject(message.session_id());
+        let event = message.event();
+        let payload = message.payload();
+        let headers = message.headers(&subject, &payload, &self.node_id, &self.key);
+        let result = self
+            .client
+            .publish_with_headers(subject, headers, payload)
+            .await;
+        match result {
+            Ok(()) => counter!(FANOUT_PUBLISHED, "event" => event).increment(1),
+            Err(error) => {
+                counter!(FANOUT_PUBLISH_FAILURES, "reason" => "nats").increment(1);
+                self.failures += 1;
+                if self.failures <= LOGGED_FAILURES {
+                    tracing::warn!(
+                        session_id = %message.session_id(), event, %error,
+                        "failed to publish to NATS: other nodes will read this from the store"
+                    );
+                }
             }
         }
     }

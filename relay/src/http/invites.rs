@@ -7,7 +7,7 @@
 //! the challenge, the proof nor the cookie is logged.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -30,11 +30,13 @@ use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::audit::event::ACTOR_PATIENT;
 use crate::audit::{Action, Event};
 use crate::credentials::{random_token, Secret};
-use crate::invites::challenges::{BookFull, Challenge, ChallengeRejected};
+use crate::invites::challenges::{challenge_hash, random_challenge, Challenge, ChallengeRejected};
 use crate::invites::cookie::{follow_cookie, set_follow_cookie};
 use crate::listener::PeerAddr;
 use crate::metrics::{AUTH_FAILURES, INVITES_REDEEMED, INVITE_CHALLENGES, INVITE_FAILURES};
-use crate::store::{now_millis, Redemption, SessionRecord, StoreError};
+use crate::store::{
+    now_millis, NewChallenge, PresentedChallenge, Redemption, SessionRecord, StoreError,
+};
 
 /// Endpoint label of `POST /v1/invites/redeem` in the auth failure metric.
 const REDEEM: &str = "redeem_invite";
@@ -67,15 +69,23 @@ pub(crate) async fn challenge(
     let token = parse_token(&request.token)?;
     let record = redeemable_session(&state, &token).await?;
 
-    let challenge = state
-        .invites
-        .challenges
-        .issue(token.hash(), record.session_id, Instant::now())
-        .map_err(|BookFull| {
+    let challenge = random_challenge();
+    let stored = NewChallenge {
+        challenge_hash: challenge_hash(&challenge),
+        invite_token_hash: token.hash(),
+        issued_at: now_millis(),
+    };
+    match state.store.issue_challenge(stored).await {
+        Ok(()) => {}
+        Err(StoreError::InviteChallengesFull) => {
             count_failure("challenges_full");
-            tracing::error!("invite challenge book is full: refusing new challenges");
-            ApiError::Unavailable("too many invite challenges are pending: retry shortly".into())
-        })?;
+            tracing::error!("store is full of invite challenges: rejecting new challenges");
+            return Err(ApiError::Unavailable(
+                "too many invite challenges are pending: retry shortly".into(),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
 
     metrics::counter!(INVITE_CHALLENGES).increment(1);
     tracing::debug!(session_id = %record.session_id, "invite challenge issued");
@@ -123,11 +133,7 @@ pub(crate) async fn redeem(
     })?;
     let record = redeemable_session(&state, &token).await?;
 
-    state
-        .invites
-        .challenges
-        .take(&challenge, &token.hash(), Instant::now())
-        .map_err(reject_challenge)?;
+    take_challenge(&state, &challenge, &token).await?;
     verify_proof(&record, &challenge, &proof)?;
 
     let (credential, renewed) = browser_credential(&state, &record, &headers).await?;
@@ -237,6 +243,25 @@ async fn redeemable_session(state: &AppState, token: &Secret) -> Result<SessionR
         )));
     }
     Ok(record)
+}
+
+/// Removes the presented challenge from the store, whatever the outcome, and
+/// checks that it was issued for this token and has not expired.
+async fn take_challenge(
+    state: &AppState,
+    challenge: &Challenge,
+    token: &Secret,
+) -> Result<(), ApiError> {
+    let presented = PresentedChallenge {
+        challenge_hash: challenge_hash(challenge),
+        invite_token_hash: token.hash(),
+        presented_at: now_millis(),
+    };
+    match state.store.take_challenge(presented).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::InviteChallengeRejected { reason }) => Err(reject_challenge(reason)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn reject_challenge(rejected: ChallengeRejected) -> ApiError {

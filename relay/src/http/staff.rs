@@ -95,12 +95,12 @@ async fn device_claims(
         .verify_or_reload(&state.accounts.db, token, now)
         .await
         .map_err(|error| {
-        reject(
-            endpoint,
-            error.reason(),
-            "invalid or expired access token: refresh it or sign in again",
-        )
-    })?;
+            reject(
+                endpoint,
+                error.reason(),
+                "invalid or expired access token: refresh it or sign in again",
+            )
+        })?;
     let proof = single_header(headers, DPOP_HEADER).ok_or_else(|| {
         reject(
             endpoint,

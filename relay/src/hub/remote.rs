@@ -36,7 +36,7 @@ pub(crate) enum Applied {
     Retired,
 }
 
-/// What made a hub read the store for frames committed on other nodes,
+/// Cause of a hub's read of the store for frames committed on other nodes,
 /// also the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CatchUpTrigger {

@@ -510,7 +510,10 @@ async fn remote_frame_does_not_overtake_local_uncommitted_frames() {
     // Offset 0 goes to a local frame whose write waits for the store.
     let frame = sealed(&mut local, true);
     let header = FrameHeader::decode_frame(&frame).unwrap();
-    assert_eq!(hub.hub().offer(&header, &frame, 0), Offer::Accepted { offset: 0 });
+    assert_eq!(
+        hub.hub().offer(&header, &frame, 0),
+        Offer::Accepted { offset: 0 }
+    );
 
     let (header_remote, delivery) = remote(1, &sealed(&mut other, true));
     assert_eq!(

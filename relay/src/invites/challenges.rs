@@ -2,18 +2,22 @@
 //!
 //! A challenge is bound to the invite token it was issued for, is used at
 //! most once (taking it removes it, whatever the outcome) and expires after
-//! [`CHALLENGE_LIFETIME`]. The book is in memory only: after a restart the
-//! page simply asks for a new challenge. Memory stays bounded because each
-//! token keeps at most [`MAX_PER_TOKEN`] live challenges, its oldest being
-//! dropped for a new one, and the book at most [`MAX_TOTAL`].
+//! [`CHALLENGE_LIFETIME`]. Challenges live in the store's
+//! `invite_challenges` table, so every relay node on the data directory
+//! accepts a challenge that any of them issued, also after a restart. The
+//! table keeps the SHA-256 hash of each challenge in place of its bytes. It
+//! stays bounded because each token keeps at most [`MAX_PER_TOKEN`]
+//! live challenges, its oldest being dropped for a new one, and the table at
+//! most [`MAX_TOTAL`]. Issuing a challenge deletes every expired one.
+//!
+//! Expiry uses wall-clock Unix milliseconds, like every stored time, so the
+//! nodes sharing the store must agree on the clock. They run on one host.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::RngCore;
 use sealcast_protocol::api::CHALLENGE_LEN;
-use sealcast_protocol::SessionId;
+use sha2::{Digest, Sha256};
 
 use crate::credentials::CredentialHash;
 
@@ -24,7 +28,7 @@ pub(crate) const CHALLENGE_LIFETIME: Duration = Duration::from_secs(120);
 /// a rejected proof twice, so a few leave room for several tabs.
 pub(crate) const MAX_PER_TOKEN: usize = 4;
 
-/// Live challenges in the whole relay.
+/// Live challenges in the whole store, shared by every relay node.
 pub(crate) const MAX_TOTAL: usize = 50_000;
 
 /// A challenge's bytes.
@@ -32,7 +36,7 @@ pub(crate) type Challenge = [u8; CHALLENGE_LEN];
 
 /// Reason a presented challenge was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChallengeRejected {
+pub enum ChallengeRejected {
     /// Never issued, already used, or dropped for a newer one.
     Unknown,
     /// Issued more than [`CHALLENGE_LIFETIME`] ago.
@@ -52,240 +56,40 @@ impl ChallengeRejected {
     }
 }
 
-/// The book already contains [`MAX_TOTAL`] live challenges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BookFull;
-
-/// Live challenges, by value and by the invite token they were issued for.
-#[derive(Default)]
-pub(crate) struct ChallengeBook {
-    inner: Mutex<Book>,
+/// Makes a new challenge from the operating system's random number generator.
+pub(crate) fn random_challenge() -> Challenge {
+    let mut challenge = [0u8; CHALLENGE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut challenge);
+    challenge
 }
 
-#[derive(Default)]
-struct Book {
-    by_challenge: HashMap<Challenge, Pending>,
-    by_token: HashMap<CredentialHash, VecDeque<Challenge>>,
+/// Returns the SHA-256 hash that the store keeps in place of a challenge.
+pub(crate) fn challenge_hash(challenge: &Challenge) -> CredentialHash {
+    Sha256::digest(challenge).into()
 }
 
-struct Pending {
-    token_hash: CredentialHash,
-    session_id: SessionId,
-    expires_at: Instant,
-}
-
-impl ChallengeBook {
-    /// Issues a new challenge for the invite token with this hash.
-    pub(crate) fn issue(
-        &self,
-        token_hash: CredentialHash,
-        session_id: SessionId,
-        now: Instant,
-    ) -> Result<Challenge, BookFull> {
-        let mut book = self.lock();
-        if book.by_challenge.len() >= MAX_TOTAL {
-            book.purge_expired(now);
-        }
-        if book.by_challenge.len() >= MAX_TOTAL {
-            return Err(BookFull);
-        }
-        book.make_room_for(&token_hash, now);
-
-        let mut challenge = [0u8; CHALLENGE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut challenge);
-        let pending = Pending {
-            token_hash,
-            session_id,
-            expires_at: now + CHALLENGE_LIFETIME,
-        };
-        book.by_challenge.insert(challenge, pending);
-        book.by_token
-            .entry(token_hash)
-            .or_default()
-            .push_back(challenge);
-        Ok(challenge)
-    }
-
-    /// Takes a challenge presented with the invite token with this hash and
-    /// returns the session it was issued for. The challenge is gone afterwards,
-    /// also when it is rejected.
-    pub(crate) fn take(
-        &self,
-        challenge: &Challenge,
-        token_hash: &CredentialHash,
-        now: Instant,
-    ) -> Result<SessionId, ChallengeRejected> {
-        let mut book = self.lock();
-        let pending = book
-            .by_challenge
-            .remove(challenge)
-            .ok_or(ChallengeRejected::Unknown)?;
-        book.forget(&pending.token_hash, challenge);
-
-        if &pending.token_hash != token_hash {
-            return Err(ChallengeRejected::OtherInvite);
-        }
-        if now >= pending.expires_at {
-            return Err(ChallengeRejected::Expired);
-        }
-        Ok(pending.session_id)
-    }
-
-    /// Drops every expired challenge and returns how many remain.
-    pub(crate) fn purge_expired(&self, now: Instant) -> usize {
-        let mut book = self.lock();
-        book.purge_expired(now);
-        book.by_challenge.len()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Book> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Book {
-    /// Drops the token's expired challenges, then its oldest ones until a new one fits.
-    fn make_room_for(&mut self, token_hash: &CredentialHash, now: Instant) {
-        let Some(queue) = self.by_token.get_mut(token_hash) else {
-            return;
-        };
-        let mut dropped = Vec::new();
-        while let Some(oldest) = queue.front().copied() {
-            let expired = self
-                .by_challenge
-                .get(&oldest)
-                .is_none_or(|pending| now >= pending.expires_at);
-            if !expired && queue.len() < MAX_PER_TOKEN {
-                break;
-            }
-            queue.pop_front();
-            dropped.push(oldest);
-        }
-        for challenge in dropped {
-            self.by_challenge.remove(&challenge);
-        }
-    }
-
-    fn forget(&mut self, token_hash: &CredentialHash, challenge: &Challenge) {
-        if let Some(queue) = self.by_token.get_mut(token_hash) {
-            queue.retain(|queued| queued != challenge);
-            if queue.is_empty() {
-                self.by_token.remove(token_hash);
-            }
-        }
-    }
-
-    fn purge_expired(&mut self, now: Instant) {
-        self.by_challenge
-            .retain(|_, pending| now < pending.expires_at);
-        let by_challenge = &self.by_challenge;
-        self.by_token.retain(|_, queue| {
-            queue.retain(|challenge| by_challenge.contains_key(challenge));
-            !queue.is_empty()
-        });
-    }
+/// Returns [`CHALLENGE_LIFETIME`] in milliseconds, the unit of stored times.
+pub(crate) fn lifetime_millis() -> i64 {
+    i64::try_from(CHALLENGE_LIFETIME.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TOKEN: CredentialHash = [1; 32];
-    const OTHER_TOKEN: CredentialHash = [2; 32];
-
-    fn session() -> SessionId {
-        SessionId([7; 16])
+    #[test]
+    fn challenges_differ() {
+        assert_ne!(random_challenge(), random_challenge());
     }
 
     #[test]
-    fn challenge_is_single_use() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        let challenge = book.issue(TOKEN, session(), now).unwrap();
-        assert_eq!(book.take(&challenge, &TOKEN, now), Ok(session()));
-        assert_eq!(
-            book.take(&challenge, &TOKEN, now),
-            Err(ChallengeRejected::Unknown)
+    fn hash_is_sha256_of_bytes() {
+        let challenge = [5u8; CHALLENGE_LEN];
+        let expected: CredentialHash = Sha256::digest([5u8; CHALLENGE_LEN]).into();
+        assert_eq!(challenge_hash(&challenge), expected);
+        assert_ne!(
+            challenge_hash(&challenge),
+            challenge_hash(&[6u8; CHALLENGE_LEN])
         );
-    }
-
-    #[test]
-    fn challenge_expires() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        let challenge = book.issue(TOKEN, session(), now).unwrap();
-        let later = now + CHALLENGE_LIFETIME;
-        assert_eq!(
-            book.take(&challenge, &TOKEN, later),
-            Err(ChallengeRejected::Expired)
-        );
-    }
-
-    #[test]
-    fn challenge_is_bound_to_its_token() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        let challenge = book.issue(TOKEN, session(), now).unwrap();
-        assert_eq!(
-            book.take(&challenge, &OTHER_TOKEN, now),
-            Err(ChallengeRejected::OtherInvite)
-        );
-        // Presenting it with the wrong token used it up.
-        assert_eq!(
-            book.take(&challenge, &TOKEN, now),
-            Err(ChallengeRejected::Unknown)
-        );
-    }
-
-    #[test]
-    fn token_keeps_its_newest_challenges() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        let issued: Vec<Challenge> = (0..MAX_PER_TOKEN + 2)
-            .map(|_| book.issue(TOKEN, session(), now).unwrap())
-            .collect();
-        assert_eq!(book.purge_expired(now), MAX_PER_TOKEN);
-        assert_eq!(
-            book.take(&issued[0], &TOKEN, now),
-            Err(ChallengeRejected::Unknown)
-        );
-        assert_eq!(
-            book.take(&issued[MAX_PER_TOKEN + 1], &TOKEN, now),
-            Ok(session())
-        );
-    }
-
-    #[test]
-    fn purge_drops_expired_challenges() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        book.issue(TOKEN, session(), now).unwrap();
-        book.issue(OTHER_TOKEN, session(), now + Duration::from_secs(60))
-            .unwrap();
-        assert_eq!(book.purge_expired(now + CHALLENGE_LIFETIME), 1);
-        assert_eq!(book.lock().by_token.len(), 1);
-    }
-
-    #[test]
-    fn full_book_rejects_new_challenges() {
-        let book = ChallengeBook::default();
-        let now = Instant::now();
-        {
-            let mut inner = book.lock();
-            for index in 0..MAX_TOTAL {
-                let mut challenge = [0u8; CHALLENGE_LEN];
-                challenge[..8].copy_from_slice(&(index as u64).to_be_bytes());
-                let pending = Pending {
-                    token_hash: TOKEN,
-                    session_id: session(),
-                    expires_at: now + CHALLENGE_LIFETIME,
-                };
-                inner.by_challenge.insert(challenge, pending);
-            }
-        }
-        assert_eq!(book.issue(OTHER_TOKEN, session(), now), Err(BookFull));
-        // Once they expire, there is room again.
-        let later = now + CHALLENGE_LIFETIME;
-        assert!(book.issue(OTHER_TOKEN, session(), later).is_ok());
     }
 }

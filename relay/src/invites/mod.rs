@@ -1,5 +1,6 @@
-//! Invite redemption state: the challenges handed out, the per-client rate
-//! limit and the follow cookie. The HTTP handlers live in `http::invites`.
+//! Invite redemption: the rules of challenges, the per-client rate limit and
+//! the follow cookie. The HTTP handlers live in `http::invites`, and the
+//! challenges themselves in the store.
 //!
 //! A browser redeems an invite in two requests. It requests a challenge with
 //! the invite token, then sends
@@ -10,7 +11,7 @@
 //!
 //! | module | job |
 //! | --- | --- |
-//! | [`challenges`] | single-use, expiring challenges bound to a token |
+//! | [`challenges`] | limits and hashing of single-use, expiring challenges bound to a token |
 //! | [`limiter`] | per-client rate limit of the invite routes |
 //! | [`cookie`] | building and reading the follow cookie |
 
@@ -19,34 +20,33 @@ pub(crate) mod cookie;
 pub(crate) mod limiter;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use challenges::ChallengeBook;
 use limiter::ClientLimiter;
 
 use crate::shutdown::Shutdown;
 
-/// Interval between sweeps of expired challenges and idle rate-limit entries.
+/// Interval between sweeps of idle rate-limit entries.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The in-memory state of the invite routes.
+/// The in-memory state of the invite routes, which each relay node keeps
+/// for itself.
 #[derive(Default)]
 pub(crate) struct InviteState {
-    pub(crate) challenges: ChallengeBook,
     pub(crate) limiter: ClientLimiter,
 }
 
-/// Sweeps expired challenges and idle rate-limit entries until shutdown, so
-/// memory shrinks back after a burst of requests.
+/// Sweeps idle rate-limit entries until shutdown, so memory shrinks back
+/// after a burst of requests. Expired challenges are deleted from the store
+/// when the next challenge is issued.
 pub(crate) async fn run_upkeep(state: Arc<InviteState>, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
             () = shutdown.triggered() => return,
             _ = interval.tick() => {
-                let challenges = state.challenges.purge_expired(Instant::now());
                 let clients = state.limiter.sweep();
-                tracing::trace!(challenges, clients, "invite state swept");
+                tracing::trace!(clients, "invite rate limit swept");
             }
         }
     }

@@ -40,7 +40,9 @@ impl StoreFault {
             | StoreError::SequenceOutOfOrder { .. }
             | StoreError::NotEndable { .. }
             | StoreError::BrowsersExhausted { .. }
-            | StoreError::SessionEnded { .. } => StoreFault::Rejected,
+            | StoreError::SessionEnded { .. }
+            | StoreError::InviteChallengeRejected { .. }
+            | StoreError::InviteChallengesFull => StoreFault::Rejected,
             _ => StoreFault::Other,
         }
     }

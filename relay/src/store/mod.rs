@@ -12,17 +12,20 @@
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
 //! | [`paired`] | devices that joined by pairing, and their follow credentials |
+//! | [`challenges`] | invite challenges, shared by every relay node on the data directory |
 //! | [`fault`] | classes of store failure for metrics and error reasons |
 //! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
 
 pub(crate) mod audit;
 mod browsers;
+mod challenges;
 mod fault;
 mod paired;
 mod reader;
 mod schema;
 mod writer;
 
+pub(crate) use challenges::{NewChallenge, PresentedChallenge};
 pub(crate) use fault::StoreFault;
 pub(crate) use schema::BUSY_TIMEOUT;
 #[cfg(test)]
@@ -40,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::at_rest::{self, AtRestError, DatabaseKeys, KeySource};
 use crate::credentials::CredentialHash;
+use crate::invites::challenges::{ChallengeRejected, MAX_TOTAL};
 use reader::ReadPool;
 pub(crate) use writer::{Completion, WriteOp, WritePermit};
 
@@ -117,6 +121,15 @@ pub enum StoreError {
         /// The session.
         session_id: SessionId,
     },
+    /// A presented invite challenge was rejected. The store deleted it all the same.
+    #[error("invite challenge rejected ({}): request a new challenge", .reason.label())]
+    InviteChallengeRejected {
+        /// Reason for the rejection.
+        reason: ChallengeRejected,
+    },
+    /// The store already contains the maximum of live invite challenges.
+    #[error("store already contains {MAX_TOTAL} live invite challenges: retry once some expire")]
+    InviteChallengesFull,
     /// A stored value does not fit its type.
     #[error("stored {what} is invalid: the database is damaged or was edited")]
     Corrupt {
@@ -143,7 +156,10 @@ impl StoreError {
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,
-            StoreError::BrowsersExhausted { .. } | StoreError::SessionEnded { .. }
+            StoreError::BrowsersExhausted { .. }
+                | StoreError::SessionEnded { .. }
+                | StoreError::InviteChallengeRejected { .. }
+                | StoreError::InviteChallengesFull
         )
     }
 
@@ -352,6 +368,32 @@ impl Store {
     ) -> Result<Option<SessionRecord>, StoreError> {
         self.read(move |conn| paired::session_by_credential(conn, &credential_hash))
             .await
+    }
+
+    /// Stores a new invite challenge, after deleting the expired ones and
+    /// the token's oldest beyond its limit. Fails with
+    /// [`StoreError::InviteChallengesFull`] when the store has no room.
+    pub(crate) async fn issue_challenge(&self, challenge: NewChallenge) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::IssueChallenge { challenge, done })
+            .await
+    }
+
+    /// Deletes a presented invite challenge and checks that it was issued for
+    /// the presented token and has not expired. Fails with
+    /// [`StoreError::InviteChallengeRejected`] otherwise. A rejected
+    /// challenge is deleted too, so no node accepts it again.
+    pub(crate) async fn take_challenge(
+        &self,
+        presented: PresentedChallenge,
+    ) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::TakeChallenge { presented, done })
+            .await
+    }
+
+    /// Counts the stored invite challenges.
+    #[cfg(test)]
+    pub(crate) async fn challenge_count(&self) -> Result<u64, StoreError> {
+        self.read(challenges::count).await
     }
 
     /// Counts the browsers that redeemed a session's invite.

@@ -213,6 +213,9 @@ const MIGRATIONS: &[&str] = &[
     // Version 7: devices that joined a session by pairing, each with the
     // hash of its follow credential.
     super::paired::MIGRATION,
+    // Version 8: invite challenges, which every relay node on the data
+    // directory shares.
+    super::challenges::MIGRATION,
 ];
 
 /// The at-rest migration: stores the wrapped data key and seals every

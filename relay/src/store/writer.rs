@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
+use super::challenges::{self, NewChallenge, PresentedChallenge};
 use super::fault::StoreFault;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{browsers, paired};
@@ -86,6 +87,16 @@ pub(crate) enum WriteOp {
         device: Redemption,
         done: Completion,
     },
+    /// Store an invite challenge, within the limits on live challenges.
+    IssueChallenge {
+        challenge: NewChallenge,
+        done: Completion,
+    },
+    /// Delete a presented invite challenge and check it.
+    TakeChallenge {
+        presented: PresentedChallenge,
+        done: Completion,
+    },
     /// Mark a session ended and delete its browser and paired device
     /// credentials. Queued behind
     /// the session's frames.
@@ -116,6 +127,8 @@ impl WriteOp {
             | WriteOp::AppendFrame { done, .. }
             | WriteOp::RedeemInvite { done, .. }
             | WriteOp::PairDevice { done, .. }
+            | WriteOp::IssueChallenge { done, .. }
+            | WriteOp::TakeChallenge { done, .. }
             | WriteOp::EndSession { done, .. }
             | WriteOp::Audit { done, .. } => done(outcome),
             WriteOp::Stop => {}
@@ -376,6 +389,8 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
         WriteOp::PairDevice { device, .. } => paired::insert(conn, device),
+        WriteOp::IssueChallenge { challenge, .. } => challenges::insert(conn, challenge),
+        WriteOp::TakeChallenge { presented, .. } => challenges::take(conn, presented),
         WriteOp::EndSession {
             session_id,
             ended_at,

@@ -123,6 +123,21 @@ impl TestRelay {
         TestRelay::wrap(handle, dir, self.organization_id, staff)
     }
 
+    /// Starts a second relay node on this relay's data directory and signs
+    /// the clinician in on it. With the default local fan-out the two nodes
+    /// share the store and nothing else.
+    pub async fn start_node(&self, limits: Limits) -> TestRelay {
+        let config = config(self.data_dir(), limits, AccountsConfig::default());
+        let handle = start(config).await.unwrap();
+        let staff = sign_in_device(&self.http, &handle, self.data_dir(), CLINICIAN_EMAIL).await;
+        TestRelay::wrap(
+            handle,
+            self.dir.clone(),
+            self.organization_id.clone(),
+            staff,
+        )
+    }
+
     /// Creates a user of this relay's organization and signs in a new
     /// device of theirs.
     pub async fn sign_in_new_user(&self, email: &str, role: Role) -> Staff {

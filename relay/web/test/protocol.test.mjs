@@ -129,6 +129,7 @@ test('header decode rejects bad fields', async () => {
   const cases = [
     [0, 2, 'unsupported_version'],
     [1, 9, 'unknown_kind'],
+    [1, 5, 'unknown_kind'],
     [1, 0, 'unknown_kind'],
     [2, 9, 'invalid_bucket'],
     [3, 1, 'reserved_flags'],

@@ -252,6 +252,19 @@ test('receiver results match', async () => {
   }
 });
 
+test('checkpoints open and do not count as final', async () => {
+  const whole = new StreamOpener(sessionKey, sessionId);
+  const results = [];
+  for (const name of ['frame_0', 'checkpoint_frame_1', 'signed_end_frame_2']) {
+    results.push(await receiveResult(whole, bytes(name)));
+  }
+  assert.equal(results.join(' '), '0/0/verified 0/0/verified 0/0/verified');
+
+  // Opened alone, the checkpoint shows that the final frame before it is missing.
+  const late = new StreamOpener(sessionKey, sessionId);
+  assert.equal(await receiveResult(late, bytes('checkpoint_frame_1')), '1/1/unchecked');
+});
+
 async function receiveResult(opener, frame) {
   try {
     const opened = await opener.open(frame);
@@ -379,7 +392,8 @@ test('word lists agree', () => {
 });
 
 // The page does not pair devices, check stream authorship or read publisher keys from links
-// yet, so the vectors of those sections (10.7 to 10.9) are checked by the Rust crate only.
+// yet, so the vectors of those sections (10.7 to 10.9) are checked by the Rust crate, and
+// here only the checkpoint frames that the page must open.
 const LATER_SECTIONS = parseVectors(doc.slice(doc.indexOf('### 10.7'), doc.indexOf('## 11.')));
 
 // Registered last, so it runs after every test that reads vectors.
