@@ -291,6 +291,10 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// The session key could not be rotated.
+    #[error("failed to rotate the session key: {0}")]
+    KeyEpoch(#[from] sealcast_protocol::rotation::EpochError),
+
     /// A background task stopped without reporting why.
     #[error("internal error: {0}")]
     Internal(String),
@@ -311,6 +315,7 @@ impl ClientError {
             | ClientError::StreamsNotVerified
             | ClientError::KeyMismatch
             | ClientError::Pairing(_)
+            | ClientError::KeyEpoch(_)
             | ClientError::PairingRefused { .. } => exit_code::DATA,
             ClientError::InvalidArgument { .. } => exit_code::USAGE,
             ClientError::Io { .. }

@@ -5,7 +5,7 @@
 //!
 //! | path | content |
 //! | --- | --- |
-//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url) |
+//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url), and its key epoch after a rotation |
 //! | `current` | id of the session started last, so commands can omit `--session` |
 //! | `devices/<host>_<port>.device` | JSON: the device key and sign-in of one relay, see [`crate::auth::credentials`] |
 //!
@@ -51,14 +51,20 @@ pub struct StoredSession {
     pub epoch: u64,
     /// Token that goes into invite links.
     pub invite_token: SecretString,
-    /// The session key.
+    /// The session key of the newest key epoch.
     pub key: SessionKey,
+    /// Key epoch of `key`: 0 until the first rotation.
+    pub key_epoch: u32,
     /// When the session was stored, in seconds since the Unix epoch.
     pub created_unix_s: u64,
 }
 
 impl StoredSession {
-    /// Builds the invite link for this session.
+    /// Builds the invite link for this session, with the key of the newest
+    /// key epoch. Followers also need that epoch, which [`FollowInvite`]
+    /// carries.
+    ///
+    /// [`FollowInvite`]: sealcast_protocol::FollowInvite
     pub fn invite_link(&self) -> InviteLink {
         InviteLink {
             relay: self.relay.clone(),
@@ -75,6 +81,7 @@ impl std::fmt::Debug for StoredSession {
             .field("relay", &self.relay.as_str())
             .field("ca_cert", &self.ca_cert)
             .field("epoch", &self.epoch)
+            .field("key_epoch", &self.key_epoch)
             .field("created_unix_s", &self.created_unix_s)
             .finish_non_exhaustive()
     }
@@ -96,7 +103,16 @@ struct SessionRecord {
     publisher_token: Option<String>,
     invite_token: String,
     key: String,
+    /// Left out while 0, so that builds that predate key rotation still read
+    /// the file. A build that predates it rejects a file with the field,
+    /// because it would seal frames under the wrong epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    key_epoch: u32,
     created_unix_s: u64,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// A key store directory.
@@ -155,6 +171,7 @@ impl KeyStore {
             publisher_token: None,
             invite_token: session.invite_token.expose().to_string(),
             key: session.key.to_base64url(),
+            key_epoch: session.key_epoch,
             created_unix_s: session.created_unix_s,
         };
         let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&record).map_err(|err| {
@@ -319,6 +336,7 @@ fn record_to_session(record: &SessionRecord) -> Result<StoredSession, String> {
         epoch: record.epoch,
         invite_token: SecretString::new(record.invite_token.clone()),
         key: SessionKey::from_bytes(key_array),
+        key_epoch: record.key_epoch,
         created_unix_s: record.created_unix_s,
     })
 }
@@ -433,8 +451,27 @@ mod tests {
             epoch: 3,
             invite_token: SecretString::from("invite-secret-token"),
             key: SessionKey::from_bytes([0x42; 32]),
+            key_epoch: 0,
             created_unix_s: 1_700_000_000,
         }
+    }
+
+    #[test]
+    fn key_epoch_is_stored_only_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path().join("state")).unwrap();
+        let mut session = sample();
+        let path = store.save(&session).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("key_epoch"), "{text}");
+        assert_eq!(store.load(&session.session_id).unwrap().key_epoch, 0);
+
+        session.key_epoch = 2;
+        session.key = SessionKey::from_bytes([0x43; 32]);
+        store.save(&session).unwrap();
+        let loaded = store.load(&session.session_id).unwrap();
+        assert_eq!(loaded.key_epoch, 2);
+        assert_eq!(loaded.key.expose_bytes(), &[0x43; 32]);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use sealcast_client::{
 use sealcast_protocol::api::{CreateSessionRequest, CreateSessionResponse};
 use sealcast_protocol::auth::Role;
 use sealcast_protocol::dpop::DeviceKey;
-use sealcast_protocol::{InviteLink, SessionKey, TranscriptSegment};
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::{FollowInvite, InviteLink, SessionKey, TranscriptSegment};
 use thiserror::Error;
 use url::Url;
 
@@ -121,10 +122,16 @@ impl DemoSession {
 
     /// Prints the patient's link, the fingerprint words and the follow command.
     pub fn print_invitation(&self) {
-        let link = InviteLink {
-            relay: self.public_url.clone(),
-            token: self.created.invite_token.clone(),
-            key: self.key.clone(),
+        // The link names the device that signs the stream, so followers
+        // can check that the demo device wrote it.
+        let link = FollowInvite {
+            link: InviteLink {
+                relay: self.public_url.clone(),
+                token: self.created.invite_token.clone(),
+                key: self.key.clone(),
+            },
+            publisher: Some(PublisherKey::of_device(self.device.token.key())),
+            key_epoch: 0,
         }
         .to_url();
         let words = self.key.fingerprint().words().join(" ");
@@ -180,7 +187,8 @@ impl DemoSession {
             self.created.session_id,
             self.device.clone(),
             self.tls.clone(),
-        );
+        )
+        .with_identity(self.device.token.key().clone());
         Ok(Publisher::connect(config, &self.key).await?)
     }
 }

@@ -1,13 +1,16 @@
 // Entry point of the patient page served at /join.
 //
-// The invite link is /join?token=TOKEN#secret=KEY. The key lives in the fragment, which browsers
+// The invite link is /join?token=TOKEN#publisher=PUB&secret=KEY, where PUB, the clinician
+// device's public key, is optional. The key lives in the fragment, which browsers
 // never send to a server, and this module removes it from the address bar and the history as
 // its first statement. The key then stays in memory and in this tab's sessionStorage (so a
 // reload works without the fragment) until the session ends or the link proves unusable.
 
+import { importPublisherKey } from './authorship.js';
 import { FollowSession } from './connection.js';
 import {
   KEY_LEN,
+  PUBLISHER_KEY_LEN,
   decodeBase64url,
   deriveFingerprint,
   deriveInviteAuthKey,
@@ -41,6 +44,7 @@ const MESSAGES = {
   invalid_token: DAMAGED_LINK,
   invalid_secret_encoding: DAMAGED_LINK,
   invalid_secret_length: DAMAGED_LINK,
+  invalid_publisher_key: DAMAGED_LINK,
   fingerprint_mismatch: `This link does not match the session. ${NEW_LINK}`,
   already_used: `This link has already been used on another device. ${NEW_LINK}`,
   not_found: `This link is not valid or has expired. ${NEW_LINK}`,
@@ -76,6 +80,8 @@ async function start() {
 
   const sessionKey = await importSessionKey(invite.key);
   invite.key.fill(0);
+  const publisherKey =
+    invite.publisher === null ? null : await importPublisherKey(invite.publisher);
   const fingerprint = await deriveFingerprint(sessionKey);
   view.showWords(fingerprintWords(fingerprint));
 
@@ -85,6 +91,7 @@ async function start() {
     fingerprint,
     inviteAuthKey: await deriveInviteAuthKey(sessionKey),
     sessionId: invite.sessionId,
+    publisherKey,
     env: browserEnv(),
     listener: pageListener(invite.token),
   });
@@ -93,7 +100,7 @@ async function start() {
 }
 
 // Reads the key from the fragment, or after a reload from this tab's session storage. Returns
-// `{ token, key, sessionId, fromStorage }` or `{ error }` with an InviteError kind.
+// `{ token, key, publisher, sessionId, fromStorage }` or `{ error }` with an InviteError kind.
 function readInvite() {
   const stored = readStoredInvite();
   let parsed;
@@ -103,10 +110,21 @@ function readInvite() {
     return recoverFromStorage(error, stored);
   }
   const secret = encodeBase64url(parsed.key);
-  const known = stored !== null && stored.token === parsed.token && stored.secret === secret;
+  const publisher = parsed.publisher === null ? null : encodeBase64url(parsed.publisher);
+  const known =
+    stored !== null &&
+    stored.token === parsed.token &&
+    stored.secret === secret &&
+    stored.publisher === publisher;
   const sessionId = known ? stored.sessionId : null;
-  writeStoredInvite({ token: parsed.token, secret, sessionId });
-  return { token: parsed.token, key: parsed.key, sessionId, fromStorage: known };
+  writeStoredInvite({ token: parsed.token, secret, publisher, sessionId });
+  return {
+    token: parsed.token,
+    key: parsed.key,
+    publisher: parsed.publisher,
+    sessionId,
+    fromStorage: known,
+  };
 }
 
 function recoverFromStorage(error, stored) {
@@ -120,7 +138,11 @@ function recoverFromStorage(error, stored) {
   if (token !== stored.token || key === null || key.length !== KEY_LEN) {
     return { error: kind };
   }
-  return { token, key, sessionId: stored.sessionId, fromStorage: true };
+  const publisher = stored.publisher === null ? null : decodeBase64url(stored.publisher);
+  if (publisher !== null && publisher.length !== PUBLISHER_KEY_LEN) {
+    return { error: kind };
+  }
+  return { token, key, publisher, sessionId: stored.sessionId, fromStorage: true };
 }
 
 function pageListener(token) {
@@ -129,6 +151,7 @@ function pageListener(token) {
     session: ({ sessionId }) => rememberSessionId(token, sessionId),
     segment: (segment) => view.showSegment(segment),
     notice: (counters) => view.showNotices(counters),
+    authorship: (summary) => view.showAuthorship(summary),
     ended: () => {
       wipeStoredInvite();
       view.showMessage(MESSAGES.session_ended);
@@ -165,7 +188,8 @@ function readStoredInvite() {
       return null;
     }
     const sessionId = typeof value.sessionId === 'string' ? value.sessionId : null;
-    return { token: value.token, secret: value.secret, sessionId };
+    const publisher = typeof value.publisher === 'string' ? value.publisher : null;
+    return { token: value.token, secret: value.secret, publisher, sessionId };
   } catch {
     return null;
   }

@@ -5,6 +5,7 @@
 // last committed one can come again at other offsets after a relay crash. Frames already opened
 // are dropped silently. Reconnects back off exponentially with jitter, from 1 s to 30 s.
 
+import { AuthorshipVerifier, summarizeAuthorship } from './authorship.js';
 import { redeemInvite } from './invite.js';
 import { parseJson } from './json.js';
 import { StreamOpener } from './opener.js';
@@ -76,6 +77,8 @@ export function followUrl(location, epoch, from) {
  * - `session({ sessionId, epoch })`: after a redemption or a welcome, to keep for a reload.
  * - `segment(segment)`: a transcript segment that opened, as `parseSegment` returns it.
  * - `notice(counters)`: `{ failed, missedFinal, unverified, historyLost, slowConnect }`.
+ * - `authorship(summary)`: what `summarizeAuthorship` returns, at the start, after every frame
+ *   and at the end.
  * - `ended()`: the session ended. The caller must wipe the key.
  * - `failed(kind)`: the page stopped for good. Kinds are `fingerprint_mismatch`,
  *   `already_used`, `not_found`, `ended` (the invite route returned 410), `refused` and
@@ -106,14 +109,31 @@ export class FollowSession {
   #policyCloses = 0;
   #endedByRelay = false;
   #counters = { failed: 0, missedFinal: 0, unverified: 0, historyLost: false, slowConnect: false };
+  #verifier;
+  // Start times of the segment frames that wait for a signature, by stream id and sequence
+  // number, so that the page can show up to which line the transcript is signed.
+  #pendingTimes = new Map();
+  #signedUpToMs = null;
 
   /**
    * @param {object} options `token` (normalized invite token), `sessionKey` (HKDF CryptoKey),
    *   `fingerprint` (16 bytes derived from the key), `inviteAuthKey` (HMAC CryptoKey),
-   *   `sessionId` (hex, known from an earlier redemption, or null), `env` and `listener`.
+   *   `sessionId` (hex, known from an earlier redemption, or null), `publisherKey` (Ed25519
+   *   CryptoKey from `importPublisherKey`, or null when the link carries none), `env` and
+   *   `listener`.
    */
-  constructor({ token, sessionKey, fingerprint, inviteAuthKey, sessionId = null, env, listener }) {
+  constructor({
+    token,
+    sessionKey,
+    fingerprint,
+    inviteAuthKey,
+    sessionId = null,
+    publisherKey = null,
+    env,
+    listener,
+  }) {
     this.#token = token;
+    this.#verifier = new AuthorshipVerifier(publisherKey);
     this.#sessionKey = sessionKey;
     this.#fingerprint = fingerprint;
     this.#inviteAuthKey = inviteAuthKey;
@@ -128,6 +148,7 @@ export class FollowSession {
    */
   async run({ socketFirst }) {
     this.#setStatus('connecting');
+    this.#reportAuthorship(false);
     let step = socketFirst ? 'connect' : 'redeem';
     while (!this.#stopped) {
       step = step === 'redeem' ? await this.#redeemStep() : await this.#connectStep();
@@ -372,7 +393,12 @@ export class FollowSession {
       return;
     }
     this.#checkStream(opened);
-    this.#deliverContent(opened);
+    const observed = await this.#verifier.observe(delivery.frame, opened);
+    const startMs = this.#deliverContent(opened);
+    this.#trackSignedTime(opened.header, observed, startMs);
+    if (!this.#stopped) {
+      this.#reportAuthorship(false);
+    }
   }
 
   #checkStream(opened) {
@@ -386,12 +412,13 @@ export class FollowSession {
     }
   }
 
+  // Shows the frame's content and returns the segment's start time, or undefined when the frame
+  // contains no segment.
   #deliverContent(opened) {
-    // A checkpoint carries the publishing device's signature and no transcript text.
-    // NOTE: the page does not check that signature, so it cannot tell which holder of the
-    // session key sealed a stream. `sealcast follow` with the link's publisher key can.
+    // A checkpoint carries the publishing device's signature, which the verifier checked, and
+    // no transcript text.
     if (opened.header.kind === FrameKind.CHECKPOINT) {
-      return;
+      return undefined;
     }
     const isEnd = opened.header.kind === FrameKind.END_OF_SESSION;
     let content;
@@ -399,15 +426,47 @@ export class FollowSession {
       content = isEnd ? parseEndOfSession(opened.content) : parseSegment(opened.content);
     } catch {
       this.#countFailed();
-      return;
+      return undefined;
     }
     if (isEnd) {
       this.#handleEndFrame(content, opened.header);
-      return;
+      return undefined;
     }
     // The authenticated frame kind decides: the relay may drop interim frames, never final ones.
     content.final = opened.header.kind === FrameKind.FINAL;
     this.#listener.segment?.(content);
+    return content.startMs;
+  }
+
+  // Remembers when a frame that waits for a signature starts, and after a valid signature moves
+  // the start times of the frames it verified into `#signedUpToMs`.
+  #trackSignedTime(header, observed, startMs) {
+    const stream = header.streamIdHex;
+    if (observed.result === 'pending' && startMs !== undefined) {
+      if (!this.#pendingTimes.has(stream)) {
+        this.#pendingTimes.set(stream, new Map());
+      }
+      this.#pendingTimes.get(stream).set(header.seq, startMs);
+    }
+    const times = this.#pendingTimes.get(stream);
+    if (observed.result !== 'signed' || times === undefined) {
+      return;
+    }
+    for (const [seq, time] of times) {
+      if (seq <= observed.seq && !this.#verifier.isUnverified(stream, seq)) {
+        this.#signedUpToMs = Math.max(this.#signedUpToMs ?? time, time);
+        times.delete(seq);
+      }
+    }
+  }
+
+  #reportAuthorship(ended) {
+    const summary = summarizeAuthorship(this.#verifier, {
+      ended,
+      timeOf: (stream, seq) => this.#pendingTimes.get(stream)?.get(seq),
+      signedUpToMs: this.#signedUpToMs,
+    });
+    this.#listener.authorship?.(summary);
   }
 
   // The clinician device sealed the end of the session: nothing after it is opened. A stream
@@ -445,6 +504,7 @@ export class FollowSession {
   #finishEnded() {
     this.#shutDown();
     this.#setStatus('ended');
+    this.#reportAuthorship(true);
     this.#listener.ended?.();
   }
 

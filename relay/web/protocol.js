@@ -9,6 +9,7 @@
 // docs/protocol.md in the repository is the normative description.
 
 import { bytesToHex, concatBytes, decodeBase64url, encodeBase64url, toU64 } from './bytes.js';
+import { isValidPublicKey } from './ed25519.js';
 import { parseJson } from './json.js';
 import { WORDS } from './words.js';
 
@@ -81,15 +82,22 @@ export class InviteError extends Error {
 // ---------------------------------------------------------------------------------------------
 // Invite link
 
-const ESCAPED_MARKERS = ['%23secret=', '%23Secret='];
+// Escaped fragment markers and the fragment parameter each one starts.
+const ESCAPED_MARKERS = [
+  { text: '%23publisher=', parameter: 'publisher=' },
+  { text: '%23secret=', parameter: 'secret=' },
+  { text: '%23Secret=', parameter: 'secret=' },
+];
+/** Length of an Ed25519 public key in bytes. */
+export const PUBLISHER_KEY_LEN = 32;
 const WRAPPER_CHARS = /^[<>"']+|[<>"']+$/g;
 
 /**
  * Splits the parts of the page address into the fragment and the address without the key.
  *
  * Mail clients sometimes escape `#` as `%23`, which moves `secret=` into the query and sends
- * it to the server. Like the Rust parser, a `%23secret=` counts as the fragment marker when
- * the address has no real fragment. `cleanUrl` is the address to put in the address bar: path
+ * it to the server. Like the Rust parser, a `%23publisher=` or `%23secret=` counts as the
+ * fragment marker when the address has no real fragment. `cleanUrl` is the address to put in the address bar: path
  * and query, cut before any escaped marker. It only slices strings and cannot throw, so the
  * caller can remove the key from the address bar before any parsing.
  */
@@ -103,19 +111,22 @@ export function splitInviteAddress({ pathname, search, hash }) {
   const fragment = hash.startsWith('#') ? hash.slice(1) : hash;
   if (fragment === '' && marker !== null) {
     const escaped = address.slice(marker.index + marker.text.length);
-    return { fragment: `secret=${escaped}`, search: cleanSearch, cleanUrl };
+    const fragment = `${marker.parameter}${escaped}`;
+    return { fragment, search: cleanSearch, cleanUrl };
   }
   return { fragment, search: cleanSearch, cleanUrl };
 }
 
+// The escaped marker that comes first in the address, or null.
 function findEscapedMarker(address) {
-  for (const text of ESCAPED_MARKERS) {
-    const index = address.indexOf(text);
-    if (index >= 0) {
-      return { index, text };
+  let found = null;
+  for (const marker of ESCAPED_MARKERS) {
+    const index = address.indexOf(marker.text);
+    if (index >= 0 && (found === null || index < found.index)) {
+      found = { index, ...marker };
     }
   }
-  return null;
+  return found;
 }
 
 /**
@@ -123,17 +134,17 @@ function findEscapedMarker(address) {
  *
  * Tolerates what mail and chat clients do to links, like the Rust `InviteLink::parse`:
  * whitespace (also percent-encoded), wrapping `<>`, quotes, and padded or unpadded base64url.
- * Returns `{ token, key }` with the token in normalized unpadded form and the key as 32 bytes.
- * Throws an InviteError whose kind is `missing_token`, `invalid_token`, `missing_secret`,
- * `invalid_secret_encoding` or `invalid_secret_length`.
+ * Returns `{ token, key, publisher }` with the token in normalized unpadded form, the key as 32
+ * bytes and the publishing device's public key as 32 bytes, or null when the link has no
+ * `publisher=` part. Throws an InviteError whose kind is `missing_token`, `invalid_token`,
+ * `missing_secret`, `invalid_secret_encoding`, `invalid_secret_length` or
+ * `invalid_publisher_key`.
  */
 export function parseInvite({ search, fragment }) {
   const token = parseInviteToken(search);
-  const secret = fragment
-    .split('&')
-    .map(cleanLinkValue)
-    .find((part) => part.startsWith('secret='))
-    ?.slice('secret='.length);
+  const parts = fragment.split('&').map(cleanLinkValue);
+  const publisher = parsePublisherKey(parts);
+  const secret = parts.find((part) => part.startsWith('secret='))?.slice('secret='.length);
   if (!secret) {
     throw new InviteError('missing_secret', 'invite link has no #secret part');
   }
@@ -147,7 +158,23 @@ export function parseInvite({ search, fragment }) {
     const message = `invite link secret is ${length} bytes, not 32`;
     throw new InviteError('invalid_secret_length', message, length);
   }
-  return { token, key };
+  return { token, key, publisher };
+}
+
+// The first `publisher=` part of the fragment as 32 bytes, or null when there is none.
+function parsePublisherKey(parts) {
+  const text = parts.find((part) => part.startsWith('publisher='))?.slice('publisher='.length);
+  if (text === undefined) {
+    return null;
+  }
+  const bytes = decodeBase64url(text);
+  if (bytes === null || bytes.length !== PUBLISHER_KEY_LEN || !isValidPublicKey(bytes)) {
+    throw new InviteError(
+      'invalid_publisher_key',
+      'invite link publisher key is not a valid Ed25519 public key',
+    );
+  }
+  return bytes;
 }
 
 /**

@@ -1,4 +1,5 @@
-// The page's DOM: status, fingerprint words, messages, notices and the transcript list.
+// The page's DOM: status, fingerprint words, messages, notices, authorship and the transcript
+// list.
 //
 // Text from the relay or from frames only ever reaches the page through textContent and
 // attribute values, never as HTML. Final segments are announced through a polite live region;
@@ -39,6 +40,7 @@ export class PageView {
       words: byId('words'),
       message: byId('message'),
       notices: byId('notices'),
+      authorship: byId('authorship'),
       transcript: byId('transcript'),
       empty: byId('empty'),
       announcer: byId('announcer'),
@@ -69,6 +71,26 @@ export class PageView {
     const lines = noticeLines(counters);
     this.#elements.notices.textContent = lines.join(' ');
     this.#elements.notices.hidden = lines.length === 0;
+  }
+
+  /**
+   * Shows what `summarizeAuthorship` found, as `data-state` for styling and tests and as a
+   * sentence. A change of state is also announced, but the time in "signed up to" is not,
+   * because it changes with every signature.
+   */
+  showAuthorship(summary) {
+    const element = this.#elements.authorship;
+    const text = authorshipText(summary);
+    if (element.textContent === text && element.dataset.state === summary.state) {
+      return;
+    }
+    const stateChanged = element.dataset.state !== summary.state;
+    element.dataset.state = summary.state;
+    element.textContent = text;
+    element.hidden = false;
+    if (stateChanged && summary.state !== 'signed_so_far') {
+      this.#announceText(text);
+    }
   }
 
   /** Applies one segment revision to the model and the list. */
@@ -123,6 +145,10 @@ export class PageView {
         ? batch.map(spoken).join(' ')
         : `${batch.length} new lines. Latest: ${spoken(batch[batch.length - 1])}`;
 
+    this.#announceText(text);
+  }
+
+  #announceText(text) {
     const line = this.#elements.document.createElement('p');
     line.textContent = text;
     this.#elements.announcer.append(line);
@@ -221,6 +247,55 @@ export function noticeLines(counters) {
     lines.push('Still trying to connect. Check your internet connection.');
   }
   return lines;
+}
+
+const DEVICE = "the clinician's device";
+
+/** Returns the sentences that tell the patient what `summarizeAuthorship` found. */
+export function authorshipText(summary) {
+  switch (summary.state) {
+    case 'not_checkable':
+      return (
+        `This link does not contain the key of ${DEVICE}, so this page cannot check who ` +
+        'wrote the transcript.'
+      );
+    case 'waiting':
+      return `Waiting for the first lines signed by ${DEVICE}.`;
+    case 'signed_so_far':
+      return `Signed by ${DEVICE} up to the line at ${formatTime(summary.signedUpToMs)}.`;
+    case 'complete':
+      return `The transcript is complete and signed by ${DEVICE}.`;
+    default:
+      return warningText(summary);
+  }
+}
+
+function warningText(summary) {
+  const lines = ['Warning: this transcript could not be fully checked.'];
+  if (summary.nothingArrived) {
+    lines.push(`No transcript signed by ${DEVICE} arrived.`);
+  }
+  const unsigned = summary.unsigned;
+  if (unsigned !== null && unsigned.fromMs !== null) {
+    const from = formatTime(unsigned.fromMs);
+    const to = formatTime(unsigned.toMs);
+    const when = from === to ? `The line at ${from} is` : `Lines from ${from} to ${to} are`;
+    lines.push(`${when} not signed by ${DEVICE}, so someone else may have written them.`);
+  } else if (unsigned !== null) {
+    const parts = plural(Number(unsigned.frames), 'part');
+    lines.push(`${parts} of the transcript not signed by ${DEVICE} arrived.`);
+  }
+  if (summary.missingFinals > 0n) {
+    const count = plural(Number(summary.missingFinals), 'signed line');
+    lines.push(`${count} did not arrive, so the transcript has gaps.`);
+  }
+  if (summary.badSignatures > 0) {
+    lines.push(`${plural(summary.badSignatures, 'signature')} did not match ${DEVICE}.`);
+  }
+  if (summary.endNotSigned) {
+    lines.push(`The signed end of the transcript did not arrive, so its last part may be missing.`);
+  }
+  return lines.join(' ');
 }
 
 function plural(count, noun) {

@@ -2,16 +2,25 @@
 //
 // One relay serves every scenario. A clinician session publishes a consultation at a multiple
 // of its real pace while the page follows it. Mid-session the page is reloaded, and the relay
-// is killed and started again. Then come fetching a link without scripts, a wrong key, a
-// damaged link and an ended session, and last a scan of every browser request and relay log
-// line for secrets.
+// is killed and started again, and at the end the page shows that the transcript is complete
+// and signed by the clinician's device. Then come a stream forged by a second device that
+// has the session key, fetching a link without scripts, a wrong key, a damaged link and an
+// ended session, and last a scan of every browser request and relay log line for secrets.
 //
 // Run from the repository root after `cargo build --workspace --bins`:
 //   node --test tests/browser/
 // SEALCAST_UPDATE_SCREENSHOTS=1 also copies the screenshots to docs/screenshots/.
 
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { get as httpsGet } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +52,7 @@ const MESSAGES = {
   wrongKey: 'This link does not match the session. Ask the clinic for a new link.',
   damaged: 'This link is damaged or incomplete. Ask the clinic for a new link.',
   alreadyUsed: 'This link has already been used on another device. Ask the clinic for a new link.',
+  signed: "The transcript is complete and signed by the clinician's device.",
 };
 
 const consultation = chooseConsultation();
@@ -135,6 +145,55 @@ test(LIVE_TEST, { timeout: 100000 }, async () => {
   assert.ok(shown.every((segment) => segment.final), 'an interim segment was left on the page');
   const notices = page.locator('#notices');
   assert.equal(await notices.isHidden(), true, await notices.textContent());
+  assert.equal(await authorshipState(page), 'complete');
+  assert.equal(await page.locator('#authorship').textContent(), MESSAGES.signed);
+  await context.close();
+});
+
+const FORGED_TEST = 'stream forged by a second device shows a warning';
+test(FORGED_TEST, { timeout: 60000 }, async () => {
+  const clinician = join(workDir, 'clinician-signed');
+  const link = await signedInSession(clinician);
+  links.push(link);
+  assert.match(link, /#publisher=[A-Za-z0-9_-]{43}&secret=/);
+
+  const context = await traffic.newContext(browser, DESKTOP);
+  const page = await context.newPage();
+  await page.goto(link);
+  await waitForState(page, 'live');
+  const sample = repoPath('relay/demo/sample-consultation.jsonl');
+  await runCli(clinician, ['publish', sample]);
+  await page.waitForFunction(
+    () => document.getElementById('authorship')?.dataset.state === 'signed_so_far',
+  );
+  assert.match(
+    await page.locator('#authorship').textContent(),
+    /^Signed by the clinician's device up to the line at \d+:\d\d\.$/,
+  );
+
+  // A second device, signed in to the same organization, has the session key and publishes
+  // a stream that it signs with its own device key.
+  const forger = join(workDir, 'second-device');
+  await signIn(forger, relay, confirmInBrowser);
+  copySessionKeys(clinician, forger);
+  const forgedLines = join(workDir, 'forged.jsonl');
+  const forged = { speaker: 'doctor', start_ms: 600000, end_ms: 603000, text: 'Forged line.' };
+  writeFileSync(forgedLines, `${JSON.stringify(forged)}\n`);
+  await runCli(forger, ['publish', '--session', sessionIdOf(clinician), forgedLines]);
+
+  await page.waitForFunction(
+    () => document.getElementById('authorship')?.dataset.state === 'warning',
+  );
+  await runCli(clinician, ['session', 'end']);
+  await page.waitForFunction(
+    (text) => document.getElementById('message')?.textContent === text,
+    MESSAGES.ended,
+  );
+  assert.equal(await authorshipState(page), 'warning');
+  const warning = await page.locator('#authorship').textContent();
+  assert.match(warning, /^Warning: this transcript could not be fully checked\./);
+  assert.match(warning, /The line at 10:00 is not signed by the clinician's device/);
+  assert.match(warning, /1 signature did not match the clinician's device\./);
   await context.close();
 });
 
@@ -221,6 +280,28 @@ test('no key in browser requests, no secret in relay logs', async () => {
   );
   assert.deepEqual(policyErrors, [], 'the page broke its Content-Security-Policy');
 });
+
+/** Returns the `data-state` of the page's authorship line. */
+function authorshipState(page) {
+  return page.locator('#authorship').getAttribute('data-state');
+}
+
+/** Copies the stored session keys of one CLI state directory into another. */
+function copySessionKeys(fromStateDir, toStateDir) {
+  const from = join(fromStateDir, 'sessions');
+  const to = join(toStateDir, 'sessions');
+  mkdirSync(to, { recursive: true, mode: 0o700 });
+  for (const name of readdirSync(from)) {
+    copyFileSync(join(from, name), join(to, name));
+  }
+}
+
+/** Returns the id of the one session stored in a CLI state directory. */
+function sessionIdOf(stateDir) {
+  const names = readdirSync(join(stateDir, 'sessions'));
+  assert.equal(names.length, 1, `expected one stored session: ${names.join(', ')}`);
+  return names[0].split('.')[0];
+}
 
 /**
  * Kills the relay with SIGKILL mid-session, starts it again on the same port and data

@@ -1,23 +1,33 @@
 //! `sealcast follow`: follow a session from an invite link and print it.
 //!
 //! Standard output carries only the transcript. Connection changes, gaps,
-//! rejected frames and the authorship verdict of each stream go to standard
-//! error, and none of them contains key material or transcript text.
+//! rejected frames, unreadable frames of a key epoch without a key and the
+//! authorship verdict of each stream go to standard error, and none of them
+//! contains key material or transcript text.
+//!
+//! With `-` the link is the first line of standard input. Every later line
+//! is a link of the same session with the key of a later key epoch, which
+//! the follower adds while it runs.
 
-use std::io::{IsTerminal, Read, Write};
+use std::collections::BTreeSet;
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use sealcast_protocol::authorship::{PublisherKey, Verdict};
 use sealcast_protocol::{FollowInvite, TranscriptSegment};
+use tokio::sync::mpsc;
 
 use crate::error::ClientError;
-use crate::follow::{verdict, FollowEvent, FollowReport, Follower, FollowerConfig};
+use crate::follow::{verdict, FollowEvent, FollowReport, Follower, FollowerConfig, FollowerKeys};
 use crate::tls::TlsSettings;
 use crate::transcript::{Change, Transcript};
 
 /// Width of the in-place interim line when the terminal width is unknown.
 const DEFAULT_COLUMNS: usize = 80;
+
+/// Maximum length of a line of standard input taken as a link, in bytes.
+const MAX_LINK_LINE: u64 = 64 * 1024;
 
 /// Arguments of `sealcast follow`.
 // The field docs are the --help text, so they stay plain text, not rustdoc markup.
@@ -29,11 +39,18 @@ const DEFAULT_COLUMNS: usize = 80;
     device or missing. When the link carries the publisher key (publisher= in the \
     #fragment) and any stream is not verified complete, or no stream arrived, the \
     command exits with status 65 after the transcript. A link without a publisher key \
-    cannot be checked: the command then warns and exits with status 0."
+    cannot be checked: the command then warns and exits with status 0.\n\n\
+    After the clinician rotates the session key, the frames of the new key epoch can be \
+    read only with the new link, which carries epoch=N. With LINK -, every line of \
+    standard input after the first is such a link of the same session: the command \
+    adds its key and shows the frames of that epoch that arrived before it. Until \
+    then, a line on stderr names the key epoch that cannot be read, and those frames \
+    are not shown. Frames that stay unreadable make the command exit with status 65."
 )]
 pub struct FollowArgs {
-    /// The invite link, in quotes. - reads it from stdin, which keeps the key
-    /// out of the process list
+    /// The invite link, in quotes. - reads it from the first line of stdin,
+    /// which keeps the key out of the process list, and takes each later
+    /// line as the link of a rotated key
     #[arg(value_name = "LINK")]
     pub link: String,
 
@@ -60,45 +77,72 @@ pub enum OutputFormat {
 
 /// Runs `sealcast follow` until the session ends.
 pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
-    let link_text = if args.link == "-" {
-        read_link_from_stdin()?
+    let (link_text, later_links) = if args.link == "-" {
+        let mut lines = spawn_stdin_lines();
+        let first =
+            lines
+                .recv()
+                .await
+                .transpose()?
+                .ok_or_else(|| ClientError::InvalidArgument {
+                    option: "LINK",
+                    reason:
+                        "standard input ended before a link: pipe the invite link into the command"
+                            .into(),
+                })?;
+        (first, Some(lines))
     } else {
-        args.link.clone()
+        (args.link.clone(), None)
     };
     let invite = FollowInvite::parse(&link_text)?;
-    if invite.key_epoch != 0 {
-        return Err(ClientError::InvalidArgument {
-            option: "LINK",
-            reason: format!(
-                "the link's key is for key epoch {}, and this build follows key epoch 0 only",
-                invite.key_epoch
-            ),
-        });
-    }
     let tls = TlsSettings::new(args.ca_cert.as_deref())?;
-    stderr_line!(
-        "Following the session on {}. Fingerprint words: {} (check that the clinician's screen shows the same)",
-        invite.link.relay,
-        invite.link.key.fingerprint().words().join(" ")
-    );
-    follow_link(invite, tls, args.format).await
+    if invite.key_epoch == 0 {
+        stderr_line!(
+            "Following the session on {}. Fingerprint words: {} (check that the clinician's screen shows the same)",
+            invite.link.relay,
+            invite.link.key.fingerprint().words().join(" ")
+        );
+    } else {
+        stderr_line!(
+            "Following the session on {} with the key of key epoch {}.",
+            invite.link.relay,
+            invite.key_epoch
+        );
+    }
+    follow_link(invite, tls, args.format, later_links).await
 }
 
 /// Follows the session of `invite` and prints it until the session ends.
 /// The link may carry a paired device's follow token in place of the
-/// invite token. Returns [`ClientError::StreamsNotVerified`] when the link
-/// carries a publisher key and the session is not verified complete.
+/// invite token. Each line from `later_links` is a link of a rotated key,
+/// whose key the follower adds. Returns [`ClientError::StreamsNotVerified`]
+/// when the link carries a publisher key and the session is not verified
+/// complete.
 pub(crate) async fn follow_link(
     invite: FollowInvite,
     tls: TlsSettings,
     format: OutputFormat,
+    mut later_links: Option<mpsc::Receiver<Result<String, ClientError>>>,
 ) -> Result<(), ClientError> {
     let publisher = invite.publisher;
+    let first = invite.clone();
     let mut follower = Follower::start(FollowerConfig::from_invite(invite, tls))?;
+    let keys = follower.keys();
     let mut printer = Printer::new(format, publisher);
     loop {
         let event = tokio::select! {
             event = follower.next_event() => event,
+            line = next_line(&mut later_links) => {
+                match line {
+                    Some(Ok(line)) => add_link_key(&first, &line, &keys),
+                    Some(Err(err)) => {
+                        stderr_line!("warning: stopped reading links from stdin: {err}");
+                        later_links = None;
+                    }
+                    None => later_links = None,
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 printer.clear_status()?;
                 return Err(ClientError::Interrupted);
@@ -112,14 +156,58 @@ pub(crate) async fn follow_link(
 
     printer.clear_status()?;
     let report = follower.finish().await?;
-    if report.missing_final_frames > 0 || report.frames_rejected > 0 {
+    if report.missing_final_frames > 0 || report.frames_rejected > 0 || report.frames_unreadable > 0
+    {
         stderr_line!(
-            "warning: the transcript is incomplete: {} final segments missing, {} frames rejected",
+            "warning: the transcript is incomplete: {} final segments missing, {} frames rejected, {} frames unreadable without the key of their key epoch",
             report.missing_final_frames,
-            report.frames_rejected
+            report.frames_rejected,
+            report.frames_unreadable
         );
     }
     check_authorship(&report)
+}
+
+/// Waits for the next line of `lines`, or forever once there are none.
+async fn next_line(
+    lines: &mut Option<mpsc::Receiver<Result<String, ClientError>>>,
+) -> Option<Result<String, ClientError>> {
+    match lines {
+        Some(lines) => lines.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses a link of a rotated key and gives its key to the follower, when
+/// it names the relay, invite token and publisher key of the first link.
+/// A line that fails is reported on stderr and following goes on.
+fn add_link_key(first: &FollowInvite, line: &str, keys: &FollowerKeys) {
+    if line.trim().is_empty() {
+        return;
+    }
+    let invite = match FollowInvite::parse(line) {
+        Ok(invite) => invite,
+        Err(err) => {
+            stderr_line!("warning: ignored a line of stdin that is not an invite link: {err}");
+            return;
+        }
+    };
+    let same_session = invite.link.relay == first.link.relay
+        && invite.link.token == first.link.token
+        && invite.publisher == first.publisher;
+    if !same_session {
+        stderr_line!(
+            "warning: ignored the link of key epoch {}: its relay, invite token or publisher key differs from the first link, so it belongs to another session",
+            invite.key_epoch
+        );
+        return;
+    }
+    if let Err(err) = keys.add_key(invite.key_epoch, invite.link.key) {
+        stderr_line!(
+            "warning: the key of key epoch {} was not added: {err}",
+            invite.key_epoch
+        );
+    }
 }
 
 /// Fails when the link carries a publisher key and the report is not
@@ -140,13 +228,39 @@ fn check_authorship(report: &FollowReport) -> Result<(), ClientError> {
     Err(ClientError::StreamsNotVerified)
 }
 
-fn read_link_from_stdin() -> Result<String, ClientError> {
-    let mut text = String::new();
-    std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut text)
-        .map_err(|err| ClientError::io("read the invite link from", "stdin", err))?;
-    Ok(text)
+/// Reads standard input line by line on a thread. The reader stops at end
+/// of input, after a line longer than [`MAX_LINK_LINE`], or at a read error,
+/// which it passes on.
+fn spawn_stdin_lines() -> mpsc::Receiver<Result<String, ClientError>> {
+    let (sender, receiver) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut stdin = stdin.lock();
+        loop {
+            let mut line = String::new();
+            let read = (&mut stdin)
+                .take(MAX_LINK_LINE + 1)
+                .read_line(&mut line)
+                .map_err(|err| ClientError::io("read an invite link from", "stdin", err));
+            let result = match read {
+                Ok(0) => return,
+                Ok(_) if line.len() as u64 > MAX_LINK_LINE => Err(ClientError::InvalidArgument {
+                    option: "LINK",
+                    reason: format!(
+                        "a line of stdin is longer than {MAX_LINK_LINE} bytes: put one link on each line"
+                    ),
+                }),
+                Ok(_) if line.trim().is_empty() => continue,
+                Ok(_) => Ok(line),
+                Err(err) => Err(err),
+            };
+            let failed = result.is_err();
+            if sender.blocking_send(result).is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// Writes events to stdout and stderr.
@@ -159,6 +273,8 @@ struct Printer {
     live_status: bool,
     status_shown: bool,
     columns: usize,
+    /// Key epochs whose unreadable frames were reported, once each.
+    unreadable_epochs: BTreeSet<u32>,
 }
 
 impl Printer {
@@ -175,6 +291,7 @@ impl Printer {
             live_status: format == OutputFormat::Text && std::io::stdout().is_terminal(),
             status_shown: false,
             columns,
+            unreadable_epochs: BTreeSet::new(),
         }
     }
 
@@ -237,6 +354,27 @@ impl Printer {
             ),
             FollowEvent::FrameRejected { offset, reason } => {
                 stderr_line!("warning: rejected the frame at offset {offset}: {reason}");
+            }
+            FollowEvent::FrameUnreadable {
+                offset, key_epoch, ..
+            } => {
+                if self.unreadable_epochs.insert(key_epoch) {
+                    stderr_line!(
+                        "warning: frames of key epoch {key_epoch} cannot be read, from offset {offset}: the clinician rotated the session key and this device has no key of that epoch. Pass the new link (with epoch={key_epoch}) on stdin to read them"
+                    );
+                }
+            }
+            FollowEvent::KeyAdded {
+                key_epoch,
+                frames_opened,
+            } => {
+                self.unreadable_epochs.remove(&key_epoch);
+                stderr_line!(
+                    "Added the key of key epoch {key_epoch}: {frames_opened} frames that arrived before it are opened"
+                );
+            }
+            FollowEvent::KeyRejected { key_epoch, reason } => {
+                stderr_line!("warning: the key of key epoch {key_epoch} was not added: {reason}");
             }
             FollowEvent::SignatureRejected {
                 offset,

@@ -150,7 +150,7 @@ async fn offer_steps(
         .await?;
 
     let grant = KeyGrant {
-        key_epoch: 0,
+        key_epoch: session.key_epoch,
         session_id: *session_id,
         session_key: session.key.clone(),
         publisher: PublisherKey::of_device(device.token().key()),
@@ -210,12 +210,6 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
             "the relay named another session than the wrapped key".into(),
         ));
     }
-    if grant.key_epoch != 0 {
-        return Err(ClientError::ProtocolViolation(format!(
-            "the wrapped key is for key epoch {}, and this build follows key epoch 0 only",
-            grant.key_epoch
-        )));
-    }
     stderr_line!("Paired. Following session {}.", grant.session_id);
     // The publisher key came wrapped with the session key, so the relay
     // could not replace it.
@@ -228,7 +222,7 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
         publisher: Some(grant.publisher),
         key_epoch: grant.key_epoch,
     };
-    follow_link(invite, tls, args.format).await
+    follow_link(invite, tls, args.format, None).await
 }
 
 /// Runs steps 2 to 5 on the joining device and returns the completed

@@ -1,4 +1,8 @@
 //! `sealcast publish`: read a transcript and publish it to a session.
+//!
+//! On Unix, SIGUSR1 rotates the session key while publishing: the stored
+//! session gets the new key, and the new invite link goes to stderr or to
+//! the file of `--rotated-link-file`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -7,16 +11,26 @@ use clap::{Args, ValueEnum};
 use sealcast_protocol::{SessionId, TranscriptSegment};
 use tokio::sync::mpsc;
 
-use super::{open_key_store, parse_session_id};
+use super::{absolute_path, open_key_store, parse_session_id};
 use crate::auth::SignedInDevice;
 use crate::error::ClientError;
 use crate::input::merge::IdAssigner;
 use crate::input::{self, interim, jsonl, InputError, InputFormat};
+use crate::keystore::{write_private_file, KeyStore, StoredSession};
 use crate::pace::{self, Pace, Pacer};
 use crate::publish::{PublishReport, Publisher, DEFAULT_WINDOW};
 
 /// Arguments of `sealcast publish`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Rotating the session key (Unix only): send SIGUSR1 to the running command, \
+    for example `kill -USR1 PID`, with the process id that it prints at the start. It closes \
+    the current stream with a signed checkpoint, continues on a new stream under a new \
+    random key of the next key epoch, stores that key in the session file, and writes the \
+    new invite link (with epoch=N) to stderr, or to the file of --rotated-link-file. Only \
+    followers that get the new link can read what follows; give it to every follower that \
+    should keep reading, and not to a removed one."
+)]
 pub struct PublishArgs {
     /// Session to publish to [default: the session started last]
     #[arg(long, value_name = "ID", value_parser = parse_session_id)]
@@ -47,6 +61,12 @@ pub struct PublishArgs {
     /// Maximum number of frames sent but not yet acknowledged by the relay
     #[arg(long, value_name = "FRAMES", default_value_t = DEFAULT_WINDOW)]
     pub window: usize,
+
+    /// File that receives the new invite link after each key rotation
+    /// (SIGUSR1), replaced each time and readable only by this user
+    /// [default: the link goes to stderr]
+    #[arg(long, value_name = "FILE")]
+    pub rotated_link_file: Option<PathBuf>,
 
     /// Transcript files: one TextGrid per speaker (speaker from the _doctor or
     /// _patient file name suffix) or JSON Lines; - reads JSON Lines from stdin
@@ -124,16 +144,26 @@ impl SegmentSource {
 pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     let pace = args.pace()?;
     let (mut source, mut pacer) = open_source(&args, pace)?;
+    let link_file = args
+        .rotated_link_file
+        .as_deref()
+        .map(absolute_path)
+        .transpose()?;
     let store = open_key_store(state_dir)?;
-    let session = store.resolve(args.session.as_ref())?;
+    let mut session = store.resolve(args.session.as_ref())?;
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
     let mut publisher = super::session::connect_publisher(&session, &device, args.window).await?;
     // Keeps the shared access token fresh for reconnects during a long publish.
     let _refresher = device.spawn_refresher();
-    tracing::info!(session_id = %session.session_id, stream_id = %publisher.stream_id(), "publishing");
+    tracing::info!(session_id = %session.session_id, stream_id = %publisher.stream_id(), key_epoch = publisher.key_epoch(), "publishing");
+    let mut rotation = Rotation {
+        requests: RotationRequests::listen()?,
+        store: &store,
+        link_file,
+    };
 
     let published = tokio::select! {
-        result = send_all(&mut publisher, &mut source, &mut pacer) => result?,
+        result = send_all(&mut publisher, &mut source, &mut pacer, &mut rotation, &mut session) => result?,
         _ = tokio::signal::ctrl_c() => {
             stderr_line!("Interrupted: waiting for the relay to acknowledge what was sent (Ctrl-C again to quit)");
             let report = tokio::select! {
@@ -161,20 +191,119 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     Ok(())
 }
 
-/// Sends every segment at its time and returns how many final segments were sent.
+/// Sends every segment at its time and returns how many final segments
+/// were sent. A rotation request between two segments rotates the key.
 async fn send_all(
     publisher: &mut Publisher,
     source: &mut SegmentSource,
     pacer: &mut Pacer,
+    rotation: &mut Rotation<'_>,
+    session: &mut StoredSession,
 ) -> Result<u64, ClientError> {
     let mut finals = 0;
-    while let Some(segment) = source.next().await {
+    loop {
+        // Both waits are cancel-safe: a segment received from the channel
+        // or the iterator is never dropped, and waiting for its time again
+        // ends at the same instant.
+        let segment = tokio::select! {
+            segment = source.next() => segment,
+            () = rotation.requests.recv() => {
+                rotation.rotate(publisher, session).await?;
+                continue;
+            }
+        };
+        let Some(segment) = segment else {
+            return Ok(finals);
+        };
         let segment = segment?;
-        pacer.wait_for(&segment).await;
+        loop {
+            tokio::select! {
+                () = pacer.wait_for(&segment) => break,
+                () = rotation.requests.recv() => rotation.rotate(publisher, session).await?,
+            }
+        }
         publisher.publish(&segment).await?;
         finals += u64::from(segment.is_final);
     }
-    Ok(finals)
+}
+
+/// Key rotation while publishing: where requests come from and where the new key and link go.
+struct Rotation<'a> {
+    requests: RotationRequests,
+    store: &'a KeyStore,
+    link_file: Option<PathBuf>,
+}
+
+impl Rotation<'_> {
+    /// Rotates the key, stores the new key in the session file, then hands
+    /// out the new link. The key is stored first, so that `sealcast session
+    /// end` seals its end frame under the newest epoch.
+    async fn rotate(
+        &self,
+        publisher: &mut Publisher,
+        session: &mut StoredSession,
+    ) -> Result<(), ClientError> {
+        let rotated = publisher.rotate_key().await?;
+        session.key = rotated.key.clone();
+        session.key_epoch = rotated.key_epoch;
+        self.store.save(session)?;
+
+        let link = rotated.invite.to_url();
+        match &self.link_file {
+            Some(path) => {
+                write_private_file(path, format!("{link}\n").as_bytes())?;
+                stderr_line!(
+                    "Rotated the session key to key epoch {}: the new invite link is in {}. Give it only to the followers that should keep reading.",
+                    rotated.key_epoch,
+                    path.display()
+                );
+            }
+            None => {
+                stderr_line!(
+                    "Rotated the session key to key epoch {}. New invite link (it contains the new key: give it only to the followers that should keep reading):",
+                    rotated.key_epoch
+                );
+                stderr_line!("{link}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Requests to rotate the key: SIGUSR1 on Unix, none elsewhere.
+struct RotationRequests {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl RotationRequests {
+    /// Starts listening for SIGUSR1, and says so on stderr with the process id.
+    #[cfg(unix)]
+    fn listen() -> Result<Self, ClientError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signal = signal(SignalKind::user_defined1())
+            .map_err(|err| ClientError::Internal(format!("failed to listen for SIGUSR1: {err}")))?;
+        stderr_line!(
+            "Publishing. To rotate the session key, run: kill -USR1 {}",
+            std::process::id()
+        );
+        Ok(RotationRequests { signal })
+    }
+
+    // NOTE: without Unix signals there is no way yet to request a rotation.
+    #[cfg(not(unix))]
+    fn listen() -> Result<Self, ClientError> {
+        Ok(RotationRequests {})
+    }
+
+    /// Waits for the next request.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 fn print_report(report: &PublishReport, final_segments: Option<u64>) {
@@ -187,8 +316,13 @@ fn print_report(report: &PublishReport, final_segments: Option<u64>) {
     let signed = report.publisher.map_or(String::new(), |publisher| {
         format!(" signed by device key {}", publisher.to_base64url())
     });
+    let epoch = if report.key_epoch == 0 {
+        String::new()
+    } else {
+        format!(" (key epoch {})", report.key_epoch)
+    };
     stderr_line!(
-        "Published {finals}{} frames on stream {}{signed}, {acknowledged}, {} reconnects",
+        "Published {finals}{} frames, the last on stream {}{epoch}{signed}, {acknowledged}, {} reconnects",
         report.frames,
         report.stream_id,
         report.reconnects

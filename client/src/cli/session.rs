@@ -99,6 +99,7 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         epoch: created.epoch,
         invite_token: SecretString::new(created.invite_token.clone()),
         key,
+        key_epoch: 0,
         created_unix_s: now_unix_s(),
     };
     let path = store.save(&session)?;

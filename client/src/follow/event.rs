@@ -62,6 +62,33 @@ pub enum FollowEvent {
         /// Why, without any content of the frame.
         reason: String,
     },
+    /// A frame is sealed under a key epoch whose key this follower does not
+    /// hold, so it was neither opened nor shown. The follower keeps it and
+    /// opens it when that epoch's key is added with [`super::Follower::add_key`].
+    FrameUnreadable {
+        /// Session offset of the frame.
+        offset: u64,
+        /// Key epoch named in the frame's header.
+        key_epoch: u32,
+        /// Stream of the frame, when its header decodes.
+        stream_id: Option<StreamId>,
+    },
+    /// The key of a key epoch was added. The frames of that epoch that
+    /// arrived before it are opened right after, and their events follow.
+    KeyAdded {
+        /// The epoch of the key.
+        key_epoch: u32,
+        /// Frames of that epoch that had arrived before the key.
+        frames_opened: u64,
+    },
+    /// A key was not added, because its epoch is older than the follower
+    /// still accepts.
+    KeyRejected {
+        /// The epoch of the key.
+        key_epoch: u32,
+        /// Why, without any key material.
+        reason: String,
+    },
     /// A checkpoint or end frame opened, but its authorship signature does
     /// not verify under the link's publisher key, or its content is malformed.
     SignatureRejected {
@@ -108,6 +135,8 @@ pub struct FollowReport {
     pub frames_opened: u64,
     /// Frames rejected.
     pub frames_rejected: u64,
+    /// Frames of a key epoch whose key never arrived, which were not opened.
+    pub frames_unreadable: u64,
     /// Frames skipped because they were already opened before a reconnect.
     pub duplicates_skipped: u64,
     /// Final frames reported missing in gaps.

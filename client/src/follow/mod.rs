@@ -3,7 +3,7 @@
 //! A [`Follower`] connects to the relay's follow socket with the invite
 //! token, checks the relay's key fingerprint against the key in the link
 //! before it opens any frame, and opens each delivered frame with a
-//! [`sealcast_protocol::StreamOpener`]. It reports what happens as
+//! [`sealcast_protocol::rotation::EpochOpener`]. It reports what happens as
 //! [`FollowEvent`]s on a channel, which a [`crate::transcript::Transcript`]
 //! turns into the current text.
 //!
@@ -24,6 +24,16 @@
 //! the session ends, each stream's verdict arrives as a
 //! [`FollowEvent::StreamVerdict`] before [`FollowEvent::Ended`], and
 //! [`verdict::describe`] words it.
+//!
+//! After the clinician device rotates the session key, frames carry a later
+//! key epoch. [`Follower::add_key`] hands the follower that epoch's key
+//! while it runs. Frames of an epoch whose key it lacks become
+//! [`FollowEvent::FrameUnreadable`] and are held, up to 16 MiB, and opened
+//! in order once the key arrives. The grace window of docs/protocol.md,
+//! section 14.3 applies: frames of the previous epoch open only until 64
+//! frames of the newest epoch have been opened. The relay stores the
+//! fingerprint of the epoch 0 key only, so a link of a later epoch skips the
+//! fingerprint check.
 
 mod event;
 mod state;
@@ -36,7 +46,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use sealcast_protocol::api::{close, decode_delivery, FollowerEvent};
 use sealcast_protocol::authorship::PublisherKey;
-use sealcast_protocol::{FollowInvite, InviteLink};
+use sealcast_protocol::{FollowInvite, InviteLink, SessionKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,6 +54,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 pub use self::event::{FollowEvent, FollowReport};
+
 use self::state::FollowState;
 use crate::api::error_chain;
 use crate::auth::BearerToken;
@@ -60,6 +71,8 @@ use crate::ws::{self, Credential, Failure, RelaySocket};
 pub struct FollowerConfig {
     /// The parsed invite link: relay, invite token and key.
     pub link: InviteLink,
+    /// Key epoch of the link's key, 0 until the first rotation.
+    pub key_epoch: u32,
     /// The publishing device's key that streams are checked against, or
     /// `None` to check no stream and report no verdict.
     pub publisher: Option<PublisherKey>,
@@ -78,6 +91,7 @@ impl FollowerConfig {
     pub fn new(link: InviteLink, tls: TlsSettings) -> Self {
         FollowerConfig {
             link,
+            key_epoch: 0,
             publisher: None,
             tls,
             backoff: Backoff::default(),
@@ -86,12 +100,12 @@ impl FollowerConfig {
         }
     }
 
-    /// Creates a configuration from a link that may carry the publisher
-    /// key, with the defaults of [`FollowerConfig::new`]. The link's key
-    /// epoch is not checked here.
+    /// Creates a configuration from a link that may carry the publisher key
+    /// and a key epoch, with the defaults of [`FollowerConfig::new`].
     pub fn from_invite(invite: FollowInvite, tls: TlsSettings) -> Self {
         let mut config = Self::new(invite.link, tls);
         config.publisher = invite.publisher;
+        config.key_epoch = invite.key_epoch;
         config
     }
 }
@@ -100,6 +114,7 @@ impl FollowerConfig {
 #[derive(Debug)]
 pub struct Follower {
     events: mpsc::Receiver<FollowEvent>,
+    keys: FollowerKeys,
     task: Option<JoinHandle<Result<FollowReport, ClientError>>>,
 }
 
@@ -115,19 +130,35 @@ impl Follower {
             });
         }
         let (sender, events) = mpsc::channel(config.event_capacity.max(1));
+        let (keys, key_receiver) = mpsc::unbounded_channel();
         let session = FollowSession {
             relay: config.link.relay.clone(),
             auth: BearerToken::new(SecretString::new(config.link.token.clone())),
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             keepalive: config.keepalive,
-            state: FollowState::new(config.link.key.clone(), config.publisher),
+            state: FollowState::new(config.link.key.clone(), config.key_epoch, config.publisher),
             events: sender,
+            keys: key_receiver,
+            keys_open: true,
         };
         Ok(Follower {
             events,
+            keys: FollowerKeys { sender: keys },
             task: Some(tokio::spawn(session.run())),
         })
+    }
+
+    /// Gives the follower the key of another key epoch, from a new invite
+    /// link after a rotation. The follower then emits [`FollowEvent::KeyAdded`] or
+    /// [`FollowEvent::KeyRejected`].
+    pub fn add_key(&self, key_epoch: u32, key: SessionKey) -> Result<(), ClientError> {
+        self.keys.add_key(key_epoch, key)
+    }
+
+    /// Returns a handle that adds keys while another task waits for events.
+    pub fn keys(&self) -> FollowerKeys {
+        self.keys.clone()
     }
 
     /// Waits for the next event. Returns `None` once following has stopped,
@@ -159,6 +190,29 @@ impl Drop for Follower {
     }
 }
 
+/// A handle that gives a running [`Follower`] the keys of later key epochs.
+#[derive(Clone)]
+pub struct FollowerKeys {
+    sender: mpsc::UnboundedSender<(u32, SessionKey)>,
+}
+
+impl FollowerKeys {
+    /// Sends the key of `key_epoch` to the follower, which adds it before
+    /// it handles the next message from the relay. Fails once following has
+    /// stopped.
+    pub fn add_key(&self, key_epoch: u32, key: SessionKey) -> Result<(), ClientError> {
+        self.sender
+            .send((key_epoch, key))
+            .map_err(|_| ClientError::Internal("the follower already stopped".into()))
+    }
+}
+
+impl std::fmt::Debug for FollowerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowerKeys").finish_non_exhaustive()
+    }
+}
+
 /// The outcome of a connection that ended without failure.
 enum Done {
     Ended,
@@ -174,6 +228,9 @@ struct FollowSession {
     keepalive: Keepalive,
     state: FollowState,
     events: mpsc::Sender<FollowEvent>,
+    keys: mpsc::UnboundedReceiver<(u32, SessionKey)>,
+    /// Whether every [`FollowerKeys`] handle may still send.
+    keys_open: bool,
 }
 
 impl FollowSession {
@@ -251,6 +308,17 @@ impl FollowSession {
                     if ended {
                         let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
                         return Ok(Done::Ended);
+                    }
+                }
+                key = self.keys.recv(), if self.keys_open => {
+                    let Some((key_epoch, key)) = key else {
+                        self.keys_open = false;
+                        continue;
+                    };
+                    for event in self.state.add_key(key_epoch, key) {
+                        if !self.emit(event).await {
+                            return Ok(Done::ConsumerGone);
+                        }
                     }
                 }
                 _ = ping.tick() => {

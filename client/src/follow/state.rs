@@ -1,21 +1,51 @@
 //! The state a follower keeps between messages: the fingerprint check, the frame
-//! opener, the authorship verifier, resume offsets and the resume overlap. No
-//! I/O, so every rule here is tested without a network.
+//! opener with the keys of every epoch it was given, the authorship
+//! verifier, resume offsets, the resume overlap and the frames held until
+//! their epoch's key arrives. No I/O, so every rule here is tested without
+//! a network.
+
+use std::collections::VecDeque;
 
 use sealcast_protocol::authorship::{AuthorshipVerifier, Observed, PublisherKey};
+use sealcast_protocol::rotation::{EpochError, EpochOpener};
 use sealcast_protocol::{
-    EndOfSession, Fingerprint, FrameHeader, FrameKind, OpenedFrame, SessionId, SessionKey,
-    StreamOpener,
+    EndOfSession, Fingerprint, FrameHeader, FrameKind, OpenedFrame, SessionId, SessionKey, StreamId,
 };
 
 use super::{FollowEvent, FollowReport};
 use crate::error::ClientError;
 
+/// Bytes of frames held for a key epoch whose key has not arrived. Frames
+/// beyond it are dropped and stay unreadable even if the key arrives later.
+/// NOTE: 16 MiB is an estimate: tens of thousands of frames of the smallest
+/// padding bucket, far more than a consultation sends between a rotation
+/// and the new link reaching a follower.
+pub(crate) const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// A frame of a key epoch this follower has no key of yet.
+#[derive(Debug)]
+struct HeldFrame {
+    offset: u64,
+    key_epoch: u32,
+    stream_id: StreamId,
+    seq: u64,
+    frame: Vec<u8>,
+}
+
 /// A follower's state across connections.
 #[derive(Debug)]
 pub(crate) struct FollowState {
+    /// The link's key and its epoch.
     key: SessionKey,
-    opener: Option<StreamOpener>,
+    key_epoch: u32,
+    /// Keys of other epochs given before the welcome, oldest first.
+    pending_keys: Vec<(u32, SessionKey)>,
+    opener: Option<EpochOpener>,
+    /// Frames that failed to open for lack of their epoch's key, in offset order.
+    held: VecDeque<HeldFrame>,
+    held_bytes: usize,
+    /// Frames of a missing epoch dropped because `held` was full.
+    unreadable_dropped: u64,
     /// Checks every opened frame against the publisher key of the link.
     verifier: AuthorshipVerifier,
     publisher: Option<PublisherKey>,
@@ -31,12 +61,17 @@ pub(crate) struct FollowState {
 }
 
 impl FollowState {
-    /// Creates the state for a link with `key` and, when the link carries
-    /// one, the publisher key that streams are checked against.
-    pub(crate) fn new(key: SessionKey, publisher: Option<PublisherKey>) -> Self {
+    /// Creates the state for a link with `key` of `key_epoch` and, when the
+    /// link carries one, the publisher key that streams are checked against.
+    pub(crate) fn new(key: SessionKey, key_epoch: u32, publisher: Option<PublisherKey>) -> Self {
         FollowState {
             key,
+            key_epoch,
+            pending_keys: Vec::new(),
             opener: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            unreadable_dropped: 0,
             verifier: AuthorshipVerifier::new(publisher),
             publisher,
             session_id: None,
@@ -71,7 +106,9 @@ impl FollowState {
 
     /// Checks the relay's welcome. The fingerprint is compared before any
     /// frame is opened, so a wrong key is reported as such and not as
-    /// frames that fail to decrypt.
+    /// frames that fail to decrypt. The relay stores the fingerprint of the
+    /// epoch 0 key only, so a follower that started with the key of a later
+    /// epoch skips the comparison (docs/protocol.md, section 14.2).
     pub(crate) fn welcome(
         &mut self,
         session_id: SessionId,
@@ -85,7 +122,7 @@ impl FollowState {
                 "welcome fingerprint {fingerprint:?} is not 16 bytes of base64url"
             ))
         })?;
-        if relay_fingerprint != self.key.fingerprint() {
+        if self.key_epoch == 0 && relay_fingerprint != self.key.fingerprint() {
             return Err(ClientError::KeyMismatch);
         }
 
@@ -106,7 +143,7 @@ impl FollowState {
         self.epoch = Some(epoch);
         self.report.session_id = Some(session_id);
         if self.opener.is_none() {
-            self.opener = Some(StreamOpener::new(self.key.clone(), session_id));
+            self.opener = Some(self.make_opener(session_id));
         }
         self.connections += 1;
 
@@ -117,6 +154,53 @@ impl FollowState {
             session_ended: ended,
             resumed: self.connections > 1,
         })
+    }
+
+    fn make_opener(&mut self, session_id: SessionId) -> EpochOpener {
+        let mut opener = EpochOpener::new(self.key.clone(), session_id, self.key_epoch);
+        for (key_epoch, key) in std::mem::take(&mut self.pending_keys) {
+            // The opener rejects only a key older than the epoch before the
+            // link's, and such a key could open no frame.
+            if let Err(err) = opener.add_key(key_epoch, key) {
+                tracing::warn!(key_epoch, error = %err, "ignoring a key given before the welcome");
+            }
+        }
+        opener
+    }
+
+    /// Adds the key of another key epoch, then opens the held frames of
+    /// that epoch in offset order and returns their events after
+    /// [`FollowEvent::KeyAdded`].
+    pub(crate) fn add_key(&mut self, key_epoch: u32, key: SessionKey) -> Vec<FollowEvent> {
+        let Some(opener) = self.opener.as_mut() else {
+            self.pending_keys.push((key_epoch, key));
+            return vec![FollowEvent::KeyAdded {
+                key_epoch,
+                frames_opened: 0,
+            }];
+        };
+        if let Err(err) = opener.add_key(key_epoch, key) {
+            return vec![FollowEvent::KeyRejected {
+                key_epoch,
+                reason: err.to_string(),
+            }];
+        }
+
+        let (ready, waiting): (VecDeque<HeldFrame>, VecDeque<HeldFrame>) =
+            std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|held| held.key_epoch == key_epoch);
+        self.held = waiting;
+        self.held_bytes = self.held.iter().map(|held| held.frame.len()).sum();
+
+        let mut events = vec![FollowEvent::KeyAdded {
+            key_epoch,
+            frames_opened: ready.len() as u64,
+        }];
+        for held in ready {
+            events.extend(self.open_frame(held.offset, &held.frame));
+        }
+        events
     }
 
     /// Records a `committed` event.
@@ -130,9 +214,11 @@ impl FollowState {
         offset: u64,
         frame: &[u8],
     ) -> Result<Vec<FollowEvent>, ClientError> {
-        let opener = self.opener.as_mut().ok_or_else(|| {
-            ClientError::ProtocolViolation("a frame arrived before the welcome".into())
-        })?;
+        if self.opener.is_none() {
+            return Err(ClientError::ProtocolViolation(
+                "a frame arrived before the welcome".into(),
+            ));
+        }
 
         let in_overlap = self.overlap_end.is_some_and(|end| offset <= end);
         if !in_overlap {
@@ -145,14 +231,58 @@ impl FollowState {
             Ok(header) => header,
             Err(err) => return Ok(vec![self.reject(offset, err.to_string())]),
         };
-        if in_overlap && opener.already_seen(&header) {
+        let opened_before = self
+            .opener
+            .as_ref()
+            .is_some_and(|opener| opener.already_seen(&header));
+        if in_overlap && (opened_before || self.is_held(&header)) {
             self.report.duplicates_skipped += 1;
             return Ok(Vec::new());
         }
+        Ok(self.open_frame(offset, frame))
+    }
 
+    /// Opens a frame whose header decodes, holding it when its epoch's key is missing.
+    fn open_frame(&mut self, offset: u64, frame: &[u8]) -> Vec<FollowEvent> {
+        let Some(opener) = self.opener.as_mut() else {
+            return vec![self.reject(offset, "a frame arrived before the welcome".into())];
+        };
         match opener.open(frame) {
-            Ok(opened) => Ok(self.apply(offset, frame, opened)),
-            Err(err) => Ok(vec![self.reject(offset, err.to_string())]),
+            Ok(opened) => self.apply(offset, frame, opened),
+            Err(EpochError::UnknownEpoch(key_epoch)) => vec![self.hold(offset, key_epoch, frame)],
+            Err(err) => vec![self.reject(offset, err.to_string())],
+        }
+    }
+
+    fn is_held(&self, header: &FrameHeader) -> bool {
+        self.held
+            .iter()
+            .any(|held| held.stream_id == header.stream_id && held.seq == header.seq)
+    }
+
+    /// Keeps a frame of a key epoch without a key, while there is room, and
+    /// reports it as unreadable.
+    fn hold(&mut self, offset: u64, key_epoch: u32, frame: &[u8]) -> FollowEvent {
+        let header = FrameHeader::decode_frame(frame);
+        let stream_id = header.as_ref().map(|header| header.stream_id).ok();
+        match header {
+            Ok(header) if self.held_bytes + frame.len() <= MAX_HELD_BYTES => {
+                self.held_bytes += frame.len();
+                self.held.push_back(HeldFrame {
+                    offset,
+                    key_epoch,
+                    stream_id: header.stream_id,
+                    seq: header.seq,
+                    frame: frame.to_vec(),
+                });
+            }
+            _ => self.unreadable_dropped += 1,
+        }
+        tracing::debug!(offset, key_epoch, "frame of a key epoch without a key");
+        FollowEvent::FrameUnreadable {
+            offset,
+            key_epoch,
+            stream_id,
         }
     }
 
@@ -160,6 +290,7 @@ impl FollowState {
     /// stream as it stands now.
     pub(crate) fn report(&self) -> FollowReport {
         let mut report = self.report.clone();
+        report.frames_unreadable = self.unreadable_dropped + self.held.len() as u64;
         report.publisher = self.publisher;
         report.streams = self.verifier.verdicts();
         report
@@ -302,7 +433,7 @@ mod tests {
     }
 
     fn welcomed_checking(publisher: Option<PublisherKey>) -> FollowState {
-        let mut state = FollowState::new(key(), publisher);
+        let mut state = FollowState::new(key(), 0, publisher);
         let fingerprint = key().fingerprint().to_base64url();
         state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
         state
@@ -324,7 +455,7 @@ mod tests {
 
     #[test]
     fn wrong_fingerprint_fails_before_any_frame() {
-        let mut state = FollowState::new(key(), None);
+        let mut state = FollowState::new(key(), 0, None);
         let other = SessionKey::from_bytes([1; 32]).fingerprint().to_base64url();
         let err = state.welcome(SESSION, 1, &other, 0, false).unwrap_err();
         assert_eq!(err.to_string(), "key does not match this session");
@@ -642,5 +773,145 @@ mod tests {
         let mut sealer = StreamSealer::new(&key(), SessionId([8; 16]));
         let frame = sealer.seal_segment(&segment(0, 0, true)).unwrap();
         assert_eq!(kinds(&state.delivery(0, &frame).unwrap()), ["rejected"]);
+    }
+
+    fn rotated_key() -> SessionKey {
+        SessionKey::from_bytes([10; 32])
+    }
+
+    /// Seals `count` final segments, numbered from `first`, on a new stream of epoch 1.
+    fn epoch_one_frames(first: u64, count: u64) -> Vec<Vec<u8>> {
+        let mut sealer = StreamSealer::new(&rotated_key(), SESSION).with_key_epoch(1);
+        (first..first + count)
+            .map(|id| sealer.seal_segment(&segment(id, 0, true)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn frames_of_a_missing_epoch_are_unreadable() {
+        let mut state = welcomed();
+        let frames = epoch_one_frames(0, 3);
+        for (offset, frame) in frames.iter().enumerate() {
+            let events = state.delivery(offset as u64, frame).unwrap();
+            assert!(
+                matches!(
+                    events.as_slice(),
+                    [FollowEvent::FrameUnreadable { key_epoch: 1, offset: at, stream_id: Some(_) }]
+                        if *at == offset as u64
+                ),
+                "{events:?}"
+            );
+        }
+        let report = state.report();
+        assert_eq!(report.frames_unreadable, 3);
+        assert_eq!(report.frames_opened, 0);
+        assert_eq!(report.frames_rejected, 0);
+    }
+
+    #[test]
+    fn added_key_opens_held_frames_in_order() {
+        let mut state = welcomed();
+        let mut old = StreamSealer::new(&key(), SESSION);
+        let before = old.seal_segment(&segment(0, 0, true)).unwrap();
+        assert_eq!(kinds(&state.delivery(0, &before).unwrap()), ["final"]);
+        let rotated = epoch_one_frames(1, 2);
+        state.delivery(1, &rotated[0]).unwrap();
+        state.delivery(2, &rotated[1]).unwrap();
+
+        let events = state.add_key(1, rotated_key());
+        assert_eq!(
+            events[0],
+            FollowEvent::KeyAdded {
+                key_epoch: 1,
+                frames_opened: 2
+            }
+        );
+        let finals: Vec<(u64, u64)> = events
+            .iter()
+            .filter_map(|event| match event {
+                FollowEvent::SegmentFinal {
+                    offset, segment, ..
+                } => Some((*offset, segment.segment_id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finals, [(1, 1), (2, 2)]);
+
+        let after = epoch_one_frames(3, 1);
+        // A frame of a stream the follower never saw is a new stream, so
+        // its own sequence starts at 0 and it opens.
+        assert_eq!(kinds(&state.delivery(3, &after[0]).unwrap()), ["final"]);
+        let report = state.report();
+        assert_eq!(report.frames_unreadable, 0);
+        assert_eq!(report.frames_opened, 4);
+    }
+
+    #[test]
+    fn held_frame_repeated_in_resume_overlap_is_skipped() {
+        let mut state = welcomed();
+        let rotated = epoch_one_frames(0, 1);
+        state.delivery(0, &rotated[0]).unwrap();
+        state.begin_reconnect();
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
+        assert!(state.delivery(0, &rotated[0]).unwrap().is_empty());
+
+        let events = state.add_key(1, rotated_key());
+        assert_eq!(kinds(&events[1..]), ["final"]);
+        assert_eq!(state.report().duplicates_skipped, 1);
+    }
+
+    #[test]
+    fn key_older_than_the_grace_epoch_is_rejected() {
+        let mut state = FollowState::new(rotated_key(), 5, None);
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
+        let events = state.add_key(3, key());
+        assert!(
+            matches!(
+                events.as_slice(),
+                [FollowEvent::KeyRejected { key_epoch: 3, .. }]
+            ),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn later_epoch_link_skips_fingerprint() {
+        // The relay stores the fingerprint of the epoch 0 key only.
+        let mut state = FollowState::new(rotated_key(), 1, None);
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
+        let frames = epoch_one_frames(0, 1);
+        assert_eq!(kinds(&state.delivery(0, &frames[0]).unwrap()), ["final"]);
+
+        // Frames of epoch 0 are unreadable without its key.
+        let mut old = StreamSealer::new(&key(), SESSION);
+        let frame = old.seal_segment(&segment(1, 0, true)).unwrap();
+        let events = state.delivery(1, &frame).unwrap();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [FollowEvent::FrameUnreadable { key_epoch: 0, .. }]
+            ),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn key_given_before_the_welcome_is_used() {
+        let mut state = FollowState::new(key(), 0, None);
+        let events = state.add_key(1, rotated_key());
+        assert_eq!(
+            events,
+            [FollowEvent::KeyAdded {
+                key_epoch: 1,
+                frames_opened: 0
+            }]
+        );
+        let fingerprint = key().fingerprint().to_base64url();
+        state.welcome(SESSION, 1, &fingerprint, 0, false).unwrap();
+        let frames = epoch_one_frames(0, 1);
+        assert_eq!(kinds(&state.delivery(0, &frames[0]).unwrap()), ["final"]);
     }
 }

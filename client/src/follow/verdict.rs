@@ -90,11 +90,16 @@ impl FollowReport {
     }
 
     /// Returns whether the link carried a publisher key, at least one stream
-    /// arrived, and every stream is complete and signed by that key. A
-    /// session that a signing device ended carries at least its signed end,
-    /// so no stream at all is not verified.
+    /// arrived, every stream is complete and signed by that key, and no
+    /// frame stayed unreadable for lack of its key epoch's key. A session
+    /// that a signing device ended carries at least its signed end, so no
+    /// stream at all is not verified. An unreadable frame belongs to a
+    /// stream that could not be checked at all.
     pub fn is_verified_complete(&self) -> bool {
-        self.publisher.is_some() && !self.streams.is_empty() && self.streams_not_verified() == 0
+        self.publisher.is_some()
+            && !self.streams.is_empty()
+            && self.streams_not_verified() == 0
+            && self.frames_unreadable == 0
     }
 }
 

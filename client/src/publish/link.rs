@@ -29,8 +29,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request from the [`super::Publisher`] handle.
 pub(crate) enum Command {
-    /// Send a sealed frame.
-    Frame { seq: u64, frame: Vec<u8> },
+    /// Send a sealed frame of `stream_id`.
+    Frame {
+        stream_id: StreamId,
+        seq: u64,
+        frame: Vec<u8>,
+    },
     /// Close once every frame is acknowledged.
     Finish,
 }
@@ -46,6 +50,7 @@ pub(crate) struct Link {
     pub(crate) relay: Url,
     pub(crate) url: Url,
     pub(crate) session_id: SessionId,
+    /// The stream of the frame sent last, or the first stream before any frame.
     pub(crate) stream_id: StreamId,
     pub(crate) auth: Arc<dyn Authorizer>,
     pub(crate) tls: Arc<ClientConfig>,
@@ -125,9 +130,8 @@ impl Link {
                 _ = &mut sleep => return false,
                 command = self.commands.recv(), if !self.finishing && self.outbox.has_room() => {
                     match command {
-                        Some(Command::Frame { seq, frame }) => {
-                            self.outbox.push(seq, frame);
-                            self.frames += 1;
+                        Some(Command::Frame { stream_id, seq, frame }) => {
+                            self.keep(stream_id, seq, frame);
                         }
                         Some(Command::Finish) => self.finishing = true,
                         None => return true,
@@ -135,6 +139,16 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Puts a frame into the outbox before it is sent.
+    fn keep(&mut self, stream_id: StreamId, seq: u64, frame: Vec<u8>) {
+        if stream_id != self.stream_id {
+            tracing::info!(session_id = %self.session_id, previous = %self.stream_id, %stream_id, "publishing on a new stream");
+            self.stream_id = stream_id;
+        }
+        self.outbox.push(stream_id, seq, frame);
+        self.frames += 1;
     }
 
     fn report(&self) -> PublishReport {
@@ -145,6 +159,7 @@ impl Link {
             last_offset: self.outbox.last_offset(),
             reconnects: self.reconnects,
             publisher: None,
+            key_epoch: 0,
         }
     }
 
@@ -190,9 +205,8 @@ impl Link {
                 }
                 command = self.commands.recv(), if !self.finishing && self.outbox.has_room() => {
                     match command {
-                        Some(Command::Frame { seq, frame }) => {
-                            self.outbox.push(seq, frame.clone());
-                            self.frames += 1;
+                        Some(Command::Frame { stream_id, seq, frame }) => {
+                            self.keep(stream_id, seq, frame.clone());
                             socket.send(Message::binary(frame)).await.map_err(lost)?;
                         }
                         Some(Command::Finish) => self.finishing = true,

@@ -15,6 +15,13 @@
 //! unacknowledged frame in order. The relay drops the frames it already has
 //! and acknowledges them again.
 //!
+//! [`Publisher::rotate_key`] replaces the session key during the session
+//! (docs/protocol.md, section 14). It closes the current stream with a
+//! signed checkpoint and seals the following frames on a new stream under
+//! the next key epoch. It returns the invite link of the new key. Frames of the
+//! closed stream that the relay has not acknowledged stay in the outbox and
+//! are resent, still sealed under the old key, after a reconnect.
+//!
 //! Final errors, which stop publishing: HTTP 401, 403, 404 and 410 on the
 //! upgrade, close codes 4000-4003 (the relay rejected a frame), 4004 (the
 //! session ended), 4007 (another publisher connection replaced this one) and
@@ -28,7 +35,10 @@ use std::sync::Arc;
 
 use sealcast_protocol::authorship::PublisherKey;
 use sealcast_protocol::dpop::DeviceKey;
-use sealcast_protocol::{SessionId, SessionKey, StreamId, TranscriptSegment};
+use sealcast_protocol::rotation::next_epoch_key;
+use sealcast_protocol::{
+    FollowInvite, InviteLink, SessionId, SessionKey, StreamId, TranscriptSegment,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use url::Url;
@@ -42,6 +52,7 @@ use crate::endpoint;
 use crate::error::ClientError;
 use crate::keepalive::Keepalive;
 use crate::keystore::StoredSession;
+use crate::secret::SecretString;
 use crate::tls::TlsSettings;
 
 /// Default limit of unacknowledged frames.
@@ -67,6 +78,12 @@ pub struct PublisherConfig {
     /// The device identity key that signs the stream, or `None` to seal
     /// frames that followers cannot attribute to a device.
     pub identity: Option<Arc<DeviceKey>>,
+    /// Key epoch of the session key given to [`Publisher::connect`], 0
+    /// until the first rotation.
+    pub key_epoch: u32,
+    /// The session's invite token, which [`Publisher::rotate_key`] puts into
+    /// the new invite link. Without it the publisher cannot rotate.
+    pub invite_token: Option<SecretString>,
 }
 
 impl PublisherConfig {
@@ -86,6 +103,8 @@ impl PublisherConfig {
             backoff: Backoff::default(),
             keepalive: Keepalive::default(),
             identity: None,
+            key_epoch: 0,
+            invite_token: None,
         }
     }
 
@@ -96,38 +115,73 @@ impl PublisherConfig {
         self
     }
 
-    /// Creates a configuration for a stored session, authorized by `auth`,
-    /// usually the token of a [`crate::auth::SignedInDevice`].
+    /// Creates a configuration for a stored session, with its key epoch and
+    /// invite token, authorized by `auth`, usually the token of a
+    /// [`crate::auth::SignedInDevice`].
     pub fn from_session(
         session: &StoredSession,
         auth: Arc<dyn Authorizer>,
         tls: TlsSettings,
     ) -> Self {
-        Self::new(session.relay.clone(), session.session_id, auth, tls)
+        let mut config = Self::new(session.relay.clone(), session.session_id, auth, tls);
+        config.key_epoch = session.key_epoch;
+        config.invite_token = Some(session.invite_token.clone());
+        config
     }
 }
 
 /// Summary of a finished publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishReport {
-    /// The stream the frames were sealed on.
+    /// The stream the last frames were sealed on, the newest after a rotation.
     pub stream_id: StreamId,
-    /// Frames sealed and sent.
+    /// Frames sealed and sent, on every stream.
     pub frames: u64,
-    /// Highest sequence number the relay acknowledged.
+    /// Highest sequence number of `stream_id` the relay acknowledged.
     pub acknowledged_seq: Option<u64>,
-    /// Session offset of that frame.
+    /// Highest session offset the relay acknowledged.
     pub last_offset: Option<u64>,
     /// Connections made after the first.
     pub reconnects: u32,
     /// The key that signed the stream, or `None` when it was not signed.
     pub publisher: Option<PublisherKey>,
+    /// Key epoch of `stream_id`.
+    pub key_epoch: u32,
 }
 
-/// Publishes segments of one session on one stream.
+/// The outcome of [`Publisher::rotate_key`]: the new key and its invite link.
+pub struct KeyRotation {
+    /// The new key epoch.
+    pub key_epoch: u32,
+    /// The session key of the new epoch, to store and to hand to followers.
+    pub key: SessionKey,
+    /// The invite link with the new key, `epoch=` and the publisher key.
+    pub invite: FollowInvite,
+    /// The stream the rotation closed.
+    pub closed_stream: StreamId,
+    /// The stream that frames of the new epoch are sealed on.
+    pub stream_id: StreamId,
+}
+
+impl std::fmt::Debug for KeyRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRotation")
+            .field("key_epoch", &self.key_epoch)
+            .field("closed_stream", &self.closed_stream)
+            .field("stream_id", &self.stream_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Publishes segments of one session, on one stream per key epoch.
 #[derive(Debug)]
 pub struct Publisher {
     sealing: StreamSealing,
+    relay: Url,
+    session_id: SessionId,
+    key_epoch: u32,
+    identity: Option<Arc<DeviceKey>>,
+    invite_token: Option<SecretString>,
     commands: mpsc::Sender<Command>,
     link: Option<JoinHandle<Result<PublishReport, ClientError>>>,
     acknowledged: watch::Receiver<Option<u64>>,
@@ -137,7 +191,12 @@ impl Publisher {
     /// Starts a new stream and returns once the relay has welcomed the first
     /// connection, or with the error that stopped it.
     pub async fn connect(config: PublisherConfig, key: &SessionKey) -> Result<Self, ClientError> {
-        let sealing = StreamSealing::new(key, config.session_id, config.identity.as_deref());
+        let sealing = StreamSealing::new(
+            key,
+            config.session_id,
+            config.key_epoch,
+            config.identity.as_deref(),
+        );
         let (commands, command_receiver) = mpsc::channel(1);
         let (connected, connected_receiver) = oneshot::channel();
         let (acknowledged, acknowledged_receiver) = watch::channel(None);
@@ -151,7 +210,7 @@ impl Publisher {
             tls: config.tls.websocket_config()?,
             backoff: config.backoff,
             keepalive: config.keepalive,
-            outbox: Outbox::new(sealing.stream_id(), config.window),
+            outbox: Outbox::new(config.window),
             commands: command_receiver,
             connected: Some(connected),
             finishing: false,
@@ -171,15 +230,20 @@ impl Publisher {
         }
         Ok(Publisher {
             sealing,
+            relay: config.relay,
+            session_id: config.session_id,
+            key_epoch: config.key_epoch,
+            identity: config.identity,
+            invite_token: config.invite_token,
             commands,
             link: Some(link),
             acknowledged: acknowledged_receiver,
         })
     }
 
-    /// Returns the highest sequence number the relay has acknowledged so
-    /// far, which it has committed to its store, or `None` before the first
-    /// acknowledgement.
+    /// Returns the highest sequence number of the newest stream that the
+    /// relay has acknowledged so far, which it has committed to its store,
+    /// or `None` before the first acknowledgement of that stream.
     pub fn acknowledged_seq(&self) -> Option<u64> {
         *self.acknowledged.borrow()
     }
@@ -187,6 +251,62 @@ impl Publisher {
     /// Returns the id of the stream this publisher seals on.
     pub fn stream_id(&self) -> StreamId {
         self.sealing.stream_id()
+    }
+
+    /// Returns the key epoch of the stream this publisher seals on.
+    pub fn key_epoch(&self) -> u32 {
+        self.key_epoch
+    }
+
+    /// Replaces the session key, so that a follower without the new key
+    /// can read no later frame (docs/protocol.md, section 14.1).
+    ///
+    /// A signed stream is first closed with a checkpoint whose `stream_end`
+    /// is true, then the next segments go on a new stream sealed with a new
+    /// random key under the next key epoch. A stream without an identity
+    /// key has no checkpoint to close it with, so it just stops. Frames of
+    /// the closed stream still waiting for an acknowledgement are resent,
+    /// unchanged, after a reconnect. Fails without rotating when the
+    /// configuration has no invite token or the epoch cannot grow.
+    pub async fn rotate_key(&mut self) -> Result<KeyRotation, ClientError> {
+        let token = self
+            .invite_token
+            .as_ref()
+            .ok_or_else(|| {
+                ClientError::Internal(
+                    "rotating the key needs the invite token in PublisherConfig::invite_token"
+                        .into(),
+                )
+            })?
+            .expose()
+            .to_string();
+        let (key_epoch, key) = next_epoch_key(self.key_epoch)?;
+
+        let closed_stream = self.sealing.stream_id();
+        if let Some(frame) = self.sealing.seal_close()? {
+            self.send_frame(frame).await?;
+        }
+        self.sealing =
+            StreamSealing::new(&key, self.session_id, key_epoch, self.identity.as_deref());
+        self.key_epoch = key_epoch;
+        tracing::info!(session_id = %self.session_id, key_epoch, %closed_stream, stream_id = %self.sealing.stream_id(), "session key rotated");
+
+        let invite = FollowInvite {
+            link: InviteLink {
+                relay: self.relay.clone(),
+                token,
+                key: key.clone(),
+            },
+            publisher: self.sealing.publisher_key(),
+            key_epoch,
+        };
+        Ok(KeyRotation {
+            key_epoch,
+            key,
+            invite,
+            closed_stream,
+            stream_id: self.sealing.stream_id(),
+        })
     }
 
     /// Returns the key that signs this stream, or `None` when the
@@ -220,6 +340,7 @@ impl Publisher {
             Some(link) => {
                 let mut report = link.await.map_err(join_error)??;
                 report.publisher = publisher;
+                report.key_epoch = self.key_epoch;
                 Ok(report)
             }
             None => Err(ClientError::Internal(
@@ -238,7 +359,13 @@ impl Publisher {
     }
 
     async fn send_frame(&mut self, (seq, frame): SealedFrame) -> Result<(), ClientError> {
-        self.send(Command::Frame { seq, frame }).await
+        let stream_id = self.sealing.stream_id();
+        self.send(Command::Frame {
+            stream_id,
+            seq,
+            frame,
+        })
+        .await
     }
 
     async fn send(&mut self, command: Command) -> Result<(), ClientError> {

@@ -31,20 +31,22 @@ pub(crate) enum StreamSealing {
 }
 
 impl StreamSealing {
-    /// Starts a stream with a fresh random id, signed by `identity` when given.
+    /// Starts a stream with a fresh random id under the key of `key_epoch`,
+    /// signed by `identity` when given.
     pub(crate) fn new(
         key: &SessionKey,
         session_id: SessionId,
+        key_epoch: u32,
         identity: Option<&DeviceKey>,
     ) -> Self {
         match identity {
             Some(device) => StreamSealing::Authored {
-                stream: Box::new(AuthoredStream::new(key, session_id, 0, device)),
+                stream: Box::new(AuthoredStream::new(key, session_id, key_epoch, device)),
                 final_segments: 0,
                 closed: false,
             },
             None => StreamSealing::Plain {
-                sealer: Box::new(StreamSealer::new(key, session_id)),
+                sealer: Box::new(StreamSealer::new(key, session_id).with_key_epoch(key_epoch)),
                 final_segments: 0,
             },
         }
@@ -188,7 +190,7 @@ mod tests {
     fn authored_stream_adds_checkpoints_and_numbers_frames() {
         let key = SessionKey::from_bytes([5; 32]);
         let device = DeviceKey::generate().unwrap();
-        let mut sealing = StreamSealing::new(&key, SESSION, Some(&device));
+        let mut sealing = StreamSealing::new(&key, SESSION, 0, Some(&device));
         let mut frames = Vec::new();
         for id in 0..CHECKPOINT_INTERVAL as u64 {
             frames.extend(sealing.seal_segment(&segment(id)).unwrap());
@@ -212,7 +214,7 @@ mod tests {
     fn close_after_end_seals_nothing() {
         let key = SessionKey::from_bytes([5; 32]);
         let device = DeviceKey::generate().unwrap();
-        let mut sealing = StreamSealing::new(&key, SESSION, Some(&device));
+        let mut sealing = StreamSealing::new(&key, SESSION, 0, Some(&device));
         sealing.seal_segment(&segment(0)).unwrap();
         sealing.seal_end().unwrap();
         assert!(sealing.seal_close().unwrap().is_none());
@@ -222,7 +224,7 @@ mod tests {
     fn closing_checkpoint_completes_a_stream() {
         let key = SessionKey::from_bytes([5; 32]);
         let device = DeviceKey::generate().unwrap();
-        let mut sealing = StreamSealing::new(&key, SESSION, Some(&device));
+        let mut sealing = StreamSealing::new(&key, SESSION, 0, Some(&device));
         let mut frames = sealing.seal_segment(&segment(0)).unwrap();
         frames.push(sealing.seal_close().unwrap().unwrap());
         let publisher = PublisherKey::of_device(&device);
@@ -234,9 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn stream_of_a_later_epoch_carries_it_in_every_header() {
+        let key = SessionKey::from_bytes([6; 32]);
+        let device = DeviceKey::generate().unwrap();
+        for identity in [Some(&device), None] {
+            let mut sealing = StreamSealing::new(&key, SESSION, 3, identity);
+            let mut frames = sealing.seal_segment(&segment(0)).unwrap();
+            frames.push(sealing.seal_end().unwrap());
+            for (_, frame) in &frames {
+                assert_eq!(FrameHeader::decode(frame).unwrap().key_epoch, 3);
+            }
+        }
+    }
+
+    #[test]
     fn plain_stream_has_no_publisher_and_no_close() {
         let key = SessionKey::from_bytes([5; 32]);
-        let mut sealing = StreamSealing::new(&key, SESSION, None);
+        let mut sealing = StreamSealing::new(&key, SESSION, 0, None);
         assert_eq!(sealing.seal_segment(&segment(0)).unwrap().len(), 1);
         assert_eq!(sealing.publisher_key(), None);
         assert!(sealing.seal_close().unwrap().is_none());

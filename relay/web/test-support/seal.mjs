@@ -2,6 +2,9 @@
 // tests can build frames the page has never seen. vectors.test.mjs checks that it reproduces
 // the document's frames byte for byte. The page itself never seals.
 
+import { encodeStatement } from '../authorship.js';
+import { encodeBase64url } from '../bytes.js';
+
 const encoder = new TextEncoder();
 const HEADER_LEN = 88;
 
@@ -49,7 +52,31 @@ export function segmentJson({ segmentId, revision, speaker, startMs, endMs, text
   return `{${fields.join(',')}}`;
 }
 
-/** Seals the frames of one stream, keeping sequence number, final count and hash chain. */
+/**
+ * Imports a 32-byte Ed25519 secret for signing. WebCrypto imports private keys as JWK or
+ * PKCS #8 only, and the JWK needs the public key too.
+ */
+export async function importSigningKey(secret, publicKey) {
+  const jwk = {
+    kty: 'OKP',
+    crv: 'Ed25519',
+    d: encodeBase64url(secret),
+    x: encodeBase64url(publicKey),
+  };
+  return crypto.subtle.importKey('jwk', jwk, { name: 'Ed25519' }, false, ['sign']);
+}
+
+/** Makes a random Ed25519 key pair: `{ signingKey, publicKey }` with the public key's bytes. */
+export async function generateSigningKey() {
+  const pair = await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify']);
+  const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
+  return { signingKey: pair.privateKey, publicKey };
+}
+
+/**
+ * Seals the frames of one stream, keeping sequence number, final count and hash chain, and the
+ * hashes of the frames since the last signature for signed checkpoints and ends.
+ */
 export class TestStream {
   #key;
   #sessionId;
@@ -57,6 +84,8 @@ export class TestStream {
   #seq = 0n;
   #finalCount = 0n;
   #prevHash = new Uint8Array(32);
+  #firstUnsigned = 0n;
+  #unsignedHashes = [];
 
   /**
    * Starts a stream. `firstPrevHash` replaces the zero hash of frame 0, to build a frame that
@@ -81,11 +110,56 @@ export class TestStream {
     return this.seal(3, `{"final_segments":${finalSegments}}`);
   }
 
+  /** The sequence number the next frame gets. */
+  get nextSeq() {
+    return this.#seq;
+  }
+
+  /**
+   * Seals a signed checkpoint (kind 4) or end (kind 3, with `finalSegments`) that lists every
+   * frame since the last signature. `change(content, statement)` may alter the content object
+   * or the statement before signing, to build checkpoints a correct publisher never seals.
+   */
+  async sealSigned(signingKey, { kind = 4, streamEnd = false, finalSegments, change } = {}) {
+    const content = {};
+    if (kind === 3) {
+      content.final_segments = finalSegments;
+    }
+    content.first_seq = this.#firstUnsigned;
+    content.frames = encodeBase64url(concat(this.#unsignedHashes));
+    content.stream_end = kind === 3 || streamEnd;
+    const statement = {
+      header: {
+        sessionId: this.#sessionId,
+        streamId: this.#streamId,
+        keyEpoch: 0,
+        seq: this.#seq,
+        kind,
+        finalCount: this.#finalCount + (kind === 3 ? 1n : 0n),
+        prevHash: this.#prevHash,
+      },
+      firstSeq: this.#firstUnsigned,
+      closesStream: content.stream_end,
+      frameHashes: [...this.#unsignedHashes],
+    };
+    change?.(content, statement);
+    const message = await encodeStatement(statement);
+    const signature = new Uint8Array(await crypto.subtle.sign('Ed25519', signingKey, message));
+    content.signature ??= encodeBase64url(signature);
+    const fields = Object.entries(content).map(
+      ([name, value]) => `${JSON.stringify(name)}:${JSON.stringify(value, bigintAsNumber)}`,
+    );
+    const frame = await this.seal(kind, `{${fields.join(',')}}`);
+    this.#firstUnsigned = this.#seq;
+    this.#unsignedHashes = [];
+    return frame;
+  }
+
   /** Seals content text with a frame kind byte. */
   async seal(kind, contentText) {
     const content = encoder.encode(contentText);
     const bucket = bucketFor(content.length);
-    const finalCount = this.#finalCount + (kind === 1 ? 0n : 1n);
+    const finalCount = this.#finalCount + (kind === 2 || kind === 3 ? 1n : 0n);
     const header = encodeHeader({
       kind,
       bucket,
@@ -108,6 +182,22 @@ export class TestStream {
     this.#seq += 1n;
     this.#finalCount = finalCount;
     this.#prevHash = new Uint8Array(await crypto.subtle.digest('SHA-256', frame));
+    this.#unsignedHashes.push(this.#prevHash);
     return frame;
   }
+}
+
+function concat(arrays) {
+  const out = new Uint8Array(arrays.reduce((sum, array) => sum + array.length, 0));
+  let offset = 0;
+  for (const array of arrays) {
+    out.set(array, offset);
+    offset += array.length;
+  }
+  return out;
+}
+
+// JSON.stringify cannot write BigInt, and sequence numbers in these tests fit a Number.
+function bigintAsNumber(_name, value) {
+  return typeof value === 'bigint' ? Number(value) : value;
 }

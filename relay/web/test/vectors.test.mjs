@@ -7,6 +7,14 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import {
+  AuthorshipVerifier,
+  CHECKPOINT_LABEL,
+  describeVerdict,
+  encodeStatement,
+  importPublisherKey,
+  parseSignedContent,
+} from '../authorship.js';
 import { redeemInvite } from '../invite.js';
 import { parseJson } from '../json.js';
 import { StreamOpener } from '../opener.js';
@@ -33,7 +41,7 @@ import {
   unpad,
 } from '../protocol.js';
 import { WORDS } from '../words.js';
-import { TestStream, segmentJson } from '../test-support/seal.mjs';
+import { TestStream, importSigningKey, segmentJson } from '../test-support/seal.mjs';
 
 // Document parsing, in the block format that protocol/tests/vectors.rs reads too.
 
@@ -391,16 +399,79 @@ test('word lists agree', () => {
   assert.equal(new Set(WORDS).size, 256);
 });
 
-// The page does not pair devices, check stream authorship or read publisher keys from links
-// yet, so the vectors of those sections (10.7 to 10.9) are checked by the Rust crate, and
-// here only the checkpoint frames that the page must open.
-const LATER_SECTIONS = parseVectors(doc.slice(doc.indexOf('### 10.7'), doc.indexOf('## 11.')));
+// Authorship (section 10.8): the signed statements, contents and frames, and the verdicts.
+
+const SIGNED = [
+  { name: 'checkpoint', seq: 1, kind: 4 },
+  { name: 'signed_end', seq: 2, kind: 3 },
+];
+
+test('checkpoint statements and signatures match', async () => {
+  assert.equal(vector('checkpoint_label'), CHECKPOINT_LABEL);
+  const publisher = await importPublisherKey(bytes('publisher_key'));
+  const opener = new StreamOpener(sessionKey, sessionId);
+  await opener.open(bytes('frame_0'));
+  for (const { name, seq, kind } of SIGNED) {
+    const opened = await opener.open(bytes(`${name}_frame_${seq}`));
+    assert.equal(opened.header.kind, kind, name);
+    assert.equal(new TextDecoder().decode(opened.content), vector(`${name}_content_${seq}`));
+    const { statement, signature } = parseSignedContent(opened);
+    assert.equal(bytesToHex(await encodeStatement(statement)), vector(`${name}_statement_${seq}`));
+    assert.equal(bytesToHex(signature), vector(`${name}_signature_${seq}`));
+    const message = await encodeStatement(statement);
+    assert.ok(await crypto.subtle.verify('Ed25519', publisher, signature, message), name);
+  }
+});
+
+test('test sealer reproduces the signed frames', async () => {
+  const signingKey = await importSigningKey(bytes('publisher_secret'), bytes('publisher_key'));
+  const stream = await TestStream.create(bytes('session_key'), sessionId, streamId);
+  assert.equal(bytesToHex(await stream.seal(2, plaintexts[0])), vector('frame_0'));
+  const checkpoint = await stream.sealSigned(signingKey);
+  assert.equal(bytesToHex(checkpoint), vector('checkpoint_frame_1'));
+  const end = await stream.sealSigned(signingKey, { kind: 3, finalSegments: 1 });
+  assert.equal(bytesToHex(end), vector('signed_end_frame_2'));
+});
+
+test('authorship verdicts match', async () => {
+  const frames = [bytes('frame_0'), bytes('checkpoint_frame_1'), bytes('signed_end_frame_2')];
+  const publisher = await importPublisherKey(bytes('publisher_key'));
+  const names = [...vectors.keys()].filter((name) => name.startsWith('authorship_'));
+  assert.equal(names.length, 5);
+  for (const name of names) {
+    const opener = new StreamOpener(sessionKey, sessionId);
+    const verifier = new AuthorshipVerifier(publisher);
+    for (const digit of name.slice('authorship_'.length).split('_')) {
+      const frame = frames[Number(digit)];
+      await verifier.observe(frame, await opener.open(frame));
+    }
+    const verdict = verifier.verdict(vector('stream_id'));
+    assert.equal(describeVerdict(verdict), vector(name), name);
+  }
+});
+
+test('links with a publisher key parse', () => {
+  assert.equal(encodeBase64url(bytes('publisher_key')), vector('publisher_key_base64url'));
+  const invite = parseInvite(splitInviteAddress(new URL(vector('invite_link_publisher'))));
+  assert.equal(invite.token, vector('invite_token'));
+  assert.equal(bytesToHex(invite.key), vector('session_key'));
+  assert.equal(bytesToHex(invite.publisher), vector('publisher_key'));
+
+  // The page does not rotate keys, but it reads the key and publisher of a rotated link.
+  const rotated = parseInvite(splitInviteAddress(new URL(vector('invite_link_epoch_1'))));
+  assert.equal(encodeBase64url(rotated.key), vector('rotated_session_key_base64url'));
+  assert.equal(bytesToHex(rotated.publisher), vector('publisher_key'));
+});
+
+// The page does not pair devices, so the vectors of section 10.7 are checked by the Rust crate
+// only, except the publisher secret, which signs the authorship vectors.
+const PAIRING_SECTION = parseVectors(doc.slice(doc.indexOf('### 10.7'), doc.indexOf('### 10.8')));
 
 // Registered last, so it runs after every test that reads vectors.
 test('every vector is checked', () => {
-  assert.ok(LATER_SECTIONS.size > 0, 'sections 10.7 to 10.9 hold no vectors');
+  assert.ok(PAIRING_SECTION.size > 0, 'section 10.7 holds no vectors');
   const unchecked = [...vectors.keys()].filter(
-    (name) => !used.has(name) && !LATER_SECTIONS.has(name),
+    (name) => !used.has(name) && !PAIRING_SECTION.has(name),
   );
   assert.deepEqual(unchecked, [], 'vectors this suite does not check yet');
 });
