@@ -29,6 +29,10 @@ fi
 if [[ ! -x /usr/bin/chromium ]]; then
     install_debian_package chromium
 fi
+# The cluster tests start their own servers from Debian's nats-server package.
+if [[ ! -x /usr/sbin/nats-server ]]; then
+    install_debian_package nats-server
+fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo build --workspace --bins --locked
@@ -37,6 +41,10 @@ cargo build --workspace --bins --locked
 # duplicated, missing or undecryptable frame. About 10 s on two cores.
 ./target/debug/sealcast-loadtest --clinics 50 --followers 2 --rate 5 --warmup 1s \
     --duration 5s --no-progress --out target/loadtest-smoke
+# The same against three relay nodes that fan out through NATS, with
+# followers on other nodes than the publishers. About 15 s on two cores.
+SEALCAST_BIN_DIR=target/debug bash scripts/cluster-loadtest.sh --clinics 20 --followers 2 \
+    --rate 5 --warmup 1s --duration 5s --no-progress --out target/loadtest-cluster-smoke
 cargo test --workspace --locked
 node --test relay/web/test/
 # The patient page in headless Chromium against the real relay and CLI, about 40 s.

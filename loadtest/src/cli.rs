@@ -80,19 +80,34 @@ pub struct RunArgs {
     pub mode: Mode,
 
     /// Base URL of a running relay, for example https://127.0.0.1:8443. Without it
-    /// the harness starts a relay with a temporary data directory.
-    #[arg(long, env = "SEALCAST_RELAY")]
-    pub relay: Option<String>,
+    /// the harness starts a relay with a temporary data directory. Repeat it,
+    /// or separate URLs with commas, for the nodes of one cluster: publishers
+    /// and session requests go to the first URL, which must be the nodes'
+    /// public URL, and followers go to the others in turn.
+    #[arg(
+        long,
+        env = "SEALCAST_RELAY",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub relay: Vec<String>,
     /// Key store folder of `sealcast` holding a clinician device signed in to
     /// the running relay given by --relay [default: the sealcast CLI's own].
     #[arg(long, env = "SEALCAST_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// PEM file with the CA certificate that signed the running relay's certificate.
+    /// Data directory of the running relay, on this machine and without a
+    /// mail server: the harness then creates a clinician there and signs it
+    /// in through the relay's outbox folder, in place of --state-dir.
+    #[arg(long, value_name = "DIR", conflicts_with = "state_dir")]
+    pub relay_data_dir: Option<PathBuf>,
+    /// PEM file with the CA certificate that signed the running relay's
+    /// certificate [default with --relay-data-dir: its dev-cert.pem].
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// Process id of the running relay, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    pub relay_pid: Option<u32>,
+    /// Process id of the running relay, to read its CPU time and memory from
+    /// /proc. Repeat it for the nodes of a cluster to report their sum.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub relay_pid: Vec<u32>,
     /// Placement of a relay the harness starts.
     #[arg(long, value_enum, default_value_t = Placement::InProcess)]
     pub relay_process: Placement,
@@ -219,6 +234,18 @@ impl RunArgs {
                 "connections mode runs in one process: omit --processes or use --mode run or ramp",
             );
         }
+        if self.relay.is_empty() && self.relay_data_dir.is_some() {
+            return invalid(
+                "--relay-data-dir",
+                "applies to a running relay only: pass its URL with --relay",
+            );
+        }
+        if self.relay.is_empty() && !self.relay_pid.is_empty() {
+            return invalid(
+                "--relay-pid",
+                "applies to a running relay only: pass its URL with --relay",
+            );
+        }
         if self.connect_concurrency == 0 {
             return invalid("--connect-concurrency", "must be at least 1");
         }
@@ -276,6 +303,32 @@ mod tests {
     }
 
     #[test]
+    fn relay_repeats_for_cluster_nodes() {
+        let cli = Cli::try_parse_from([
+            "sealcast-loadtest",
+            "--relay",
+            "https://localhost:8443",
+            "--relay",
+            "https://localhost:8444,https://localhost:8445",
+            "--relay-pid",
+            "10,11",
+            "--relay-pid",
+            "12",
+        ])
+        .unwrap();
+        cli.run.validate().unwrap();
+        assert_eq!(
+            cli.run.relay,
+            [
+                "https://localhost:8443",
+                "https://localhost:8444",
+                "https://localhost:8445"
+            ]
+        );
+        assert_eq!(cli.run.relay_pid, [10, 11, 12]);
+    }
+
+    #[test]
     fn fail_on_loss_can_be_turned_off() {
         let cli = Cli::try_parse_from(["sealcast-loadtest", "--fail-on-loss", "false"]).unwrap();
         assert!(!cli.run.fail_on_loss);
@@ -289,6 +342,8 @@ mod tests {
             vec!["sealcast-loadtest", "--clinics", "0"],
             vec!["sealcast-loadtest", "--mode", "ramp", "--ramp-factor", "1"],
             vec!["sealcast-loadtest", "--processes", "0"],
+            vec!["sealcast-loadtest", "--relay-pid", "10"],
+            vec!["sealcast-loadtest", "--relay-data-dir", "/tmp"],
             vec![
                 "sealcast-loadtest",
                 "--mode",

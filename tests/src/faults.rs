@@ -203,6 +203,27 @@ pub fn assert_follower_complete(
     );
 }
 
+/// Checks that a follower opened every frame at offsets 0 to `last_offset`,
+/// once each and in order, interim frames included. This holds for a session
+/// with one publisher, whose frames take every offset.
+pub fn assert_every_offset_once(who: &str, outcome: &FollowOutcome, last_offset: u64) {
+    let missing: Vec<u64> = (0..=last_offset)
+        .filter(|offset| !outcome.opened.contains(offset))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: {} offsets never opened, the first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let expected: Vec<u64> = (0..=last_offset).collect();
+    assert!(
+        outcome.opened == expected,
+        "{who}: opened {} frames for offsets 0 to {last_offset}: some arrived twice or out of order",
+        outcome.opened.len()
+    );
+}
+
 /// Checks that the relay's output contains none of the consultation's
 /// segment texts of 16 characters or more.
 pub fn assert_no_text_in_output(output: &[u8], consultation: &Consultation) {

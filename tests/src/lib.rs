@@ -8,6 +8,8 @@
 //! Authorship tests put a proxy that withholds a stream's last frames
 //! between a follower and the relay.
 //! Tests of hostile networks open many slow or half-finished connections.
+//! Cluster tests run several relay nodes on one data directory, with a NATS
+//! server of their own and a TCP load balancer in front.
 //!
 //! The tests themselves live in `tests/tests/`, one file per behaviour.
 
@@ -16,12 +18,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod audit;
+pub mod balancer;
 pub mod blackhole;
+pub mod cluster;
 pub mod faults;
 pub mod key_swap_proxy;
 pub mod leaks;
 pub mod memory;
 pub mod metrics;
+pub mod nats;
 pub mod process;
 pub mod raw_socket;
 pub mod raw_tls;

@@ -83,6 +83,30 @@ impl RelayProcess {
         self.child.id()
     }
 
+    /// Returns the address of the relay's plain-HTTP listener for
+    /// `/healthz`, `/readyz` and `/metrics`, from the line the relay prints
+    /// right after its listening line. Panics when the relay was started
+    /// without `--ops-listen` or printed no such line within 5 s.
+    pub fn ops_addr(&self) -> SocketAddr {
+        const PREFIX: &str = "/healthz, /readyz and /metrics on http://";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let output = String::from_utf8_lossy(&self.output()).into_owned();
+            let found = output
+                .lines()
+                .find_map(|line| line.strip_prefix(PREFIX))
+                .map(|addr| addr.trim().parse().expect("ops line has an address"));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sealcast-relay printed no ops address (was it started with --ops-listen?); output:\n{output}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Returns the relay's base URL: its default public URL,
     /// `https://localhost:PORT/`, which staff devices' proofs must name.
     pub fn base_url(&self) -> String {
@@ -160,7 +184,9 @@ impl Drop for RelayProcess {
     }
 }
 
-fn spawn_line_reader<R: Read + Send + 'static>(
+/// Copies each line `source` writes into every buffer of `outputs`, and
+/// sends it on `lines` when given, on a thread of its own.
+pub(crate) fn spawn_line_reader<R: Read + Send + 'static>(
     source: R,
     outputs: Vec<Arc<Mutex<Vec<u8>>>>,
     lines: Option<mpsc::Sender<String>>,

@@ -79,15 +79,21 @@ impl LiveSession {
 
     /// Connects a publisher on a new stream.
     pub async fn publisher(&self) -> Publisher {
+        self.publisher_at(&self.relay, self.auth.clone()).await
+    }
+
+    /// Connects a publisher on a new stream to the relay at `relay`, with
+    /// the credentials `auth`.
+    pub async fn publisher_at(&self, relay: &Url, auth: Arc<dyn Authorizer>) -> Publisher {
         let config = PublisherConfig::new(
-            self.relay.clone(),
+            relay.clone(),
             self.created.session_id,
-            self.auth.clone(),
+            auth,
             self.tls.clone(),
         );
         Publisher::connect(config, &self.key)
             .await
-            .expect("publisher connects")
+            .unwrap_or_else(|err| panic!("publisher failed to connect to {relay}: {err}"))
     }
 
     /// Returns the clinician's credential headers for the publish upgrade as
@@ -108,6 +114,14 @@ impl LiveSession {
     /// Starts a follower from the invite link.
     pub fn follower(&self) -> Follower {
         self.follower_with_link(self.link())
+    }
+
+    /// Starts a follower from the invite link with its relay replaced by
+    /// `relay`, as a device that reaches the relay under another address would.
+    pub fn follower_at(&self, relay: &Url) -> Follower {
+        let mut link = self.link();
+        link.relay = relay.clone();
+        self.follower_with_link(link)
     }
 
     /// Starts a follower from a given link.
@@ -169,6 +183,27 @@ pub struct FollowOutcome {
     pub end_of_session: bool,
     /// Whether following ended because the session ended.
     pub ended: bool,
+}
+
+impl FollowOutcome {
+    /// Describes what arrived, for failure messages: counts, the first and
+    /// last offsets, the gaps, rejections and reasons of disconnection.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} frames opened (offsets {:?} to {:?}), {} finals, gaps {:?}, rejected {:?}, \
+             {} disconnects {:?}, end of session {}, ended {}",
+            self.opened.len(),
+            self.opened.first(),
+            self.opened.last(),
+            self.finals.len(),
+            self.gap_reports,
+            self.rejected,
+            self.disconnects,
+            self.disconnect_reasons,
+            self.end_of_session,
+            self.ended
+        )
+    }
 }
 
 /// Collects a follower's events until it reports `Ended`, or `limit` passes.

@@ -61,10 +61,30 @@ impl StaffDevice {
         role: Role,
         ca_cert: &Path,
     ) -> Self {
+        let url = Url::parse(&relay.base_url()).expect("relay URL parses");
+        Self::sign_in_at(&relay.data_dir, &url, org_id, role, ca_cert).await
+    }
+
+    /// Creates a new organization with one clinician in the store in
+    /// `data_dir`, and signs a device in through the relay at `relay`, which
+    /// writes its mail to `data_dir`'s outbox folder. Relay nodes that share
+    /// one data directory behind one public URL take this form.
+    pub async fn clinician_at(data_dir: &Path, relay: &Url, ca_cert: &Path) -> Self {
+        let org_id = create_organization(data_dir);
+        Self::sign_in_at(data_dir, relay, &org_id, Role::Clinician, ca_cert).await
+    }
+
+    async fn sign_in_at(
+        data_dir: &Path,
+        relay: &Url,
+        org_id: &str,
+        role: Role,
+        ca_cert: &Path,
+    ) -> Self {
         let number = NEXT_ACCOUNT.fetch_add(1, Ordering::Relaxed);
         let email = format!("staff-{}-{number}@clinic.example", std::process::id());
         let user_id = admin(
-            &relay.data_dir,
+            data_dir,
             &[
                 "create-user",
                 "--org",
@@ -75,8 +95,7 @@ impl StaffDevice {
                 role.as_str(),
             ],
         );
-        let url = Url::parse(&relay.base_url()).expect("relay URL parses");
-        let device = sign_in(&url, ca_cert, &relay.outbox_dir(), &email).await;
+        let device = sign_in(relay, ca_cert, &data_dir.join("outbox"), &email).await;
         StaffDevice {
             device: device.0,
             org_id: org_id.to_string(),

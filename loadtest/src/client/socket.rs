@@ -135,6 +135,44 @@ impl Dialer {
     }
 }
 
+/// One dialer for each relay node that followers connect to. Followers
+/// take the nodes in turn, so that each node gets an equal share.
+#[derive(Debug)]
+pub struct NodeDialers {
+    nodes: Vec<(Url, Dialer)>,
+}
+
+impl NodeDialers {
+    /// Creates a dialer for each node, given by its base URL and address.
+    /// `tls` and `source_addrs` are as for [`Dialer::new`].
+    pub fn new(
+        nodes: Vec<(Url, SocketAddr)>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        source_addrs: u8,
+    ) -> NodeDialers {
+        assert!(!nodes.is_empty(), "followers need at least one relay node");
+        let nodes = nodes
+            .into_iter()
+            .map(|(base_url, addr)| (base_url, Dialer::new(addr, tls.clone(), source_addrs)))
+            .collect();
+        NodeDialers { nodes }
+    }
+
+    /// Returns the turn of follower `number` of clinic `clinic`, with
+    /// `per_clinic` followers in each clinic, for [`Self::node`]. Every
+    /// process computes it alike, so a follower's node does not depend on
+    /// the process that opens it.
+    pub fn turn(clinic: usize, number: usize, per_clinic: usize) -> usize {
+        clinic * per_clinic + number
+    }
+
+    /// Returns the base URL and the dialer of the node for turn `turn`.
+    pub fn node(&self, turn: usize) -> (&Url, &Dialer) {
+        let (base_url, dialer) = &self.nodes[turn % self.nodes.len()];
+        (base_url, dialer)
+    }
+}
+
 fn authorized_request(
     url: &Url,
     auth: &dyn Authorizer,
@@ -177,4 +215,32 @@ fn classify(err: WsError) -> ConnectFailure {
         other => ("websocket".into(), other.to_string()),
     };
     ConnectFailure { kind, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> (Url, SocketAddr) {
+        let url = Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        (url, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn followers_take_nodes_in_turn() {
+        let dialers = NodeDialers::new(vec![node(8444), node(8445)], None, 0);
+        let ports: Vec<u16> = (0..3)
+            .flat_map(|clinic| (0..2).map(move |number| NodeDialers::turn(clinic, number, 2)))
+            .map(|turn| dialers.node(turn).0.port().unwrap())
+            .collect();
+        assert_eq!(ports, [8444, 8445, 8444, 8445, 8444, 8445]);
+    }
+
+    #[test]
+    fn one_node_takes_every_follower() {
+        let dialers = NodeDialers::new(vec![node(8443)], None, 0);
+        for turn in [0, 1, 7] {
+            assert_eq!(dialers.node(turn).0.port(), Some(8443));
+        }
+    }
 }

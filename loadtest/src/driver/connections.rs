@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::setup::{create_clinics, relay_api};
 use crate::cli::RunArgs;
 use crate::client::connect_follower;
-use crate::client::socket::{Dialer, Socket};
+use crate::client::socket::{NodeDialers, Socket};
 use crate::error::LoadtestError;
 use crate::progress::Progress;
 use crate::report::schema::ConnectionResult;
@@ -40,22 +40,25 @@ pub async fn run(target: &Target, args: &RunArgs) -> Result<ConnectionResult, Lo
     let before = target.probe.as_ref().and_then(|probe| probe.sample());
 
     let recorder = Arc::new(Recorder::new());
-    let dialer = Arc::new(Dialer::new(
-        target.addr,
+    let follower_nodes = NodeDialers::new(
+        target
+            .follower_endpoints()
+            .into_iter()
+            .map(|node| (node.base_url, node.addr))
+            .collect(),
         target.websocket_tls()?,
         args.source_addrs,
-    ));
-    let follow_url = endpoint::follow_url(&target.base_url, None, 0);
+    );
     let started = Instant::now();
     let attempts = (0..args.count).map(|number| {
         let clinic = &clinics[number / args.followers_per_session];
-        let dialer = Arc::clone(&dialer);
+        let (node_url, dialer) = follower_nodes.node(number);
+        let follow_url = endpoint::follow_url(node_url, None, 0);
         let recorder = Arc::clone(&recorder);
-        let follow_url = follow_url.clone();
         let progress = &progress;
         async move {
             let socket = connect_follower(
-                &dialer,
+                dialer,
                 &follow_url,
                 &clinic.invite_token,
                 &clinic.key,

@@ -13,7 +13,7 @@ use sealcast_protocol::api::CreateSessionRequest;
 use sealcast_protocol::{SessionId, SessionKey};
 use tokio::sync::Semaphore;
 
-use crate::client::socket::{Dialer, Socket};
+use crate::client::socket::{Dialer, NodeDialers, Socket};
 use crate::client::{connect_follower, connect_publisher};
 use crate::error::LoadtestError;
 use crate::stats::Recorder;
@@ -107,10 +107,12 @@ async fn create_clinic(
 
 /// Opens the followers of every clinic that `followers` assigns to this
 /// process, then the clinic's publisher, at most `concurrency` connection
-/// attempts at a time.
+/// attempts at a time. Publishers connect with `dialer`, and followers with
+/// the node of their turn in `follower_nodes`.
 pub async fn connect_clinics(
     target: &Target,
     dialer: Arc<Dialer>,
+    follower_nodes: Arc<NodeDialers>,
     clinics: Vec<Clinic>,
     followers: &FollowerSplit,
     concurrency: usize,
@@ -127,6 +129,7 @@ pub async fn connect_clinics(
     let mut tasks = Vec::with_capacity(clinics.len());
     for clinic in clinics {
         let dialer = Arc::clone(&dialer);
+        let follower_nodes = Arc::clone(&follower_nodes);
         let slots = Arc::clone(&slots);
         let recorder = Arc::clone(&recorder);
         let base = target.base_url.clone();
@@ -139,7 +142,11 @@ pub async fn connect_clinics(
             per_clinic,
         };
         tasks.push(tokio::spawn(async move {
-            connect_clinic(&base, &dialer, clinic, followers, &slots, &recorder).await
+            let dialers = ClinicDialers {
+                publisher: &dialer,
+                followers: &follower_nodes,
+            };
+            connect_clinic(&base, dialers, clinic, followers, &slots, &recorder).await
         }));
     }
 
@@ -161,21 +168,29 @@ struct FollowerNumbers {
     per_clinic: usize,
 }
 
+/// The dialers of one clinic's devices.
+struct ClinicDialers<'a> {
+    publisher: &'a Dialer,
+    followers: &'a NodeDialers,
+}
+
 async fn connect_clinic(
     base: &url::Url,
-    dialer: &Dialer,
+    dialers: ClinicDialers<'_>,
     clinic: Clinic,
     followers: FollowerNumbers,
     slots: &Semaphore,
     recorder: &Recorder,
 ) -> ConnectedClinic {
-    let follow_url = endpoint::follow_url(base, None, 0);
     let mut sockets = Vec::with_capacity(followers.numbers.len());
     for number in followers.numbers {
         let Ok(_slot) = slots.acquire().await else {
             break;
         };
         let shard = clinic.index * (followers.per_clinic + 1) + number;
+        let turn = NodeDialers::turn(clinic.index, number, followers.per_clinic);
+        let (node_url, dialer) = dialers.followers.node(turn);
+        let follow_url = endpoint::follow_url(node_url, None, 0);
         let socket = connect_follower(
             dialer,
             &follow_url,
@@ -192,7 +207,7 @@ async fn connect_clinic(
     let publisher = match slots.acquire().await {
         Ok(_slot) => {
             connect_publisher(
-                dialer,
+                dialers.publisher,
                 &publish_url,
                 clinic.staff.as_ref(),
                 recorder,

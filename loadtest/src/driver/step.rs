@@ -14,7 +14,7 @@ use super::setup::{connect_clinics, create_clinics, relay_api, ConnectedClinic};
 use super::workers::WorkerPool;
 use crate::client::follower::{self, FollowerOutcome, FollowerRun};
 use crate::client::publisher::{self, PublisherOutcome, PublisherRun};
-use crate::client::socket::Dialer;
+use crate::client::socket::{Dialer, NodeDialers};
 use crate::client::Timing;
 use crate::error::LoadtestError;
 use crate::progress::{Progress, RemoteProgress};
@@ -82,14 +82,21 @@ pub async fn run_step(
     let mut workers = WorkerPool::start(target, &clinics, &split, plan).await?;
 
     progress.set_phase("connecting");
-    let dialer = Arc::new(Dialer::new(
-        target.addr,
-        target.websocket_tls()?,
+    let tls = target.websocket_tls()?;
+    let dialer = Arc::new(Dialer::new(target.addr, tls.clone(), plan.source_addrs));
+    let follower_nodes = Arc::new(NodeDialers::new(
+        target
+            .follower_endpoints()
+            .into_iter()
+            .map(|node| (node.base_url, node.addr))
+            .collect(),
+        tls,
         plan.source_addrs,
     ));
     let connected = connect_clinics(
         target,
         dialer,
+        follower_nodes,
         clinics,
         &split,
         plan.connect_concurrency,

@@ -12,7 +12,8 @@ use crate::client::Timing;
 use crate::error::LoadtestError;
 use crate::target::Target;
 use crate::worker::message::{
-    Assignment, FollowedClinic, FromWorker, RelayAddress, RelayTls, ToWorker, WorkerReport,
+    Assignment, FollowedClinic, FromWorker, NodeAddress, RelayAddress, RelayTls, ToWorker,
+    WorkerReport,
 };
 use crate::worker::process::WorkerProcess;
 use crate::worker::split::FollowerSplit;
@@ -49,6 +50,14 @@ impl WorkerPool {
         let relay = RelayAddress {
             base_url: target.base_url.to_string(),
             addr: target.addr,
+            follower_nodes: target
+                .follower_nodes
+                .iter()
+                .map(|node| NodeAddress {
+                    base_url: node.base_url.to_string(),
+                    addr: node.addr,
+                })
+                .collect(),
             tls: target.tls.as_ref().map(|_| RelayTls {
                 ca_cert: target.ca_cert.clone(),
             }),

@@ -3,7 +3,8 @@
 //! A relay in its own process is measured whole. A relay started inside the
 //! harness process runs on threads whose names start with a known prefix,
 //! so its CPU time is the sum over those threads. Its resident memory can
-//! only be read for the whole process, load generator included.
+//! only be read for the whole process, load generator included. The nodes
+//! of a cluster on this machine are measured as the sum of their processes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,13 @@ pub enum ProbeScope {
     /// CPU time of the threads whose name starts with this prefix; memory of
     /// the whole process.
     Threads(String),
+    /// Every thread of several processes, such as the nodes of a cluster,
+    /// with CPU time and memory summed over them.
+    Processes(Vec<u32>),
 }
 
-/// Reads CPU time and memory of one local process.
+/// Reads CPU time and memory of one local process, part of one, or the sum
+/// of several.
 #[derive(Debug, Clone)]
 pub struct ProcessProbe {
     pid: u32,
@@ -50,6 +55,19 @@ impl ProcessProbe {
         }
     }
 
+    /// Creates a probe for processes `pids`, one for each node of a cluster.
+    /// With one process id it is a probe of that process.
+    pub fn processes(pids: &[u32]) -> Option<ProcessProbe> {
+        match pids {
+            [] => None,
+            [pid] => Some(ProcessProbe::new(*pid, ProbeScope::Process)),
+            [first, ..] => Some(ProcessProbe::new(
+                *first,
+                ProbeScope::Processes(pids.to_vec()),
+            )),
+        }
+    }
+
     /// Creates a probe for the threads of this process whose names start with `prefix`.
     pub fn own_threads(prefix: &str) -> ProcessProbe {
         ProcessProbe::new(std::process::id(), ProbeScope::Threads(prefix.to_string()))
@@ -63,6 +81,10 @@ impl ProcessProbe {
                 "CPU of threads named {prefix}* in process {}; memory of the whole process, load generator included",
                 self.pid
             ),
+            ProbeScope::Processes(pids) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("processes {}, summed", list.join(", "))
+            }
         }
     }
 
@@ -73,10 +95,13 @@ impl ProcessProbe {
 
     /// Reads the process now. Returns `None` when it has exited or `/proc` is unreadable.
     pub fn sample(&self) -> Option<ProcSample> {
+        if let ProbeScope::Processes(pids) = &self.scope {
+            return self.sample_sum(pids);
+        }
         let base = PathBuf::from(format!("/proc/{}", self.pid));
         let ticks = match &self.scope {
-            ProbeScope::Process => cpu_ticks(&base.join("stat"))?,
             ProbeScope::Threads(prefix) => thread_ticks(&base.join("task"), prefix)?,
+            ProbeScope::Process | ProbeScope::Processes(_) => cpu_ticks(&base.join("stat"))?,
         };
         let status = fs::read_to_string(base.join("status")).ok()?;
         Some(ProcSample {
@@ -84,6 +109,27 @@ impl ProcessProbe {
             rss_kib: status_kib(&status, "VmRSS:")?,
             peak_rss_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
         })
+    }
+}
+
+impl ProcessProbe {
+    /// Reads every process of `pids` and sums the readings. The sum of the
+    /// peaks is an upper bound of the peak of the sum. Returns `None` when
+    /// any of them has exited.
+    fn sample_sum(&self, pids: &[u32]) -> Option<ProcSample> {
+        let mut total = ProcSample::default();
+        for &pid in pids {
+            let reading = ProcessProbe {
+                pid,
+                scope: ProbeScope::Process,
+                ticks_per_second: self.ticks_per_second,
+            }
+            .sample()?;
+            total.cpu_seconds += reading.cpu_seconds;
+            total.rss_kib += reading.rss_kib;
+            total.peak_rss_kib += reading.peak_rss_kib;
+        }
+        Some(total)
     }
 }
 
@@ -145,6 +191,23 @@ mod tests {
         let sample = probe.sample().unwrap();
         assert!(sample.rss_kib > 0);
         assert!(sample.peak_rss_kib >= sample.rss_kib);
+    }
+
+    #[test]
+    fn processes_are_summed() {
+        let own = std::process::id();
+        let single = ProcessProbe::processes(&[own]).unwrap();
+        assert_eq!(single.scope, ProbeScope::Process);
+        let twice = ProcessProbe::processes(&[own, own]).unwrap();
+        let once = single.sample().unwrap();
+        let summed = twice.sample().unwrap();
+        assert!(
+            summed.rss_kib >= once.rss_kib * 3 / 2,
+            "{summed:?} {once:?}"
+        );
+        assert!(summed.cpu_seconds >= once.cpu_seconds * 2.0 - 0.1);
+        assert!(ProcessProbe::processes(&[]).is_none());
+        assert!(twice.scope_description().contains("summed"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use url::Url;
 use crate::cli::{Placement, RunArgs};
 use crate::error::LoadtestError;
 use crate::null_relay::NullRelay;
-use crate::stats::procfs::{ProbeScope, ProcessProbe};
+use crate::stats::procfs::ProcessProbe;
 
 mod child;
 mod node;
@@ -58,14 +58,26 @@ impl SystemKind {
     }
 }
 
+/// One address of a system under test that devices connect to.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Base URL: `https://localhost:PORT/`, or `http://` for the null relay.
+    pub base_url: Url,
+    /// Socket address that `base_url` resolves to.
+    pub addr: SocketAddr,
+}
+
 /// A system under test, running.
 pub struct Target {
     /// Which system.
     pub kind: SystemKind,
     /// Base URL: `https://localhost:PORT/`, or `http://` for the null relay.
     pub base_url: Url,
-    /// Address the devices connect to.
+    /// Address the publishers connect to.
     pub addr: SocketAddr,
+    /// The other nodes of a cluster, which followers connect to in turn.
+    /// Empty when followers connect to `addr` like the publishers.
+    pub follower_nodes: Vec<Endpoint>,
     /// Credentials the simulated clinician devices send when they create,
     /// publish and end sessions. The null relay accepts any.
     pub staff: Arc<dyn Authorizer>,
@@ -115,8 +127,8 @@ impl Target {
     /// Starts or connects to the sealcast relay as the options say, sized for
     /// `connections` simultaneous connections.
     pub async fn sealcast(args: &RunArgs, connections: usize) -> Result<Target, LoadtestError> {
-        if let Some(relay) = &args.relay {
-            return external(args, relay).await;
+        if !args.relay.is_empty() {
+            return external(args, &args.relay).await;
         }
         let max_connections = connections + CONNECTION_HEADROOM;
         match args.relay_process {
@@ -142,6 +154,18 @@ impl Target {
     /// Starts the Node.js `ws` relay as a child process.
     pub async fn node_ws(args: &RunArgs) -> Result<Target, LoadtestError> {
         node::start(&args.peers_dir).await
+    }
+
+    /// Returns the addresses followers connect to, in turn.
+    pub fn follower_endpoints(&self) -> Vec<Endpoint> {
+        if self.follower_nodes.is_empty() {
+            vec![Endpoint {
+                base_url: self.base_url.clone(),
+                addr: self.addr,
+            }]
+        } else {
+            self.follower_nodes.clone()
+        }
     }
 
     /// Returns the system's name for reports.
@@ -193,11 +217,60 @@ fn start_error(system: SystemKind, reason: impl fmt::Display) -> LoadtestError {
     }
 }
 
-async fn external(args: &RunArgs, relay: &str) -> Result<Target, LoadtestError> {
+/// Connects to running relay nodes: publishers and session requests to the
+/// first of `relays`, followers in turn to the others, or to the first when
+/// it is the only one.
+async fn external(args: &RunArgs, relays: &[String]) -> Result<Target, LoadtestError> {
+    let fail = |reason: String| start_error(SystemKind::Sealcast, reason);
+    let mut endpoints = Vec::with_capacity(relays.len());
+    for relay in relays {
+        endpoints.push(resolve_endpoint(relay).await?);
+    }
+    let first = endpoints.remove(0);
+    let ca_cert = args.ca_cert.clone().or_else(|| {
+        args.relay_data_dir
+            .as_ref()
+            .map(|dir| dir.join(sealcast_relay::tls::DEV_CERT_FILE))
+    });
+    let tls = TlsSettings::new(ca_cert.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let sign_in = match (&args.relay_data_dir, &ca_cert) {
+        (Some(data_dir), Some(cert)) => {
+            staff::sign_in_local(data_dir, &first.base_url, cert).await?
+        }
+        _ => {
+            let state_dir = args
+                .state_dir
+                .clone()
+                .or_else(sealcast_client::KeyStore::default_dir)
+                .ok_or_else(|| fail("no key store folder: pass --state-dir".into()))?;
+            staff::load_external(&state_dir, &first.base_url, ca_cert.as_deref())?
+        }
+    };
+    let placement = if endpoints.is_empty() {
+        "external"
+    } else {
+        "external cluster"
+    };
+    Ok(Target {
+        kind: SystemKind::Sealcast,
+        staff: sign_in.authorizer(),
+        base_url: first.base_url,
+        addr: first.addr,
+        follower_nodes: endpoints,
+        tls: Some(tls),
+        ca_cert,
+        probe: ProcessProbe::processes(&args.relay_pid),
+        placement,
+        guard: Guard::External,
+        _sign_in: Some(sign_in),
+    })
+}
+
+/// Parses a relay's base URL and resolves its host to one socket address.
+async fn resolve_endpoint(relay: &str) -> Result<Endpoint, LoadtestError> {
     let fail = |reason: String| start_error(SystemKind::Sealcast, reason);
     let base_url =
         sealcast_client::endpoint::parse_relay_url(relay).map_err(|e| fail(e.to_string()))?;
-    let tls = TlsSettings::new(args.ca_cert.as_deref()).map_err(|e| fail(e.to_string()))?;
     let host = base_url
         .host_str()
         .unwrap_or_default()
@@ -208,26 +281,7 @@ async fn external(args: &RunArgs, relay: &str) -> Result<Target, LoadtestError> 
         .map_err(|e| fail(format!("failed to resolve {host}: {e}")))?
         .next()
         .ok_or_else(|| fail(format!("{host} resolves to no address")))?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .or_else(sealcast_client::KeyStore::default_dir)
-        .ok_or_else(|| fail("no key store folder: pass --state-dir".into()))?;
-    let sign_in = staff::load_external(&state_dir, &base_url, args.ca_cert.as_deref())?;
-    Ok(Target {
-        kind: SystemKind::Sealcast,
-        staff: sign_in.authorizer(),
-        base_url,
-        addr,
-        tls: Some(tls),
-        ca_cert: args.ca_cert.clone(),
-        probe: args
-            .relay_pid
-            .map(|pid| ProcessProbe::new(pid, ProbeScope::Process)),
-        placement: "external",
-        guard: Guard::External,
-        _sign_in: Some(sign_in),
-    })
+    Ok(Endpoint { base_url, addr })
 }
 
 fn limits_for(max_connections: usize) -> Limits {
@@ -278,6 +332,7 @@ async fn sealcast_in_process(max_connections: usize) -> Result<Target, LoadtestE
         _sign_in: Some(sign_in),
         base_url,
         addr,
+        follower_nodes: Vec::new(),
         tls: Some(tls),
         ca_cert: Some(cert),
         probe: Some(ProcessProbe::own_threads(RELAY_THREAD_PREFIX)),
@@ -324,6 +379,7 @@ async fn null_in_process() -> Result<Target, LoadtestError> {
         kind: SystemKind::Null,
         base_url,
         addr,
+        follower_nodes: Vec::new(),
         staff: ignored_credentials(),
         tls: None,
         ca_cert: None,

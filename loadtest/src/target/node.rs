@@ -64,6 +64,7 @@ pub(super) async fn start(peers_dir: &Path) -> Result<Target, LoadtestError> {
         kind: SystemKind::NodeWs,
         base_url: localhost_url("https", addr.port())?,
         addr,
+        follower_nodes: Vec::new(),
         staff: Arc::new(BearerToken::new(SecretString::new(api_key))),
         _sign_in: None,
         tls: Some(TlsSettings::from_ca_pem(cert_pem.as_bytes()).map_err(|e| fail(e.to_string()))?),

@@ -2,10 +2,11 @@
 //! sessions with. The relay has no bypass for load tests: the harness signs a
 //! device in as real devices do and refreshes its token while the run lasts.
 //!
-//! For a relay the harness starts, it makes an organization and a clinician
-//! in the relay's data directory and signs in through the magic link the
-//! relay writes to its outbox folder. For a running relay it uses the sign-in
-//! that `sealcast login` stored in a key store.
+//! For a relay the harness starts, or a running one whose data directory
+//! `--relay-data-dir` names, it makes an organization and a clinician in the
+//! relay's data directory and signs in through the magic link the relay
+//! writes to its outbox folder. For another running relay it uses the
+//! sign-in that `sealcast login` stored in a key store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ impl StaffSignIn {
 }
 
 /// Makes an organization and a clinician in the data directory of a relay
-/// the harness started at `base_url`, and signs a device in.
+/// on this machine at `base_url`, and signs a device in.
 pub(super) async fn sign_in_local(
     data_dir: &Path,
     base_url: &Url,

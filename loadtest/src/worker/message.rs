@@ -89,8 +89,21 @@ pub struct RelayAddress {
     pub base_url: String,
     /// Socket address to connect to.
     pub addr: SocketAddr,
+    /// The other nodes of a cluster, which the followers take in turn.
+    /// Empty when they connect to `addr`.
+    pub follower_nodes: Vec<NodeAddress>,
     /// TLS settings, `None` for plain TCP.
     pub tls: Option<RelayTls>,
+}
+
+/// One relay node that followers connect to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddress {
+    /// Base URL, which names the host for TLS.
+    pub base_url: String,
+    /// Socket address to connect to.
+    pub addr: SocketAddr,
 }
 
 /// Trust roots for the relay's certificate.
@@ -292,6 +305,10 @@ mod tests {
             relay: RelayAddress {
                 base_url: "https://localhost:8443/".into(),
                 addr: "127.0.0.1:8443".parse().unwrap(),
+                follower_nodes: vec![NodeAddress {
+                    base_url: "https://localhost:8444/".into(),
+                    addr: "127.0.0.1:8444".parse().unwrap(),
+                }],
                 tls: Some(RelayTls {
                     ca_cert: Some(PathBuf::from("/tmp/dev-cert.pem")),
                 }),

@@ -17,7 +17,7 @@ use super::message::{
 };
 use crate::client::connect_follower;
 use crate::client::follower::{self, FollowerRun};
-use crate::client::socket::{Dialer, Socket};
+use crate::client::socket::{NodeDialers, Socket};
 use crate::client::{Timeline, Timing};
 use crate::progress::spawn_ticker;
 use crate::stats::Recorder;
@@ -106,10 +106,16 @@ async fn connect(
         ),
         None => None,
     };
-    let base_url = Url::parse(&relay.base_url)
-        .map_err(|err| format!("invalid relay URL {}: {err}", relay.base_url))?;
-    let follow_url = endpoint::follow_url(&base_url, None, 0);
-    let dialer = Dialer::new(relay.addr, tls, assignment.source_addrs);
+    let parse =
+        |url: &str| Url::parse(url).map_err(|err| format!("invalid relay URL {url}: {err}"));
+    let mut nodes = Vec::with_capacity(relay.follower_nodes.len().max(1));
+    if relay.follower_nodes.is_empty() {
+        nodes.push((parse(&relay.base_url)?, relay.addr));
+    }
+    for node in &relay.follower_nodes {
+        nodes.push((parse(&node.base_url)?, node.addr));
+    }
+    let dialers = NodeDialers::new(nodes, tls, assignment.source_addrs);
 
     let mut attempts = Vec::new();
     for clinic in &assignment.clinics {
@@ -123,9 +129,11 @@ async fn connect(
                 ));
             }
             let shard = clinic.index * (assignment.followers_per_clinic + 1) + number;
+            let turn = NodeDialers::turn(clinic.index, number, assignment.followers_per_clinic);
             attempts.push((
                 clinic.index,
                 shard,
+                turn,
                 clinic.session_id,
                 key.clone(),
                 token.clone(),
@@ -135,12 +143,12 @@ async fn connect(
 
     let connecting = attempts
         .into_iter()
-        .map(|(clinic, shard, session_id, key, token)| {
-            let dialer = &dialer;
-            let follow_url = &follow_url;
+        .map(|(clinic, shard, turn, session_id, key, token)| {
+            let (node_url, dialer) = dialers.node(turn);
+            let follow_url = endpoint::follow_url(node_url, None, 0);
             async move {
                 let socket =
-                    connect_follower(dialer, follow_url, &token, &key, recorder, shard).await?;
+                    connect_follower(dialer, &follow_url, &token, &key, recorder, shard).await?;
                 Some(OpenFollower {
                     clinic,
                     shard,
@@ -301,6 +309,7 @@ mod tests {
             relay: RelayAddress {
                 base_url: "https://localhost:9/".into(),
                 addr: "127.0.0.1:9".parse().unwrap(),
+                follower_nodes: Vec::new(),
                 tls,
             },
             source_addrs: 0,
