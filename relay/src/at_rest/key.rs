@@ -109,6 +109,26 @@ impl KeyEncryptionKey {
         file.sync_all().map_err(error)
     }
 
+    /// Writes the key to `path` unless a file is there, returning whether it
+    /// did. The key is written to a temporary file first and linked into
+    /// place, so a process that finds `path` never reads a partial key.
+    pub(super) fn publish_new_file(&self, path: &Path) -> Result<bool, AtRestError> {
+        let mut suffix = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut suffix);
+        let temporary = path.with_extension(format!("tmp-{}", hex::encode(suffix)));
+        self.write_new_file(&temporary)?;
+        let linked = fs::hard_link(&temporary, path);
+        let _ = fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(AtRestError::KeyFileWrite {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// Reads a key file, warning when other users may read it.
     pub fn read_file(path: &Path) -> Result<Self, AtRestError> {
         let error = |source| AtRestError::KeyFileRead {
@@ -249,7 +269,10 @@ impl KeySource {
                     return KeyEncryptionKey::read_file(&path);
                 }
                 let key = KeyEncryptionKey::generate();
-                key.write_new_file(&path)?;
+                if !key.publish_new_file(&path)? {
+                    // Another relay node on this data directory made it first.
+                    return KeyEncryptionKey::read_file(&path);
+                }
                 tracing::warn!(
                     path = %path.display(),
                     "made a development at-rest key beside the database: pass {KEY_FILE_FLAG} or set {KEY_ENV} in production"

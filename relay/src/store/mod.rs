@@ -513,6 +513,20 @@ pub(crate) fn open_keyed_writer(
     data_dir: &Path,
     source: &KeySource,
 ) -> Result<(Connection, DatabaseKeys), StoreError> {
+    match try_open_keyed_writer(data_dir, source) {
+        // Another relay node on this data directory stored its new data key
+        // first. The database has one now, and the next attempt unlocks it.
+        Err(StoreError::AtRest(error)) if matches!(*error, AtRestError::ConcurrentSetUp) => {
+            try_open_keyed_writer(data_dir, source)
+        }
+        outcome => outcome,
+    }
+}
+
+fn try_open_keyed_writer(
+    data_dir: &Path,
+    source: &KeySource,
+) -> Result<(Connection, DatabaseKeys), StoreError> {
     let path = data_dir.join(DATABASE_FILE);
     let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
     conn.busy_timeout(schema::BUSY_TIMEOUT)

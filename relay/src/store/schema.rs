@@ -316,8 +316,7 @@ pub(crate) fn prepare_writer(conn: &mut Connection) -> Result<(), StoreError> {
 pub(crate) fn set_writer_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(StoreError::sqlite("set the busy timeout"))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(StoreError::sqlite("enable write-ahead logging"))?;
+    enable_wal(conn)?;
     // FULL syncs the WAL at every COMMIT. With NORMAL a committed, and so
     // acknowledged, frame could be lost to a power failure before the next
     // checkpoint.
@@ -337,6 +336,25 @@ pub(crate) fn set_writer_pragmas(conn: &Connection) -> Result<(), StoreError> {
     // free pages.
     conn.pragma_update(None, "secure_delete", "ON")
         .map_err(StoreError::sqlite("turn on secure delete"))
+}
+
+/// Switches a new database to write-ahead logging. The switch needs an
+/// exclusive lock, and SQLite returns busy at once instead of calling the
+/// busy handler while another relay node on the same data directory holds
+/// the database, so the switch is retried until [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            outcome => return outcome.map_err(StoreError::sqlite("enable write-ahead logging")),
+        }
+    }
 }
 
 /// Returns the schema version of the database on `conn`.
@@ -392,9 +410,15 @@ fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
         .map_err(StoreError::sqlite("disable foreign keys for a migration"))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = index as i64 + 1;
+        // Several relay nodes may start on one data directory at once. The
+        // write lock, taken before the version is read again, lets exactly
+        // one of them apply each migration.
         let tx = conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::sqlite("begin a migration"))?;
+        if schema_version(&tx)? >= version {
+            continue;
+        }
         tx.execute_batch(migration)
             .map_err(StoreError::sqlite("apply a schema migration"))?;
         tx.pragma_update(None, "user_version", version)

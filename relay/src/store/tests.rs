@@ -750,3 +750,24 @@ fn unmigrated_database_is_rejected_without_key() {
         opened.err()
     );
 }
+
+#[test]
+fn nodes_opening_new_database_together_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                open_keyed_writer(&path, &at_rest::KeySource::Development).map(|_| ())
+            })
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+    let (conn, _) = writer_connection(dir.path());
+    assert_eq!(
+        schema::schema_version(&conn).unwrap(),
+        schema::SCHEMA_VERSION
+    );
+}
