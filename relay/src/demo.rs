@@ -212,7 +212,12 @@ impl std::fmt::Debug for DemoDevice {
 
 impl Authorizer for DemoDevice {
     fn headers(&self, method: &str, url: &str) -> Result<AuthHeaders, ClientError> {
-        let proof_url = match url.strip_prefix(&self.local_origin) {
+        // WebSocket URLs start with wss:// where the origin has https://.
+        let local_ws_origin = self.local_origin.replacen("https://", "wss://", 1);
+        let path = url
+            .strip_prefix(&self.local_origin)
+            .or_else(|| url.strip_prefix(&local_ws_origin));
+        let proof_url = match path {
             Some(path) => format!("{}{path}", self.public_origin),
             None => url.to_owned(),
         };

@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | `frame` | the follow-socket message of a committed frame: its 8-byte big-endian offset, then the frame |
 //! | `end` | the 8-byte big-endian offset after the session's last frame, once the end is committed |
-//! | `publisher` | empty: a publisher attached to the session on the sending node |
+//! | `publisher` | the 8-byte big-endian Unix time in milliseconds at which a publisher attached to the session on the sending node |
 //!
 //! Frames are ciphertext, as everywhere else in the relay.
 
@@ -106,8 +106,12 @@ pub(super) enum Outgoing {
         session_id: SessionId,
         end_offset: u64,
     },
-    /// A publisher attached to the session on this node.
-    Publisher { session_id: SessionId },
+    /// A publisher attached to the session on this node at `attached_at`
+    /// (Unix milliseconds).
+    Publisher {
+        session_id: SessionId,
+        attached_at: i64,
+    },
 }
 
 impl Outgoing {
@@ -116,7 +120,7 @@ impl Outgoing {
         match self {
             Outgoing::Frame { session_id, .. }
             | Outgoing::End { session_id, .. }
-            | Outgoing::Publisher { session_id } => *session_id,
+            | Outgoing::Publisher { session_id, .. } => *session_id,
         }
     }
 
@@ -153,7 +157,9 @@ impl Outgoing {
         match self {
             Outgoing::Frame { delivery, .. } => delivery.clone(),
             Outgoing::End { end_offset, .. } => Bytes::copy_from_slice(&end_offset.to_be_bytes()),
-            Outgoing::Publisher { .. } => Bytes::new(),
+            Outgoing::Publisher { attached_at, .. } => {
+                Bytes::copy_from_slice(&attached_at.to_be_bytes())
+            }
         }
     }
 }
@@ -169,8 +175,11 @@ pub(super) enum Incoming {
     },
     /// The session ended after its frames below `end_offset`.
     End { end_offset: u64 },
-    /// A publisher attached to the session on the sending node.
-    Publisher,
+    /// A publisher attached to the session on the sending node at
+    /// `attached_at` (Unix milliseconds). Only publishers that attached
+    /// here before it are replaced by it, so a replayed message replaces
+    /// no publisher that attached after the original.
+    Publisher { attached_at: i64 },
 }
 
 /// Why a received message was dropped, also used as a metric label.
@@ -214,14 +223,16 @@ pub(super) fn decode(
             .map(|value| value.as_str())
     };
     let sender = header(NODE_HEADER).unwrap_or_default();
-    if sender == node_id {
-        return Err(Dropped::Own);
-    }
     let event = header(EVENT_HEADER).ok_or(Dropped::UnknownEvent)?;
+    // Checked before the sender, so that a forged message naming this node
+    // is counted as forged.
     let authentic =
         header(MAC_HEADER).is_some_and(|code| key.verify(subject, sender, event, payload, code));
     if !authentic {
         return Err(Dropped::BadMac);
+    }
+    if sender == node_id {
+        return Err(Dropped::Own);
     }
     match Some(event) {
         Some("frame") => {
@@ -239,7 +250,12 @@ pub(super) fn decode(
                 end_offset: u64::from_be_bytes(bytes),
             })
         }
-        Some("publisher") => Ok(Incoming::Publisher),
+        Some("publisher") => {
+            let bytes: [u8; 8] = payload[..].try_into().map_err(|_| Dropped::Malformed)?;
+            Ok(Incoming::Publisher {
+                attached_at: i64::from_be_bytes(bytes),
+            })
+        }
         _ => Err(Dropped::UnknownEvent),
     }
 }
@@ -281,6 +297,7 @@ mod tests {
     fn own_messages_are_dropped() {
         let message = Outgoing::Publisher {
             session_id: SessionId::random(),
+            attached_at: 1_900_000_000_000,
         };
         let (subject, headers, payload) = sent(&message, "node-a", &key(1));
         let decoded = decode(&subject, Some(&headers), &payload, "node-a", &key(1));
@@ -350,5 +367,32 @@ mod tests {
 
         let bare = decode(&subject, None, &short, "n", &key(1));
         assert_eq!(bare.err(), Some(Dropped::UnknownEvent));
+    }
+
+    #[test]
+    fn publisher_attach_time_round_trips() {
+        let message = Outgoing::Publisher {
+            session_id: SessionId::random(),
+            attached_at: 1_900_000_000_123,
+        };
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        let decoded = decode(&subject, Some(&headers), &payload, "node-b", &key(1));
+        assert!(matches!(
+            decoded,
+            Ok(Incoming::Publisher {
+                attached_at: 1_900_000_000_123
+            })
+        ));
+    }
+
+    #[test]
+    fn forgery_naming_this_node_counts_as_forged() {
+        let message = Outgoing::End {
+            session_id: SessionId::random(),
+            end_offset: 3,
+        };
+        let (subject, headers, payload) = sent(&message, "node-b", &key(2));
+        let decoded = decode(&subject, Some(&headers), &payload, "node-b", &key(1));
+        assert_eq!(decoded.err(), Some(Dropped::BadMac));
     }
 }

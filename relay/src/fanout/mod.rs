@@ -81,11 +81,12 @@ impl Fanout {
         }
     }
 
-    /// Tells the other nodes that a publisher attached to the session here,
-    /// so that they close a publish socket of the session they still hold.
-    pub(crate) fn publisher_attached(&self, session_id: SessionId) {
+    /// Tells the other nodes that a publisher attached to the session here
+    /// at `attached_at` (Unix milliseconds), so that they close a publish
+    /// socket of the session that attached there before it.
+    pub(crate) fn publisher_attached(&self, session_id: SessionId, attached_at: i64) {
         if let Fanout::Nats(nats) = self {
-            nats.publisher_attached(session_id);
+            nats.publisher_attached(session_id, attached_at);
         }
     }
 

@@ -44,8 +44,13 @@ const IDLE_RESYNC: Duration = Duration::from_secs(5);
 /// Time given to queued messages to leave at shutdown.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Publish failures logged in full; later ones are only counted.
+/// Publish failures and dropped messages logged in full. Later publish
+/// failures are only counted, and later dropped messages logged once in
+/// [`LOG_EVERY_REJECTED`].
 const LOGGED_FAILURES: u64 = 10;
+
+/// Interval, in dropped messages, between two log lines about them.
+const LOG_EVERY_REJECTED: u64 = 10_000;
 
 /// The node's NATS connection and outbox.
 pub(crate) struct NatsFanout {
@@ -134,8 +139,11 @@ impl NatsFanout {
         });
     }
 
-    pub(super) fn publisher_attached(&self, session_id: SessionId) {
-        self.send(Outgoing::Publisher { session_id });
+    pub(super) fn publisher_attached(&self, session_id: SessionId, attached_at: i64) {
+        self.send(Outgoing::Publisher {
+            session_id,
+            attached_at,
+        });
     }
 
     /// Queues a message without waiting, counting it when the outbox is full.
@@ -164,6 +172,7 @@ impl NatsFanout {
         let feed = RemoteFeed {
             fanout: Arc::clone(self),
             registry,
+            rejected: AtomicU64::new(0),
         };
         shutdown.spawn(feed.run(shutdown.clone()));
     }
@@ -173,6 +182,8 @@ impl NatsFanout {
 pub(crate) struct RemoteFeed {
     fanout: Arc<NatsFanout>,
     registry: Registry,
+    /// Messages dropped so far, for rate-limiting their log lines.
+    rejected: AtomicU64,
 }
 
 impl RemoteFeed {
@@ -244,14 +255,20 @@ impl RemoteFeed {
             Err(Dropped::Own) => return,
             Err(dropped) => {
                 counter!(FANOUT_REJECTED, "reason" => dropped.label()).increment(1);
-                tracing::warn!(%session_id, reason = dropped.label(), "dropped a malformed NATS message");
+                let rejected = self.rejected.fetch_add(1, Ordering::Relaxed);
+                if rejected < LOGGED_FAILURES || rejected % LOG_EVERY_REJECTED == 0 {
+                    tracing::warn!(
+                        %session_id, reason = dropped.label(), rejected = rejected + 1,
+                        "dropped an invalid NATS message; later ones are logged only now and then"
+                    );
+                }
                 return;
             }
         };
         let event = match incoming {
             Incoming::Frame { .. } => "frame",
             Incoming::End { .. } => "end",
-            Incoming::Publisher => "publisher",
+            Incoming::Publisher { .. } => "publisher",
         };
         counter!(FANOUT_RECEIVED, "event" => event).increment(1);
 
@@ -266,8 +283,8 @@ impl RemoteFeed {
                 delivery,
             } => hub.apply_remote_frame(offset, &header, delivery),
             Incoming::End { end_offset } => hub.apply_remote_end(end_offset),
-            Incoming::Publisher => {
-                hub.evict_publisher();
+            Incoming::Publisher { attached_at } => {
+                hub.evict_publisher_attached_before(attached_at);
                 Applied::Known
             }
         };
@@ -337,6 +354,9 @@ impl Sender {
     }
 }
 
+/// Slow-consumer events so far, for rate-limiting their log lines.
+static SLOW_CONSUMER_EVENTS: AtomicU64 = AtomicU64::new(0);
+
 fn on_event(event: &Event, resync: &watch::Sender<u64>, node_id: &str) {
     match event {
         Event::Connected => {
@@ -356,6 +376,10 @@ fn on_event(event: &Event, resync: &watch::Sender<u64>, node_id: &str) {
         Event::SlowConsumer(_) => {
             counter!(FANOUT_REJECTED, "reason" => "slow_consumer").increment(1);
             resync.send_modify(|count| *count += 1);
+            let events = SLOW_CONSUMER_EVENTS.fetch_add(1, Ordering::Relaxed);
+            if events >= LOGGED_FAILURES && events % LOG_EVERY_REJECTED != 0 {
+                return;
+            }
             tracing::warn!(
                 node_id,
                 "NATS dropped messages for this slow node: hubs catch up from the store"

@@ -122,7 +122,9 @@ impl Registry {
         }
         hub.catch_up(&self.inner.store, CatchUpTrigger::Publisher)
             .await?;
-        self.inner.fanout.publisher_attached(hub.session_id());
+        self.inner
+            .fanout
+            .publisher_attached(hub.session_id(), crate::store::now_millis());
         Ok(())
     }
 

@@ -118,10 +118,15 @@ impl SessionHub {
         Applied::Appended
     }
 
-    /// Closes the publish socket of this node, because a publisher of the
-    /// same session attached to another node.
-    pub(crate) fn evict_publisher(&self) {
-        if let Some((_, replaced)) = self.lock().publisher.take() {
+    /// Closes the publish socket of this node if it attached before
+    /// `attached_at` (Unix milliseconds), because a publisher of the same
+    /// session attached to another node then.
+    pub(crate) fn evict_publisher_attached_before(&self, attached_at: i64) {
+        let mut state = self.lock();
+        if state.publisher_attached_at >= attached_at {
+            return;
+        }
+        if let Some((_, replaced)) = state.publisher.take() {
             tracing::info!(
                 session_id = %self.session_id(),
                 "publisher attached on another node: closing this node's publish socket"

@@ -197,6 +197,7 @@ impl SessionHub {
         let id = state.take_id();
         let replaced = CancellationToken::new();
         state.publisher = Some((id, replaced.clone()));
+        state.publisher_attached_at = crate::store::now_millis();
         Some(PublisherSeat::new(Arc::clone(self), id, replaced))
     }
 

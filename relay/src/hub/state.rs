@@ -31,6 +31,8 @@ pub(super) struct HubState {
     ring_bytes: usize,
     pub(super) followers: Vec<(u64, Arc<FollowerQueue>)>,
     pub(super) publisher: Option<(u64, CancellationToken)>,
+    /// When the current publisher attached, in Unix milliseconds.
+    pub(super) publisher_attached_at: i64,
     next_id: u64,
     /// Store writes in offset order, not yet in the store's queue.
     pub(super) unstored: VecDeque<WriteOp>,
@@ -72,6 +74,7 @@ impl HubState {
             ring_bytes: 0,
             followers: Vec::new(),
             publisher: None,
+            publisher_attached_at: 0,
             next_id: 0,
             unstored: VecDeque::new(),
             last_append: Instant::now(),

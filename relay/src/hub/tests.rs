@@ -523,3 +523,20 @@ async fn remote_frame_does_not_overtake_local_uncommitted_frames() {
     drop(permits);
     hub.hub().enqueue_writes(&fixture.store).await.unwrap();
 }
+
+#[tokio::test]
+async fn replayed_publisher_message_keeps_later_publisher() {
+    let fixture = fixture(1 << 20).await;
+    let hub = fixture.registry.lease(&fixture.record).await.unwrap();
+    let seat = hub.hub().attach_publisher().unwrap();
+    let attached_at = hub.hub().lock().publisher_attached_at;
+
+    // A message about an attach on another node before this one is old.
+    hub.hub().evict_publisher_attached_before(attached_at - 1);
+    assert!(!seat.replaced().is_cancelled());
+    hub.hub().evict_publisher_attached_before(attached_at);
+    assert!(!seat.replaced().is_cancelled());
+
+    hub.hub().evict_publisher_attached_before(attached_at + 1);
+    assert!(seat.replaced().is_cancelled());
+}
