@@ -256,7 +256,7 @@ impl RemoteFeed {
             Err(dropped) => {
                 counter!(FANOUT_REJECTED, "reason" => dropped.label()).increment(1);
                 let rejected = self.rejected.fetch_add(1, Ordering::Relaxed);
-                if rejected < LOGGED_FAILURES || rejected % LOG_EVERY_REJECTED == 0 {
+                if rejected < LOGGED_FAILURES || rejected.is_multiple_of(LOG_EVERY_REJECTED) {
                     tracing::warn!(
                         %session_id, reason = dropped.label(), rejected = rejected + 1,
                         "dropped an invalid NATS message; later ones are logged only now and then"
@@ -377,7 +377,7 @@ fn on_event(event: &Event, resync: &watch::Sender<u64>, node_id: &str) {
             counter!(FANOUT_REJECTED, "reason" => "slow_consumer").increment(1);
             resync.send_modify(|count| *count += 1);
             let events = SLOW_CONSUMER_EVENTS.fetch_add(1, Ordering::Relaxed);
-            if events >= LOGGED_FAILURES && events % LOG_EVERY_REJECTED != 0 {
+            if events >= LOGGED_FAILURES && !events.is_multiple_of(LOG_EVERY_REJECTED) {
                 return;
             }
             tracing::warn!(
