@@ -42,7 +42,12 @@ struct Seen {
     ended: bool,
 }
 
-async fn collect(mut follower: Follower) -> (Seen, sealcast_client::FollowReport) {
+/// Collects the follower's events until the session ends, counting frames
+/// it could not open in `unreadable_count` as they arrive.
+async fn collect(
+    mut follower: Follower,
+    unreadable_count: tokio::sync::watch::Sender<usize>,
+) -> (Seen, sealcast_client::FollowReport) {
     let mut seen = Seen::default();
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
@@ -58,7 +63,10 @@ async fn collect(mut follower: Follower) -> (Seen, sealcast_client::FollowReport
             }
             Some(FollowEvent::FrameUnreadable {
                 offset, key_epoch, ..
-            }) => seen.unreadable.push((offset, key_epoch)),
+            }) => {
+                seen.unreadable.push((offset, key_epoch));
+                unreadable_count.send_replace(seen.unreadable.len());
+            }
             Some(FollowEvent::FrameRejected { reason, .. }) => seen.rejected.push(reason),
             Some(FollowEvent::Gap {
                 missing_final_frames,
@@ -119,8 +127,10 @@ async fn rotated_key_reaches_only_followers_given_it() {
     wait_until_connected(&mut follower_a, LIMIT).await;
     wait_until_connected(&mut follower_b, LIMIT).await;
     let keys_a = follower_a.keys();
-    let seen_a = tokio::spawn(collect(follower_a));
-    let seen_b = tokio::spawn(collect(follower_b));
+    let (unreadable_a, mut unreadable_seen_a) = tokio::sync::watch::channel(0);
+    let (unreadable_b, _) = tokio::sync::watch::channel(0);
+    let seen_a = tokio::spawn(collect(follower_a, unreadable_a));
+    let seen_b = tokio::spawn(collect(follower_b, unreadable_b));
 
     let mut config = PublisherConfig::new(
         session.relay.clone(),
@@ -156,6 +166,12 @@ async fn rotated_key_reaches_only_followers_given_it() {
 
     for (index, segment) in after.iter().enumerate() {
         if index == SEGMENTS_BEFORE_NEW_LINK {
+            // Follower A must hold frames of the new epoch before its key
+            // arrives, however slowly the frames travel on a busy machine.
+            tokio::time::timeout(LIMIT, unreadable_seen_a.wait_for(|count| *count > 0))
+                .await
+                .expect("follower A got no frame of the new epoch before its key")
+                .unwrap();
             keys_a
                 .add_key(new_invite.key_epoch, new_invite.link.key.clone())
                 .unwrap();
