@@ -91,6 +91,12 @@ struct Created<'a> {
 pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
     let source = KeySource::from_flag_and_env(args.at_rest_key_file)
         .map_err(|error| AdminError::Store(StoreError::at_rest(error)))?;
+    if !args.data_dir.is_dir() {
+        return Err(AdminError::Invalid(format!(
+            "data directory {} does not exist: pass --data-dir with the relay's data directory, or start the relay once to create it",
+            args.data_dir.display()
+        )));
+    }
     let admin = AdminStore::open_with_key(&args.data_dir, &source)?;
     let mut out = io::stdout().lock();
     let printed = match args.command {

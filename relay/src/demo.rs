@@ -146,8 +146,14 @@ impl DemoSession {
         // The link goes in on standard input, so it stays out of the
         // process list and of cargo's "Running" line.
         println!("Follow it from a terminal:");
+        // The same build profile as this relay, so cargo reuses its build.
+        let profile = if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        };
         println!(
-            "  echo '{link}' | cargo run --release --bin sealcast -- follow --ca-cert '{}' -",
+            "  echo '{link}' | cargo run{profile} --bin sealcast -- follow --ca-cert '{}' -",
             self.ca_cert.display()
         );
         println!();

@@ -304,7 +304,7 @@ fn common_hint(status: u16) -> &'static str {
 fn login_hint(status: u16) -> &'static str {
     match status {
         400 => "check the email address",
-        401 => "the relay rejected the device's proof: check that this computer's clock is right",
+        401 => "the relay rejected the device's proof: check that --relay is the relay's public URL (the one in its invite links, such as https://localhost:PORT) and that this computer's clock is right",
         _ => common_hint(status),
     }
 }
