@@ -360,7 +360,7 @@ impl Printer {
             } => {
                 if self.unreadable_epochs.insert(key_epoch) {
                     stderr_line!(
-                        "warning: frames of key epoch {key_epoch} cannot be read, from offset {offset}: the clinician rotated the session key and this device has no key of that epoch. Pass the new link (with epoch={key_epoch}) on stdin to read them"
+                        "warning: frames of key epoch {key_epoch} cannot be read, from offset {offset}: this device has no key of that epoch. Pass the session's link with epoch={key_epoch} on stdin to read them"
                     );
                 }
             }
