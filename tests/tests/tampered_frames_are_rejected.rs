@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sealcast_client::input::interim;
+use sealcast_protocol::rotation::EpochError;
 use sealcast_protocol::{
     FrameHeader, FrameKind, ProtocolError, SessionId, StreamId, StreamSealer, TranscriptSegment,
     HEADER_LEN,
@@ -48,6 +49,9 @@ enum Position {
 #[derive(Debug, Clone, Copy)]
 enum Rejection {
     Decrypt,
+    /// The flipped key epoch differs from the one the stream was opened
+    /// under, which the follower's epoch rules reject before decrypting.
+    EpochChanged,
     UnsupportedVersion,
     UnknownKind,
     InvalidBucket,
@@ -110,8 +114,8 @@ const BIT_FLIPS: &[BitFlip] = {
         flip("bucket", Start(2), 7, Interim, InvalidBucket),
         flip("flags", Start(3), 0, Final, ReservedFlags),
         flip("flags", Start(3), 7, Interim, ReservedFlags),
-        flip("key epoch", Start(4), 7, Final, Decrypt),
-        flip("key epoch", Start(7), 0, Interim, Decrypt),
+        flip("key epoch", Start(4), 7, Final, EpochChanged),
+        flip("key epoch", Start(7), 0, Interim, EpochChanged),
         flip("session id", Start(8), 7, Final, WrongSession),
         flip("session id", Start(23), 0, Interim, WrongSession),
         flip("stream id", Start(24), 7, Final, Decrypt),
@@ -201,7 +205,12 @@ async fn relayed_bit_flips_are_rejected() {
             let (_, position) = fields[seq / 2];
             let byte = byte_index(position, frame.len());
             frame[byte] ^= 0x01;
-            expected_rejections.push((seq as u64, ProtocolError::Decrypt.to_string()));
+            let rejection = if matches!(position, Position::Start(7)) {
+                expected_error(Rejection::EpochChanged, &header_of(&frame), &frame)
+            } else {
+                ProtocolError::Decrypt.to_string()
+            };
+            expected_rejections.push((seq as u64, rejection));
             expected_gaps.push((seq as u64 + 1, 1));
         }
         publisher.send(frame).await;
@@ -458,7 +467,7 @@ fn stored_offsets(session_id: SessionId, data_dir: &Path) -> Vec<u64> {
 
 /// Flips the bit of `case` in a stored frame of the session and returns the
 /// frame's offset and the error the follower must report for it.
-fn apply_flip(store: &FrameStore, session: &LiveSession, case: &BitFlip) -> (u64, ProtocolError) {
+fn apply_flip(store: &FrameStore, session: &LiveSession, case: &BitFlip) -> (u64, String) {
     let session_id = session.created.session_id;
     let offset = target_offset(store, session_id, case.target);
     let original = store.frame(session_id, offset);
@@ -488,9 +497,32 @@ fn target_offset(store: &FrameStore, session_id: SessionId, kind: FrameKind) -> 
         .unwrap_or_else(|| panic!("the sample has no {kind:?} frame at an odd offset"))
 }
 
-/// Builds the error for a rejection from the frame before and after the flip.
-fn expected_error(rejection: Rejection, original: &FrameHeader, tampered: &[u8]) -> ProtocolError {
+/// Reads the header of a frame whose header fields may have been altered.
+fn header_of(frame: &[u8]) -> FrameHeader {
+    FrameHeader::decode_frame(frame).unwrap()
+}
+
+/// Builds the message for a rejection from the frame before and after the flip.
+fn expected_error(rejection: Rejection, original: &FrameHeader, tampered: &[u8]) -> String {
+    if let Rejection::EpochChanged = rejection {
+        let tampered_epoch = u32::from_be_bytes(tampered[4..8].try_into().unwrap());
+        return EpochError::StreamChangedEpoch {
+            stream: original.stream_id.to_string(),
+            first: 0,
+            found: tampered_epoch,
+        }
+        .to_string();
+    }
+    expected_protocol_error(rejection, original, tampered).to_string()
+}
+
+fn expected_protocol_error(
+    rejection: Rejection,
+    original: &FrameHeader,
+    tampered: &[u8],
+) -> ProtocolError {
     match rejection {
+        Rejection::EpochChanged => unreachable!("handled by expected_error"),
         Rejection::Decrypt => ProtocolError::Decrypt,
         Rejection::UnsupportedVersion => ProtocolError::UnsupportedVersion(tampered[0]),
         Rejection::UnknownKind => ProtocolError::UnknownKind(tampered[1]),
