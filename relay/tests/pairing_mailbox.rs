@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{metric_value, start_relay, FollowItem, Publisher, TestRelay};
+use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 use sealcast_protocol::api::{CreateSessionResponse, ErrorBody, FollowerEvent};
 use sealcast_protocol::authorship::PublisherKey;
@@ -199,17 +200,27 @@ async fn paired_device_follows_with_its_token() {
     let response = clinician_post(&relay, &session, &format!("/{id}/wrapped-key"), &body).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
-    let status: PairingStatus = joiner_status(&relay, &id, &joined.joiner_token, 0)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let response = joiner_status(&relay, &id, &joined.joiner_token, 0).await;
+    let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let status: PairingStatus = response.json().await.unwrap();
     assert_eq!(status.state, PairingState::Completed);
     assert_eq!(status.session_id, Some(session.session_id));
     let wrapped = URL_SAFE_NO_PAD.decode(status.wrapped_key.unwrap()).unwrap();
     let unwrapped = joiner.confirm().unwrap_key(&wrapped).unwrap();
     assert_eq!(unwrapped.session_key.fingerprint(), key.fingerprint());
     let follow_token = status.follow_token.unwrap();
+    // A browser gets the same token as its follow cookie.
+    let cookie = format!("sealcast_follow={follow_token}");
+    assert!(
+        set_cookie.starts_with(&format!("{cookie};")),
+        "{set_cookie}"
+    );
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/v1"] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{attribute} missing: {set_cookie}"
+        );
+    }
 
     // The token is handed out once: the slot is gone afterwards.
     let again = joiner_status(&relay, &id, &joined.joiner_token, 0).await;
@@ -233,12 +244,35 @@ async fn paired_device_follows_with_its_token() {
         FollowItem::Frame(0, _)
     ));
 
+    // The cookie opens the follow socket from the relay's own origin only.
+    let origin = format!("https://{}", relay.addr());
+    let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    let mut browser = relay
+        .connect_with_headers("/v1/follow?from=0", &headers, None)
+        .await
+        .expect("the paired cookie was refused");
+    assert!(matches!(
+        browser.next_follow_item().await,
+        FollowItem::Event(FollowerEvent::Welcome { .. })
+    ));
+    let without_origin = relay
+        .connect_with_headers("/v1/follow?from=0", &[("cookie", cookie.as_str())], None)
+        .await;
+    assert!(
+        without_origin.is_err(),
+        "a cookie without Origin was accepted"
+    );
+
     // Ending the session deletes the paired device's credential.
     assert_eq!(relay.end_session(&session).await, StatusCode::NO_CONTENT);
     let refused = relay
         .connect("/v1/follow?from=0", &follow_token, None)
         .await;
     assert!(refused.is_err(), "the follow token outlived the session");
+    let refused = relay
+        .connect_with_headers("/v1/follow?from=0", &headers, None)
+        .await;
+    assert!(refused.is_err(), "the paired cookie outlived the session");
     let metrics = relay.metrics().await;
     assert_eq!(
         metric_value(

@@ -5,9 +5,16 @@
 // never send to a server, and this module removes it from the address bar and the history as
 // its first statement. The key then stays in memory and in this tab's sessionStorage (so a
 // reload works without the fragment) until the session ends or the link proves unusable.
+//
+// /join without a query or fragment pairs with the clinician's device instead (pairing.js).
+// The pairing hands over the key and the publisher key, and the relay sets the follow cookie.
+// The key is then kept in this tab's sessionStorage like a link's.
 
 import { importPublisherKey } from './authorship.js';
 import { FollowSession } from './connection.js';
+import { PairingFailure, joinPairing } from './pairing-relay.js';
+import { PairingView } from './pairing-view.js';
+import { parsePairingId } from './pairing.js';
 import {
   KEY_LEN,
   PUBLISHER_KEY_LEN,
@@ -28,6 +35,7 @@ const address = splitInviteAddress(window.location);
 window.history.replaceState(null, '', address.cleanUrl);
 
 const STORAGE_KEY = 'sealcast.invite';
+const PAIRED_KEY = 'sealcast.paired';
 const LARGE_TEXT_KEY = 'sealcast.large-text';
 const THEME_KEY = 'sealcast.theme';
 
@@ -53,6 +61,38 @@ const MESSAGES = {
   bad_response: 'The server sent a response this page cannot read. Reload the page to try again.',
   unexpected: 'Something went wrong on this page. Reload the page to try again.',
   session_ended: 'The session has ended.',
+  not_paired:
+    'This device is no longer paired, or the session has ended. To follow the session, pair ' +
+    "again with the clinician's device.",
+};
+
+const PAIR_AGAIN = "Start a new pairing on the clinician's device and enter its id.";
+// Messages of a paired page that replace the link's, which tell the patient to get a new link.
+const PAIRED_FOLLOW_MESSAGES = {
+  fingerprint_mismatch:
+    "The server's session does not match the key from the pairing. Pair again with the " +
+    "clinician's device.",
+  refused: "The server refused the connection. Pair again with the clinician's device.",
+};
+const PAIRING_MESSAGES = {
+  invalid_id: 'A pairing id has 12 digits, such as 0421-8810-3377. Check the id and try again.',
+  not_found:
+    "No pairing has this id. Check the id on the clinician's device, or start a new pairing there.",
+  taken: `Another device already joined this pairing. ${PAIR_AGAIN}`,
+  cancelled: `The pairing was cancelled on the clinician's device. ${PAIR_AGAIN}`,
+  expired: `The pairing expired. ${PAIR_AGAIN}`,
+  session_ended: 'This session has ended.',
+  codes_differ:
+    'The codes differ, so this pairing was stopped, because someone may have tried to listen ' +
+    'in. Tell the clinician, and pair again.',
+  non_contributory: `The pairing failed a security check and was stopped. ${PAIR_AGAIN}`,
+  commitment_mismatch: `The pairing failed a security check and was stopped. ${PAIR_AGAIN}`,
+  invalid_length: `The pairing failed a security check and was stopped. ${PAIR_AGAIN}`,
+  decrypt: `The key from the clinician's device could not be opened. ${PAIR_AGAIN}`,
+  invalid_publisher_key: `The key from the clinician's device could not be opened. ${PAIR_AGAIN}`,
+  unreachable: 'The server did not respond. Check the connection, then try again.',
+  bad_response: `The server sent a response this page cannot read. ${PAIR_AGAIN}`,
+  refused: `The server refused the pairing. ${PAIR_AGAIN}`,
 };
 
 const view = new PageView(document);
@@ -71,13 +111,22 @@ async function start() {
     view.showMessage(MESSAGES.insecure);
     return;
   }
+  if (address.search === '' && address.fragment === '') {
+    await startWithoutLink();
+    return;
+  }
   const invite = readInvite();
   if (invite.error !== undefined) {
     view.showStatus('stopped');
     view.showMessage(MESSAGES[invite.error] ?? DAMAGED_LINK);
     return;
   }
+  await follow(invite);
+}
 
+// Follows with the key of a link or a pairing. `invite.token` is null after a pairing, whose
+// follow cookie the page cannot renew.
+async function follow(invite) {
   const sessionKey = await importSessionKey(invite.key);
   invite.key.fill(0);
   const publisherKey =
@@ -85,18 +134,116 @@ async function start() {
   const fingerprint = await deriveFingerprint(sessionKey);
   view.showWords(fingerprintWords(fingerprint));
 
+  const paired = invite.token === null;
   const session = new FollowSession({
     token: invite.token,
     sessionKey,
     fingerprint,
-    inviteAuthKey: await deriveInviteAuthKey(sessionKey),
+    inviteAuthKey: paired ? null : await deriveInviteAuthKey(sessionKey),
     sessionId: invite.sessionId,
     publisherKey,
     env: browserEnv(),
-    listener: pageListener(invite.token),
+    listener: paired ? pairedListener() : pageListener(invite.token),
   });
   window.addEventListener('online', () => session.reconnectNow());
   await session.run({ socketFirst: invite.fromStorage });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pairing without a link
+
+// Follows the session this tab paired with before a reload, or shows the pairing form.
+async function startWithoutLink() {
+  const stored = readStoredPairing();
+  if (stored !== null) {
+    await follow({ ...stored, token: null, fromStorage: true });
+    return;
+  }
+  view.showStatus('unpaired');
+  const pairingView = new PairingView(document);
+  let running = false;
+  pairingView.showForm((text) => {
+    if (running) {
+      return;
+    }
+    const pairingId = parsePairingId(text);
+    if (pairingId === null) {
+      pairingView.showProgress('failed', PAIRING_MESSAGES.invalid_id);
+      return;
+    }
+    running = true;
+    pairingView.setFormEnabled(false);
+    pair(pairingView, pairingId)
+      .catch((error) => {
+        pairingView.hideCode();
+        pairingView.showProgress('failed', pairingFailureText(error));
+      })
+      .finally(() => {
+        running = false;
+        pairingView.setFormEnabled(true);
+      });
+  });
+}
+
+async function pair(pairingView, pairingId) {
+  pairingView.showProgress('waiting', `Joining pairing ${pairingId}…`);
+  const grant = await joinPairing({
+    origin: window.location.origin,
+    pairingId,
+    env: browserEnv(),
+    progress: (step) => {
+      if (step === 'committed') {
+        pairingView.showProgress('waiting', "Waiting for the clinician's device…");
+      } else if (step === 'confirmed') {
+        pairingView.hideCode();
+        pairingView.showProgress(
+          'confirmed',
+          "Code confirmed. Waiting for the clinician's device to confirm it too…",
+        );
+      }
+    },
+    confirmCode: (code) =>
+      pairingView.askCode(code, "Compare the code with the clinician's screen."),
+  });
+  const secret = encodeBase64url(grant.sessionKey);
+  const publisher = encodeBase64url(grant.publisher);
+  writeStoredPairing({ secret, publisher, sessionId: grant.sessionIdHex });
+  pairingView.hide();
+  view.showStatus('connecting');
+  await follow({
+    token: null,
+    key: grant.sessionKey,
+    publisher: grant.publisher,
+    sessionId: grant.sessionIdHex,
+    fromStorage: true,
+  });
+}
+
+function pairingFailureText(error) {
+  if (error instanceof PairingFailure || error?.name === 'PairingError') {
+    return PAIRING_MESSAGES[error.kind] ?? PAIRING_MESSAGES.refused;
+  }
+  console.error('sealcast: pairing failed', error);
+  return MESSAGES.unexpected;
+}
+
+function pairedListener() {
+  return {
+    status: (state) => view.showStatus(state),
+    segment: (segment) => view.showSegment(segment),
+    notice: (counters) => view.showNotices(counters),
+    authorship: (summary) => view.showAuthorship(summary),
+    ended: () => {
+      wipeStoredPairing();
+      view.showMessage(MESSAGES.session_ended);
+    },
+    failed: (kind) => {
+      if (kind !== 'bad_response') {
+        wipeStoredPairing();
+      }
+      view.showMessage(PAIRED_FOLLOW_MESSAGES[kind] ?? MESSAGES[kind] ?? MESSAGES.refused);
+    },
+  };
 }
 
 // Reads the key from the fragment, or after a reload from this tab's session storage. Returns
@@ -213,6 +360,42 @@ function rememberSessionId(token, sessionId) {
 function wipeStoredInvite() {
   try {
     window.sessionStorage.removeItem(STORAGE_KEY);
+  } catch {
+    // Storage is disabled, so it contains nothing to wipe.
+  }
+}
+
+// The key, publisher key and session id of a pairing, kept like a link's for a reload. Returns
+// `{ key, publisher, sessionId }` with the keys as bytes, or null.
+function readStoredPairing() {
+  try {
+    const value = JSON.parse(window.sessionStorage.getItem(PAIRED_KEY) ?? 'null');
+    const key = typeof value?.secret === 'string' ? decodeBase64url(value.secret) : null;
+    const publisher =
+      typeof value?.publisher === 'string' ? decodeBase64url(value.publisher) : null;
+    if (key === null || key.length !== KEY_LEN || typeof value.sessionId !== 'string') {
+      return null;
+    }
+    if (publisher === null || publisher.length !== PUBLISHER_KEY_LEN) {
+      return null;
+    }
+    return { key, publisher, sessionId: value.sessionId };
+  } catch {
+    return null;
+  }
+}
+
+function writeStoredPairing(value) {
+  try {
+    window.sessionStorage.setItem(PAIRED_KEY, JSON.stringify(value));
+  } catch {
+    // Storage is disabled: the page works, but a reload needs a new pairing.
+  }
+}
+
+function wipeStoredPairing() {
+  try {
+    window.sessionStorage.removeItem(PAIRED_KEY);
   } catch {
     // Storage is disabled, so it contains nothing to wipe.
   }

@@ -42,6 +42,13 @@ export const SLOW_CONNECT_ATTEMPTS = 4;
 const MAX_PROOF_REJECTIONS = 3;
 
 /**
+ * Refused upgrades in a row, before the first welcome, after which a paired page gives up. A
+ * paired page has no invite to redeem, so it cannot tell a deleted credential from an
+ * unreachable relay.
+ */
+export const MAX_PAIRED_REFUSALS = 3;
+
+/**
  * Returns the wait before reconnect attempt `attempt` (0-based): 1 s doubled per attempt, times
  * a random factor in [1, 2) so that many pages do not reconnect in step, at most 30 s.
  */
@@ -81,8 +88,11 @@ export function followUrl(location, epoch, from) {
  *   and at the end.
  * - `ended()`: the session ended. The caller must wipe the key.
  * - `failed(kind)`: the page stopped for good. Kinds are `fingerprint_mismatch`,
- *   `already_used`, `not_found`, `ended` (the invite route returned 410), `refused` and
- *   `bad_response`.
+ *   `already_used`, `not_found`, `ended` (the invite route returned 410), `refused`,
+ *   `bad_response` and, for a paired page, `not_paired`.
+ *
+ * A page that paired (docs/protocol.md section 12) passes `token: null`: its follow cookie came
+ * with the pairing, and it has no invite to redeem when the relay refuses the cookie.
  */
 export class FollowSession {
   #token;
@@ -118,7 +128,8 @@ export class FollowSession {
   /**
    * @param {object} options `token` (normalized invite token), `sessionKey` (HKDF CryptoKey),
    *   `fingerprint` (16 bytes derived from the key), `inviteAuthKey` (HMAC CryptoKey),
-   *   `sessionId` (hex, known from an earlier redemption, or null), `publisherKey` (Ed25519
+   *   `sessionId` (hex, known from an earlier redemption or the pairing, or null),
+   *   `publisherKey` (Ed25519
    *   CryptoKey from `importPublisherKey`, or null when the link carries none), `env` and
    *   `listener`.
    */
@@ -167,6 +178,10 @@ export class FollowSession {
   }
 
   async #redeemStep() {
+    if (this.#token === null) {
+      this.#fail('not_paired');
+      return 'done';
+    }
     const result = await redeemInvite({
       fetchFn: this.#env.fetch,
       origin: this.#env.location.origin,
@@ -225,7 +240,12 @@ export class FollowSession {
   async #afterRefusal() {
     this.#refusals += 1;
     this.#updateCounters({ slowConnect: this.#refusals >= SLOW_CONNECT_ATTEMPTS });
-    const suspectCredential = !this.#everLive || this.#refusals >= 2;
+    // NOTE: a paired page that was live retries for as long as it is open, because it
+    // cannot learn from a refused upgrade whether the session ended meanwhile.
+    const suspectCredential =
+      this.#token === null
+        ? !this.#everLive && this.#refusals >= MAX_PAIRED_REFUSALS
+        : !this.#everLive || this.#refusals >= 2;
     if (suspectCredential && !this.#redeemedSinceLive) {
       return 'redeem';
     }

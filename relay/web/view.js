@@ -13,6 +13,7 @@ const STATUS_TEXT = {
   reconnecting: 'Reconnecting…',
   ended: 'Session ended',
   stopped: 'Not connected',
+  unpaired: 'Not paired',
 };
 
 // Distance from the bottom, in CSS pixels, within which the page still counts as following.

@@ -171,6 +171,10 @@ fn print_offer(session: &StoredSession, id: PairingId, expires_in: u64) {
         "  sealcast pair join --relay {}{ca_cert} {id}",
         session.relay
     );
+    // The patient page pairs when it is opened without an invite link.
+    let mut page = session.relay.clone();
+    page.set_path("/join");
+    println!("or open {page} in its browser and type the pairing id.");
     println!();
 }
 

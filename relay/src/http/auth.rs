@@ -1,7 +1,6 @@
 //! Patient credentials: the invite token or a paired device's follow token as
 //! a bearer credential, and the follow cookie of a browser that redeemed an
-//! invite. Staff credentials
-//! are checked in [`super::staff`].
+//! invite or paired. Staff credentials are checked in [`super::staff`].
 //!
 //! A credential is hashed and looked up by its hash; stored hashes are
 //! compared in constant time. Failures are counted per endpoint and logged at
@@ -46,8 +45,9 @@ async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<Session
 
 /// Requires a follow credential and returns its session: the invite token as a
 /// bearer credential (native clients), else the follow cookie of a browser
-/// that redeemed the invite. A cookie counts only on an upgrade whose `Origin`
-/// is the relay's own, so no other site's page can use a patient's cookie.
+/// that redeemed the invite or paired. A cookie counts only on an upgrade
+/// whose `Origin` is the relay's own, so no other site's page can use a
+/// patient's cookie.
 pub(crate) async fn follow_session(
     state: &AppState,
     headers: &HeaderMap,
@@ -62,14 +62,20 @@ pub(crate) async fn follow_session(
         ));
     };
     check_origin(state, headers)?;
+    let hash = cookie.hash();
+    if let Some(record) = state.store.session_by_browser(hash).await? {
+        return Ok(record);
+    }
+    // The cookie of a browser that paired contains the paired device's
+    // follow token, which the pairing status route set.
     state
         .store
-        .session_by_browser(cookie.hash())
+        .session_by_paired_device(hash)
         .await?
         .ok_or_else(|| {
             reject(
                 FOLLOW,
-                "invalid follow cookie: open the invite link again to redeem it",
+                "invalid follow cookie: open the invite link again to redeem it, or pair this device again",
             )
         })
 }

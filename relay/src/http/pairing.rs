@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -33,6 +35,7 @@ use super::staff::{self, authenticate, Principal};
 use super::{ApiError, AppState};
 use crate::audit::Action;
 use crate::credentials::{random_token, Secret};
+use crate::invites::cookie::set_follow_cookie;
 use crate::listener::PeerAddr;
 use crate::metrics::{PAIRING_FAILURES, PAIRING_STEPS};
 use crate::pairing::{PairingRejected, Side, SlotView, MAX_SLOTS_PER_SESSION};
@@ -282,13 +285,13 @@ pub(crate) async fn commitment(
 
 /// Returns the joining device's view of its slot, long-polling while the
 /// slot waits for the clinician device. The view that carries the wrapped
-/// key also carries the follow token, once.
+/// key also carries the follow token, once, and sets it as the follow cookie.
 #[utoipa::path(
     get, path = "/v1/pairings/{pairing}", operation_id = "joiner_pairing_status", tag = "pairing",
     params(("pairing" = String, Path, description = "Pairing id, 12 digits in groups of four"), ("wait" = Option<u64>, Query, description = "Seconds to wait for the clinician device, at most 30")),
     security(("pairing_joiner_token" = [])),
     responses(
-        (status = 200, description = "The slot as the joining device sees it; once completed, with the wrapped key and a follow token", body = sealcast_protocol::pairing_api::PairingStatus),
+        (status = 200, description = "The slot as the joining device sees it; once completed, with the wrapped key and a follow token, which `Set-Cookie` also sets as the follow cookie", body = sealcast_protocol::pairing_api::PairingStatus),
         (status = 400, description = "Malformed id or wait", body = sealcast_protocol::api::ErrorBody),
         (status = 401, description = "Missing or wrong joiner token", body = sealcast_protocol::api::ErrorBody),
         (status = 404, description = "Unknown session or pairing", body = sealcast_protocol::api::ErrorBody), (status = 409, description = "Not this step's turn, or the slot was taken by another device", body = sealcast_protocol::api::ErrorBody), (status = 410, description = "The pairing expired or was cancelled, or the session ended", body = sealcast_protocol::api::ErrorBody),
@@ -301,7 +304,7 @@ pub(crate) async fn joiner_status(
     RawQuery(query): RawQuery,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
-) -> Result<Json<PairingStatus>, ApiError> {
+) -> Result<Response, ApiError> {
     admit(&state, peer)?;
     let wait = parse_wait(query.as_deref())?;
     let id = parse_pairing_id(&pairing)?;
@@ -316,7 +319,22 @@ pub(crate) async fn joiner_status(
     if view.state == PairingState::Completed {
         tracing::debug!(session_id = %view.session_id, "pairing: wrapped key delivered");
     }
-    Ok(Json(status(view)))
+    // A browser cannot send the follow token on the follow socket's upgrade,
+    // so the response that hands it out also sets it as the follow cookie.
+    let cookie = view
+        .follow_token
+        .as_ref()
+        .map(set_follow_cookie)
+        .transpose()
+        .map_err(|error| {
+            tracing::error!(%error, "failed to build the follow cookie header");
+            ApiError::Internal
+        })?;
+    let mut response = Json(status(view)).into_response();
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 /// Step 3: takes the joining device's public key. Responds 204.

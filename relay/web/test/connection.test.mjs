@@ -7,7 +7,13 @@ import { createHmac, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { after, test } from 'node:test';
 
-import { FollowSession, backoffDelay, followUrl, resumeOffset } from '../connection.js';
+import {
+  FollowSession,
+  MAX_PAIRED_REFUSALS,
+  backoffDelay,
+  followUrl,
+  resumeOffset,
+} from '../connection.js';
 import { classifyInviteStatus, redeemInvite } from '../invite.js';
 import {
   deriveFingerprint,
@@ -506,4 +512,48 @@ test('repeated policy closes stop', LIMIT, async () => {
     4,
     'one redemption at the start and one after the first close',
   );
+});
+
+// A paired page (token null) has its cookie from the pairing and no invite to redeem.
+async function followPaired(relay, env) {
+  const record = recordingListener();
+  const session = new FollowSession({
+    token: null,
+    sessionKey,
+    fingerprint,
+    inviteAuthKey: null,
+    sessionId: sessionIdHex,
+    env: env.env,
+    listener: record.listener,
+  });
+  await session.run({ socketFirst: true });
+  return record;
+}
+
+test('paired page follows with its cookie', LIMIT, async () => {
+  const frames = await sealScript();
+  const relay = await startRelay({
+    follow: (socket) => {
+      socket.sendText(welcome());
+      frames.forEach((frame, offset) => socket.sendBinary(delivery(offset, frame)));
+    },
+  });
+  relay.cookie = 'follow=paired';
+  const env = browserEnv(relay);
+  env.jar.cookie = relay.cookie;
+  const record = await followPaired(relay, env);
+  assert.deepEqual(record.segments, ALL_SEGMENTS);
+  assert.equal(record.ended, 1);
+  assert.deepEqual(relay.requests, []);
+});
+
+test('paired page stops after refused upgrades', LIMIT, async () => {
+  const relay = await startRelay({ follow: () => assert.fail('the upgrade was accepted') });
+  relay.cookie = 'follow=paired';
+  const env = browserEnv(relay);
+  env.jar.cookie = 'follow=deleted';
+  const record = await followPaired(relay, env);
+  assert.deepEqual(record.failures, ['not_paired']);
+  assert.equal(relay.upgrades.length, MAX_PAIRED_REFUSALS);
+  assert.deepEqual(relay.requests, [], 'a paired page sent an invite request');
 });
