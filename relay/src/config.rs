@@ -36,11 +36,11 @@ pub struct Config {
     pub at_rest_key: KeySource,
     /// Audit checkpoints and retention.
     pub audit: AuditConfig,
-    /// How frames reach followers connected to other relay nodes.
+    /// The fan-out of frames to followers connected to other relay nodes.
     pub fanout: FanoutConfig,
 }
 
-/// How frames accepted on one relay node reach followers on the others.
+/// Fan-out of frames accepted on one relay node to followers on the others.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum FanoutConfig {
     /// A single node: frames reach the followers of this process only.

@@ -182,7 +182,7 @@ pub(super) enum Incoming {
     Publisher { attached_at: i64 },
 }
 
-/// Why a received message was dropped, also used as a metric label.
+/// Reason a received message was dropped, also used as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dropped {
     /// The message came from this node.

@@ -5,7 +5,7 @@
 //! store, and each node publishes every frame it commits, every session end
 //! and every publisher that attaches to a session on a NATS subject per
 //! session. The other nodes deliver those frames to their own followers in
-//! offset order. The store stays the source of truth: a node that sees a
+//! offset order. The store stays the source of truth: a node that finds a
 //! gap, subscribes to a session or reconnects to NATS reads the frames it
 //! lacks from the store, so a lost NATS message delays a frame and never
 //! loses it.
@@ -49,7 +49,7 @@ impl std::fmt::Debug for Fanout {
 }
 
 impl Fanout {
-    /// Connects to NATS when the configuration asks for it. The connection
+    /// Connects to NATS when the configuration selects it. The connection
     /// is made in the background and retried with backoff, so a node starts
     /// while NATS is down and reports not ready until it connects.
     pub(crate) async fn start(

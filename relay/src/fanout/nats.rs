@@ -34,7 +34,7 @@ use crate::shutdown::Shutdown;
 /// from the store when they see the gap, reconnect or find a session idle.
 const OUTBOX_CAPACITY: usize = 16 * 1024;
 
-/// Longest wait between two connection attempts.
+/// Maximum wait between two connection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// Time after which a hub that received nothing reads the store for frames

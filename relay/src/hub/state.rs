@@ -119,7 +119,7 @@ impl HubState {
         self.committed = self.next_offset;
     }
 
-    /// Returns the frame at `offset` if the ring still holds it.
+    /// Returns the frame at `offset` if the ring still contains it.
     pub(super) fn ring_frame(&self, offset: u64) -> Option<Arc<HubFrame>> {
         let first = self.ring.front()?.offset;
         let index = usize::try_from(offset.checked_sub(first)?).ok()?;

@@ -44,7 +44,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How frames reach followers on other relay nodes, as the file names it.
+/// The fan-out to other relay nodes, as the file names it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FanoutKind {
@@ -78,7 +78,7 @@ pub struct Settings {
     /// The at-rest key-encryption key itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_rest_key: Option<Secret>,
-    /// How frames reach followers on other relay nodes.
+    /// The fan-out of frames to followers on other relay nodes.
     pub fanout: FanoutKind,
     /// NATS server URL, used when `fanout` is `nats`. It may contain a password.
     #[serde(skip_serializing_if = "Option::is_none")]
