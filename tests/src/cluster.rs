@@ -1,7 +1,8 @@
 //! Several relay nodes on one data directory that fan frames out to each
-//! other through NATS, behind a [`LoadBalancer`], as a clustered relay runs.
+//! other through a NATS server of the test's own, behind a [`LoadBalancer`],
+//! as a clustered relay runs.
 //!
-//! Every node gets `--fanout nats`, the test's NATS URL, and the balancer's
+//! Every node gets `--fanout nats`, the cluster's NATS URL, and the balancer's
 //! URL as `--public-url`: staff devices' DPoP proofs name the public URL,
 //! and every node checks them against its own setting. Devices reach the
 //! cluster through [`Cluster::public_url`], or one node directly through
@@ -22,6 +23,7 @@ use url::Url;
 
 use crate::balancer::LoadBalancer;
 use crate::metrics::{self, Scrape};
+use crate::nats::NatsServer;
 use crate::process::RelayProcess;
 
 /// Lines of each node's output printed when a test fails with a cluster running.
@@ -29,20 +31,25 @@ const LOG_TAIL_LINES: usize = 60;
 
 /// Relay nodes sharing one data directory and one NATS server.
 pub struct Cluster {
-    // Declared first so that the nodes stop before the directory is removed.
+    // Declared first so that the nodes stop before the directory is removed
+    // and before the NATS server stops.
     nodes: Vec<RelayProcess>,
     balancer: LoadBalancer,
     public_url: Url,
     data_dir: TempDir,
+    nats: NatsServer,
 }
 
 impl Cluster {
-    /// Starts `count` nodes on a new temporary data directory, each with
-    /// `--fanout nats --nats-url nats_url` and an ops listener, behind a
-    /// new load balancer. The first node starts alone, because it creates
-    /// the keys and the development certificate in the data directory.
-    pub fn start(count: usize, nats_url: &str) -> Self {
+    /// Starts a NATS server on a free port and `count` nodes on a new
+    /// temporary data directory, each with `--fanout nats`, that server's
+    /// URL and an ops listener, behind a new load balancer. The first node
+    /// starts alone, because it creates the keys and the development
+    /// certificate in the data directory.
+    pub fn start(count: usize) -> Self {
         assert!(count > 0, "a cluster needs at least one node");
+        let nats = NatsServer::start_on_free_port();
+        let nats_url = nats.url();
         let data_dir = tempfile::tempdir().expect("temporary data directory");
         let balancer = LoadBalancer::start();
         // The relay trims a trailing slash from its public URL.
@@ -52,7 +59,7 @@ impl Cluster {
             "--fanout",
             "nats",
             "--nats-url",
-            nats_url,
+            &nats_url,
             "--public-url",
             &public,
             "--ops-listen",
@@ -70,7 +77,14 @@ impl Cluster {
             balancer,
             public_url,
             data_dir,
+            nats,
         }
+    }
+
+    /// Returns the NATS server, which a test stops and starts again to
+    /// simulate an outage.
+    pub fn nats_mut(&mut self) -> &mut NatsServer {
+        &mut self.nats
     }
 
     /// Returns the public URL, `https://localhost:PORT/`, which reaches the

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod balancer;
 pub mod blackhole;
 pub mod cluster;
+pub mod cluster_clinician;
 pub mod faults;
 pub mod key_swap_proxy;
 pub mod leaks;

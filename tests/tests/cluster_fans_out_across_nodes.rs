@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
+use sealcast_tests::cluster_clinician::NodeClinician;
 use sealcast_tests::faults::{
     assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
-    assert_no_text_in_output, load_consultation, BackgroundPublish,
+    assert_no_text_in_output, load_consultation,
 };
-use sealcast_tests::nats::NatsServer;
 use sealcast_tests::session::{
-    follow_counting_finals, follow_until_end, wait_until_connected, FollowOutcome, LiveSession,
+    follow_counting_finals, follow_until_end, wait_until_connected, FollowOutcome,
 };
-use sealcast_tests::staff::StaffDevice;
 use sealcast_tests::store::FrameStore;
 use tokio::task::JoinHandle;
 
@@ -51,16 +50,8 @@ struct Followers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_reach_followers_on_other_nodes() {
-    let nats = NatsServer::start_on_free_port();
-    let mut cluster = Cluster::start(3, &nats.url());
-    let staff = StaffDevice::clinician_at(
-        cluster.data_dir(),
-        &cluster.public_url(),
-        &cluster.ca_cert(),
-    )
-    .await;
-    let on_a = cluster.node_authorizer(NODE_A, staff.authorizer());
-    let node_a = cluster.node_url(NODE_A);
+    let mut cluster = Cluster::start(3);
+    let clinician = NodeClinician::sign_in(&cluster, NODE_A).await;
 
     let mut sessions = Vec::new();
     for index in 0..CONSULTATIONS {
@@ -70,7 +61,7 @@ async fn frames_reach_followers_on_other_nodes() {
             consultation.name,
             consultation.published.len()
         );
-        let session = LiveSession::create_at(&node_a, &cluster.ca_cert(), on_a.clone()).await;
+        let session = clinician.create_session().await;
         let mut followers = Followers {
             tasks: Vec::new(),
             live: Vec::new(),
@@ -90,13 +81,7 @@ async fn frames_reach_followers_on_other_nodes() {
 
     let mut publishing = Vec::new();
     for (consultation, session, _) in &sessions {
-        let publisher = session.publisher_at(&node_a, on_a.clone()).await;
-        let pause = PUBLISH_SPAN / consultation.published.len() as u32;
-        publishing.push(BackgroundPublish::start(
-            publisher,
-            consultation.published.clone(),
-            pause,
-        ));
+        publishing.push(clinician.publish(session, consultation, PUBLISH_SPAN).await);
     }
 
     // Halfway through, every follower has final segments already. Without

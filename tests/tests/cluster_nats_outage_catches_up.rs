@@ -10,13 +10,12 @@
 use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
+use sealcast_tests::cluster_clinician::NodeClinician;
 use sealcast_tests::faults::{
     assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
-    load_consultation, BackgroundPublish,
+    load_consultation,
 };
-use sealcast_tests::nats::NatsServer;
-use sealcast_tests::session::{follow_until_end, wait_until_connected, LiveSession};
-use sealcast_tests::staff::StaffDevice;
+use sealcast_tests::session::{follow_until_end, wait_until_connected};
 use sealcast_tests::store::FrameStore;
 
 const TEST: &str = "cluster_nats_outage_catches_up";
@@ -50,26 +49,18 @@ const NODE_C: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_catch_up_after_nats_returns() {
-    let mut nats = NatsServer::start_on_free_port();
-    let mut cluster = Cluster::start(NODES, &nats.url());
+    let mut cluster = Cluster::start(NODES);
     for node in 0..NODES {
         cluster.wait_for_readyz(node, 200, READY_LIMIT).await;
     }
-    let staff = StaffDevice::clinician_at(
-        cluster.data_dir(),
-        &cluster.public_url(),
-        &cluster.ca_cert(),
-    )
-    .await;
-    let on_a = cluster.node_authorizer(NODE_A, staff.authorizer());
-    let node_a = cluster.node_url(NODE_A);
+    let clinician = NodeClinician::sign_in(&cluster, NODE_A).await;
     let consultation = load_consultation(TEST, 5);
     println!(
         "consultation {}: {} frames",
         consultation.name,
         consultation.published.len()
     );
-    let session = LiveSession::create_at(&node_a, &cluster.ca_cert(), on_a.clone()).await;
+    let session = clinician.create_session().await;
     let session_id = session.created.session_id;
 
     let mut followers = Vec::new();
@@ -78,16 +69,13 @@ async fn followers_catch_up_after_nats_returns() {
         wait_until_connected(&mut follower, CONNECT_LIMIT).await;
         followers.push((node, tokio::spawn(follow_until_end(follower, FOLLOW_LIMIT))));
     }
-    let pause = PUBLISH_SPAN / consultation.published.len() as u32;
-    let publishing = BackgroundPublish::start(
-        session.publisher_at(&node_a, on_a.clone()).await,
-        consultation.published.clone(),
-        pause,
-    );
+    let publishing = clinician
+        .publish(&session, &consultation, PUBLISH_SPAN)
+        .await;
 
     tokio::time::sleep(BEFORE_OUTAGE).await;
     let acknowledged_before = publishing.acknowledged();
-    nats.stop();
+    cluster.nats_mut().stop();
     let outage_start = tokio::time::Instant::now();
     println!("NATS stopped; acknowledged {acknowledged_before:?}");
     tokio::join!(
@@ -118,7 +106,7 @@ async fn followers_catch_up_after_nats_returns() {
         !publishing.is_done(),
         "the publisher finished during the outage: lengthen PUBLISH_SPAN"
     );
-    nats.start();
+    cluster.nats_mut().start();
     for node in 0..NODES {
         cluster.wait_for_readyz(node, 200, READY_LIMIT).await;
     }

@@ -10,13 +10,12 @@
 use std::time::Duration;
 
 use sealcast_tests::cluster::Cluster;
+use sealcast_tests::cluster_clinician::NodeClinician;
 use sealcast_tests::faults::{
     assert_acknowledged_stored, assert_every_offset_once, assert_follower_complete,
-    load_consultation, BackgroundPublish,
+    load_consultation,
 };
-use sealcast_tests::nats::NatsServer;
-use sealcast_tests::session::{follow_until_end, wait_until_connected, LiveSession};
-use sealcast_tests::staff::StaffDevice;
+use sealcast_tests::session::{follow_until_end, wait_until_connected};
 use sealcast_tests::store::FrameStore;
 
 const TEST: &str = "cluster_node_kill_moves_followers";
@@ -40,23 +39,15 @@ const NODE_C: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_of_killed_node_resumes_on_another() {
-    let nats = NatsServer::start_on_free_port();
-    let mut cluster = Cluster::start(3, &nats.url());
-    let staff = StaffDevice::clinician_at(
-        cluster.data_dir(),
-        &cluster.public_url(),
-        &cluster.ca_cert(),
-    )
-    .await;
-    let on_a = cluster.node_authorizer(NODE_A, staff.authorizer());
-    let node_a = cluster.node_url(NODE_A);
+    let mut cluster = Cluster::start(3);
+    let clinician = NodeClinician::sign_in(&cluster, NODE_A).await;
     let consultation = load_consultation(TEST, 3);
     println!(
         "consultation {}: {} frames",
         consultation.name,
         consultation.published.len()
     );
-    let session = LiveSession::create_at(&node_a, &cluster.ca_cert(), on_a.clone()).await;
+    let session = clinician.create_session().await;
     let session_id = session.created.session_id;
 
     // The follower that moves connects through the balancer, routed to B.
@@ -80,12 +71,9 @@ async fn follower_of_killed_node_resumes_on_another() {
     wait_until_connected(&mut steady, CONNECT_LIMIT).await;
     let steady = tokio::spawn(follow_until_end(steady, FOLLOW_LIMIT));
 
-    let pause = PUBLISH_SPAN / consultation.published.len() as u32;
-    let publishing = BackgroundPublish::start(
-        session.publisher_at(&node_a, on_a.clone()).await,
-        consultation.published.clone(),
-        pause,
-    );
+    let publishing = clinician
+        .publish(&session, &consultation, PUBLISH_SPAN)
+        .await;
 
     tokio::time::sleep(BEFORE_KILL).await;
     let forwarded_to_c = cluster.balancer().forwarded_to(NODE_C);
