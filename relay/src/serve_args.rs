@@ -42,8 +42,8 @@ pub(crate) struct ServeArgs {
     /// either, a development key file is made in the data directory.
     #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
     at_rest_key_file: Option<PathBuf>,
-    /// How frames reach followers on other relay nodes: local (one node) or
-    /// nats (nodes sharing --data-dir, connected through --nats-url).
+    /// Fan-out between relay nodes: local for a single node, or nats for
+    /// nodes that share --data-dir and a NATS server at --nats-url.
     #[arg(long, env = "SEALCAST_FANOUT", value_enum, default_value_t = FanoutKind::Local)]
     fanout: FanoutKind,
     /// NATS server URL for --fanout nats, such as nats://127.0.0.1:4222.

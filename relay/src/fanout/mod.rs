@@ -1,16 +1,18 @@
-//! Fan-out between relay nodes.
+//! Fan-out of frames between relay nodes.
 //!
 //! With `fanout = "local"` a frame reaches only the followers connected to
 //! the node that accepted it. With `fanout = "nats"` several nodes share one
-//! store, and each node publishes every frame it commits, every session end
-//! and every publisher that attaches to a session on a NATS subject per
-//! session. The other nodes deliver those frames to their own followers in
-//! offset order. The store stays the source of truth: a node that finds a
-//! gap, subscribes to a session or reconnects to NATS reads the frames it
-//! lacks from the store, so a lost NATS message delays a frame and never
-//! loses it.
+//! store. Each node publishes three kinds of message on a per-session NATS
+//! subject: every frame it commits, every session end, and every publisher
+//! that attaches to a session. The other nodes deliver those frames to
+//! their own followers in offset order.
 //!
-//! | module | job |
+//! The store stays the source of truth. A node reads the frames it lacks
+//! from the store when it finds a gap, subscribes to a session or
+//! reconnects to NATS. A lost NATS message therefore delays a frame but
+//! does not lose it.
+//!
+//! | module | contents |
 //! | --- | --- |
 //! | [`message`] | subjects, headers and payloads of the messages between nodes |
 //! | [`nats`] | the NATS connection, the outbox of published messages and the per-session feeds |

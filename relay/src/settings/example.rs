@@ -82,9 +82,10 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     key(
         "fanout",
-        "How frames reach followers connected to other relay nodes: local for one node, \
-         or nats for several nodes that share data_dir on one host and pass each \
-         committed frame and session end through the NATS server at nats_url.",
+        "Fan-out of frames to followers connected to other relay nodes: local for one \
+         node, or nats for several nodes that share data_dir on one host. With nats, \
+         each node passes every committed frame and session end through the NATS \
+         server at nats_url.",
     ),
     secret(
         "nats_url",
