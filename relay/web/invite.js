@@ -6,7 +6,7 @@
 // an HttpOnly cookie that authorizes the follow socket, so no credential appears in a URL and
 // no script can read it.
 
-import { parseJson } from './json.js';
+import { postJson } from './json-request.js';
 import {
   bytesEqual,
   computeInviteProof,
@@ -35,26 +35,6 @@ export function classifyInviteStatus(status) {
     return 'retry';
   }
   return 'refused';
-}
-
-/** Sends a JSON POST to a relay route and returns `{ status, body }`; body is null if not JSON. */
-export async function postJson(fetchFn, url, payload) {
-  const response = await fetchFn(url, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify(payload),
-    credentials: 'same-origin',
-    cache: 'no-store',
-    redirect: 'error',
-    referrerPolicy: 'no-referrer',
-  });
-  let body = null;
-  try {
-    body = parseJson(await response.text());
-  } catch {
-    body = null;
-  }
-  return { status: response.status, body };
 }
 
 /**

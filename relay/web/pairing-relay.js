@@ -6,8 +6,7 @@
 // clinician device stops waiting. The response that hands out the wrapped key also sets the
 // follow cookie, which the follow socket then accepts like a redeemed invite's.
 
-import { postJson } from './invite.js';
-import { parseJson } from './json.js';
+import { postJson, requestJson } from './json-request.js';
 import {
   agreeSharedSecret,
   checkCommitment,
@@ -184,26 +183,10 @@ class PairingMailbox {
     }
   }
 
-  async #request(method, url, payload = undefined) {
-    const response = await this.#env.fetch(url, {
-      method,
-      headers: {
-        Authorization: `Bearer ${this.#token}`,
-        ...(payload === undefined ? {} : { 'Content-Type': 'application/json' }),
-      },
-      body: payload === undefined ? undefined : JSON.stringify(payload),
-      credentials: 'same-origin',
-      cache: 'no-store',
-      redirect: 'error',
-      referrerPolicy: 'no-referrer',
-    });
-    let body = null;
-    try {
-      body = parseJson(await response.text());
-    } catch {
-      body = null;
-    }
-    return { status: response.status, body };
+  // Sends a request that carries the joiner token, which every step after the commitment needs.
+  #request(method, url, payload = undefined) {
+    const headers = { Authorization: `Bearer ${this.#token}` };
+    return requestJson(this.#env.fetch, method, url, { payload, headers });
   }
 
   // Repeats a request after a network failure, 429 or 5xx, with exponential backoff.

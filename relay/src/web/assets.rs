@@ -69,6 +69,7 @@ pub(crate) static JOIN: Page = Page {
         &asset!("connection.js", JAVASCRIPT),
         &asset!("ed25519.js", JAVASCRIPT),
         &asset!("invite.js", JAVASCRIPT),
+        &asset!("json-request.js", JAVASCRIPT),
         &asset!("json.js", JAVASCRIPT),
         &asset!("opener.js", JAVASCRIPT),
         &asset!("pairing.js", JAVASCRIPT),
