@@ -23,6 +23,7 @@ pub mod blackhole;
 pub mod cluster;
 pub mod cluster_clinician;
 pub mod faults;
+pub mod forwarding_proxy;
 pub mod key_swap_proxy;
 pub mod leaks;
 pub mod memory;
