@@ -43,8 +43,8 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a NATS server on a free port and `count` nodes on a new
     /// temporary data directory, each with `--fanout nats`, that server's
-    /// URL and an ops listener, behind a new load balancer. The first node
-    /// starts alone, because it creates the keys and the development
+    /// URL and an ops listener, behind a new load balancer. The nodes start
+    /// one after another, so the first creates the keys and the development
     /// certificate in the data directory.
     pub fn start(count: usize) -> Self {
         assert!(count > 0, "a cluster needs at least one node");
