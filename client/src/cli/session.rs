@@ -101,6 +101,7 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         key,
         key_epoch: 0,
         created_unix_s: now_unix_s(),
+        endorsement: None,
     };
     let path = store.save(&session)?;
     store.set_current(&session.session_id)?;
