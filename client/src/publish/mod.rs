@@ -150,6 +150,9 @@ pub struct PublishReport {
     pub reconnects: u32,
     /// The key that signed the stream, or `None` when it was not signed.
     pub publisher: Option<PublisherKey>,
+    /// The key of the device that started the session, when it endorsed
+    /// `publisher` for this device, which took the session over.
+    pub endorsed_by: Option<PublisherKey>,
     /// Key epoch of `stream_id`.
     pub key_epoch: u32,
 }
@@ -344,11 +347,12 @@ impl Publisher {
             self.send_frame(frame).await?;
         }
         self.send(Command::Finish).await?;
-        let publisher = self.sealing.publisher_key();
+        let publisher = self.sealing.signing_key();
         match self.link.take() {
             Some(link) => {
                 let mut report = link.await.map_err(join_error)??;
                 report.publisher = publisher;
+                report.endorsed_by = self.endorsement.map(|endorsement| endorsement.endorser);
                 report.key_epoch = self.key_epoch;
                 Ok(report)
             }

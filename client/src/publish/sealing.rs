@@ -101,6 +101,14 @@ impl StreamSealing {
         }
     }
 
+    /// Returns the key that signs this stream, or `None` for plain frames.
+    pub(crate) fn signing_key(&self) -> Option<PublisherKey> {
+        match self {
+            StreamSealing::Plain { .. } => None,
+            StreamSealing::Authored { stream, .. } => Some(stream.signing_key()),
+        }
+    }
+
     /// Seals a segment. A signed stream adds a checkpoint after every
     /// [`sealcast_protocol::authorship::CHECKPOINT_INTERVAL`] frames, so
     /// one or two frames come back, to be sent in order.

@@ -317,19 +317,21 @@ pub(crate) async fn commitment(
         .pairings
         .purpose(id, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
-    let joiner = match (purpose, device_key) {
-        (PairingPurpose::ClinicianDevice, Some(key)) => Some((
-            signed_in_joiner(&state, &method, &uri, &headers).await?,
-            key,
-        )),
-        (PairingPurpose::ClinicianDevice, None) => {
-            count_failure("malformed");
-            return Err(ApiError::BadRequest(
-                "device_key is missing: this pairing hands the session to another device of the clinician, so send the joining device's identity key with the commitment".into(),
-            ));
+    // A slot for a second device checks the sign-in first, so a patient's
+    // device that sends no key learns that it cannot join at all.
+    let joiner = match purpose {
+        PairingPurpose::ClinicianDevice => {
+            let owner = signed_in_joiner(&state, &method, &uri, &headers).await?;
+            let Some(key) = device_key else {
+                count_failure("malformed");
+                return Err(ApiError::BadRequest(
+                    "device_key is missing: this pairing hands the session to another device of the clinician, so send the joining device's identity key with the commitment".into(),
+                ));
+            };
+            Some((owner, key))
         }
-        // A patient slot given a device key is rejected by the mailbox.
-        (PairingPurpose::Patient, key) => key.map(|key| (SlotOwner::default(), key)),
+        // The mailbox rejects a device key sent to a patient slot.
+        PairingPurpose::Patient => device_key.map(|key| (SlotOwner::default(), key)),
     };
     let (token, expires_in) = state
         .pairings
