@@ -61,7 +61,7 @@ impl Endorsement {
             .sign(&Self::statement(session_id, key_epoch, &device))
             .to_bytes();
         Endorsement {
-            endorser: PublisherKey(signing.verifying_key()),
+            endorser: PublisherKey::of_verifying_key(&signing.verifying_key()),
             device,
             key_epoch,
             signature,
@@ -185,8 +185,10 @@ mod tests {
 
     fn keys() -> ([u8; 32], PublisherKey, PublisherKey) {
         let first = [1u8; 32];
-        let first_public = PublisherKey(SigningKey::from_bytes(&first).verifying_key());
-        let second_public = PublisherKey(SigningKey::from_bytes(&[2u8; 32]).verifying_key());
+        let first_public =
+            PublisherKey::of_verifying_key(&SigningKey::from_bytes(&first).verifying_key());
+        let second_public =
+            PublisherKey::of_verifying_key(&SigningKey::from_bytes(&[2u8; 32]).verifying_key());
         (first, first_public, second_public)
     }
 

@@ -69,9 +69,11 @@ pub enum AuthorshipError {
     SignerChanged,
 }
 
-/// The publishing device's Ed25519 identity public key.
+/// The publishing device's Ed25519 identity public key. It keeps the 32
+/// checked key bytes, not the decompressed point, so that verdicts and
+/// events that name two keys stay small.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublisherKey(VerifyingKey);
+pub struct PublisherKey([u8; 32]);
 
 impl PublisherKey {
     /// Parses 32 key bytes, rejecting invalid and low-order (weak) keys.
@@ -81,29 +83,34 @@ impl PublisherKey {
         if key.is_weak() {
             return Err(AuthorshipError::InvalidPublisherKey);
         }
-        Ok(PublisherKey(key))
+        Ok(PublisherKey::of_verifying_key(&key))
     }
 
     /// Returns the public key of a device identity key.
     pub fn of_device(device: &DeviceKey) -> Self {
-        PublisherKey(SigningKey::from_bytes(&device.secret_bytes()).verifying_key())
+        Self::of_verifying_key(&SigningKey::from_bytes(&device.secret_bytes()).verifying_key())
+    }
+
+    fn of_verifying_key(key: &VerifyingKey) -> Self {
+        PublisherKey(key.to_bytes())
     }
 
     /// Returns the 32 key bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// Encodes the key as unpadded base64url, its form in links.
     pub fn to_base64url(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+        URL_SAFE_NO_PAD.encode(self.0)
     }
 
     /// Checks a signature over a statement, rejecting non-canonical signatures.
     fn verify(&self, statement: &[u8], signature: &[u8; 64]) -> Result<(), AuthorshipError> {
+        // The bytes were checked when the key was made, so they decompress.
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| AuthorshipError::BadSignature)?;
         let signature = Signature::from_bytes(signature);
-        self.0
-            .verify_strict(statement, &signature)
+        key.verify_strict(statement, &signature)
             .map_err(|_| AuthorshipError::BadSignature)
     }
 }

@@ -96,7 +96,7 @@ impl AuthoredStream {
 
     /// Returns the public key of the key that signs this stream.
     pub fn signing_key(&self) -> PublisherKey {
-        PublisherKey(self.signing.verifying_key())
+        PublisherKey::of_verifying_key(&self.signing.verifying_key())
     }
 
     /// This stream's id.
