@@ -140,7 +140,7 @@ fn grant_with_altered_epoch_is_rejected() {
 }
 
 #[test]
-fn endorsement_of_another_key_is_not_wrapped_or_accepted() {
+fn endorsement_of_other_key_rejected() {
     let second = key_of(&SECOND_SECRET);
     let other = key_of(&[0x66; 32]);
     let (to_second, _) = pair_devices(second);

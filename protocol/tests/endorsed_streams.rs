@@ -89,7 +89,7 @@ fn endorsed_stream_is_complete_and_names_both_devices() {
 }
 
 #[test]
-fn endorsement_holds_for_later_key_epochs() {
+fn endorsement_valid_in_later_epochs() {
     let second = key_of(&SECOND_SECRET);
     let stream = stream_of(&SECOND_SECRET, 4)
         .with_endorsement(endorsed_by_first(2, second))
@@ -148,7 +148,7 @@ fn endorsement_signed_by_a_stranger_is_rejected() {
 }
 
 #[test]
-fn endorsement_of_another_key_is_refused_by_the_sealer() {
+fn sealer_rejects_endorsement_of_other_key() {
     let stranger = key_of(&STRANGER_SECRET);
     let result = stream_of(&SECOND_SECRET, 0).with_endorsement(endorsed_by_first(0, stranger));
     assert!(matches!(

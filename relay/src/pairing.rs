@@ -217,8 +217,8 @@ impl PairingMailbox {
         Ok((id, self.lifetime))
     }
 
-    /// Returns who a live slot hands the session key to, so the caller knows
-    /// which credential step 1 needs.
+    /// Returns who a live slot hands the session key to, which decides the
+    /// credential step 1 needs.
     pub(crate) fn purpose(
         &self,
         id: PairingId,

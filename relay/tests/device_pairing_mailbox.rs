@@ -1,6 +1,6 @@
 //! Pairing slots that hand a session to another device of the same
-//! clinician, against a real relay over TLS: only a device signed in as the
-//! slot's opener may join, the relay carries the device key to the first
+//! clinician, against a real relay over TLS. Only a device signed in as the
+//! slot's opener may join. The relay carries the device key to the first
 //! device, takes a wrapped device grant and hands out no follow token.
 
 // Helpers fail by panicking, like the tests that call them.
@@ -184,7 +184,7 @@ async fn device_slot_admits_only_the_same_clinician() {
     assert_eq!(failures(&metrics, "joiner_not_signed_in"), 1.0);
     assert_eq!(failures(&metrics, "joiner_other_clinician"), 1.0);
 
-    // The refusals left the slot open for the clinician's own device.
+    // The rejected requests left the slot open for the clinician's own device.
     let response = commit(
         &relay,
         &id,

@@ -1,6 +1,6 @@
 //! A `sealcast` child process whose stdout and stderr are read line by line,
-//! for tests that play both people of a pairing: they wait for a line, read
-//! a code from it and type an answer on the other process's stdin.
+//! for tests that play both people of a pairing. They wait for a line, read
+//! a code from it and write the reply to the other process's stdin.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};

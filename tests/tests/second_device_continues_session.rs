@@ -3,9 +3,9 @@
 //! the session runs `sealcast pair offer --device`, the other device of the
 //! same clinician `sealcast pair adopt`, and the test carries each code to
 //! the other screen. The adopting device then publishes the rest of the
-//! consultation and ends the session, and a follower that holds only the
-//! first device's key reports every stream complete, the later ones authored
-//! by the second device and endorsed by the first. Devices of another
+//! consultation and ends the session. A follower with only the first
+//! device's key reports every stream complete, and names the second device
+//! as the author of the later ones, endorsed by the first. Devices of another
 //! clinician or without a sign-in cannot join such a pairing, and a stream
 //! whose key endorses itself is not authored.
 
@@ -303,7 +303,7 @@ async fn second_device_continues_and_ends_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_pairing_refuses_other_clinicians_and_patients() {
+async fn device_pairing_rejects_others() {
     let clinic = Clinic::start().await;
     let colleague_email = format!("colleague-{}@clinic.example", std::process::id());
     create_clinician(&clinic.relay, &clinic.org, &colleague_email);
@@ -400,8 +400,8 @@ async fn self_endorsed_key_is_not_authored() {
     let follower_home = tempfile::tempdir().unwrap();
     let follower = clinic.follow(follower_home.path()).await;
 
-    // A device of the same clinician holds the session key from the link
-    // and endorses its own key, which followers do not hold.
+    // A device of the same clinician has the session key from the link and
+    // endorses its own key, which followers do not have.
     let url = Url::parse(&clinic.relay.base_url()).unwrap();
     let (forger, _forger_home) = sign_in(
         &url,

@@ -48,8 +48,8 @@ pub struct AdoptArgs {
     pub ca_cert: Option<PathBuf>,
 
     /// Confirm without a prompt when the pairing code equals CODE (four words
-    /// or six digits), and refuse otherwise. - reads CODE from stdin once the
-    /// code is shown
+    /// or six digits), and reject the pairing otherwise. - reads CODE from
+    /// stdin once the code is shown
     #[arg(long, value_name = "CODE")]
     pub confirm_code: Option<String>,
 }

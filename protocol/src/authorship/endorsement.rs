@@ -155,8 +155,8 @@ pub struct EndorsementContent {
 }
 
 impl EndorsementContent {
-    /// Decodes the fields of an endorsement said to be signed by
-    /// `endorser`, without checking the signature.
+    /// Decodes the fields of an endorsement by `endorser`, without checking
+    /// the signature.
     pub fn decode(&self, endorser: PublisherKey) -> Result<Endorsement, AuthorshipError> {
         let malformed = AuthorshipError::InvalidEndorsement;
         let device: [u8; 32] =

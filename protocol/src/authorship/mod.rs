@@ -207,7 +207,7 @@ impl SignedContent {
 
     /// Parses the content of an opened checkpoint or end frame into the
     /// statement, signature and endorsement.
-    /// An endorsement is decoded as one by `publisher`, the key the follower holds.
+    /// An endorsement is decoded as signed by `publisher`, the follower's key.
     pub fn parse(
         opened: &OpenedFrame,
         publisher: PublisherKey,

@@ -4,9 +4,9 @@
 //! Ed25519 identity key bound into the commitment and the code, so a relay
 //! that substitutes that key makes the codes differ. Once both people
 //! confirmed the code, the first device wraps a [`DeviceGrant`]: everything it
-//! stores about the session, and an [`Endorsement`] of the second device's key
-//! that lets followers, who hold only the first device's key, accept the
-//! streams the second device signs.
+//! stores about the session, and an [`Endorsement`] of the second device's
+//! key. Followers have only the first device's key, and the endorsement
+//! lets them accept the streams the second device signs.
 //!
 //! Payload before encryption, big-endian: session id (16) || session key (32)
 //! || first device key (32) || endorsement (100) || u64 history epoch || u8
@@ -29,7 +29,7 @@ pub(super) const DEVICE_COMMIT_LABEL: &[u8] = b"sealcast v1 device pairing commi
 const DEVICE_CODE_LABEL: &[u8] = b"sealcast v1 device pairing code";
 pub(super) const WRAP_TO_DEVICE_LABEL: &[u8] = b"sealcast v1 wrap to clinician device";
 
-/// Longest invite token a device grant carries, in bytes.
+/// Maximum length of the invite token in a device grant, in bytes.
 pub const MAX_INVITE_TOKEN_LEN: usize = 255;
 
 /// Payload bytes before the invite token.
@@ -44,8 +44,8 @@ pub const MIN_DEVICE_WRAPPED_LEN: usize = WRAP_OVERHEAD + FIXED_PAYLOAD_LEN;
 /// Length of a wrapped device grant with the longest invite token.
 pub const MAX_DEVICE_WRAPPED_LEN: usize = MIN_DEVICE_WRAPPED_LEN + MAX_INVITE_TOKEN_LEN;
 
-/// What a second device of the clinician needs to continue a session: to
-/// publish, end it, and give links and pairings to patients.
+/// The session data a second device of the clinician needs to publish, end
+/// the session, and give links and pairings to patients.
 pub struct DeviceGrant {
     /// The key epoch of `session_key`.
     pub key_epoch: u32,

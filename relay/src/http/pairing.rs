@@ -474,8 +474,8 @@ pub(crate) async fn joiner_cancel(
 }
 
 /// Authenticates the joiner of a slot for a clinician's second device and
-/// returns its account. A request without any credential gets a 401 that
-/// says what to do, and every rejection counts as a pairing failure.
+/// returns its account. A request without any credential gets a 401 whose
+/// message names the next step, and every rejection counts as a pairing failure.
 async fn signed_in_joiner(
     state: &AppState,
     method: &Method,
@@ -484,6 +484,7 @@ async fn signed_in_joiner(
 ) -> Result<SlotOwner, ApiError> {
     if !headers.contains_key(axum::http::header::AUTHORIZATION) {
         count_failure(PairingRejected::SignInRequired.label());
+        tracing::debug!("device pairing step 1 rejected: no staff credential");
         return Err(ApiError::Unauthorized(SIGN_IN_REQUIRED));
     }
     match authenticate(state, headers, method, uri.path(), DEVICE_PAIRING).await {
@@ -493,6 +494,7 @@ async fn signed_in_joiner(
         }),
         Err(error) => {
             count_failure(PairingRejected::SignInRequired.label());
+            tracing::debug!(%error, "device pairing step 1 rejected: invalid staff credential");
             Err(error)
         }
     }
