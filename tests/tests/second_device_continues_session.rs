@@ -212,6 +212,16 @@ async fn second_device_continues_and_ends_the_session() {
         "{adopted:#?}"
     );
 
+    // The second device gives out the same link, with the first device's key.
+    let linked = CliProcess::spawn(second_home.path(), &["session", "link", "--no-qr"]);
+    let (status, stdout, stderr) = linked.finish().await;
+    assert!(status.success(), "session link failed: {stderr:#?}");
+    let printed = stdout
+        .iter()
+        .find(|line| line.starts_with("https://") && line.contains("/join?"))
+        .expect("session link prints the invite link");
+    assert_eq!(printed, &clinic.link);
+
     let rest = write_transcript(
         second_home.path(),
         "rest.jsonl",

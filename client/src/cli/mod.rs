@@ -3,7 +3,7 @@
 //! | command | module |
 //! | --- | --- |
 //! | `sealcast login`, `logout`, `whoami` | [`login`] |
-//! | `sealcast session start`, `session end`, `session list` | [`session`] |
+//! | `sealcast session start`, `session end`, `session link`, `session list` | [`session`] |
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
 //! | `sealcast pair offer`, `pair join` | [`pair`] |
