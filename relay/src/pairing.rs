@@ -227,6 +227,17 @@ impl PairingMailbox {
         self.with_slot(id, now, |slot| Ok(purpose_of(slot)))
     }
 
+    /// Returns who a live slot of `session_id` hands the session key to,
+    /// reporting a slot of another session as unknown.
+    pub(crate) fn clinician_purpose(
+        &self,
+        id: PairingId,
+        session_id: SessionId,
+        now: Instant,
+    ) -> Result<PairingPurpose, PairingRejected> {
+        self.with_clinician_slot(id, session_id, now, |slot| Ok(purpose_of(slot)))
+    }
+
     /// Step 1: stores the joining device's commitment and returns the token
     /// that authenticates its later requests. `device` is the joiner's staff
     /// account and identity key, which a slot for a second device requires

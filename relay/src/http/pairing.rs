@@ -202,7 +202,7 @@ pub(crate) async fn wrapped_key(
     let session_id = record.session_id;
     let purpose = state
         .pairings
-        .purpose(id, Instant::now())
+        .clinician_purpose(id, session_id, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
     let wrapped = match purpose {
         PairingPurpose::Patient => {
