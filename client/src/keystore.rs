@@ -5,7 +5,7 @@
 //!
 //! | path | content |
 //! | --- | --- |
-//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url), and its key epoch after a rotation |
+//! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url), its key epoch after a rotation, and on a clinician's second device the first device's endorsement of it |
 //! | `current` | id of the session started last, so commands can omit `--session` |
 //! | `devices/<host>_<port>.device` | JSON: the device key and sign-in of one relay, see [`crate::auth::credentials`] |
 //!
@@ -21,6 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use sealcast_protocol::authorship::{Endorsement, PublisherKey};
+use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::{InviteLink, SessionId, SessionKey};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -57,9 +59,22 @@ pub struct StoredSession {
     pub key_epoch: u32,
     /// When the session was stored, in seconds since the Unix epoch.
     pub created_unix_s: u64,
+    /// On a device that took the session over from the device that started
+    /// it: that device's endorsement of this device's identity key, which
+    /// every stream this device signs carries. `None` on the first device.
+    pub endorsement: Option<Endorsement>,
 }
 
 impl StoredSession {
+    /// Returns the key followers check this session's streams with: the
+    /// first device's key, which is `device`'s own on the first device.
+    pub fn publisher_key(&self, device: &DeviceKey) -> PublisherKey {
+        match &self.endorsement {
+            Some(endorsement) => endorsement.endorser,
+            None => PublisherKey::of_device(device),
+        }
+    }
+
     /// Builds the invite link for this session, with the key of the newest
     /// key epoch. Followers also need that epoch, which [`FollowInvite`]
     /// carries.
@@ -83,6 +98,7 @@ impl std::fmt::Debug for StoredSession {
             .field("epoch", &self.epoch)
             .field("key_epoch", &self.key_epoch)
             .field("created_unix_s", &self.created_unix_s)
+            .field("endorsement", &self.endorsement)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +125,11 @@ struct SessionRecord {
     #[serde(default, skip_serializing_if = "is_zero")]
     key_epoch: u32,
     created_unix_s: u64,
+    /// The endorsing device's key and the endorsement, `32 || 100` bytes as
+    /// unpadded base64url. A build that predates it rejects the file, which
+    /// is right, because it would sign streams that followers cannot verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endorsement: Option<String>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -173,6 +194,7 @@ impl KeyStore {
             key: session.key.to_base64url(),
             key_epoch: session.key_epoch,
             created_unix_s: session.created_unix_s,
+            endorsement: session.endorsement.as_ref().map(encode_endorsement),
         };
         let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&record).map_err(|err| {
             ClientError::Internal(format!("failed to encode the session record: {err}"))
@@ -338,7 +360,37 @@ fn record_to_session(record: &SessionRecord) -> Result<StoredSession, String> {
         key: SessionKey::from_bytes(key_array),
         key_epoch: record.key_epoch,
         created_unix_s: record.created_unix_s,
+        endorsement: record
+            .endorsement
+            .as_deref()
+            .map(decode_endorsement)
+            .transpose()?,
     })
+}
+
+fn encode_endorsement(endorsement: &Endorsement) -> String {
+    let mut bytes = endorsement.endorser.to_bytes().to_vec();
+    bytes.extend_from_slice(&endorsement.to_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode_endorsement(text: &str) -> Result<Endorsement, String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| "the endorsement is not unpadded base64url".to_string())?;
+    if bytes.len() < 32 {
+        return Err(format!(
+            "the endorsement is {} bytes, expected 132",
+            bytes.len()
+        ));
+    }
+    let (endorser, endorsement) = bytes.split_at(32);
+    let endorser: [u8; 32] = endorser
+        .try_into()
+        .map_err(|_| "the endorsing key is not 32 bytes".to_string())?;
+    let endorser =
+        PublisherKey::from_bytes(&endorser).map_err(|err| format!("the endorsing key: {err}"))?;
+    Endorsement::from_bytes(endorser, endorsement).map_err(|err| format!("the endorsement: {err}"))
 }
 
 #[cfg(unix)]
@@ -453,7 +505,52 @@ mod tests {
             key: SessionKey::from_bytes([0x42; 32]),
             key_epoch: 0,
             created_unix_s: 1_700_000_000,
+            endorsement: None,
         }
+    }
+
+    #[test]
+    fn endorsement_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path().join("state")).unwrap();
+        let first = DeviceKey::from_secret_bytes(&[1; 32]).unwrap();
+        let second = DeviceKey::from_secret_bytes(&[2; 32]).unwrap();
+        let mut session = sample();
+        assert_eq!(
+            session.publisher_key(&second),
+            PublisherKey::of_device(&second)
+        );
+        session.endorsement = Some(Endorsement::sign(
+            &first,
+            &session.session_id,
+            0,
+            PublisherKey::of_device(&second),
+        ));
+        store.save(&session).unwrap();
+        let loaded = store.load(&session.session_id).unwrap();
+        assert_eq!(loaded.endorsement, session.endorsement);
+        assert_eq!(
+            loaded.publisher_key(&second),
+            PublisherKey::of_device(&first)
+        );
+    }
+
+    #[test]
+    fn truncated_endorsement_is_rejected() {
+        let first = DeviceKey::from_secret_bytes(&[1; 32]).unwrap();
+        let second = DeviceKey::from_secret_bytes(&[2; 32]).unwrap();
+        let endorsement = Endorsement::sign(
+            &first,
+            &SessionId([1; 16]),
+            0,
+            PublisherKey::of_device(&second),
+        );
+        let text = encode_endorsement(&endorsement);
+        assert!(decode_endorsement(&text).is_ok());
+        let mut bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
+        bytes.pop();
+        assert!(decode_endorsement(&URL_SAFE_NO_PAD.encode(&bytes)).is_err());
+        assert!(decode_endorsement(&URL_SAFE_NO_PAD.encode([0u8; 10])).is_err());
     }
 
     #[test]

@@ -9,9 +9,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::StatusCode;
+use sealcast_protocol::authorship::PublisherKey;
 use sealcast_protocol::pairing_api::{
-    CommitmentBody, PairingId, PairingJoined, PairingOpened, PairingState, PairingStatus,
-    PublicKeyBody, WrappedKeyBody,
+    CommitmentBody, OpenPairingRequest, PairingId, PairingJoined, PairingOpened, PairingPurpose,
+    PairingState, PairingStatus, PublicKeyBody, WrappedKeyBody,
 };
 use sealcast_protocol::SessionId;
 use serde::de::DeserializeOwned;
@@ -47,17 +48,27 @@ impl PairingApi {
         })
     }
 
-    /// Opens a pairing slot for a session of the signed-in clinician.
+    /// Opens a pairing slot for a session of the signed-in clinician, for a
+    /// patient's device or for another device of the same clinician.
     pub async fn open(
         &self,
         device: &SignedInDevice,
         session_id: &SessionId,
+        purpose: PairingPurpose,
     ) -> Result<PairingOpened, ClientError> {
         let url = self.clinician_url(session_id, None, "");
+        let body = OpenPairingRequest { purpose };
         let response = self
-            .clinician_send(device, reqwest::Method::POST, &url, None::<&()>)
+            .clinician_send(device, reqwest::Method::POST, &url, Some(&body))
             .await?;
-        read_body(response, &url).await
+        let opened: PairingOpened = read_body(response, &url).await?;
+        if opened.purpose != purpose {
+            return Err(ClientError::ProtocolViolation(format!(
+                "the relay opened a pairing for {:?}, not {purpose:?}: update the relay",
+                opened.purpose
+            )));
+        }
+        Ok(opened)
     }
 
     /// Sends the clinician device's public key (step 2).
@@ -139,13 +150,33 @@ impl PairingApi {
         let url = self.joiner_url(id, "/commitment");
         let body = CommitmentBody {
             commitment: URL_SAFE_NO_PAD.encode(commitment),
+            device_key: None,
         };
         let response = self
             .joiner_send(None, reqwest::Method::POST, &url, Some(&body))
             .await?;
-        let joined: PairingJoined = read_body(response, &url).await?;
-        let token = BearerToken::new(SecretString::new(joined.joiner_token.clone()));
-        Ok((token, joined))
+        joined(response, &url).await
+    }
+
+    /// Sends the commitment of a second device of the clinician (step 1),
+    /// authorized by its own sign-in and naming its identity key, and
+    /// returns the joiner token.
+    pub async fn commit_as_device(
+        &self,
+        device: &SignedInDevice,
+        id: PairingId,
+        commitment: &[u8; 32],
+        device_key: &PublisherKey,
+    ) -> Result<(BearerToken, PairingJoined), ClientError> {
+        let url = self.joiner_url(id, "/commitment");
+        let body = CommitmentBody {
+            commitment: URL_SAFE_NO_PAD.encode(commitment),
+            device_key: Some(device_key.to_base64url()),
+        };
+        let response = self
+            .clinician_send(device, reqwest::Method::POST, &url, Some(&body))
+            .await?;
+        joined(response, &url).await
     }
 
     /// Sends the joining device's public key (step 3).
@@ -290,6 +321,15 @@ fn settled(
     Ok(None)
 }
 
+async fn joined(
+    response: reqwest::Response,
+    url: &Url,
+) -> Result<(BearerToken, PairingJoined), ClientError> {
+    let joined: PairingJoined = read_body(response, url).await?;
+    let token = BearerToken::new(SecretString::new(joined.joiner_token.clone()));
+    Ok((token, joined))
+}
+
 async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
     let status = response.status();
     if status.is_success() {
@@ -298,6 +338,9 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
     let hint = match status {
         StatusCode::UNAUTHORIZED => {
             "run `sealcast login` again on the clinician device, or start a new pairing"
+        }
+        StatusCode::FORBIDDEN => {
+            "sign in on both devices as the same clinician of the same organization"
         }
         StatusCode::TOO_MANY_REQUESTS => "wait a minute and try again",
         _ => PAIRING_HINT,

@@ -39,6 +39,12 @@ const COMMIT_LABEL: &[u8] = b"sealcast v1 pairing commit";
 const CODE_LABEL: &[u8] = b"sealcast v1 pairing code";
 const WRAP_TO_JOINER_LABEL: &[u8] = b"sealcast v1 wrap to joiner";
 
+mod device;
+
+pub use device::{
+    DeviceGrant, MAX_DEVICE_WRAPPED_LEN, MAX_INVITE_TOKEN_LEN, MIN_DEVICE_WRAPPED_LEN,
+};
+
 /// Length of the wrapped payload before encryption: session id, session key, publisher key.
 pub const PAYLOAD_LEN: usize = 16 + 32 + 32;
 
@@ -63,6 +69,16 @@ pub enum PairingError {
     /// The publisher key inside a wrapped payload is not a valid Ed25519 key.
     #[error("wrapped payload holds an invalid publisher key")]
     InvalidPublisherKey,
+    /// A device grant's endorsement names another key, another session or
+    /// epoch, or is not signed by the first device.
+    #[error("the endorsement in the wrapped payload is invalid: {0}")]
+    InvalidEndorsement(&'static str),
+    /// A device grant's content is malformed.
+    #[error("the wrapped payload is malformed: {0}")]
+    MalformedPayload(&'static str),
+    /// A device step was used on a pairing with a patient device, or the reverse.
+    #[error("this pairing is not a pairing of two devices of one clinician")]
+    NotDevicePairing,
 }
 
 /// Computes X25519 (RFC 7748 section 5) of a scalar and a u-coordinate and
@@ -135,6 +151,16 @@ impl Commitment {
         hash.update(joiner_public);
         Commitment(hash.finalize().into())
     }
+
+    /// Computes the commitment of a clinician's second device, which also
+    /// binds its Ed25519 identity key: `SHA256(label || A || identity key)`.
+    pub fn to_device_keys(joiner_public: &[u8; 32], device_key: &[u8; 32]) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(device::DEVICE_COMMIT_LABEL);
+        hash.update(joiner_public);
+        hash.update(device_key);
+        Commitment(hash.finalize().into())
+    }
 }
 
 /// The short authentication code both devices show: four words, or six digits.
@@ -168,6 +194,7 @@ impl PairingCode {
 #[derive(Debug)]
 pub struct JoinerPairing {
     keys: PairingKeyPair,
+    device_key: Option<PublisherKey>,
 }
 
 impl JoinerPairing {
@@ -179,7 +206,30 @@ impl JoinerPairing {
     /// Starts a pairing with a given key pair, for test vectors.
     pub fn with_key_pair(keys: PairingKeyPair) -> (Self, Commitment) {
         let commitment = Commitment::to_public_key(&keys.public_key());
-        (JoinerPairing { keys }, commitment)
+        let joiner = JoinerPairing {
+            keys,
+            device_key: None,
+        };
+        (joiner, commitment)
+    }
+
+    /// Starts the pairing of a clinician's second device, whose identity key
+    /// `device_key` the commitment and the code bind.
+    pub fn start_for_device(device_key: PublisherKey) -> (Self, Commitment) {
+        Self::with_key_pair_for_device(PairingKeyPair::generate(), device_key)
+    }
+
+    /// Starts a second device's pairing with a given key pair, for test vectors.
+    pub fn with_key_pair_for_device(
+        keys: PairingKeyPair,
+        device_key: PublisherKey,
+    ) -> (Self, Commitment) {
+        let commitment = Commitment::to_device_keys(&keys.public_key(), &device_key.to_bytes());
+        let joiner = JoinerPairing {
+            keys,
+            device_key: Some(device_key),
+        };
+        (joiner, commitment)
     }
 
     /// Takes the clinician device's public key and returns the joiner's public
@@ -195,6 +245,7 @@ impl JoinerPairing {
                 shared,
                 joiner_public,
                 clinician_public,
+                device_key: self.device_key,
             },
         };
         Ok((state, joiner_public))
@@ -231,6 +282,13 @@ impl PairedClinician {
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<KeyGrant, PairingError> {
         self.link.unwrap_key(wrapped)
     }
+
+    /// Checks and decrypts the session a first device handed to this second
+    /// device, and checks that its endorsement names this device's key.
+    pub fn unwrap_device_grant(&self, wrapped: &[u8]) -> Result<DeviceGrant, PairingError> {
+        let own_key = self.link.device_key.ok_or(PairingError::NotDevicePairing)?;
+        device::unwrap(&self.link, wrapped, &own_key)
+    }
 }
 
 /// The clinician device's side of a pairing, after a joiner's commitment arrived.
@@ -238,6 +296,7 @@ impl PairedClinician {
 pub struct ClinicianPairing {
     keys: PairingKeyPair,
     commitment: Commitment,
+    device_key: Option<PublisherKey>,
 }
 
 impl ClinicianPairing {
@@ -249,7 +308,34 @@ impl ClinicianPairing {
     /// Responds to a commitment with a given key pair, for test vectors.
     pub fn respond_with_key_pair(commitment: Commitment, keys: PairingKeyPair) -> (Self, [u8; 32]) {
         let public = keys.public_key();
-        (ClinicianPairing { keys, commitment }, public)
+        let pairing = ClinicianPairing {
+            keys,
+            commitment,
+            device_key: None,
+        };
+        (pairing, public)
+    }
+
+    /// Responds to the commitment of a clinician's second device, which
+    /// named its identity key `device_key` next to the commitment. The
+    /// commitment check then covers that key too.
+    pub fn respond_to_device(commitment: Commitment, device_key: PublisherKey) -> (Self, [u8; 32]) {
+        Self::respond_to_device_with_key_pair(commitment, device_key, PairingKeyPair::generate())
+    }
+
+    /// Responds to a second device with a given key pair, for test vectors.
+    pub fn respond_to_device_with_key_pair(
+        commitment: Commitment,
+        device_key: PublisherKey,
+        keys: PairingKeyPair,
+    ) -> (Self, [u8; 32]) {
+        let public = keys.public_key();
+        let pairing = ClinicianPairing {
+            keys,
+            commitment,
+            device_key: Some(device_key),
+        };
+        (pairing, public)
     }
 
     /// Checks the revealed joiner key against the commitment and agrees on the shared secret.
@@ -257,7 +343,10 @@ impl ClinicianPairing {
         self,
         joiner_public: [u8; 32],
     ) -> Result<UnconfirmedClinician, PairingError> {
-        let expected = Commitment::to_public_key(&joiner_public);
+        let expected = match &self.device_key {
+            Some(device_key) => Commitment::to_device_keys(&joiner_public, &device_key.to_bytes()),
+            None => Commitment::to_public_key(&joiner_public),
+        };
         if !bool::from(expected.0.ct_eq(&self.commitment.0)) {
             return Err(PairingError::CommitmentMismatch);
         }
@@ -266,6 +355,7 @@ impl ClinicianPairing {
             shared,
             joiner_public,
             clinician_public: self.keys.public_key(),
+            device_key: self.device_key,
         };
         Ok(UnconfirmedClinician { link })
     }
@@ -314,6 +404,28 @@ impl PairedJoiner {
     pub fn joiner_public_key(&self) -> [u8; 32] {
         self.link.joiner_public
     }
+
+    /// Returns the identity key of a second device of the clinician, which
+    /// the commitment and the confirmed code bound, or `None` for a patient device.
+    pub fn device_key(&self) -> Option<PublisherKey> {
+        self.link.device_key
+    }
+
+    /// Wraps a session for a second device of the clinician with a random nonce.
+    pub fn wrap_device_grant(&self, grant: &DeviceGrant) -> Result<Vec<u8>, PairingError> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        self.wrap_device_grant_with_nonce(grant, nonce)
+    }
+
+    /// Wraps a session for a second device with a given nonce, for test vectors.
+    pub fn wrap_device_grant_with_nonce(
+        &self,
+        grant: &DeviceGrant,
+        nonce: [u8; 12],
+    ) -> Result<Vec<u8>, PairingError> {
+        device::wrap(&self.link, grant, nonce)
+    }
 }
 
 /// The content of a wrapped key: everything a joined device needs to follow a session.
@@ -344,6 +456,8 @@ struct PairedLink {
     shared: SharedSecret,
     joiner_public: [u8; 32],
     clinician_public: [u8; 32],
+    /// The joiner's identity key when it is a second device of the clinician.
+    device_key: Option<PublisherKey>,
 }
 
 impl fmt::Debug for PairedLink {
@@ -351,22 +465,33 @@ impl fmt::Debug for PairedLink {
         f.debug_struct("PairedLink")
             .field("joiner_public", &self.joiner_public)
             .field("clinician_public", &self.clinician_public)
+            .field("device_key", &self.device_key)
             .finish_non_exhaustive()
     }
 }
 
 impl PairedLink {
     fn code(&self) -> PairingCode {
-        PairingCode::derive(&self.joiner_public, &self.clinician_public)
+        match &self.device_key {
+            Some(device_key) => {
+                device::device_code(&self.joiner_public, &self.clinician_public, device_key)
+            }
+            None => PairingCode::derive(&self.joiner_public, &self.clinician_public),
+        }
     }
 
     /// Derives the wrap key of one epoch:
-    /// `HKDF(joiner public || clinician public, shared, label || u32(epoch), 32)`.
+    /// `HKDF(joiner public || clinician public, shared, label || u32(epoch), 32)`,
+    /// with the label of the link's purpose.
     fn wrap_cipher(&self, key_epoch: u32) -> Aes256Gcm {
+        let label = match self.device_key {
+            Some(_) => device::WRAP_TO_DEVICE_LABEL,
+            None => WRAP_TO_JOINER_LABEL,
+        };
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(&self.joiner_public);
         salt[32..].copy_from_slice(&self.clinician_public);
-        let mut info = WRAP_TO_JOINER_LABEL.to_vec();
+        let mut info = label.to_vec();
         info.extend_from_slice(&key_epoch.to_be_bytes());
         let mut key = Zeroizing::new([0u8; 32]);
         expand_fixed(

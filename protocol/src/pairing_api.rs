@@ -4,12 +4,12 @@
 //!
 //! | method and path | credential | step |
 //! | --- | --- | --- |
-//! | `POST /v1/sessions/{id}/pairings` | clinician of the session | open a slot: [`PairingOpened`] |
+//! | `POST /v1/sessions/{id}/pairings` | clinician of the session | open a slot, optionally with [`OpenPairingRequest`]: [`PairingOpened`] |
 //! | `GET /v1/sessions/{id}/pairings/{pairing}?wait=S` | clinician of the session | [`PairingStatus`] with the commitment and the joiner's key |
 //! | `POST /v1/sessions/{id}/pairings/{pairing}/clinician-key` | clinician of the session | step 2: [`PublicKeyBody`] |
 //! | `POST /v1/sessions/{id}/pairings/{pairing}/wrapped-key` | clinician of the session | step 5: [`WrappedKeyBody`] |
 //! | `DELETE /v1/sessions/{id}/pairings/{pairing}` | clinician of the session | cancel |
-//! | `POST /v1/pairings/{pairing}/commitment` | none | step 1: [`CommitmentBody`], returns [`PairingJoined`] |
+//! | `POST /v1/pairings/{pairing}/commitment` | none, or for a [`PairingPurpose::ClinicianDevice`] slot a device of the user who opened it | step 1: [`CommitmentBody`], returns [`PairingJoined`] |
 //! | `GET /v1/pairings/{pairing}?wait=S` | joiner token | [`PairingStatus`] with the clinician's key, then the wrapped key |
 //! | `POST /v1/pairings/{pairing}/joiner-key` | joiner token | step 3: [`PublicKeyBody`] |
 //! | `DELETE /v1/pairings/{pairing}` | joiner token | cancel |
@@ -99,6 +99,30 @@ pub enum PairingState {
     Cancelled,
 }
 
+/// Who a pairing slot hands the session key to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum PairingPurpose {
+    /// A patient's device, which only follows the session.
+    #[default]
+    Patient,
+    /// Another signed-in device of the clinician who opened the slot, which
+    /// takes over the session: it gets everything the first device stores.
+    ClinicianDevice,
+}
+
+/// Optional body of the request that opens a pairing slot. Without a body
+/// the slot is for a patient's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpenPairingRequest {
+    /// Who the slot hands the session key to.
+    #[serde(default)]
+    pub purpose: PairingPurpose,
+}
+
 /// Response to opening a pairing slot, 201.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -107,6 +131,9 @@ pub struct PairingOpened {
     pub pairing_id: String,
     /// Seconds until the slot expires.
     pub expires_in: u64,
+    /// Who the slot hands the session key to.
+    #[serde(default)]
+    pub purpose: PairingPurpose,
 }
 
 /// Step 1, from the joining device: `SHA256("sealcast v1 pairing commit" || A)`.
@@ -115,6 +142,11 @@ pub struct PairingOpened {
 pub struct CommitmentBody {
     /// 32 bytes, unpadded base64url.
     pub commitment: String,
+    /// The joining device's Ed25519 identity key, 32 bytes as unpadded
+    /// base64url. Required for a [`PairingPurpose::ClinicianDevice`] slot,
+    /// whose commitment binds it, and rejected otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
 }
 
 /// Response to step 1, 201: the token that authenticates the joining
@@ -144,11 +176,13 @@ pub struct PublicKeyBody {
     pub public_key: String,
 }
 
-/// Step 5, from the clinician device: the wrapped key of section 12.3.
+/// Step 5, from the clinician device: the wrapped key of section 12.3, or
+/// for a second device of the clinician the wrapped grant of section 12.5.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrappedKeyBody {
-    /// 112 bytes, unpadded base64url.
+    /// 112 bytes for a patient's device, 221 to 476 bytes for a second
+    /// device of the clinician, unpadded base64url.
     pub wrapped_key: String,
 }
 
@@ -162,9 +196,16 @@ pub struct PairingStatus {
     pub state: PairingState,
     /// Seconds until the slot expires.
     pub expires_in: u64,
+    /// Who the slot hands the session key to.
+    #[serde(default)]
+    pub purpose: PairingPurpose,
     /// Step 1, for the clinician device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commitment: Option<String>,
+    /// Step 1 of a second device of the clinician: its identity key, for
+    /// the clinician device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
     /// Step 2, for the joining device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clinician_public: Option<String>,
@@ -189,7 +230,9 @@ impl fmt::Debug for PairingStatus {
         f.debug_struct("PairingStatus")
             .field("state", &self.state)
             .field("expires_in", &self.expires_in)
+            .field("purpose", &self.purpose)
             .field("commitment", &self.commitment)
+            .field("device_key", &self.device_key)
             .field("clinician_public", &self.clinician_public)
             .field("joiner_public", &self.joiner_public)
             .field("wrapped_key", &self.wrapped_key)
@@ -230,7 +273,9 @@ mod tests {
         let status = PairingStatus {
             state: PairingState::Completed,
             expires_in: 10,
+            purpose: PairingPurpose::Patient,
             commitment: None,
+            device_key: None,
             clinician_public: None,
             joiner_public: None,
             wrapped_key: None,

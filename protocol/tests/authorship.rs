@@ -89,7 +89,8 @@ fn whole_stream_is_complete() {
     assert_eq!(
         verdict,
         Verdict::Complete {
-            publisher: publisher()
+            publisher: publisher(),
+            endorsed_by: None,
         }
     );
 }

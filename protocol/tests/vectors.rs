@@ -32,12 +32,12 @@ use sealcast_protocol::api::{
     InviteRedeemResponse, PublisherEvent, CHALLENGE_LEN,
 };
 use sealcast_protocol::authorship::{
-    AuthoredStream, AuthorshipVerifier, Problem, PublisherKey, Verdict,
+    AuthoredStream, AuthorshipVerifier, Endorsement, Problem, PublisherKey, Verdict,
 };
 use sealcast_protocol::padding::{bucket_for, pad, padded_len, MAX_BUCKET};
 use sealcast_protocol::pairing::{
-    self, ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairedClinician, PairedJoiner,
-    PairingCode, PairingKeyPair, WRAPPED_KEY_LEN,
+    self, ClinicianPairing, Commitment, DeviceGrant, JoinerPairing, KeyGrant, PairedClinician,
+    PairedJoiner, PairingCode, PairingKeyPair, WRAPPED_KEY_LEN,
 };
 use sealcast_protocol::{
     frame_hash, nonce_for_seq, EndOfSession, Fingerprint, FollowInvite, FrameHeader, FrameKind,
@@ -148,6 +148,27 @@ const NAMES: &[&str] = &[
     "rotated_session_key_base64url",
     "invite_link_publisher",
     "invite_link_epoch_1",
+    "second_device_secret",
+    "device_grant_history_epoch",
+    "device_commit_label",
+    "device_code_label",
+    "device_wrap_label",
+    "endorsement_label",
+    "second_device_key",
+    "second_device_key_base64url",
+    "device_pairing_commitment",
+    "device_pairing_code",
+    "device_pairing_code_words",
+    "device_pairing_code_digits",
+    "endorsement_statement",
+    "endorsement_signature",
+    "device_wrap_key_0",
+    "device_wrap_nonce_0",
+    "device_grant_payload",
+    "wrapped_device_grant_0",
+    "endorsed_end_content_1",
+    "endorsed_end_frame_1",
+    "endorsed_verdict_0_1",
 ];
 
 /// Plaintext vector of each frame of the vector stream, by sequence number.
@@ -1212,4 +1233,241 @@ fn publisher_links_match_vectors() {
     let plain = FollowInvite::parse(vectors.text("invite_link")).unwrap();
     assert_eq!(plain.publisher, None);
     assert_eq!(plain.key_epoch, 0);
+}
+
+fn second_device_key(vectors: &Vectors) -> PublisherKey {
+    let secret = vectors.array::<32>("second_device_secret");
+    let public = ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key();
+    PublisherKey::from_bytes(&public.to_bytes()).unwrap()
+}
+
+/// Runs the device pairing of the vectors through the crate's state machines.
+fn device_paired_vectors(
+    vectors: &Vectors,
+) -> (
+    PairedJoiner,
+    PairedClinician,
+    PairingCode,
+    [u8; 32],
+    [u8; 32],
+) {
+    let device_key = second_device_key(vectors);
+    let joiner_keys = PairingKeyPair::from_secret_bytes(&vectors.array("joiner_secret"));
+    let clinician_keys = PairingKeyPair::from_secret_bytes(&vectors.array("clinician_secret"));
+    let (joiner, commitment) = JoinerPairing::with_key_pair_for_device(joiner_keys, device_key);
+    assert_eq!(
+        commitment.0.to_vec(),
+        vectors.bytes("device_pairing_commitment")
+    );
+    let (clinician, clinician_public) =
+        ClinicianPairing::respond_to_device_with_key_pair(commitment, device_key, clinician_keys);
+    let (joiner, joiner_public) = joiner.receive_clinician_key(clinician_public).unwrap();
+    let clinician = clinician.receive_joiner_key(joiner_public).unwrap();
+    assert_eq!(joiner.code(), clinician.code());
+    let code = joiner.code();
+    (
+        clinician.confirm(),
+        joiner.confirm(),
+        code,
+        joiner_public,
+        clinician_public,
+    )
+}
+
+#[test]
+fn device_pairing_matches_vectors() {
+    let vectors = Vectors::load();
+    let device_key = second_device_key(&vectors);
+    assert_eq!(
+        device_key.to_bytes().to_vec(),
+        vectors.bytes("second_device_key")
+    );
+    assert_eq!(
+        device_key.to_base64url(),
+        vectors.text("second_device_key_base64url")
+    );
+    let joiner_public = vectors.array::<32>("joiner_public");
+    let clinician_public = vectors.array::<32>("clinician_public");
+
+    let mut commit = Sha256::new();
+    commit.update(vectors.text("device_commit_label").as_bytes());
+    commit.update(joiner_public);
+    commit.update(device_key.to_bytes());
+    let commitment = commit.finalize().to_vec();
+    assert_eq!(commitment, vectors.bytes("device_pairing_commitment"));
+    assert_eq!(
+        Commitment::to_device_keys(&joiner_public, &device_key.to_bytes())
+            .0
+            .to_vec(),
+        commitment
+    );
+
+    let ikm = [joiner_public, clinician_public, device_key.to_bytes()].concat();
+    let label = vectors.text("device_code_label").as_bytes();
+    let code = hkdf(None, &ikm, label, 4);
+    assert_eq!(code, vectors.bytes("device_pairing_code"));
+    let (_, _, derived, _, _) = device_paired_vectors(&vectors);
+    assert_eq!(derived.0.to_vec(), code);
+    assert_eq!(
+        derived.words().join(" "),
+        vectors.text("device_pairing_code_words")
+    );
+    assert_eq!(derived.digits(), vectors.text("device_pairing_code_digits"));
+}
+
+#[test]
+fn endorsement_matches_vectors() {
+    let vectors = Vectors::load();
+    let device_key = second_device_key(&vectors);
+    let mut statement = vectors.text("endorsement_label").as_bytes().to_vec();
+    statement.extend_from_slice(&vectors.bytes("session_id"));
+    statement.extend_from_slice(&0u32.to_be_bytes());
+    statement.extend_from_slice(&device_key.to_bytes());
+    assert_eq!(statement, vectors.bytes("endorsement_statement"));
+    assert_eq!(
+        Endorsement::statement(&vectors.session_id(), 0, &device_key),
+        statement
+    );
+
+    let endorsement = Endorsement::sign_with_secret(
+        &vectors.array("publisher_secret"),
+        &vectors.session_id(),
+        0,
+        device_key,
+    );
+    assert_eq!(
+        endorsement.signature.to_vec(),
+        vectors.bytes("endorsement_signature")
+    );
+    let publisher =
+        ed25519_dalek::VerifyingKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let signature = ed25519_dalek::Signature::from_bytes(&endorsement.signature);
+    publisher.verify_strict(&statement, &signature).unwrap();
+}
+
+#[test]
+fn device_grant_matches_vectors() {
+    let vectors = Vectors::load();
+    let (to_device, at_device, _, joiner_public, clinician_public) =
+        device_paired_vectors(&vectors);
+    let salt = [joiner_public, clinician_public].concat();
+    let mut info = vectors.text("device_wrap_label").as_bytes().to_vec();
+    info.extend_from_slice(&0u32.to_be_bytes());
+    let wrap_key = hkdf(
+        Some(&salt),
+        &vectors.bytes("pairing_shared_secret"),
+        &info,
+        32,
+    );
+    assert_eq!(wrap_key, vectors.bytes("device_wrap_key_0"));
+
+    let wrapped = vectors.bytes("wrapped_device_grant_0");
+    let nonce = vectors.array::<12>("device_wrap_nonce_0");
+    assert_eq!(wrapped[..4], 0u32.to_be_bytes());
+    assert_eq!(wrapped[4..16], nonce);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&wrap_key));
+    let payload = Payload {
+        msg: &wrapped[16..],
+        aad: &wrapped[..4],
+    };
+    let plaintext = cipher.decrypt(Nonce::from_slice(&nonce), payload).unwrap();
+    let token = vectors.text("invite_token");
+    let expected = [
+        vectors.bytes("session_id"),
+        vectors.bytes("session_key"),
+        vectors.bytes("publisher_key"),
+        0u32.to_be_bytes().to_vec(),
+        vectors.bytes("second_device_key"),
+        vectors.bytes("endorsement_signature"),
+        vectors
+            .number("device_grant_history_epoch")
+            .to_be_bytes()
+            .to_vec(),
+        vec![u8::try_from(token.len()).unwrap()],
+        token.as_bytes().to_vec(),
+    ]
+    .concat();
+    assert_eq!(plaintext, expected);
+    assert_eq!(plaintext, vectors.bytes("device_grant_payload"));
+
+    let endorsement = Endorsement::sign_with_secret(
+        &vectors.array("publisher_secret"),
+        &vectors.session_id(),
+        0,
+        second_device_key(&vectors),
+    );
+    let grant = DeviceGrant {
+        key_epoch: 0,
+        session_id: vectors.session_id(),
+        session_key: vectors.session_key(),
+        publisher: endorsement.endorser,
+        endorsement,
+        history_epoch: vectors.number("device_grant_history_epoch"),
+        invite_token: zeroize::Zeroizing::new(token.to_owned()),
+    };
+    assert_eq!(
+        to_device
+            .wrap_device_grant_with_nonce(&grant, nonce)
+            .unwrap(),
+        wrapped
+    );
+    let unwrapped = at_device.unwrap_device_grant(&wrapped).unwrap();
+    assert_eq!(unwrapped.session_id, vectors.session_id());
+    assert_eq!(
+        unwrapped.session_key.expose_bytes().to_vec(),
+        vectors.bytes("session_key")
+    );
+    assert_eq!(unwrapped.endorsement, endorsement);
+    assert_eq!(unwrapped.history_epoch, 7);
+    assert_eq!(unwrapped.invite_token.as_str(), token);
+}
+
+#[test]
+fn endorsed_stream_matches_vectors() {
+    let vectors = Vectors::load();
+    let device_key = second_device_key(&vectors);
+    let publisher = PublisherKey::from_bytes(&vectors.array("publisher_key")).unwrap();
+    let endorsement = Endorsement::sign_with_secret(
+        &vectors.array("publisher_secret"),
+        &vectors.session_id(),
+        0,
+        device_key,
+    );
+    let mut stream = AuthoredStream::with_stream_id(
+        &vectors.session_key(),
+        vectors.session_id(),
+        vectors.stream_id(),
+        0,
+        &vectors.array("second_device_secret"),
+    )
+    .with_endorsement(endorsement)
+    .unwrap();
+    let segment = TranscriptSegment::from_plaintext(vectors.text("segment_0").as_bytes()).unwrap();
+    let mut frames = stream.seal_segment(&segment).unwrap();
+    frames.push(stream.seal_end(1).unwrap());
+    assert_eq!(frames[0], vectors.bytes("frame_0"));
+    assert_eq!(frames[1], vectors.bytes("endorsed_end_frame_1"));
+
+    let mut opener = StreamOpener::new(vectors.session_key(), vectors.session_id());
+    let mut verifier = AuthorshipVerifier::new(Some(publisher));
+    for frame in &frames {
+        let opened = opener.open(frame).unwrap();
+        if opened.header.seq == 1 {
+            let content = std::str::from_utf8(&opened.content).unwrap();
+            assert_eq!(content, vectors.text("endorsed_end_content_1"));
+        }
+        verifier.observe(frame, &opened);
+    }
+    let verdict = verifier.verdict(&vectors.stream_id()).unwrap();
+    assert_eq!(
+        describe_verdict(&verdict),
+        vectors.text("endorsed_verdict_0_1")
+    );
+    assert_eq!(
+        verdict,
+        Verdict::Complete {
+            publisher: device_key,
+            endorsed_by: Some(publisher),
+        }
+    );
 }

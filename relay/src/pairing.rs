@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use sealcast_protocol::pairing_api::{PairingId, PairingState, PAIRING_ID_RANGE};
+use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState, PAIRING_ID_RANGE};
 use sealcast_protocol::SessionId;
 use tokio::sync::watch;
 
@@ -55,6 +55,21 @@ pub(crate) enum PairingRejected {
     SessionFull,
     /// The relay already keeps [`MAX_SLOTS`] slots.
     RelayFull,
+    /// A joiner without a staff sign-in sent a commitment to a slot for a
+    /// clinician's second device.
+    SignInRequired,
+    /// A signed-in joiner of another user or organization than the slot's
+    /// opener sent a commitment to a slot for a clinician's second device.
+    OtherClinician,
+    /// A commitment with a device key reached a slot for a patient's device.
+    NotDeviceSlot,
+}
+
+/// The staff account that opened a slot for its own second device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SlotOwner {
+    pub(crate) user_id: String,
+    pub(crate) organization_id: String,
 }
 
 impl PairingRejected {
@@ -69,6 +84,9 @@ impl PairingRejected {
             PairingRejected::WrongJoiner => "wrong_joiner",
             PairingRejected::SessionFull => "session_full",
             PairingRejected::RelayFull => "relay_full",
+            PairingRejected::SignInRequired => "joiner_not_signed_in",
+            PairingRejected::OtherClinician => "joiner_other_clinician",
+            PairingRejected::NotDeviceSlot => "not_device_slot",
         }
     }
 }
@@ -78,7 +96,9 @@ pub(crate) struct SlotView {
     pub(crate) state: PairingState,
     pub(crate) expires_in: Duration,
     pub(crate) session_id: SessionId,
+    pub(crate) purpose: PairingPurpose,
     pub(crate) commitment: Option<[u8; 32]>,
+    pub(crate) device_key: Option<[u8; 32]>,
     pub(crate) clinician_public: Option<[u8; 32]>,
     pub(crate) joiner_public: Option<[u8; 32]>,
     pub(crate) wrapped_key: Option<Vec<u8>>,
@@ -97,8 +117,11 @@ struct Slot {
     session_id: SessionId,
     expires_at: Instant,
     state: PairingState,
+    /// The opener, for a slot that hands the session to its second device.
+    owner: Option<SlotOwner>,
     joiner_token_hash: Option<CredentialHash>,
     commitment: Option<[u8; 32]>,
+    device_key: Option<[u8; 32]>,
     clinician_public: Option<[u8; 32]>,
     joiner_public: Option<[u8; 32]>,
     wrapped_key: Option<Vec<u8>>,
@@ -138,10 +161,22 @@ impl PairingMailbox {
         }
     }
 
-    /// Opens a slot for a session. Returns its id and lifetime.
+    /// Opens a slot for a patient's device. Returns its id and lifetime.
+    #[cfg(test)]
     pub(crate) fn open(
         &self,
         session_id: SessionId,
+        now: Instant,
+    ) -> Result<(PairingId, Duration), PairingRejected> {
+        self.open_for(session_id, None, now)
+    }
+
+    /// Opens a slot for a patient's device, or with `owner` for a second
+    /// device of that staff account. Returns its id and lifetime.
+    pub(crate) fn open_for(
+        &self,
+        session_id: SessionId,
+        owner: Option<SlotOwner>,
         now: Instant,
     ) -> Result<(PairingId, Duration), PairingRejected> {
         let mut slots = self.lock();
@@ -168,8 +203,10 @@ impl PairingMailbox {
             session_id,
             expires_at: now + self.lifetime,
             state: PairingState::Open,
+            owner,
             joiner_token_hash: None,
             commitment: None,
+            device_key: None,
             clinician_public: None,
             joiner_public: None,
             wrapped_key: None,
@@ -180,15 +217,48 @@ impl PairingMailbox {
         Ok((id, self.lifetime))
     }
 
+    /// Returns who a live slot hands the session key to, which decides the
+    /// credential step 1 needs.
+    pub(crate) fn purpose(
+        &self,
+        id: PairingId,
+        now: Instant,
+    ) -> Result<PairingPurpose, PairingRejected> {
+        self.with_slot(id, now, |slot| Ok(purpose_of(slot)))
+    }
+
+    /// Returns who a live slot of `session_id` hands the session key to,
+    /// reporting a slot of another session as unknown.
+    pub(crate) fn clinician_purpose(
+        &self,
+        id: PairingId,
+        session_id: SessionId,
+        now: Instant,
+    ) -> Result<PairingPurpose, PairingRejected> {
+        self.with_clinician_slot(id, session_id, now, |slot| Ok(purpose_of(slot)))
+    }
+
     /// Step 1: stores the joining device's commitment and returns the token
-    /// that authenticates its later requests.
+    /// that authenticates its later requests. `device` is the joiner's staff
+    /// account and identity key, which a slot for a second device requires
+    /// and a slot for a patient's device rejects.
     pub(crate) fn commit(
         &self,
         id: PairingId,
         commitment: [u8; 32],
+        device: Option<(&SlotOwner, [u8; 32])>,
         now: Instant,
     ) -> Result<(Secret, Duration), PairingRejected> {
         self.with_slot(id, now, |slot| {
+            match (&slot.owner, device) {
+                (None, None) => {}
+                (None, Some(_)) => return Err(PairingRejected::NotDeviceSlot),
+                (Some(_), None) => return Err(PairingRejected::SignInRequired),
+                (Some(owner), Some((joiner, _))) if owner != joiner => {
+                    return Err(PairingRejected::OtherClinician)
+                }
+                (Some(_), Some(_)) => {}
+            }
             match slot.state {
                 PairingState::Open => {}
                 PairingState::Cancelled => return Err(PairingRejected::Cancelled),
@@ -197,6 +267,7 @@ impl PairingMailbox {
             let token = random_token();
             slot.joiner_token_hash = Some(token.hash());
             slot.commitment = Some(commitment);
+            slot.device_key = device.map(|(_, key)| key);
             slot.advance(PairingState::Committed);
             Ok((token, slot.expires_at.saturating_duration_since(now)))
         })
@@ -247,19 +318,20 @@ impl PairingMailbox {
         })
     }
 
-    /// Step 5: stores the wrapped key and the joined device's follow credential.
+    /// Step 5: stores the wrapped key and the joined device's follow
+    /// credential, which a clinician's second device does not get.
     pub(crate) fn complete(
         &self,
         id: PairingId,
         session_id: SessionId,
         wrapped_key: Vec<u8>,
-        follow_token: Secret,
+        follow_token: Option<Secret>,
         now: Instant,
     ) -> Result<(), PairingRejected> {
         self.with_clinician_slot(id, session_id, now, |slot| {
             slot.expect(PairingState::Revealed)?;
             slot.wrapped_key = Some(wrapped_key);
-            slot.follow_token = Some(follow_token);
+            slot.follow_token = follow_token;
             slot.advance(PairingState::Completed);
             Ok(())
         })
@@ -413,13 +485,22 @@ fn cancel(slot: &mut Slot) -> Result<(), PairingRejected> {
     }
 }
 
+fn purpose_of(slot: &Slot) -> PairingPurpose {
+    match slot.owner {
+        Some(_) => PairingPurpose::ClinicianDevice,
+        None => PairingPurpose::Patient,
+    }
+}
+
 fn view(slot: &Slot, side: Side, now: Instant) -> SlotView {
     let for_clinician = side == Side::Clinician;
     SlotView {
         state: slot.state,
         expires_in: slot.expires_at.saturating_duration_since(now),
         session_id: slot.session_id,
+        purpose: purpose_of(slot),
         commitment: slot.commitment.filter(|_| for_clinician),
+        device_key: slot.device_key.filter(|_| for_clinician),
         clinician_public: slot.clinician_public.filter(|_| !for_clinician),
         joiner_public: slot.joiner_public.filter(|_| for_clinician),
         wrapped_key: slot.wrapped_key.clone().filter(|_| !for_clinician),
@@ -441,7 +522,7 @@ mod tests {
     /// Runs steps 1 to 3 and returns the slot id and the joiner token.
     fn exchange_keys(mailbox: &PairingMailbox, now: Instant) -> (PairingId, Secret) {
         let (id, _) = mailbox.open(session(1), now).unwrap();
-        let (token, _) = mailbox.commit(id, [1; 32], now).unwrap();
+        let (token, _) = mailbox.commit(id, [1; 32], None, now).unwrap();
         mailbox.respond(id, session(1), [2; 32], now).unwrap();
         mailbox.reveal(id, &token, [3; 32], now).unwrap();
         (id, token)
@@ -460,7 +541,7 @@ mod tests {
         assert_eq!(clinician.clinician_public, None);
 
         mailbox
-            .complete(id, session(1), vec![5; 112], random_token(), now)
+            .complete(id, session(1), vec![5; 112], Some(random_token()), now)
             .unwrap();
         let joiner = mailbox.joiner_view(id, &token, now).unwrap();
         assert_eq!(joiner.state, PairingState::Completed);
@@ -486,13 +567,13 @@ mod tests {
                 expected: PairingState::Committed
             })
         );
-        let (token, _) = mailbox.commit(id, [1; 32], now).unwrap();
+        let (token, _) = mailbox.commit(id, [1; 32], None, now).unwrap();
         assert!(matches!(
             mailbox.reveal(id, &token, [3; 32], now),
             Err(PairingRejected::OutOfOrder { .. })
         ));
         assert!(matches!(
-            mailbox.complete(id, session(1), vec![0; 112], random_token(), now),
+            mailbox.complete(id, session(1), vec![0; 112], Some(random_token()), now),
             Err(PairingRejected::OutOfOrder { .. })
         ));
     }
@@ -502,9 +583,9 @@ mod tests {
         let mailbox = PairingMailbox::new(LIFETIME);
         let now = Instant::now();
         let (id, _) = mailbox.open(session(1), now).unwrap();
-        mailbox.commit(id, [1; 32], now).unwrap();
+        mailbox.commit(id, [1; 32], None, now).unwrap();
         assert_eq!(
-            mailbox.commit(id, [9; 32], now).err(),
+            mailbox.commit(id, [9; 32], None, now).err(),
             Some(PairingRejected::AlreadyJoined)
         );
         mailbox.respond(id, session(1), [2; 32], now).unwrap();
@@ -532,7 +613,7 @@ mod tests {
         let (id, _) = mailbox.open(session(1), start).unwrap();
         let expired = start + LIFETIME;
         assert_eq!(
-            mailbox.commit(id, [1; 32], expired).err(),
+            mailbox.commit(id, [1; 32], None, expired).err(),
             Some(PairingRejected::Expired)
         );
         mailbox.open(session(2), start + 2 * LIFETIME).unwrap();
@@ -546,7 +627,7 @@ mod tests {
         let (id, token) = exchange_keys(&mailbox, now);
         mailbox.cancel_by_joiner(id, &token, now).unwrap();
         assert_eq!(
-            mailbox.complete(id, session(1), vec![0; 112], random_token(), now),
+            mailbox.complete(id, session(1), vec![0; 112], Some(random_token()), now),
             Err(PairingRejected::Cancelled)
         );
         let view = mailbox.clinician_view(id, session(1), now).unwrap();
@@ -580,5 +661,71 @@ mod tests {
             mailbox.open(session(0xff), now).err(),
             Some(PairingRejected::RelayFull)
         );
+    }
+
+    #[test]
+    fn device_slot_admits_only_its_opener() {
+        let mailbox = PairingMailbox::new(LIFETIME);
+        let now = Instant::now();
+        let owner = SlotOwner {
+            user_id: "user-1".into(),
+            organization_id: "org-1".into(),
+        };
+        let (id, _) = mailbox
+            .open_for(session(1), Some(owner.clone()), now)
+            .unwrap();
+        assert_eq!(
+            mailbox.purpose(id, now),
+            Ok(PairingPurpose::ClinicianDevice)
+        );
+
+        let other_user = SlotOwner {
+            user_id: "user-2".into(),
+            organization_id: "org-1".into(),
+        };
+        let other_org = SlotOwner {
+            user_id: "user-1".into(),
+            organization_id: "org-2".into(),
+        };
+        assert_eq!(
+            mailbox.commit(id, [1; 32], None, now).err(),
+            Some(PairingRejected::SignInRequired)
+        );
+        assert_eq!(
+            mailbox
+                .commit(id, [1; 32], Some((&other_user, [4; 32])), now)
+                .err(),
+            Some(PairingRejected::OtherClinician)
+        );
+        assert_eq!(
+            mailbox
+                .commit(id, [1; 32], Some((&other_org, [4; 32])), now)
+                .err(),
+            Some(PairingRejected::OtherClinician)
+        );
+        mailbox
+            .commit(id, [1; 32], Some((&owner, [4; 32])), now)
+            .unwrap();
+        let view = mailbox.clinician_view(id, session(1), now).unwrap();
+        assert_eq!(view.device_key, Some([4; 32]));
+        assert_eq!(view.purpose, PairingPurpose::ClinicianDevice);
+    }
+
+    #[test]
+    fn patient_slot_rejects_a_device_key() {
+        let mailbox = PairingMailbox::new(LIFETIME);
+        let now = Instant::now();
+        let (id, _) = mailbox.open(session(1), now).unwrap();
+        let owner = SlotOwner {
+            user_id: "user-1".into(),
+            organization_id: "org-1".into(),
+        };
+        assert_eq!(
+            mailbox
+                .commit(id, [1; 32], Some((&owner, [4; 32])), now)
+                .err(),
+            Some(PairingRejected::NotDeviceSlot)
+        );
+        assert_eq!(mailbox.purpose(id, now), Ok(PairingPurpose::Patient));
     }
 }

@@ -116,6 +116,7 @@ async fn joiner_status(relay: &TestRelay, id: &str, token: &str, wait: u64) -> r
 async fn commit(relay: &TestRelay, id: &str, commitment: &[u8]) -> reqwest::Response {
     let body = CommitmentBody {
         commitment: b64(commitment),
+        device_key: None,
     };
     joiner_post(relay, &format!("/v1/pairings/{id}/commitment"), None, &body).await
 }

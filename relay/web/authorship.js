@@ -5,9 +5,11 @@
 // frame (kind 3), with its Ed25519 identity key. Each signature lists the frame hash of every
 // frame since the previous signature, so frames the relay skipped for a slow follower do not
 // stop the others from being checked. The page learns the public key from the invite link,
-// never from the relay, and checks signatures with WebCrypto.
+// never from the relay, and checks signatures with WebCrypto. A clinician's second device signs
+// with its own key, and its checkpoints carry the first device's endorsement of that key
+// (section 13.6), which the page checks under the key from the link.
 
-import { bytesEqual, concatBytes, decodeBase64url, toU64 } from './bytes.js';
+import { bytesEqual, bytesToHex, concatBytes, decodeBase64url, toU64 } from './bytes.js';
 import { hasSmallOrder, isValidPublicKey } from './ed25519.js';
 import { parseJson } from './json.js';
 import { FrameKind, frameHash } from './protocol.js';
@@ -15,15 +17,22 @@ import { FrameKind, frameHash } from './protocol.js';
 /** The label that starts every signed statement. */
 export const CHECKPOINT_LABEL = 'sealcast v1 checkpoint';
 
+/** The label that starts every endorsement statement. */
+export const ENDORSEMENT_LABEL = 'sealcast v1 device endorsement';
+
 const LABEL_BYTES = new TextEncoder().encode(CHECKPOINT_LABEL);
+const ENDORSEMENT_LABEL_BYTES = new TextEncoder().encode(ENDORSEMENT_LABEL);
+const KEY_LEN = 32;
+const ENDORSEMENT_FIELDS = ['device', 'key_epoch', 'signature'];
 const HASH_LEN = 32;
 const SIGNATURE_LEN = 64;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
  * A checkpoint or end frame whose signature cannot be accepted, or a publisher key that is not
- * a valid Ed25519 key. `kind` is `malformed_checkpoint`, `bad_signature` or
- * `invalid_publisher_key`, the Rust variants in snake case.
+ * a valid Ed25519 key. `kind` is `malformed_checkpoint`, `bad_signature`,
+ * `invalid_publisher_key`, `invalid_endorsement` or `signer_changed`, the Rust variants in snake
+ * case.
  */
 export class AuthorshipError extends Error {
   constructor(kind, message) {
@@ -49,9 +58,10 @@ export async function importPublisherKey(bytes) {
 
 /**
  * Parses the signed content of an opened checkpoint or end frame (section 13.3). Returns
- * `{ statement, signature }`, where the statement has the frame's `header`, `firstSeq`,
- * `closesStream` and the listed `frameHashes`. Throws an AuthorshipError of kind
- * `malformed_checkpoint`.
+ * `{ statement, signature, endorsement }`, where the statement has the frame's `header`,
+ * `firstSeq`, `closesStream` and the listed `frameHashes`, and the endorsement is null or
+ * `{ device, keyEpoch, signature }` (section 13.6). Throws an AuthorshipError of kind
+ * `malformed_checkpoint` or `invalid_endorsement`.
  */
 export function parseSignedContent(opened) {
   const malformed = (reason) =>
@@ -94,7 +104,54 @@ export function parseSignedContent(opened) {
     closesStream: streamEnd || opened.header.kind === FrameKind.END_OF_SESSION,
     frameHashes,
   };
-  return { statement, signature };
+  const endorsement =
+    content.endorsement === undefined ? null : parseEndorsement(content.endorsement);
+  return { statement, signature, endorsement };
+}
+
+// Reads the `endorsement` object of a checkpoint or end frame, as `EndorsementContent` does.
+function parseEndorsement(value) {
+  const invalid = (reason) =>
+    new AuthorshipError('invalid_endorsement', `device endorsement is invalid: ${reason}`);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new AuthorshipError(
+      'malformed_checkpoint',
+      'checkpoint content is malformed: not a signed content object',
+    );
+  }
+  if (Object.keys(value).some((name) => !ENDORSEMENT_FIELDS.includes(name))) {
+    throw new AuthorshipError(
+      'malformed_checkpoint',
+      'checkpoint content is malformed: not a signed content object',
+    );
+  }
+  // parseJson returns integer literals as BigInt.
+  const keyEpoch = toU64(value.key_epoch);
+  if (keyEpoch === null || keyEpoch > 0xffffffffn) {
+    throw new AuthorshipError(
+      'malformed_checkpoint',
+      'checkpoint content is malformed: not a signed content object',
+    );
+  }
+  const device = readBase64url(value.device);
+  if (device === null || device.length !== KEY_LEN) {
+    throw invalid('device is not 32 bytes of base64url');
+  }
+  const signature = readBase64url(value.signature);
+  if (signature === null || signature.length !== SIGNATURE_LEN) {
+    throw invalid('signature is not 64 bytes of base64url');
+  }
+  return { device, keyEpoch: Number(keyEpoch), signature };
+}
+
+/**
+ * Encodes the bytes an endorsement signs (section 13.6): the label, session id, u32 key epoch
+ * and the endorsed device's 32-byte key.
+ */
+export function encodeEndorsement(sessionId, keyEpoch, device) {
+  const epoch = new Uint8Array(4);
+  new DataView(epoch.buffer).setUint32(0, keyEpoch);
+  return concatBytes(ENDORSEMENT_LABEL_BYTES, sessionId, epoch, device);
 }
 
 // The signed fields are unpadded base64url, as the Rust crate's `URL_SAFE_NO_PAD` reads them.
@@ -175,7 +232,7 @@ export class AuthorshipVerifier {
     }
     track.lastSignatureSeq = header.seq;
     try {
-      const statement = await this.#checkSignature(opened);
+      const statement = await this.#checkSignature(opened, track);
       track.apply(statement);
       return { result: 'signed', firstSeq: statement.firstSeq, seq: header.seq };
     } catch (error) {
@@ -187,25 +244,56 @@ export class AuthorshipVerifier {
     }
   }
 
-  async #checkSignature(opened) {
-    const { statement, signature } = parseSignedContent(opened);
+  async #checkSignature(opened, track) {
+    const { statement, signature, endorsement } = parseSignedContent(opened);
+    const { signer, signerId } = await this.#signerOf(opened.header, endorsement);
     const message = await encodeStatement(statement);
-    // WebCrypto rejects S >= L itself, and the small-order R check completes the strict rules.
-    const valid =
-      !hasSmallOrder(signature.subarray(0, 32)) &&
-      (await globalThis.crypto.subtle.verify('Ed25519', this.#publisher, signature, message));
-    if (!valid) {
+    if (!(await verifyStrict(signer, signature, message))) {
       throw new AuthorshipError(
         'bad_signature',
         'checkpoint signature does not verify under the publisher key',
       );
     }
+    if (track.signerId !== null && track.signerId !== signerId) {
+      throw new AuthorshipError(
+        'signer_changed',
+        'checkpoint is signed by another device than the earlier checkpoints of its stream',
+      );
+    }
+    track.signerId = signerId;
+    track.endorsedDevice = endorsement?.device ?? null;
     return statement;
+  }
+
+  // Returns the key a signed frame must verify under: the publisher's, or a device key that an
+  // endorsement signed by the publisher names for this session and key epoch or a later one.
+  async #signerOf(header, endorsement) {
+    if (endorsement === null) {
+      return { signer: this.#publisher, signerId: 'publisher' };
+    }
+    const invalid = (reason) =>
+      new AuthorshipError('invalid_endorsement', `device endorsement is invalid: ${reason}`);
+    if (header.keyEpoch < endorsement.keyEpoch) {
+      throw invalid('it is valid only from a later key epoch');
+    }
+    const message = encodeEndorsement(header.sessionId, endorsement.keyEpoch, endorsement.device);
+    if (!(await verifyStrict(this.#publisher, endorsement.signature, message))) {
+      throw invalid('its signature does not verify under the publisher key');
+    }
+    let signer;
+    try {
+      signer = await importPublisherKey(endorsement.device);
+    } catch {
+      throw invalid('device is not a valid Ed25519 public key');
+    }
+    return { signer, signerId: bytesToHex(endorsement.device) };
   }
 
   /**
    * Returns the verdict for one stream, by its id in hex, or null for a stream never observed:
-   * `{ state: 'not_checkable' }`, `{ state: 'complete' }` or `{ state: 'incomplete', problems }`.
+   * `{ state: 'not_checkable' }`, `{ state: 'complete', endorsedDevice }` or
+   * `{ state: 'incomplete', problems }`. `endorsedDevice` is the 32-byte key of the device that
+   * signed the stream with the publisher's endorsement, or null when the publisher signed it.
    * Problems are in sequence order, each `{ type, ... }` with BigInt sequence numbers:
    * `unverified` (`first`, `last`), `missing` (`first`, `last`, `finals`), `bad_signature`
    * (`seq`) and `end_not_seen` (`lastOpened`).
@@ -223,6 +311,11 @@ export class AuthorshipVerifier {
       streamIdHex,
       verdict: this.verdict(streamIdHex),
     }));
+  }
+
+  /** Whether a valid signature of an endorsed second device verified frames of any stream. */
+  get hasEndorsedSigner() {
+    return [...this.#streams.values()].some((track) => track.endorsedDevice !== null);
   }
 
   /** Returns whether a frame of a stream was opened and no valid signature verified it yet. */
@@ -256,6 +349,9 @@ class StreamTrack {
   closedAt = null;
   lastSignatureSeq = null;
   lastOpened = 0n;
+  // 'publisher', or the endorsed device key in hex, of the first valid signature.
+  signerId = null;
+  endorsedDevice = null;
 
   record(seq, hash, opened) {
     this.lastOpened = seq;
@@ -305,7 +401,7 @@ class StreamTrack {
       problems.push({ type: 'end_not_seen', lastOpened: this.lastOpened });
     }
     if (problems.length === 0) {
-      return { state: 'complete' };
+      return { state: 'complete', endorsedDevice: this.endorsedDevice };
     }
     // Array sort is stable, so problems that start at the same frame keep the order above.
     problems.sort((a, b) => compareBigInt(problemStart(a), problemStart(b)));
@@ -326,6 +422,14 @@ class StreamTrack {
     }
     return ranges;
   }
+}
+
+// WebCrypto rejects S >= L itself, and the small-order R check completes the strict rules.
+async function verifyStrict(key, signature, message) {
+  return (
+    !hasSmallOrder(signature.subarray(0, 32)) &&
+    (await globalThis.crypto.subtle.verify('Ed25519', key, signature, message))
+  );
 }
 
 function problemStart(problem) {
@@ -379,7 +483,8 @@ function describeProblem(problem) {
  * Returns `{ state }` with state `not_checkable`, `waiting` (nothing signed yet),
  * `signed_so_far` (with `signedUpToMs`), `complete`, or `warning` with `unsigned` (`{ frames,
  * fromMs, toMs }` or null), `missingFinals`, `badSignatures`, `endNotSigned` and
- * `nothingArrived`.
+ * `nothingArrived`. `complete` and `signed_so_far` carry `endorsed`, true when a second device
+ * of the clinician, endorsed by the device whose key the link carries, signed part of it.
  */
 export function summarizeAuthorship(verifier, { ended, timeOf, signedUpToMs }) {
   if (!verifier.checkable) {
@@ -408,10 +513,13 @@ export function summarizeAuthorship(verifier, { ended, timeOf, signedUpToMs }) {
   if (problemFound) {
     return warning;
   }
+  const endorsed = verifier.hasEndorsedSigner;
   if (ended) {
-    return { state: 'complete' };
+    return { state: 'complete', endorsed };
   }
-  return signedUpToMs === null ? { state: 'waiting' } : { state: 'signed_so_far', signedUpToMs };
+  return signedUpToMs === null
+    ? { state: 'waiting' }
+    : { state: 'signed_so_far', signedUpToMs, endorsed };
 }
 
 /** Frames a publisher seals between two signatures, at most. */

@@ -251,6 +251,9 @@ export function noticeLines(counters) {
 }
 
 const DEVICE = "the clinician's device";
+const DEVICES = "the clinician's devices";
+const ENDORSED =
+  ` Part of it comes from a second device of the clinician, which ${DEVICE} approved.`;
 
 /** Returns the sentences that tell the patient what `summarizeAuthorship` found. */
 export function authorshipText(summary) {
@@ -263,9 +266,14 @@ export function authorshipText(summary) {
     case 'waiting':
       return `Waiting for the first lines signed by ${DEVICE}.`;
     case 'signed_so_far':
-      return `Signed by ${DEVICE} up to the line at ${formatTime(summary.signedUpToMs)}.`;
+      return (
+        `Signed by ${summary.endorsed ? DEVICES : DEVICE} up to the line at ` +
+        `${formatTime(summary.signedUpToMs)}.${summary.endorsed ? ENDORSED : ''}`
+      );
     case 'complete':
-      return `The transcript is complete and signed by ${DEVICE}.`;
+      return summary.endorsed
+        ? `The transcript is complete and signed by ${DEVICES}.${ENDORSED}`
+        : `The transcript is complete and signed by ${DEVICE}.`;
     default:
       return warningText(summary);
   }

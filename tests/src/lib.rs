@@ -7,6 +7,8 @@
 //! tests read and tamper with the audit tables and run the audit commands.
 //! Authorship tests put a proxy that withholds a stream's last frames
 //! between a follower and the relay.
+//! Tests that play both people of a pairing drive `sealcast` processes line
+//! by line.
 //! Tests of hostile networks open many slow or half-finished connections.
 //! Cluster tests run several relay nodes on one data directory, with a NATS
 //! server of their own and a TCP load balancer in front.
@@ -20,6 +22,7 @@
 pub mod audit;
 pub mod balancer;
 pub mod blackhole;
+pub mod cli;
 pub mod cluster;
 pub mod cluster_clinician;
 pub mod faults;

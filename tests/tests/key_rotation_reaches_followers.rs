@@ -212,7 +212,8 @@ async fn rotated_key_reaches_only_followers_given_it() {
         assert_eq!(
             *verdict,
             Verdict::Complete {
-                publisher: publisher_key
+                publisher: publisher_key,
+                endorsed_by: None,
             },
             "stream {stream}"
         );
@@ -242,7 +243,8 @@ async fn rotated_key_reaches_only_followers_given_it() {
         [(
             rotation.closed_stream,
             Verdict::Complete {
-                publisher: publisher_key
+                publisher: publisher_key,
+                endorsed_by: None,
             }
         )]
     );

@@ -3,10 +3,11 @@
 //! | command | module |
 //! | --- | --- |
 //! | `sealcast login`, `logout`, `whoami` | [`login`] |
-//! | `sealcast session start`, `session end`, `session list` | [`session`] |
+//! | `sealcast session start`, `session end`, `session link`, `session list` | [`session`] |
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
 //! | `sealcast pair offer`, `pair join` | [`pair`] |
+//! | `sealcast pair offer --device`, `pair adopt` | [`pair_device`] |
 //! | `sealcast totp enrol` | [`totp`] |
 //! | `sealcast admin users`, `create-user`, `devices`, `revoke-device` | [`admin`] |
 //! | `sealcast completions`, `man` | [`shell_docs`] |
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod follow;
 pub mod login;
 pub mod pair;
+pub mod pair_device;
 pub mod publish;
 pub mod session;
 pub mod shell_docs;

@@ -1,5 +1,7 @@
 //! `sealcast pair offer` and `sealcast pair join`: give a device the session
-//! key without an invite link.
+//! key without an invite link. `pair offer --device` and `pair adopt` hand
+//! the whole session to another device of the same clinician, see
+//! [`super::pair_device`].
 //!
 //! The clinician device runs `offer` for a session it started, which opens
 //! a pairing slot on the relay and shows its id. The joining device runs
@@ -14,11 +16,10 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use sealcast_protocol::authorship::PublisherKey;
 use sealcast_protocol::pairing::{
     ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairingCode,
 };
-use sealcast_protocol::pairing_api::{PairingId, PairingState, PairingStatus};
+use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState, PairingStatus};
 use sealcast_protocol::{FollowInvite, InviteLink, SessionId};
 
 use super::follow::{follow_link, OutputFormat};
@@ -39,6 +40,10 @@ pub enum PairCommand {
     /// On the joining device: join a pairing by its id, show the code, and
     /// follow the session once the codes match
     Join(JoinArgs),
+    /// On another device of the same clinician, signed in with `sealcast
+    /// login`: join a pairing that `pair offer --device` opened, and store the
+    /// session so that this device can publish to it, end it and pair patients
+    Adopt(super::pair_device::AdoptArgs),
 }
 
 /// Arguments of `sealcast pair offer`.
@@ -53,6 +58,12 @@ pub struct OfferArgs {
     /// code is shown
     #[arg(long, value_name = "CODE")]
     pub confirm_code: Option<String>,
+
+    /// Hand the whole session to another device of the same clinician, which
+    /// runs `sealcast pair adopt`, in place of a patient's device. That
+    /// device can then publish to the session and end it
+    #[arg(long)]
+    pub device: bool,
 }
 
 /// Arguments of `sealcast pair join`.
@@ -87,8 +98,10 @@ pub struct JoinArgs {
 /// Runs a pair command.
 pub async fn run(command: PairCommand, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     match command {
+        PairCommand::Offer(args) if args.device => super::pair_device::offer(args, state_dir).await,
         PairCommand::Offer(args) => offer(args, state_dir).await,
         PairCommand::Join(args) => join(args).await,
+        PairCommand::Adopt(args) => super::pair_device::adopt(args, state_dir).await,
     }
 }
 
@@ -97,13 +110,10 @@ async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result<(), Client
     let session = store.resolve(args.session.as_ref())?;
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
     let api = PairingApi::new(&session.relay, device.tls())?;
-    let opened = api.open(&device, &session.session_id).await?;
-    let id: PairingId = opened.pairing_id.parse().map_err(|_| {
-        ClientError::ProtocolViolation(format!(
-            "the relay returned the invalid pairing id {:?}",
-            opened.pairing_id
-        ))
-    })?;
+    let opened = api
+        .open(&device, &session.session_id, PairingPurpose::Patient)
+        .await?;
+    let id = parse_opened_id(&opened.pairing_id)?;
     print_offer(&session, id, opened.expires_in);
 
     let confirmation = Confirmation::from_flag(args.confirm_code.as_deref());
@@ -149,14 +159,25 @@ async fn offer_steps(
         .confirm(&unconfirmed.code(), "joining device")
         .await?;
 
+    // On a device that took the session over, followers still check
+    // streams with the key of the device that started the session.
     let grant = KeyGrant {
         key_epoch: session.key_epoch,
         session_id: *session_id,
         session_key: session.key.clone(),
-        publisher: PublisherKey::of_device(device.token().key()),
+        publisher: session.publisher_key(device.token().key()),
     };
     let wrapped = unconfirmed.confirm().wrap_key(&grant);
     api.send_wrapped_key(device, session_id, id, &wrapped).await
+}
+
+/// Parses the pairing id the relay returned when it opened a slot.
+pub(super) fn parse_opened_id(text: &str) -> Result<PairingId, ClientError> {
+    text.parse().map_err(|_| {
+        ClientError::ProtocolViolation(format!(
+            "the relay returned the invalid pairing id {text:?}"
+        ))
+    })
 }
 
 fn print_offer(session: &StoredSession, id: PairingId, expires_in: u64) {
@@ -268,7 +289,7 @@ async fn join_steps(
 
 /// The way the user confirms that both devices show the same code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Confirmation {
+pub(super) enum Confirmation {
     /// Ask yes or no on the terminal.
     Prompt,
     /// Compare with a code given on the command line.
@@ -278,7 +299,7 @@ enum Confirmation {
 }
 
 impl Confirmation {
-    fn from_flag(flag: Option<&str>) -> Self {
+    pub(super) fn from_flag(flag: Option<&str>) -> Self {
         match flag {
             None => Confirmation::Prompt,
             Some("-") => Confirmation::CodeFromStdin,
@@ -288,7 +309,7 @@ impl Confirmation {
 
     /// Shows the code and returns `Ok` only when the user or the given code
     /// confirms it.
-    async fn confirm(&self, code: &PairingCode, peer: &str) -> Result<(), ClientError> {
+    pub(super) async fn confirm(&self, code: &PairingCode, peer: &str) -> Result<(), ClientError> {
         stderr_line!(
             "Pairing code: {} (digits: {})",
             code.words().join(" "),
@@ -332,7 +353,7 @@ fn check_code(code: &PairingCode, expected: &str) -> Result<(), ClientError> {
     })
 }
 
-fn decode_key(text: Option<&str>, field: &str) -> Result<[u8; 32], ClientError> {
+pub(super) fn decode_key(text: Option<&str>, field: &str) -> Result<[u8; 32], ClientError> {
     text.and_then(sealcast_protocol::invite::decode_base64url)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .ok_or_else(|| {

@@ -313,9 +313,15 @@ fn print_report(report: &PublishReport, final_segments: Option<u64>) {
     };
     let finals =
         final_segments.map_or(String::new(), |count| format!("{count} final segments in "));
-    let signed = report.publisher.map_or(String::new(), |publisher| {
-        format!(" signed by device key {}", publisher.to_base64url())
-    });
+    let signed = match (report.publisher, report.endorsed_by) {
+        (Some(publisher), Some(endorser)) => format!(
+            " signed by device key {}, endorsed by device key {}",
+            publisher.to_base64url(),
+            endorser.to_base64url()
+        ),
+        (Some(publisher), None) => format!(" signed by device key {}", publisher.to_base64url()),
+        (None, _) => String::new(),
+    };
     let epoch = if report.key_epoch == 0 {
         String::new()
     } else {

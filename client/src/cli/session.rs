@@ -1,4 +1,4 @@
-//! `sealcast session start`, `session end` and `session list`.
+//! `sealcast session start`, `session end`, `session link` and `session list`.
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +29,23 @@ pub enum SessionCommand {
     /// Publish the sealed end-of-session frame, end the session on the relay
     /// and delete its key from this device
     End(EndArgs),
+    /// Print the invite link of a stored session again, with the key of its
+    /// newest key epoch, for example on a device that took the session over
+    Link(LinkArgs),
     /// List the sessions stored on this device
     List,
+}
+
+/// Arguments of `sealcast session link`.
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Session to print the link of [default: the session started or adopted last]
+    #[arg(long, value_name = "ID", value_parser = parse_session_id)]
+    pub session: Option<SessionId>,
+
+    /// Do not print the invite link as a QR code
+    #[arg(long)]
+    pub no_qr: bool,
 }
 
 /// Arguments of `sealcast session start`.
@@ -66,6 +81,7 @@ pub async fn run(command: SessionCommand, state_dir: Option<PathBuf>) -> Result<
     match command {
         SessionCommand::Start(args) => start(args, state_dir).await,
         SessionCommand::End(args) => end(args, state_dir).await,
+        SessionCommand::Link(args) => link(args, state_dir),
         SessionCommand::List => list(state_dir),
     }
 }
@@ -101,38 +117,51 @@ async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), Client
         key,
         key_epoch: 0,
         created_unix_s: now_unix_s(),
+        endorsement: None,
     };
     let path = store.save(&session)?;
     store.set_current(&session.session_id)?;
     tracing::info!(session_id = %session.session_id, "session started");
 
     let publisher = PublisherKey::of_device(device.token().key());
-    print_invitation(&session, publisher, &path, args.no_qr);
-    Ok(())
-}
-
-/// Prints the invite link, which carries this device's public key so that
-/// followers can check that the streams they receive were signed by it.
-fn print_invitation(
-    session: &StoredSession,
-    publisher: PublisherKey,
-    path: &std::path::Path,
-    no_qr: bool,
-) {
-    let invite = FollowInvite {
-        link: session.invite_link(),
-        publisher: Some(publisher),
-        key_epoch: 0,
-    };
-    let link = invite.to_url();
-    let words = session.key.fingerprint().words().join(" ");
-
     println!(
         "Session {} started on {}",
         session.session_id, session.relay
     );
     println!("Key stored in {}", path.display());
     println!();
+    print_invitation(&session, publisher, args.no_qr);
+    Ok(())
+}
+
+/// Prints the invite link of a stored session. On a device that took the
+/// session over, the link carries the key of the device that started it,
+/// which endorsed this device's key.
+fn link(args: LinkArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let store = open_key_store(state_dir)?;
+    let session = store.resolve(args.session.as_ref())?;
+    let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
+    let publisher = session.publisher_key(device.token().key());
+    println!(
+        "Session {} on {}, key epoch {}",
+        session.session_id, session.relay, session.key_epoch
+    );
+    println!();
+    print_invitation(&session, publisher, args.no_qr);
+    Ok(())
+}
+
+/// Prints the invite link, which carries this device's public key so that
+/// followers can check that the streams they receive were signed by it.
+fn print_invitation(session: &StoredSession, publisher: PublisherKey, no_qr: bool) {
+    let invite = FollowInvite {
+        link: session.invite_link(),
+        publisher: Some(publisher),
+        key_epoch: session.key_epoch,
+    };
+    let link = invite.to_url();
+    let words = session.key.fingerprint().words().join(" ");
+
     println!("Invite link (it contains the session key: give it only to the patient):");
     println!("{link}");
     if !no_qr {

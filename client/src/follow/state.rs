@@ -680,7 +680,13 @@ mod tests {
                 .count(),
             20
         );
-        assert_eq!(only_verdict(&state), Verdict::Complete { publisher });
+        assert_eq!(
+            only_verdict(&state),
+            Verdict::Complete {
+                publisher,
+                endorsed_by: None
+            }
+        );
         let report = state.report();
         assert_eq!(report.publisher, Some(publisher));
         assert!(report.is_verified_complete());

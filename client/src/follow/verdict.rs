@@ -25,9 +25,20 @@ pub fn describe(
         |key| format!("device {}", key.to_base64url()),
     );
     match verdict {
-        Verdict::Complete { publisher } => format!(
+        Verdict::Complete {
+            publisher,
+            endorsed_by: None,
+        } => format!(
             "stream {stream_id} is complete and authored by device {}",
             publisher.to_base64url()
+        ),
+        Verdict::Complete {
+            publisher,
+            endorsed_by: Some(endorser),
+        } => format!(
+            "stream {stream_id} is complete and authored by device {}, endorsed by device {}",
+            publisher.to_base64url(),
+            endorser.to_base64url()
         ),
         Verdict::NotCheckable => format!(
             "stream {stream_id} was not checked for authorship: the invite link carries no publisher key"
@@ -125,12 +136,37 @@ mod tests {
     #[test]
     fn complete_stream_names_the_device() {
         let key = publisher();
-        let line = describe(&STREAM, &Verdict::Complete { publisher: key }, Some(&key));
+        let complete = Verdict::Complete {
+            publisher: key,
+            endorsed_by: None,
+        };
+        let line = describe(&STREAM, &complete, Some(&key));
         assert_eq!(
             line,
             format!(
                 "stream {STREAM} is complete and authored by device {}",
                 key.to_base64url()
+            )
+        );
+    }
+
+    #[test]
+    fn endorsed_stream_names_both_devices() {
+        let first = publisher();
+        let second_device =
+            sealcast_protocol::dpop::DeviceKey::from_secret_bytes(&[8; 32]).unwrap();
+        let second = PublisherKey::of_device(&second_device);
+        let complete = Verdict::Complete {
+            publisher: second,
+            endorsed_by: Some(first),
+        };
+        let line = describe(&STREAM, &complete, Some(&first));
+        assert_eq!(
+            line,
+            format!(
+                "stream {STREAM} is complete and authored by device {}, endorsed by device {}",
+                second.to_base64url(),
+                first.to_base64url()
             )
         );
     }
@@ -178,6 +214,7 @@ mod tests {
     fn all_complete_streams_are_verified() {
         let complete = Verdict::Complete {
             publisher: publisher(),
+            endorsed_by: None,
         };
         let report = report(vec![
             (STREAM, complete.clone()),
@@ -191,6 +228,7 @@ mod tests {
     fn one_incomplete_stream_fails_the_session() {
         let complete = Verdict::Complete {
             publisher: publisher(),
+            endorsed_by: None,
         };
         let withheld = Verdict::Incomplete(vec![Problem::EndNotSeen { last_opened: 3 }]);
         let report = report(vec![(STREAM, complete), (StreamId([1; 16]), withheld)]);

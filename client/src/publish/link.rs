@@ -159,6 +159,7 @@ impl Link {
             last_offset: self.outbox.last_offset(),
             reconnects: self.reconnects,
             publisher: None,
+            endorsed_by: None,
             key_epoch: 0,
         }
     }

@@ -33,7 +33,7 @@ mod sealing;
 
 use std::sync::Arc;
 
-use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::authorship::{Endorsement, PublisherKey};
 use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::rotation::next_epoch_key;
 use sealcast_protocol::{
@@ -84,6 +84,9 @@ pub struct PublisherConfig {
     /// The session's invite token, which [`Publisher::rotate_key`] puts into
     /// the new invite link. Without it the publisher cannot rotate.
     pub invite_token: Option<SecretString>,
+    /// The endorsement of `identity` by the device that started the session,
+    /// on a device that took the session over. Every checkpoint carries it.
+    pub endorsement: Option<Endorsement>,
 }
 
 impl PublisherConfig {
@@ -105,6 +108,7 @@ impl PublisherConfig {
             identity: None,
             key_epoch: 0,
             invite_token: None,
+            endorsement: None,
         }
     }
 
@@ -126,6 +130,7 @@ impl PublisherConfig {
         let mut config = Self::new(session.relay.clone(), session.session_id, auth, tls);
         config.key_epoch = session.key_epoch;
         config.invite_token = Some(session.invite_token.clone());
+        config.endorsement = session.endorsement;
         config
     }
 }
@@ -145,6 +150,9 @@ pub struct PublishReport {
     pub reconnects: u32,
     /// The key that signed the stream, or `None` when it was not signed.
     pub publisher: Option<PublisherKey>,
+    /// The key of the device that started the session, when it endorsed
+    /// `publisher` for this device, which took the session over.
+    pub endorsed_by: Option<PublisherKey>,
     /// Key epoch of `stream_id`.
     pub key_epoch: u32,
 }
@@ -181,6 +189,7 @@ pub struct Publisher {
     session_id: SessionId,
     key_epoch: u32,
     identity: Option<Arc<DeviceKey>>,
+    endorsement: Option<Endorsement>,
     invite_token: Option<SecretString>,
     commands: mpsc::Sender<Command>,
     link: Option<JoinHandle<Result<PublishReport, ClientError>>>,
@@ -196,7 +205,8 @@ impl Publisher {
             config.session_id,
             config.key_epoch,
             config.identity.as_deref(),
-        );
+        )
+        .with_endorsement(config.endorsement)?;
         let (commands, command_receiver) = mpsc::channel(1);
         let (connected, connected_receiver) = oneshot::channel();
         let (acknowledged, acknowledged_receiver) = watch::channel(None);
@@ -234,6 +244,7 @@ impl Publisher {
             session_id: config.session_id,
             key_epoch: config.key_epoch,
             identity: config.identity,
+            endorsement: config.endorsement,
             invite_token: config.invite_token,
             commands,
             link: Some(link),
@@ -287,7 +298,8 @@ impl Publisher {
             self.send_frame(frame).await?;
         }
         self.sealing =
-            StreamSealing::new(&key, self.session_id, key_epoch, self.identity.as_deref());
+            StreamSealing::new(&key, self.session_id, key_epoch, self.identity.as_deref())
+                .with_endorsement(self.endorsement)?;
         self.key_epoch = key_epoch;
         tracing::info!(session_id = %self.session_id, key_epoch, %closed_stream, stream_id = %self.sealing.stream_id(), "session key rotated");
 
@@ -335,11 +347,12 @@ impl Publisher {
             self.send_frame(frame).await?;
         }
         self.send(Command::Finish).await?;
-        let publisher = self.sealing.publisher_key();
+        let publisher = self.sealing.signing_key();
         match self.link.take() {
             Some(link) => {
                 let mut report = link.await.map_err(join_error)??;
                 report.publisher = publisher;
+                report.endorsed_by = self.endorsement.map(|endorsement| endorsement.endorser);
                 report.key_epoch = self.key_epoch;
                 Ok(report)
             }

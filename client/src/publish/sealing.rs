@@ -2,7 +2,7 @@
 //! stream that the device identity key signs with checkpoints and a signed
 //! end (docs/protocol.md, section 13).
 
-use sealcast_protocol::authorship::{AuthoredStream, AuthorshipError, PublisherKey};
+use sealcast_protocol::authorship::{AuthoredStream, AuthorshipError, Endorsement, PublisherKey};
 use sealcast_protocol::dpop::DeviceKey;
 use sealcast_protocol::{
     EndOfSession, FrameHeader, SessionId, SessionKey, StreamId, StreamSealer, TranscriptSegment,
@@ -52,6 +52,39 @@ impl StreamSealing {
         }
     }
 
+    /// Adds the endorsement of the signing key by the device that started
+    /// the session, on a device that took the session over. Fails for plain
+    /// frames and for an endorsement of another key.
+    pub(crate) fn with_endorsement(
+        self,
+        endorsement: Option<Endorsement>,
+    ) -> Result<Self, ClientError> {
+        let Some(endorsement) = endorsement else {
+            return Ok(self);
+        };
+        match self {
+            StreamSealing::Plain { .. } => Err(ClientError::Internal(
+                "an endorsed session needs the device identity key to sign its stream".into(),
+            )),
+            StreamSealing::Authored {
+                stream,
+                final_segments,
+                closed,
+            } => {
+                let stream = stream
+                    .with_endorsement(endorsement)
+                    .map_err(|err| ClientError::Internal(format!(
+                        "the stored endorsement does not fit this device: {err}; pair this device again with `sealcast pair adopt`"
+                    )))?;
+                Ok(StreamSealing::Authored {
+                    stream: Box::new(stream),
+                    final_segments,
+                    closed,
+                })
+            }
+        }
+    }
+
     pub(crate) fn stream_id(&self) -> StreamId {
         match self {
             StreamSealing::Plain { sealer, .. } => sealer.stream_id(),
@@ -59,11 +92,20 @@ impl StreamSealing {
         }
     }
 
-    /// Returns the key that signs this stream, or `None` for plain frames.
+    /// Returns the key followers check this stream with, or `None` for
+    /// plain frames: the endorsing device's key for an endorsed stream.
     pub(crate) fn publisher_key(&self) -> Option<PublisherKey> {
         match self {
             StreamSealing::Plain { .. } => None,
             StreamSealing::Authored { stream, .. } => Some(stream.publisher_key()),
+        }
+    }
+
+    /// Returns the key that signs this stream, or `None` for plain frames.
+    pub(crate) fn signing_key(&self) -> Option<PublisherKey> {
+        match self {
+            StreamSealing::Plain { .. } => None,
+            StreamSealing::Authored { stream, .. } => Some(stream.signing_key()),
         }
     }
 
@@ -206,7 +248,10 @@ mod tests {
         assert_eq!(sealing.publisher_key(), Some(publisher));
         assert_eq!(
             verdict_of(&frames, publisher),
-            Verdict::Complete { publisher }
+            Verdict::Complete {
+                publisher,
+                endorsed_by: None
+            }
         );
     }
 
@@ -230,7 +275,10 @@ mod tests {
         let publisher = PublisherKey::of_device(&device);
         assert_eq!(
             verdict_of(&frames, publisher),
-            Verdict::Complete { publisher }
+            Verdict::Complete {
+                publisher,
+                endorsed_by: None
+            }
         );
         assert!(sealing.seal_close().unwrap().is_none());
     }
@@ -257,5 +305,41 @@ mod tests {
         assert_eq!(sealing.publisher_key(), None);
         assert!(sealing.seal_close().unwrap().is_none());
         assert_eq!(sealing.seal_end().unwrap().0, 1);
+    }
+
+    #[test]
+    fn endorsed_stream_verifies_under_the_first_device() {
+        let key = SessionKey::from_bytes([5; 32]);
+        let first = DeviceKey::generate().unwrap();
+        let second = DeviceKey::generate().unwrap();
+        let second_key = PublisherKey::of_device(&second);
+        let endorsement = Endorsement::sign(&first, &SESSION, 0, second_key);
+        let mut sealing = StreamSealing::new(&key, SESSION, 0, Some(&second))
+            .with_endorsement(Some(endorsement))
+            .unwrap();
+        let first_key = PublisherKey::of_device(&first);
+        assert_eq!(sealing.publisher_key(), Some(first_key));
+        let mut frames = sealing.seal_segment(&segment(0)).unwrap();
+        frames.push(sealing.seal_end().unwrap());
+        assert_eq!(
+            verdict_of(&frames, first_key),
+            Verdict::Complete {
+                publisher: second_key,
+                endorsed_by: Some(first_key)
+            }
+        );
+    }
+
+    #[test]
+    fn endorsement_needs_a_signed_stream_of_its_key() {
+        let key = SessionKey::from_bytes([5; 32]);
+        let first = DeviceKey::generate().unwrap();
+        let second = DeviceKey::generate().unwrap();
+        let endorsement = Endorsement::sign(&first, &SESSION, 0, PublisherKey::of_device(&second));
+        let plain = StreamSealing::new(&key, SESSION, 0, None).with_endorsement(Some(endorsement));
+        assert!(plain.is_err());
+        let other =
+            StreamSealing::new(&key, SESSION, 0, Some(&first)).with_endorsement(Some(endorsement));
+        assert!(other.is_err());
     }
 }

@@ -27,9 +27,11 @@ use crate::error::ProtocolError;
 use crate::frame::OpenedFrame;
 use crate::header::{FrameHeader, FrameKind};
 
+mod endorsement;
 mod sealer;
 mod verifier;
 
+pub use endorsement::{Endorsement, EndorsementContent, ENDORSEMENT_LEN};
 pub use sealer::AuthoredStream;
 pub use verifier::{AuthorshipVerifier, Observed, Problem, Verdict};
 
@@ -55,14 +57,23 @@ pub enum AuthorshipError {
     /// The signed content of a checkpoint or end frame is malformed.
     #[error("checkpoint content is malformed: {0}")]
     MalformedCheckpoint(&'static str),
-    /// The signature does not verify under the publisher key.
+    /// The signature does not verify under the publisher key, or under the
+    /// endorsed key the frame names.
     #[error("checkpoint signature does not verify under the publisher key")]
     BadSignature,
+    /// The endorsement a frame carries is malformed or not signed by the publisher key.
+    #[error("device endorsement is invalid: {0}")]
+    InvalidEndorsement(&'static str),
+    /// A signature of another key than the earlier ones of the same stream.
+    #[error("checkpoint is signed by another device than the earlier checkpoints of its stream")]
+    SignerChanged,
 }
 
-/// The publishing device's Ed25519 identity public key.
+/// The publishing device's Ed25519 identity public key. It keeps the 32
+/// checked key bytes, not the decompressed point, so that verdicts and
+/// events that name two keys stay small.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublisherKey(VerifyingKey);
+pub struct PublisherKey([u8; 32]);
 
 impl PublisherKey {
     /// Parses 32 key bytes, rejecting invalid and low-order (weak) keys.
@@ -72,29 +83,34 @@ impl PublisherKey {
         if key.is_weak() {
             return Err(AuthorshipError::InvalidPublisherKey);
         }
-        Ok(PublisherKey(key))
+        Ok(PublisherKey::of_verifying_key(&key))
     }
 
     /// Returns the public key of a device identity key.
     pub fn of_device(device: &DeviceKey) -> Self {
-        PublisherKey(SigningKey::from_bytes(&device.secret_bytes()).verifying_key())
+        Self::of_verifying_key(&SigningKey::from_bytes(&device.secret_bytes()).verifying_key())
+    }
+
+    fn of_verifying_key(key: &VerifyingKey) -> Self {
+        PublisherKey(key.to_bytes())
     }
 
     /// Returns the 32 key bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// Encodes the key as unpadded base64url, its form in links.
     pub fn to_base64url(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+        URL_SAFE_NO_PAD.encode(self.0)
     }
 
     /// Checks a signature over a statement, rejecting non-canonical signatures.
     fn verify(&self, statement: &[u8], signature: &[u8; 64]) -> Result<(), AuthorshipError> {
+        // The bytes were checked when the key was made, so they decompress.
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| AuthorshipError::BadSignature)?;
         let signature = Signature::from_bytes(signature);
-        self.0
-            .verify_strict(statement, &signature)
+        key.verify_strict(statement, &signature)
             .map_err(|_| AuthorshipError::BadSignature)
     }
 }
@@ -163,6 +179,23 @@ pub struct SignedContent {
     pub stream_end: bool,
     /// Ed25519 signature over the statement, 64 bytes.
     pub signature: String,
+    /// Present when a device other than the one whose key followers hold
+    /// signed the frame: that device's key, endorsed by the followers' key.
+    /// Not signed by the statement, because the endorsement carries its own
+    /// signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement: Option<EndorsementContent>,
+}
+
+/// A checkpoint or end frame's signed fields, parsed but not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedSignature {
+    /// The signed statement.
+    pub statement: Statement,
+    /// The Ed25519 signature over the statement.
+    pub signature: [u8; 64],
+    /// The endorsement of the signing device, when it is not the publisher.
+    pub endorsement: Option<Endorsement>,
 }
 
 impl SignedContent {
@@ -172,8 +205,13 @@ impl SignedContent {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses the content of an opened checkpoint or end frame into the statement and signature.
-    pub fn parse(opened: &OpenedFrame) -> Result<(Statement, [u8; 64]), AuthorshipError> {
+    /// Parses the content of an opened checkpoint or end frame into the
+    /// statement, signature and endorsement.
+    /// An endorsement is decoded as signed by `publisher`, the follower's key.
+    pub fn parse(
+        opened: &OpenedFrame,
+        publisher: PublisherKey,
+    ) -> Result<ParsedSignature, AuthorshipError> {
         let content: SignedContent = serde_json::from_slice(&opened.content)
             .map_err(|_| AuthorshipError::MalformedCheckpoint("not a signed content object"))?;
         let frames = URL_SAFE_NO_PAD
@@ -193,6 +231,11 @@ impl SignedContent {
             .ok_or(AuthorshipError::MalformedCheckpoint(
                 "signature is not 64 bytes of base64url",
             ))?;
+        let endorsement = content
+            .endorsement
+            .as_ref()
+            .map(|endorsement| endorsement.decode(publisher))
+            .transpose()?;
         let is_end = opened.header.kind == FrameKind::EndOfSession;
         let statement = Statement {
             header: opened.header.clone(),
@@ -207,6 +250,10 @@ impl SignedContent {
                 })
                 .collect(),
         };
-        Ok((statement, signature))
+        Ok(ParsedSignature {
+            statement,
+            signature,
+            endorsement,
+        })
     }
 }

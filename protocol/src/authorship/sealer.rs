@@ -6,7 +6,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 
-use super::{AuthorshipError, PublisherKey, SignedContent, Statement, CHECKPOINT_INTERVAL};
+use super::{
+    AuthorshipError, Endorsement, PublisherKey, SignedContent, Statement, CHECKPOINT_INTERVAL,
+};
 use crate::dpop::DeviceKey;
 use crate::frame::{frame_hash, StreamSealer};
 use crate::header::{FrameHeader, FrameKind};
@@ -26,6 +28,7 @@ pub struct AuthoredStream {
     first_unsigned: u64,
     unsigned_hashes: Vec<[u8; 32]>,
     closed: bool,
+    endorsement: Option<Endorsement>,
 }
 
 impl AuthoredStream {
@@ -65,12 +68,35 @@ impl AuthoredStream {
             first_unsigned: 0,
             unsigned_hashes: Vec::new(),
             closed: false,
+            endorsement: None,
         }
     }
 
-    /// Returns the key followers check signatures with.
+    /// Adds an endorsement of this stream's signing key to every checkpoint
+    /// and signed end, for a device whose key followers do not hold. Fails
+    /// when the endorsement names another key than the signing key.
+    pub fn with_endorsement(mut self, endorsement: Endorsement) -> Result<Self, AuthorshipError> {
+        if endorsement.device != self.signing_key() {
+            return Err(AuthorshipError::InvalidEndorsement(
+                "it names another key than the one that signs the stream",
+            ));
+        }
+        self.endorsement = Some(endorsement);
+        Ok(self)
+    }
+
+    /// Returns the key followers hold to check this stream: the endorsing
+    /// device's key for an endorsed stream, else the signing key.
     pub fn publisher_key(&self) -> PublisherKey {
-        PublisherKey(self.signing.verifying_key())
+        match &self.endorsement {
+            Some(endorsement) => endorsement.endorser,
+            None => self.signing_key(),
+        }
+    }
+
+    /// Returns the public key of the key that signs this stream.
+    pub fn signing_key(&self) -> PublisherKey {
+        PublisherKey::of_verifying_key(&self.signing.verifying_key())
     }
 
     /// This stream's id.
@@ -136,6 +162,7 @@ impl AuthoredStream {
             frames: URL_SAFE_NO_PAD.encode(statement.frame_hashes.concat()),
             stream_end: closes_stream,
             signature: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+            endorsement: self.endorsement.as_ref().map(Endorsement::to_content),
         };
 
         let frame = match self.sealer.seal(kind, &content.to_plaintext()) {
@@ -174,6 +201,7 @@ impl fmt::Debug for AuthoredStream {
         f.debug_struct("AuthoredStream")
             .field("sealer", &self.sealer)
             .field("publisher", &self.publisher_key())
+            .field("signing_key", &self.signing_key())
             .finish_non_exhaustive()
     }
 }

@@ -30,12 +30,15 @@ pub enum Observed {
 pub enum Verdict {
     /// No publisher key came with the link or pairing: authorship is not checkable.
     NotCheckable,
-    /// Every opened frame is signed by the publisher, no final frame is
-    /// missing, and a signature closed the stream. Interim frames the relay
-    /// skipped are allowed.
+    /// Every opened frame is signed by the publisher, or by a device the
+    /// publisher endorsed, no final frame is missing, and a signature closed
+    /// the stream. Interim frames the relay skipped are allowed.
     Complete {
         /// The key that signed the stream.
         publisher: PublisherKey,
+        /// The key from the link or pairing that endorsed `publisher`, or
+        /// `None` when that key signed the stream itself.
+        endorsed_by: Option<PublisherKey>,
     },
     /// The problems that keep the stream from being complete, in sequence order.
     Incomplete(Vec<Problem>),
@@ -89,6 +92,8 @@ struct StreamTrack {
     bad_signatures: Vec<u64>,
     closed_at: Option<u64>,
     last_opened: u64,
+    /// The key of the first valid signature, which every later one must match.
+    signer: Option<PublisherKey>,
 }
 
 #[derive(Debug)]
@@ -138,8 +143,9 @@ impl AuthorshipVerifier {
         ) {
             return Observed::Pending;
         }
-        match check_signature(&publisher, opened) {
-            Ok(statement) => {
+        match check_signature(&publisher, opened, track.signer) {
+            Ok((statement, signer)) => {
+                track.signer = Some(signer);
                 track.apply(&statement);
                 Observed::Signed {
                     first_seq: statement.first_seq,
@@ -158,7 +164,7 @@ impl AuthorshipVerifier {
         let Some(publisher) = self.publisher else {
             return Some(Verdict::NotCheckable);
         };
-        Some(self.streams.get(stream_id)?.verdict(publisher))
+        Some(self.streams.get(stream_id)?.verdict(&publisher))
     }
 
     /// Returns the verdict of every observed stream.
@@ -170,13 +176,29 @@ impl AuthorshipVerifier {
     }
 }
 
+/// Checks a signed frame and returns its statement and signing key: the
+/// publisher's own, or one the frame's endorsement shows the publisher
+/// endorsed for this session and key epoch. A stream keeps the signer of its
+/// first valid signature, so `earlier` rejects a change of device mid-stream.
 fn check_signature(
     publisher: &PublisherKey,
     opened: &OpenedFrame,
-) -> Result<Statement, AuthorshipError> {
-    let (statement, signature) = SignedContent::parse(opened)?;
-    publisher.verify(&statement.to_bytes(), &signature)?;
-    Ok(statement)
+    earlier: Option<PublisherKey>,
+) -> Result<(Statement, PublisherKey), AuthorshipError> {
+    let parsed = SignedContent::parse(opened, *publisher)?;
+    let signer = match &parsed.endorsement {
+        Some(endorsement) => {
+            let header = &opened.header;
+            endorsement.verify(&header.session_id, header.key_epoch)?;
+            endorsement.device
+        }
+        None => *publisher,
+    };
+    signer.verify(&parsed.statement.to_bytes(), &parsed.signature)?;
+    if earlier.is_some_and(|earlier| earlier != signer) {
+        return Err(AuthorshipError::SignerChanged);
+    }
+    Ok((parsed.statement, signer))
 }
 
 impl StreamTrack {
@@ -197,7 +219,7 @@ impl StreamTrack {
         self.frames.retain(|_, record| !record.verified);
     }
 
-    fn verdict(&self, publisher: PublisherKey) -> Verdict {
+    fn verdict(&self, publisher: &PublisherKey) -> Verdict {
         let mut problems = self.missing.clone();
         problems.extend(self.unverified_ranges());
         problems.extend(
@@ -211,7 +233,13 @@ impl StreamTrack {
             });
         }
         if problems.is_empty() {
-            Verdict::Complete { publisher }
+            // A closed stream without problems had a valid signature, so
+            // `signer` is set. The publisher is the fallback all the same.
+            let signer = self.signer.unwrap_or(*publisher);
+            Verdict::Complete {
+                publisher: signer,
+                endorsed_by: (signer != *publisher).then_some(*publisher),
+            }
         } else {
             problems.sort_by_key(problem_start);
             Verdict::Incomplete(problems)

@@ -2,9 +2,11 @@
 //! 12 between a joining device and the clinician device of a session.
 //!
 //! The clinician device authenticates as it does to publish, and may use
-//! only slots of its own session. The joining device has no account: it
+//! only slots of its own session. A patient's device has no account: it
 //! names the slot by the pairing id the clinician device shows, and its
-//! first request returns a joiner token that authenticates the rest. Its
+//! first request returns a joiner token that authenticates the rest. A slot
+//! opened for the clinician's second device admits in step 1 only a device
+//! signed in as the same user of the same organization. Its
 //! requests count against the per-client rate limit of the invite routes.
 //! The status routes long-poll: they respond at once when it is the caller's
 //! turn or the pairing is over, else when the slot changes or `wait` seconds
@@ -22,10 +24,10 @@ use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sealcast_protocol::invite::decode_base64url;
-use sealcast_protocol::pairing::WRAPPED_KEY_LEN;
+use sealcast_protocol::pairing::{MAX_DEVICE_WRAPPED_LEN, MIN_DEVICE_WRAPPED_LEN, WRAPPED_KEY_LEN};
 use sealcast_protocol::pairing_api::{
-    CommitmentBody, PairingId, PairingJoined, PairingOpened, PairingState, PairingStatus,
-    PublicKeyBody, WrappedKeyBody, MAX_WAIT_SECONDS,
+    CommitmentBody, OpenPairingRequest, PairingId, PairingJoined, PairingOpened, PairingPurpose,
+    PairingState, PairingStatus, PublicKeyBody, WrappedKeyBody, MAX_WAIT_SECONDS,
 };
 use sealcast_protocol::SessionId;
 
@@ -38,23 +40,29 @@ use crate::credentials::{random_token, Secret};
 use crate::invites::cookie::set_follow_cookie;
 use crate::listener::PeerAddr;
 use crate::metrics::{PAIRING_FAILURES, PAIRING_STEPS};
-use crate::pairing::{PairingRejected, Side, SlotView, MAX_SLOTS_PER_SESSION};
+use crate::pairing::{PairingRejected, Side, SlotOwner, SlotView, MAX_SLOTS_PER_SESSION};
 use crate::store::{now_millis, Redemption, SessionRecord, StoreError};
 
 /// Endpoint label of the clinician's pairing routes in the auth failure metric.
 const CLINICIAN_PAIRING: &str = "clinician_pairing";
 
+/// Endpoint label of step 1 from a clinician's second device in the auth failure metric.
+const DEVICE_PAIRING: &str = "device_pairing";
+
 /// Length in bytes of a commitment and of an X25519 public key.
 const KEY_LEN: usize = 32;
 
-/// Opens a pairing slot for the session. Responds 201 with the pairing id.
+/// Opens a pairing slot for the session, for a patient's device or, with
+/// purpose `clinician_device`, for another device of the signed-in user.
+/// Responds 201 with the pairing id.
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/pairings", operation_id = "open_pairing", tag = "pairing",
     params(("id" = String, Path, description = "Session id, 32 hex digits")),
+    request_body(content = Option<sealcast_protocol::pairing_api::OpenPairingRequest>, content_type = "application/json", description = "Optional: without a body the slot is for a patient's device"),
     security(("device_token" = [], "dpop_proof" = []), ("access_cookie" = [], "csrf_token" = [])),
     responses(
         (status = 201, description = "Slot opened", body = sealcast_protocol::pairing_api::PairingOpened),
-        (status = 400, description = "Malformed session id", body = sealcast_protocol::api::ErrorBody),
+        (status = 400, description = "Malformed session id or body", body = sealcast_protocol::api::ErrorBody),
         (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
         (status = 404, description = "No session with this id in the caller's organization", body = sealcast_protocol::api::ErrorBody),
         (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody),
@@ -67,18 +75,28 @@ pub(crate) async fn open(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<PairingOpened>), ApiError> {
-    let (_, record) = clinician(&state, &session, &method, &uri, &headers).await?;
+    let (principal, record) = clinician(&state, &session, &method, &uri, &headers).await?;
+    let request = read_open_request(&headers, body).await?;
+    let owner = match request.purpose {
+        PairingPurpose::Patient => None,
+        PairingPurpose::ClinicianDevice => Some(SlotOwner {
+            user_id: principal.user_id.clone(),
+            organization_id: principal.organization_id.clone(),
+        }),
+    };
     let (id, lifetime) = state
         .pairings
-        .open(record.session_id, Instant::now())
+        .open_for(record.session_id, owner, Instant::now())
         .map_err(|rejected| reject(rejected, None))?;
 
     count_step("open");
-    tracing::info!(session_id = %record.session_id, "pairing slot opened");
+    tracing::info!(session_id = %record.session_id, purpose = ?request.purpose, "pairing slot opened");
     let body = PairingOpened {
         pairing_id: id.to_string(),
         expires_in: lifetime.as_secs(),
+        purpose: request.purpose,
     };
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -181,34 +199,48 @@ pub(crate) async fn wrapped_key(
     let id = parse_pairing_id(&pairing)?;
     let (principal, record) = clinician(&state, &session, &method, &uri, &headers).await?;
     let request: WrappedKeyBody = read_json(&headers, body, "wrapped key body").await?;
-    let wrapped = decode_fixed::<WRAPPED_KEY_LEN>(&request.wrapped_key, "wrapped_key")?;
     let session_id = record.session_id;
+    let purpose = state
+        .pairings
+        .clinician_purpose(id, session_id, Instant::now())
+        .map_err(|rejected| reject(rejected, Some(id)))?;
+    let wrapped = match purpose {
+        PairingPurpose::Patient => {
+            decode_fixed::<WRAPPED_KEY_LEN>(&request.wrapped_key, "wrapped_key")?.to_vec()
+        }
+        PairingPurpose::ClinicianDevice => decode_ranged(
+            &request.wrapped_key,
+            "wrapped_key",
+            MIN_DEVICE_WRAPPED_LEN..=MAX_DEVICE_WRAPPED_LEN,
+        )?,
+    };
     state
         .pairings
         .expect_wrapped_key(id, session_id, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
-    let follow_token = store_follow_credential(&state, session_id).await?;
-    let token_hash = follow_token.hash();
+    // A second device of the clinician publishes with its own sign-in and
+    // never follows, so it gets no follow credential.
+    let follow_token = match purpose {
+        PairingPurpose::Patient => Some(store_follow_credential(&state, session_id).await?),
+        PairingPurpose::ClinicianDevice => None,
+    };
+    let token_hash = follow_token.as_ref().map(Secret::hash);
     // NOTE: a cancel that arrives between the check above and this step
     // leaves the stored credential unused. It stops working when the
     // session ends, like every follow credential.
     state
         .pairings
-        .complete(
-            id,
-            session_id,
-            wrapped.to_vec(),
-            follow_token,
-            Instant::now(),
-        )
+        .complete(id, session_id, wrapped, follow_token, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
     count_step("wrapped_key");
-    tracing::info!(%session_id, "device paired");
-    let event = audited::staff_event(Action::DevicePaired, &principal, peer_ip(peer.as_ref()))
-        .session(session_id)
-        .digest_of(&token_hash);
+    tracing::info!(%session_id, ?purpose, "device paired");
+    let mut event = audited::staff_event(Action::DevicePaired, &principal, peer_ip(peer.as_ref()))
+        .session(session_id);
+    if let Some(token_hash) = &token_hash {
+        event = event.digest_of(token_hash);
+    }
     audited::record(&state, event).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -245,14 +277,19 @@ pub(crate) async fn clinician_cancel(
 }
 
 /// Step 1: takes a joining device's commitment. Responds 201 with the
-/// joiner token.
+/// joiner token. A slot for a clinician's second device also needs the
+/// joiner's staff credential, of the user who opened the slot, and its
+/// identity key.
 #[utoipa::path(
     post, path = "/v1/pairings/{pairing}/commitment", operation_id = "pairing_commitment", tag = "pairing",
     params(("pairing" = String, Path, description = "Pairing id, 12 digits in groups of four")),
     request_body(content = sealcast_protocol::pairing_api::CommitmentBody, content_type = "application/json"),
+    security((), ("device_token" = [], "dpop_proof" = [])),
     responses(
         (status = 201, description = "Step 1 stored; the joiner token authenticates the later requests", body = sealcast_protocol::pairing_api::PairingJoined),
-        (status = 400, description = "Malformed id or commitment", body = sealcast_protocol::api::ErrorBody),
+        (status = 400, description = "Malformed id, commitment or device key, or a device key sent to a slot for a patient's device", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "A slot for a clinician's second device, and no valid staff credential", body = sealcast_protocol::api::ErrorBody),
+        (status = 403, description = "A slot for a clinician's second device, and the credential is of another user or organization", body = sealcast_protocol::api::ErrorBody),
         (status = 404, description = "Unknown session or pairing", body = sealcast_protocol::api::ErrorBody), (status = 409, description = "Not this step's turn, or the slot was taken by another device", body = sealcast_protocol::api::ErrorBody), (status = 410, description = "The pairing expired or was cancelled, or the session ended", body = sealcast_protocol::api::ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody),
         (status = 429, description = "Too many requests from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody)
@@ -262,6 +299,8 @@ pub(crate) async fn commitment(
     State(state): State<AppState>,
     Path(pairing): Path<String>,
     peer: Option<Extension<PeerAddr>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<PairingJoined>), ApiError> {
@@ -269,9 +308,39 @@ pub(crate) async fn commitment(
     let id = parse_pairing_id(&pairing)?;
     let request: CommitmentBody = read_json(&headers, body, "commitment body").await?;
     let commitment = decode_fixed::<KEY_LEN>(&request.commitment, "commitment")?;
+    let device_key = request
+        .device_key
+        .as_deref()
+        .map(|key| decode_fixed::<KEY_LEN>(key, "device_key"))
+        .transpose()?;
+    let purpose = state
+        .pairings
+        .purpose(id, Instant::now())
+        .map_err(|rejected| reject(rejected, Some(id)))?;
+    // A slot for a second device checks the sign-in first, so a patient's
+    // device that sends no key learns that it cannot join at all.
+    let joiner = match purpose {
+        PairingPurpose::ClinicianDevice => {
+            let owner = signed_in_joiner(&state, &method, &uri, &headers).await?;
+            let Some(key) = device_key else {
+                count_failure("malformed");
+                return Err(ApiError::BadRequest(
+                    "device_key is missing: this pairing hands the session to another device of the clinician, so send the joining device's identity key with the commitment".into(),
+                ));
+            };
+            Some((owner, key))
+        }
+        // The mailbox rejects a device key sent to a patient slot.
+        PairingPurpose::Patient => device_key.map(|key| (SlotOwner::default(), key)),
+    };
     let (token, expires_in) = state
         .pairings
-        .commit(id, commitment, Instant::now())
+        .commit(
+            id,
+            commitment,
+            joiner.as_ref().map(|(owner, key)| (owner, *key)),
+            Instant::now(),
+        )
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
     count_step("commitment");
@@ -404,6 +473,61 @@ pub(crate) async fn joiner_cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Authenticates the joiner of a slot for a clinician's second device and
+/// returns its account. A request without any credential gets a 401 whose
+/// message names the next step, and every rejection counts as a pairing failure.
+async fn signed_in_joiner(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<SlotOwner, ApiError> {
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        count_failure(PairingRejected::SignInRequired.label());
+        tracing::debug!("device pairing step 1 rejected: no staff credential");
+        return Err(ApiError::Unauthorized(SIGN_IN_REQUIRED));
+    }
+    match authenticate(state, headers, method, uri.path(), DEVICE_PAIRING).await {
+        Ok(principal) => Ok(SlotOwner {
+            user_id: principal.user_id,
+            organization_id: principal.organization_id,
+        }),
+        Err(error) => {
+            count_failure(PairingRejected::SignInRequired.label());
+            tracing::debug!(%error, "device pairing step 1 rejected: invalid staff credential");
+            Err(error)
+        }
+    }
+}
+
+/// The 401 reason for a joiner of a slot for a clinician's second device
+/// that sent no staff credential.
+const SIGN_IN_REQUIRED: &str = "this pairing hands a clinician's session to another of their devices: sign in on the joining device as the same clinician with `sealcast login`, then run `sealcast pair adopt`";
+
+/// Reads the optional body of the request that opens a slot. A request
+/// without `Content-Type` and without a body opens a slot for a patient's device.
+async fn read_open_request(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<OpenPairingRequest, ApiError> {
+    if headers.contains_key(axum::http::header::CONTENT_TYPE) {
+        return read_json(headers, body, "pairing request")
+            .await
+            .inspect_err(|_| {
+                count_failure("malformed");
+            });
+    }
+    let bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(super::MAX_BODY_BYTES))?;
+    if !bytes.is_empty() {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(OpenPairingRequest {
+        purpose: PairingPurpose::Patient,
+    })
+}
+
 /// Authenticates a clinician of the session in the path and requires the
 /// session to be open.
 async fn clinician(
@@ -460,11 +584,14 @@ fn waits_for_other_side(state: PairingState, side: Side) -> bool {
 
 fn status(view: SlotView) -> PairingStatus {
     let encode = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
-    let completed = view.state == PairingState::Completed && view.follow_token.is_some();
+    // Only the joining device's view of a completed slot carries the wrapped key.
+    let completed = view.state == PairingState::Completed && view.wrapped_key.is_some();
     PairingStatus {
         state: view.state,
         expires_in: view.expires_in.as_secs(),
+        purpose: view.purpose,
         commitment: view.commitment.as_ref().map(|bytes| encode(bytes)),
+        device_key: view.device_key.as_ref().map(|bytes| encode(bytes)),
         clinician_public: view.clinician_public.as_ref().map(|bytes| encode(bytes)),
         joiner_public: view.joiner_public.as_ref().map(|bytes| encode(bytes)),
         wrapped_key: view.wrapped_key.as_deref().map(encode),
@@ -565,6 +692,30 @@ fn parse_wait(query: Option<&str>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs(wait))
 }
 
+/// Decodes a base64url field whose length must be in `range`.
+fn decode_ranged(
+    text: &str,
+    field: &'static str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<Vec<u8>, ApiError> {
+    let Some(bytes) = decode_base64url(text) else {
+        count_failure("malformed");
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be unpadded base64url"
+        )));
+    };
+    if !range.contains(&bytes.len()) {
+        count_failure("invalid_length");
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be {} to {} bytes, got {}",
+            range.start(),
+            range.end(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Decodes a base64url field that must hold exactly `N` bytes.
 fn decode_fixed<const N: usize>(text: &str, field: &'static str) -> Result<[u8; N], ApiError> {
     let Some(bytes) = decode_base64url(text) else {
@@ -612,6 +763,13 @@ fn reject(rejected: PairingRejected, id: Option<PairingId>) -> ApiError {
             tracing::warn!("pairing mailbox is full: refusing new slots");
             ApiError::Unavailable("too many pairings are open on the relay: retry shortly".into())
         }
+        PairingRejected::SignInRequired => ApiError::Unauthorized(SIGN_IN_REQUIRED),
+        PairingRejected::OtherClinician => ApiError::Forbidden(
+            "this pairing hands a clinician's session to another of their devices, and the joining device is signed in as another user or organization: sign in as the clinician who opened the pairing",
+        ),
+        PairingRejected::NotDeviceSlot => ApiError::BadRequest(format!(
+            "{slot} is for a patient's device, which sends no device_key: run `sealcast pair join` for it, or open the pairing with `sealcast pair offer --device`"
+        )),
     }
 }
 

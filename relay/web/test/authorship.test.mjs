@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import {
   AuthorshipVerifier,
   describeVerdict,
+  encodeEndorsement,
   importPublisherKey,
   summarizeAuthorship,
 } from '../authorship.js';
@@ -125,6 +126,114 @@ test('altered checkpoint content fails its signature', async () => {
   await addSigned(script, device.signingKey, { kind: 3, finalSegments: 2 });
   // The end lists the frames after the checkpoint, so nothing verifies frames 0 to 2.
   assert.equal(await verdictOf(script), 'unverified:0-2 bad_signature:2');
+});
+
+// Streams of a second device endorsed by the device whose key the link carries
+
+/** Returns a `change` that adds an endorsement of `endorsed` signed by `endorser`. */
+async function endorse(endorser, endorsed, { keyEpoch = 0, edit } = {}) {
+  const message = encodeEndorsement(sessionId, keyEpoch, endorsed.publicKey);
+  const signature = new Uint8Array(
+    await crypto.subtle.sign('Ed25519', endorser.signingKey, message),
+  );
+  const endorsement = {
+    device: encodeBase64url(endorsed.publicKey),
+    key_epoch: keyEpoch,
+    signature: encodeBase64url(signature),
+  };
+  edit?.(endorsement);
+  return (content) => {
+    content.endorsement = endorsement;
+  };
+}
+
+test('endorsed device stream is complete and names the device', async () => {
+  const script = await newStream();
+  await addSegments(script, [1, 2]);
+  const change = await endorse(device, other);
+  await addSigned(script, other.signingKey, { change });
+  await addSegments(script, [3]);
+  await addSigned(script, other.signingKey, { kind: 3, finalSegments: 3, change });
+  const { verifier } = await observe(script, [0, 1, 2, 3, 4]);
+  const verdict = verifier.verdict(script.streamIdHex);
+  assert.equal(verdict.state, 'complete');
+  assert.deepEqual(verdict.endorsedDevice, other.publicKey);
+  const summary = summarizeAuthorship(verifier, {
+    ended: true,
+    timeOf: () => undefined,
+    signedUpToMs: null,
+  });
+  assert.deepEqual(summary, { state: 'complete', endorsed: true });
+  assert.equal(
+    authorshipText(summary),
+    "The transcript is complete and signed by the clinician's devices. Part of it comes from " +
+      "a second device of the clinician, which the clinician's device approved.",
+  );
+});
+
+test('endorsement not signed by the link key is rejected', async () => {
+  const third = await generateSigningKey();
+  const cases = {
+    'signed by the device itself': await endorse(other, other),
+    'signed by a stranger': await endorse(third, other),
+    'for a later key epoch': await endorse(device, other, { keyEpoch: 1 }),
+    'naming another device': await endorse(device, third),
+  };
+  for (const [name, change] of Object.entries(cases)) {
+    const script = await newStream();
+    await addSegments(script, [1, 2]);
+    await addSigned(script, other.signingKey, { kind: 3, finalSegments: 2, change });
+    const { verifier, results } = await observe(script, [0, 1, 2]);
+    assert.equal(results[2].result, 'rejected', name);
+    const expected = name === 'naming another device' ? 'bad_signature' : 'invalid_endorsement';
+    assert.equal(results[2].error.kind, expected, name);
+    assert.equal(
+      describeVerdict(verifier.verdict(script.streamIdHex)),
+      'unverified:0-2 bad_signature:2 end_not_seen:2',
+      name,
+    );
+  }
+});
+
+test('malformed endorsement is rejected', async () => {
+  const cases = {
+    'device too short': (endorsement) => {
+      endorsement.device = endorsement.device.slice(0, 40);
+    },
+    'signature too short': (endorsement) => {
+      endorsement.signature = encodeBase64url(new Uint8Array(63));
+    },
+    'epoch not a number': (endorsement) => {
+      endorsement.key_epoch = '0';
+    },
+    'unknown field': (endorsement) => {
+      endorsement.extra = 1;
+    },
+  };
+  for (const [name, edit] of Object.entries(cases)) {
+    const script = await newStream();
+    await addSegments(script, [1]);
+    const change = await endorse(device, other, { edit });
+    await addSigned(script, other.signingKey, { kind: 3, finalSegments: 1, change });
+    const { results } = await observe(script, [0, 1]);
+    assert.equal(results[1].result, 'rejected', name);
+    assert.notEqual(results[1].error.kind, 'bad_signature', name);
+  }
+});
+
+test('stream that changes signer is not complete', async () => {
+  const script = await newStream();
+  await addSegments(script, [1, 2]);
+  await addSigned(script, device.signingKey);
+  await addSegments(script, [3]);
+  const change = await endorse(device, other);
+  await addSigned(script, other.signingKey, { kind: 3, finalSegments: 3, change });
+  const { verifier, results } = await observe(script, [0, 1, 2, 3, 4]);
+  assert.equal(results[4].error.kind, 'signer_changed');
+  assert.equal(
+    describeVerdict(verifier.verdict(script.streamIdHex)),
+    'unverified:3-4 bad_signature:4 end_not_seen:4',
+  );
 });
 
 test('malformed checkpoint is rejected', async () => {
@@ -276,6 +385,7 @@ test('summary of a live stream waits for its next checkpoint', async () => {
   assert.deepEqual(await summaryOf([script], { ended: false }), {
     state: 'signed_so_far',
     signedUpToMs: 2000,
+    endorsed: false,
   });
 });
 
@@ -320,7 +430,7 @@ test('summary at the end is complete or names what is missing', async () => {
   assert.equal((await summaryOf([script], { ended: true })).state, 'warning');
   await addSigned(script, device.signingKey, { kind: 3, finalSegments: 2 });
   const complete = await summaryOf([script], { ended: true });
-  assert.deepEqual(complete, { state: 'complete' });
+  assert.deepEqual(complete, { state: 'complete', endorsed: false });
   assert.equal(
     authorshipText(complete),
     "The transcript is complete and signed by the clinician's device.",

@@ -10,7 +10,9 @@ import { fileURLToPath } from 'node:url';
 import {
   AuthorshipVerifier,
   CHECKPOINT_LABEL,
+  ENDORSEMENT_LABEL,
   describeVerdict,
+  encodeEndorsement,
   encodeStatement,
   importPublisherKey,
   parseSignedContent,
@@ -522,6 +524,108 @@ for (const epoch of [0, 1]) {
     assert.equal(bytesToHex(grant.publisher), vector('publisher_key'));
   });
 }
+
+// Section 10.10: a second device of the clinician. The page does not take sessions over, so the
+// device pairing and grant are computed here with WebCrypto from the document's own labels, and
+// the page's verifier checks the endorsed stream.
+
+async function hkdfBytes(salt, ikm, info, length) {
+  const key = await crypto.subtle.importKey('raw', ikm, 'HKDF', false, ['deriveBits']);
+  const params = { name: 'HKDF', hash: 'SHA-256', salt, info };
+  return new Uint8Array(await crypto.subtle.deriveBits(params, key, length * 8));
+}
+
+const encoder = new TextEncoder();
+const concat = (...parts) => new Uint8Array(parts.flatMap((part) => [...part]));
+
+test('second device pairing vectors match', async () => {
+  const secret = bytes('second_device_secret');
+  const signing = await importSigningKey(secret, bytes('second_device_key'));
+  assert.ok(signing, 'the second device key imports with its secret');
+  assert.equal(encodeBase64url(bytes('second_device_key')), vector('second_device_key_base64url'));
+
+  const joinerPublic = bytes('joiner_public');
+  const clinicianPublic = bytes('clinician_public');
+  const deviceKey = bytes('second_device_key');
+  const commitLabel = encoder.encode(vector('device_commit_label'));
+  const commitment = await crypto.subtle.digest(
+    'SHA-256',
+    concat(commitLabel, joinerPublic, deviceKey),
+  );
+  assert.equal(bytesToHex(new Uint8Array(commitment)), vector('device_pairing_commitment'));
+
+  const codeLabel = encoder.encode(vector('device_code_label'));
+  const ikm = concat(joinerPublic, clinicianPublic, deviceKey);
+  const code = await hkdfBytes(new Uint8Array(0), ikm, codeLabel, 4);
+  assert.equal(bytesToHex(code), vector('device_pairing_code'));
+  const words = [...code].map((byte) => WORDS[byte]).join(' ');
+  assert.equal(words, vector('device_pairing_code_words'));
+  const digits = new DataView(code.buffer).getUint32(0) % 1_000_000;
+  assert.equal(String(digits).padStart(6, '0'), vector('device_pairing_code_digits'));
+});
+
+test('device grant opens to the vector payload', async () => {
+  const salt = concat(bytes('joiner_public'), bytes('clinician_public'));
+  const info = concat(encoder.encode(vector('device_wrap_label')), new Uint8Array(4));
+  const wrapKey = await hkdfBytes(salt, bytes('pairing_shared_secret'), info, 32);
+  assert.equal(bytesToHex(wrapKey), vector('device_wrap_key_0'));
+
+  const wrapped = bytes('wrapped_device_grant_0');
+  assert.equal(bytesToHex(wrapped.subarray(4, 16)), vector('device_wrap_nonce_0'));
+  const key = await crypto.subtle.importKey('raw', wrapKey, 'AES-GCM', false, ['decrypt']);
+  const params = {
+    name: 'AES-GCM',
+    iv: wrapped.subarray(4, 16),
+    additionalData: wrapped.subarray(0, 4),
+  };
+  const payload = new Uint8Array(await crypto.subtle.decrypt(params, key, wrapped.subarray(16)));
+  assert.equal(bytesToHex(payload), vector('device_grant_payload'));
+
+  const token = encoder.encode(vector('invite_token'));
+  const epoch = new Uint8Array(8);
+  new DataView(epoch.buffer).setBigUint64(0, BigInt(vector('device_grant_history_epoch')));
+  const expected = concat(
+    bytes('session_id'),
+    bytes('session_key'),
+    bytes('publisher_key'),
+    new Uint8Array(4),
+    bytes('second_device_key'),
+    bytes('endorsement_signature'),
+    epoch,
+    [token.length],
+    token,
+  );
+  assert.equal(bytesToHex(payload), bytesToHex(expected));
+});
+
+test('endorsement and endorsed stream match', async () => {
+  assert.equal(vector('endorsement_label'), ENDORSEMENT_LABEL);
+  const statement = encodeEndorsement(sessionId, 0, bytes('second_device_key'));
+  assert.equal(bytesToHex(statement), vector('endorsement_statement'));
+  const publisher = await importPublisherKey(bytes('publisher_key'));
+  const signature = bytes('endorsement_signature');
+  assert.ok(await crypto.subtle.verify('Ed25519', publisher, signature, statement));
+
+  const frames = [bytes('frame_0'), bytes('endorsed_end_frame_1')];
+  const opener = new StreamOpener(sessionKey, sessionId);
+  const verifier = new AuthorshipVerifier(publisher);
+  let contentChecked = false;
+  for (const frame of frames) {
+    const opened = await opener.open(frame);
+    if (opened.header.seq === 1n) {
+      contentChecked = true;
+      assert.equal(new TextDecoder().decode(opened.content), vector('endorsed_end_content_1'));
+      const { endorsement } = parseSignedContent(opened);
+      assert.equal(bytesToHex(endorsement.device), vector('second_device_key'));
+      assert.equal(bytesToHex(endorsement.signature), vector('endorsement_signature'));
+    }
+    await verifier.observe(frame, opened);
+  }
+  assert.ok(contentChecked, 'the endorsed end frame was opened');
+  const verdict = verifier.verdict(vector('stream_id'));
+  assert.equal(describeVerdict(verdict), vector('endorsed_verdict_0_1'));
+  assert.equal(bytesToHex(verdict.endorsedDevice), vector('second_device_key'));
+});
 
 // Registered last, so it runs after every test that reads vectors.
 test('every vector is checked', () => {

@@ -1,0 +1,463 @@
+//! A clinician's second device takes a session over, with the real
+//! `sealcast` and `sealcast-relay` binaries over TLS. The device that started
+//! the session runs `sealcast pair offer --device`, the other device of the
+//! same clinician `sealcast pair adopt`, and the test carries each code to
+//! the other screen. The adopting device then publishes the rest of the
+//! consultation and ends the session. A follower with only the first
+//! device's key reports every stream complete, and names the second device
+//! as the author of the later ones, endorsed by the first. Devices of another
+//! clinician or without a sign-in cannot join such a pairing, and a stream
+//! whose key endorses itself is not authored.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use sealcast_client::{Publisher, PublisherConfig, TlsSettings};
+use sealcast_protocol::authorship::{Endorsement, PublisherKey};
+use sealcast_protocol::{FollowInvite, SessionId};
+use sealcast_tests::cli::{code_words, CliProcess};
+use sealcast_tests::metrics::scrape;
+use sealcast_tests::process::RelayProcess;
+use sealcast_tests::sample::sample_finals;
+use sealcast_tests::session::relay_tls;
+use sealcast_tests::staff::{admin, create_organization, sign_in};
+use tempfile::TempDir;
+use url::Url;
+
+/// A relay, a clinician's first device that ran `sealcast session start`,
+/// and the link it printed.
+struct Clinic {
+    relay: RelayProcess,
+    org: String,
+    email: String,
+    home: TempDir,
+    session_id: SessionId,
+    link: String,
+    _data: TempDir,
+}
+
+impl Clinic {
+    async fn start() -> Clinic {
+        let data = tempfile::tempdir().unwrap();
+        let relay = RelayProcess::start(data.path(), "127.0.0.1:0", &[]);
+        let org = create_organization(&relay.data_dir);
+        let email = format!("two-devices-{}@clinic.example", std::process::id());
+        create_clinician(&relay, &org, &email);
+        let home = sign_in_home(&relay, &email).await;
+
+        let ca_cert = relay.ca_cert();
+        let started = CliProcess::spawn(
+            home.path(),
+            &[
+                "session",
+                "start",
+                "--no-qr",
+                "--relay",
+                &relay.base_url(),
+                "--ca-cert",
+                ca_cert.to_str().unwrap(),
+            ],
+        );
+        let (status, stdout, stderr) = started.finish().await;
+        assert!(status.success(), "session start failed: {stderr:#?}");
+        let session_id = stdout
+            .iter()
+            .find_map(|line| line.strip_prefix("Session "))
+            .and_then(|rest| rest.split(' ').next())
+            .expect("session start names the session")
+            .parse()
+            .unwrap();
+        let link = stdout
+            .iter()
+            .find(|line| line.starts_with("https://") && line.contains("/join?"))
+            .expect("session start prints the invite link")
+            .clone();
+        Clinic {
+            relay,
+            org,
+            email,
+            home,
+            session_id,
+            link,
+            _data: data,
+        }
+    }
+
+    fn publisher(&self) -> PublisherKey {
+        FollowInvite::parse(&self.link).unwrap().publisher.unwrap()
+    }
+
+    fn ca_cert(&self) -> String {
+        self.relay.ca_cert().to_str().unwrap().to_owned()
+    }
+
+    /// Starts `sealcast follow` with the printed link and waits until it is connected.
+    async fn follow(&self, home: &Path) -> CliProcess {
+        let ca_cert = self.ca_cert();
+        let mut follower = CliProcess::spawn(
+            home,
+            &["follow", "--ca-cert", &ca_cert, "--format", "jsonl", "-"],
+        );
+        follower.answer(&self.link).await;
+        follower.stderr_after("Connected to session").await;
+        follower
+    }
+
+    /// Runs `pair offer --device` on the first device and `pair adopt` on the
+    /// device in `home`, confirming matching codes on both.
+    async fn hand_over(&self, home: &Path) -> Vec<String> {
+        let mut offer = CliProcess::spawn(self.home.path(), &["pair", "offer", "--device"]);
+        let id = offer.stdout_after("Pairing id: ").await;
+        let (ca_cert, base_url) = (self.ca_cert(), self.relay.base_url());
+        let mut adopt = CliProcess::spawn(
+            home,
+            &[
+                "pair",
+                "adopt",
+                "--relay",
+                &base_url,
+                "--ca-cert",
+                &ca_cert,
+                "--confirm-code",
+                "-",
+                &id,
+            ],
+        );
+        let adopter_code = code_words(&adopt.stderr_after("Pairing code: ").await);
+        let offer_code = code_words(&offer.stderr_after("Pairing code: ").await);
+        assert_eq!(adopter_code.split(' ').count(), 4, "{adopter_code}");
+        assert_eq!(adopter_code, offer_code);
+        adopt.answer(&offer_code).await;
+        offer.answer("y").await;
+        let (status, _, stderr) = offer.finish().await;
+        assert!(status.success(), "pair offer --device failed: {stderr:#?}");
+        let (status, stdout, stderr) = adopt.finish().await;
+        assert!(status.success(), "pair adopt failed: {stderr:#?}");
+        stdout
+    }
+}
+
+fn create_clinician(relay: &RelayProcess, org: &str, email: &str) {
+    admin(
+        &relay.data_dir,
+        &[
+            "create-user",
+            "--org",
+            org,
+            "--email",
+            email,
+            "--role",
+            "clinician",
+        ],
+    );
+}
+
+/// Signs a new device of `email` in and returns its key store directory.
+async fn sign_in_home(relay: &RelayProcess, email: &str) -> TempDir {
+    sign_in_device(relay, email).await.0
+}
+
+/// Signs a new device of `email` in and returns its key store directory and
+/// its identity key.
+async fn sign_in_device(relay: &RelayProcess, email: &str) -> (TempDir, PublisherKey) {
+    let url = Url::parse(&relay.base_url()).unwrap();
+    let (device, home) = sign_in(&url, &relay.ca_cert(), &relay.outbox_dir(), email).await;
+    (home, PublisherKey::of_device(device.token().key()))
+}
+
+fn write_transcript(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// Returns the stderr lines that report a verdict for a stream.
+fn verdict_lines(stderr: &[String]) -> Vec<&String> {
+    stderr
+        .iter()
+        .filter(|line| line.starts_with("stream ") || line.starts_with("warning: stream "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_device_continues_and_ends_the_session() {
+    let clinic = Clinic::start().await;
+    let first = clinic.publisher();
+    let follower_home = tempfile::tempdir().unwrap();
+    let follower = clinic.follow(follower_home.path()).await;
+
+    let opening = write_transcript(
+        clinic.home.path(),
+        "opening.jsonl",
+        &[
+            r#"{"speaker":"doctor","start_ms":0,"end_ms":1500,"text":"Good morning, what brings you in?"}"#,
+            r#"{"speaker":"patient","start_ms":1600,"end_ms":3000,"text":"My knee hurts when I climb stairs."}"#,
+        ],
+    );
+    let published = CliProcess::spawn(clinic.home.path(), &["publish", opening.to_str().unwrap()]);
+    let (status, _, stderr) = published.finish().await;
+    assert!(
+        status.success(),
+        "publish on the first device failed: {stderr:#?}"
+    );
+
+    let (second_home, second) = sign_in_device(&clinic.relay, &clinic.email).await;
+    assert_ne!(second, first);
+    let adopted = clinic.hand_over(second_home.path()).await;
+    assert!(
+        adopted
+            .iter()
+            .any(|line| line.starts_with(&format!("Session {} adopted", clinic.session_id))),
+        "{adopted:#?}"
+    );
+
+    // The second device gives out the same link, with the first device's key.
+    let linked = CliProcess::spawn(second_home.path(), &["session", "link", "--no-qr"]);
+    let (status, stdout, stderr) = linked.finish().await;
+    assert!(status.success(), "session link failed: {stderr:#?}");
+    let printed = stdout
+        .iter()
+        .find(|line| line.starts_with("https://") && line.contains("/join?"))
+        .expect("session link prints the invite link");
+    assert_eq!(printed, &clinic.link);
+
+    let rest = write_transcript(
+        second_home.path(),
+        "rest.jsonl",
+        &[
+            r#"{"speaker":"doctor","start_ms":3100,"end_ms":4000,"text":"Since when?"}"#,
+            r#"{"speaker":"patient","start_ms":4100,"end_ms":5200,"text":"About two weeks."}"#,
+        ],
+    );
+    let published = CliProcess::spawn(second_home.path(), &["publish", rest.to_str().unwrap()]);
+    let (status, _, stderr) = published.finish().await;
+    assert!(
+        status.success(),
+        "publish on the second device failed: {stderr:#?}"
+    );
+    let endorsed = format!(
+        "signed by device key {}, endorsed by device key {}",
+        second.to_base64url(),
+        first.to_base64url()
+    );
+    assert!(
+        stderr.iter().any(|line| line.contains(&endorsed)),
+        "{stderr:#?}"
+    );
+
+    let ended = CliProcess::spawn(second_home.path(), &["session", "end"]);
+    let (status, stdout, stderr) = ended.finish().await;
+    assert!(
+        status.success(),
+        "session end on the second device failed: {stderr:#?}"
+    );
+    assert!(
+        stdout.iter().any(|line| line
+            == &format!(
+                "Session {} ended. Its key was deleted from this device.",
+                clinic.session_id
+            )),
+        "{stdout:#?}"
+    );
+
+    let (status, stdout, stderr) = follower.finish().await;
+    assert!(status.success(), "follow failed: {stderr:#?}");
+    let texts: Vec<String> = stdout
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|segment| segment["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "Good morning, what brings you in?",
+            "My knee hurts when I climb stairs.",
+            "Since when?",
+            "About two weeks."
+        ]
+    );
+    // The first device's stream, the second device's stream and the stream
+    // of its end frame.
+    let verdicts = verdict_lines(&stderr);
+    assert_eq!(verdicts.len(), 3, "{stderr:#?}");
+    let by_first = format!(
+        "is complete and authored by device {}",
+        first.to_base64url()
+    );
+    let by_second = format!(
+        "is complete and authored by device {}, endorsed by device {}",
+        second.to_base64url(),
+        first.to_base64url()
+    );
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|line| line.ends_with(&by_first))
+            .count(),
+        1,
+        "{stderr:#?}"
+    );
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|line| line.ends_with(&by_second))
+            .count(),
+        2,
+        "{stderr:#?}"
+    );
+    assert!(
+        !stderr.iter().any(|line| line.starts_with("warning:")),
+        "{stderr:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_pairing_rejects_others() {
+    let clinic = Clinic::start().await;
+    let colleague_email = format!("colleague-{}@clinic.example", std::process::id());
+    create_clinician(&clinic.relay, &clinic.org, &colleague_email);
+    let colleague_home = sign_in_home(&clinic.relay, &colleague_email).await;
+
+    let mut offer = CliProcess::spawn(clinic.home.path(), &["pair", "offer", "--device"]);
+    let id = offer.stdout_after("Pairing id: ").await;
+    let (ca_cert, base_url) = (clinic.ca_cert(), clinic.relay.base_url());
+
+    let adopt = CliProcess::spawn(
+        colleague_home.path(),
+        &[
+            "pair",
+            "adopt",
+            "--relay",
+            &base_url,
+            "--ca-cert",
+            &ca_cert,
+            &id,
+        ],
+    );
+    let (status, _, stderr) = adopt.finish().await;
+    assert!(!status.success(), "{stderr:#?}");
+    assert!(
+        stderr.iter().any(|line| line.contains("403")
+            && line.contains("signed in as another user or organization")),
+        "{stderr:#?}"
+    );
+
+    // A patient's device has no sign-in at all.
+    let patient_home = tempfile::tempdir().unwrap();
+    let join = CliProcess::spawn(
+        patient_home.path(),
+        &[
+            "pair",
+            "join",
+            "--relay",
+            &base_url,
+            "--ca-cert",
+            &ca_cert,
+            &id,
+        ],
+    );
+    let (status, stdout, stderr) = join.finish().await;
+    assert!(!status.success(), "{stderr:#?}");
+    assert!(stdout.is_empty(), "{stdout:#?}");
+    assert!(
+        stderr.iter().any(|line| line.contains("401")
+            && line.contains("sign in on the joining device as the same clinician")),
+        "{stderr:#?}"
+    );
+
+    let tls = TlsSettings::from_ca_file(&clinic.relay.ca_cert()).unwrap();
+    let metrics = scrape(&Url::parse(&base_url).unwrap(), &tls).await;
+    let failures = |reason| metrics.value("sealcast_pairing_failures_total", &[("reason", reason)]);
+    assert_eq!(failures("joiner_other_clinician"), 1.0);
+    assert_eq!(failures("joiner_not_signed_in"), 1.0);
+    assert_eq!(
+        metrics.value("sealcast_pairing_steps_total", &[("step", "commitment")]),
+        0.0
+    );
+
+    // The first device still waits for its own second device.
+    let second_home = sign_in_home(&clinic.relay, &clinic.email).await;
+    let mut adopt = CliProcess::spawn(
+        second_home.path(),
+        &[
+            "pair",
+            "adopt",
+            "--relay",
+            &base_url,
+            "--ca-cert",
+            &ca_cert,
+            "--confirm-code",
+            "-",
+            &id,
+        ],
+    );
+    let adopter_code = code_words(&adopt.stderr_after("Pairing code: ").await);
+    let offer_code = code_words(&offer.stderr_after("Pairing code: ").await);
+    assert_eq!(adopter_code, offer_code);
+    adopt.answer(&offer_code).await;
+    offer.answer("y").await;
+    let (status, _, stderr) = offer.finish().await;
+    assert!(status.success(), "{stderr:#?}");
+    let (status, _, stderr) = adopt.finish().await;
+    assert!(status.success(), "{stderr:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_endorsed_key_is_not_authored() {
+    let clinic = Clinic::start().await;
+    let first = clinic.publisher().to_base64url();
+    let follower_home = tempfile::tempdir().unwrap();
+    let follower = clinic.follow(follower_home.path()).await;
+
+    // A device of the same clinician has the session key from the link and
+    // endorses its own key, which followers do not have.
+    let url = Url::parse(&clinic.relay.base_url()).unwrap();
+    let (forger, _forger_home) = sign_in(
+        &url,
+        &clinic.relay.ca_cert(),
+        &clinic.relay.outbox_dir(),
+        &clinic.email,
+    )
+    .await;
+    let forger_key = forger.token().key().clone();
+    let session_key = FollowInvite::parse(&clinic.link).unwrap().link.key;
+    let mut config = PublisherConfig::new(
+        url,
+        clinic.session_id,
+        forger.authorizer(),
+        relay_tls(&clinic.relay),
+    )
+    .with_identity(forger_key.clone());
+    config.endorsement = Some(Endorsement::sign(
+        &forger_key,
+        &clinic.session_id,
+        0,
+        PublisherKey::of_device(&forger_key),
+    ));
+    let mut forged = Publisher::connect(config, &session_key).await.unwrap();
+    let forged_stream = forged.stream_id();
+    for segment in sample_finals().iter().take(3) {
+        forged.publish(segment).await.unwrap();
+    }
+    forged.finish().await.unwrap();
+
+    let ended = CliProcess::spawn(clinic.home.path(), &["session", "end"]);
+    let (status, _, stderr) = ended.finish().await;
+    assert!(status.success(), "session end failed: {stderr:#?}");
+
+    let (status, _, stderr) = follower.finish().await;
+    assert_eq!(status.code(), Some(65), "{stderr:#?}");
+    let forged_line = format!(
+        "warning: stream {forged_stream} is not verified complete: frames 0-3 not authored by device {first}; \
+         the signature in frame 3 does not verify under device {first}"
+    );
+    assert!(
+        stderr.iter().any(|line| line.starts_with(&forged_line)),
+        "{stderr:#?}"
+    );
+    assert!(
+        !stderr.iter().any(|line| line.contains("endorsed by")),
+        "{stderr:#?}"
+    );
+}
