@@ -7,8 +7,8 @@
 //! runs (`flock` on Unix, `LockFileEx` on Windows) and writes its process id
 //! to `publisher.pid`. The operating system releases the lock when the
 //! process exits, however it exits, so a lock file left by a crashed process
-//! is recognised: a process that can take the lock knows that no publisher
-//! runs, whatever the files contain.
+//! is recognised: when a process can take the lock, no publisher runs,
+//! whatever the files contain.
 //!
 //! Another command sends a request by writing a file `end-<id>.request` or
 //! `rotate-<id>.request` into the directory, where `<id>` is 16 random hex
@@ -92,8 +92,8 @@ pub enum LockAttempt {
 #[derive(Debug)]
 pub struct ControlLock {
     dir: PathBuf,
-    // Closing the file releases the lock.
-    _file: File,
+    // Closing the file releases the lock. `None` once released.
+    file: Option<File>,
     wrote_pid: bool,
 }
 
@@ -125,7 +125,7 @@ impl ControlLock {
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => Ok(LockAttempt::Acquired(ControlLock {
                 dir,
-                _file: file,
+                file: Some(file),
                 wrote_pid: false,
             })),
             Err(fs4::TryLockError::WouldBlock) => Ok(LockAttempt::Held {
@@ -155,14 +155,23 @@ impl ControlLock {
         Ok(())
     }
 
-    /// Deletes the control directory once the session has ended, then
-    /// releases the lock. A failure is logged, because the session has
-    /// ended all the same and a leftover directory does no harm.
+    /// Releases the lock and deletes the control directory once the
+    /// session has ended. The lock is released first because on Windows an
+    /// open file can keep its directory from being deleted. A process can take the released lock before
+    /// the deletion only if it loaded the session before the key was
+    /// shredded, and such a process finds the session file gone. A failure
+    /// is logged, because the session has ended all the same and a leftover
+    /// directory does no harm.
     pub fn remove_dir(mut self) {
-        if let Err(err) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), error = %err, "failed to delete the control directory of an ended session");
-        }
+        self.file = None;
         self.wrote_pid = false;
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(dir = %self.dir.display(), error = %err, "failed to delete the control directory of an ended session");
+            }
+        }
     }
 
     /// Returns the control directory.

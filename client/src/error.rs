@@ -277,7 +277,7 @@ pub enum ClientError {
          output, or pass a longer --timeout"
     )]
     ControlTimedOut {
-        /// What was requested, for example `end`.
+        /// The requested action, for example `end`.
         action: &'static str,
         /// The session.
         session_id: String,
@@ -293,7 +293,7 @@ pub enum ClientError {
          reason"
     )]
     PublisherExited {
-        /// What was requested, for example `rotate the key of`.
+        /// The requested action, for example `rotate the key of`.
         action: &'static str,
         /// The session.
         session_id: String,

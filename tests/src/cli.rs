@@ -180,11 +180,6 @@ impl CliProcess {
         stdin.flush().await.unwrap();
     }
 
-    /// Closes standard input.
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
     /// Reads stderr until a line that starts with `prefix`, and returns it.
     pub async fn wait_for_stderr(&mut self, prefix: &str) -> String {
         loop {

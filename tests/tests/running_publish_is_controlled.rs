@@ -6,7 +6,8 @@
 //! make it rotate the key and write the link of key epoch 1, with which a
 //! follower keeps reading. A control lock left by a killed publish does not
 //! stop `sealcast session end` from ending the session as it does without
-//! a publisher.
+//! a publisher. A stopped publish makes both commands time out with exit
+//! status 69, and they withdraw their requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -147,7 +148,7 @@ async fn session_end_lets_running_publish_sign() {
     assert_verified(&clinic, follower.finish().await, 1);
 }
 
-/// How a test asks the running publish to rotate the key.
+/// Source of the rotation request to the running publish.
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
     /// `sealcast session rotate`.
@@ -286,4 +287,76 @@ async fn killed_publish_leaves_no_control() {
         stdout.iter().any(|line| line == "{\"event\":\"ended\"}"),
         "{stdout:#?} {stderr:#?}"
     );
+}
+
+/// Sends a signal to a process with kill(1).
+#[cfg(unix)]
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_publish_times_out_requests() {
+    let clinic = Clinic::start("control-timeout").await;
+    let follower_home = tempfile::tempdir().unwrap();
+    let mut follower = clinic.follow(follower_home.path()).await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let link_file = link_dir.path().join("rotated-link");
+    let mut publish = start_publish(
+        &clinic,
+        &["--rotated-link-file", link_file.to_str().unwrap()],
+    )
+    .await;
+    let pid = publish.pid();
+    let lines = sample_lines();
+    let (before, after) = lines.split_at(lines.len() / 2);
+    for line in before {
+        publish.write_line(line).await;
+    }
+    follower
+        .wait_for_stdout_count("\"text\"", before.len())
+        .await;
+
+    // A stopped process holds the lock but takes no request.
+    send_signal(pid, "-STOP");
+    let (status, _, stderr) = clinic.run(&["session", "rotate", "--timeout", "1"]).await;
+    assert_eq!(status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "process {pid} did not rotate the key of session {} within 1 s",
+            clinic.session_id
+        )),
+        "{stderr}"
+    );
+    let (status, _, stderr) = clinic.run(&["session", "end", "--timeout", "1"]).await;
+    assert_eq!(status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "process {pid} did not end session {} within 1 s",
+            clinic.session_id
+        )),
+        "{stderr}"
+    );
+    assert!(clinic.session_file().exists());
+
+    // Both requests were withdrawn: the publish goes on under key epoch 0.
+    send_signal(pid, "-CONT");
+    for line in after {
+        publish.write_line(line).await;
+    }
+    follower
+        .wait_for_stdout_count("\"text\"", lines.len())
+        .await;
+    assert!(!link_file.exists());
+
+    let (status, stdout, stderr) = clinic.run(&["session", "end"]).await;
+    assert!(status.success(), "session end failed: {stdout} {stderr}");
+    let (status, _, stderr) = publish.finish().await;
+    assert!(status.success(), "publish failed: {stderr:#?}");
+    assert_verified(&clinic, follower.finish().await, 1);
 }

@@ -199,8 +199,9 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         let relay = session.relay.clone();
         super::session::shred_session(&store, session)?;
         let reported = super::session::report_end(&relay, &session_id, &device).await;
-        // The lock is held until the relay was told, so that a waiting
-        // `sealcast session end` sees the whole end done when it is released.
+        // The lock is held until the end was reported to the relay, so that
+        // a waiting `sealcast session end` finds the whole end done once the
+        // lock is released.
         rotation.requests.control.close_ended();
         reported?;
         stderr_line!("Session {session_id} ended. Its key was deleted from this device.");
@@ -211,7 +212,7 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
     Ok(())
 }
 
-/// What [`send_all`] did before it returned.
+/// Outcome of [`send_all`].
 struct Sent {
     /// Final segments sent.
     final_segments: u64,
@@ -283,7 +284,8 @@ struct Rotation<'a> {
 
 impl Rotation<'_> {
     /// Carries out a request: rotates the key and confirms a rotation that
-    /// `sealcast session rotate` requested, or tells the caller to end.
+    /// `sealcast session rotate` requested, or returns [`Flow::End`] for an
+    /// end request.
     async fn handle(
         &self,
         request: PublishRequest,
@@ -350,7 +352,7 @@ enum PublishRequest {
     Control(ControlRequest),
 }
 
-/// Where requests come from: the session's control directory, and SIGUSR1 on Unix.
+/// Request sources: the session's control directory, and SIGUSR1 on Unix.
 struct PublishRequests {
     control: ControlChannel,
     #[cfg(unix)]
@@ -358,7 +360,7 @@ struct PublishRequests {
 }
 
 impl PublishRequests {
-    /// Starts listening for SIGUSR1 as well, and says on stderr how to
+    /// Starts listening for SIGUSR1 as well, and prints on stderr how to
     /// request a rotation, with the process id.
     #[cfg(unix)]
     fn listen(control: ControlChannel) -> Result<Self, ClientError> {

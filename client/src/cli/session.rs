@@ -34,7 +34,7 @@ pub enum SessionCommand {
     /// the end of its stream
     End(EndArgs),
     /// Rotate the session key of the `sealcast publish` of the session running
-    /// on this device, as SIGUSR1 does; it hands out the new invite link
+    /// on this device, as SIGUSR1 does. It hands out the new invite link
     Rotate(RotateArgs),
     /// List the sessions stored on this device
     List,
@@ -210,7 +210,7 @@ pub(crate) fn render_qr(text: &str) -> Option<String> {
 }
 
 /// Ends a session. A running `sealcast publish` of the session is asked to
-/// end it; otherwise this process ends it while holding the session's
+/// end it. Otherwise this process ends it while holding the session's
 /// control lock, so that no publisher starts meanwhile.
 async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     let store = open_key_store(state_dir)?;
@@ -231,8 +231,8 @@ async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientErro
             wait_until_released(&store, &session_id, &request, &process, "end", timeout).await?;
             if !store.session_path(&session_id).exists() {
                 // The publisher shredded the key and reported the end. The
-                // relay confirms the repeated report as already ended, or
-                // takes it in place of one that failed.
+                // relay returns "already ended" for this second report, and
+                // it replaces the publisher's report if that one failed.
                 drop(session);
                 report_end(&relay, &session_id, &device).await?;
                 println!("Session {session_id} ended by {process}. Its key was deleted from this device.");
@@ -460,6 +460,15 @@ fn list(state_dir: Option<PathBuf>) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_parsing() {
+        assert_eq!(parse_timeout("5"), Ok(5));
+        for invalid in ["0", "-1", "1.5", "abc", ""] {
+            let err = parse_timeout(invalid).unwrap_err();
+            assert!(err.contains("at least 1"), "{invalid}: {err}");
+        }
+    }
 
     #[test]
     fn qr_code_renders_a_link() {
