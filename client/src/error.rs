@@ -248,6 +248,59 @@ pub enum ClientError {
     )]
     Replaced,
 
+    /// Another process publishes to or ends the session on this device: it
+    /// holds the session's control lock.
+    #[error(
+        "{process} is already publishing to or ending session {session_id} on this device: \
+         wait for it to exit, or end the session with `sealcast session end`"
+    )]
+    PublisherRunning {
+        /// The session.
+        session_id: String,
+        /// The process holding the lock, for example `process 1234`.
+        process: String,
+    },
+
+    /// A request needs a running `sealcast publish` of the session, and none runs.
+    #[error(
+        "no `sealcast publish` of session {session_id} runs on this device: the key is \
+         rotated while publishing, so start `sealcast publish` first"
+    )]
+    NoRunningPublisher {
+        /// The session.
+        session_id: String,
+    },
+
+    /// The running publisher did not carry out a request in time.
+    #[error(
+        "{process} did not {action} session {session_id} within {waited_s} s: check its \
+         output, or pass a longer --timeout"
+    )]
+    ControlTimedOut {
+        /// The requested action, for example `end`.
+        action: &'static str,
+        /// The session.
+        session_id: String,
+        /// The publishing process, for example `process 1234`.
+        process: String,
+        /// Seconds waited.
+        waited_s: u64,
+    },
+
+    /// The running publisher exited before it carried out a request.
+    #[error(
+        "{process} exited before it could {action} session {session_id}: its output names the \
+         reason"
+    )]
+    PublisherExited {
+        /// The requested action, for example `rotate the key of`.
+        action: &'static str,
+        /// The session.
+        session_id: String,
+        /// The publishing process, for example `process 1234`.
+        process: String,
+    },
+
     /// The session ended, but not every stream was complete and signed by
     /// the publisher key of the invite link.
     #[error(
@@ -340,6 +393,10 @@ impl ClientError {
             | ClientError::RefreshLocked { .. }
             | ClientError::SessionEnded
             | ClientError::Replaced
+            | ClientError::PublisherRunning { .. }
+            | ClientError::NoRunningPublisher { .. }
+            | ClientError::ControlTimedOut { .. }
+            | ClientError::PublisherExited { .. }
             | ClientError::CannotRecover => exit_code::UNAVAILABLE,
             ClientError::ProtocolViolation(_) | ClientError::Closed { .. } => exit_code::PROTOCOL,
             ClientError::Seal(_) | ClientError::Internal(_) => exit_code::SOFTWARE,

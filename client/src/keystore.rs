@@ -8,6 +8,7 @@
 //! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url), its key epoch after a rotation, and on a clinician's second device the first device's endorsement of it |
 //! | `current` | id of the session started last, so commands can omit `--session` |
 //! | `devices/<host>_<port>.device` | JSON: the device key and sign-in of one relay, see [`crate::auth::credentials`] |
+//! | `control/<session id>/` | lock, pid and request files of a running `sealcast publish`, see [`crate::control`] |
 //!
 //! On Unix the directories are mode 0700 and the files 0600, and files are
 //! written to a temporary name and renamed, so a crash never leaves half a

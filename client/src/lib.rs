@@ -21,6 +21,7 @@
 //! | [`pace`] | publishing as fast as possible or at the timestamps' pace |
 //! | [`auth`] | device sign-in, DPoP proofs, device credentials, token refresh |
 //! | [`keystore`] | session files with the key, mode 0600, shredding |
+//! | [`control`] | requests to a running `sealcast publish`: end, rotate |
 //! | [`tls`] | rustls settings from `--ca-cert` or the Mozilla roots |
 //! | [`endpoint`] | relay base URL checks and API URLs |
 //! | [`api`] | HTTP calls: create and end a session (accounts calls are in [`auth`]) |
@@ -156,6 +157,7 @@ pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod cli;
+pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod follow;

@@ -99,7 +99,7 @@ impl Clinic {
             home,
             &["follow", "--ca-cert", &ca_cert, "--format", "jsonl", "-"],
         );
-        follower.answer(&self.link).await;
+        follower.write_line(&self.link).await;
         follower.stderr_after("Connected to session").await;
         follower
     }
@@ -128,8 +128,8 @@ impl Clinic {
         let offer_code = code_words(&offer.stderr_after("Pairing code: ").await);
         assert_eq!(adopter_code.split(' ').count(), 4, "{adopter_code}");
         assert_eq!(adopter_code, offer_code);
-        adopt.answer(&offer_code).await;
-        offer.answer("y").await;
+        adopt.write_line(&offer_code).await;
+        offer.write_line("y").await;
         let (status, _, stderr) = offer.finish().await;
         assert!(status.success(), "pair offer --device failed: {stderr:#?}");
         let (status, stdout, stderr) = adopt.finish().await;
@@ -395,8 +395,8 @@ async fn device_pairing_rejects_others() {
     let adopter_code = code_words(&adopt.stderr_after("Pairing code: ").await);
     let offer_code = code_words(&offer.stderr_after("Pairing code: ").await);
     assert_eq!(adopter_code, offer_code);
-    adopt.answer(&offer_code).await;
-    offer.answer("y").await;
+    adopt.write_line(&offer_code).await;
+    offer.write_line("y").await;
     let (status, _, stderr) = offer.finish().await;
     assert!(status.success(), "{stderr:#?}");
     let (status, _, stderr) = adopt.finish().await;

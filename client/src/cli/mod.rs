@@ -3,7 +3,7 @@
 //! | command | module |
 //! | --- | --- |
 //! | `sealcast login`, `logout`, `whoami` | [`login`] |
-//! | `sealcast session start`, `session end`, `session link`, `session list` | [`session`] |
+//! | `sealcast session start`, `session end`, `session link`, `session rotate`, `session list` | [`session`] |
 //! | `sealcast publish` | [`publish`] |
 //! | `sealcast follow` | [`follow`] |
 //! | `sealcast pair offer`, `pair join` | [`pair`] |
@@ -79,7 +79,7 @@ pub enum Command {
     Logout(login::LogoutArgs),
     /// Show the user this device is signed in as
     Whoami(login::WhoamiArgs),
-    /// Start, end or list sessions of this device
+    /// Start, end or list sessions of this device, or rotate the key of a running publish
     Session {
         /// The session command.
         #[command(subcommand)]

@@ -1,8 +1,11 @@
 //! `sealcast publish`: read a transcript and publish it to a session.
 //!
-//! On Unix, SIGUSR1 rotates the session key while publishing: the stored
-//! session gets the new key, and the new invite link goes to stderr or to
-//! the file of `--rotated-link-file`.
+//! While publishing, `sealcast session rotate` (and SIGUSR1 on Unix)
+//! rotates the session key: the stored session gets the new key, and the new
+//! invite link goes to stderr or to the file of `--rotated-link-file`.
+//! `sealcast session end` makes it end the session as `--end` does. Both
+//! commands reach it through the session's control directory, see
+//! [`crate::control`].
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{absolute_path, open_key_store, parse_session_id};
 use crate::auth::SignedInDevice;
+use crate::control::{ControlChannel, ControlRequest};
 use crate::error::ClientError;
 use crate::input::merge::IdAssigner;
 use crate::input::{self, interim, jsonl, InputError, InputFormat};
@@ -23,13 +27,16 @@ use crate::publish::{PublishReport, Publisher, DEFAULT_WINDOW};
 /// Arguments of `sealcast publish`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Rotating the session key (Unix only): send SIGUSR1 to the running command, \
-    for example `kill -USR1 PID`, with the process id that it prints at the start. It closes \
-    the current stream with a signed checkpoint, continues on a new stream under a new \
-    random key of the next key epoch, stores that key in the session file, and writes the \
-    new invite link (with epoch=N) to stderr, or to the file of --rotated-link-file. Only \
-    followers that get the new link can read what follows; give it to every follower that \
-    should keep reading, and not to a removed one."
+    after_help = "Rotating the session key: run `sealcast session rotate` on this device, or \
+    on Unix send SIGUSR1 to the running command (`kill -USR1 PID`, with the process id that \
+    it prints at the start). It closes the current stream with a signed checkpoint, \
+    continues on a new stream under a new random key of the next key epoch, stores that key \
+    in the session file, and writes the new invite link (with epoch=N) to stderr, or to the \
+    file of --rotated-link-file. Only followers that get the new link can read what follows; \
+    give it to every follower that should keep reading, and not to a removed one.\n\n\
+    Ending the session: `sealcast session end` on this device makes the running command stop \
+    reading its input and end the session as --end does, then exit with status 0. Only one \
+    `sealcast publish` of a session runs at a time on a device."
 )]
 pub struct PublishArgs {
     /// Session to publish to [default: the session started last]
@@ -63,7 +70,7 @@ pub struct PublishArgs {
     pub window: usize,
 
     /// File that receives the new invite link after each key rotation
-    /// (SIGUSR1), replaced each time and readable only by this user
+    /// (`sealcast session rotate` or SIGUSR1), replaced each time and readable only by this user
     /// [default: the link goes to stderr]
     #[arg(long, value_name = "FILE")]
     pub rotated_link_file: Option<PathBuf>,
@@ -151,18 +158,21 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         .transpose()?;
     let store = open_key_store(state_dir)?;
     let mut session = store.resolve(args.session.as_ref())?;
+    // Taken before connecting, so that a second publish of the session on
+    // this device fails here instead of replacing the first one's connection.
+    let control = ControlChannel::open(&store, &session.session_id)?;
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
     let mut publisher = super::session::connect_publisher(&session, &device, args.window).await?;
     // Keeps the shared access token fresh for reconnects during a long publish.
     let _refresher = device.spawn_refresher();
     tracing::info!(session_id = %session.session_id, stream_id = %publisher.stream_id(), key_epoch = publisher.key_epoch(), "publishing");
     let mut rotation = Rotation {
-        requests: RotationRequests::listen()?,
+        requests: PublishRequests::listen(control)?,
         store: &store,
         link_file,
     };
 
-    let published = tokio::select! {
+    let sent = tokio::select! {
         result = send_all(&mut publisher, &mut source, &mut pacer, &mut rotation, &mut session) => result?,
         _ = tokio::signal::ctrl_c() => {
             stderr_line!("Interrupted: waiting for the relay to acknowledge what was sent (Ctrl-C again to quit)");
@@ -175,66 +185,129 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         }
     };
 
-    if args.end {
+    if sent.end_requested {
+        stderr_line!(
+            "Ending session {}, as `sealcast session end` requested.",
+            session.session_id
+        );
+    }
+    if args.end || sent.end_requested {
         // `end` consumes the publisher, so its stream keys are gone before the shred.
         let report = publisher.end().await?;
-        print_report(&report, Some(published));
+        print_report(&report, Some(sent.final_segments));
         let session_id = session.session_id;
         let relay = session.relay.clone();
         super::session::shred_session(&store, session)?;
-        super::session::report_end(&relay, &session_id, &device).await?;
+        let reported = super::session::report_end(&relay, &session_id, &device).await;
+        // The lock is held until the end was reported to the relay, so that
+        // a waiting `sealcast session end` finds the whole end done once the
+        // lock is released.
+        rotation.requests.control.close_ended();
+        reported?;
         stderr_line!("Session {session_id} ended. Its key was deleted from this device.");
     } else {
         let report = publisher.finish().await?;
-        print_report(&report, Some(published));
+        print_report(&report, Some(sent.final_segments));
     }
     Ok(())
 }
 
-/// Sends every segment at its time and returns how many final segments
-/// were sent. A rotation request between two segments rotates the key.
+/// Outcome of [`send_all`].
+struct Sent {
+    /// Final segments sent.
+    final_segments: u64,
+    /// Whether `sealcast session end` requested the end before the input ended.
+    end_requested: bool,
+}
+
+/// Sends every segment at its time, until the input ends or an end request
+/// arrives. A rotation request between two segments rotates the key.
 async fn send_all(
     publisher: &mut Publisher,
     source: &mut SegmentSource,
     pacer: &mut Pacer,
     rotation: &mut Rotation<'_>,
     session: &mut StoredSession,
-) -> Result<u64, ClientError> {
-    let mut finals = 0;
+) -> Result<Sent, ClientError> {
+    let mut sent = Sent {
+        final_segments: 0,
+        end_requested: false,
+    };
     loop {
-        // Both waits are cancel-safe: a segment received from the channel
-        // or the iterator is never dropped, and waiting for its time again
-        // ends at the same instant.
+        // The waits are cancel-safe: a segment received from the channel
+        // or the iterator is never dropped, waiting for its time again
+        // ends at the same instant, and a request is taken only when its
+        // wait returns.
         let segment = tokio::select! {
             segment = source.next() => segment,
-            () = rotation.requests.recv() => {
-                rotation.rotate(publisher, session).await?;
+            request = rotation.requests.recv() => {
+                if rotation.handle(request?, publisher, session).await? == Flow::End {
+                    sent.end_requested = true;
+                    return Ok(sent);
+                }
                 continue;
             }
         };
         let Some(segment) = segment else {
-            return Ok(finals);
+            return Ok(sent);
         };
         let segment = segment?;
         loop {
             tokio::select! {
                 () = pacer.wait_for(&segment) => break,
-                () = rotation.requests.recv() => rotation.rotate(publisher, session).await?,
+                request = rotation.requests.recv() => {
+                    if rotation.handle(request?, publisher, session).await? == Flow::End {
+                        sent.end_requested = true;
+                        return Ok(sent);
+                    }
+                }
             }
         }
         publisher.publish(&segment).await?;
-        finals += u64::from(segment.is_final);
+        sent.final_segments += u64::from(segment.is_final);
     }
+}
+
+/// Whether publishing goes on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    End,
 }
 
 /// Key rotation while publishing: where requests come from and where the new key and link go.
 struct Rotation<'a> {
-    requests: RotationRequests,
+    requests: PublishRequests,
     store: &'a KeyStore,
     link_file: Option<PathBuf>,
 }
 
 impl Rotation<'_> {
+    /// Carries out a request: rotates the key and confirms a rotation that
+    /// `sealcast session rotate` requested, or returns [`Flow::End`] for an
+    /// end request.
+    async fn handle(
+        &self,
+        request: PublishRequest,
+        publisher: &mut Publisher,
+        session: &mut StoredSession,
+    ) -> Result<Flow, ClientError> {
+        match request {
+            PublishRequest::Signal => {
+                self.rotate(publisher, session).await?;
+                Ok(Flow::Continue)
+            }
+            PublishRequest::Control(ControlRequest::Rotate { id }) => {
+                self.rotate(publisher, session).await?;
+                self.requests
+                    .control
+                    .confirm_rotation(&id, session.key_epoch)?;
+                Ok(Flow::Continue)
+            }
+            PublishRequest::Control(ControlRequest::End) => Ok(Flow::End),
+        }
+    }
+
     /// Rotates the key, stores the new key in the session file, then hands
     /// out the new link. The key is stored first, so that `sealcast session
     /// end` seals its end frame under the newest epoch.
@@ -270,39 +343,59 @@ impl Rotation<'_> {
     }
 }
 
-/// Requests to rotate the key: SIGUSR1 on Unix, none elsewhere.
-struct RotationRequests {
+/// A request to the running command.
+#[derive(Debug)]
+enum PublishRequest {
+    /// SIGUSR1 (Unix): rotate the key.
+    Signal,
+    /// A request of `sealcast session rotate` or `sealcast session end`.
+    Control(ControlRequest),
+}
+
+/// Request sources: the session's control directory, and SIGUSR1 on Unix.
+struct PublishRequests {
+    control: ControlChannel,
     #[cfg(unix)]
     signal: tokio::signal::unix::Signal,
 }
 
-impl RotationRequests {
-    /// Starts listening for SIGUSR1, and says so on stderr with the process id.
+impl PublishRequests {
+    /// Starts listening for SIGUSR1 as well, and prints on stderr how to
+    /// request a rotation, with the process id.
     #[cfg(unix)]
-    fn listen() -> Result<Self, ClientError> {
+    fn listen(control: ControlChannel) -> Result<Self, ClientError> {
         use tokio::signal::unix::{signal, SignalKind};
         let signal = signal(SignalKind::user_defined1())
             .map_err(|err| ClientError::Internal(format!("failed to listen for SIGUSR1: {err}")))?;
         stderr_line!(
-            "Publishing. To rotate the session key, run: kill -USR1 {}",
+            "Publishing as process {pid}. To rotate the session key, run `sealcast session rotate` or `kill -USR1 {pid}`.",
+            pid = std::process::id()
+        );
+        Ok(PublishRequests { control, signal })
+    }
+
+    #[cfg(not(unix))]
+    fn listen(control: ControlChannel) -> Result<Self, ClientError> {
+        stderr_line!(
+            "Publishing as process {}. To rotate the session key, run `sealcast session rotate`.",
             std::process::id()
         );
-        Ok(RotationRequests { signal })
+        Ok(PublishRequests { control })
     }
 
-    // NOTE: without Unix signals there is no way yet to request a rotation.
-    #[cfg(not(unix))]
-    fn listen() -> Result<Self, ClientError> {
-        Ok(RotationRequests {})
-    }
-
-    /// Waits for the next request.
-    async fn recv(&mut self) {
+    /// Waits for the next request. Cancel safe, as both sources are.
+    async fn recv(&mut self) -> Result<PublishRequest, ClientError> {
         #[cfg(unix)]
-        if self.signal.recv().await.is_some() {
-            return;
+        {
+            tokio::select! {
+                Some(()) = self.signal.recv() => Ok(PublishRequest::Signal),
+                request = self.control.recv() => request.map(PublishRequest::Control),
+            }
         }
-        std::future::pending::<()>().await
+        #[cfg(not(unix))]
+        {
+            self.control.recv().await.map(PublishRequest::Control)
+        }
     }
 }
 

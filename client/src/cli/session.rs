@@ -1,6 +1,8 @@
-//! `sealcast session start`, `session end`, `session link` and `session list`.
+//! `sealcast session start`, `session end`, `session link`, `session rotate`
+//! and `session list`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -15,6 +17,7 @@ use url::Url;
 use super::{absolute_path, open_key_store, parse_session_id};
 use crate::api::{EndOutcome, RelayApi};
 use crate::auth::SignedInDevice;
+use crate::control::{self, ControlLock, LockAttempt, PublisherState, RequestKind};
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
 use crate::keystore::{now_unix_s, KeyStore, StoredSession};
@@ -27,11 +30,16 @@ pub enum SessionCommand {
     /// Make a session key, create the session on the relay and print the invite link
     Start(StartArgs),
     /// Publish the sealed end-of-session frame, end the session on the relay
-    /// and delete its key from this device
+    /// and delete its key from this device. A `sealcast publish` of the
+    /// session running on this device is asked to do it, so that it signs
+    /// the end of its stream
     End(EndArgs),
     /// Print the invite link of a stored session again, with the key of its
     /// newest key epoch, for example on a device that took the session over
     Link(LinkArgs),
+    /// Rotate the session key of the `sealcast publish` of the session running
+    /// on this device, as SIGUSR1 does. It hands out the new invite link
+    Rotate(RotateArgs),
     /// List the sessions stored on this device
     List,
 }
@@ -74,6 +82,38 @@ pub struct EndArgs {
     /// Session to end [default: the session started last]
     #[arg(long, value_name = "ID", value_parser = parse_session_id)]
     pub session: Option<SessionId>,
+
+    /// Maximum wait, in seconds, for a running `sealcast publish` of the
+    /// session to end it
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CONTROL_TIMEOUT_S, value_parser = parse_timeout)]
+    pub timeout: u64,
+}
+
+/// Arguments of `sealcast session rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Session whose key to rotate [default: the session started last]
+    #[arg(long, value_name = "ID", value_parser = parse_session_id)]
+    pub session: Option<SessionId>,
+
+    /// Maximum wait, in seconds, for the running `sealcast publish` to
+    /// rotate the key
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CONTROL_TIMEOUT_S, value_parser = parse_timeout)]
+    pub timeout: u64,
+}
+
+/// Default of `--timeout`. Ending waits for the acknowledgement of every
+/// frame in flight and for the end endpoint, whose HTTP timeout is 30 s.
+const DEFAULT_CONTROL_TIMEOUT_S: u64 = 60;
+
+/// Parses a `--timeout` value: whole seconds, at least 1.
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a timeout: expected whole seconds, at least 1"
+        )),
+    }
 }
 
 /// Runs a session command.
@@ -82,6 +122,7 @@ pub async fn run(command: SessionCommand, state_dir: Option<PathBuf>) -> Result<
         SessionCommand::Start(args) => start(args, state_dir).await,
         SessionCommand::End(args) => end(args, state_dir).await,
         SessionCommand::Link(args) => link(args, state_dir),
+        SessionCommand::Rotate(args) => rotate(args, state_dir).await,
         SessionCommand::List => list(state_dir),
     }
 }
@@ -198,22 +239,151 @@ pub(crate) fn render_qr(text: &str) -> Option<String> {
     )
 }
 
+/// Ends a session. A running `sealcast publish` of the session is asked to
+/// end it. Otherwise this process ends it while holding the session's
+/// control lock, so that no publisher starts meanwhile.
 async fn end(args: EndArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
     let store = open_key_store(state_dir)?;
     let session = store.resolve(args.session.as_ref())?;
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
-    publish_end_frame(&session, &device).await?;
-
     let session_id = session.session_id;
     let relay = session.relay.clone();
+    let timeout = Duration::from_secs(args.timeout);
+
+    let lock = match ControlLock::try_acquire(&store, &session_id)? {
+        LockAttempt::Acquired(lock) => lock,
+        LockAttempt::Held { pid } => {
+            let process = control::describe_process(pid);
+            stderr_line!(
+                "Asking the running `sealcast publish` ({process}) to end session {session_id}."
+            );
+            let request = control::send_request(&store, &session_id, RequestKind::End)?;
+            wait_until_released(&store, &session_id, &request, &process, "end", timeout).await?;
+            if !store.session_path(&session_id).exists() {
+                // The publisher shredded the key and reported the end. The
+                // relay returns "already ended" for this second report, and
+                // it replaces the publisher's report if that one failed.
+                drop(session);
+                report_end(&relay, &session_id, &device).await?;
+                println!("Session {session_id} ended by {process}. Its key was deleted from this device.");
+                return Ok(());
+            }
+            stderr_line!(
+                "{process} exited without ending session {session_id}: ending it from here."
+            );
+            match ControlLock::try_acquire(&store, &session_id)? {
+                LockAttempt::Acquired(lock) => lock,
+                LockAttempt::Held { pid } => {
+                    return Err(ClientError::PublisherRunning {
+                        session_id: session_id.to_string(),
+                        process: control::describe_process(pid),
+                    })
+                }
+            }
+        }
+    };
+
+    if !store.session_path(&session_id).exists() {
+        // Another process ended the session after it was loaded.
+        drop(session);
+        lock.remove_dir();
+        println!("Session {session_id} had already ended. Its key was deleted from this device.");
+        return Ok(());
+    }
+    publish_end_frame(&session, &device).await?;
+
     shred_session(&store, session)?;
-    let already_ended = report_end(&relay, &session_id, &device).await?;
-    if already_ended {
+    let reported = report_end(&relay, &session_id, &device).await;
+    lock.remove_dir();
+    if reported? {
         println!("Session {session_id} had already ended. Its key was deleted from this device.");
     } else {
         println!("Session {session_id} ended. Its key was deleted from this device.");
     }
     Ok(())
+}
+
+/// Asks the running `sealcast publish` of a session to rotate the key and
+/// waits for its confirmation.
+async fn rotate(args: RotateArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let store = open_key_store(state_dir)?;
+    let session_id = store.resolve(args.session.as_ref())?.session_id;
+    let pid = match control::publisher_state(&store, &session_id)? {
+        PublisherState::Running { pid } => pid,
+        PublisherState::NotRunning => {
+            return Err(ClientError::NoRunningPublisher {
+                session_id: session_id.to_string(),
+            })
+        }
+    };
+    let process = control::describe_process(pid);
+    let request = control::send_request(&store, &session_id, RequestKind::Rotate)?;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let key_epoch = loop {
+        if let Some(key_epoch) = control::take_rotation_confirmation(&store, &session_id, &request)?
+        {
+            break key_epoch;
+        }
+        let running = control::publisher_state(&store, &session_id)? != PublisherState::NotRunning;
+        if !running {
+            // It may have confirmed just before it exited.
+            if let Some(key_epoch) =
+                control::take_rotation_confirmation(&store, &session_id, &request)?
+            {
+                break key_epoch;
+            }
+            control::withdraw_request(&store, &session_id, &request)?;
+            return Err(ClientError::PublisherExited {
+                action: "rotate the key of",
+                session_id: session_id.to_string(),
+                process,
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            control::withdraw_request(&store, &session_id, &request)?;
+            return Err(ClientError::ControlTimedOut {
+                action: "rotate the key of",
+                session_id: session_id.to_string(),
+                process,
+                waited_s: args.timeout,
+            });
+        }
+        tokio::time::sleep(control::POLL_INTERVAL).await;
+    };
+    println!(
+        "Rotated the key of session {session_id} to key epoch {key_epoch}. {process} wrote the new invite link to its standard error, or to its --rotated-link-file."
+    );
+    Ok(())
+}
+
+/// Waits until no process holds the control lock of a session. On timeout
+/// the request is withdrawn, so that a publisher that recovers later does
+/// not act on it.
+async fn wait_until_released(
+    store: &KeyStore,
+    session_id: &SessionId,
+    request: &str,
+    process: &str,
+    action: &'static str,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if control::publisher_state(store, session_id)? == PublisherState::NotRunning {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            control::withdraw_request(store, session_id, request)?;
+            return Err(ClientError::ControlTimedOut {
+                action,
+                session_id: session_id.to_string(),
+                process: process.to_string(),
+                waited_s: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(control::POLL_INTERVAL).await;
+    }
 }
 
 /// Publishes the end-of-session frame on a new stream and waits for its
@@ -320,6 +490,15 @@ fn list(state_dir: Option<PathBuf>) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_parsing() {
+        assert_eq!(parse_timeout("5"), Ok(5));
+        for invalid in ["0", "-1", "1.5", "abc", ""] {
+            let err = parse_timeout(invalid).unwrap_err();
+            assert!(err.contains("at least 1"), "{invalid}: {err}");
+        }
+    }
 
     #[test]
     fn qr_code_renders_a_link() {
