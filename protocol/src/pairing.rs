@@ -501,7 +501,10 @@ mod tests {
         let (clinician, clinician_public) =
             ClinicianPairing::respond_with_key_pair(commitment, PairingKeyPair::generate());
         let (joiner, joiner_public) = joiner.receive_clinician_key(clinician_public).unwrap();
-        let clinician = clinician.receive_joiner_key(joiner_public).unwrap().confirm();
+        let clinician = clinician
+            .receive_joiner_key(joiner_public)
+            .unwrap()
+            .confirm();
         let joiner = joiner.confirm();
 
         let stored = clinician.to_secret_bytes();

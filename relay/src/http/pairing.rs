@@ -22,6 +22,7 @@ use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sealcast_protocol::invite::decode_base64url;
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::pairing::WRAPPED_KEY_LEN;
 use sealcast_protocol::pairing_api::{
     CommitmentBody, PairingId, PairingJoined, PairingOpened, PairingState, PairingStatus,
@@ -183,12 +184,13 @@ pub(crate) async fn wrapped_key(
     let request: WrappedKeyBody = read_json(&headers, body, "wrapped key body").await?;
     let wrapped = decode_fixed::<WRAPPED_KEY_LEN>(&request.wrapped_key, "wrapped_key")?;
     let session_id = record.session_id;
-    state
+    let joiner_public = state
         .pairings
         .expect_wrapped_key(id, session_id, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
-    let follow_token = store_follow_credential(&state, session_id).await?;
+    let device_id = DeviceId::of_joiner(&joiner_public);
+    let follow_token = store_follow_credential(&state, session_id, device_id).await?;
     let token_hash = follow_token.hash();
     // NOTE: a cancel that arrives between the check above and this step
     // leaves the stored credential unused. It stops working when the
@@ -205,9 +207,10 @@ pub(crate) async fn wrapped_key(
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
     count_step("wrapped_key");
-    tracing::info!(%session_id, "device paired");
+    tracing::info!(%session_id, %device_id, "device paired");
     let event = audited::staff_event(Action::DevicePaired, &principal, peer_ip(peer.as_ref()))
         .session(session_id)
+        .subject(device_id.to_string())
         .digest_of(&token_hash);
     audited::record(&state, event).await;
     Ok(StatusCode::NO_CONTENT)
@@ -473,10 +476,11 @@ fn status(view: SlotView) -> PairingStatus {
     }
 }
 
-/// Makes the joined device's follow credential and stores its hash.
+/// Makes the joined device's follow credential and stores its hash with the device id.
 async fn store_follow_credential(
     state: &AppState,
     session_id: SessionId,
+    device_id: DeviceId,
 ) -> Result<Secret, ApiError> {
     let token = random_token();
     let device = Redemption {
@@ -484,7 +488,7 @@ async fn store_follow_credential(
         credential_hash: token.hash(),
         created_at: now_millis(),
     };
-    match state.store.pair_device(device).await {
+    match state.store.pair_device(device, device_id).await {
         Ok(()) => Ok(token),
         Err(StoreError::SessionEnded { .. }) => {
             count_failure("session_ended");
