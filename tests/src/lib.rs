@@ -20,6 +20,7 @@
 pub mod audit;
 pub mod balancer;
 pub mod blackhole;
+pub mod cli;
 pub mod cluster;
 pub mod faults;
 pub mod key_swap_proxy;
