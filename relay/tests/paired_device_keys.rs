@@ -1,7 +1,7 @@
 //! Wrapped keys of later key epochs for paired devices, against a real
-//! relay over TLS: a long-polling fetch that wakes when the clinician device
-//! posts a key, removal of a device, the audit entries, and each kind of
-//! bad request with its status and reason.
+//! relay over TLS. The tests cover a long-polling fetch that wakes when the
+//! clinician device posts a key, removal of a device and the audit entries.
+//! Each kind of bad request gets its status and reason.
 
 // Helpers fail by panicking, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

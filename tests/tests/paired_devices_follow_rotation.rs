@@ -152,7 +152,7 @@ async fn removed_device_misses_rotated_key() {
 
     let (status, _, stderr) = Cli::run(clinic.home.path(), &["pair", "remove", &removed_id]).await;
     assert!(status.success(), "pair remove failed: {stderr:#?}");
-    assert_eq!(clinic.paired_ids().await, [kept_id.clone()]);
+    assert_eq!(clinic.paired_ids().await, vec![kept_id.clone()]);
     let (status, _, stderr) = Cli::run(clinic.home.path(), &["pair", "remove", &removed_id]).await;
     assert!(!status.success(), "a second removal succeeded: {stderr:#?}");
 

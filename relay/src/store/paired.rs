@@ -182,13 +182,16 @@ pub(super) fn remove(
     Ok(())
 }
 
+/// A `paired_devices` row: credential hash, session id and device id.
+type CredentialRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// Looks up the session and device id of a paired device's credential. The
 /// device id is `None` for a device paired before device ids were stored.
 pub(super) fn device_by_credential(
     conn: &Connection,
     credential_hash: &CredentialHash,
 ) -> Result<Option<(SessionRecord, Option<DeviceId>)>, StoreError> {
-    let row: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = conn
+    let row: Option<CredentialRow> = conn
         .prepare_cached(
             "SELECT credential_hash, session_id, device_id FROM paired_devices
              WHERE credential_hash = ?1",
