@@ -158,10 +158,10 @@ function maxZero(value) {
 export const GRACE_FRAMES = 64;
 
 /**
- * Opens frames of every key epoch whose key the page holds, mirroring the Rust `EpochOpener`:
- * frames of the newest epoch open, frames of the epoch before it open until `GRACE_FRAMES`
- * frames of the newest one have opened, and older epochs are rejected (`expired_epoch`) and
- * their keys dropped. A frame of an epoch without a key is rejected with `unknown_epoch`, and a
+ * Opens frames of every key epoch whose key the page has, mirroring the Rust `EpochOpener`.
+ * Frames of the newest epoch open. Frames of the epoch before it open until `GRACE_FRAMES`
+ * frames of the newest one have opened. Older epochs are rejected (`expired_epoch`) and their
+ * keys dropped. A frame of an epoch without a key is rejected with `unknown_epoch`, and a
  * stream whose frames change epoch with `stream_changed_epoch`.
  */
 export class EpochOpener {
@@ -188,7 +188,7 @@ export class EpochOpener {
     return this.#current;
   }
 
-  /** Returns whether the page holds the key of `keyEpoch`. */
+  /** Returns whether the page has the key of `keyEpoch`. */
   hasKey(keyEpoch) {
     return this.#openers.has(keyEpoch);
   }

@@ -68,7 +68,9 @@ export function receiveLaterKeys({ origin, followToken, pairing, grant, env, onK
       later.sessionIdHex === grant.sessionIdHex && bytesEqual(later.publisher, grant.publisher);
     if (!samePairing || later.epoch <= newest) {
       later.sessionKey.fill(0);
-      console.warn(`sealcast: ignored the key of key epoch ${later.epoch}`);
+      console.warn(
+        `sealcast: ignored the key of key epoch ${later.epoch}: it names another session or publisher key, or an epoch the page already has`,
+      );
       return;
     }
     newest = later.epoch;
@@ -93,7 +95,7 @@ export function receiveLaterKeys({ origin, followToken, pairing, grant, env, onK
         return;
       }
       if (response?.status !== 200 || !Array.isArray(response.body?.wrapped_keys)) {
-        // A network failure, 429, 5xx or another answer: wait, then ask again.
+        // A network failure, 429, 5xx or another response: wait, then fetch again.
         const delay = Math.min(MAX_RETRY_MS, RETRY_BASE_MS * 2 ** failures * (1 + env.random()));
         failures = Math.min(failures + 1, 10);
         await new Promise((resolve) => env.setTimeout(resolve, delay));

@@ -123,6 +123,8 @@ pub(crate) async fn remove_device(
     let device_id = parse_device_id(&device)?;
     let (principal, record) = clinician(&state, &session, &method, &uri, &headers).await?;
     let session_id = record.session_id;
+    // NOTE: a follow socket the device already has open stays open. It receives frames of
+    // later key epochs, which the device cannot open without their keys.
     state
         .store
         .remove_paired_device(session_id, device_id)
