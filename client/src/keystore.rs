@@ -6,6 +6,7 @@
 //! | path | content |
 //! | --- | --- |
 //! | `sessions/<session id>.session` | JSON: session id, relay URL, CA certificate path, epoch, invite token, session key (unpadded base64url), its key epoch after a rotation, and on a clinician's second device the first device's endorsement of it |
+//! | `paired/<session id>.paired` | JSON: the devices paired with the session, each with its device id and pairing secret, see [`paired`] |
 //! | `current` | id of the session started last, so commands can omit `--session` |
 //! | `devices/<host>_<port>.device` | JSON: the device key and sign-in of one relay, see [`crate::auth::credentials`] |
 //! | `control/<session id>/` | lock, pid and request files of a running `sealcast publish`, see [`crate::control`] |
@@ -31,6 +32,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::ClientError;
 use crate::secret::SecretString;
+
+pub mod paired;
+
+pub use paired::PairedDevice;
 
 const SESSIONS_DIR: &str = "sessions";
 const CURRENT_FILE: &str = "current";
@@ -286,8 +291,9 @@ impl KeyStore {
         Ok(ids)
     }
 
-    /// Deletes a session's file after overwriting it with zeros, and clears
-    /// the current session if it was this one.
+    /// Deletes a session's file and its paired device file after
+    /// overwriting them with zeros, and clears the current session if it was
+    /// this one.
     pub fn shred(&self, session_id: &SessionId) -> Result<(), ClientError> {
         let path = self.session_path(session_id);
         match OpenOptions::new().write(true).open(&path) {
@@ -299,6 +305,7 @@ impl KeyStore {
         }
         std::fs::remove_file(&path).map_err(|err| ClientError::io("delete", &path, err))?;
         sync_dir(&self.sessions_dir());
+        self.shred_paired(session_id)?;
 
         if self.current()? == Some(*session_id) {
             let current = self.current_path();

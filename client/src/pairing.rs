@@ -5,11 +5,16 @@
 //! authorizes the rest. Status calls long-poll for up to [`WAIT_SECONDS`],
 //! and [`PairingApi::clinician_wait`] and [`PairingApi::joiner_wait`] repeat
 //! them until the slot reaches a wanted state.
+//!
+//! After a pairing, the clinician device posts the wrapped key of each
+//! later key epoch for a paired device, or removes the device, and the
+//! paired device long-polls for those keys with its follow token.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::StatusCode;
 use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::paired_keys::{DeviceId, PairedKeys};
 use sealcast_protocol::pairing_api::{
     CommitmentBody, OpenPairingRequest, PairingId, PairingJoined, PairingOpened, PairingPurpose,
     PairingState, PairingStatus, PublicKeyBody, WrappedKeyBody,
@@ -226,6 +231,126 @@ impl PairingApi {
                 return Ok(status);
             }
         }
+    }
+
+    /// Posts the wrapped key of a later key epoch for a paired device.
+    pub async fn post_paired_key(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        device_id: &DeviceId,
+        wrapped_key: &[u8],
+    ) -> Result<(), ClientError> {
+        let url = self.device_url(session_id, device_id, "/keys");
+        let body = WrappedKeyBody {
+            wrapped_key: URL_SAFE_NO_PAD.encode(wrapped_key),
+        };
+        self.device_request(device, reqwest::Method::POST, &url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a paired device on the relay, which revokes its follow token
+    /// and deletes the wrapped keys it has not fetched.
+    pub async fn remove_paired_device(
+        &self,
+        device: &SignedInDevice,
+        session_id: &SessionId,
+        device_id: &DeviceId,
+    ) -> Result<(), ClientError> {
+        let url = self.device_url(session_id, device_id, "");
+        self.device_request(device, reqwest::Method::DELETE, &url, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// Long-polls, for up to [`WAIT_SECONDS`], for the wrapped keys of key
+    /// epochs after `after` that the clinician device posted for this
+    /// paired device. Returns them oldest first, or none when the wait ends.
+    pub async fn fetch_paired_keys(
+        &self,
+        follow_token: &BearerToken,
+        after: u32,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let url = route_url(&self.relay, "/v1/paired/keys");
+        let mut polled = url.clone();
+        polled.set_query(Some(&format!("after={after}&wait={WAIT_SECONDS}")));
+        let response = self
+            .client
+            .get(polled)
+            .headers(header_map(follow_token.headers("GET", url.as_str())?))
+            .send()
+            .await
+            .map_err(|err| request_error(&url, &err))?;
+        if !response.status().is_success() {
+            let hint = match response.status() {
+                StatusCode::UNAUTHORIZED => {
+                    "the clinician removed this device or ended the session: pair again to keep following"
+                }
+                _ => PAIRING_HINT,
+            };
+            return Err(status_error(response, "the wrapped key fetch", hint).await);
+        }
+        let keys: PairedKeys = read_body(response, &url).await?;
+        keys.wrapped_keys
+            .iter()
+            .map(|text| {
+                sealcast_protocol::invite::decode_base64url(text).ok_or_else(|| {
+                    ClientError::ProtocolViolation(
+                        "the relay sent a wrapped key that is not base64url".into(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn device_url(&self, session_id: &SessionId, device_id: &DeviceId, rest: &str) -> Url {
+        route_url(
+            &self.relay,
+            &format!("/v1/sessions/{session_id}/devices/{device_id}{rest}"),
+        )
+    }
+
+    /// Sends a clinician request on a paired device, with hints that fit
+    /// those routes.
+    async fn device_request(
+        &self,
+        device: &SignedInDevice,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<reqwest::Response, ClientError> {
+        device
+            .call(|auth| {
+                let method = method.clone();
+                async move {
+                    let headers = auth.headers(method.as_str(), url.as_str())?;
+                    let mut request = self
+                        .client
+                        .request(method, url.clone())
+                        .headers(header_map(headers));
+                    if let Some(body) = body {
+                        request = request.json(body);
+                    }
+                    let response = request
+                        .send()
+                        .await
+                        .map_err(|err| request_error(url, &err))?;
+                    if response.status().is_success() {
+                        return Ok(response);
+                    }
+                    let hint = match response.status() {
+                        StatusCode::UNAUTHORIZED => "run `sealcast login` again on this device",
+                        StatusCode::NOT_FOUND => {
+                            "check the device id with `sealcast pair list`; a removed device stays removed"
+                        }
+                        StatusCode::GONE => "the session has ended: nothing more to send",
+                        _ => "check the relay's message, then retry",
+                    };
+                    Err(status_error(response, "the paired device request", hint).await)
+                }
+            })
+            .await
     }
 
     fn clinician_url(&self, session_id: &SessionId, id: Option<PairingId>, rest: &str) -> Url {

@@ -28,6 +28,7 @@
 //! | [`api`] | JSON messages and close codes of the relay API |
 //! | [`pairing`] | X25519 pairing, pairing codes and wrapped session keys |
 //! | [`pairing_api`] | JSON bodies of the relay's pairing mailbox |
+//! | [`paired_keys`] | device ids and the delivery of later wrapped keys to paired devices |
 //! | [`authorship`] | signed checkpoints and the authorship verifier |
 //! | [`rotation`] | key epochs and the opener's grace window |
 
@@ -42,6 +43,7 @@ pub mod ids;
 pub mod invite;
 pub mod keys;
 pub mod padding;
+pub mod paired_keys;
 pub mod pairing;
 pub mod pairing_api;
 pub mod redact;

@@ -51,6 +51,9 @@ pub const PAYLOAD_LEN: usize = 16 + 32 + 32;
 /// Length of a wrapped key: epoch, nonce, encrypted payload and tag.
 pub const WRAPPED_KEY_LEN: usize = 4 + 12 + PAYLOAD_LEN + 16;
 
+/// Length of a stored [`PairedJoiner`]: shared secret and both public keys.
+pub const PAIRED_STATE_LEN: usize = 32 + 32 + 32;
+
 /// A failure to pair or to unwrap a key.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum PairingError {
@@ -426,6 +429,41 @@ impl PairedJoiner {
     ) -> Result<Vec<u8>, PairingError> {
         device::wrap(&self.link, grant, nonce)
     }
+
+    /// Returns the pairing as [`PAIRED_STATE_LEN`] bytes (shared secret,
+    /// joiner public key, clinician public key), so that the clinician device
+    /// can keep it in its key store and wrap later epochs in another process.
+    /// The bytes are secret: they open every key wrapped for this device.
+    pub fn to_secret_bytes(&self) -> Zeroizing<[u8; PAIRED_STATE_LEN]> {
+        let mut bytes = Zeroizing::new([0u8; PAIRED_STATE_LEN]);
+        bytes[..32].copy_from_slice(self.link.shared.0.as_slice());
+        bytes[32..64].copy_from_slice(&self.link.joiner_public);
+        bytes[64..].copy_from_slice(&self.link.clinician_public);
+        bytes
+    }
+
+    /// Rebuilds a pairing from the bytes of [`Self::to_secret_bytes`].
+    /// Rejects an all-zero shared secret with [`PairingError::NonContributory`].
+    pub fn from_secret_bytes(bytes: &[u8; PAIRED_STATE_LEN]) -> Result<Self, PairingError> {
+        let mut shared = Box::new([0u8; 32]);
+        shared.copy_from_slice(&bytes[..32]);
+        let shared = SharedSecret(shared);
+        if bool::from(shared.0.ct_eq(&[0u8; 32])) {
+            return Err(PairingError::NonContributory);
+        }
+        let mut joiner_public = [0u8; 32];
+        joiner_public.copy_from_slice(&bytes[32..64]);
+        let mut clinician_public = [0u8; 32];
+        clinician_public.copy_from_slice(&bytes[64..]);
+        Ok(PairedJoiner {
+            link: PairedLink {
+                shared,
+                joiner_public,
+                clinician_public,
+                device_key: None,
+            },
+        })
+    }
 }
 
 /// The content of a wrapped key: everything a joined device needs to follow a session.
@@ -580,6 +618,43 @@ mod tests {
         let keys = PairingKeyPair::from_secret_bytes(&[3; 32]);
         let text = format!("{keys:?}");
         assert!(!text.contains("3, 3, 3"), "{text}");
+    }
+
+    #[test]
+    fn stored_pairing_wraps_for_the_same_joiner() {
+        let (joiner, commitment) =
+            JoinerPairing::with_key_pair(PairingKeyPair::from_secret_bytes(&[1; 32]));
+        let (clinician, clinician_public) =
+            ClinicianPairing::respond_with_key_pair(commitment, PairingKeyPair::generate());
+        let (joiner, joiner_public) = joiner.receive_clinician_key(clinician_public).unwrap();
+        let clinician = clinician
+            .receive_joiner_key(joiner_public)
+            .unwrap()
+            .confirm();
+        let joiner = joiner.confirm();
+
+        let stored = clinician.to_secret_bytes();
+        let restored = PairedJoiner::from_secret_bytes(&stored).unwrap();
+        assert_eq!(restored.joiner_public_key(), joiner_public);
+        let grant = KeyGrant {
+            key_epoch: 3,
+            session_id: SessionId([5; 16]),
+            session_key: SessionKey::from_bytes([6; 32]),
+            publisher: PublisherKey::from_bytes(&[0x11; 32]).unwrap(),
+        };
+        let opened = joiner.unwrap_key(&restored.wrap_key(&grant)).unwrap();
+        assert_eq!(opened.key_epoch, 3);
+        assert_eq!(opened.session_key.expose_bytes(), &[6; 32]);
+    }
+
+    #[test]
+    fn stored_pairing_rejects_zero_secret() {
+        let mut bytes = [9u8; PAIRED_STATE_LEN];
+        bytes[..32].fill(0);
+        assert_eq!(
+            PairedJoiner::from_secret_bytes(&bytes).err(),
+            Some(PairingError::NonContributory)
+        );
     }
 
     #[test]

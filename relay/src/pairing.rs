@@ -306,15 +306,21 @@ impl PairingMailbox {
     }
 
     /// Checks that the slot waits for the wrapped key, before the caller
-    /// stores the joined device's follow credential.
+    /// stores the joined device's follow credential. Returns the joining
+    /// device's public key, from which the caller derives its device id.
     pub(crate) fn expect_wrapped_key(
         &self,
         id: PairingId,
         session_id: SessionId,
         now: Instant,
-    ) -> Result<(), PairingRejected> {
+    ) -> Result<[u8; 32], PairingRejected> {
         self.with_clinician_slot(id, session_id, now, |slot| {
-            slot.expect(PairingState::Revealed)
+            slot.expect(PairingState::Revealed)?;
+            // Step 3 sets the key before the slot reaches `Revealed`.
+            slot.joiner_public.ok_or(PairingRejected::OutOfOrder {
+                state: slot.state,
+                expected: PairingState::Revealed,
+            })
         })
     }
 

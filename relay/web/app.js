@@ -12,6 +12,7 @@
 
 import { importPublisherKey } from './authorship.js';
 import { FollowSession } from './connection.js';
+import { receiveLaterKeys } from './paired-keys.js';
 import { PairingFailure, joinPairing } from './pairing-relay.js';
 import { PairingView } from './pairing-view.js';
 import { parsePairingId } from './pairing.js';
@@ -125,7 +126,8 @@ async function start() {
 }
 
 // Follows with the key of a link or a pairing. `invite.token` is null after a pairing, whose
-// follow cookie the page cannot renew.
+// follow cookie the page cannot renew. `invite.later`, set right after a pairing, carries what
+// the page needs to fetch the keys of later key epochs.
 async function follow(invite) {
   const sessionKey = await importSessionKey(invite.key);
   invite.key.fill(0);
@@ -142,11 +144,35 @@ async function follow(invite) {
     inviteAuthKey: paired ? null : await deriveInviteAuthKey(sessionKey),
     sessionId: invite.sessionId,
     publisherKey,
+    keyEpoch: invite.keyEpoch ?? 0,
     env: browserEnv(),
     listener: paired ? pairedListener() : pageListener(invite.token),
   });
   window.addEventListener('online', () => session.reconnectNow());
-  await session.run({ socketFirst: invite.fromStorage });
+  const laterKeys = invite.later === undefined ? null : startLaterKeys(invite.later, session);
+  try {
+    await session.run({ socketFirst: invite.fromStorage });
+  } finally {
+    laterKeys?.stop();
+  }
+}
+
+// Fetches the keys that the clinician device wraps for this pairing after each rotation and
+// gives them to the follow session.
+function startLaterKeys({ pairing, followToken, grant }, session) {
+  return receiveLaterKeys({
+    origin: window.location.origin,
+    followToken,
+    pairing,
+    grant,
+    env: browserEnv(),
+    onKey: async (keyEpoch, keyBytes) => {
+      const key = await importSessionKey(keyBytes);
+      keyBytes.fill(0);
+      session.addKey(keyEpoch, key);
+    },
+    onStop: () => console.warn('sealcast: the relay no longer hands this page later keys'),
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,15 +233,31 @@ async function pair(pairingView, pairingId) {
   });
   const secret = encodeBase64url(grant.sessionKey);
   const publisher = encodeBase64url(grant.publisher);
-  writeStoredPairing({ secret, publisher, sessionId: grant.sessionIdHex });
+  // NOTE: the pairing's shared secret is kept in memory only, so after a reload the page
+  // follows with this key and gets no key of a later epoch.
+  writeStoredPairing({ secret, publisher, sessionId: grant.sessionIdHex, keyEpoch: grant.epoch });
   pairingView.hide();
   view.showStatus('connecting');
+  const later =
+    grant.followToken === null
+      ? undefined
+      : {
+          pairing: grant.pairing,
+          followToken: grant.followToken,
+          grant: {
+            epoch: grant.epoch,
+            sessionIdHex: grant.sessionIdHex,
+            publisher: Uint8Array.from(grant.publisher),
+          },
+        };
   await follow({
     token: null,
     key: grant.sessionKey,
     publisher: grant.publisher,
     sessionId: grant.sessionIdHex,
+    keyEpoch: grant.epoch,
     fromStorage: true,
+    later,
   });
 }
 
@@ -365,8 +407,8 @@ function wipeStoredInvite() {
   }
 }
 
-// The key, publisher key and session id of a pairing, kept like a link's for a reload. Returns
-// `{ key, publisher, sessionId }` with the keys as bytes, or null.
+// The key, publisher key, session id and key epoch of a pairing, kept like a link's for a
+// reload. Returns `{ key, publisher, sessionId, keyEpoch }` with the keys as bytes, or null.
 function readStoredPairing() {
   try {
     const value = JSON.parse(window.sessionStorage.getItem(PAIRED_KEY) ?? 'null');
@@ -379,7 +421,8 @@ function readStoredPairing() {
     if (publisher === null || publisher.length !== PUBLISHER_KEY_LEN) {
       return null;
     }
-    return { key, publisher, sessionId: value.sessionId };
+    const keyEpoch = Number.isInteger(value.keyEpoch) && value.keyEpoch >= 0 ? value.keyEpoch : 0;
+    return { key, publisher, sessionId: value.sessionId, keyEpoch };
   } catch {
     return null;
   }

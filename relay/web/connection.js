@@ -8,9 +8,10 @@
 import { AuthorshipVerifier, summarizeAuthorship } from './authorship.js';
 import { redeemInvite } from './invite.js';
 import { parseJson } from './json.js';
-import { StreamOpener } from './opener.js';
+import { EpochOpener } from './opener.js';
 import {
   FrameKind,
+  ProtocolError,
   bytesEqual,
   decodeDelivery,
   decodeFrameHeader,
@@ -47,6 +48,12 @@ const MAX_PROOF_REJECTIONS = 3;
  * unreachable relay.
  */
 export const MAX_PAIRED_REFUSALS = 3;
+
+/**
+ * Bytes of frames of a key epoch without a key that the page keeps until the key arrives, as
+ * the `sealcast` client does. Frames beyond it are dropped and counted as failed.
+ */
+export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 /**
  * Returns the wait before reconnect attempt `attempt` (0-based): 1 s doubled per attempt, times
@@ -92,7 +99,9 @@ export function followUrl(location, epoch, from) {
  *   `bad_response` and, for a paired page, `not_paired`.
  *
  * A page that paired (docs/protocol.md section 12) passes `token: null`: its follow cookie came
- * with the pairing, and it has no invite to redeem when the relay refuses the cookie.
+ * with the pairing, and it has no invite to redeem when the relay refuses the cookie. It passes
+ * the keys of later key epochs to `addKey` as they arrive, and the session opens the frames it
+ * kept for them.
  */
 export class FollowSession {
   #token;
@@ -103,6 +112,10 @@ export class FollowSession {
   #listener;
   #sessionId;
   #epoch = null;
+  #keyEpoch;
+  #laterKeys = new Map();
+  #pendingFrames = [];
+  #pendingBytes = 0;
   #lastReceived = null;
   #lastCommitted = null;
   #opener = null;
@@ -130,7 +143,8 @@ export class FollowSession {
    *   `fingerprint` (16 bytes derived from the key), `inviteAuthKey` (HMAC CryptoKey),
    *   `sessionId` (hex, known from an earlier redemption or the pairing, or null),
    *   `publisherKey` (Ed25519
-   *   CryptoKey from `importPublisherKey`, or null when the link carries none), `env` and
+   *   CryptoKey from `importPublisherKey`, or null when the link carries none), `keyEpoch`
+   *   (the key epoch of `sessionKey`, 0 unless a pairing after a rotation), `env` and
    *   `listener`.
    */
   constructor({
@@ -140,10 +154,12 @@ export class FollowSession {
     inviteAuthKey,
     sessionId = null,
     publisherKey = null,
+    keyEpoch = 0,
     env,
     listener,
   }) {
     this.#token = token;
+    this.#keyEpoch = keyEpoch;
     this.#verifier = new AuthorshipVerifier(publisherKey);
     this.#sessionKey = sessionKey;
     this.#fingerprint = fingerprint;
@@ -164,6 +180,25 @@ export class FollowSession {
     while (!this.#stopped) {
       step = step === 'redeem' ? await this.#redeemStep() : await this.#connectStep();
     }
+  }
+
+  /**
+   * Adds the key of a later key epoch (an HKDF CryptoKey from `importSessionKey`), then opens
+   * the frames of that epoch that arrived before it, in arrival order.
+   */
+  addKey(keyEpoch, sessionKey) {
+    this.#enqueue(async () => {
+      if (this.#stopped) {
+        return;
+      }
+      if (this.#opener === null) {
+        // The welcome has not arrived yet, so the opener does not exist: it takes the key then.
+        this.#laterKeys.set(keyEpoch, sessionKey);
+        return;
+      }
+      this.#opener.addKey(keyEpoch, sessionKey);
+      await this.#openPending(keyEpoch);
+    });
   }
 
   /** Ends a wait between attempts at once, for example when the browser comes back online. */
@@ -353,7 +388,8 @@ export class FollowSession {
       this.#fail('bad_response');
       return;
     }
-    if (!bytesEqual(fingerprint, this.#fingerprint)) {
+    // The relay stores the fingerprint of the key of epoch 0 only (section 14.2).
+    if (this.#keyEpoch === 0 && !bytesEqual(fingerprint, this.#fingerprint)) {
       this.#fail('fingerprint_mismatch');
       return;
     }
@@ -362,7 +398,13 @@ export class FollowSession {
       return;
     }
 
-    this.#opener ??= new StreamOpener(this.#sessionKey, sessionId);
+    if (this.#opener === null) {
+      this.#opener = new EpochOpener(this.#sessionKey, sessionId, this.#keyEpoch);
+      for (const [keyEpoch, key] of this.#laterKeys) {
+        this.#opener.addKey(keyEpoch, key);
+      }
+      this.#laterKeys.clear();
+    }
     this.#epoch = epoch;
     this.#everLive = true;
     this.#attempt = 0;
@@ -405,15 +447,50 @@ export class FollowSession {
     if (this.#opener.alreadySeen(header)) {
       return;
     }
+    await this.#openFrame(delivery.frame, header);
+  }
+
+  // Opens a frame and shows its content. A frame of an epoch without a key is kept until the
+  // key arrives, within MAX_PENDING_BYTES.
+  async #openFrame(frame, header) {
     let opened;
     try {
-      opened = await this.#opener.open(delivery.frame);
-    } catch {
+      opened = await this.#opener.open(frame);
+    } catch (error) {
+      if (error instanceof ProtocolError && error.kind === 'unknown_epoch') {
+        this.#keepPending(frame, header);
+      } else {
+        this.#countFailed();
+      }
+      return;
+    }
+    await this.#showOpened(frame, opened);
+  }
+
+  #keepPending(frame, header) {
+    if (this.#pendingBytes + frame.length > MAX_PENDING_BYTES) {
       this.#countFailed();
       return;
     }
+    this.#pendingFrames.push({ frame, keyEpoch: header.keyEpoch });
+    this.#pendingBytes += frame.length;
+  }
+
+  async #openPending(keyEpoch) {
+    const waiting = this.#pendingFrames.filter((pending) => pending.keyEpoch === keyEpoch);
+    this.#pendingFrames = this.#pendingFrames.filter((pending) => pending.keyEpoch !== keyEpoch);
+    for (const { frame } of waiting) {
+      this.#pendingBytes -= frame.length;
+      const header = decodeFrameHeader(frame);
+      if (!this.#stopped && !this.#opener.alreadySeen(header)) {
+        await this.#openFrame(frame, header);
+      }
+    }
+  }
+
+  async #showOpened(frame, opened) {
     this.#checkStream(opened);
-    const observed = await this.#verifier.observe(delivery.frame, opened);
+    const observed = await this.#verifier.observe(frame, opened);
     const startMs = this.#deliverContent(opened);
     this.#trackSignedTime(opened.header, observed, startMs);
     if (!this.#stopped) {
@@ -545,6 +622,9 @@ export class FollowSession {
     }
     this.#opener?.clear();
     this.#opener = null;
+    this.#laterKeys.clear();
+    this.#pendingFrames = [];
+    this.#pendingBytes = 0;
     this.#sessionKey = null;
     this.#inviteAuthKey = null;
   }

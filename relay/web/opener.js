@@ -1,6 +1,7 @@
 // Opens the frames of every stream of one session, mirroring the Rust `StreamOpener`: it rejects
 // another session's frames, replays and reordering, reports skipped frames and skipped final
-// frames, and checks the hash chain where the previous frame was seen.
+// frames, and checks the hash chain where the previous frame was seen. `EpochOpener` opens the
+// frames of several key epochs with the grace rule of docs/protocol.md section 14.3.
 
 import {
   ProtocolError,
@@ -151,4 +152,130 @@ function linkToPrevious(state, header) {
 
 function maxZero(value) {
   return value > 0n ? value : 0n;
+}
+
+/** Frames of the newest key epoch after which the epoch before it expires (section 14.3). */
+export const GRACE_FRAMES = 64;
+
+/**
+ * Opens frames of every key epoch whose key the page has, mirroring the Rust `EpochOpener`.
+ * Frames of the newest epoch open. Frames of the epoch before it open until `GRACE_FRAMES`
+ * frames of the newest one have opened. Older epochs are rejected (`expired_epoch`) and their
+ * keys dropped. A frame of an epoch without a key is rejected with `unknown_epoch`, and a
+ * stream whose frames change epoch with `stream_changed_epoch`.
+ */
+export class EpochOpener {
+  #sessionId;
+  #openers = new Map();
+  #current;
+  #openedInCurrent = 0;
+  #streamEpochs = new Map();
+  #queue = Promise.resolve();
+
+  /**
+   * @param {CryptoKey} sessionKey HKDF base key of epoch `keyEpoch`.
+   * @param {Uint8Array} sessionId the 16-byte session id.
+   * @param {number} keyEpoch the epoch of `sessionKey`.
+   */
+  constructor(sessionKey, sessionId, keyEpoch = 0) {
+    this.#sessionId = Uint8Array.from(sessionId);
+    this.#openers.set(keyEpoch, new StreamOpener(sessionKey, this.#sessionId));
+    this.#current = keyEpoch;
+  }
+
+  /** The newest epoch this receiver opened a frame of, or started with. */
+  get currentEpoch() {
+    return this.#current;
+  }
+
+  /** Returns whether the page has the key of `keyEpoch`. */
+  hasKey(keyEpoch) {
+    return this.#openers.has(keyEpoch);
+  }
+
+  /**
+   * Adds the key of another epoch. Throws a ProtocolError `expired_epoch` for a key older than
+   * the epoch before the newest, and keeps a key already held.
+   */
+  addKey(keyEpoch, sessionKey) {
+    if (keyEpoch + 1 < this.#current) {
+      throw new ProtocolError(
+        'expired_epoch',
+        `key epoch ${keyEpoch} has expired: this page now accepts epoch ${this.#current}`,
+      );
+    }
+    if (!this.#openers.has(keyEpoch)) {
+      this.#openers.set(keyEpoch, new StreamOpener(sessionKey, this.#sessionId));
+    }
+  }
+
+  /** Returns whether a frame with this header, or a later one of its stream, was already opened. */
+  alreadySeen(header) {
+    return this.#openers.get(header.keyEpoch)?.alreadySeen(header) ?? false;
+  }
+
+  /** Opens one frame with the key its header names, as `StreamOpener.open` does. */
+  open(frame) {
+    const result = this.#queue.then(() => this.#openNow(frame));
+    this.#queue = result.catch(() => undefined);
+    return result;
+  }
+
+  /** Drops every key. */
+  clear() {
+    for (const opener of this.#openers.values()) {
+      opener.clear();
+    }
+    this.#openers.clear();
+  }
+
+  async #openNow(frame) {
+    const header = decodeFrameHeader(frame);
+    const epoch = header.keyEpoch;
+    this.#checkEpoch(header);
+    const opener = this.#openers.get(epoch);
+    if (opener === undefined) {
+      throw new ProtocolError(
+        'unknown_epoch',
+        `no session key for key epoch ${epoch}: wait for the rotated key`,
+      );
+    }
+    const opened = await opener.open(frame);
+
+    this.#streamEpochs.set(header.streamIdHex, epoch);
+    if (epoch > this.#current) {
+      this.#current = epoch;
+      this.#openedInCurrent = 0;
+      // Keys older than the previous epoch can never open a frame again.
+      for (const [held, old] of this.#openers) {
+        if (held + 1 < epoch) {
+          old.clear();
+          this.#openers.delete(held);
+        }
+      }
+    }
+    if (epoch === this.#current) {
+      this.#openedInCurrent += 1;
+    }
+    return opened;
+  }
+
+  #checkEpoch(header) {
+    const epoch = header.keyEpoch;
+    const first = this.#streamEpochs.get(header.streamIdHex);
+    if (first !== undefined && first !== epoch) {
+      throw new ProtocolError(
+        'stream_changed_epoch',
+        `stream ${header.streamIdHex} changed from key epoch ${first} to ${epoch}`,
+      );
+    }
+    const previousInGrace = epoch + 1 === this.#current && this.#openedInCurrent < GRACE_FRAMES;
+    if (epoch >= this.#current || previousInGrace) {
+      return;
+    }
+    throw new ProtocolError(
+      'expired_epoch',
+      `key epoch ${epoch} has expired: this page now accepts epoch ${this.#current}`,
+    );
+  }
 }

@@ -48,7 +48,9 @@ export class PairingFailure extends Error {
  * confirmed that the clinician device shows the same, false otherwise. `progress(step)` is
  * called with `committed`, `code_shown` and `confirmed`. `env` has `fetch`, `setTimeout` and
  * `random`; `keyPair` replaces the random X25519 key pair in tests. Resolves to the unwrapped
- * grant of `unwrapSessionKey`, and throws a PairingFailure or a PairingError.
+ * grant of `unwrapSessionKey` with `pairing` (the shared secret and both public keys, which open
+ * later wrapped keys) and `followToken` (the paired device's follow token, or null), and throws
+ * a PairingFailure or a PairingError.
  */
 export async function joinPairing({
   origin,
@@ -92,7 +94,8 @@ export async function joinPairing({
   }
   progress('confirmed');
 
-  // Step 5: the wrapped key, sent once the clinician confirmed too.
+  // Step 5: the wrapped key, sent once the clinician confirmed too. The pairing's shared secret
+  // stays in memory afterwards, to open the keys of later key epochs (paired-keys.js).
   try {
     const completed = await relay.waitFor('completed');
     const wrapped = decodeBase64url(
@@ -109,9 +112,11 @@ export async function joinPairing({
         'the relay named another session than the wrapped key',
       );
     }
-    return grant;
-  } finally {
+    const followToken = typeof completed.follow_token === 'string' ? completed.follow_token : null;
+    return { ...grant, pairing: link, followToken };
+  } catch (error) {
     link.shared.fill(0);
+    throw error;
   }
 }
 

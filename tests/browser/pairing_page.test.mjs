@@ -6,7 +6,9 @@
 // to a transcript signed by the clinician's device. Then a relay that swaps keys: the browser's
 // pairing requests pass through a route that substitutes its own X25519 keys in both
 // directions, as a relay in the middle could. The codes then differ, the CLI refuses the
-// page's code and the page, told that the codes differ, cancels and never follows.
+// page's code and the page, told that the codes differ, cancels and never follows. Last, a
+// paired page reads on after `sealcast publish` rotates the key on SIGUSR1, with the key the
+// CLI wraps for it.
 //
 // Run from the repository root after `cargo build --workspace --bins`:
 //   node --test tests/browser/
@@ -215,6 +217,118 @@ class PairOffer {
   }
 
   exitCode() {
+    return this.#exit;
+  }
+}
+
+test('paired page reads on after a key rotation', { timeout: 90000 }, async () => {
+  const stateDir = join(workDir, 'clinician-rotates');
+  await signIn(stateDir, relay, confirmInBrowser);
+  await startSession(stateDir, relay);
+  const offer = new PairOffer(stateDir);
+  const pairingId = await offer.pairingId();
+
+  const context = await traffic.newContext(browser);
+  const page = await context.newPage();
+  await page.goto(`${relay.url}/join`);
+  await page.locator('#pairing-id').fill(pairingId);
+  await page.click('#pairing-start');
+  const pageCode = await shownCode(page);
+  offer.answer(pageCode.words);
+  await page.click('#pairing-match');
+  assert.equal(await offer.exitCode(), 0, offer.stderr);
+  await waitForState(page, 'live');
+
+  const publish = new StdinPublish(stateDir);
+  await publish.write(ROTATION_LINES[0]);
+  await waitForTexts(page, [ROTATION_TEXTS[0]]);
+
+  // SIGUSR1 rotates the key: the page must take the new key from the relay, not from a link.
+  await publish.rotate();
+  for (const line of ROTATION_LINES.slice(1)) {
+    await publish.write(line);
+  }
+  assert.equal(await publish.finish(), 0, publish.stderr);
+  await waitForTexts(page, ROTATION_TEXTS);
+  await page.waitForFunction(
+    (text) => document.getElementById('message')?.textContent === text,
+    ENDED,
+  );
+  assert.deepEqual(
+    (await shownSegments(page)).map((segment) => segment.text),
+    ROTATION_TEXTS,
+  );
+  assert.equal(await pageState(page), 'ended');
+  assert.deepEqual(traffic.consoleErrors, []);
+  const fetched = traffic.requests.filter(({ url }) => url.includes('/v1/paired/keys'));
+  assert.ok(fetched.length > 0, 'the page never asked for a later key');
+  await context.close();
+});
+
+const ROTATION_TEXTS = [
+  'Good morning, what brings you in?',
+  'My knee hurts when I climb stairs.',
+  'Since when?',
+];
+const ROTATION_LINES = ROTATION_TEXTS.map((text, index) =>
+  JSON.stringify({
+    speaker: index % 2 === 0 ? 'doctor' : 'patient',
+    start_ms: index * 2000,
+    end_ms: index * 2000 + 1500,
+    text,
+  }),
+);
+
+/** Waits until the page shows every text of `texts` as a final segment. */
+async function waitForTexts(page, texts) {
+  await page.waitForFunction(
+    (wanted) => {
+      const shown = [...document.querySelectorAll('#transcript li.segment.final .segment-text')];
+      const shownTexts = shown.map((item) => item.textContent);
+      return wanted.every((text) => shownTexts.includes(text));
+    },
+    texts,
+    { timeout: 30000 },
+  );
+}
+
+/** `sealcast publish --end -`, fed line by line, which rotates the key on SIGUSR1. */
+class StdinPublish {
+  stderr = '';
+  #child;
+  #exit;
+
+  constructor(stateDir) {
+    this.#child = spawn(binary('sealcast'), ['--state-dir', stateDir, 'publish', '--end', '-'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.#child.stdout.resume();
+    this.#child.stderr.on('data', (chunk) => {
+      this.stderr += chunk;
+    });
+    this.#exit = new Promise((resolve) => this.#child.on('exit', resolve));
+  }
+
+  async write(line) {
+    await waitFor(
+      () => this.stderr.includes('kill -USR1'),
+      `publish did not start: ${this.stderr}`,
+      this.#child,
+    );
+    this.#child.stdin.write(`${line}\n`);
+  }
+
+  async rotate() {
+    this.#child.kill('SIGUSR1');
+    await waitFor(
+      () => /^Sent the key of key epoch 1 to paired device [0-9a-f]{16}\.$/m.test(this.stderr),
+      `publish sent no key to the paired page: ${this.stderr}`,
+      this.#child,
+    );
+  }
+
+  finish() {
+    this.#child.stdin.end();
     return this.#exit;
   }
 }

@@ -167,6 +167,12 @@ impl CliProcess {
         }
     }
 
+    /// Runs `sealcast ARGS` to its end, with standard input closed at once,
+    /// and returns its status with its stdout and stderr lines.
+    pub async fn run(home: &Path, args: &[&str]) -> (ExitStatus, Vec<String>, Vec<String>) {
+        CliProcess::spawn(home, args).finish().await
+    }
+
     /// Returns the process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the process is running")
@@ -178,6 +184,11 @@ impl CliProcess {
         stdin.write_all(line.as_bytes()).await.unwrap();
         stdin.write_all(b"\n").await.unwrap();
         stdin.flush().await.unwrap();
+    }
+
+    /// Closes standard input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// Reads stderr until a line that starts with `prefix`, and returns it.

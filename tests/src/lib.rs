@@ -1,5 +1,6 @@
 //! Helpers for sealcast's end-to-end tests: spawning the real `sealcast-relay`
-//! and `sealcast` binaries, locating the real transcripts, and scanning
+//! and `sealcast` binaries (with line-by-line output for the CLI), locating
+//! the real transcripts, and scanning
 //! files and logs for material that must never appear in them. Tests of bad
 //! input also use raw TLS and WebSocket clients, direct edits of a stopped
 //! relay's store, metrics scrapes and the relay's resident memory. Pairing

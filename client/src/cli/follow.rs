@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use sealcast_protocol::authorship::{PublisherKey, Verdict};
+use sealcast_protocol::pairing::KeyGrant;
 use sealcast_protocol::{FollowInvite, TranscriptSegment};
 use tokio::sync::mpsc;
 
@@ -109,7 +110,8 @@ pub async fn run(args: FollowArgs) -> Result<(), ClientError> {
             invite.key_epoch
         );
     }
-    follow_link(invite, tls, args.format, later_links).await
+    let later_keys = later_links.map_or(LaterKeys::None, LaterKeys::Links);
+    follow_link(invite, tls, args.format, later_keys).await
 }
 
 /// Follows the session of `invite` and prints it until the session ends.
@@ -122,16 +124,28 @@ pub(crate) async fn follow_link(
     invite: FollowInvite,
     tls: TlsSettings,
     format: OutputFormat,
-    mut later_links: Option<mpsc::Receiver<Result<String, ClientError>>>,
+    later_keys: LaterKeys,
 ) -> Result<(), ClientError> {
     let publisher = invite.publisher;
     let first = invite.clone();
     let mut follower = Follower::start(FollowerConfig::from_invite(invite, tls))?;
     let keys = follower.keys();
-    let mut printer = Printer::new(format, publisher);
+    let (mut later_links, mut later_grants) = match later_keys {
+        LaterKeys::None => (None, None),
+        LaterKeys::Links(links) => (Some(links), None),
+        LaterKeys::Grants(grants) => (None, Some(grants)),
+    };
+    let mut printer = Printer::new(format, publisher, later_grants.is_some());
     loop {
         let event = tokio::select! {
             event = follower.next_event() => event,
+            grant = next_grant(&mut later_grants) => {
+                match grant {
+                    Some(grant) => add_grant_key(&first, grant, &keys),
+                    None => later_grants = None,
+                }
+                continue;
+            }
             line = next_line(&mut later_links) => {
                 match line {
                     Some(Ok(line)) => add_link_key(&first, &line, &keys),
@@ -166,6 +180,43 @@ pub(crate) async fn follow_link(
         );
     }
     check_authorship(&report)
+}
+
+/// Where a follower gets the keys of later key epochs.
+#[derive(Debug)]
+pub(crate) enum LaterKeys {
+    /// Nowhere: the follower reads only the epoch of its link.
+    None,
+    /// Invite links with `epoch=N`, one a line of standard input.
+    Links(mpsc::Receiver<Result<String, ClientError>>),
+    /// Keys the clinician device wrapped for this paired device, already unwrapped.
+    Grants(mpsc::Receiver<KeyGrant>),
+}
+
+/// Waits for the next grant of `grants`, or forever once there are none.
+async fn next_grant(grants: &mut Option<mpsc::Receiver<KeyGrant>>) -> Option<KeyGrant> {
+    match grants {
+        Some(grants) => grants.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives the key of an unwrapped grant to the follower, when the grant
+/// names the session and publisher key of the pairing.
+fn add_grant_key(first: &FollowInvite, grant: KeyGrant, keys: &FollowerKeys) {
+    if first.publisher != Some(grant.publisher) {
+        stderr_line!(
+            "warning: ignored the key of key epoch {}: it names another publisher key than the pairing",
+            grant.key_epoch
+        );
+        return;
+    }
+    if let Err(err) = keys.add_key(grant.key_epoch, grant.session_key) {
+        stderr_line!(
+            "warning: the key of key epoch {} was not added: {err}",
+            grant.key_epoch
+        );
+    }
 }
 
 /// Waits for the next line of `lines`, or forever once there are none.
@@ -275,10 +326,12 @@ struct Printer {
     columns: usize,
     /// Key epochs whose unreadable frames were reported, once each.
     unreadable_epochs: BTreeSet<u32>,
+    /// Whether later keys come from the clinician device rather than from links on stdin.
+    paired: bool,
 }
 
 impl Printer {
-    fn new(format: OutputFormat, publisher: Option<PublisherKey>) -> Self {
+    fn new(format: OutputFormat, publisher: Option<PublisherKey>, paired: bool) -> Self {
         let columns = std::env::var("COLUMNS")
             .ok()
             .and_then(|value| value.parse().ok())
@@ -292,6 +345,7 @@ impl Printer {
             status_shown: false,
             columns,
             unreadable_epochs: BTreeSet::new(),
+            paired,
         }
     }
 
@@ -358,7 +412,13 @@ impl Printer {
             FollowEvent::FrameUnreadable {
                 offset, key_epoch, ..
             } => {
-                if self.unreadable_epochs.insert(key_epoch) {
+                if !self.unreadable_epochs.insert(key_epoch) {
+                    // Reported once per epoch.
+                } else if self.paired {
+                    stderr_line!(
+                        "warning: frames of key epoch {key_epoch} cannot be read yet, from offset {offset}: this device has no key of that epoch. They are kept and shown if the clinician device sends that key to this device"
+                    );
+                } else {
                     stderr_line!(
                         "warning: frames of key epoch {key_epoch} cannot be read, from offset {offset}: this device has no key of that epoch. Pass the session's link with epoch={key_epoch} on stdin to read them"
                     );

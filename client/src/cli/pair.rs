@@ -11,25 +11,47 @@
 //! sends the session key wrapped for the joining device, which follows the
 //! session as `sealcast follow` does. Messages go to standard error, so
 //! that standard output of `join` carries only the transcript.
+//!
+//! The clinician device keeps each pairing in its key store, so that
+//! `sealcast publish` wraps the key of every later key epoch for the joined
+//! device. The joined device keeps its side of the pairing in memory and
+//! long-polls the relay for those keys, so it reads on across rotations.
+//! `list` shows the stored pairings, and `remove` ends one: the relay
+//! revokes the device's follow token, and later keys are no longer wrapped
+//! for it.
 
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::paired_keys::{DeviceId, InvalidDeviceId};
 use sealcast_protocol::pairing::{
-    ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairingCode,
+    ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairedClinician, PairingCode,
 };
 use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState, PairingStatus};
 use sealcast_protocol::{FollowInvite, InviteLink, SessionId};
+use tokio::sync::mpsc;
 
-use super::follow::{follow_link, OutputFormat};
+use super::follow::{follow_link, LaterKeys, OutputFormat};
 use super::{open_key_store, parse_session_id};
-use crate::auth::SignedInDevice;
+use crate::auth::{BearerToken, SignedInDevice};
+use crate::backoff::Backoff;
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
-use crate::keystore::StoredSession;
+use crate::keystore::{now_unix_s, KeyStore, StoredSession};
 use crate::pairing::PairingApi;
+use crate::secret::SecretString;
 use crate::tls::TlsSettings;
+
+/// Retry policy of the wrapped key fetch: 500 ms doubling up to 30 s,
+/// forever, because the follower keeps frames it cannot open yet.
+const FETCH_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    max_attempts: None,
+};
 
 /// A `sealcast pair` command.
 #[derive(Debug, Subcommand)]
@@ -38,12 +60,39 @@ pub enum PairCommand {
     /// id and code, and send the session key once the codes match
     Offer(OfferArgs),
     /// On the joining device: join a pairing by its id, show the code, and
-    /// follow the session once the codes match
+    /// follow the session once the codes match, with the keys of later key
+    /// epochs that the clinician device sends
     Join(JoinArgs),
     /// On another device of the same clinician, signed in with `sealcast
     /// login`: join a pairing that `pair offer --device` opened, and store the
     /// session so that this device can publish to it, end it and pair patients
     Adopt(super::pair_device::AdoptArgs),
+    /// On the clinician device: list the devices paired with a stored session
+    List(ListArgs),
+    /// On the clinician device: remove a paired device. The relay revokes its
+    /// follow token, and it gets no key of a later key epoch. Rotate the key
+    /// afterwards (`sealcast session rotate`) so that it reads nothing new
+    Remove(RemoveArgs),
+}
+
+/// Arguments of `sealcast pair list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Session whose paired devices to list [default: the session started last]
+    #[arg(long, value_name = "ID", value_parser = parse_session_id)]
+    pub session: Option<SessionId>,
+}
+
+/// Arguments of `sealcast pair remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The device id that `sealcast pair list` shows: 16 hex digits
+    #[arg(value_name = "DEVICE_ID")]
+    pub device_id: String,
+
+    /// Session the device is paired with [default: the session started last]
+    #[arg(long, value_name = "ID", value_parser = parse_session_id)]
+    pub session: Option<SessionId>,
 }
 
 /// Arguments of `sealcast pair offer`.
@@ -102,6 +151,81 @@ pub async fn run(command: PairCommand, state_dir: Option<PathBuf>) -> Result<(),
         PairCommand::Offer(args) => offer(args, state_dir).await,
         PairCommand::Join(args) => join(args).await,
         PairCommand::Adopt(args) => super::pair_device::adopt(args, state_dir).await,
+        PairCommand::List(args) => list(args, state_dir),
+        PairCommand::Remove(args) => remove(args, state_dir).await,
+    }
+}
+
+fn list(args: ListArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let store = open_key_store(state_dir)?;
+    let session = store.resolve(args.session.as_ref())?;
+    let devices = store.paired_devices(&session.session_id)?;
+    if devices.is_empty() {
+        stderr_line!("No device is paired with session {}.", session.session_id);
+        return Ok(());
+    }
+    let now = now_unix_s();
+    println!("DEVICE ID         PAIRED");
+    for device in devices {
+        println!(
+            "{}  {} ago",
+            device.device_id,
+            format_age(device.paired_unix_s, now)
+        );
+    }
+    Ok(())
+}
+
+async fn remove(args: RemoveArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
+    let device_id: DeviceId =
+        args.device_id
+            .parse()
+            .map_err(|err: InvalidDeviceId| ClientError::InvalidArgument {
+                option: "DEVICE_ID",
+                reason: err.to_string(),
+            })?;
+    let store = open_key_store(state_dir)?;
+    let session = store.resolve(args.session.as_ref())?;
+    let session_id = session.session_id;
+    let known = store
+        .paired_devices(&session_id)?
+        .iter()
+        .any(|device| device.device_id == device_id);
+    if !known {
+        return Err(ClientError::InvalidArgument {
+            option: "DEVICE_ID",
+            reason: format!(
+                "no device {device_id} is paired with session {session_id} on this device: see `sealcast pair list`"
+            ),
+        });
+    }
+    let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
+    let api = PairingApi::new(&session.relay, device.tls())?;
+    match api
+        .remove_paired_device(&device, &session_id, &device_id)
+        .await
+    {
+        Ok(()) => {}
+        // The relay no longer knows the device, so only the local record is left.
+        Err(ClientError::RelayStatus { status: 404, .. }) => {
+            stderr_line!("The relay had already removed device {device_id}.");
+        }
+        Err(err) => return Err(err),
+    }
+    store.remove_paired_device(&session_id, &device_id)?;
+    stderr_line!(
+        "Removed device {device_id}: its follow token is revoked and it gets no later key. Rotate the key now (`sealcast session rotate` while `sealcast publish` runs) so that it cannot read what follows."
+    );
+    Ok(())
+}
+
+/// Formats the time since `paired_unix_s` as `42 s`, `7 min` or `3 h 05 min`.
+fn format_age(paired_unix_s: u64, now_unix_s: u64) -> String {
+    let seconds = now_unix_s.saturating_sub(paired_unix_s);
+    match seconds {
+        0..=59 => format!("{seconds} s"),
+        60..=3599 => format!("{} min", seconds / 60),
+        _ => format!("{} h {:02} min", seconds / 3600, seconds % 3600 / 60),
     }
 }
 
@@ -118,29 +242,34 @@ async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result<(), Client
 
     let confirmation = Confirmation::from_flag(args.confirm_code.as_deref());
     let offered = tokio::select! {
-        result = offer_steps(&api, &device, &session, id, &confirmation) => result,
+        result = offer_steps(&api, &device, &store, &session, id, &confirmation) => result,
         _ = tokio::signal::ctrl_c() => Err(ClientError::Interrupted),
     };
-    if offered.is_err() {
-        // The slot would expire anyway, but cancelling stops the joining device's wait now.
-        let _ = api.clinician_cancel(&device, &session.session_id, id).await;
-    }
-    offered?;
+    let device_id = match offered {
+        Ok(device_id) => device_id,
+        Err(err) => {
+            // The slot would expire anyway, but cancelling stops the joining device's wait now.
+            let _ = api.clinician_cancel(&device, &session.session_id, id).await;
+            return Err(err);
+        }
+    };
     stderr_line!(
-        "Device paired: it can now follow session {}.",
+        "Device {device_id} paired: it can now follow session {}, and `sealcast publish` sends it the key of each later key epoch.",
         session.session_id
     );
     Ok(())
 }
 
-/// Runs steps 2 to 5 on the clinician device.
+/// Runs steps 2 to 5 on the clinician device, storing the pairing in the
+/// key store before the wrapped key goes out. Returns the joined device's id.
 async fn offer_steps(
     api: &PairingApi,
     device: &SignedInDevice,
+    store: &KeyStore,
     session: &StoredSession,
     id: PairingId,
     confirmation: &Confirmation,
-) -> Result<(), ClientError> {
+) -> Result<DeviceId, ClientError> {
     let session_id = &session.session_id;
     let status = api
         .clinician_wait(device, session_id, id, &[PairingState::Committed])
@@ -167,8 +296,20 @@ async fn offer_steps(
         session_key: session.key.clone(),
         publisher: session.publisher_key(device.token().key()),
     };
-    let wrapped = unconfirmed.confirm().wrap_key(&grant);
-    api.send_wrapped_key(device, session_id, id, &wrapped).await
+    let paired = unconfirmed.confirm();
+    let wrapped = paired.wrap_key(&grant);
+    // Stored first, so that no device is paired without a record that
+    // later rotations wrap keys for.
+    let device_id = store.add_paired_device(session_id, &paired)?;
+    if let Err(err) = api.send_wrapped_key(device, session_id, id, &wrapped).await {
+        if let Err(removal) = store.remove_paired_device(session_id, &device_id) {
+            stderr_line!(
+                "warning: the record of the failed pairing stays in the key store: {removal}"
+            );
+        }
+        return Err(err);
+    }
+    Ok(device_id)
 }
 
 /// Parses the pairing id the relay returned when it opened a slot.
@@ -219,7 +360,7 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
         result = join_steps(&api, &token, id, joiner, &confirmation) => result,
         _ = tokio::signal::ctrl_c() => Err(ClientError::Interrupted),
     };
-    let (status, grant) = match joined {
+    let (status, grant, paired) = match joined {
         Ok(joined) => joined,
         Err(err) => {
             let _ = api.joiner_cancel(&token, id).await;
@@ -238,6 +379,16 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
     stderr_line!("Paired. Following session {}.", grant.session_id);
     // The publisher key came wrapped with the session key, so the relay
     // could not replace it.
+    let (grants, receiver) = mpsc::channel(4);
+    let poller = tokio::spawn(receive_later_keys(LaterKeyPoll {
+        api,
+        follow_token: BearerToken::new(SecretString::new(follow_token.clone())),
+        pairing: paired,
+        session_id: grant.session_id,
+        publisher: grant.publisher,
+        newest_epoch: grant.key_epoch,
+        grants,
+    }));
     let invite = FollowInvite {
         link: InviteLink {
             relay,
@@ -247,18 +398,94 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
         publisher: Some(grant.publisher),
         key_epoch: grant.key_epoch,
     };
-    follow_link(invite, tls, args.format, None).await
+    let followed = follow_link(invite, tls, args.format, LaterKeys::Grants(receiver)).await;
+    poller.abort();
+    followed
+}
+
+/// What the joined device needs to fetch and open the keys of later epochs.
+struct LaterKeyPoll {
+    api: PairingApi,
+    follow_token: BearerToken,
+    /// The joined device's side of the pairing, in memory only.
+    pairing: PairedClinician,
+    session_id: SessionId,
+    publisher: PublisherKey,
+    /// Newest key epoch the device holds.
+    newest_epoch: u32,
+    grants: mpsc::Sender<KeyGrant>,
+}
+
+/// Long-polls the relay for wrapped keys of later epochs, unwraps each and
+/// sends it to the follower, until the follower stops or the relay revokes
+/// the follow token. A failed request is retried after a delay, and a key
+/// that fails to unwrap or names another session is reported and skipped.
+async fn receive_later_keys(mut poll: LaterKeyPoll) {
+    let mut failures = 0;
+    loop {
+        let fetched = poll
+            .api
+            .fetch_paired_keys(&poll.follow_token, poll.newest_epoch)
+            .await;
+        let wrapped_keys = match fetched {
+            Ok(keys) => {
+                failures = 0;
+                keys
+            }
+            Err(ClientError::RelayStatus { status: 401, .. }) => {
+                stderr_line!("warning: the relay no longer hands this device the keys of later key epochs: the clinician removed it or ended the session");
+                return;
+            }
+            Err(err) => {
+                let delay = FETCH_BACKOFF.delay(failures);
+                failures = failures.saturating_add(1);
+                stderr_line!(
+                    "warning: fetching the keys of later key epochs failed ({err}); retrying in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        for wrapped in wrapped_keys {
+            let grant = match poll.pairing.unwrap_key(&wrapped) {
+                Ok(grant) => grant,
+                Err(err) => {
+                    stderr_line!("warning: ignored a key from the relay: {err}");
+                    continue;
+                }
+            };
+            if grant.session_id != poll.session_id || grant.key_epoch <= poll.newest_epoch {
+                stderr_line!(
+                    "warning: ignored the key of key epoch {}: it names another session or an epoch this device already holds",
+                    grant.key_epoch
+                );
+                continue;
+            }
+            if grant.publisher != poll.publisher {
+                stderr_line!(
+                    "warning: ignored the key of key epoch {}: it names another publisher key than the pairing",
+                    grant.key_epoch
+                );
+                continue;
+            }
+            poll.newest_epoch = grant.key_epoch;
+            if poll.grants.send(grant).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Runs steps 2 to 5 on the joining device and returns the completed
-/// status with the unwrapped grant.
+/// status with the unwrapped grant and the pairing, which opens later keys.
 async fn join_steps(
     api: &PairingApi,
-    token: &crate::auth::BearerToken,
+    token: &BearerToken,
     id: PairingId,
     joiner: JoinerPairing,
     confirmation: &Confirmation,
-) -> Result<(PairingStatus, KeyGrant), ClientError> {
+) -> Result<(PairingStatus, KeyGrant, PairedClinician), ClientError> {
     let status = api
         .joiner_wait(token, id, &[PairingState::Responded])
         .await?;
@@ -284,7 +511,7 @@ async fn join_steps(
             )
         })?;
     let grant = paired.unwrap_key(&wrapped)?;
-    Ok((status, grant))
+    Ok((status, grant, paired))
 }
 
 /// The way the user confirms that both devices show the same code.
@@ -395,6 +622,14 @@ mod tests {
         assert!(check_code(&code, "bear kayak acorn").is_err());
         assert!(check_code(&code, "413228").is_err());
         assert!(check_code(&code, "").is_err());
+    }
+
+    #[test]
+    fn age_is_seconds_minutes_or_hours() {
+        assert_eq!(format_age(100, 142), "42 s");
+        assert_eq!(format_age(100, 100 + 7 * 60 + 5), "7 min");
+        assert_eq!(format_age(0, 3 * 3600 + 5 * 60), "3 h 05 min");
+        assert_eq!(format_age(200, 100), "0 s");
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //!
 //! While publishing, `sealcast session rotate` (and SIGUSR1 on Unix)
 //! rotates the session key: the stored session gets the new key, and the new
-//! invite link goes to stderr or to the file of `--rotated-link-file`.
-//! `sealcast session end` makes it end the session as `--end` does. Both
-//! commands reach it through the session's control directory, see
-//! [`crate::control`].
+//! invite link goes to stderr or to the file of `--rotated-link-file`. The
+//! new key also goes, wrapped for each device, to the devices paired with
+//! `sealcast pair offer`. `sealcast session end` makes it end the session
+//! as `--end` does. Both commands reach it through the session's control
+//! directory, see [`crate::control`].
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use sealcast_protocol::authorship::PublisherKey;
+use sealcast_protocol::pairing::KeyGrant;
 use sealcast_protocol::{SessionId, TranscriptSegment};
 use tokio::sync::mpsc;
 
@@ -22,6 +25,7 @@ use crate::input::merge::IdAssigner;
 use crate::input::{self, interim, jsonl, InputError, InputFormat};
 use crate::keystore::{write_private_file, KeyStore, StoredSession};
 use crate::pace::{self, Pace, Pacer};
+use crate::pairing::PairingApi;
 use crate::publish::{PublishReport, Publisher, DEFAULT_WINDOW};
 
 /// Arguments of `sealcast publish`.
@@ -33,7 +37,9 @@ use crate::publish::{PublishReport, Publisher, DEFAULT_WINDOW};
     continues on a new stream under a new random key of the next key epoch, stores that key \
     in the session file, and writes the new invite link (with epoch=N) to stderr, or to the \
     file of --rotated-link-file. Only followers that get the new link can read what follows; \
-    give it to every follower that should keep reading, and not to a removed one.\n\n\
+    give it to every follower that should keep reading, and not to a removed one. Every \
+    device paired with `sealcast pair offer` and not removed with `sealcast pair remove` gets \
+    the new key through the relay, wrapped for it alone, and reads on without a new link.\n\n\
     Ending the session: `sealcast session end` on this device makes the running command stop \
     reading its input and end the session as --end does, then exit with status 0. Only one \
     `sealcast publish` of a session runs at a time on a device."
@@ -170,6 +176,8 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         requests: PublishRequests::listen(control)?,
         store: &store,
         link_file,
+        device: &device,
+        pairing_api: PairingApi::new(&session.relay, device.tls())?,
     };
 
     let sent = tokio::select! {
@@ -280,6 +288,9 @@ struct Rotation<'a> {
     requests: PublishRequests,
     store: &'a KeyStore,
     link_file: Option<PathBuf>,
+    /// Signs the posts of wrapped keys for paired devices.
+    device: &'a SignedInDevice,
+    pairing_api: PairingApi,
 }
 
 impl Rotation<'_> {
@@ -339,7 +350,56 @@ impl Rotation<'_> {
                 stderr_line!("{link}");
             }
         }
+        self.send_to_paired_devices(session).await;
         Ok(())
+    }
+
+    /// Wraps the newest key for every device paired with the session and
+    /// posts it to the relay. A device whose post fails is reported on
+    /// stderr and the others still get the key, because publishing goes on
+    /// either way.
+    async fn send_to_paired_devices(&self, session: &StoredSession) {
+        let devices = match self.store.paired_devices(&session.session_id) {
+            Ok(devices) => devices,
+            Err(err) => {
+                stderr_line!(
+                    "warning: the paired devices get no key of key epoch {}: {err}",
+                    session.key_epoch
+                );
+                return;
+            }
+        };
+        let grant = KeyGrant {
+            key_epoch: session.key_epoch,
+            session_id: session.session_id,
+            session_key: session.key.clone(),
+            // The key `sealcast pair offer` put into the pairing payload.
+            publisher: PublisherKey::of_device(self.device.token().key()),
+        };
+        for paired in devices {
+            let wrapped = paired.pairing.wrap_key(&grant);
+            let posted = self
+                .pairing_api
+                .post_paired_key(
+                    self.device,
+                    &session.session_id,
+                    &paired.device_id,
+                    &wrapped,
+                )
+                .await;
+            match posted {
+                Ok(()) => stderr_line!(
+                    "Sent the key of key epoch {} to paired device {}.",
+                    session.key_epoch,
+                    paired.device_id
+                ),
+                Err(err) => stderr_line!(
+                    "warning: paired device {} did not get the key of key epoch {}: {err}",
+                    paired.device_id,
+                    session.key_epoch
+                ),
+            }
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub(crate) enum Action {
     /// The clinician device sent a paired device its wrapped key, and the
     /// device got a follow credential.
     DevicePaired,
+    /// The clinician device stored a wrapped key of a later epoch for a paired device.
+    PairedKeyPosted,
+    /// The clinician device removed a paired device, revoking its follow credential.
+    DeviceUnpaired,
     /// A follow socket opened.
     FollowerJoined,
     /// A follow socket closed.
@@ -72,6 +76,8 @@ impl Action {
             Action::InviteCreated => "invite.created",
             Action::InviteRedeemed => "invite.redeemed",
             Action::DevicePaired => "device.paired",
+            Action::PairedKeyPosted => "device.key_posted",
+            Action::DeviceUnpaired => "device.unpaired",
             Action::FollowerJoined => "follower.joined",
             Action::FollowerLeft => "follower.left",
             Action::SessionEnded => "session.ended",
@@ -97,6 +103,8 @@ impl Action {
             | Action::InviteCreated
             | Action::InviteRedeemed
             | Action::DevicePaired
+            | Action::PairedKeyPosted
+            | Action::DeviceUnpaired
             | Action::FollowerJoined
             | Action::FollowerLeft
             | Action::SessionEnded
@@ -192,6 +200,8 @@ mod tests {
             Action::InviteCreated,
             Action::InviteRedeemed,
             Action::DevicePaired,
+            Action::PairedKeyPosted,
+            Action::DeviceUnpaired,
             Action::FollowerJoined,
             Action::FollowerLeft,
             Action::SessionEnded,

@@ -13,6 +13,8 @@
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::HeaderMap;
 
+use sealcast_protocol::paired_keys::DeviceId;
+
 use super::{ApiError, AppState};
 use crate::credentials::Secret;
 use crate::invites::cookie::follow_cookie;
@@ -39,6 +41,29 @@ async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<Session
             reject(
                 FOLLOW,
                 "invalid invite or follow token: ask the clinic for a new invite link, or pair this device again",
+            )
+        })
+}
+
+/// Endpoint label of the wrapped key fetch of paired devices.
+pub(crate) const PAIRED_KEYS: &str = "paired_keys";
+
+/// Requires a paired device's follow token as a bearer credential and
+/// returns its session and device id. The device id is `None` for a device
+/// paired before the relay stored device ids.
+pub(crate) async fn paired_device(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(SessionRecord, Option<DeviceId>), ApiError> {
+    let token = bearer(headers, PAIRED_KEYS)?;
+    state
+        .store
+        .paired_device(token.hash())
+        .await?
+        .ok_or_else(|| {
+            reject(
+                PAIRED_KEYS,
+                "invalid follow token: the device was removed, the session ended, or the token is not a paired device's",
             )
         })
 }

@@ -16,6 +16,7 @@
 //! | [`sessions`] | create and end sessions |
 //! | [`invites`] | invite challenges and redemption for browsers |
 //! | [`pairing`] | the pairing mailbox between a joining and a clinician device |
+//! | [`paired_keys`] | wrapped keys of later epochs for paired devices, and removing them |
 //! | [`audited`] | audit events of requests |
 //! | [`ops`] | health, readiness, metrics and fallbacks |
 //! | [`openapi`] | the OpenAPI document of every route |
@@ -34,6 +35,7 @@ mod login;
 mod observe;
 pub(crate) mod openapi;
 mod ops;
+mod paired_keys;
 mod pairing;
 mod sessions;
 pub(crate) mod staff;
@@ -48,6 +50,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -77,6 +80,9 @@ pub(crate) struct RelayState {
     pub(crate) invites: Arc<InviteState>,
     /// Pairing slots, in memory only.
     pub(crate) pairings: Arc<PairingMailbox>,
+    /// Changes each time this node stores a wrapped key for a paired
+    /// device, to wake the fetches that wait for one.
+    pub(crate) paired_key_posts: watch::Sender<()>,
     /// Origin of the public URL, such as `https://relay.example:8443`: the
     /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
     pub(crate) public_origin: String,
@@ -170,6 +176,9 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pairing::joiner_status, pairing::joiner_cancel))
         .routes(routes!(pairing::commitment))
         .routes(routes!(pairing::joiner_key))
+        .routes(routes!(paired_keys::post_key))
+        .routes(routes!(paired_keys::remove_device))
+        .routes(routes!(paired_keys::fetch_keys))
         .merge(web::routes())
         .routes(routes!(openapi::serve))
 }

@@ -31,6 +31,8 @@ pub(crate) const REFRESH_COOKIE_SCHEME: &str = "refresh_cookie";
 pub(crate) const INVITE_TOKEN: &str = "invite_token";
 /// Security scheme: a joining device's token for its pairing slot.
 pub(crate) const PAIRING_JOINER_TOKEN: &str = "pairing_joiner_token";
+/// Security scheme: a paired device's follow token as `Authorization: Bearer`.
+pub(crate) const PAIRED_FOLLOW_TOKEN: &str = "paired_follow_token";
 /// Security scheme: a redeemed browser's follow cookie.
 pub(crate) const FOLLOW_COOKIE_SCHEME: &str = "follow_cookie";
 
@@ -134,6 +136,13 @@ impl Modify for SecuritySchemes {
             ))
             .build();
         components.add_security_scheme(PAIRING_JOINER_TOKEN, SecurityScheme::Http(joiner));
+        let paired = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The follow token a paired device got when its pairing completed.",
+            ))
+            .build();
+        components.add_security_scheme(PAIRED_FOLLOW_TOKEN, SecurityScheme::Http(paired));
     }
 }
 

@@ -24,6 +24,7 @@ use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sealcast_protocol::invite::decode_base64url;
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::pairing::{MAX_DEVICE_WRAPPED_LEN, MIN_DEVICE_WRAPPED_LEN, WRAPPED_KEY_LEN};
 use sealcast_protocol::pairing_api::{
     CommitmentBody, OpenPairingRequest, PairingId, PairingJoined, PairingOpened, PairingPurpose,
@@ -214,15 +215,18 @@ pub(crate) async fn wrapped_key(
             MIN_DEVICE_WRAPPED_LEN..=MAX_DEVICE_WRAPPED_LEN,
         )?,
     };
-    state
+    let joiner_public = state
         .pairings
         .expect_wrapped_key(id, session_id, Instant::now())
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
     // A second device of the clinician publishes with its own sign-in and
-    // never follows, so it gets no follow credential.
+    // never follows, so it gets no follow credential and no device id.
+    let device_id = DeviceId::of_joiner(&joiner_public);
     let follow_token = match purpose {
-        PairingPurpose::Patient => Some(store_follow_credential(&state, session_id).await?),
+        PairingPurpose::Patient => {
+            Some(store_follow_credential(&state, session_id, device_id).await?)
+        }
         PairingPurpose::ClinicianDevice => None,
     };
     let token_hash = follow_token.as_ref().map(Secret::hash);
@@ -235,11 +239,11 @@ pub(crate) async fn wrapped_key(
         .map_err(|rejected| reject(rejected, Some(id)))?;
 
     count_step("wrapped_key");
-    tracing::info!(%session_id, ?purpose, "device paired");
+    tracing::info!(%session_id, ?purpose, %device_id, "device paired");
     let mut event = audited::staff_event(Action::DevicePaired, &principal, peer_ip(peer.as_ref()))
         .session(session_id);
     if let Some(token_hash) = &token_hash {
-        event = event.digest_of(token_hash);
+        event = event.subject(device_id.to_string()).digest_of(token_hash);
     }
     audited::record(&state, event).await;
     Ok(StatusCode::NO_CONTENT)
@@ -600,10 +604,11 @@ fn status(view: SlotView) -> PairingStatus {
     }
 }
 
-/// Makes the joined device's follow credential and stores its hash.
+/// Makes the joined device's follow credential and stores its hash with the device id.
 async fn store_follow_credential(
     state: &AppState,
     session_id: SessionId,
+    device_id: DeviceId,
 ) -> Result<Secret, ApiError> {
     let token = random_token();
     let device = Redemption {
@@ -611,7 +616,7 @@ async fn store_follow_credential(
         credential_hash: token.hash(),
         created_at: now_millis(),
     };
-    match state.store.pair_device(device).await {
+    match state.store.pair_device(device, device_id).await {
         Ok(()) => Ok(token),
         Err(StoreError::SessionEnded { .. }) => {
             count_failure("session_ended");

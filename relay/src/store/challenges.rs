@@ -341,6 +341,6 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 8);
+        assert_eq!(version, crate::store::schema::SCHEMA_VERSION);
     }
 }

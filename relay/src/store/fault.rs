@@ -42,7 +42,9 @@ impl StoreFault {
             | StoreError::BrowsersExhausted { .. }
             | StoreError::SessionEnded { .. }
             | StoreError::InviteChallengeRejected { .. }
-            | StoreError::InviteChallengesFull => StoreFault::Rejected,
+            | StoreError::InviteChallengesFull
+            | StoreError::UnknownPairedDevice { .. }
+            | StoreError::StalePairedKey { .. } => StoreFault::Rejected,
             _ => StoreFault::Other,
         }
     }

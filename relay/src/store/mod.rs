@@ -11,7 +11,7 @@
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
-//! | [`paired`] | devices that joined by pairing, and their follow credentials |
+//! | [`paired`] | devices that joined by pairing, their follow credentials and later wrapped keys |
 //! | [`challenges`] | invite challenges, shared by every relay node on the data directory |
 //! | [`fault`] | classes of store failure for metrics and error reasons |
 //! | [`audit`] | audit entries, checkpoints, anchors and their append-only triggers |
@@ -37,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use rusqlite::{Connection, OpenFlags};
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -127,6 +128,20 @@ pub enum StoreError {
         /// Reason for the rejection.
         reason: ChallengeRejected,
     },
+    /// No paired device of the session has this device id.
+    #[error("no paired device {device_id} in this session")]
+    UnknownPairedDevice {
+        /// The device id.
+        device_id: DeviceId,
+    },
+    /// A wrapped key's epoch is older than the newest one stored for its device.
+    #[error("key epoch {key_epoch} is older than key epoch {newest}, which is already stored for this device")]
+    StalePairedKey {
+        /// Epoch of the rejected key.
+        key_epoch: u32,
+        /// Newest epoch stored for the device.
+        newest: u32,
+    },
     /// The store already contains the maximum of live invite challenges.
     #[error("store already contains {MAX_TOTAL} live invite challenges: retry once some expire")]
     InviteChallengesFull,
@@ -160,6 +175,8 @@ impl StoreError {
                 | StoreError::SessionEnded { .. }
                 | StoreError::InviteChallengeRejected { .. }
                 | StoreError::InviteChallengesFull
+                | StoreError::UnknownPairedDevice { .. }
+                | StoreError::StalePairedKey { .. }
         )
     }
 
@@ -217,6 +234,17 @@ pub(crate) struct SessionRecord {
 pub(crate) struct Redemption {
     pub(crate) session_id: SessionId,
     pub(crate) credential_hash: CredentialHash,
+    pub(crate) created_at: i64,
+}
+
+/// A wrapped key of a later key epoch for one paired device.
+#[derive(Debug, Clone)]
+pub(crate) struct PairedKey {
+    pub(crate) session_id: SessionId,
+    pub(crate) device_id: DeviceId,
+    pub(crate) key_epoch: u32,
+    /// The 112-byte wrapped key, which names `key_epoch` in its first 4 bytes.
+    pub(crate) wrapped_key: Vec<u8>,
     pub(crate) created_at: i64,
 }
 
@@ -353,10 +381,63 @@ impl Store {
             .await
     }
 
-    /// Stores a paired device's follow credential if the session is open.
-    /// Fails with [`StoreError::SessionEnded`] otherwise.
-    pub(crate) async fn pair_device(&self, device: Redemption) -> Result<(), StoreError> {
-        self.write(|done| WriteOp::PairDevice { device, done })
+    /// Stores a paired device's follow credential with its device id if the
+    /// session is open. Fails with [`StoreError::SessionEnded`] otherwise.
+    pub(crate) async fn pair_device(
+        &self,
+        device: Redemption,
+        device_id: DeviceId,
+    ) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::PairDevice {
+            device,
+            device_id,
+            done,
+        })
+        .await
+    }
+
+    /// Stores a wrapped key for a paired device. Fails with
+    /// [`StoreError::UnknownPairedDevice`], [`StoreError::SessionEnded`] or
+    /// [`StoreError::StalePairedKey`], checked in the same transaction.
+    pub(crate) async fn store_paired_key(&self, key: PairedKey) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::StorePairedKey { key, done })
+            .await
+    }
+
+    /// Deletes a paired device's follow credential and wrapped keys. Fails
+    /// with [`StoreError::UnknownPairedDevice`] when the session has no such device.
+    pub(crate) async fn remove_paired_device(
+        &self,
+        session_id: SessionId,
+        device_id: DeviceId,
+    ) -> Result<(), StoreError> {
+        self.write(|done| WriteOp::RemovePairedDevice {
+            session_id,
+            device_id,
+            done,
+        })
+        .await
+    }
+
+    /// Looks up the session and device id of a paired device's follow
+    /// credential by its hash, comparing in constant time.
+    pub(crate) async fn paired_device(
+        &self,
+        credential_hash: CredentialHash,
+    ) -> Result<Option<(SessionRecord, Option<DeviceId>)>, StoreError> {
+        self.read(move |conn| paired::device_by_credential(conn, &credential_hash))
+            .await
+    }
+
+    /// Returns a paired device's stored wrapped keys of epochs after `after`
+    /// (all of them for `None`), oldest first.
+    pub(crate) async fn paired_keys_after(
+        &self,
+        session_id: SessionId,
+        device_id: DeviceId,
+        after: Option<u32>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(move |conn| paired::keys_after(conn, &session_id, &device_id, after))
             .await
     }
 

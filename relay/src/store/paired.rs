@@ -1,16 +1,20 @@
 //! Devices that joined a session by pairing: one row per device with the
-//! SHA-256 hash of its follow credential, which it sends as a bearer token.
+//! SHA-256 hash of its follow credential, which it sends as a bearer token,
+//! and its device id. The wrapped keys of later key epochs that the clinician
+//! device posts for a device are in `paired_device_keys`.
 //!
 //! Unlike browsers, paired devices take no place of the session's
 //! `max_browsers`: the clinician device confirmed each one by its pairing
-//! code. Ending the session deletes its rows in the same transaction.
+//! code. Ending the session deletes its rows and wrapped keys in the same
+//! transaction, and removing a device deletes its row and wrapped keys.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+use sealcast_protocol::paired_keys::{DeviceId, DEVICE_ID_LEN, MAX_STORED_KEYS_PER_DEVICE};
 use sealcast_protocol::SessionId;
 
-use super::reader::session_by_credential_hash;
-use super::{Redemption, SessionRecord, StoreError};
-use crate::credentials::CredentialHash;
+use super::reader::{session_by_credential_hash, session_by_id};
+use super::{PairedKey, Redemption, SessionRecord, StoreError};
+use crate::credentials::{hashes_match, CredentialHash};
 
 /// Schema migration that adds the table.
 pub(super) const MIGRATION: &str = "CREATE TABLE paired_devices (
@@ -21,12 +25,33 @@ pub(super) const MIGRATION: &str = "CREATE TABLE paired_devices (
 
     CREATE INDEX paired_devices_by_session ON paired_devices (session_id);";
 
-/// Inserts a paired device's credential when the session is open.
-pub(super) fn insert(conn: &Connection, device: &Redemption) -> Result<(), StoreError> {
+/// Schema migration that adds device ids and the wrapped keys of later
+/// epochs. Devices paired before it have no id, so they get no later keys
+/// and cannot be removed one by one.
+pub(super) const KEYS_MIGRATION: &str = "ALTER TABLE paired_devices ADD COLUMN device_id BLOB;
+
+    CREATE UNIQUE INDEX paired_devices_by_device_id
+        ON paired_devices (session_id, device_id) WHERE device_id IS NOT NULL;
+
+    CREATE TABLE paired_device_keys (
+        session_id BLOB NOT NULL REFERENCES sessions (session_id),
+        device_id BLOB NOT NULL,
+        key_epoch INTEGER NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (session_id, device_id, key_epoch)
+    ) WITHOUT ROWID;";
+
+/// Inserts a paired device's credential and device id when the session is open.
+pub(super) fn insert(
+    conn: &Connection,
+    device: &Redemption,
+    device_id: &DeviceId,
+) -> Result<(), StoreError> {
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO paired_devices (credential_hash, session_id, created_at)
-             SELECT ?1, ?2, ?3
+            "INSERT INTO paired_devices (credential_hash, session_id, created_at, device_id)
+             SELECT ?1, ?2, ?3, ?4
              WHERE EXISTS (SELECT 1 FROM sessions WHERE session_id = ?2 AND ended_at IS NULL)",
         )
         .and_then(|mut statement| {
@@ -34,6 +59,7 @@ pub(super) fn insert(conn: &Connection, device: &Redemption) -> Result<(), Store
                 device.credential_hash.as_slice(),
                 device.session_id.as_bytes().as_slice(),
                 device.created_at,
+                device_id.0.as_slice(),
             ])
         })
         .map_err(StoreError::sqlite("store a paired device's credential"))?;
@@ -46,7 +72,7 @@ pub(super) fn insert(conn: &Connection, device: &Redemption) -> Result<(), Store
     }
 }
 
-/// Deletes every paired device credential of a session, when it ends.
+/// Deletes every paired device credential and wrapped key of a session, when it ends.
 pub(super) fn delete_for_session(
     conn: &Connection,
     session_id: &SessionId,
@@ -54,7 +80,174 @@ pub(super) fn delete_for_session(
     conn.prepare_cached("DELETE FROM paired_devices WHERE session_id = ?1")
         .and_then(|mut statement| statement.execute(params![session_id.as_bytes().as_slice()]))
         .map_err(StoreError::sqlite("delete a session's paired devices"))?;
+    conn.prepare_cached("DELETE FROM paired_device_keys WHERE session_id = ?1")
+        .and_then(|mut statement| statement.execute(params![session_id.as_bytes().as_slice()]))
+        .map_err(StoreError::sqlite("delete a session's wrapped keys"))?;
     Ok(())
+}
+
+/// Stores a wrapped key for a paired device of an open session. Rejects an
+/// unknown device, an ended session and an epoch older than the newest one
+/// stored for the device. The same epoch replaces the stored key, so a
+/// clinician device may retry a post. Keeps only the newest
+/// [`MAX_STORED_KEYS_PER_DEVICE`] keys of the device.
+pub(super) fn insert_key(conn: &Connection, key: &PairedKey) -> Result<(), StoreError> {
+    let session = key.session_id.as_bytes().as_slice();
+    let device = key.device_id.0.as_slice();
+    let open =
+        session_by_id(conn, &key.session_id)?.is_some_and(|record| record.ended_at.is_none());
+    if !open {
+        return Err(StoreError::SessionEnded {
+            session_id: key.session_id,
+        });
+    }
+    let known: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM paired_devices WHERE session_id = ?1 AND device_id = ?2")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![session, device], |row| row.get(0))
+                .optional()
+        })
+        .map_err(StoreError::sqlite("look up a paired device"))?;
+    if known.is_none() {
+        return Err(StoreError::UnknownPairedDevice {
+            device_id: key.device_id,
+        });
+    }
+    let newest: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(key_epoch) FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2",
+        )
+        .and_then(|mut statement| statement.query_row(params![session, device], |row| row.get(0)))
+        .map_err(StoreError::sqlite("read a paired device's newest key epoch"))?;
+    if let Some(newest) = newest.and_then(|newest| u32::try_from(newest).ok()) {
+        if key.key_epoch < newest {
+            return Err(StoreError::StalePairedKey {
+                key_epoch: key.key_epoch,
+                newest,
+            });
+        }
+    }
+
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO paired_device_keys
+             (session_id, device_id, key_epoch, wrapped_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            session,
+            device,
+            key.key_epoch,
+            key.wrapped_key.as_slice(),
+            key.created_at
+        ])
+    })
+    .map_err(StoreError::sqlite("store a wrapped key"))?;
+    conn.prepare_cached(
+        "DELETE FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2
+         AND key_epoch NOT IN (SELECT key_epoch FROM paired_device_keys
+             WHERE session_id = ?1 AND device_id = ?2 ORDER BY key_epoch DESC LIMIT ?3)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![session, device, MAX_STORED_KEYS_PER_DEVICE as i64])
+    })
+    .map_err(StoreError::sqlite(
+        "drop a paired device's oldest wrapped keys",
+    ))?;
+    Ok(())
+}
+
+/// Deletes a paired device's credential and wrapped keys. Rejects an
+/// unknown device.
+pub(super) fn remove(
+    conn: &Connection,
+    session_id: &SessionId,
+    device_id: &DeviceId,
+) -> Result<(), StoreError> {
+    let session = session_id.as_bytes().as_slice();
+    let device = device_id.0.as_slice();
+    let removed = conn
+        .prepare_cached("DELETE FROM paired_devices WHERE session_id = ?1 AND device_id = ?2")
+        .and_then(|mut statement| statement.execute(params![session, device]))
+        .map_err(StoreError::sqlite("remove a paired device"))?;
+    if removed == 0 {
+        return Err(StoreError::UnknownPairedDevice {
+            device_id: *device_id,
+        });
+    }
+    conn.prepare_cached("DELETE FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2")
+        .and_then(|mut statement| statement.execute(params![session, device]))
+        .map_err(StoreError::sqlite("delete a paired device's wrapped keys"))?;
+    Ok(())
+}
+
+/// A `paired_devices` row: credential hash, session id and device id.
+type CredentialRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// Looks up the session and device id of a paired device's credential. The
+/// device id is `None` for a device paired before device ids were stored.
+pub(super) fn device_by_credential(
+    conn: &Connection,
+    credential_hash: &CredentialHash,
+) -> Result<Option<(SessionRecord, Option<DeviceId>)>, StoreError> {
+    let row: Option<CredentialRow> = conn
+        .prepare_cached(
+            "SELECT credential_hash, session_id, device_id FROM paired_devices
+             WHERE credential_hash = ?1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![credential_hash.as_slice()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(StoreError::sqlite("look up a paired device's credential"))?;
+    let Some((stored_hash, session_id, device_id)) = row else {
+        return Ok(None);
+    };
+    if !hashes_match(&stored_hash, credential_hash) {
+        return Ok(None);
+    }
+    let session_id =
+        <[u8; 16]>::try_from(session_id).map_err(|_| StoreError::Corrupt { what: "session id" })?;
+    let device_id = device_id
+        .map(|bytes| {
+            <[u8; DEVICE_ID_LEN]>::try_from(bytes)
+                .map(DeviceId)
+                .map_err(|_| StoreError::Corrupt { what: "device id" })
+        })
+        .transpose()?;
+    Ok(session_by_id(conn, &SessionId(session_id))?.map(|record| (record, device_id)))
+}
+
+/// Returns a paired device's wrapped keys of epochs after `after`, oldest first.
+pub(super) fn keys_after(
+    conn: &Connection,
+    session_id: &SessionId,
+    device_id: &DeviceId,
+    after: Option<u32>,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let after = after.map_or(-1, i64::from);
+    conn.prepare_cached(
+        "SELECT wrapped_key FROM paired_device_keys
+         WHERE session_id = ?1 AND device_id = ?2 AND key_epoch > ?3
+         ORDER BY key_epoch",
+    )
+    .and_then(|mut statement| {
+        statement
+            .query_map(
+                params![
+                    session_id.as_bytes().as_slice(),
+                    device_id.0.as_slice(),
+                    after
+                ],
+                |row| row.get(0),
+            )?
+            .collect()
+    })
+    .map_err(StoreError::sqlite("read a paired device's wrapped keys"))
 }
 
 /// Looks up the session a paired device's credential belongs to.

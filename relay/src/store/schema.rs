@@ -216,6 +216,8 @@ const MIGRATIONS: &[&str] = &[
     // Version 8: invite challenges, which every relay node on the data
     // directory shares.
     super::challenges::MIGRATION,
+    // Version 9: paired device ids and the wrapped keys of later key epochs.
+    super::paired::KEYS_MIGRATION,
 ];
 
 /// The at-rest migration: stores the wrapped data key and seals every

@@ -1,5 +1,6 @@
 use std::sync::{Arc, Mutex};
 
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -770,4 +771,142 @@ fn nodes_opening_new_database_together_migrate_once() {
         schema::schema_version(&conn).unwrap(),
         schema::SCHEMA_VERSION
     );
+}
+
+fn paired_key(session_id: SessionId, device: u8, key_epoch: u32) -> PairedKey {
+    let mut wrapped_key = vec![device; 112];
+    wrapped_key[..4].copy_from_slice(&key_epoch.to_be_bytes());
+    PairedKey {
+        session_id,
+        device_id: DeviceId([device; 8]),
+        key_epoch,
+        wrapped_key,
+        created_at: 1_700_000_002_000,
+    }
+}
+
+/// Returns the epochs of a device's stored keys after `after`.
+async fn stored_epochs(
+    store: &Store,
+    session_id: SessionId,
+    device: u8,
+    after: Option<u32>,
+) -> Vec<u32> {
+    store
+        .paired_keys_after(session_id, DeviceId([device; 8]), after)
+        .await
+        .unwrap()
+        .iter()
+        .map(|key| u32::from_be_bytes(key[..4].try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn paired_keys_keep_newest_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    store
+        .pair_device(redemption(session_id, 20), DeviceId([1; 8]))
+        .await
+        .unwrap();
+
+    let unknown = store.store_paired_key(paired_key(session_id, 2, 1)).await;
+    assert!(
+        matches!(unknown, Err(StoreError::UnknownPairedDevice { .. })),
+        "{unknown:?}"
+    );
+    for epoch in 1..=6 {
+        store
+            .store_paired_key(paired_key(session_id, 1, epoch))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        stored_epochs(&store, session_id, 1, None).await,
+        [3, 4, 5, 6]
+    );
+    assert_eq!(stored_epochs(&store, session_id, 1, Some(4)).await, [5, 6]);
+    assert!(stored_epochs(&store, session_id, 1, Some(6))
+        .await
+        .is_empty());
+
+    let stale = store.store_paired_key(paired_key(session_id, 1, 5)).await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::StalePairedKey {
+                key_epoch: 5,
+                newest: 6
+            })
+        ),
+        "{stale:?}"
+    );
+    // The newest epoch again replaces its key, so a retried post succeeds.
+    store
+        .store_paired_key(paired_key(session_id, 1, 6))
+        .await
+        .unwrap();
+
+    let (record, device_id) = store.paired_device([20; 32]).await.unwrap().unwrap();
+    assert_eq!(record.session_id, session_id);
+    assert_eq!(device_id, Some(DeviceId([1; 8])));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn removing_paired_device_revokes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    store
+        .pair_device(redemption(session_id, 20), DeviceId([1; 8]))
+        .await
+        .unwrap();
+    store
+        .pair_device(redemption(session_id, 21), DeviceId([2; 8]))
+        .await
+        .unwrap();
+    for device in [1, 2] {
+        store
+            .store_paired_key(paired_key(session_id, device, 1))
+            .await
+            .unwrap();
+    }
+
+    store
+        .remove_paired_device(session_id, DeviceId([1; 8]))
+        .await
+        .unwrap();
+    assert!(store.paired_device([20; 32]).await.unwrap().is_none());
+    assert!(stored_epochs(&store, session_id, 1, None).await.is_empty());
+    assert_eq!(stored_epochs(&store, session_id, 2, None).await, [1]);
+    let again = store
+        .remove_paired_device(session_id, DeviceId([1; 8]))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::UnknownPairedDevice { .. })),
+        "{again:?}"
+    );
+    let late = store.store_paired_key(paired_key(session_id, 1, 2)).await;
+    assert!(
+        matches!(late, Err(StoreError::UnknownPairedDevice { .. })),
+        "{late:?}"
+    );
+
+    end(&store, session_id).await.unwrap();
+    assert!(store.paired_device([21; 32]).await.unwrap().is_none());
+    assert!(stored_epochs(&store, session_id, 2, None).await.is_empty());
+    let ended = store.store_paired_key(paired_key(session_id, 2, 2)).await;
+    assert!(
+        matches!(ended, Err(StoreError::SessionEnded { .. })),
+        "{ended:?}"
+    );
+    store.close().await;
 }

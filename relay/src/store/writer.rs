@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, TransactionBehavior};
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
 
@@ -22,7 +23,7 @@ use super::challenges::{self, NewChallenge, PresentedChallenge};
 use super::fault::StoreFault;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{browsers, paired};
-use super::{FrameRecord, NewSession, Redemption, StoreError};
+use super::{FrameRecord, NewSession, PairedKey, Redemption, StoreError};
 use crate::at_rest::{DataKeys, FrameCiphers};
 use crate::audit::AuditBatch;
 use crate::metrics::{
@@ -82,9 +83,18 @@ pub(crate) enum WriteOp {
         redemption: Redemption,
         done: Completion,
     },
-    /// Store a paired device's follow credential if the session is open.
+    /// Store a paired device's follow credential and device id if the session is open.
     PairDevice {
         device: Redemption,
+        device_id: DeviceId,
+        done: Completion,
+    },
+    /// Store a wrapped key of a later epoch for a paired device.
+    StorePairedKey { key: PairedKey, done: Completion },
+    /// Delete a paired device's follow credential and wrapped keys.
+    RemovePairedDevice {
+        session_id: SessionId,
+        device_id: DeviceId,
         done: Completion,
     },
     /// Store an invite challenge, within the limits on live challenges.
@@ -127,6 +137,8 @@ impl WriteOp {
             | WriteOp::AppendFrame { done, .. }
             | WriteOp::RedeemInvite { done, .. }
             | WriteOp::PairDevice { done, .. }
+            | WriteOp::StorePairedKey { done, .. }
+            | WriteOp::RemovePairedDevice { done, .. }
             | WriteOp::IssueChallenge { done, .. }
             | WriteOp::TakeChallenge { done, .. }
             | WriteOp::EndSession { done, .. }
@@ -388,7 +400,15 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
-        WriteOp::PairDevice { device, .. } => paired::insert(conn, device),
+        WriteOp::PairDevice {
+            device, device_id, ..
+        } => paired::insert(conn, device, device_id),
+        WriteOp::StorePairedKey { key, .. } => paired::insert_key(conn, key),
+        WriteOp::RemovePairedDevice {
+            session_id,
+            device_id,
+            ..
+        } => paired::remove(conn, session_id, device_id),
         WriteOp::IssueChallenge { challenge, .. } => challenges::insert(conn, challenge),
         WriteOp::TakeChallenge { presented, .. } => challenges::take(conn, presented),
         WriteOp::EndSession {

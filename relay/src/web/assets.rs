@@ -72,6 +72,7 @@ pub(crate) static JOIN: Page = Page {
         &asset!("json-request.js", JAVASCRIPT),
         &asset!("json.js", JAVASCRIPT),
         &asset!("opener.js", JAVASCRIPT),
+        &asset!("paired-keys.js", JAVASCRIPT),
         &asset!("pairing.js", JAVASCRIPT),
         &asset!("pairing-relay.js", JAVASCRIPT),
         &asset!("pairing-view.js", JAVASCRIPT),

@@ -26,10 +26,11 @@ function bucketFor(length) {
   throw new Error(`content of ${length} bytes does not fit any bucket`);
 }
 
-function encodeHeader({ kind, bucket, sessionId, streamId, seq, finalCount, prevHash }) {
+function encodeHeader({ kind, bucket, keyEpoch, sessionId, streamId, seq, finalCount, prevHash }) {
   const header = new Uint8Array(HEADER_LEN);
   const view = new DataView(header.buffer);
   header.set([1, kind, bucket, 0]);
+  view.setUint32(4, keyEpoch);
   header.set(sessionId, 8);
   header.set(streamId, 24);
   view.setBigUint64(40, seq);
@@ -86,13 +87,21 @@ export class TestStream {
   #prevHash = new Uint8Array(32);
   #firstUnsigned = 0n;
   #unsignedHashes = [];
+  #keyEpoch = 0;
 
   /**
    * Starts a stream. `firstPrevHash` replaces the zero hash of frame 0, to build a frame that
-   * a correct sender never seals.
+   * a correct sender never seals. `keyEpoch` is the key epoch of `sessionKeyBytes`.
    */
-  static async create(sessionKeyBytes, sessionId, streamId, firstPrevHash = new Uint8Array(32)) {
+  static async create(
+    sessionKeyBytes,
+    sessionId,
+    streamId,
+    firstPrevHash = new Uint8Array(32),
+    keyEpoch = 0,
+  ) {
     const stream = new TestStream();
+    stream.#keyEpoch = keyEpoch;
     stream.#key = await deriveSealingKey(sessionKeyBytes, sessionId, streamId);
     stream.#sessionId = sessionId;
     stream.#streamId = streamId;
@@ -132,7 +141,7 @@ export class TestStream {
       header: {
         sessionId: this.#sessionId,
         streamId: this.#streamId,
-        keyEpoch: 0,
+        keyEpoch: this.#keyEpoch,
         seq: this.#seq,
         kind,
         finalCount: this.#finalCount + (kind === 3 ? 1n : 0n),
@@ -163,6 +172,7 @@ export class TestStream {
     const header = encodeHeader({
       kind,
       bucket,
+      keyEpoch: this.#keyEpoch,
       sessionId: this.#sessionId,
       streamId: this.#streamId,
       seq: this.#seq,

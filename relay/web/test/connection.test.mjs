@@ -557,3 +557,93 @@ test('paired page stops after refused upgrades', LIMIT, async () => {
   assert.equal(relay.upgrades.length, MAX_PAIRED_REFUSALS);
   assert.deepEqual(relay.requests, [], 'a paired page sent an invite request');
 });
+
+test('paired page opens later epoch after its key', LIMIT, async () => {
+  const laterKeyBytes = randomBytes(32);
+  const first = await TestStream.create(keyBytes, sessionId, randomBytes(16));
+  const rotated = await TestStream.create(
+    laterKeyBytes,
+    sessionId,
+    randomBytes(16),
+    new Uint8Array(32),
+    1,
+  );
+  const frames = [
+    await first.sealSegment(segment(1, 1, true)),
+    await rotated.sealSegment(segment(2, 1, true)),
+    await rotated.sealSegment(segment(3, 1, true)),
+    await rotated.sealEnd(2),
+  ];
+  let sent;
+  const allSent = new Promise((resolve) => (sent = resolve));
+  const relay = await startRelay({
+    follow: (socket) => {
+      socket.sendText(welcome());
+      frames.forEach((frame, offset) => socket.sendBinary(delivery(offset, frame)));
+      sent();
+    },
+  });
+  relay.cookie = 'follow=paired';
+  const env = browserEnv(relay);
+  env.jar.cookie = relay.cookie;
+  const record = recordingListener();
+  const session = new FollowSession({
+    token: null,
+    sessionKey,
+    fingerprint,
+    inviteAuthKey: null,
+    sessionId: sessionIdHex,
+    env: env.env,
+    listener: record.listener,
+  });
+  const running = session.run({ socketFirst: true });
+
+  await allSent;
+  // Frames of key epoch 1 wait for their key instead of counting as failed.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.deepEqual(record.segments, ['1.1f']);
+  assert.equal(record.ended, 0);
+  assert.ok(record.notices.every((notice) => notice.failed === 0), 'a frame counted as failed');
+
+  session.addKey(1, await importSessionKey(laterKeyBytes));
+  await running;
+  assert.deepEqual(record.segments, ['1.1f', '2.1f', '3.1f']);
+  assert.equal(record.ended, 1);
+});
+
+test('page with a later epoch key skips fingerprint check', LIMIT, async () => {
+  const laterKeyBytes = randomBytes(32);
+  const rotated = await TestStream.create(
+    laterKeyBytes,
+    sessionId,
+    randomBytes(16),
+    new Uint8Array(32),
+    3,
+  );
+  const frames = [await rotated.sealSegment(segment(1, 1, true)), await rotated.sealEnd(1)];
+  const relay = await startRelay({
+    follow: (socket) => {
+      socket.sendText(welcome());
+      frames.forEach((frame, offset) => socket.sendBinary(delivery(offset, frame)));
+    },
+  });
+  relay.cookie = 'follow=paired';
+  const env = browserEnv(relay);
+  env.jar.cookie = relay.cookie;
+  const record = recordingListener();
+  const laterKey = await importSessionKey(laterKeyBytes);
+  const session = new FollowSession({
+    token: null,
+    sessionKey: laterKey,
+    fingerprint: await deriveFingerprint(laterKey),
+    inviteAuthKey: null,
+    sessionId: sessionIdHex,
+    keyEpoch: 3,
+    env: env.env,
+    listener: record.listener,
+  });
+  await session.run({ socketFirst: true });
+  assert.deepEqual(record.failures, []);
+  assert.deepEqual(record.segments, ['1.1f']);
+  assert.equal(record.ended, 1);
+});
