@@ -246,22 +246,19 @@ async fn serve_demo(config: Config) -> Result<(), DemoError> {
     };
     session.print_invitation();
 
-    let streaming = tokio::select! {
-        result = session.stream_forever() => Some(result),
-        result = wait_for_stop(&handle, &mut signals) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "failed to listen for signals: stopping");
+    let stop_result = {
+        let stopped = wait_for_stop(&handle, &mut signals);
+        tokio::pin!(stopped);
+        match session.stream_until(&mut stopped).await {
+            Ok(stop_result) => stop_result,
+            Err(error) => {
+                tracing::error!(%error, "demo streaming stopped: the relay keeps running");
+                stopped.await
             }
-            None
         }
     };
-    if let Some(result) = streaming {
-        if let Err(error) = result {
-            tracing::error!(%error, "demo streaming stopped: the relay keeps running");
-        }
-        if let Err(error) = wait_for_stop(&handle, &mut signals).await {
-            tracing::error!(%error, "failed to listen for signals: stopping");
-        }
+    if let Err(error) = stop_result {
+        tracing::error!(%error, "failed to listen for signals: stopping");
     }
     if let Err(error) = session.end().await {
         tracing::error!(%error, "failed to end the demo session");

@@ -7,6 +7,7 @@
 //! through the same client library, TLS connection and DPoP proofs as a
 //! clinician device would.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,19 +161,33 @@ impl DemoSession {
     }
 
     /// Publishes the sample with interim revisions, again and again, until
-    /// the task is cancelled. Each pass is a new stream, as a new recording
-    /// run on a device would be.
-    pub async fn stream_forever(&self) -> Result<(), DemoError> {
+    /// `stop` completes, and returns its output. Each pass is a new stream,
+    /// as a new recording run on a device would be. A stop between two
+    /// segments closes the current stream with a signed checkpoint first, so
+    /// followers see every stream of the demo signed to its last frame.
+    pub async fn stream_until<F>(&self, stop: &mut F) -> Result<F::Output, DemoError>
+    where
+        F: Future + Unpin,
+    {
         let segments = sample_segments()?;
         loop {
             let mut publisher = self.publisher().await?;
             let mut pacer = Pacer::new(Pace::REALTIME);
             for segment in &segments {
-                pacer.wait_for(segment).await;
+                tokio::select! {
+                    () = pacer.wait_for(segment) => {}
+                    output = &mut *stop => {
+                        publisher.finish().await?;
+                        return Ok(output);
+                    }
+                }
                 publisher.publish(segment).await?;
             }
             publisher.finish().await?;
-            tokio::time::sleep(PAUSE_BETWEEN_PASSES).await;
+            tokio::select! {
+                () = tokio::time::sleep(PAUSE_BETWEEN_PASSES) => {}
+                output = &mut *stop => return Ok(output),
+            }
         }
     }
 
