@@ -10,9 +10,9 @@
 //! is recognised: when a process can take the lock, no publisher runs,
 //! whatever the files contain.
 //!
-//! Another command sends a request by writing a file `end-<id>.request` or
-//! `rotate-<id>.request` into the directory, where `<id>` is 16 random hex
-//! digits. The publisher scans the directory every [`POLL_INTERVAL`] and
+//! Another command sends a request by writing a file `end-<id>.request`,
+//! `stop-<id>.request` or `rotate-<id>.request` into the directory, where
+//! `<id>` is 16 random hex digits. The publisher scans the directory every [`POLL_INTERVAL`] and
 //! confirms a rotation with `rotate-<id>.done`, which contains the new key
 //! epoch. No file contains key material. On Unix the directory is mode 0700
 //! and its files 0600, so other local users can neither send requests nor
@@ -39,6 +39,7 @@ const REQUEST_EXTENSION: &str = "request";
 const DONE_EXTENSION: &str = "done";
 const END_PREFIX: &str = "end-";
 const ROTATE_PREFIX: &str = "rotate-";
+const STOP_PREFIX: &str = "stop-";
 /// Hex digits of the random part of a request name.
 const REQUEST_ID_DIGITS: usize = 16;
 
@@ -47,6 +48,9 @@ const REQUEST_ID_DIGITS: usize = 16;
 pub enum ControlRequest {
     /// End the session as `sealcast publish --end` does.
     End,
+    /// Close the stream with a signed checkpoint and stop publishing, but
+    /// keep the session and its key, because another device takes it over.
+    Stop,
     /// Rotate the session key as SIGUSR1 does, then confirm it under `id`.
     Rotate {
         /// Request name without extension, for example `rotate-0123456789abcdef`.
@@ -59,6 +63,8 @@ pub enum ControlRequest {
 pub enum RequestKind {
     /// See [`ControlRequest::End`].
     End,
+    /// See [`ControlRequest::Stop`].
+    Stop,
     /// See [`ControlRequest::Rotate`].
     Rotate,
 }
@@ -243,8 +249,9 @@ impl ControlChannel {
     }
 
     /// Scans the directory for one request, deleting invalid request files
-    /// on the way. End requests come first, so that a rotation requested at
-    /// the same time is not done in vain.
+    /// on the way. End requests come first, then stop requests, so that a
+    /// rotation requested at the same time is not done in vain. A stop
+    /// request file is deleted when it is taken.
     fn take_request(&self) -> Result<Option<ControlRequest>, ClientError> {
         let mut requests = Vec::new();
         for (path, name) in list_files(&self.lock.dir)? {
@@ -255,7 +262,7 @@ impl ControlChannel {
             match parse_request_name(&name) {
                 Some(request) => requests.push((path, request)),
                 None => {
-                    tracing::warn!(path = %path.display(), "deleting an invalid control request: expected end-ID.request or rotate-ID.request with a 16-digit hex ID");
+                    tracing::warn!(path = %path.display(), "deleting an invalid control request: expected end-ID.request, stop-ID.request or rotate-ID.request with a 16-digit hex ID");
                     remove_if_present(&path)?;
                 }
             }
@@ -265,6 +272,14 @@ impl ControlChannel {
             .any(|(_, request)| *request == ControlRequest::End);
         if end {
             return Ok(Some(ControlRequest::End));
+        }
+        if let Some(index) = requests
+            .iter()
+            .position(|(_, request)| *request == ControlRequest::Stop)
+        {
+            let (path, request) = requests.swap_remove(index);
+            remove_if_present(&path)?;
+            return Ok(Some(request));
         }
         // Names are random, so the order among rotations does not matter.
         match requests.pop() {
@@ -308,6 +323,7 @@ pub fn send_request(
 ) -> Result<String, ClientError> {
     let prefix = match kind {
         RequestKind::End => END_PREFIX,
+        RequestKind::Stop => STOP_PREFIX,
         RequestKind::Rotate => ROTATE_PREFIX,
     };
     let id = format!("{prefix}{:016x}", rand::random::<u64>());
@@ -361,10 +377,12 @@ pub fn describe_process(pid: Option<u32>) -> String {
 /// Parses a request file name.
 fn parse_request_name(name: &str) -> Option<ControlRequest> {
     let id = name.strip_suffix(&format!(".{REQUEST_EXTENSION}"))?;
-    let (is_end, random) = if let Some(random) = id.strip_prefix(END_PREFIX) {
-        (true, random)
+    let (kind, random) = if let Some(random) = id.strip_prefix(END_PREFIX) {
+        (RequestKind::End, random)
+    } else if let Some(random) = id.strip_prefix(STOP_PREFIX) {
+        (RequestKind::Stop, random)
     } else {
-        (false, id.strip_prefix(ROTATE_PREFIX)?)
+        (RequestKind::Rotate, id.strip_prefix(ROTATE_PREFIX)?)
     };
     let valid = random.len() == REQUEST_ID_DIGITS
         && random
@@ -373,10 +391,10 @@ fn parse_request_name(name: &str) -> Option<ControlRequest> {
     if !valid {
         return None;
     }
-    Some(if is_end {
-        ControlRequest::End
-    } else {
-        ControlRequest::Rotate { id: id.to_string() }
+    Some(match kind {
+        RequestKind::End => ControlRequest::End,
+        RequestKind::Stop => ControlRequest::Stop,
+        RequestKind::Rotate => ControlRequest::Rotate { id: id.to_string() },
     })
 }
 
@@ -434,6 +452,10 @@ mod tests {
             Some(ControlRequest::End)
         );
         assert_eq!(
+            parse_request_name("stop-0123456789abcdef.request"),
+            Some(ControlRequest::Stop)
+        );
+        assert_eq!(
             parse_request_name("rotate-0123456789abcdef.request"),
             Some(ControlRequest::Rotate {
                 id: "rotate-0123456789abcdef".into()
@@ -444,7 +466,8 @@ mod tests {
             "end-0123.request",
             "end-0123456789ABCDEF.request",
             "rotate-0123456789abcdef.done",
-            "stop-0123456789abcdef.request",
+            "stop-0123456789abcdef.done",
+            "pause-0123456789abcdef.request",
             "rotate-0123456789abcdeg.request",
         ] {
             assert_eq!(parse_request_name(invalid), None, "{invalid}");
@@ -511,6 +534,15 @@ mod tests {
         );
 
         send_request(&store, &session_id, RequestKind::Rotate).unwrap();
+        send_request(&store, &session_id, RequestKind::Stop).unwrap();
+        assert_eq!(channel.recv().await.unwrap(), ControlRequest::Stop);
+        // A stop request is taken once: the rotation comes next.
+        assert!(matches!(
+            channel.recv().await.unwrap(),
+            ControlRequest::Rotate { .. }
+        ));
+
+        send_request(&store, &session_id, RequestKind::Stop).unwrap();
         send_request(&store, &session_id, RequestKind::End).unwrap();
         assert_eq!(channel.recv().await.unwrap(), ControlRequest::End);
         channel.close_ended();

@@ -243,8 +243,9 @@ pub enum ClientError {
 
     /// Another publisher connection for the session replaced this one.
     #[error(
-        "another publisher connection replaced this one (close code 4007): stop the other \
-         `sealcast publish` or `sealcast session end` first"
+        "another publisher connection took the session over (close code 4007), for example \
+         the clinician's other device or `sealcast session end` run on another device: this \
+         publish stops. Start it again only if the session should be published from here"
     )]
     Replaced,
 

@@ -449,7 +449,7 @@ async fn self_endorsed_key_is_not_authored() {
     let (status, _, stderr) = follower.finish().await;
     assert_eq!(status.code(), Some(65), "{stderr:#?}");
     let forged_line = format!(
-        "warning: stream {forged_stream} is not verified complete: frames 0-3 not authored by device {first}; \
+        "warning: stream {forged_stream} is not verified complete: frames 0-3 not signed by device {first}; \
          the signature in frame 3 does not verify under device {first}"
     );
     assert!(
@@ -458,6 +458,73 @@ async fn self_endorsed_key_is_not_authored() {
     );
     assert!(
         !stderr.iter().any(|line| line.contains("endorsed by")),
+        "{stderr:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_stops_running_publish_signed() {
+    let clinic = Clinic::start().await;
+    let first = clinic.publisher();
+    let follower_home = tempfile::tempdir().unwrap();
+    let mut follower = clinic.follow(follower_home.path()).await;
+
+    // The first device still publishes from standard input when it hands
+    // the session over, with more lines than one checkpoint covers.
+    let mut publishing = CliProcess::spawn(clinic.home.path(), &["publish", "-"]);
+    publishing.wait_for_stderr("Publishing as process").await;
+    for index in 0..20u32 {
+        let start_ms = index * 1000;
+        let end_ms = start_ms + 900;
+        publishing
+            .write_line(&format!(
+                r#"{{"speaker":"doctor","start_ms":{start_ms},"end_ms":{end_ms},"text":"Line {index} from the first device."}}"#
+            ))
+            .await;
+    }
+    follower
+        .wait_for_stdout_count("from the first device", 20)
+        .await;
+
+    let (second_home, second) = sign_in_device(&clinic.relay, &clinic.email).await;
+    clinic.hand_over(second_home.path()).await;
+    let (status, _, stderr) = publishing.finish().await;
+    assert!(
+        status.success(),
+        "the first device's publish failed: {stderr:#?}"
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line.starts_with("Stopping: session ")
+                && line.contains("handed to another device")),
+        "{stderr:#?}"
+    );
+
+    let ended = CliProcess::spawn(second_home.path(), &["session", "end"]);
+    let (status, _, stderr) = ended.finish().await;
+    assert!(status.success(), "session end failed: {stderr:#?}");
+
+    let (status, _, stderr) = follower.finish().await;
+    assert!(status.success(), "follow failed: {stderr:#?}");
+    let verdicts = verdict_lines(&stderr);
+    // The first device's stream, and the stream of the second device's end frame.
+    assert_eq!(verdicts.len(), 2, "{stderr:#?}");
+    let by_first = format!(
+        "is complete and authored by device {}",
+        first.to_base64url()
+    );
+    let by_second = format!(
+        "is complete and authored by device {}, endorsed by device {}",
+        second.to_base64url(),
+        first.to_base64url()
+    );
+    assert!(
+        verdicts.iter().any(|line| line.ends_with(&by_first)),
+        "{stderr:#?}"
+    );
+    assert!(
+        verdicts.iter().any(|line| line.ends_with(&by_second)),
         "{stderr:#?}"
     );
 }

@@ -332,7 +332,7 @@ async fn stream_of_another_device_is_not_authored() {
         "{stderr:#?}"
     );
     let forged_line = format!(
-        "warning: stream {forged_stream} is not verified complete: frames 0-3 not authored by device {device}; \
+        "warning: stream {forged_stream} is not verified complete: frames 0-3 not signed by device {device}; \
          the signature in frame 3 does not verify under device {device}"
     );
     assert!(

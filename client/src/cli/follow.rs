@@ -36,7 +36,7 @@ const MAX_LINK_LINE: u64 = 64 * 1024;
 #[derive(Debug, Args)]
 #[command(
     after_help = "When the session ends, a line on stderr reports each stream: \
-    \"complete and authored by device KEY\", or which frames are not authored by that \
+    \"complete and authored by device KEY\", or which frames are not signed by that \
     device or missing. When the link carries the publisher key (publisher= in the \
     #fragment) and any stream is not verified complete, or no stream arrived, the \
     command exits with status 65 after the transcript. A link without a publisher key \

@@ -31,7 +31,7 @@ pub mod session;
 pub mod shell_docs;
 pub mod totp;
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -219,8 +219,10 @@ fn init_logging(verbose: u8) {
         }
     });
     // A second initialisation, as in tests that call `run` twice, keeps the first.
+    // Colour codes only on a terminal, so that redirected logs stay plain text.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_target(false)
         .try_init();

@@ -12,21 +12,28 @@
 //! links and pair patients.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use sealcast_protocol::authorship::{Endorsement, PublisherKey};
 use sealcast_protocol::pairing::{ClinicianPairing, Commitment, DeviceGrant, JoinerPairing};
 use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState};
+use sealcast_protocol::SessionId;
 use zeroize::Zeroizing;
 
 use super::pair::{decode_key, parse_opened_id, Confirmation, OfferArgs};
 use super::{absolute_path, open_key_store};
 use crate::auth::{BearerToken, SignedInDevice};
+use crate::control::{self, PublisherState, RequestKind};
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
-use crate::keystore::{now_unix_s, StoredSession};
+use crate::keystore::{now_unix_s, KeyStore, StoredSession};
 use crate::pairing::PairingApi;
 use crate::secret::SecretString;
+
+/// Maximum wait for a running `sealcast publish` on this device to sign its
+/// stream and stop after a hand-over.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `sealcast pair adopt`.
 // The field docs are the --help text, so they stay plain text, not rustdoc markup.
@@ -92,6 +99,37 @@ pub(super) async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result
         session.session_id,
         device_key.to_base64url()
     );
+    stop_local_publisher(&store, &session.session_id).await
+}
+
+/// Asks a `sealcast publish` of the session running on this device to close
+/// its stream with a signed checkpoint and stop, because the other device
+/// publishes from now on. Without it, the other device's publisher would
+/// take the publish socket over and cut the stream before its signature.
+async fn stop_local_publisher(store: &KeyStore, session_id: &SessionId) -> Result<(), ClientError> {
+    let PublisherState::Running { pid } = control::publisher_state(store, session_id)? else {
+        return Ok(());
+    };
+    let process = control::describe_process(pid);
+    let request = control::send_request(store, session_id, RequestKind::Stop)?;
+    stderr_line!("Asking the running `sealcast publish` ({process}) to sign its stream and stop.");
+    let stopped = super::session::wait_until_released(
+        store,
+        session_id,
+        &request,
+        &process,
+        "stop publishing to",
+        STOP_TIMEOUT,
+    )
+    .await;
+    match stopped {
+        Ok(()) => stderr_line!("{process} signed its stream and stopped publishing."),
+        // The hand-over itself is done, so this is a warning, not a failure.
+        Err(ClientError::ControlTimedOut { waited_s, .. }) => stderr_line!(
+            "warning: {process} did not stop publishing within {waited_s} s: stop it with Ctrl-C before the other device publishes, or its stream ends unsigned."
+        ),
+        Err(err) => return Err(err),
+    }
     Ok(())
 }
 

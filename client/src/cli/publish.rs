@@ -193,6 +193,15 @@ pub async fn run(args: PublishArgs, state_dir: Option<PathBuf>) -> Result<(), Cl
         }
     };
 
+    if sent.stop_requested {
+        stderr_line!(
+            "Stopping: session {} was handed to another device with `sealcast pair offer --device`, which publishes from here.",
+            session.session_id
+        );
+        let report = publisher.finish().await?;
+        print_report(&report, Some(sent.final_segments));
+        return Ok(());
+    }
     if sent.end_requested {
         stderr_line!(
             "Ending session {}, as `sealcast session end` requested.",
@@ -226,6 +235,8 @@ struct Sent {
     final_segments: u64,
     /// Whether `sealcast session end` requested the end before the input ended.
     end_requested: bool,
+    /// Whether a hand-over to another device stopped publishing before the input ended.
+    stop_requested: bool,
 }
 
 /// Sends every segment at its time, until the input ends or an end request
@@ -240,6 +251,7 @@ async fn send_all(
     let mut sent = Sent {
         final_segments: 0,
         end_requested: false,
+        stop_requested: false,
     };
     loop {
         // The waits are cancel-safe: a segment received from the channel
@@ -249,11 +261,10 @@ async fn send_all(
         let segment = tokio::select! {
             segment = source.next() => segment,
             request = rotation.requests.recv() => {
-                if rotation.handle(request?, publisher, session).await? == Flow::End {
-                    sent.end_requested = true;
-                    return Ok(sent);
+                match rotation.handle(request?, publisher, session).await? {
+                    Flow::Continue => continue,
+                    flow => return Ok(sent.stopped_by(flow)),
                 }
-                continue;
             }
         };
         let Some(segment) = segment else {
@@ -264,9 +275,9 @@ async fn send_all(
             tokio::select! {
                 () = pacer.wait_for(&segment) => break,
                 request = rotation.requests.recv() => {
-                    if rotation.handle(request?, publisher, session).await? == Flow::End {
-                        sent.end_requested = true;
-                        return Ok(sent);
+                    match rotation.handle(request?, publisher, session).await? {
+                        Flow::Continue => {}
+                        flow => return Ok(sent.stopped_by(flow)),
                     }
                 }
             }
@@ -276,11 +287,25 @@ async fn send_all(
     }
 }
 
+impl Sent {
+    /// Records the request that stopped publishing before the input ended.
+    fn stopped_by(mut self, flow: Flow) -> Sent {
+        match flow {
+            Flow::Continue => {}
+            Flow::End => self.end_requested = true,
+            Flow::Stop => self.stop_requested = true,
+        }
+        self
+    }
+}
+
 /// Whether publishing goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
     Continue,
     End,
+    /// The session was handed to another device: close the stream and stop.
+    Stop,
 }
 
 /// Key rotation while publishing: where requests come from and where the new key and link go.
@@ -316,6 +341,7 @@ impl Rotation<'_> {
                 Ok(Flow::Continue)
             }
             PublishRequest::Control(ControlRequest::End) => Ok(Flow::End),
+            PublishRequest::Control(ControlRequest::Stop) => Ok(Flow::Stop),
         }
     }
 

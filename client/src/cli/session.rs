@@ -352,7 +352,7 @@ async fn rotate(args: RotateArgs, state_dir: Option<PathBuf>) -> Result<(), Clie
         tokio::time::sleep(control::POLL_INTERVAL).await;
     };
     println!(
-        "Rotated the key of session {session_id} to key epoch {key_epoch}. {process} wrote the new invite link to its standard error, or to its --rotated-link-file."
+        "Rotated the key of session {session_id} to key epoch {key_epoch}. The running `sealcast publish` ({process}) printed the new invite link on its standard error, or wrote it to the file of its --rotated-link-file option."
     );
     Ok(())
 }
@@ -360,7 +360,7 @@ async fn rotate(args: RotateArgs, state_dir: Option<PathBuf>) -> Result<(), Clie
 /// Waits until no process holds the control lock of a session. On timeout
 /// the request is withdrawn, so that a publisher that recovers later does
 /// not act on it.
-async fn wait_until_released(
+pub(super) async fn wait_until_released(
     store: &KeyStore,
     session_id: &SessionId,
     request: &str,

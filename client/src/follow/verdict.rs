@@ -59,7 +59,7 @@ pub fn describe(
 fn describe_problem(problem: &Problem, device: &str) -> String {
     match problem {
         Problem::Unverified { first, last } => {
-            format!("{} not authored by {device}", frame_range(*first, *last))
+            format!("{} not signed by {device}", frame_range(*first, *last))
         }
         Problem::Missing {
             first,
@@ -192,7 +192,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains(&format!("frame 5 not authored by device {device}; ")),
+            line.contains(&format!("frame 5 not signed by device {device}; ")),
             "{line}"
         );
         assert!(

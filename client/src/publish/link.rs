@@ -92,8 +92,10 @@ impl Link {
             };
 
             let (reason, retry_after) = match failure {
+                // The caller gets the error and reports it, so it is logged
+                // here only for debugging.
                 Failure::Fatal(err) => {
-                    tracing::error!(session_id = %self.session_id, error = %err, "publishing stopped");
+                    tracing::debug!(session_id = %self.session_id, error = %err, "publishing stopped");
                     return Err(err);
                 }
                 Failure::Retry(reason) => (reason, None),
