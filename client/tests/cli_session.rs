@@ -359,6 +359,29 @@ async fn session_start_without_login_says_what_to_run() {
 }
 
 #[tokio::test]
+async fn session_start_defaults_to_the_signed_in_relay() {
+    let relay = TestRelay::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let output = run(sealcast(state.path()).args(["session", "start", "--no-qr"])).await;
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("this device is signed in to no relay"),
+        "{text}"
+    );
+
+    login(&relay, state.path()).await;
+    let output = run(sealcast(state.path()).args(["session", "start", "--no-qr"])).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with(relay.url.as_str()) && line.contains("/join?token=")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn login_whoami_logout() {
     let relay = TestRelay::start().await;
     let state = tempfile::tempdir().unwrap();

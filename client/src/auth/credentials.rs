@@ -189,6 +189,43 @@ impl KeyStore {
         Ok(Some(credentials))
     }
 
+    /// Returns the relays this device is signed in to, in URL order. A
+    /// credentials file that cannot be read is skipped with a warning,
+    /// because it names no relay this device can use.
+    pub fn signed_in_relays(&self) -> Result<Vec<Url>, ClientError> {
+        let dir = self.dir().join(DEVICES_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(ClientError::io("list directory", &dir, err)),
+        };
+        let mut relays = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|err| ClientError::io("list directory", &dir, err))?
+                .path();
+            if path.extension().and_then(|extension| extension.to_str()) != Some(DEVICE_EXTENSION) {
+                continue;
+            }
+            let record = std::fs::read(&path)
+                .ok()
+                .map(Zeroizing::new)
+                .and_then(|bytes| serde_json::from_slice::<DeviceRecord>(&bytes).ok())
+                .and_then(|record| record_to_credentials(&record).ok());
+            match record {
+                Some(credentials) if credentials.sign_in.is_some() => {
+                    relays.push(credentials.relay);
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(path = %path.display(), "skipping an unreadable device credentials file");
+                }
+            }
+        }
+        relays.sort();
+        Ok(relays)
+    }
+
     /// Reads the credentials of a relay, or makes a new device key for it.
     pub fn load_or_generate_device(
         &self,
@@ -379,6 +416,18 @@ mod tests {
         assert_eq!(sign_in.access_token.expose(), "access-secret-token");
         assert_eq!(sign_in.refresh_token.expose(), "refresh-secret-token");
         assert!(sign_in.access_seconds_left(now_unix_s()) > 890);
+    }
+
+    #[test]
+    fn signed_in_relays_skip_signed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(store.signed_in_relays().unwrap().is_empty());
+        signed_in(&store);
+        let other = Url::parse("https://relay.example:9443/").unwrap();
+        let signed_out = DeviceCredentials::generate(other, None).unwrap();
+        store.save_device(&signed_out).unwrap();
+        assert_eq!(store.signed_in_relays().unwrap(), vec![relay()]);
     }
 
     #[test]

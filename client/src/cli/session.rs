@@ -61,9 +61,10 @@ pub struct LinkArgs {
 #[allow(rustdoc::bare_urls)]
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Relay base URL, for example https://relay.example:8443
+    /// Relay base URL, for example https://relay.example:8443 [default: the
+    /// relay this device is signed in to, when it is only one]
     #[arg(long, env = "SEALCAST_RELAY", value_name = "URL")]
-    pub relay: String,
+    pub relay: Option<String>,
 
     /// PEM file with the CA certificate that signs the relay's certificate,
     /// for example the relay's dev-cert.pem [default: the one given to
@@ -128,9 +129,12 @@ pub async fn run(command: SessionCommand, state_dir: Option<PathBuf>) -> Result<
 }
 
 async fn start(args: StartArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
-    let relay = parse_relay_url(&args.relay)?;
     let ca_cert = args.ca_cert.as_deref().map(absolute_path).transpose()?;
     let store = open_key_store(state_dir)?;
+    let relay = match args.relay.as_deref() {
+        Some(relay) => parse_relay_url(relay)?,
+        None => only_signed_in_relay(&store)?,
+    };
     let device = SignedInDevice::load(&store, &relay, ca_cert.as_deref())?;
 
     // The key never leaves this device: the relay gets its fingerprint and
@@ -399,6 +403,29 @@ async fn publish_end_frame(
     match published {
         Ok(()) | Err(ClientError::SessionEnded) => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+/// Returns the relay this device is signed in to, for a `session start`
+/// without `--relay`. Fails when it is signed in to none or to several.
+fn only_signed_in_relay(store: &KeyStore) -> Result<Url, ClientError> {
+    let mut relays = store.signed_in_relays()?;
+    match relays.len() {
+        1 => Ok(relays.remove(0)),
+        0 => Err(ClientError::InvalidArgument {
+            option: "--relay",
+            reason: "missing, and this device is signed in to no relay: run `sealcast login --relay URL` first, or pass --relay URL".into(),
+        }),
+        _ => {
+            let names: Vec<String> = relays.iter().map(Url::to_string).collect();
+            Err(ClientError::InvalidArgument {
+                option: "--relay",
+                reason: format!(
+                    "missing, and this device is signed in to several relays ({}): pass --relay URL",
+                    names.join(", ")
+                ),
+            })
+        }
     }
 }
 
