@@ -325,7 +325,7 @@ async fn second_device_receives_the_session_without_follow_token() {
         endorsement: Endorsement::sign(&relay.staff.key, &session.session_id, 0, second_key),
         history_epoch: session.epoch,
         invite_token: Zeroizing::new(session.invite_token.clone()),
-        // The most pairings a grant carries: the relay accepts the grant's size.
+        // The maximum number of pairings, so the relay must accept the largest grant.
         paired_devices: (1..=MAX_GRANT_PAIRED_DEVICES as u8)
             .map(|byte| PairedJoiner::from_secret_bytes(&[byte; PAIRED_STATE_LEN]).unwrap())
             .collect(),
