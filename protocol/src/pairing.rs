@@ -42,7 +42,8 @@ const WRAP_TO_JOINER_LABEL: &[u8] = b"sealcast v1 wrap to joiner";
 mod device;
 
 pub use device::{
-    DeviceGrant, MAX_DEVICE_WRAPPED_LEN, MAX_INVITE_TOKEN_LEN, MIN_DEVICE_WRAPPED_LEN,
+    DeviceGrant, MAX_DEVICE_WRAPPED_LEN, MAX_GRANT_PAIRED_DEVICES, MAX_INVITE_TOKEN_LEN,
+    MIN_DEVICE_WRAPPED_LEN,
 };
 
 /// Length of the wrapped payload before encryption: session id, session key, publisher key.
@@ -79,6 +80,9 @@ pub enum PairingError {
     /// A device grant's content is malformed.
     #[error("the wrapped payload is malformed: {0}")]
     MalformedPayload(&'static str),
+    /// A device grant would carry more paired devices than it may.
+    #[error("the session has {0} paired devices, more than the {MAX_GRANT_PAIRED_DEVICES} a device grant carries")]
+    TooManyPairedDevices(usize),
     /// A device step was used on a pairing with a patient device, or the reverse.
     #[error("this pairing is not a pairing of two devices of one clinician")]
     NotDevicePairing,

@@ -181,7 +181,7 @@ pub struct PublicKeyBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrappedKeyBody {
-    /// 112 bytes for a patient's device, 221 to 476 bytes for a second
+    /// 112 bytes for a patient's device, 222 to 2,013 bytes for a second
     /// device of the clinician, unpadded base64url.
     pub wrapped_key: String,
 }

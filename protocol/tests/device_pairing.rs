@@ -1,6 +1,6 @@
 //! Handing a session to a second device of the same clinician: the device
 //! key bound into the commitment and the code, the wrapped grant with its
-//! own label, and the endorsement inside it.
+//! own label, and the endorsement and patient device pairings inside it.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,8 +11,9 @@
 
 use sealcast_protocol::authorship::{Endorsement, PublisherKey};
 use sealcast_protocol::pairing::{
-    ClinicianPairing, DeviceGrant, JoinerPairing, PairedClinician, PairedJoiner, PairingCode,
-    PairingError, MAX_DEVICE_WRAPPED_LEN, MIN_DEVICE_WRAPPED_LEN,
+    ClinicianPairing, DeviceGrant, JoinerPairing, KeyGrant, PairedClinician, PairedJoiner,
+    PairingCode, PairingError, MAX_DEVICE_WRAPPED_LEN, MAX_GRANT_PAIRED_DEVICES,
+    MIN_DEVICE_WRAPPED_LEN,
 };
 use sealcast_protocol::{SessionId, SessionKey};
 use zeroize::Zeroizing;
@@ -45,7 +46,68 @@ fn grant_for(device: PublisherKey, key_epoch: u32) -> DeviceGrant {
         endorsement: Endorsement::sign_with_secret(&FIRST_SECRET, &SESSION, key_epoch, device),
         history_epoch: 12,
         invite_token: Zeroizing::new("invite-token-of-the-session".into()),
+        paired_devices: Vec::new(),
     }
+}
+
+/// Runs a patient device pairing and returns the first device's side and the patient's side.
+fn pair_patient() -> (PairedJoiner, PairedClinician) {
+    let (joiner, commitment) = JoinerPairing::start();
+    let (clinician, clinician_public) = ClinicianPairing::respond(commitment);
+    let (joiner, joiner_public) = joiner.receive_clinician_key(clinician_public).unwrap();
+    let clinician = clinician.receive_joiner_key(joiner_public).unwrap();
+    (clinician.confirm(), joiner.confirm())
+}
+
+#[test]
+fn handed_over_pairing_wraps_later_keys() {
+    let second = key_of(&SECOND_SECRET);
+    let (to_second, at_second) = pair_devices(second);
+    let (to_patient, at_patient) = pair_patient();
+    let mut grant = grant_for(second, 1);
+    grant.paired_devices = vec![to_patient];
+
+    let wrapped = to_second.wrap_device_grant(&grant).unwrap();
+    assert!((MIN_DEVICE_WRAPPED_LEN..=MAX_DEVICE_WRAPPED_LEN).contains(&wrapped.len()));
+    let adopted = at_second.unwrap_device_grant(&wrapped).unwrap();
+    assert_eq!(adopted.paired_devices.len(), 1);
+
+    // The second device rotates to epoch 2 and wraps the new key with the
+    // pairing it received: the patient device opens it.
+    let rotated = KeyGrant {
+        key_epoch: 2,
+        session_id: SESSION,
+        session_key: SessionKey::from_bytes([0x78; 32]),
+        publisher: key_of(&FIRST_SECRET),
+    };
+    let wrapped_key = adopted.paired_devices[0].wrap_key(&rotated);
+    let opened = at_patient.unwrap_key(&wrapped_key).unwrap();
+    assert_eq!(opened.key_epoch, 2);
+    assert_eq!(opened.session_id, SESSION);
+    assert_eq!(opened.session_key.expose_bytes(), &[0x78; 32]);
+
+    // Another patient's pairing does not open it.
+    let (_, other_patient) = pair_patient();
+    assert_eq!(
+        other_patient.unwrap_key(&wrapped_key).err(),
+        Some(PairingError::Decrypt)
+    );
+}
+
+#[test]
+fn grant_over_the_paired_device_limit_is_rejected() {
+    let second = key_of(&SECOND_SECRET);
+    let (to_second, _) = pair_devices(second);
+    let mut grant = grant_for(second, 0);
+    grant.paired_devices = (0..=MAX_GRANT_PAIRED_DEVICES)
+        .map(|_| pair_patient().0)
+        .collect();
+    assert_eq!(
+        to_second.wrap_device_grant(&grant).err(),
+        Some(PairingError::TooManyPairedDevices(
+            MAX_GRANT_PAIRED_DEVICES + 1
+        ))
+    );
 }
 
 #[test]

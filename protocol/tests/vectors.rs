@@ -1385,6 +1385,10 @@ fn device_grant_matches_vectors() {
             .to_vec(),
         vec![u8::try_from(token.len()).unwrap()],
         token.as_bytes().to_vec(),
+        vec![1],
+        vectors.bytes("pairing_shared_secret"),
+        vectors.bytes("joiner_public"),
+        vectors.bytes("clinician_public"),
     ]
     .concat();
     assert_eq!(plaintext, expected);
@@ -1404,7 +1408,9 @@ fn device_grant_matches_vectors() {
         endorsement,
         history_epoch: vectors.number("device_grant_history_epoch"),
         invite_token: zeroize::Zeroizing::new(token.to_owned()),
+        paired_devices: vec![patient_pairing(&vectors)],
     };
+
     assert_eq!(
         to_device
             .wrap_device_grant_with_nonce(&grant, nonce)
@@ -1420,6 +1426,26 @@ fn device_grant_matches_vectors() {
     assert_eq!(unwrapped.endorsement, endorsement);
     assert_eq!(unwrapped.history_epoch, 7);
     assert_eq!(unwrapped.invite_token.as_str(), token);
+    let carried: Vec<Vec<u8>> = unwrapped
+        .paired_devices
+        .iter()
+        .map(|pairing| pairing.to_secret_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        carried,
+        [patient_pairing(&vectors).to_secret_bytes().to_vec()]
+    );
+}
+
+/// Returns the clinician device's side of the patient pairing of section 10.7.
+fn patient_pairing(vectors: &Vectors) -> PairedJoiner {
+    let state = [
+        vectors.bytes("pairing_shared_secret"),
+        vectors.bytes("joiner_public"),
+        vectors.bytes("clinician_public"),
+    ]
+    .concat();
+    PairedJoiner::from_secret_bytes(&state.try_into().unwrap()).unwrap()
 }
 
 #[test]

@@ -44,7 +44,8 @@ pub const BYTES_DELIVERED: &str = "sealcast_bytes_delivered_total";
 pub const FANOUT_CONNECTED: &str = "sealcast_fanout_connected";
 /// Connections to NATS made, the first one included.
 pub const FANOUT_CONNECTIONS: &str = "sealcast_fanout_connections_total";
-/// Messages published to other nodes, label `event`: `frame`, `end`, `publisher`.
+/// Messages published to other nodes, label `event`: `frame`, `end`,
+/// `publisher`, `device_removed`.
 pub const FANOUT_PUBLISHED: &str = "sealcast_fanout_published_total";
 /// Messages not published, label `reason`: `outbox_full` or `nats`. The
 /// other nodes read such frames from the store.
@@ -104,6 +105,10 @@ pub const PAIRING_STEPS: &str = "sealcast_pairing_steps_total";
 /// Pairing requests refused, label `reason`, for example `out_of_order`,
 /// `expired`, `already_joined` or `invalid_length`.
 pub const PAIRING_FAILURES: &str = "sealcast_pairing_failures_total";
+/// Follow sockets of removed paired devices that the relay closed, label
+/// `trigger`: `removal` when the device was removed through this node,
+/// `fanout` when another node announced the removal.
+pub const PAIRED_SOCKETS_CLOSED: &str = "sealcast_paired_sockets_closed_total";
 /// Sessions created.
 pub const SESSIONS_CREATED: &str = "sealcast_sessions_created_total";
 /// Sessions ended.
@@ -308,9 +313,12 @@ fn initialize_series() {
     for trigger in ["admin_route", "recheck"] {
         counter!(SOCKETS_REVOKED, "trigger" => trigger).increment(0);
     }
+    for trigger in ["removal", "fanout"] {
+        counter!(PAIRED_SOCKETS_CLOSED, "trigger" => trigger).increment(0);
+    }
 
     counter!(FANOUT_CONNECTIONS).increment(0);
-    for event in ["frame", "end", "publisher"] {
+    for event in ["frame", "end", "publisher", "device_removed"] {
         counter!(FANOUT_PUBLISHED, "event" => event).increment(0);
         counter!(FANOUT_RECEIVED, "event" => event).increment(0);
     }
@@ -452,6 +460,10 @@ fn describe() {
     );
     describe_counter!(PAIRING_STEPS, "Pairing steps accepted, by step.");
     describe_counter!(PAIRING_FAILURES, "Pairing requests refused, by reason.");
+    describe_counter!(
+        PAIRED_SOCKETS_CLOSED,
+        "Follow sockets of removed paired devices closed, by trigger."
+    );
     describe_counter!(SESSIONS_CREATED, "Sessions created.");
     describe_counter!(SESSIONS_ENDED, "Sessions ended.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");

@@ -15,7 +15,10 @@ use reqwest::StatusCode;
 use sealcast_protocol::api::{CreateSessionResponse, ErrorBody};
 use sealcast_protocol::auth::Role;
 use sealcast_protocol::authorship::{Endorsement, PublisherKey};
-use sealcast_protocol::pairing::{ClinicianPairing, Commitment, DeviceGrant, JoinerPairing};
+use sealcast_protocol::pairing::{
+    ClinicianPairing, Commitment, DeviceGrant, JoinerPairing, PairedJoiner, MAX_DEVICE_WRAPPED_LEN,
+    MAX_GRANT_PAIRED_DEVICES, PAIRED_STATE_LEN,
+};
 use sealcast_protocol::pairing_api::{
     CommitmentBody, OpenPairingRequest, PairingJoined, PairingOpened, PairingPurpose, PairingState,
     PairingStatus, PublicKeyBody, WrappedKeyBody,
@@ -301,7 +304,16 @@ async fn second_device_receives_the_session_without_follow_token() {
     assert_error(
         clinician_post(&relay, &session, &format!("/{id}/wrapped-key"), &body).await,
         StatusCode::BAD_REQUEST,
-        "wrapped_key must be 221 to 476 bytes, got 112",
+        "wrapped_key must be 222 to 2013 bytes, got 112",
+    )
+    .await;
+    let body = WrappedKeyBody {
+        wrapped_key: b64(&[0; MAX_DEVICE_WRAPPED_LEN + 1]),
+    };
+    assert_error(
+        clinician_post(&relay, &session, &format!("/{id}/wrapped-key"), &body).await,
+        StatusCode::BAD_REQUEST,
+        "wrapped_key must be 222 to 2013 bytes, got 2014",
     )
     .await;
 
@@ -313,6 +325,10 @@ async fn second_device_receives_the_session_without_follow_token() {
         endorsement: Endorsement::sign(&relay.staff.key, &session.session_id, 0, second_key),
         history_epoch: session.epoch,
         invite_token: Zeroizing::new(session.invite_token.clone()),
+        // The maximum number of pairings, so the relay must accept the largest grant.
+        paired_devices: (1..=MAX_GRANT_PAIRED_DEVICES as u8)
+            .map(|byte| PairedJoiner::from_secret_bytes(&[byte; PAIRED_STATE_LEN]).unwrap())
+            .collect(),
     };
     let body = WrappedKeyBody {
         wrapped_key: b64(&to_second.wrap_device_grant(&grant).unwrap()),
@@ -329,4 +345,5 @@ async fn second_device_receives_the_session_without_follow_token() {
     assert_eq!(received.session_key.fingerprint(), key.fingerprint());
     assert_eq!(received.invite_token.as_str(), session.invite_token);
     assert_eq!(received.publisher, key_of(&relay.staff));
+    assert_eq!(received.paired_devices.len(), MAX_GRANT_PAIRED_DEVICES);
 }

@@ -1,16 +1,19 @@
 //! Key rotation with paired devices, with the real `sealcast` and
 //! `sealcast-relay` binaries over TLS. Two devices pair with `sealcast pair
-//! join`, and the clinician removes one with `sealcast pair remove`. A
-//! `sealcast publish` reading standard input then gets SIGUSR1 in the
-//! middle of the consultation. The kept device gets the new key through the
-//! relay and prints the whole consultation. The removed device prints only
-//! what was sealed before the rotation and reports the rest as unreadable.
+//! join` and follow a `sealcast publish` reading standard input. After the
+//! first segment the clinician removes one device with `sealcast pair
+//! remove`, and the relay closes that device's open follow socket with
+//! close code 4009. The publish then gets SIGUSR1 in the middle of the
+//! consultation. The kept device gets the new key through the relay and
+//! prints the whole consultation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 
+use sealcast_client::TlsSettings;
 use sealcast_tests::cli::CliProcess;
+use sealcast_tests::metrics::scrape;
 use sealcast_tests::process::RelayProcess;
 use sealcast_tests::staff::{admin, create_organization, sign_in};
 use tempfile::TempDir;
@@ -138,7 +141,7 @@ fn text_of(segment: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removed_device_misses_rotated_key() {
+async fn removed_device_loses_socket_and_key() {
     let clinic = Clinic::start().await;
     let kept_home = tempfile::tempdir().unwrap();
     let removed_home = tempfile::tempdir().unwrap();
@@ -150,6 +153,13 @@ async fn removed_device_misses_rotated_key() {
         [kept_id.clone(), removed_id.clone()]
     );
 
+    let mut publish = CliProcess::spawn(clinic.home.path(), &["publish", "--end", "-"]);
+    publish.stderr_after("kill -USR1 ").await;
+    publish.write_line(BEFORE_ROTATION).await;
+    let first = text_of(BEFORE_ROTATION);
+    kept.stdout_after(&first).await;
+    removed.stdout_after(&first).await;
+
     let (status, _, stderr) =
         CliProcess::run(clinic.home.path(), &["pair", "remove", &removed_id]).await;
     assert!(status.success(), "pair remove failed: {stderr:#?}");
@@ -158,12 +168,24 @@ async fn removed_device_misses_rotated_key() {
         CliProcess::run(clinic.home.path(), &["pair", "remove", &removed_id]).await;
     assert!(!status.success(), "a second removal succeeded: {stderr:#?}");
 
-    let mut publish = CliProcess::spawn(clinic.home.path(), &["publish", "--end", "-"]);
-    publish.stderr_after("kill -USR1 ").await;
-    publish.write_line(BEFORE_ROTATION).await;
-    let first = text_of(BEFORE_ROTATION);
-    kept.stdout_after(&first).await;
-    removed.stdout_after(&first).await;
+    // The removed device's socket was open: the relay closes it at once,
+    // before any frame of a later key epoch exists.
+    let (status, stdout, stderr) = removed.finish().await;
+    assert!(!status.success(), "the removed device reported success");
+    assert_eq!(texts(&stdout), [first], "{stderr:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line.contains("code 4009 (this device was removed from the session")),
+        "{stderr:#?}"
+    );
+    let tls = TlsSettings::from_ca_file(&clinic.relay.ca_cert()).unwrap();
+    let url = Url::parse(&clinic.relay.base_url()).unwrap();
+    let closed = scrape(&url, &tls).await.value(
+        "sealcast_paired_sockets_closed_total",
+        &[("trigger", "removal")],
+    );
+    assert_eq!(closed, 1.0);
 
     let signal = std::process::Command::new("kill")
         .args(["-USR1", &publish.pid().to_string()])
@@ -208,20 +230,6 @@ async fn removed_device_misses_rotated_key() {
     );
     assert!(
         !stderr.iter().any(|line| line.contains("incomplete")),
-        "{stderr:#?}"
-    );
-
-    let (status, stdout, stderr) = removed.finish().await;
-    assert_eq!(texts(&stdout), [first], "{stderr:#?}");
-    assert!(!status.success(), "the removed device reported success");
-    assert!(
-        stderr
-            .iter()
-            .any(|line| line.contains("frames of key epoch 1 cannot be read")),
-        "{stderr:#?}"
-    );
-    assert!(
-        !stderr.iter().any(|line| line.starts_with("Added the key")),
         "{stderr:#?}"
     );
 }

@@ -5,16 +5,19 @@
 //! the other screen. The adopting device then publishes the rest of the
 //! consultation and ends the session. A follower with only the first
 //! device's key reports every stream complete, and names the second device
-//! as the author of the later ones, endorsed by the first. Devices of another
-//! clinician or without a sign-in cannot join such a pairing, and a stream
-//! whose key endorses itself is not authored.
+//! as the author of the later ones, endorsed by the first. A patient device
+//! paired on the first device gets the key that the second device rotates,
+//! because the hand-over carries its pairing. Devices of another clinician
+//! or without a sign-in cannot join such a pairing, and a stream whose key
+//! endorses itself is not authored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 
-use sealcast_client::{Publisher, PublisherConfig, TlsSettings};
+use sealcast_client::{KeyStore, Publisher, PublisherConfig, TlsSettings};
 use sealcast_protocol::authorship::{Endorsement, PublisherKey};
+use sealcast_protocol::pairing::{PairedJoiner, MAX_GRANT_PAIRED_DEVICES, PAIRED_STATE_LEN};
 use sealcast_protocol::{FollowInvite, SessionId};
 use sealcast_tests::cli::{code_words, CliProcess};
 use sealcast_tests::metrics::scrape;
@@ -136,6 +139,54 @@ impl Clinic {
         assert!(status.success(), "pair adopt failed: {stderr:#?}");
         stdout
     }
+}
+
+impl Clinic {
+    /// Pairs a patient device in `joiner_home` with the device in
+    /// `clinician_home`. Returns the running `pair join`, which follows in
+    /// JSON Lines, and the device id that `pair offer` reported.
+    async fn pair_patient(
+        &self,
+        clinician_home: &Path,
+        joiner_home: &Path,
+    ) -> (CliProcess, String) {
+        let mut offer = CliProcess::spawn(clinician_home, &["pair", "offer"]);
+        let id = offer.stdout_after("Pairing id: ").await;
+        let (ca_cert, base_url) = (self.ca_cert(), self.relay.base_url());
+        let mut join = CliProcess::spawn(
+            joiner_home,
+            &[
+                "pair",
+                "join",
+                "--relay",
+                &base_url,
+                "--ca-cert",
+                &ca_cert,
+                "--confirm-code",
+                "-",
+                "--format",
+                "jsonl",
+                &id,
+            ],
+        );
+        let code = code_words(&join.stderr_after("Pairing code: ").await);
+        offer.stderr_after("Pairing code: ").await;
+        join.write_line(&code).await;
+        offer.write_line("y").await;
+        let device_id = offer.stderr_after("Device ").await;
+        let device_id = device_id.split(' ').next().unwrap().to_string();
+        let (status, _, stderr) = offer.finish().await;
+        assert!(status.success(), "pair offer failed: {stderr:#?}");
+        join.stderr_after("Paired. Following session").await;
+        (join, device_id)
+    }
+}
+
+/// Runs `sealcast pair list` in `home` and returns its rows without the header.
+async fn paired_rows(home: &Path) -> Vec<String> {
+    let (status, stdout, stderr) = CliProcess::run(home, &["pair", "list"]).await;
+    assert!(status.success(), "pair list failed: {stderr:#?}");
+    stdout.into_iter().skip(1).collect()
 }
 
 fn create_clinician(relay: &RelayProcess, org: &str, email: &str) {
@@ -309,6 +360,121 @@ async fn second_device_continues_and_ends_the_session() {
     assert!(
         !stderr.iter().any(|line| line.starts_with("warning:")),
         "{stderr:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_over_patient_gets_rotated_key() {
+    let clinic = Clinic::start().await;
+    let patient_home = tempfile::tempdir().unwrap();
+    let (mut patient, patient_id) = clinic
+        .pair_patient(clinic.home.path(), patient_home.path())
+        .await;
+
+    let (second_home, _) = sign_in_device(&clinic.relay, &clinic.email).await;
+    let adopted = clinic.hand_over(second_home.path()).await;
+    assert!(
+        adopted
+            .iter()
+            .any(|line| line.starts_with("Stored 1 paired patient device(s) from the other device")),
+        "{adopted:#?}"
+    );
+    let rows = paired_rows(second_home.path()).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].starts_with(&patient_id), "{rows:#?}");
+    assert!(
+        rows[0].ends_with("handed over with the session"),
+        "{rows:#?}"
+    );
+    let rows = paired_rows(clinic.home.path()).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].ends_with("paired on this device"), "{rows:#?}");
+
+    let before = r#"{"speaker":"doctor","start_ms":0,"end_ms":1500,"text":"Good morning, what brings you in?"}"#;
+    let after = r#"{"speaker":"patient","start_ms":1600,"end_ms":3000,"text":"My knee hurts when I climb stairs."}"#;
+    let mut publish = CliProcess::spawn(second_home.path(), &["publish", "--end", "-"]);
+    publish.stderr_after("kill -USR1 ").await;
+    publish.write_line(before).await;
+    patient
+        .stdout_after("Good morning, what brings you in?")
+        .await;
+
+    let signal = std::process::Command::new("kill")
+        .args(["-USR1", &publish.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success(), "kill -USR1 failed");
+    publish
+        .stderr_after("Rotated the session key to key epoch 1")
+        .await;
+    let sent_to = publish
+        .stderr_after("Sent the key of key epoch 1 to paired device ")
+        .await;
+    assert_eq!(sent_to.trim_end_matches('.'), patient_id);
+    publish.write_line(after).await;
+    publish.close_stdin();
+    let (status, _, stderr) = publish.finish().await;
+    assert!(
+        status.success(),
+        "publish on the second device failed: {stderr:#?}"
+    );
+
+    let (status, stdout, stderr) = patient.finish().await;
+    assert!(status.success(), "the patient device failed: {stderr:#?}");
+    let texts: Vec<String> = stdout
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|value| value["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "Good morning, what brings you in?",
+            "My knee hurts when I climb stairs."
+        ],
+        "{stderr:#?}"
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line.starts_with("Added the key of key epoch 1")),
+        "{stderr:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_over_pairing_limit_fails() {
+    let clinic = Clinic::start().await;
+    // Records as `pair offer` stores them, one more than a grant carries.
+    let store = KeyStore::open(clinic.home.path().to_path_buf()).unwrap();
+    for byte in 1..=MAX_GRANT_PAIRED_DEVICES as u8 + 1 {
+        let pairing = PairedJoiner::from_secret_bytes(&[byte; PAIRED_STATE_LEN]).unwrap();
+        store
+            .add_paired_device(&clinic.session_id, &pairing)
+            .unwrap();
+    }
+
+    let (status, stdout, stderr) =
+        CliProcess::run(clinic.home.path(), &["pair", "offer", "--device"]).await;
+    assert!(!status.success(), "{stdout:#?}");
+    assert!(
+        !stdout.iter().any(|line| line.starts_with("Pairing id:")),
+        "{stdout:#?}"
+    );
+    let expected = format!(
+        "has {} paired patient devices, more than the {MAX_GRANT_PAIRED_DEVICES} a hand-over carries",
+        MAX_GRANT_PAIRED_DEVICES + 1
+    );
+    assert!(
+        stderr.iter().any(|line| line.contains(&expected)),
+        "{stderr:#?}"
+    );
+
+    let tls = TlsSettings::from_ca_file(&clinic.relay.ca_cert()).unwrap();
+    let metrics = scrape(&Url::parse(&clinic.relay.base_url()).unwrap(), &tls).await;
+    assert_eq!(
+        metrics.value("sealcast_pairing_steps_total", &[("step", "open")]),
+        0.0
     );
 }
 

@@ -165,13 +165,14 @@ fn list(args: ListArgs, state_dir: Option<PathBuf>) -> Result<(), ClientError> {
         return Ok(());
     }
     let now = now_unix_s();
-    println!("DEVICE ID         PAIRED");
+    println!("DEVICE ID         ADDED HERE         SOURCE");
     for device in devices {
-        println!(
-            "{}  {} ago",
-            device.device_id,
-            format_age(device.paired_unix_s, now)
-        );
+        let added = format!("{} ago", format_age(device.paired_unix_s, now));
+        let source = match device.handed_over_unix_s {
+            None => "paired on this device",
+            Some(_) => "handed over with the session",
+        };
+        println!("{}  {added:<17}  {source}", device.device_id);
     }
     Ok(())
 }

@@ -7,16 +7,22 @@
 //! key, and each side goes on only when its user confirms that the codes
 //! match. The first device then wraps everything it stores about the session
 //! together with its signed endorsement of the other device's key, so that
-//! followers accept the streams the other device signs. The adopting device
-//! stores the session and becomes able to publish, end the session, make
-//! links and pair patients.
+//! followers accept the streams the other device signs. The grant also
+//! carries the pairings of the patient devices paired on the first device, at
+//! most [`MAX_GRANT_PAIRED_DEVICES`], so that keys the adopting device rotates
+//! reach them. The adopting device stores the session and those pairings, and
+//! becomes able to publish, end the session, make links and pair patients.
+//! Patients paired later on either device are known to that device only.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use sealcast_protocol::authorship::{Endorsement, PublisherKey};
-use sealcast_protocol::pairing::{ClinicianPairing, Commitment, DeviceGrant, JoinerPairing};
+use sealcast_protocol::pairing::{
+    ClinicianPairing, Commitment, DeviceGrant, JoinerPairing, PairedJoiner,
+    MAX_GRANT_PAIRED_DEVICES,
+};
 use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState};
 use sealcast_protocol::SessionId;
 use zeroize::Zeroizing;
@@ -71,6 +77,23 @@ pub(super) async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result
             reason: "this device took the session over from the device that started it, and only that device can hand the session to another device".into(),
         });
     }
+    // Checked before the slot opens, so that the other device waits for nothing.
+    let paired_devices: Vec<PairedJoiner> = store
+        .paired_devices(&session.session_id)?
+        .into_iter()
+        .map(|paired| paired.pairing)
+        .collect();
+    if paired_devices.len() > MAX_GRANT_PAIRED_DEVICES {
+        return Err(ClientError::InvalidArgument {
+            option: "--device",
+            reason: format!(
+                "session {} has {} paired patient devices, more than the {MAX_GRANT_PAIRED_DEVICES} a hand-over carries: remove some with `sealcast pair remove`, then offer again",
+                session.session_id,
+                paired_devices.len()
+            ),
+        });
+    }
+    let paired_count = paired_devices.len();
     let device = SignedInDevice::load(&store, &session.relay, session.ca_cert.as_deref())?;
     let api = PairingApi::new(&session.relay, device.tls())?;
     let opened = api
@@ -85,7 +108,7 @@ pub(super) async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result
 
     let confirmation = Confirmation::from_flag(args.confirm_code.as_deref());
     let offered = tokio::select! {
-        result = offer_steps(&api, &device, &session, id, &confirmation) => result,
+        result = offer_steps(&api, &device, &session, id, &confirmation, paired_devices) => result,
         _ = tokio::signal::ctrl_c() => Err(ClientError::Interrupted),
     };
     if offered.is_err() {
@@ -93,11 +116,17 @@ pub(super) async fn offer(args: OfferArgs, state_dir: Option<PathBuf>) -> Result
         let _ = api.clinician_cancel(&device, &session.session_id, id).await;
     }
     let device_key = offered?;
-    tracing::info!(session_id = %session.session_id, device = %device_key.to_base64url(), "session handed to another device");
+    tracing::info!(
+        session_id = %session.session_id, device = %device_key.to_base64url(), paired_devices = paired_count,
+        "session handed to another device"
+    );
     stderr_line!(
         "Session {} handed to device {}: it can now publish to the session and end it.",
         session.session_id,
         device_key.to_base64url()
+    );
+    stderr_line!(
+        "Handed over {paired_count} paired patient device(s). Patients paired from now on are known only to the device that pairs them."
     );
     stop_local_publisher(&store, &session.session_id).await
 }
@@ -150,13 +179,15 @@ fn print_device_offer(session: &StoredSession, id: PairingId, expires_in: u64) {
     println!();
 }
 
-/// Runs steps 2 to 5 on the first device and returns the key it endorsed.
+/// Runs steps 2 to 5 on the first device, handing over `paired_devices`
+/// with the session, and returns the key it endorsed.
 async fn offer_steps(
     api: &PairingApi,
     device: &SignedInDevice,
     session: &StoredSession,
     id: PairingId,
     confirmation: &Confirmation,
+    paired_devices: Vec<PairedJoiner>,
 ) -> Result<PublisherKey, ClientError> {
     let session_id = &session.session_id;
     let status = api
@@ -201,6 +232,7 @@ async fn offer_steps(
         ),
         history_epoch: session.epoch,
         invite_token: Zeroizing::new(session.invite_token.expose().to_owned()),
+        paired_devices,
     };
     let wrapped = unconfirmed.confirm().wrap_device_grant(&grant)?;
     api.send_wrapped_key(device, session_id, id, &wrapped)
@@ -255,12 +287,22 @@ pub(super) async fn adopt(args: AdoptArgs, state_dir: Option<PathBuf>) -> Result
     };
     let path = store.save(&session)?;
     store.set_current(&session.session_id)?;
-    tracing::info!(session_id = %session.session_id, "session adopted from another device");
+    let added = store.add_handed_over_devices(&session.session_id, &grant.paired_devices)?;
+    tracing::info!(
+        session_id = %session.session_id, paired_devices = added.len(),
+        "session adopted from another device"
+    );
     println!(
         "Session {} adopted, key stored in {}",
         session.session_id,
         path.display()
     );
+    if !grant.paired_devices.is_empty() {
+        println!(
+            "Stored {} paired patient device(s) from the other device: keys rotated here are sent to them too. See `sealcast pair list`.",
+            grant.paired_devices.len()
+        );
+    }
     println!(
         "This device can now publish to it with `sealcast publish`, end it with `sealcast session end`, and pair patients with `sealcast pair offer`."
     );

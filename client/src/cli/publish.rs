@@ -12,7 +12,6 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use sealcast_protocol::authorship::PublisherKey;
 use sealcast_protocol::pairing::KeyGrant;
 use sealcast_protocol::{SessionId, TranscriptSegment};
 use tokio::sync::mpsc;
@@ -399,8 +398,10 @@ impl Rotation<'_> {
             key_epoch: session.key_epoch,
             session_id: session.session_id,
             session_key: session.key.clone(),
-            // The key `sealcast pair offer` put into the pairing payload.
-            publisher: PublisherKey::of_device(self.device.token().key()),
+            // The key `sealcast pair offer` put into the pairing payload: on
+            // a device that took the session over, the first device's key,
+            // which paired devices check every later key against.
+            publisher: session.publisher_key(self.device.token().key()),
         };
         for paired in devices {
             let wrapped = paired.pairing.wrap_key(&grant);

@@ -15,8 +15,9 @@
 //! `min(last received + 1, last committed + 1)` with the session's epoch.
 //! Frames already opened that the relay sends again in that overlap are
 //! skipped without an event. Close code 4004 (session ended) ends following
-//! normally. Close codes 4006 (cannot recover) and 4009 (invite revoked), a
-//! wrong key and rejected credentials are final errors.
+//! normally. Close codes 4006 (cannot recover) and 4009 (invite revoked or
+//! paired device removed), a wrong key and rejected credentials are final
+//! errors.
 //!
 //! When the link carries the publisher's key, every opened frame also goes
 //! to an [`sealcast_protocol::authorship::AuthorshipVerifier`]. A checkpoint
@@ -459,7 +460,7 @@ fn follower_close(frame: Option<CloseFrame>) -> CloseOutcome {
         close::REVOKED => Failure::Fatal(ClientError::Closed {
             code,
             reason,
-            hint: "the invite was revoked: ask the clinic for a new link",
+            hint: "the invite was revoked or this device was removed: ask the clinic for a new link or pairing",
         }),
         close::NORMAL
         | close::GOING_AWAY

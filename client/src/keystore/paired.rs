@@ -8,6 +8,11 @@
 //! session file, so it gets the same protection: mode 0600 in a 0700
 //! directory, written through a temporary file and a rename, overwritten
 //! with zeros when an entry is removed or the session is shredded.
+//!
+//! A device that adopted a session also keeps here the pairings the first
+//! device handed over, marked with the time of the hand-over. Each device
+//! keeps only its own file: a patient paired later on either device is
+//! known to that device alone.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -35,10 +40,15 @@ const PAIRED_FORMAT: u32 = 1;
 pub struct PairedDevice {
     /// The id the relay knows the device by.
     pub device_id: DeviceId,
-    /// When the pairing completed, in seconds since the Unix epoch.
+    /// When this device stored the pairing, in seconds since the Unix epoch:
+    /// when the pairing completed, or when it was handed over.
     pub paired_unix_s: u64,
     /// The pairing, which wraps keys for the device. Its `Debug` shows public keys only.
     pub pairing: PairedJoiner,
+    /// When another device of the clinician handed this pairing over with
+    /// the session, in seconds since the Unix epoch. `None` for a device
+    /// paired here.
+    pub handed_over_unix_s: Option<u64>,
 }
 
 /// The on-disk form of a session's paired devices. Its strings are zeroed on drop.
@@ -57,6 +67,10 @@ struct PairedEntry {
     paired_unix_s: u64,
     /// [`PAIRED_STATE_LEN`] secret bytes, unpadded base64url.
     pairing: String,
+    /// Absent for a device paired here, so that such files stay readable by
+    /// builds that predate hand-overs of pairings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handed_over_unix_s: Option<u64>,
 }
 
 impl KeyStore {
@@ -79,13 +93,40 @@ impl KeyStore {
         record
             .devices
             .retain(|entry| entry.device_id != device_id.to_string());
-        record.devices.push(PairedEntry {
-            device_id: device_id.to_string(),
-            paired_unix_s: now_unix_s(),
-            pairing: URL_SAFE_NO_PAD.encode(pairing.to_secret_bytes().as_slice()),
-        });
+        record.devices.push(new_entry(device_id, pairing, None));
         self.write_paired(session_id, &record)?;
         Ok(device_id)
+    }
+
+    /// Adds the pairings that another device of the clinician handed over
+    /// with the session, and returns the ids of those added. A device
+    /// already in the file keeps its entry, so a second hand-over of the
+    /// same session adds only the pairings that are new.
+    pub fn add_handed_over_devices(
+        &self,
+        session_id: &SessionId,
+        pairings: &[PairedJoiner],
+    ) -> Result<Vec<DeviceId>, ClientError> {
+        let mut record = self.read_paired(session_id)?;
+        let handed_over = now_unix_s();
+        let mut added = Vec::new();
+        for pairing in pairings {
+            let device_id = DeviceId::of_joiner(&pairing.joiner_public_key());
+            let known = record
+                .devices
+                .iter()
+                .any(|entry| entry.device_id == device_id.to_string());
+            if !known {
+                record
+                    .devices
+                    .push(new_entry(device_id, pairing, Some(handed_over)));
+                added.push(device_id);
+            }
+        }
+        if !added.is_empty() {
+            self.write_paired(session_id, &record)?;
+        }
+        Ok(added)
     }
 
     /// Lists a session's paired devices in the order they paired. A session
@@ -198,6 +239,19 @@ impl KeyStore {
     }
 }
 
+fn new_entry(
+    device_id: DeviceId,
+    pairing: &PairedJoiner,
+    handed_over_unix_s: Option<u64>,
+) -> PairedEntry {
+    PairedEntry {
+        device_id: device_id.to_string(),
+        paired_unix_s: now_unix_s(),
+        pairing: URL_SAFE_NO_PAD.encode(pairing.to_secret_bytes().as_slice()),
+        handed_over_unix_s,
+    }
+}
+
 fn entry_to_device(entry: &PairedEntry) -> Result<PairedDevice, String> {
     let device_id: DeviceId = entry
         .device_id
@@ -225,6 +279,7 @@ fn entry_to_device(entry: &PairedEntry) -> Result<PairedDevice, String> {
         device_id,
         paired_unix_s: entry.paired_unix_s,
         pairing,
+        handed_over_unix_s: entry.handed_over_unix_s,
     })
 }
 
@@ -295,6 +350,46 @@ mod tests {
         let left = std::fs::read(&witness).unwrap();
         assert!(!left.is_empty());
         assert!(left.iter().all(|&byte| byte == 0));
+    }
+
+    #[test]
+    fn handed_over_devices_are_marked_and_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path().join("state")).unwrap();
+        let session = SessionId([0x12; 16]);
+        let local = paired_joiner();
+        let local_id = store.add_paired_device(&session, &local).unwrap();
+        let local_copy = PairedJoiner::from_secret_bytes(&local.to_secret_bytes()).unwrap();
+        let handed = paired_joiner();
+
+        let added = store
+            .add_handed_over_devices(&session, &[local_copy, handed])
+            .unwrap();
+        assert_eq!(added.len(), 1);
+        let listed = store.paired_devices(&session).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].device_id, local_id);
+        assert_eq!(listed[0].handed_over_unix_s, None);
+        assert_eq!(listed[1].device_id, added[0]);
+        assert!(listed[1].handed_over_unix_s.is_some());
+
+        let again = PairedJoiner::from_secret_bytes(&listed[1].pairing.to_secret_bytes()).unwrap();
+        assert!(store
+            .add_handed_over_devices(&session, &[again])
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.paired_devices(&session).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn file_without_hand_over_field_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path().join("state")).unwrap();
+        let session = SessionId([0x34; 16]);
+        store.add_paired_device(&session, &paired_joiner()).unwrap();
+        let text = std::fs::read_to_string(store.paired_path(&session)).unwrap();
+        assert!(!text.contains("handed_over_unix_s"), "{text}");
+        assert_eq!(store.paired_devices(&session).unwrap().len(), 1);
     }
 
     #[test]

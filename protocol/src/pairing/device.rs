@@ -4,15 +4,18 @@
 //! Ed25519 identity key bound into the commitment and the code, so a relay
 //! that substitutes that key makes the codes differ. Once both people
 //! confirmed the code, the first device wraps a [`DeviceGrant`]: everything it
-//! stores about the session, and an [`Endorsement`] of the second device's
-//! key. Followers have only the first device's key, and the endorsement
-//! lets them accept the streams the second device signs.
+//! stores about the session, the pairings of the patient devices paired with
+//! it, and an [`Endorsement`] of the second device's key. Followers have only
+//! the first device's key, and the endorsement lets them accept the streams
+//! the second device signs.
 //!
 //! Payload before encryption, big-endian: session id (16) || session key (32)
 //! || first device key (32) || endorsement (100) || u64 history epoch || u8
-//! invite token length || invite token (UTF-8). The wrapped form is u32 key
-//! epoch || nonce (12) || AES-256-GCM(payload) with the epoch as associated
-//! data, under the wrap key of label `sealcast v1 wrap to clinician device`.
+//! invite token length || invite token (UTF-8) || u8 paired device count ||
+//! that many pairings of [`PAIRED_STATE_LEN`] bytes each. The wrapped form is
+//! u32 key epoch || nonce (12) || AES-256-GCM(payload) with the epoch as
+//! associated data, under the wrap key of label `sealcast v1 wrap to
+//! clinician device`.
 
 use std::fmt;
 
@@ -20,7 +23,7 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::Nonce;
 use zeroize::Zeroizing;
 
-use super::{expand_fixed, PairedLink, PairingCode, PairingError};
+use super::{expand_fixed, PairedJoiner, PairedLink, PairingCode, PairingError, PAIRED_STATE_LEN};
 use crate::authorship::{Endorsement, PublisherKey, ENDORSEMENT_LEN};
 use crate::ids::SessionId;
 use crate::keys::SessionKey;
@@ -32,17 +35,25 @@ pub(super) const WRAP_TO_DEVICE_LABEL: &[u8] = b"sealcast v1 wrap to clinician d
 /// Maximum length of the invite token in a device grant, in bytes.
 pub const MAX_INVITE_TOKEN_LEN: usize = 255;
 
+/// Maximum number of patient device pairings in a device grant. It bounds
+/// the grant at [`MAX_DEVICE_WRAPPED_LEN`] bytes, which the relay keeps in
+/// memory for each open pairing slot.
+pub const MAX_GRANT_PAIRED_DEVICES: usize = 16;
+
 /// Payload bytes before the invite token.
 const FIXED_PAYLOAD_LEN: usize = 16 + 32 + 32 + ENDORSEMENT_LEN + 8 + 1;
 
 /// Bytes a wrapped grant adds to its payload: epoch, nonce and tag.
 const WRAP_OVERHEAD: usize = 4 + 12 + 16;
 
-/// Length of a wrapped device grant with an empty invite token.
-pub const MIN_DEVICE_WRAPPED_LEN: usize = WRAP_OVERHEAD + FIXED_PAYLOAD_LEN;
+/// Length of a wrapped device grant with an empty invite token and no
+/// paired devices.
+pub const MIN_DEVICE_WRAPPED_LEN: usize = WRAP_OVERHEAD + FIXED_PAYLOAD_LEN + 1;
 
-/// Length of a wrapped device grant with the longest invite token.
-pub const MAX_DEVICE_WRAPPED_LEN: usize = MIN_DEVICE_WRAPPED_LEN + MAX_INVITE_TOKEN_LEN;
+/// Length of a wrapped device grant with the longest invite token and the
+/// most paired devices.
+pub const MAX_DEVICE_WRAPPED_LEN: usize =
+    MIN_DEVICE_WRAPPED_LEN + MAX_INVITE_TOKEN_LEN + MAX_GRANT_PAIRED_DEVICES * PAIRED_STATE_LEN;
 
 /// The session data a second device of the clinician needs to publish, end
 /// the session, and give links and pairings to patients.
@@ -62,6 +73,10 @@ pub struct DeviceGrant {
     pub history_epoch: u64,
     /// The token that goes into invite links, at most [`MAX_INVITE_TOKEN_LEN`] bytes.
     pub invite_token: Zeroizing<String>,
+    /// The pairings of the patient devices paired with the first device, at
+    /// most [`MAX_GRANT_PAIRED_DEVICES`], so that the second device wraps
+    /// the keys of later epochs for them too.
+    pub paired_devices: Vec<PairedJoiner>,
 }
 
 impl fmt::Debug for DeviceGrant {
@@ -73,6 +88,7 @@ impl fmt::Debug for DeviceGrant {
             .field("publisher", &self.publisher)
             .field("endorsement", &self.endorsement)
             .field("history_epoch", &self.history_epoch)
+            .field("paired_devices", &self.paired_devices.len())
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +128,19 @@ pub(super) fn wrap(
     let token = grant.invite_token.as_bytes();
     let token_len = u8::try_from(token.len())
         .map_err(|_| PairingError::MalformedPayload("the invite token is over 255 bytes"))?;
-    let mut payload = Zeroizing::new(Vec::with_capacity(FIXED_PAYLOAD_LEN + token.len()));
+    let paired_count = grant.paired_devices.len();
+    if paired_count > MAX_GRANT_PAIRED_DEVICES {
+        return Err(PairingError::TooManyPairedDevices(paired_count));
+    }
+    if grant
+        .paired_devices
+        .iter()
+        .any(|paired| paired.device_key().is_some())
+    {
+        return Err(PairingError::NotDevicePairing);
+    }
+    let capacity = FIXED_PAYLOAD_LEN + token.len() + 1 + paired_count * PAIRED_STATE_LEN;
+    let mut payload = Zeroizing::new(Vec::with_capacity(capacity));
     payload.extend_from_slice(grant.session_id.as_bytes());
     payload.extend_from_slice(grant.session_key.expose_bytes());
     payload.extend_from_slice(&grant.publisher.to_bytes());
@@ -120,6 +148,11 @@ pub(super) fn wrap(
     payload.extend_from_slice(&grant.history_epoch.to_be_bytes());
     payload.push(token_len);
     payload.extend_from_slice(token);
+    // The count fits a byte: it was checked against MAX_GRANT_PAIRED_DEVICES above.
+    payload.push(paired_count as u8);
+    for paired in &grant.paired_devices {
+        payload.extend_from_slice(paired.to_secret_bytes().as_slice());
+    }
 
     let epoch = grant.key_epoch.to_be_bytes();
     let sealed = link
@@ -187,7 +220,7 @@ fn parse_payload(payload: &[u8], key_epoch: u32) -> Result<DeviceGrant, PairingE
     if payload.len() < FIXED_PAYLOAD_LEN {
         return Err(malformed("it is shorter than its fixed fields"));
     }
-    let (fixed, token) = payload.split_at(FIXED_PAYLOAD_LEN);
+    let (fixed, rest) = payload.split_at(FIXED_PAYLOAD_LEN);
     let mut session_id = [0u8; 16];
     session_id.copy_from_slice(&fixed[..16]);
     let mut session_key = Zeroizing::new([0u8; 32]);
@@ -202,12 +235,16 @@ fn parse_payload(payload: &[u8], key_epoch: u32) -> Result<DeviceGrant, PairingE
     let mut history_epoch = [0u8; 8];
     history_epoch.copy_from_slice(&fixed[endorsement_end..endorsement_end + 8]);
     let token_len = usize::from(fixed[FIXED_PAYLOAD_LEN - 1]);
-    if token.len() != token_len {
-        return Err(malformed("the invite token length does not match"));
+    if rest.len() <= token_len {
+        return Err(malformed(
+            "it ends before the invite token and the paired device count",
+        ));
     }
+    let (token, rest) = rest.split_at(token_len);
     let invite_token = std::str::from_utf8(token)
         .map_err(|_| malformed("the invite token is not UTF-8"))?
         .to_owned();
+    let paired_devices = parse_paired_devices(rest)?;
 
     Ok(DeviceGrant {
         key_epoch,
@@ -217,7 +254,34 @@ fn parse_payload(payload: &[u8], key_epoch: u32) -> Result<DeviceGrant, PairingE
         endorsement,
         history_epoch: u64::from_be_bytes(history_epoch),
         invite_token: Zeroizing::new(invite_token),
+        paired_devices,
     })
+}
+
+/// Parses the paired device count and the pairings that follow it.
+fn parse_paired_devices(bytes: &[u8]) -> Result<Vec<PairedJoiner>, PairingError> {
+    let malformed = PairingError::MalformedPayload;
+    let (&count, states) = bytes
+        .split_first()
+        .ok_or(malformed("the paired device count is missing"))?;
+    let count = usize::from(count);
+    if count > MAX_GRANT_PAIRED_DEVICES {
+        return Err(PairingError::TooManyPairedDevices(count));
+    }
+    if states.len() != count * PAIRED_STATE_LEN {
+        return Err(malformed(
+            "the paired devices' length does not match their count",
+        ));
+    }
+    states
+        .chunks_exact(PAIRED_STATE_LEN)
+        .map(|state| {
+            let mut bytes = Zeroizing::new([0u8; PAIRED_STATE_LEN]);
+            bytes.copy_from_slice(state);
+            PairedJoiner::from_secret_bytes(&bytes)
+                .map_err(|_| malformed("a paired device's shared secret is all zeros"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -244,6 +308,109 @@ mod tests {
             .unwrap_or_else(|_| unreachable!("a key derived from a secret is valid"))
     }
 
+    fn patient_pairing(byte: u8) -> PairedJoiner {
+        PairedJoiner::from_secret_bytes(&[byte; PAIRED_STATE_LEN])
+            .unwrap_or_else(|_| unreachable!("a non-zero shared secret is accepted"))
+    }
+
+    fn grant_with(paired_devices: Vec<PairedJoiner>) -> DeviceGrant {
+        let session_id = SessionId([3; 16]);
+        DeviceGrant {
+            key_epoch: 2,
+            session_id,
+            session_key: SessionKey::from_bytes([6; 32]),
+            publisher: device_key(),
+            endorsement: Endorsement::sign_with_secret(&[4; 32], &session_id, 2, own_key()),
+            history_epoch: 9,
+            invite_token: Zeroizing::new("token".into()),
+            paired_devices,
+        }
+    }
+
+    #[test]
+    fn paired_devices_round_trip() {
+        let device_link = link(Some(own_key()));
+        let paired: Vec<PairedJoiner> = (1..=MAX_GRANT_PAIRED_DEVICES as u8)
+            .map(patient_pairing)
+            .collect();
+        let expected: Vec<[u8; PAIRED_STATE_LEN]> = paired
+            .iter()
+            .map(|pairing| *pairing.to_secret_bytes())
+            .collect();
+        let wrapped = wrap(&device_link, &grant_with(paired), [7; 12]);
+        let Ok(wrapped) = wrapped else {
+            panic!("wrapping failed: {wrapped:?}");
+        };
+        assert_eq!(
+            wrapped.len(),
+            MAX_DEVICE_WRAPPED_LEN - (MAX_INVITE_TOKEN_LEN - 5)
+        );
+        let grant = unwrap(&device_link, &wrapped, &own_key());
+        let Ok(grant) = grant else {
+            panic!("unwrapping failed: {:?}", grant.err());
+        };
+        let states: Vec<[u8; PAIRED_STATE_LEN]> = grant
+            .paired_devices
+            .iter()
+            .map(|pairing| *pairing.to_secret_bytes())
+            .collect();
+        assert_eq!(states, expected);
+        assert_eq!(grant.invite_token.as_str(), "token");
+        assert_eq!(grant.history_epoch, 9);
+    }
+
+    #[test]
+    fn too_many_paired_devices_are_rejected() {
+        let device_link = link(Some(own_key()));
+        let paired: Vec<PairedJoiner> = (1..=MAX_GRANT_PAIRED_DEVICES as u8 + 1)
+            .map(patient_pairing)
+            .collect();
+        assert_eq!(
+            wrap(&device_link, &grant_with(paired), [7; 12]).err(),
+            Some(PairingError::TooManyPairedDevices(
+                MAX_GRANT_PAIRED_DEVICES + 1
+            ))
+        );
+        assert_eq!(
+            parse_paired_devices(&[MAX_GRANT_PAIRED_DEVICES as u8 + 1]).err(),
+            Some(PairingError::TooManyPairedDevices(
+                MAX_GRANT_PAIRED_DEVICES + 1
+            ))
+        );
+    }
+
+    #[test]
+    fn paired_device_section_must_match_its_count() {
+        let state = [8u8; PAIRED_STATE_LEN];
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("missing count", Vec::new()),
+            ("count 1 without a pairing", vec![1]),
+            ("count 0 with a pairing", [&[0u8][..], &state].concat()),
+            (
+                "count 1 with a byte more",
+                [&[1u8][..], &state, &[0]].concat(),
+            ),
+        ];
+        for (case, bytes) in cases {
+            assert!(
+                matches!(
+                    parse_paired_devices(&bytes),
+                    Err(PairingError::MalformedPayload(_))
+                ),
+                "{case}"
+            );
+        }
+        let zero_secret = [&[1u8][..], &[0u8; PAIRED_STATE_LEN]].concat();
+        assert!(matches!(
+            parse_paired_devices(&zero_secret),
+            Err(PairingError::MalformedPayload(_))
+        ));
+        let Ok(parsed) = parse_paired_devices(&[&[1u8][..], &state].concat()) else {
+            panic!("one pairing was rejected");
+        };
+        assert_eq!(*parsed[0].to_secret_bytes(), state);
+    }
+
     #[test]
     fn patient_label_does_not_open_a_device_wrap() {
         let device_link = link(Some(own_key()));
@@ -257,6 +424,7 @@ mod tests {
             endorsement: Endorsement::sign_with_secret(&[4; 32], &session_id, 0, own_key()),
             history_epoch: 0,
             invite_token: Zeroizing::new("token".into()),
+            paired_devices: Vec::new(),
         };
         let wrapped = wrap(&device_link, &grant, [7; 12]);
         let Ok(wrapped) = wrapped else {

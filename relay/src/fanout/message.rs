@@ -13,12 +13,14 @@
 //! | `frame` | the follow-socket message of a committed frame: its 8-byte big-endian offset, then the frame |
 //! | `end` | the 8-byte big-endian offset after the session's last frame, once the end is committed |
 //! | `publisher` | the 8-byte big-endian Unix time in milliseconds at which a publisher attached to the session on the sending node |
+//! | `device_removed` | the 8-byte id of a paired device that was removed from the session, whose follow sockets every node closes |
 //!
 //! Frames are ciphertext, as everywhere else in the relay.
 
 use async_nats::HeaderMap;
 use axum::body::Bytes;
 use hmac::{Hmac, Mac};
+use sealcast_protocol::paired_keys::{DeviceId, DEVICE_ID_LEN};
 use sealcast_protocol::{api, FrameHeader, SessionId};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -112,6 +114,11 @@ pub(super) enum Outgoing {
         session_id: SessionId,
         attached_at: i64,
     },
+    /// A paired device was removed from the session.
+    DeviceRemoved {
+        session_id: SessionId,
+        device_id: DeviceId,
+    },
 }
 
 impl Outgoing {
@@ -120,7 +127,8 @@ impl Outgoing {
         match self {
             Outgoing::Frame { session_id, .. }
             | Outgoing::End { session_id, .. }
-            | Outgoing::Publisher { session_id, .. } => *session_id,
+            | Outgoing::Publisher { session_id, .. }
+            | Outgoing::DeviceRemoved { session_id, .. } => *session_id,
         }
     }
 
@@ -130,6 +138,7 @@ impl Outgoing {
             Outgoing::Frame { .. } => "frame",
             Outgoing::End { .. } => "end",
             Outgoing::Publisher { .. } => "publisher",
+            Outgoing::DeviceRemoved { .. } => "device_removed",
         }
     }
 
@@ -160,6 +169,7 @@ impl Outgoing {
             Outgoing::Publisher { attached_at, .. } => {
                 Bytes::copy_from_slice(&attached_at.to_be_bytes())
             }
+            Outgoing::DeviceRemoved { device_id, .. } => Bytes::copy_from_slice(&device_id.0),
         }
     }
 }
@@ -180,6 +190,10 @@ pub(super) enum Incoming {
     /// here before it are replaced by it, so a replayed message replaces
     /// no publisher that attached after the original.
     Publisher { attached_at: i64 },
+    /// The paired device was removed from the session: its follow sockets
+    /// must close. A replayed message closes only sockets of a device that
+    /// the store no longer admits, which cannot open new ones.
+    DeviceRemoved { device_id: DeviceId },
 }
 
 /// Reason a received message was dropped, also used as a metric label.
@@ -254,6 +268,13 @@ pub(super) fn decode(
             let bytes: [u8; 8] = payload[..].try_into().map_err(|_| Dropped::Malformed)?;
             Ok(Incoming::Publisher {
                 attached_at: i64::from_be_bytes(bytes),
+            })
+        }
+        Some("device_removed") => {
+            let bytes: [u8; DEVICE_ID_LEN] =
+                payload[..].try_into().map_err(|_| Dropped::Malformed)?;
+            Ok(Incoming::DeviceRemoved {
+                device_id: DeviceId(bytes),
             })
         }
         _ => Err(Dropped::UnknownEvent),
@@ -383,6 +404,59 @@ mod tests {
                 attached_at: 1_900_000_000_123
             })
         ));
+    }
+
+    #[test]
+    fn device_removal_round_trips() {
+        let session_id = SessionId::random();
+        let device_id = DeviceId([0x5a, 1, 2, 3, 4, 5, 6, 0xff]);
+        let message = Outgoing::DeviceRemoved {
+            session_id,
+            device_id,
+        };
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        assert_eq!(payload.len(), DEVICE_ID_LEN);
+        let decoded = decode(&subject, Some(&headers), &payload, "node-b", &key(1));
+        assert!(matches!(
+            decoded,
+            Ok(Incoming::DeviceRemoved { device_id: decoded }) if decoded == device_id
+        ));
+    }
+
+    #[test]
+    fn device_removal_is_authenticated() {
+        let message = Outgoing::DeviceRemoved {
+            session_id: SessionId::random(),
+            device_id: DeviceId([7; DEVICE_ID_LEN]),
+        };
+        let (subject, headers, payload) = sent(&message, "node-a", &key(1));
+        let wrong_key = decode(&subject, Some(&headers), &payload, "node-b", &key(2));
+        assert_eq!(wrong_key.err(), Some(Dropped::BadMac));
+
+        let other_device = Bytes::from_static(&[8; DEVICE_ID_LEN]);
+        let altered = decode(&subject, Some(&headers), &other_device, "node-b", &key(1));
+        assert_eq!(altered.err(), Some(Dropped::BadMac));
+
+        // The same payload signed as another event is not a removal.
+        let mut relabeled = headers.clone();
+        relabeled.insert(EVENT_HEADER, "end");
+        let decoded = decode(&subject, Some(&relabeled), &payload, "node-b", &key(1));
+        assert_eq!(decoded.err(), Some(Dropped::BadMac));
+    }
+
+    #[test]
+    fn device_removal_of_wrong_length_is_malformed() {
+        let subject = subject(SessionId::random());
+        for length in [0, DEVICE_ID_LEN - 1, DEVICE_ID_LEN + 1] {
+            let payload = Bytes::from(vec![1u8; length]);
+            let mut headers = HeaderMap::new();
+            headers.insert(NODE_HEADER, "node-a");
+            headers.insert(EVENT_HEADER, "device_removed");
+            let code = key(1).sign(&subject, "node-a", "device_removed", &payload);
+            headers.insert(MAC_HEADER, code.as_str());
+            let decoded = decode(&subject, Some(&headers), &payload, "node-b", &key(1));
+            assert_eq!(decoded.err(), Some(Dropped::Malformed), "length {length}");
+        }
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! With `fanout = "local"` a frame reaches only the followers connected to
 //! the node that accepted it. With `fanout = "nats"` several nodes share one
-//! store. Each node publishes three kinds of message on a per-session NATS
-//! subject: every frame it commits, every session end, and every publisher
-//! that attaches to a session. The other nodes deliver those frames to
+//! store. Each node publishes four kinds of message on a per-session NATS
+//! subject: every frame it commits, every session end, every publisher
+//! that attaches to a session, and every paired device removed from a
+//! session. The other nodes deliver those frames to
 //! their own followers in offset order.
 //!
 //! The store stays the source of truth. A node reads the frames it lacks
@@ -22,6 +23,7 @@ mod nats;
 
 use std::sync::Arc;
 
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::SessionId;
 
 use crate::at_rest::DataKeys;
@@ -89,6 +91,14 @@ impl Fanout {
     pub(crate) fn publisher_attached(&self, session_id: SessionId, attached_at: i64) {
         if let Fanout::Nats(nats) = self {
             nats.publisher_attached(session_id, attached_at);
+        }
+    }
+
+    /// Tells the other nodes that the paired device `device_id` was removed
+    /// from the session, so that they close its follow sockets. Never blocks.
+    pub(crate) fn paired_device_removed(&self, session_id: SessionId, device_id: DeviceId) {
+        if let Fanout::Nats(nats) = self {
+            nats.paired_device_removed(session_id, device_id);
         }
     }
 

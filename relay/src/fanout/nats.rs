@@ -16,6 +16,7 @@ use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
 use metrics::{counter, gauge};
 use rand::RngCore;
+use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::SessionId;
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
@@ -25,7 +26,7 @@ use crate::error::RelayError;
 use crate::hub::{Applied, CatchUpTrigger, HubFrame, Registry};
 use crate::metrics::{
     FANOUT_CONNECTED, FANOUT_CONNECTIONS, FANOUT_PUBLISHED, FANOUT_PUBLISH_FAILURES,
-    FANOUT_RECEIVED, FANOUT_REJECTED,
+    FANOUT_RECEIVED, FANOUT_REJECTED, PAIRED_SOCKETS_CLOSED,
 };
 use crate::shutdown::Shutdown;
 
@@ -143,6 +144,13 @@ impl NatsFanout {
         self.send(Outgoing::Publisher {
             session_id,
             attached_at,
+        });
+    }
+
+    pub(super) fn paired_device_removed(&self, session_id: SessionId, device_id: DeviceId) {
+        self.send(Outgoing::DeviceRemoved {
+            session_id,
+            device_id,
         });
     }
 
@@ -269,6 +277,7 @@ impl RemoteFeed {
             Incoming::Frame { .. } => "frame",
             Incoming::End { .. } => "end",
             Incoming::Publisher { .. } => "publisher",
+            Incoming::DeviceRemoved { .. } => "device_removed",
         };
         counter!(FANOUT_RECEIVED, "event" => event).increment(1);
 
@@ -285,6 +294,17 @@ impl RemoteFeed {
             Incoming::End { end_offset } => hub.apply_remote_end(end_offset),
             Incoming::Publisher { attached_at } => {
                 hub.evict_publisher_attached_before(attached_at);
+                Applied::Known
+            }
+            Incoming::DeviceRemoved { device_id } => {
+                let closed = hub.close_paired_device(device_id);
+                if closed > 0 {
+                    counter!(PAIRED_SOCKETS_CLOSED, "trigger" => "fanout").increment(closed as u64);
+                    tracing::info!(
+                        %session_id, %device_id, closed,
+                        "paired device removed on another node: closed its follow sockets"
+                    );
+                }
                 Applied::Known
             }
         };

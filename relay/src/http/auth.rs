@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use sealcast_protocol::paired_keys::DeviceId;
 
 use super::{ApiError, AppState};
-use crate::credentials::Secret;
+use crate::credentials::{CredentialHash, Secret};
 use crate::invites::cookie::follow_cookie;
 use crate::metrics::AUTH_FAILURES;
 use crate::store::SessionRecord;
@@ -26,23 +26,47 @@ pub(crate) const FOLLOW: &str = "follow";
 /// Endpoint label of the staff follow socket.
 pub(crate) const STAFF_FOLLOW: &str = "staff_follow";
 
+/// A follow credential that belongs to a paired device with a device id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PairedFollower {
+    pub(crate) device_id: DeviceId,
+    /// SHA-256 of the device's follow token.
+    pub(crate) credential_hash: CredentialHash,
+}
+
 /// Requires an invite token, or the follow token of a paired device, and
 /// returns its session.
-async fn invite_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRecord, ApiError> {
+async fn invite_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(SessionRecord, Option<PairedFollower>), ApiError> {
     let token = bearer(headers, FOLLOW)?;
     if let Some(record) = state.store.session_by_invite(token.hash()).await? {
-        return Ok(record);
+        return Ok((record, None));
     }
-    state
-        .store
-        .session_by_paired_device(token.hash())
-        .await?
-        .ok_or_else(|| {
-            reject(
-                FOLLOW,
-                "invalid invite or follow token: ask the clinic for a new invite link, or pair this device again",
-            )
-        })
+    paired_follower(state, token.hash()).await?.ok_or_else(|| {
+        reject(
+            FOLLOW,
+            "invalid invite or follow token: ask the clinic for a new invite link, or pair this device again",
+        )
+    })
+}
+
+/// Looks up a paired device's follow credential by its hash. Returns its
+/// session and, for a device paired after the relay stored device ids, the
+/// device.
+pub(crate) async fn paired_follower(
+    state: &AppState,
+    credential_hash: CredentialHash,
+) -> Result<Option<(SessionRecord, Option<PairedFollower>)>, ApiError> {
+    let found = state.store.paired_device(credential_hash).await?;
+    Ok(found.map(|(record, device_id)| {
+        let follower = device_id.map(|device_id| PairedFollower {
+            device_id,
+            credential_hash,
+        });
+        (record, follower)
+    }))
 }
 
 /// Endpoint label of the wrapped key fetch of paired devices.
@@ -72,11 +96,12 @@ pub(crate) async fn paired_device(
 /// bearer credential (native clients), else the follow cookie of a browser
 /// that redeemed the invite or paired. A cookie counts only on an upgrade
 /// whose `Origin` is the relay's own, so no other site's page can use a
-/// patient's cookie.
+/// patient's cookie. Also returns the paired device the credential belongs
+/// to, if it is one.
 pub(crate) async fn follow_session(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<SessionRecord, ApiError> {
+) -> Result<(SessionRecord, Option<PairedFollower>), ApiError> {
     if headers.contains_key(AUTHORIZATION) {
         return invite_session(state, headers).await;
     }
@@ -89,20 +114,16 @@ pub(crate) async fn follow_session(
     check_origin(state, headers)?;
     let hash = cookie.hash();
     if let Some(record) = state.store.session_by_browser(hash).await? {
-        return Ok(record);
+        return Ok((record, None));
     }
     // The cookie of a browser that paired contains the paired device's
     // follow token, which the pairing status route set.
-    state
-        .store
-        .session_by_paired_device(hash)
-        .await?
-        .ok_or_else(|| {
-            reject(
-                FOLLOW,
-                "invalid follow cookie: open the invite link again to redeem it, or pair this device again",
-            )
-        })
+    paired_follower(state, hash).await?.ok_or_else(|| {
+        reject(
+            FOLLOW,
+            "invalid follow cookie: open the invite link again to redeem it, or pair this device again",
+        )
+    })
 }
 
 /// Accepts an `Origin` equal to the public URL's origin or to `https://` and

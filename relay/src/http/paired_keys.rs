@@ -32,7 +32,7 @@ use super::staff::{self, authenticate, Principal};
 use super::{ApiError, AppState};
 use crate::audit::Action;
 use crate::listener::PeerAddr;
-use crate::metrics::{PAIRING_FAILURES, PAIRING_STEPS};
+use crate::metrics::{PAIRED_SOCKETS_CLOSED, PAIRING_FAILURES, PAIRING_STEPS};
 use crate::store::{now_millis, PairedKey, SessionRecord, StoreError};
 
 /// Endpoint label of the clinician's paired device routes in the auth failure metric.
@@ -98,8 +98,9 @@ pub(crate) async fn post_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes a paired device: revokes its follow token and deletes its
-/// wrapped keys. Responds 204.
+/// Removes a paired device: revokes its follow token, deletes its wrapped
+/// keys and closes the follow sockets it has open, on this node and through
+/// fan-out on the others. Responds 204.
 #[utoipa::path(
     delete, path = "/v1/sessions/{id}/devices/{device}", operation_id = "remove_paired_device", tag = "pairing",
     params(("id" = String, Path, description = "Session id, 32 hex digits"), ("device" = String, Path, description = "Paired device id, 16 hex digits")),
@@ -123,16 +124,25 @@ pub(crate) async fn remove_device(
     let device_id = parse_device_id(&device)?;
     let (principal, record) = clinician(&state, &session, &method, &uri, &headers).await?;
     let session_id = record.session_id;
-    // NOTE: a follow socket the device already has open stays open. It receives frames of
-    // later key epochs, which the device cannot open without their keys.
     state
         .store
         .remove_paired_device(session_id, device_id)
         .await
         .map_err(|error| store_rejection(error, device_id))?;
+    // The credential is gone from the store first, so a socket that opens
+    // now fails its own recheck of the credential.
+    let closed = state
+        .hubs
+        .hub(&session_id)
+        .map_or(0, |hub| hub.close_paired_device(device_id));
+    metrics::counter!(PAIRED_SOCKETS_CLOSED, "trigger" => "removal").increment(closed as u64);
+    state
+        .hubs
+        .fanout()
+        .paired_device_removed(session_id, device_id);
 
     count_step("device_removed");
-    tracing::info!(%session_id, %device_id, "paired device removed");
+    tracing::info!(%session_id, %device_id, closed_sockets = closed, "paired device removed");
     let event = audited::staff_event(Action::DeviceUnpaired, &principal, peer_ip(peer.as_ref()))
         .session(session_id)
         .subject(device_id.to_string());

@@ -9,10 +9,12 @@
 //! | [`session`] | one session's offsets, ring, publisher seat and followers |
 //! | [`state`] | the fields of a session hub and the steps that change them |
 //! | [`handles`] | the publisher seat and follower subscriptions sockets keep |
+//! | [`paired`] | paired devices' follow sockets, closed when the device is removed |
 //! | [`queue`] | a follower's bounded live queue |
 //! | [`remote`] | frames committed on other relay nodes, and catch-up from the store |
 
 mod handles;
+mod paired;
 mod queue;
 mod remote;
 mod session;
@@ -29,6 +31,7 @@ use sealcast_protocol::{FrameKind, SessionId};
 use crate::fanout::Fanout;
 use crate::store::{SessionRecord, Store, StoreError};
 pub(crate) use handles::Subscription;
+pub(crate) use paired::PairedSocket;
 pub(crate) use queue::Popped;
 pub(crate) use remote::{Applied, CatchUpTrigger};
 pub(crate) use session::{EndRefused, Lifecycle, Offer, Progress, SessionHub, Subscribe};

@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::handles::{PublisherSeat, Subscription};
+use super::paired::PairedSockets;
 use super::queue::{FollowerQueue, Pushed};
 use super::state::HubState;
 use super::RegistryInner;
@@ -110,6 +111,7 @@ pub(crate) struct SessionHub {
     progress: watch::Sender<Progress>,
     lifecycle: watch::Sender<Lifecycle>,
     pub(super) catch_up: CatchUpFlags,
+    paired_sockets: PairedSockets,
 }
 
 /// Whether a catch-up from the store runs for the hub and whether another
@@ -142,12 +144,18 @@ impl SessionHub {
             progress,
             lifecycle,
             catch_up: CatchUpFlags::default(),
+            paired_sockets: PairedSockets::default(),
         }
     }
 
     /// Returns the bytes of committed frames the ring keeps.
     pub(super) fn ring_budget(&self) -> usize {
         self.ring_budget
+    }
+
+    /// Returns the registry of paired devices' follow sockets.
+    pub(super) fn paired_sockets(&self) -> &PairedSockets {
+        &self.paired_sockets
     }
 
     /// Returns the session's id.

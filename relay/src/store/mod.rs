@@ -441,16 +441,6 @@ impl Store {
             .await
     }
 
-    /// Looks up the session of a paired device's follow credential by its
-    /// hash, comparing in constant time.
-    pub(crate) async fn session_by_paired_device(
-        &self,
-        credential_hash: CredentialHash,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        self.read(move |conn| paired::session_by_credential(conn, &credential_hash))
-            .await
-    }
-
     /// Stores a new invite challenge, after deleting the expired ones and
     /// the token's oldest beyond its limit. Fails with
     /// [`StoreError::InviteChallengesFull`] when the store has no room.

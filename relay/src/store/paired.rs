@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sealcast_protocol::paired_keys::{DeviceId, DEVICE_ID_LEN, MAX_STORED_KEYS_PER_DEVICE};
 use sealcast_protocol::SessionId;
 
-use super::reader::{session_by_credential_hash, session_by_id};
+use super::reader::session_by_id;
 use super::{PairedKey, Redemption, SessionRecord, StoreError};
 use crate::credentials::{hashes_match, CredentialHash};
 
@@ -248,17 +248,4 @@ pub(super) fn keys_after(
             .collect()
     })
     .map_err(StoreError::sqlite("read a paired device's wrapped keys"))
-}
-
-/// Looks up the session a paired device's credential belongs to.
-pub(super) fn session_by_credential(
-    conn: &Connection,
-    credential_hash: &CredentialHash,
-) -> Result<Option<SessionRecord>, StoreError> {
-    session_by_credential_hash(
-        conn,
-        "SELECT credential_hash, session_id FROM paired_devices WHERE credential_hash = ?1",
-        "look up a paired device's credential",
-        credential_hash,
-    )
 }

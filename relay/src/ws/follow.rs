@@ -34,10 +34,11 @@ use super::socket::{
 use super::{configure, not_an_upgrade};
 use crate::accounts::live::{LiveSocket, SocketOwner};
 use crate::http::audited::peer_ip;
+use crate::http::auth::PairedFollower;
 use crate::http::{auth, staff, ApiError, AppState};
-use crate::hub::{HubLease, Lifecycle, Popped, Progress, Subscribe, Subscription};
+use crate::hub::{HubLease, Lifecycle, PairedSocket, Popped, Progress, Subscribe, Subscription};
 use crate::listener::{ConnectionTicket, PeerAddr};
-use crate::metrics::{frame_metrics, ActiveConnection, FOLLOWERS_LAGGED};
+use crate::metrics::{frame_metrics, ActiveConnection, AUTH_FAILURES, FOLLOWERS_LAGGED};
 use crate::store::{now_millis, SessionRecord, Store, StoreFault, StoredFrame};
 use tracing::Instrument;
 
@@ -107,14 +108,18 @@ pub(crate) async fn upgrade(
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let record = auth::follow_session(&state, &headers).await?;
+    let (record, paired) = auth::follow_session(&state, &headers).await?;
     let credential = if headers.contains_key(AUTHORIZATION) {
         "invite_token"
     } else {
         "follow_cookie"
     };
     let audit = FollowerAudit::patient(peer_ip(peer.as_ref()), credential);
-    follow(state, record, query, ticket, upgrade, None, audit).await
+    let owner = match paired {
+        Some(paired) => Owner::PairedDevice(paired),
+        None => Owner::Patient,
+    };
+    follow(state, record, query, ticket, upgrade, owner, audit).await
 }
 
 /// `GET /v1/sessions/{id}/follow`: requires a clinician of the session's
@@ -151,7 +156,56 @@ pub(crate) async fn staff_upgrade(
     let record = staff::clinician_session(&state, &principal, &session, endpoint).await?;
     let live = state.accounts.live.register(SocketOwner::of(&principal));
     let audit = FollowerAudit::staff(&principal, peer_ip(peer.as_ref()));
-    follow(state, record, query, ticket, upgrade, Some(live), audit).await
+    follow(
+        state,
+        record,
+        query,
+        ticket,
+        upgrade,
+        Owner::Staff(live),
+        audit,
+    )
+    .await
+}
+
+/// Whose follow socket it is, which decides what closes it early.
+enum Owner {
+    /// A patient with an invite token or a browser's follow cookie.
+    Patient,
+    /// A paired patient device, whose sockets close when it is removed.
+    PairedDevice(PairedFollower),
+    /// A clinician's device, whose sockets close when its credential is revoked.
+    Staff(LiveSocket),
+}
+
+/// A follow socket's registration that closes it early, and the close it gets.
+enum Registration {
+    None,
+    PairedDevice(PairedSocket),
+    Staff(LiveSocket),
+}
+
+impl Registration {
+    /// Returns the token that closes the socket, and the close it gets.
+    fn revocation(&self) -> Option<(CancellationToken, Closing)> {
+        match self {
+            Registration::None => None,
+            Registration::PairedDevice(socket) => Some((
+                socket.removed().clone(),
+                Closing::new(
+                    close::REVOKED,
+                    "this device was removed from the session: pair it again",
+                ),
+            )),
+            Registration::Staff(live) => Some((
+                live.revoked().clone(),
+                Closing::new(
+                    close::REVOKED,
+                    "the device or user was revoked: sign in again",
+                ),
+            )),
+        }
+    }
 }
 
 async fn follow(
@@ -160,7 +214,7 @@ async fn follow(
     query: Result<Query<FollowQuery>, QueryRejection>,
     ticket: Option<Extension<ConnectionTicket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    live: Option<LiveSocket>,
+    owner: Owner,
     audit: FollowerAudit,
 ) -> Result<Response, ApiError> {
     // The rejection text would repeat the query, so it stays out of the message.
@@ -180,6 +234,13 @@ async fn follow(
     }
     let upgrade = upgrade.map_err(not_an_upgrade)?;
     let lease = state.hubs.lease(&record).await?;
+    let registration = match owner {
+        Owner::Patient => Registration::None,
+        Owner::PairedDevice(paired) => {
+            Registration::PairedDevice(register_paired(&state, &lease, paired).await?)
+        }
+        Owner::Staff(live) => Registration::Staff(live),
+    };
 
     let hold = state.shutdown.hold();
     let limits = state.limits.clone();
@@ -187,9 +248,9 @@ async fn follow(
     let span = tracing::Span::current();
     Ok(configure(upgrade, &limits).on_upgrade(move |socket| {
         async move {
-            let revoked = live.as_ref().map(|live| live.revoked().clone());
-            run(state, lease, socket, query, revoked, audit).await;
-            drop(live);
+            let revocation = registration.revocation();
+            run(state, lease, socket, query, revocation, audit).await;
+            drop(registration);
             drop(ticket);
             drop(hold);
         }
@@ -197,12 +258,34 @@ async fn follow(
     }))
 }
 
+/// Registers a paired device's socket on its hub, then checks that the
+/// device was not removed since its credential was checked: a removal in
+/// between found no socket to close.
+async fn register_paired(
+    state: &AppState,
+    hub: &HubLease,
+    paired: PairedFollower,
+) -> Result<PairedSocket, ApiError> {
+    let socket = hub.hub().register_paired_socket(paired.device_id);
+    let still_paired = auth::paired_follower(state, paired.credential_hash)
+        .await?
+        .is_some();
+    if !still_paired {
+        metrics::counter!(AUTH_FAILURES, "endpoint" => auth::FOLLOW, "reason" => "device_removed")
+            .increment(1);
+        return Err(ApiError::Unauthorized(
+            "this device was removed from the session: pair it again",
+        ));
+    }
+    Ok(socket)
+}
+
 async fn run(
     state: AppState,
     hub: HubLease,
     socket: WebSocket,
     query: FollowQuery,
-    revoked: Option<CancellationToken>,
+    revocation: Option<(CancellationToken, Closing)>,
     audit: FollowerAudit,
 ) {
     let conn = WsConnection::new(socket, ROLE, &state.limits);
@@ -223,13 +306,10 @@ async fn run(
         conn,
         _active: ActiveConnection::open(ROLE),
     };
-    let ending = match revoked {
-        Some(revoked) => tokio::select! {
+    let ending = match revocation {
+        Some((revoked, closing)) => tokio::select! {
             ending = follower.serve() => ending,
-            () = revoked.cancelled() => Ending::Close(Closing::new(
-                close::REVOKED,
-                "the device or user was revoked: sign in again",
-            )),
+            () = revoked.cancelled() => Ending::Close(closing),
         },
         None => follower.serve().await,
     };

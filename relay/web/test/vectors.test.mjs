@@ -594,6 +594,10 @@ test('device grant opens to the vector payload', async () => {
     epoch,
     [token.length],
     token,
+    [1],
+    bytes('pairing_shared_secret'),
+    bytes('joiner_public'),
+    bytes('clinician_public'),
   );
   assert.equal(bytesToHex(payload), bytesToHex(expected));
 });
