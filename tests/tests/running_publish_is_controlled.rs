@@ -211,6 +211,11 @@ async fn rotate_while_publishing(name: &str, trigger: Trigger) {
     let invite = FollowInvite::parse(link).unwrap();
     assert_eq!(invite.key_epoch, 1);
     follower.write_line(link).await;
+    // The follower reads the link and the socket concurrently, so frames of
+    // the new epoch are sent only once it has added the key.
+    follower
+        .wait_for_stderr("Added the key of key epoch 1")
+        .await;
 
     for line in after {
         publish.write_line(line).await;
