@@ -65,6 +65,9 @@ const MESSAGES = {
   not_paired:
     'This device is no longer paired, or the session has ended. To follow the session, pair ' +
     "again with the clinician's device.",
+  removed:
+    "The clinician's device removed this device from the session. To follow the session " +
+    "again, pair again with the clinician's device.",
 };
 
 const PAIR_AGAIN = "Start a new pairing on the clinician's device and enter its id.";

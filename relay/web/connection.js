@@ -29,6 +29,7 @@ export const CloseCode = Object.freeze({
   POLICY_VIOLATION: 1008,
   SESSION_ENDED: 4004,
   CANNOT_RECOVER: 4006,
+  REVOKED: 4009,
 });
 
 /** Minimum wait before a reconnect, in milliseconds. */
@@ -289,6 +290,12 @@ export class FollowSession {
   }
 
   async #afterClose(code) {
+    if (code === CloseCode.REVOKED) {
+      // The clinician removed this paired device: its cookie no longer works, so retrying
+      // cannot help.
+      this.#fail('removed');
+      return 'done';
+    }
     if (code === CloseCode.POLICY_VIOLATION) {
       // The relay rejected the credential or the request: a fresh redemption may cure it once,
       // and a second refusal with no frame in between is final.

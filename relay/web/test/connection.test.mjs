@@ -547,6 +547,21 @@ test('paired page follows with its cookie', LIMIT, async () => {
   assert.deepEqual(relay.requests, []);
 });
 
+test('paired page stops when removed', LIMIT, async () => {
+  const relay = await startRelay({
+    follow: (socket) => {
+      socket.sendText(welcome());
+      socket.close(4009, 'this device was removed from the session: pair it again');
+    },
+  });
+  relay.cookie = 'follow=paired';
+  const env = browserEnv(relay);
+  env.jar.cookie = relay.cookie;
+  const record = await followPaired(relay, env);
+  assert.deepEqual(record.failures, ['removed']);
+  assert.equal(relay.upgrades.length, 1, 'the page reconnected after its removal');
+});
+
 test('paired page stops after refused upgrades', LIMIT, async () => {
   const relay = await startRelay({ follow: () => assert.fail('the upgrade was accepted') });
   relay.cookie = 'follow=paired';
