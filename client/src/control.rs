@@ -497,7 +497,7 @@ fn list_files(dir: &Path) -> Result<Listing, ClientError> {
         // `DirEntry::file_type` does not follow symbolic links.
         let file_type = entry
             .file_type()
-            .map_err(|err| ClientError::io("read the type of", &entry.path(), err))?;
+            .map_err(|err| ClientError::io("read the type of", entry.path(), err))?;
         if file_type.is_file() || file_type.is_symlink() {
             listing.files.push((entry.path(), name));
         } else {
