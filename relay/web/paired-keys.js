@@ -4,9 +4,9 @@
 // to the relay. The page long-polls `GET /v1/paired/keys` with its follow token, opens each
 // wrapped key with the pairing's shared secret, and hands the key to the follow session. It
 // takes a key only when it names the session and publisher key of the pairing and a newer
-// epoch than the page holds. Each fetch asks for epochs after the newest one fetched, opened
-// or ignored, so that the relay does not return an ignored key again, and a fetch that brings
-// only ignored keys is followed by a growing delay.
+// epoch than the page holds. Each fetch requests the epochs after the newest one fetched,
+// opened or ignored, so that the relay does not return an ignored key again. A fetch that
+// brings only ignored keys is followed by a growing delay.
 
 import { bytesEqual, decodeBase64url } from './bytes.js';
 import { parseJson } from './json.js';
@@ -149,13 +149,13 @@ export function receiveLaterKeys({ origin, followToken, pairing, grant, env, onK
       }
       failures = 0;
       const wrappedKeys = response.body.wrapped_keys;
-      let taken = false;
+      let anyTaken = false;
       for (const text of wrappedKeys) {
         if (await accept(text)) {
-          taken = true;
+          anyTaken = true;
         }
       }
-      if (taken) {
+      if (anyTaken) {
         ignoredRounds = 0;
       } else if (wrappedKeys.length > 0) {
         // Only ignored keys, which a relay that disregards `after` returns at once again.

@@ -27,7 +27,8 @@ const FETCH_BACKOFF: Backoff = Backoff {
     max_attempts: None,
 };
 
-/// What the joined device needs to fetch and open the keys of later epochs.
+/// State and clients with which the joined device fetches and opens the
+/// keys of later epochs.
 pub(super) struct LaterKeyPoll {
     pub(super) api: PairingApi,
     pub(super) follow_token: BearerToken,
@@ -310,8 +311,8 @@ mod tests {
         let stored = vec![(1, other_publisher), (2, unopenable), (3, valid)];
 
         let (fetches, epochs, _) = run_against(&mut opener, stored, false, 10).await;
-        // Everything comes in the first round, and the second fetch asks
-        // for later epochs only, until the relay rejects the token.
+        // Everything comes in the first round, and the second fetch requests
+        // later epochs only, until the relay rejects the token.
         assert_eq!(fetches.first(), Some(&0));
         assert!(fetches[1..].iter().all(|after| *after == 3), "{fetches:?}");
         assert_eq!(epochs, vec![3]);

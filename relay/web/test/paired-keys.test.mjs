@@ -1,6 +1,6 @@
-// The paired page's long-poll for the keys of later key epochs, against a scripted relay: a key
-// the page ignores is not fetched again, a relay that returns it anyway meets a growing delay,
-// and each ignored epoch is reported once.
+// The paired page's long-poll for the keys of later key epochs, against a scripted relay. A key
+// the page ignores is not fetched again, and a relay that returns it anyway meets a growing
+// delay. Each ignored epoch is reported once.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
