@@ -14,14 +14,18 @@
 //! `stop-<id>.request` or `rotate-<id>.request` into the directory, where
 //! `<id>` is 16 random hex digits. The publisher scans the directory every [`POLL_INTERVAL`] and
 //! confirms a rotation with `rotate-<id>.done`, which contains the new key
-//! epoch. No file contains key material. On Unix the directory is mode 0700
+//! epoch. Entries that are neither regular files nor symbolic links, such
+//! as directories, are left in place and never read as requests. No file
+//! contains key material. On Unix the directory is mode 0700
 //! and its files 0600, so other local users can neither send requests nor
 //! read them.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::time::{Interval, MissedTickBehavior};
 
 use sealcast_protocol::SessionId;
 
@@ -152,7 +156,8 @@ impl ControlLock {
 
     /// Deletes the requests and confirmations that earlier processes left.
     pub fn clear_requests(&self) -> Result<(), ClientError> {
-        for (path, _) in list_files(&self.dir)? {
+        // Directories and other entries that are not files stay in place.
+        for (path, _) in list_files(&self.dir)?.files {
             let extension = path.extension().and_then(|extension| extension.to_str());
             if matches!(extension, Some(REQUEST_EXTENSION | DONE_EXTENSION)) {
                 remove_if_present(&path)?;
@@ -197,11 +202,21 @@ impl Drop for ControlLock {
     }
 }
 
+/// Minimum time between two warnings about entries that are not regular files.
+const SKIPPED_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The publisher's end of the control channel: the held lock and the
 /// requests that arrive.
 #[derive(Debug)]
 pub struct ControlChannel {
     lock: ControlLock,
+    /// Scan cadence, started by the first [`ControlChannel::recv`]. It lives
+    /// in the channel, so that a caller that drops the future of `recv`
+    /// keeps the next scan due at the same instant instead of restarting a
+    /// full wait.
+    poll: Option<Interval>,
+    /// When the last warning about a skipped entry was logged.
+    skipped_warned_at: Option<Instant>,
 }
 
 impl ControlChannel {
@@ -220,21 +235,42 @@ impl ControlChannel {
         };
         lock.write_pid()?;
         lock.clear_requests()?;
-        Ok(ControlChannel { lock })
+        Ok(ControlChannel {
+            lock,
+            poll: None,
+            skipped_warned_at: None,
+        })
     }
 
     /// Waits for the next request. A rotation request file is deleted
     /// before it is returned, so that each one is handled once. An end
     /// request stays until the control directory is deleted.
     ///
-    /// Cancel safe: a request is taken only between two awaits.
+    /// Cancel safe: a request is taken only after the last await, and a
+    /// dropped call leaves the next scan due when it was, because
+    /// [`Interval::tick`] is cancel safe.
     pub async fn recv(&mut self) -> Result<ControlRequest, ClientError> {
         loop {
-            tokio::time::sleep(POLL_INTERVAL).await;
+            self.poll_interval().tick().await;
             if let Some(request) = self.take_request()? {
                 return Ok(request);
             }
         }
+    }
+
+    /// Returns the scan cadence, starting it on the first call so that the
+    /// first scan comes one [`POLL_INTERVAL`] after it.
+    fn poll_interval(&mut self) -> &mut Interval {
+        self.poll.get_or_insert_with(|| {
+            let mut poll = tokio::time::interval_at(
+                tokio::time::Instant::now() + POLL_INTERVAL,
+                POLL_INTERVAL,
+            );
+            // A publisher busy for longer than one interval scans once when
+            // it comes back, then every interval from there.
+            poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            poll
+        })
     }
 
     /// Writes the confirmation of a rotation request with the new key epoch.
@@ -252,9 +288,13 @@ impl ControlChannel {
     /// on the way. End requests come first, then stop requests, so that a
     /// rotation requested at the same time is not done in vain. A stop
     /// request file is deleted when it is taken.
-    fn take_request(&self) -> Result<Option<ControlRequest>, ClientError> {
+    fn take_request(&mut self) -> Result<Option<ControlRequest>, ClientError> {
         let mut requests = Vec::new();
-        for (path, name) in list_files(&self.lock.dir)? {
+        let listing = list_files(&self.lock.dir)?;
+        if let Some(skipped) = listing.skipped.first() {
+            self.warn_skipped(skipped, listing.skipped.len());
+        }
+        for (path, name) in listing.files {
             if path.extension().and_then(|extension| extension.to_str()) != Some(REQUEST_EXTENSION)
             {
                 continue;
@@ -289,6 +329,26 @@ impl ControlChannel {
             }
             None => Ok(None),
         }
+    }
+
+    /// Logs that `count` entries of the control directory, `first` among
+    /// them, are not regular files and are left in place, at most once per
+    /// [`SKIPPED_ENTRY_WARNING_INTERVAL`], because the scan runs every
+    /// [`POLL_INTERVAL`].
+    fn warn_skipped(&mut self, first: &Path, count: usize) {
+        let now = Instant::now();
+        let due = self
+            .skipped_warned_at
+            .is_none_or(|at| now.duration_since(at) >= SKIPPED_ENTRY_WARNING_INTERVAL);
+        if !due {
+            return;
+        }
+        self.skipped_warned_at = Some(now);
+        tracing::warn!(
+            path = %first.display(),
+            count,
+            "ignoring entries of the control directory that are neither regular files nor symbolic links: they are left in place, and no request is read from them"
+        );
     }
 }
 
@@ -408,12 +468,24 @@ fn read_pid(dir: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Lists the regular files of a directory with their names, skipping names
-/// that are not UTF-8 and the temporary files of [`write_private_file`].
-fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ClientError> {
+/// The entries of a control directory, from [`list_files`].
+struct Listing {
+    /// Regular files and symbolic links, with their names. A symbolic link
+    /// is handled like a file: deleting it removes the link, not its target.
+    files: Vec<(PathBuf, String)>,
+    /// Directories and other entries that are neither, which are left in place.
+    skipped: Vec<PathBuf>,
+}
+
+/// Lists the entries of a directory with their names, skipping names that
+/// are not UTF-8 and the temporary files of [`write_private_file`].
+fn list_files(dir: &Path) -> Result<Listing, ClientError> {
     let entries =
         std::fs::read_dir(dir).map_err(|err| ClientError::io("list directory", dir, err))?;
-    let mut files = Vec::new();
+    let mut listing = Listing {
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
     for entry in entries {
         let entry = entry.map_err(|err| ClientError::io("list directory", dir, err))?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -422,9 +494,17 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ClientError> {
         if name.starts_with('.') {
             continue;
         }
-        files.push((entry.path(), name));
+        // `DirEntry::file_type` does not follow symbolic links.
+        let file_type = entry
+            .file_type()
+            .map_err(|err| ClientError::io("read the type of", entry.path(), err))?;
+        if file_type.is_file() || file_type.is_symlink() {
+            listing.files.push((entry.path(), name));
+        } else {
+            listing.skipped.push(entry.path());
+        }
     }
-    Ok(files)
+    Ok(listing)
 }
 
 fn remove_if_present(path: &Path) -> Result<(), ClientError> {
@@ -576,6 +656,70 @@ mod tests {
         let channel = ControlChannel::open(&store, &session_id).unwrap();
         assert!(!dir.join(format!("{left}.request")).exists());
         assert_eq!(channel.lock.dir(), dir);
+    }
+
+    #[tokio::test]
+    async fn cancelled_recv_keeps_poll_cadence() {
+        let (_dir, store) = store();
+        let session_id = SessionId([13; 16]);
+        let mut channel = ControlChannel::open(&store, &session_id).unwrap();
+        let rotate = send_request(&store, &session_id, RequestKind::Rotate).unwrap();
+        // A caller whose other branch wins every 30 ms drops each `recv`
+        // before a full poll interval passed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut request = None;
+        while request.is_none() && tokio::time::Instant::now() < deadline {
+            let attempt = tokio::time::timeout(Duration::from_millis(30), channel.recv()).await;
+            if let Ok(received) = attempt {
+                request = Some(received.unwrap());
+            }
+        }
+        assert_eq!(request, Some(ControlRequest::Rotate { id: rotate }));
+    }
+
+    #[tokio::test]
+    async fn directories_are_skipped_and_kept() {
+        let (_dir, store) = store();
+        let session_id = SessionId([14; 16]);
+        drop(ControlChannel::open(&store, &session_id).unwrap());
+        let dir = control_dir(&store, &session_id);
+        let named_like_request = dir.join("rotate-0123456789abcdef.request");
+        let invalid_name = dir.join("pause.request");
+        std::fs::create_dir(&named_like_request).unwrap();
+        std::fs::create_dir(&invalid_name).unwrap();
+
+        // Opening clears requests, and leaves directories alone.
+        let mut channel = ControlChannel::open(&store, &session_id).unwrap();
+        let stop = send_request(&store, &session_id, RequestKind::Stop).unwrap();
+        assert_eq!(channel.recv().await.unwrap(), ControlRequest::Stop);
+        assert!(!dir.join(format!("{stop}.request")).exists());
+        assert!(named_like_request.is_dir());
+        assert!(invalid_name.is_dir());
+
+        // Scans go on past the directories.
+        let rotate = send_request(&store, &session_id, RequestKind::Rotate).unwrap();
+        assert_eq!(
+            channel.recv().await.unwrap(),
+            ControlRequest::Rotate { id: rotate }
+        );
+        assert!(named_like_request.is_dir());
+        assert!(channel.skipped_warned_at.is_some());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symlink_request_is_deleted_not_followed() {
+        let (dir, store) = store();
+        let session_id = SessionId([15; 16]);
+        let mut channel = ControlChannel::open(&store, &session_id).unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"kept").unwrap();
+        let link = control_dir(&store, &session_id).join("stop-0123456789abcdef.request");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        assert_eq!(channel.recv().await.unwrap(), ControlRequest::Stop);
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
     }
 
     #[cfg(unix)]

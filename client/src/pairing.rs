@@ -37,6 +37,18 @@ pub const WAIT_SECONDS: u64 = 20;
 /// Hint for pairing errors the relay returns.
 const PAIRING_HINT: &str = "start a new pairing with `sealcast pair offer` on the clinician device";
 
+/// Hint for a 401 to a signed-in device's pairing request.
+const SIGN_IN_HINT: &str = "run `sealcast login` again on this device";
+
+/// Hint for a 401 to `sealcast pair join`'s first step, which the relay
+/// returns only for a slot opened with `sealcast pair offer --device`.
+const DEVICE_SLOT_HINT: &str = "this pairing id belongs to a clinician's device hand-over, which needs `sealcast pair adopt` on the clinician's other device, not `sealcast pair join`";
+
+/// The clause with which the relay's pairing errors end when the next step
+/// is a new pairing. The client drops it, because [`PAIRING_HINT`] gives the
+/// same advice and names the command.
+const RELAY_NEW_PAIRING: &str = "start a new pairing";
+
 /// A client for the pairing routes of one relay.
 #[derive(Debug, Clone)]
 pub struct PairingApi {
@@ -289,7 +301,7 @@ impl PairingApi {
                 }
                 _ => PAIRING_HINT,
             };
-            return Err(status_error(response, "the wrapped key fetch", hint).await);
+            return Err(pairing_status_error(response, "the wrapped key fetch", hint).await);
         }
         let keys: PairedKeys = read_body(response, &url).await?;
         keys.wrapped_keys
@@ -401,12 +413,14 @@ impl PairingApi {
                         .send()
                         .await
                         .map_err(|err| request_error(url, &err))?;
-                    check_status(response).await
+                    check_status(response, SIGN_IN_HINT).await
                 }
             })
             .await
     }
 
+    /// Sends a joining device's request, authorized by the joiner token from
+    /// step 1, or by nothing for step 1 itself.
     async fn joiner_send(
         &self,
         token: Option<&BearerToken>,
@@ -425,7 +439,11 @@ impl PairingApi {
             .send()
             .await
             .map_err(|err| request_error(url, &err))?;
-        check_status(response).await
+        let unauthorized_hint = match token {
+            Some(_) => PAIRING_HINT,
+            None => DEVICE_SLOT_HINT,
+        };
+        check_status(response, unauthorized_hint).await
     }
 }
 
@@ -455,22 +473,63 @@ async fn joined(
     Ok((token, joined))
 }
 
-async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+/// Returns the response when it succeeded, and otherwise an error with a
+/// hint by status, where `unauthorized_hint` is the hint for 401.
+async fn check_status(
+    response: reqwest::Response,
+    unauthorized_hint: &'static str,
+) -> Result<reqwest::Response, ClientError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let hint = match status {
-        StatusCode::UNAUTHORIZED => {
-            "run `sealcast login` again on the clinician device, or start a new pairing"
-        }
+        StatusCode::UNAUTHORIZED => unauthorized_hint,
         StatusCode::FORBIDDEN => {
             "sign in on both devices as the same clinician of the same organization"
         }
         StatusCode::TOO_MANY_REQUESTS => "wait a minute and try again",
         _ => PAIRING_HINT,
     };
-    Err(status_error(response, "the pairing step", hint).await)
+    Err(pairing_status_error(response, "the pairing step", hint).await)
+}
+
+/// Builds the error of a failed pairing request like [`status_error`]. When
+/// the hint is [`PAIRING_HINT`], the relay's own advice to start a new
+/// pairing is dropped from its message, so that the error gives it once.
+async fn pairing_status_error(
+    response: reqwest::Response,
+    what: &'static str,
+    hint: &'static str,
+) -> ClientError {
+    let mut error = status_error(response, what, hint).await;
+    if let ClientError::RelayStatus { message, hint, .. } = &mut error {
+        if *hint == PAIRING_HINT {
+            *message = without_new_pairing_advice(message).to_string();
+        }
+    }
+    error
+}
+
+/// Returns the relay's message without its closing advice to start a new
+/// pairing, for example `pairing expired` for `pairing expired: start a new
+/// pairing on the clinician device`. A message that has no such advice, or
+/// nothing before it, is returned whole.
+fn without_new_pairing_advice(message: &str) -> &str {
+    let Some(index) = message.find(RELAY_NEW_PAIRING) else {
+        return message;
+    };
+    let before = message[..index].trim_end();
+    let before = before
+        .strip_suffix(", or")
+        .or_else(|| before.strip_suffix(':'))
+        .unwrap_or(before)
+        .trim_end();
+    if before.is_empty() {
+        message
+    } else {
+        before
+    }
 }
 
 async fn read_body<T: DeserializeOwned>(
@@ -483,4 +542,51 @@ async fn read_body<T: DeserializeOwned>(
             url.path()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_pairing_advice_is_dropped_once() {
+        let cases = [
+            (
+                "pairing expired: start a new pairing on the clinician device",
+                "pairing expired",
+            ),
+            (
+                "pairing 0421-8810-3377 not found: check the id the clinician device shows, or start a new pairing there",
+                "pairing 0421-8810-3377 not found: check the id the clinician device shows",
+            ),
+            (
+                "another device already joined pairing 0421-8810-3377: start a new pairing on the clinician device",
+                "another device already joined pairing 0421-8810-3377",
+            ),
+            ("not this step's turn", "not this step's turn"),
+            (
+                "start a new pairing on the clinician device",
+                "start a new pairing on the clinician device",
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(without_new_pairing_advice(message), expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn expired_pairing_error_has_one_hint() {
+        let error = ClientError::RelayStatus {
+            what: "the pairing step",
+            status: 410,
+            message: without_new_pairing_advice(
+                "pairing expired: start a new pairing on the clinician device",
+            )
+            .to_string(),
+            hint: PAIRING_HINT,
+        };
+        let text = error.to_string();
+        assert_eq!(text.matches(RELAY_NEW_PAIRING).count(), 1, "{text}");
+        assert!(text.contains("`sealcast pair offer`"), "{text}");
+    }
 }

@@ -186,6 +186,21 @@ impl CliProcess {
         stdin.flush().await.unwrap();
     }
 
+    /// Writes one line to standard input, and returns false when the
+    /// process closed its end of the pipe.
+    pub async fn try_write_line(&mut self, line: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        let mut data = line.as_bytes().to_vec();
+        data.push(b'\n');
+        match stdin.write_all(&data).await {
+            Ok(()) => stdin.flush().await.is_ok(),
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => false,
+            Err(err) => panic!("writing to stdin failed: {err}"),
+        }
+    }
+
     /// Closes standard input.
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -381,4 +381,30 @@ async fn declined_prompt_sends_no_key() {
             .any(|line| line.contains("the other device cancelled the pairing")),
         "{stderr:#?}"
     );
+    // Joining the cancelled slot again names the next step once, with its command.
+    let (status, _, stderr) = Cli::spawn(
+        joiner_home.path(),
+        &[
+            "pair",
+            "join",
+            "--relay",
+            &base_url,
+            "--ca-cert",
+            ca_cert,
+            &id,
+        ],
+    )
+    .finish()
+    .await;
+    assert!(!status.success(), "{stderr:#?}");
+    let rejected = stderr
+        .iter()
+        .find(|line| line.contains("relay rejected"))
+        .unwrap_or_else(|| panic!("no relay rejection: {stderr:#?}"));
+    assert_eq!(
+        rejected.matches("start a new pairing").count(),
+        1,
+        "{rejected}"
+    );
+    assert!(rejected.contains("`sealcast pair offer`"), "{rejected}");
 }

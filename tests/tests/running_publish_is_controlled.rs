@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use sealcast_protocol::FollowInvite;
 use sealcast_tests::cli::{CliProcess, Clinic};
 use sealcast_tests::sample::{sample_finals, sample_path};
@@ -292,6 +295,84 @@ async fn killed_publish_leaves_no_control() {
         stdout.iter().any(|line| line == "{\"event\":\"ended\"}"),
         "{stdout:#?} {stderr:#?}"
     );
+}
+
+/// Interval between two lines that keep a publish busy, below the 100 ms
+/// at which it scans its control directory.
+const BUSY_LINE_INTERVAL: Duration = Duration::from_millis(30);
+
+/// Bound on the lines that keep a publish busy: 15 s at [`BUSY_LINE_INTERVAL`].
+const MAX_BUSY_LINES: u64 = 500;
+
+/// Writes a short final segment to the publish every [`BUSY_LINE_INTERVAL`]
+/// until `done` is set, the publish closes its standard input or
+/// [`MAX_BUSY_LINES`] were written. Returns the number written.
+async fn keep_publish_busy(publish: &mut CliProcess, done: &AtomicBool) -> u64 {
+    let mut written = 0;
+    while written < MAX_BUSY_LINES && !done.load(Ordering::SeqCst) {
+        let start_ms = written * 30;
+        let line = format!(
+            "{{\"speaker\":\"doctor\",\"start_ms\":{start_ms},\"end_ms\":{},\"text\":\"line {written}\"}}",
+            start_ms + 20
+        );
+        if !publish.try_write_line(&line).await {
+            break;
+        }
+        written += 1;
+        tokio::time::sleep(BUSY_LINE_INTERVAL).await;
+    }
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_publish_takes_requests() {
+    let clinic = Clinic::start("control-busy").await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let link_file = link_dir.path().join("rotated-link");
+    let mut publish = start_publish(
+        &clinic,
+        &["--rotated-link-file", link_file.to_str().unwrap()],
+    )
+    .await;
+    let pid = publish.pid();
+    let done = AtomicBool::new(false);
+
+    let requests = async {
+        // Lines already flow when the requests are written.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, stdout, stderr) = clinic.run(&["session", "rotate", "--timeout", "2"]).await;
+        assert!(status.success(), "session rotate failed: {stdout} {stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "Rotated the key of session {} to key epoch 1.",
+                clinic.session_id
+            )),
+            "{stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, stdout, stderr) = clinic.run(&["session", "end", "--timeout", "2"]).await;
+        done.store(true, Ordering::SeqCst);
+        (status, stdout, stderr)
+    };
+    let (written, (status, stdout, stderr)) =
+        tokio::join!(keep_publish_busy(&mut publish, &done), requests);
+    assert!(status.success(), "session end failed: {stdout} {stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "Session {} ended by process {pid}.",
+            clinic.session_id
+        )),
+        "{stdout}"
+    );
+    // The two 500 ms waits alone span more than 30 lines.
+    assert!(written > 30, "only {written} lines were written");
+    assert!(written < MAX_BUSY_LINES, "the publish was never ended");
+
+    let (status, _, stderr) = publish.finish().await;
+    assert!(status.success(), "publish failed: {stderr:#?}");
+    let invite = FollowInvite::parse(std::fs::read_to_string(&link_file).unwrap().trim()).unwrap();
+    assert_eq!(invite.key_epoch, 1);
+    assert!(!clinic.session_file().exists());
 }
 
 /// Sends a signal to a process with kill(1).

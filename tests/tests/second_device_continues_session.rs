@@ -531,6 +531,18 @@ async fn device_pairing_rejects_others() {
             && line.contains("sign in on the joining device as the same clinician")),
         "{stderr:#?}"
     );
+    assert!(
+        stderr.iter().any(|line| line.contains(
+            "this pairing id belongs to a clinician's device hand-over, which needs `sealcast pair adopt`"
+        )),
+        "{stderr:#?}"
+    );
+    assert!(
+        !stderr
+            .iter()
+            .any(|line| line.contains("`sealcast login` again on the clinician device")),
+        "{stderr:#?}"
+    );
 
     let tls = TlsSettings::from_ca_file(&clinic.relay.ca_cert()).unwrap();
     let metrics = scrape(&Url::parse(&base_url).unwrap(), &tls).await;

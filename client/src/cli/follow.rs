@@ -135,7 +135,9 @@ pub(crate) async fn follow_link(
         LaterKeys::Links(links) => (Some(links), None),
         LaterKeys::Grants(grants) => (None, Some(grants)),
     };
-    let mut printer = Printer::new(format, publisher, later_grants.is_some());
+    // A paired device gets the keys of epochs after its pairing's only.
+    let paired_epoch = later_grants.as_ref().map(|_| first.key_epoch);
+    let mut printer = Printer::new(format, publisher, paired_epoch);
     loop {
         let event = tokio::select! {
             event = follower.next_event() => event,
@@ -180,6 +182,23 @@ pub(crate) async fn follow_link(
         );
     }
     check_authorship(&report)
+}
+
+/// Returns the warning for the first unreadable frame of `key_epoch`, at
+/// `offset`. `paired_epoch` is the key epoch a paired device got with its
+/// pairing: the clinician device sends it the keys of later epochs only.
+fn unreadable_warning(key_epoch: u32, offset: u64, paired_epoch: Option<u32>) -> String {
+    match paired_epoch {
+        Some(paired_epoch) if key_epoch < paired_epoch => format!(
+            "frames of key epoch {key_epoch} cannot be read by this device, from offset {offset}: they are older than its pairing at key epoch {paired_epoch}, and the clinician device sends the keys of later epochs only"
+        ),
+        Some(_) => format!(
+            "frames of key epoch {key_epoch} cannot be read yet, from offset {offset}: this device has no key of that epoch. They are kept and shown if the clinician device sends that key to this device"
+        ),
+        None => format!(
+            "frames of key epoch {key_epoch} cannot be read, from offset {offset}: this device has no key of that epoch. Pass the session's link with epoch={key_epoch} on stdin to read them"
+        ),
+    }
 }
 
 /// Where a follower gets the keys of later key epochs.
@@ -326,12 +345,17 @@ struct Printer {
     columns: usize,
     /// Key epochs whose unreadable frames were reported, once each.
     unreadable_epochs: BTreeSet<u32>,
-    /// Whether later keys come from the clinician device rather than from links on stdin.
-    paired: bool,
+    /// Key epoch of the pairing's first key when later keys come from the
+    /// clinician device, `None` when they come from links on stdin.
+    paired_epoch: Option<u32>,
 }
 
 impl Printer {
-    fn new(format: OutputFormat, publisher: Option<PublisherKey>, paired: bool) -> Self {
+    fn new(
+        format: OutputFormat,
+        publisher: Option<PublisherKey>,
+        paired_epoch: Option<u32>,
+    ) -> Self {
         let columns = std::env::var("COLUMNS")
             .ok()
             .and_then(|value| value.parse().ok())
@@ -345,7 +369,7 @@ impl Printer {
             status_shown: false,
             columns,
             unreadable_epochs: BTreeSet::new(),
-            paired,
+            paired_epoch,
         }
     }
 
@@ -412,16 +436,10 @@ impl Printer {
             FollowEvent::FrameUnreadable {
                 offset, key_epoch, ..
             } => {
-                if !self.unreadable_epochs.insert(key_epoch) {
-                    // Reported once per epoch.
-                } else if self.paired {
-                    stderr_line!(
-                        "warning: frames of key epoch {key_epoch} cannot be read yet, from offset {offset}: this device has no key of that epoch. They are kept and shown if the clinician device sends that key to this device"
-                    );
-                } else {
-                    stderr_line!(
-                        "warning: frames of key epoch {key_epoch} cannot be read, from offset {offset}: this device has no key of that epoch. Pass the session's link with epoch={key_epoch} on stdin to read them"
-                    );
+                // Reported once per epoch.
+                if self.unreadable_epochs.insert(key_epoch) {
+                    let warning = unreadable_warning(key_epoch, offset, self.paired_epoch);
+                    stderr_line!("warning: {warning}");
                 }
             }
             FollowEvent::KeyAdded {
@@ -536,5 +554,29 @@ mod tests {
             is_final: true,
         };
         assert_eq!(text_line(&segment), "[12:34] doctor: How are you?");
+    }
+
+    #[test]
+    fn unreadable_epoch_warning_per_source() {
+        let older = unreadable_warning(0, 40, Some(2));
+        assert!(older.contains("cannot be read by this device"), "{older}");
+        assert!(
+            older.contains("older than its pairing at key epoch 2"),
+            "{older}"
+        );
+        assert!(!older.contains("kept and shown"), "{older}");
+
+        let newer = unreadable_warning(3, 90, Some(2));
+        assert!(
+            newer.contains("cannot be read yet, from offset 90"),
+            "{newer}"
+        );
+        assert!(
+            newer.contains("if the clinician device sends that key"),
+            "{newer}"
+        );
+
+        let linked = unreadable_warning(1, 7, None);
+        assert!(linked.contains("link with epoch=1 on stdin"), "{linked}");
     }
 }

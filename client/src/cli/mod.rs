@@ -26,6 +26,7 @@ pub mod follow;
 pub mod login;
 pub mod pair;
 pub mod pair_device;
+mod pair_keys;
 pub mod publish;
 pub mod session;
 pub mod shell_docs;

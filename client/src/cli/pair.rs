@@ -22,10 +22,8 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use sealcast_protocol::authorship::PublisherKey;
 use sealcast_protocol::paired_keys::{DeviceId, InvalidDeviceId};
 use sealcast_protocol::pairing::{
     ClinicianPairing, Commitment, JoinerPairing, KeyGrant, PairedClinician, PairingCode,
@@ -35,23 +33,15 @@ use sealcast_protocol::{FollowInvite, InviteLink, SessionId};
 use tokio::sync::mpsc;
 
 use super::follow::{follow_link, LaterKeys, OutputFormat};
+use super::pair_keys::{receive_later_keys, LaterKeyPoll};
 use super::{open_key_store, parse_session_id};
 use crate::auth::{BearerToken, SignedInDevice};
-use crate::backoff::Backoff;
 use crate::endpoint::parse_relay_url;
 use crate::error::ClientError;
 use crate::keystore::{now_unix_s, KeyStore, StoredSession};
 use crate::pairing::PairingApi;
 use crate::secret::SecretString;
 use crate::tls::TlsSettings;
-
-/// Retry policy of the wrapped key fetch: 500 ms doubling up to 30 s,
-/// forever, because the follower keeps frames it cannot open yet.
-const FETCH_BACKOFF: Backoff = Backoff {
-    initial: Duration::from_millis(500),
-    max: Duration::from_secs(30),
-    max_attempts: None,
-};
 
 /// A `sealcast pair` command.
 #[derive(Debug, Subcommand)]
@@ -402,80 +392,6 @@ async fn join(args: JoinArgs) -> Result<(), ClientError> {
     let followed = follow_link(invite, tls, args.format, LaterKeys::Grants(receiver)).await;
     poller.abort();
     followed
-}
-
-/// What the joined device needs to fetch and open the keys of later epochs.
-struct LaterKeyPoll {
-    api: PairingApi,
-    follow_token: BearerToken,
-    /// The joined device's side of the pairing, in memory only.
-    pairing: PairedClinician,
-    session_id: SessionId,
-    publisher: PublisherKey,
-    /// Newest key epoch the device holds.
-    newest_epoch: u32,
-    grants: mpsc::Sender<KeyGrant>,
-}
-
-/// Long-polls the relay for wrapped keys of later epochs, unwraps each and
-/// sends it to the follower, until the follower stops or the relay revokes
-/// the follow token. A failed request is retried after a delay, and a key
-/// that fails to unwrap or names another session is reported and skipped.
-async fn receive_later_keys(mut poll: LaterKeyPoll) {
-    let mut failures = 0;
-    loop {
-        let fetched = poll
-            .api
-            .fetch_paired_keys(&poll.follow_token, poll.newest_epoch)
-            .await;
-        let wrapped_keys = match fetched {
-            Ok(keys) => {
-                failures = 0;
-                keys
-            }
-            Err(ClientError::RelayStatus { status: 401, .. }) => {
-                stderr_line!("warning: the relay no longer hands this device the keys of later key epochs: the clinician removed it or ended the session");
-                return;
-            }
-            Err(err) => {
-                let delay = FETCH_BACKOFF.delay(failures);
-                failures = failures.saturating_add(1);
-                stderr_line!(
-                    "warning: fetching the keys of later key epochs failed ({err}); retrying in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        for wrapped in wrapped_keys {
-            let grant = match poll.pairing.unwrap_key(&wrapped) {
-                Ok(grant) => grant,
-                Err(err) => {
-                    stderr_line!("warning: ignored a key from the relay: {err}");
-                    continue;
-                }
-            };
-            if grant.session_id != poll.session_id || grant.key_epoch <= poll.newest_epoch {
-                stderr_line!(
-                    "warning: ignored the key of key epoch {}: it names another session or an epoch this device already holds",
-                    grant.key_epoch
-                );
-                continue;
-            }
-            if grant.publisher != poll.publisher {
-                stderr_line!(
-                    "warning: ignored the key of key epoch {}: it names another publisher key than the pairing",
-                    grant.key_epoch
-                );
-                continue;
-            }
-            poll.newest_epoch = grant.key_epoch;
-            if poll.grants.send(grant).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// Runs steps 2 to 5 on the joining device and returns the completed
