@@ -63,6 +63,8 @@ pub(crate) enum PairingRejected {
     OtherClinician,
     /// A commitment with a device key reached a slot for a patient's device.
     NotDeviceSlot,
+    /// The slot's session has ended.
+    SessionEnded,
 }
 
 /// The staff account that opened a slot for its own second device.
@@ -87,6 +89,7 @@ impl PairingRejected {
             PairingRejected::SignInRequired => "joiner_not_signed_in",
             PairingRejected::OtherClinician => "joiner_other_clinician",
             PairingRejected::NotDeviceSlot => "not_device_slot",
+            PairingRejected::SessionEnded => "session_ended",
         }
     }
 }
@@ -117,6 +120,8 @@ struct Slot {
     session_id: SessionId,
     expires_at: Instant,
     state: PairingState,
+    /// Set when the session ended: every step and view is then rejected.
+    session_ended: bool,
     /// The opener, for a slot that hands the session to its second device.
     owner: Option<SlotOwner>,
     joiner_token_hash: Option<CredentialHash>,
@@ -203,6 +208,7 @@ impl PairingMailbox {
             session_id,
             expires_at: now + self.lifetime,
             state: PairingState::Open,
+            session_ended: false,
             owner,
             joiner_token_hash: None,
             commitment: None,
@@ -396,6 +402,41 @@ impl PairingMailbox {
         Ok(view)
     }
 
+    /// Returns the session of a live slot.
+    pub(crate) fn session_of(
+        &self,
+        id: PairingId,
+        now: Instant,
+    ) -> Result<SessionId, PairingRejected> {
+        self.with_slot(id, now, |slot| Ok(slot.session_id))
+    }
+
+    /// Ends every slot of a session that ended: drops the keys, commitments
+    /// and follow token they hold, and wakes their waiting status requests,
+    /// which then get [`PairingRejected::SessionEnded`]. The emptied slots
+    /// are kept until the sweep, so late requests get that rejection too.
+    /// Returns the number of slots ended.
+    pub(crate) fn end_session(&self, session_id: SessionId) -> usize {
+        let mut slots = self.lock();
+        let mut ended = 0;
+        for slot in slots.values_mut() {
+            if slot.session_id != session_id || slot.session_ended {
+                continue;
+            }
+            slot.session_ended = true;
+            slot.joiner_token_hash = None;
+            slot.commitment = None;
+            slot.device_key = None;
+            slot.clinician_public = None;
+            slot.joiner_public = None;
+            slot.wrapped_key = None;
+            slot.follow_token = None;
+            slot.changed.send_replace(());
+            ended += 1;
+        }
+        ended
+    }
+
     /// Returns the number of slots kept, expired ones included.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -464,6 +505,9 @@ fn live_slot(
     now: Instant,
 ) -> Result<&mut Slot, PairingRejected> {
     let slot = slots.get_mut(&id).ok_or(PairingRejected::Unknown)?;
+    if slot.session_ended {
+        return Err(PairingRejected::SessionEnded);
+    }
     if slot.expires_at <= now {
         return Err(PairingRejected::Expired);
     }
@@ -638,6 +682,37 @@ mod tests {
         );
         let view = mailbox.clinician_view(id, session(1), now).unwrap();
         assert_eq!(view.state, PairingState::Cancelled);
+    }
+
+    #[test]
+    fn ended_session_rejects_its_slots() {
+        let mailbox = PairingMailbox::new(LIFETIME);
+        let now = Instant::now();
+        let (committed, token) = exchange_keys(&mailbox, now);
+        let (open, _) = mailbox.open(session(1), now).unwrap();
+        let (other, _) = mailbox.open(session(2), now).unwrap();
+        let mut changes = mailbox
+            .clinician_view(committed, session(1), now)
+            .unwrap()
+            .changes;
+        changes.borrow_and_update();
+
+        assert_eq!(mailbox.end_session(session(1)), 2);
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(
+            mailbox.commit(open, [1; 32], None, now).err(),
+            Some(PairingRejected::SessionEnded)
+        );
+        assert_eq!(
+            mailbox.joiner_view(committed, &token, now).err(),
+            Some(PairingRejected::SessionEnded)
+        );
+        assert_eq!(
+            mailbox.clinician_view(committed, session(1), now).err(),
+            Some(PairingRejected::SessionEnded)
+        );
+        assert_eq!(mailbox.session_of(other, now), Ok(session(2)));
+        assert_eq!(mailbox.end_session(session(1)), 0);
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn spawn_server(
         metrics: metrics_handle.clone(),
         invites,
         pairings: Arc::new(PairingMailbox::new(config.limits.pairing_lifetime)),
-        paired_key_posts: tokio::sync::watch::channel(()).0,
+        paired_keys_changed: tokio::sync::watch::channel(()).0,
         public_origin: http::auth::origin_of(public_url),
         public_url: public_url.to_owned(),
         accounts,

@@ -526,3 +526,98 @@ async fn cancelled_and_ended_pairings_are_refused() {
         .unwrap();
     assert_error(response, StatusCode::GONE, "session_ended", "has ended").await;
 }
+
+#[tokio::test]
+async fn ending_session_closes_its_slots() {
+    // Slots outlive the waits below, so only the end can cut them short.
+    let relay = start_relay(Limits {
+        pairing_lifetime: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    let (session, _) = relay.create_session().await;
+    let open = open_slot_any(&relay, &session).await;
+    let committed = open_slot_any(&relay, &session).await;
+    let joined: PairingJoined = commit(&relay, &committed, &[1; 32])
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let waiting = {
+        let http = relay.http.clone();
+        let url = relay.url(&format!("/v1/pairings/{committed}?wait=20"));
+        let token = joined.joiner_token.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(relay.end_session(&session).await, StatusCode::NO_CONTENT);
+    let (status, body, elapsed) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    let body: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(body.error, "session_ended");
+    assert!(body.message.contains("has ended"), "{}", body.message);
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the status request waited {elapsed:?}"
+    );
+
+    assert_error(
+        commit(&relay, &open, &[2; 32]).await,
+        StatusCode::GONE,
+        "session_ended",
+        "has ended",
+    )
+    .await;
+    let key = PublicKeyBody {
+        public_key: b64(&[9; 32]),
+    };
+    let response = joiner_post(
+        &relay,
+        &format!("/v1/pairings/{committed}/joiner-key"),
+        Some(&joined.joiner_token),
+        &key,
+    )
+    .await;
+    assert_error(response, StatusCode::GONE, "session_ended", "has ended").await;
+}
+
+#[tokio::test]
+async fn session_ended_on_other_node_closes_slots() {
+    let relay = start_relay(Limits {
+        pairing_lifetime: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    let other_node = relay.start_node(Limits::default()).await;
+    let (session, _) = relay.create_session().await;
+    let id = open_slot_any(&relay, &session).await;
+
+    assert_eq!(
+        other_node.end_session(&session).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        commit(&relay, &id, &[1; 32]).await,
+        StatusCode::GONE,
+        "session_ended",
+        "has ended",
+    )
+    .await;
+}
+
+/// Opens a slot of any lifetime and returns its id.
+async fn open_slot_any(relay: &TestRelay, session: &CreateSessionResponse) -> String {
+    let response = relay
+        .staff_post(&session_path(session, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json::<PairingOpened>().await.unwrap().pairing_id
+}

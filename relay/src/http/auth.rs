@@ -73,17 +73,19 @@ pub(crate) async fn paired_follower(
 pub(crate) const PAIRED_KEYS: &str = "paired_keys";
 
 /// Requires a paired device's follow token as a bearer credential and
-/// returns its session and device id. The device id is `None` for a device
-/// paired before the relay stored device ids.
+/// returns its session, its device id and the token's hash. The device id
+/// is `None` for a device paired before the relay stored device ids.
 pub(crate) async fn paired_device(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(SessionRecord, Option<DeviceId>), ApiError> {
+) -> Result<(SessionRecord, Option<DeviceId>, CredentialHash), ApiError> {
     let token = bearer(headers, PAIRED_KEYS)?;
+    let credential_hash = token.hash();
     state
         .store
-        .paired_device(token.hash())
+        .paired_device(credential_hash)
         .await?
+        .map(|(record, device_id)| (record, device_id, credential_hash))
         .ok_or_else(|| {
             reject(
                 PAIRED_KEYS,

@@ -81,8 +81,9 @@ pub(crate) struct RelayState {
     /// Pairing slots, in memory only.
     pub(crate) pairings: Arc<PairingMailbox>,
     /// Changes each time this node stores a wrapped key for a paired
-    /// device, to wake the fetches that wait for one.
-    pub(crate) paired_key_posts: watch::Sender<()>,
+    /// device, removes a paired device or ends a session, to wake the
+    /// fetches that wait for a key.
+    pub(crate) paired_keys_changed: watch::Sender<()>,
     /// Origin of the public URL, such as `https://relay.example:8443`: the
     /// `Origin` a follow cookie is accepted from, besides the request's `Host`.
     pub(crate) public_origin: String,

@@ -6,8 +6,14 @@
 //! paired device long-polls the fetch route with its follow token. The
 //! relay keeps the wrapped keys in its store, so every relay node on the
 //! data directory serves them and they outlive a restart. A node wakes its
-//! own waiting fetches at once when a key is posted to it, and rechecks the
-//! store every [`RECHECK_INTERVAL`] for keys posted to other nodes.
+//! own waiting fetches at once when a key is posted to it, a device is
+//! removed or the session ends, and rechecks the store every
+//! [`RECHECK_INTERVAL`] for such changes made on other nodes.
+//!
+//! Only the clinician who created the session may post keys and remove
+//! devices, from any of their signed-in devices. Other clinicians of the
+//! organization and administrators get 403: they hold no session key to
+//! wrap, and a key they could post would lock the device out of later keys.
 //!
 //! The relay cannot open a wrapped key: it checks only its length and the
 //! epoch in its first four bytes. No wrapped key or token is logged.
@@ -24,22 +30,24 @@ use sealcast_protocol::invite::decode_base64url;
 use sealcast_protocol::paired_keys::{DeviceId, PairedKeys, MAX_KEYS_WAIT_SECONDS};
 use sealcast_protocol::pairing::WRAPPED_KEY_LEN;
 use sealcast_protocol::pairing_api::WrappedKeyBody;
+use sealcast_protocol::SessionId;
 
 use super::audited::{self, peer_ip};
-use super::auth::paired_device;
+use super::auth::{paired_device, PAIRED_KEYS};
 use super::json::read_json;
 use super::staff::{self, authenticate, Principal};
 use super::{ApiError, AppState};
 use crate::audit::Action;
+use crate::credentials::CredentialHash;
 use crate::listener::PeerAddr;
 use crate::metrics::{PAIRED_SOCKETS_CLOSED, PAIRING_FAILURES, PAIRING_STEPS};
-use crate::store::{now_millis, PairedKey, SessionRecord, StoreError};
+use crate::store::{now_millis, PairedKey, SessionRecord, StoreError, MAX_KEY_EPOCH_STEP};
 
 /// Endpoint label of the clinician's paired device routes in the auth failure metric.
 const CLINICIAN_DEVICES: &str = "clinician_devices";
 
-/// Interval at which a waiting fetch rereads the store, for keys that
-/// another relay node stored.
+/// Interval at which a waiting fetch rereads the store, for keys, removals
+/// and session ends that another relay node stored.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stores a wrapped key of a later key epoch for a paired device. Responds 204.
@@ -51,9 +59,9 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
     responses(
         (status = 204, description = "Wrapped key stored"),
         (status = 400, description = "Malformed id or wrapped key, or a wrapped key of key epoch 0", body = sealcast_protocol::api::ErrorBody),
-        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, not the clinician who created the session, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
         (status = 404, description = "Unknown session, or no paired device with this id in the session", body = sealcast_protocol::api::ErrorBody),
-        (status = 409, description = "A newer key epoch is already stored for the device", body = sealcast_protocol::api::ErrorBody),
+        (status = 409, description = "A newer key epoch is already stored for the device, or the key epoch is more than 16 above the device's newest one", body = sealcast_protocol::api::ErrorBody),
         (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = sealcast_protocol::api::ErrorBody)
     )
@@ -86,7 +94,7 @@ pub(crate) async fn post_key(
         .store_paired_key(key)
         .await
         .map_err(|error| store_rejection(error, device_id))?;
-    state.paired_key_posts.send_replace(());
+    state.paired_keys_changed.send_replace(());
 
     count_step("key_posted");
     tracing::info!(%session_id, %device_id, key_epoch, "wrapped key stored for a paired device");
@@ -108,7 +116,7 @@ pub(crate) async fn post_key(
     responses(
         (status = 204, description = "Device removed"),
         (status = 400, description = "Malformed id", body = sealcast_protocol::api::ErrorBody),
-        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, second factor missing, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credential or DPoP proof", body = sealcast_protocol::api::ErrorBody), (status = 403, description = "Wrong role or organization, not the clinician who created the session, or CSRF header missing", body = sealcast_protocol::api::ErrorBody), (status = 429, description = "Too many failed credentials from this client; see `Retry-After`", body = sealcast_protocol::api::ErrorBody),
         (status = 404, description = "Unknown session, or no paired device with this id in the session", body = sealcast_protocol::api::ErrorBody),
         (status = 410, description = "The session has ended", body = sealcast_protocol::api::ErrorBody)
     )
@@ -140,6 +148,7 @@ pub(crate) async fn remove_device(
         .hubs
         .fanout()
         .paired_device_removed(session_id, device_id);
+    state.paired_keys_changed.send_replace(());
 
     count_step("device_removed");
     tracing::info!(%session_id, %device_id, closed_sockets = closed, "paired device removed");
@@ -163,7 +172,8 @@ pub(crate) async fn remove_device(
         (status = 200, description = "Wrapped keys of later epochs, oldest first; empty when none arrived in time", body = sealcast_protocol::paired_keys::PairedKeys),
         (status = 400, description = "Malformed after or wait", body = sealcast_protocol::api::ErrorBody),
         (status = 401, description = "Missing or invalid follow token, a removed device, or an ended session", body = sealcast_protocol::api::ErrorBody),
-        (status = 409, description = "The device was paired before the relay stored device ids", body = sealcast_protocol::api::ErrorBody)
+        (status = 409, description = "The device was paired before the relay stored device ids", body = sealcast_protocol::api::ErrorBody),
+        (status = 410, description = "The session ended while the fetch waited", body = sealcast_protocol::api::ErrorBody)
     )
 )]
 pub(crate) async fn fetch_keys(
@@ -172,7 +182,7 @@ pub(crate) async fn fetch_keys(
     headers: HeaderMap,
 ) -> Result<Json<PairedKeys>, ApiError> {
     let (after, wait) = parse_fetch_query(query.as_deref())?;
-    let (record, device_id) = paired_device(&state, &headers).await?;
+    let (record, device_id, credential_hash) = paired_device(&state, &headers).await?;
     let Some(device_id) = device_id else {
         count_failure("no_device_id");
         return Err(ApiError::Conflict(
@@ -182,11 +192,16 @@ pub(crate) async fn fetch_keys(
     let session_id = record.session_id;
 
     let deadline = tokio::time::Instant::now() + wait;
-    let mut posts = state.paired_key_posts.subscribe();
+    let mut changes = state.paired_keys_changed.subscribe();
+    let mut first = true;
     loop {
-        // Marks the current value seen before the read, so a post during
-        // the read wakes the wait below.
-        posts.borrow_and_update();
+        // Marks the current value seen before the reads, so a change during
+        // them wakes the wait below.
+        changes.borrow_and_update();
+        if !first {
+            check_still_paired(&state, credential_hash, session_id).await?;
+        }
+        first = false;
         let keys = state
             .store
             .paired_keys_after(session_id, device_id, after)
@@ -203,7 +218,7 @@ pub(crate) async fn fetch_keys(
         }
         let recheck = deadline.min(now + RECHECK_INTERVAL);
         tokio::select! {
-            _ = posts.changed() => {}
+            _ = changes.changed() => {}
             () = tokio::time::sleep_until(recheck) => {}
             () = state.shutdown.triggered() => {
                 return Ok(Json(PairedKeys { wrapped_keys: Vec::new() }));
@@ -212,8 +227,37 @@ pub(crate) async fn fetch_keys(
     }
 }
 
-/// Authenticates a clinician of the session in the path and requires the
-/// session to be open.
+/// Rejects a waiting fetch whose device was removed (401) or whose session
+/// ended (410) since the fetch began. Both delete the follow credential.
+async fn check_still_paired(
+    state: &AppState,
+    credential_hash: CredentialHash,
+    session_id: SessionId,
+) -> Result<(), ApiError> {
+    if state.store.paired_device(credential_hash).await?.is_some() {
+        return Ok(());
+    }
+    let ended = state
+        .store
+        .session(session_id)
+        .await?
+        .is_none_or(|record| record.ended_at.is_some());
+    if ended {
+        count_failure("session_ended");
+        tracing::debug!(%session_id, "paired key fetch ended: the session ended");
+        return Err(ApiError::Gone(format!(
+            "session {session_id} has ended: its paired devices get no more keys"
+        )));
+    }
+    Err(staff::reject(
+        PAIRED_KEYS,
+        "device_removed",
+        "this device was removed from the session: pair it again to follow",
+    ))
+}
+
+/// Authenticates the clinician who created the session in the path and
+/// requires the session to be open.
 async fn clinician(
     state: &AppState,
     session: &str,
@@ -223,6 +267,15 @@ async fn clinician(
 ) -> Result<(Principal, SessionRecord), ApiError> {
     let principal = authenticate(state, headers, method, uri.path(), CLINICIAN_DEVICES).await?;
     let record = staff::clinician_session(state, &principal, session, CLINICIAN_DEVICES).await?;
+    // A session created before accounts existed has no creator, so no one
+    // may manage its paired devices.
+    if record.created_by_user.as_deref() != Some(principal.user_id.as_str()) {
+        return Err(staff::forbid(
+            CLINICIAN_DEVICES,
+            "not_session_creator",
+            "only the clinician who created this session may manage its paired devices",
+        ));
+    }
     if record.ended_at.is_some() {
         count_failure("session_ended");
         return Err(ended(&record));
@@ -324,6 +377,12 @@ fn store_rejection(error: StoreError, device_id: DeviceId) -> ApiError {
             count_failure("stale_epoch");
             ApiError::Conflict(format!(
                 "key epoch {key_epoch} is older than key epoch {newest}, which is already stored for device {device_id}: wrap the newest key"
+            ))
+        }
+        StoreError::PairedKeyTooFar { key_epoch, newest } => {
+            count_failure("epoch_too_far");
+            ApiError::Conflict(format!(
+                "key epoch {key_epoch} is more than {MAX_KEY_EPOCH_STEP} above key epoch {newest}, the newest known for device {device_id}: each rotation adds one to the epoch, so post the keys in order"
             ))
         }
         StoreError::SessionEnded { session_id } => {

@@ -225,7 +225,10 @@ pub(crate) async fn wrapped_key(
     let device_id = DeviceId::of_joiner(&joiner_public);
     let follow_token = match purpose {
         PairingPurpose::Patient => {
-            Some(store_follow_credential(&state, session_id, device_id).await?)
+            // A patient's wrapped key names its key epoch in the clear in its
+            // first four bytes, and its length was checked above.
+            let key_epoch = u32::from_be_bytes([wrapped[0], wrapped[1], wrapped[2], wrapped[3]]);
+            Some(store_follow_credential(&state, session_id, device_id, key_epoch).await?)
         }
         PairingPurpose::ClinicianDevice => None,
     };
@@ -310,6 +313,7 @@ pub(crate) async fn commitment(
 ) -> Result<(StatusCode, Json<PairingJoined>), ApiError> {
     admit(&state, peer)?;
     let id = parse_pairing_id(&pairing)?;
+    check_session_open(&state, id).await?;
     let request: CommitmentBody = read_json(&headers, body, "commitment body").await?;
     let commitment = decode_fixed::<KEY_LEN>(&request.commitment, "commitment")?;
     let device_key = request
@@ -382,6 +386,7 @@ pub(crate) async fn joiner_status(
     let wait = parse_wait(query.as_deref())?;
     let id = parse_pairing_id(&pairing)?;
     let token = joiner_token(&headers)?;
+    check_session_open(&state, id).await?;
     let view = long_poll(&state, Side::Joiner, wait, || {
         state
             .pairings
@@ -435,6 +440,7 @@ pub(crate) async fn joiner_key(
     admit(&state, peer)?;
     let id = parse_pairing_id(&pairing)?;
     let token = joiner_token(&headers)?;
+    check_session_open(&state, id).await?;
     let request: PublicKeyBody = read_json(&headers, body, "public key body").await?;
     let public_key = decode_fixed::<KEY_LEN>(&request.public_key, "public_key")?;
     state
@@ -468,6 +474,7 @@ pub(crate) async fn joiner_cancel(
     admit(&state, peer)?;
     let id = parse_pairing_id(&pairing)?;
     let token = joiner_token(&headers)?;
+    check_session_open(&state, id).await?;
     state
         .pairings
         .cancel_by_joiner(id, &token, Instant::now())
@@ -550,6 +557,27 @@ async fn clinician(
     Ok((principal, record))
 }
 
+/// Rejects a joining device's request with 410 when the slot's session has
+/// ended. The store is read, not only this node's slots, so a session that
+/// another relay node ended closes its slots here too.
+async fn check_session_open(state: &AppState, id: PairingId) -> Result<(), ApiError> {
+    let session_id = state
+        .pairings
+        .session_of(id, Instant::now())
+        .map_err(|rejected| reject(rejected, Some(id)))?;
+    let open = state
+        .store
+        .session(session_id)
+        .await?
+        .is_some_and(|record| record.ended_at.is_none());
+    if open {
+        return Ok(());
+    }
+    let dropped = state.pairings.end_session(session_id);
+    tracing::debug!(%session_id, dropped, "pairing slots of an ended session dropped");
+    Err(reject(PairingRejected::SessionEnded, Some(id)))
+}
+
 /// Waits until `fetch` returns a view in which it is `side`'s turn or the
 /// pairing is over, the slot stops changing for `wait`, or the relay shuts
 /// down. Returns the last view.
@@ -604,11 +632,13 @@ fn status(view: SlotView) -> PairingStatus {
     }
 }
 
-/// Makes the joined device's follow credential and stores its hash with the device id.
+/// Makes the joined device's follow credential and stores its hash with the
+/// device id and the key epoch of the key the pairing delivers.
 async fn store_follow_credential(
     state: &AppState,
     session_id: SessionId,
     device_id: DeviceId,
+    key_epoch: u32,
 ) -> Result<Secret, ApiError> {
     let token = random_token();
     let device = Redemption {
@@ -616,7 +646,7 @@ async fn store_follow_credential(
         credential_hash: token.hash(),
         created_at: now_millis(),
     };
-    match state.store.pair_device(device, device_id).await {
+    match state.store.pair_device(device, device_id, key_epoch).await {
         Ok(()) => Ok(token),
         Err(StoreError::SessionEnded { .. }) => {
             count_failure("session_ended");
@@ -772,6 +802,9 @@ fn reject(rejected: PairingRejected, id: Option<PairingId>) -> ApiError {
         PairingRejected::OtherClinician => ApiError::Forbidden(
             "this pairing hands a clinician's session to another of their devices, and the joining device is signed in as another user or organization: sign in as the clinician who opened the pairing",
         ),
+        PairingRejected::SessionEnded => ApiError::Gone(format!(
+            "the session of {slot} has ended: a device can no longer pair with it"
+        )),
         PairingRejected::NotDeviceSlot => ApiError::BadRequest(format!(
             "{slot} is for a patient's device, which sends no device_key: run `sealcast pair join` for it, or open the pairing with `sealcast pair offer --device`"
         )),

@@ -179,7 +179,11 @@ async fn end_after_frames(
     match committed.await {
         Ok(Ok(())) => {
             metrics::counter!(SESSIONS_ENDED).increment(1);
-            tracing::info!(session_id = %record.session_id, "session ended");
+            // Other nodes find the end in the store: the joiner routes check
+            // it, and waiting key fetches recheck it every second.
+            let dropped = state.pairings.end_session(record.session_id);
+            state.paired_keys_changed.send_replace(());
+            tracing::info!(session_id = %record.session_id, dropped_pairings = dropped, "session ended");
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(Err(StoreError::NotEndable { .. })) => Err(already_ended()),

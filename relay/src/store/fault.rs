@@ -44,7 +44,8 @@ impl StoreFault {
             | StoreError::InviteChallengeRejected { .. }
             | StoreError::InviteChallengesFull
             | StoreError::UnknownPairedDevice { .. }
-            | StoreError::StalePairedKey { .. } => StoreFault::Rejected,
+            | StoreError::StalePairedKey { .. }
+            | StoreError::PairedKeyTooFar { .. } => StoreFault::Rejected,
             _ => StoreFault::Other,
         }
     }

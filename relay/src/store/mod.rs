@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::at_rest::{self, AtRestError, DatabaseKeys, KeySource};
 use crate::credentials::CredentialHash;
 use crate::invites::challenges::{ChallengeRejected, MAX_TOTAL};
+pub(crate) use paired::MAX_KEY_EPOCH_STEP;
 use reader::ReadPool;
 pub(crate) use writer::{Completion, WriteOp, WritePermit};
 
@@ -142,6 +143,15 @@ pub enum StoreError {
         /// Newest epoch stored for the device.
         newest: u32,
     },
+    /// A wrapped key's epoch is more than [`paired::MAX_KEY_EPOCH_STEP`]
+    /// above the device's newest known epoch.
+    #[error("key epoch {key_epoch} is more than {} above key epoch {newest}, the newest known for this device", paired::MAX_KEY_EPOCH_STEP)]
+    PairedKeyTooFar {
+        /// Epoch of the rejected key.
+        key_epoch: u32,
+        /// Newest epoch stored for the device, or delivered by its pairing.
+        newest: u32,
+    },
     /// The store already contains the maximum of live invite challenges.
     #[error("store already contains {MAX_TOTAL} live invite challenges: retry once some expire")]
     InviteChallengesFull,
@@ -177,6 +187,7 @@ impl StoreError {
                 | StoreError::InviteChallengesFull
                 | StoreError::UnknownPairedDevice { .. }
                 | StoreError::StalePairedKey { .. }
+                | StoreError::PairedKeyTooFar { .. }
         )
     }
 
@@ -227,6 +238,9 @@ pub(crate) struct SessionRecord {
     /// The invite authentication key, when the clinician device sent one.
     pub(crate) invite_verifier: Option<[u8; 32]>,
     pub(crate) ended_at: Option<i64>,
+    /// The staff user who created the session. `None` for sessions created
+    /// before accounts existed.
+    pub(crate) created_by_user: Option<String>,
 }
 
 /// A browser's redemption of an invite: the hash of its new follow credential.
@@ -381,24 +395,28 @@ impl Store {
             .await
     }
 
-    /// Stores a paired device's follow credential with its device id if the
-    /// session is open. Fails with [`StoreError::SessionEnded`] otherwise.
+    /// Stores a paired device's follow credential with its device id and
+    /// the key epoch of the key its pairing delivered, if the session is
+    /// open. Fails with [`StoreError::SessionEnded`] otherwise.
     pub(crate) async fn pair_device(
         &self,
         device: Redemption,
         device_id: DeviceId,
+        key_epoch: u32,
     ) -> Result<(), StoreError> {
         self.write(|done| WriteOp::PairDevice {
             device,
             device_id,
+            key_epoch,
             done,
         })
         .await
     }
 
     /// Stores a wrapped key for a paired device. Fails with
-    /// [`StoreError::UnknownPairedDevice`], [`StoreError::SessionEnded`] or
-    /// [`StoreError::StalePairedKey`], checked in the same transaction.
+    /// [`StoreError::UnknownPairedDevice`], [`StoreError::SessionEnded`],
+    /// [`StoreError::StalePairedKey`] or [`StoreError::PairedKeyTooFar`],
+    /// checked in the same transaction.
     pub(crate) async fn store_paired_key(&self, key: PairedKey) -> Result<(), StoreError> {
         self.write(|done| WriteOp::StorePairedKey { key, done })
             .await

@@ -42,16 +42,30 @@ pub(super) const KEYS_MIGRATION: &str = "ALTER TABLE paired_devices ADD COLUMN d
         PRIMARY KEY (session_id, device_id, key_epoch)
     ) WITHOUT ROWID;";
 
-/// Inserts a paired device's credential and device id when the session is open.
+/// Schema migration that records the key epoch of the key each device's
+/// pairing delivered. It is NULL for devices paired before it.
+pub(super) const PAIRING_EPOCH_MIGRATION: &str =
+    "ALTER TABLE paired_devices ADD COLUMN pairing_key_epoch INTEGER;";
+
+/// Maximum number of key epochs a posted wrapped key may be above the
+/// device's newest known epoch. Each rotation adds one to the epoch, so a
+/// larger step is a client bug or an attempt to make the relay reject every
+/// real later key as stale.
+pub(crate) const MAX_KEY_EPOCH_STEP: u32 = 16;
+
+/// Inserts a paired device's credential, device id and the key epoch of the
+/// key its pairing delivered, when the session is open.
 pub(super) fn insert(
     conn: &Connection,
     device: &Redemption,
     device_id: &DeviceId,
+    key_epoch: u32,
 ) -> Result<(), StoreError> {
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO paired_devices (credential_hash, session_id, created_at, device_id)
-             SELECT ?1, ?2, ?3, ?4
+            "INSERT INTO paired_devices
+                 (credential_hash, session_id, created_at, device_id, pairing_key_epoch)
+             SELECT ?1, ?2, ?3, ?4, ?5
              WHERE EXISTS (SELECT 1 FROM sessions WHERE session_id = ?2 AND ended_at IS NULL)",
         )
         .and_then(|mut statement| {
@@ -60,6 +74,7 @@ pub(super) fn insert(
                 device.session_id.as_bytes().as_slice(),
                 device.created_at,
                 device_id.0.as_slice(),
+                key_epoch,
             ])
         })
         .map_err(StoreError::sqlite("store a paired device's credential"))?;
@@ -87,10 +102,11 @@ pub(super) fn delete_for_session(
 }
 
 /// Stores a wrapped key for a paired device of an open session. Rejects an
-/// unknown device, an ended session and an epoch older than the newest one
-/// stored for the device. The same epoch replaces the stored key, so a
-/// clinician device may retry a post. Keeps only the newest
-/// [`MAX_STORED_KEYS_PER_DEVICE`] keys of the device.
+/// unknown device, an ended session, an epoch older than the newest one
+/// stored for the device and an epoch more than [`MAX_KEY_EPOCH_STEP`]
+/// above the newest one stored or delivered by the pairing. The same epoch
+/// replaces the stored key, so a clinician device may retry a post. Keeps
+/// only the newest [`MAX_STORED_KEYS_PER_DEVICE`] keys of the device.
 pub(super) fn insert_key(conn: &Connection, key: &PairedKey) -> Result<(), StoreError> {
     let session = key.session_id.as_bytes().as_slice();
     let device = key.device_id.0.as_slice();
@@ -101,30 +117,44 @@ pub(super) fn insert_key(conn: &Connection, key: &PairedKey) -> Result<(), Store
             session_id: key.session_id,
         });
     }
-    let known: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM paired_devices WHERE session_id = ?1 AND device_id = ?2")
+    let pairing_epoch: Option<Option<i64>> = conn
+        .prepare_cached(
+            "SELECT pairing_key_epoch FROM paired_devices WHERE session_id = ?1 AND device_id = ?2",
+        )
         .and_then(|mut statement| {
             statement
                 .query_row(params![session, device], |row| row.get(0))
                 .optional()
         })
         .map_err(StoreError::sqlite("look up a paired device"))?;
-    if known.is_none() {
+    let Some(pairing_epoch) = pairing_epoch else {
         return Err(StoreError::UnknownPairedDevice {
             device_id: key.device_id,
         });
-    }
+    };
     let newest: Option<i64> = conn
         .prepare_cached(
             "SELECT MAX(key_epoch) FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2",
         )
         .and_then(|mut statement| statement.query_row(params![session, device], |row| row.get(0)))
         .map_err(StoreError::sqlite("read a paired device's newest key epoch"))?;
-    if let Some(newest) = newest.and_then(|newest| u32::try_from(newest).ok()) {
+    let newest = newest.and_then(|newest| u32::try_from(newest).ok());
+    if let Some(newest) = newest {
         if key.key_epoch < newest {
             return Err(StoreError::StalePairedKey {
                 key_epoch: key.key_epoch,
                 newest,
+            });
+        }
+    }
+    let pairing_epoch = pairing_epoch.and_then(|epoch| u32::try_from(epoch).ok());
+    // NOTE: a device paired before the pairing epoch was stored, with no
+    // stored key yet, has no known epoch, so its first post is not bounded.
+    if let Some(known) = newest.max(pairing_epoch) {
+        if key.key_epoch > known.saturating_add(MAX_KEY_EPOCH_STEP) {
+            return Err(StoreError::PairedKeyTooFar {
+                key_epoch: key.key_epoch,
+                newest: known,
             });
         }
     }

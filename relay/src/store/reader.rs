@@ -81,7 +81,7 @@ impl ReadPool {
 }
 
 const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, organization_id,
-    invite_token_hash, ended_at, invite_verifier";
+    invite_token_hash, ended_at, invite_verifier, created_by_user";
 
 pub(super) fn session_by_id(
     conn: &Connection,
@@ -125,6 +125,7 @@ struct SessionColumns {
     invite_token_hash: Vec<u8>,
     ended_at: Option<i64>,
     invite_verifier: Option<Vec<u8>>,
+    created_by_user: Option<String>,
 }
 
 fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
@@ -136,6 +137,7 @@ fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
         invite_token_hash: row.get(4)?,
         ended_at: row.get(5)?,
         invite_verifier: row.get(6)?,
+        created_by_user: row.get(7)?,
     })
 }
 
@@ -162,6 +164,7 @@ impl SessionColumns {
             invite_token_hash: self.invite_token_hash,
             invite_verifier,
             ended_at: self.ended_at,
+            created_by_user: self.created_by_user,
         })
     }
 }

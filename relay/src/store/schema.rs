@@ -218,6 +218,8 @@ const MIGRATIONS: &[&str] = &[
     super::challenges::MIGRATION,
     // Version 9: paired device ids and the wrapped keys of later key epochs.
     super::paired::KEYS_MIGRATION,
+    // Version 10: the key epoch each paired device received in its pairing.
+    super::paired::PAIRING_EPOCH_MIGRATION,
 ];
 
 /// The at-rest migration: stores the wrapped data key and seals every

@@ -810,7 +810,7 @@ async fn paired_keys_keep_newest_epochs() {
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
-        .pair_device(redemption(session_id, 20), DeviceId([1; 8]))
+        .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
         .await
         .unwrap();
 
@@ -858,6 +858,63 @@ async fn paired_keys_keep_newest_epochs() {
 }
 
 #[tokio::test]
+async fn paired_key_epoch_step_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_id = SessionId::random();
+    let store = Store::open(dir.path(), &KeySource::Development)
+        .await
+        .unwrap();
+    store.create_session(new_session(session_id)).await.unwrap();
+    // Device 1 paired at epoch 0, device 2 after 40 rotations.
+    store
+        .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
+        .await
+        .unwrap();
+    store
+        .pair_device(redemption(session_id, 21), DeviceId([2; 8]), 40)
+        .await
+        .unwrap();
+
+    let too_far = store
+        .store_paired_key(paired_key(session_id, 1, u32::MAX))
+        .await;
+    assert!(
+        matches!(
+            too_far,
+            Err(StoreError::PairedKeyTooFar {
+                key_epoch: u32::MAX,
+                newest: 0
+            })
+        ),
+        "{too_far:?}"
+    );
+    let first_past = MAX_KEY_EPOCH_STEP + 1;
+    let too_far = store
+        .store_paired_key(paired_key(session_id, 1, first_past))
+        .await;
+    assert!(
+        matches!(too_far, Err(StoreError::PairedKeyTooFar { .. })),
+        "{too_far:?}"
+    );
+    store
+        .store_paired_key(paired_key(session_id, 1, MAX_KEY_EPOCH_STEP))
+        .await
+        .unwrap();
+    // The bound moves with the newest stored epoch.
+    store
+        .store_paired_key(paired_key(session_id, 1, 2 * MAX_KEY_EPOCH_STEP))
+        .await
+        .unwrap();
+
+    store
+        .store_paired_key(paired_key(session_id, 2, 41))
+        .await
+        .unwrap();
+    assert_eq!(stored_epochs(&store, session_id, 2, None).await, [41]);
+    store.close().await;
+}
+
+#[tokio::test]
 async fn removing_paired_device_revokes_it() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
@@ -866,11 +923,11 @@ async fn removing_paired_device_revokes_it() {
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
-        .pair_device(redemption(session_id, 20), DeviceId([1; 8]))
+        .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
         .await
         .unwrap();
     store
-        .pair_device(redemption(session_id, 21), DeviceId([2; 8]))
+        .pair_device(redemption(session_id, 21), DeviceId([2; 8]), 0)
         .await
         .unwrap();
     for device in [1, 2] {

@@ -83,10 +83,12 @@ pub(crate) enum WriteOp {
         redemption: Redemption,
         done: Completion,
     },
-    /// Store a paired device's follow credential and device id if the session is open.
+    /// Store a paired device's follow credential, device id and the key
+    /// epoch its pairing delivered, if the session is open.
     PairDevice {
         device: Redemption,
         device_id: DeviceId,
+        key_epoch: u32,
         done: Completion,
     },
     /// Store a wrapped key of a later epoch for a paired device.
@@ -401,8 +403,11 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
         WriteOp::RedeemInvite { redemption, .. } => browsers::insert(conn, redemption),
         WriteOp::PairDevice {
-            device, device_id, ..
-        } => paired::insert(conn, device, device_id),
+            device,
+            device_id,
+            key_epoch,
+            ..
+        } => paired::insert(conn, device, device_id, *key_epoch),
         WriteOp::StorePairedKey { key, .. } => paired::insert_key(conn, key),
         WriteOp::RemovePairedDevice {
             session_id,
