@@ -174,7 +174,11 @@ function startLaterKeys({ pairing, followToken, grant }, session) {
       keyBytes.fill(0);
       session.addKey(keyEpoch, key);
     },
-    onStop: () => console.warn('sealcast: the relay no longer hands this page later keys'),
+    onStop: (reason) => {
+      if (reason !== 'ended') {
+        console.warn('sealcast: the relay no longer hands this page later keys');
+      }
+    },
   });
 }
 

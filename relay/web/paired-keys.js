@@ -30,12 +30,14 @@ export function wrappedKeyEpoch(wrapped) {
 }
 
 /**
- * Fetches and opens later keys until `stop()` is called or the relay refuses the follow token,
- * which it does once the clinician removed this device or the session ended.
+ * Fetches and opens later keys until `stop()` is called, the relay refuses the follow token
+ * (the clinician removed this device, or the session ended before the fetch), or it answers
+ * 410 because the session ended while the fetch waited.
  *
  * `pairing` is the `{ shared, joinerPublic, clinicianPublic }` of the pairing, `grant` the first
  * unwrapped grant (`epoch`, `sessionIdHex`, `publisher`). `onKey(epoch, keyBytes)` receives each
- * new key, and `onStop(reason)` is called once with `revoked` when the relay refuses the token.
+ * new key, and `onStop(reason)` is called once with `revoked` when the relay refuses the token
+ * or with `ended` when the session ended.
  * `env` has `fetch`, `setTimeout` and `random`. Returns `{ stop, done }`.
  */
 export function receiveLaterKeys({ origin, followToken, pairing, grant, env, onKey, onStop }) {
@@ -139,6 +141,11 @@ export function receiveLaterKeys({ origin, followToken, pairing, grant, env, onK
       if (response?.status === 401) {
         stop();
         onStop?.('revoked');
+        return;
+      }
+      if (response?.status === 410) {
+        stop();
+        onStop?.('ended');
         return;
       }
       if (response?.status !== 200 || !Array.isArray(response.body?.wrapped_keys)) {

@@ -29,21 +29,30 @@ async function wrapGrant(link, epoch, sessionId, publisher) {
 
 /**
  * Runs receiveLaterKeys against a relay that stores `stored` (`[epoch, wrapped text]` pairs) and
- * returns those after the requested epoch, or all of them when `ignoreAfter` is set. The relay
- * refuses the follow token after `maxFetches` fetches. Resolves to the `after` of each fetch,
- * the epochs handed on, the delays waited and the warnings.
+ * returns those after the requested epoch, or all of them when `ignoreAfter` is set. After
+ * `maxFetches` fetches the relay answers `finalStatus`: 401 refuses the follow token, 410 says
+ * the session ended. Resolves to the `after` of each fetch, the epochs handed on, the delays
+ * waited, the warnings and the reasons passed to `onStop`.
  */
-async function runAgainst({ link, grant, stored, ignoreAfter = false, maxFetches }) {
+async function runAgainst({
+  link,
+  grant,
+  stored,
+  ignoreAfter = false,
+  maxFetches,
+  finalStatus = 401,
+}) {
   const fetches = [];
   const delays = [];
   const keys = [];
   const warnings = [];
+  const stops = [];
   const env = {
     fetch: async (url) => {
       const after = Number(url.searchParams.get('after'));
       fetches.push(after);
       if (fetches.length > maxFetches) {
-        return { status: 401, text: async () => '{"error":"revoked"}' };
+        return { status: finalStatus, text: async () => '{"error":"stopped"}' };
       }
       const wrappedKeys = stored
         .filter(([epoch]) => ignoreAfter || epoch > after)
@@ -66,13 +75,13 @@ async function runAgainst({ link, grant, stored, ignoreAfter = false, maxFetches
       grant,
       env,
       onKey: async (epoch) => keys.push(epoch),
-      onStop: () => {},
+      onStop: (reason) => stops.push(reason),
     });
     await done;
   } finally {
     console.warn = warn;
   }
-  return { fetches, keys, delays, warnings };
+  return { fetches, keys, delays, warnings, stops };
 }
 
 async function pairing() {
@@ -93,6 +102,19 @@ test('ignored key is not fetched again', async () => {
   assert.deepEqual(keys, []);
   assert.equal(warnings.length, 1, warnings.join('\n'));
   assert.match(warnings[0], /key epoch 1/);
+});
+
+test('session end stops the fetches', async () => {
+  const { link, grant } = await pairing();
+
+  const ended = await runAgainst({ link, grant, stored: [], maxFetches: 2, finalStatus: 410 });
+  assert.deepEqual(ended.fetches, [0, 0, 0]);
+  assert.deepEqual(ended.delays, [], 'the page waited to retry after the session ended');
+  assert.deepEqual(ended.stops, ['ended']);
+
+  const removed = await runAgainst({ link, grant, stored: [], maxFetches: 0 });
+  assert.deepEqual(removed.fetches, [0]);
+  assert.deepEqual(removed.stops, ['revoked']);
 });
 
 test('later key follows an ignored one', async () => {

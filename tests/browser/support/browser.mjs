@@ -81,7 +81,8 @@ export class Traffic {
   #watchPage(page) {
     page.on('console', (message) => {
       if (message.type() === 'error') {
-        this.consoleErrors.push(message.text());
+        const { url } = message.location();
+        this.consoleErrors.push(url ? `${message.text()} (${url})` : message.text());
       }
     });
     page.on('websocket', (socket) => {
