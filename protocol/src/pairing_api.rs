@@ -99,7 +99,7 @@ pub enum PairingState {
     Cancelled,
 }
 
-/// Who a pairing slot hands the session key to.
+/// The kind of device a pairing slot hands the session key to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -118,7 +118,7 @@ pub enum PairingPurpose {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpenPairingRequest {
-    /// Who the slot hands the session key to.
+    /// The kind of device the slot hands the session key to.
     #[serde(default)]
     pub purpose: PairingPurpose,
 }
@@ -131,7 +131,7 @@ pub struct PairingOpened {
     pub pairing_id: String,
     /// Seconds until the slot expires.
     pub expires_in: u64,
-    /// Who the slot hands the session key to.
+    /// The kind of device the slot hands the session key to.
     #[serde(default)]
     pub purpose: PairingPurpose,
 }
@@ -196,7 +196,7 @@ pub struct PairingStatus {
     pub state: PairingState,
     /// Seconds until the slot expires.
     pub expires_in: u64,
-    /// Who the slot hands the session key to.
+    /// The kind of device the slot hands the session key to.
     #[serde(default)]
     pub purpose: PairingPurpose,
     /// Step 1, for the clinician device.

@@ -31,8 +31,8 @@ export function wrappedKeyEpoch(wrapped) {
 
 /**
  * Fetches and opens later keys until `stop()` is called, the relay refuses the follow token
- * (the clinician removed this device, or the session ended before the fetch), or it answers
- * 410 because the session ended while the fetch waited.
+ * (the clinician removed this device, or the session ended before the fetch), or it responds
+ * with 410 because the session ended while the fetch waited.
  *
  * `pairing` is the `{ shared, joinerPublic, clinicianPublic }` of the pairing, `grant` the first
  * unwrapped grant (`epoch`, `sessionIdHex`, `publisher`). `onKey(epoch, keyBytes)` receives each

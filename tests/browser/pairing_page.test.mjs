@@ -259,8 +259,8 @@ test('paired page reads on after a key rotation', { timeout: 90000 }, async () =
     ROTATION_TEXTS,
   );
   assert.equal(await pageState(page), 'ended');
-  // The relay answers the key fetch that waits when the session ends with 410, and Chromium
-  // logs every 4xx response as a console error.
+  // The relay responds with 410 to the key fetch that waits when the session ends, and
+  // Chromium logs every 4xx response as a console error.
   const unexpected = traffic.consoleErrors.filter(
     (error) => !(error.includes('status of 410') && error.includes('/v1/paired/keys')),
   );

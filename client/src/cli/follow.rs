@@ -201,7 +201,7 @@ fn unreadable_warning(key_epoch: u32, offset: u64, paired_epoch: Option<u32>) ->
     }
 }
 
-/// Where a follower gets the keys of later key epochs.
+/// The source of a follower's keys of later key epochs.
 #[derive(Debug)]
 pub(crate) enum LaterKeys {
     /// Nowhere: the follower reads only the epoch of its link.

@@ -197,7 +197,7 @@ async fn remove(args: RemoveArgs, state_dir: Option<PathBuf>) -> Result<(), Clie
         .await
     {
         Ok(()) => {}
-        // The relay no longer knows the device, so only the local record is left.
+        // The relay has no record of the device any more, so only the local record is left.
         Err(ClientError::RelayStatus { status: 404, .. }) => {
             stderr_line!("The relay had already removed device {device_id}.");
         }

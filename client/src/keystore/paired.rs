@@ -38,7 +38,7 @@ const PAIRED_FORMAT: u32 = 1;
 /// A device paired with a session, as the clinician device stores it.
 #[derive(Debug)]
 pub struct PairedDevice {
-    /// The id the relay knows the device by.
+    /// The device's id on the relay.
     pub device_id: DeviceId,
     /// When this device stored the pairing, in seconds since the Unix epoch:
     /// when the pairing completed, or when it was handed over.

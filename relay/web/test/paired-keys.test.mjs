@@ -30,8 +30,8 @@ async function wrapGrant(link, epoch, sessionId, publisher) {
 /**
  * Runs receiveLaterKeys against a relay that stores `stored` (`[epoch, wrapped text]` pairs) and
  * returns those after the requested epoch, or all of them when `ignoreAfter` is set. After
- * `maxFetches` fetches the relay answers `finalStatus`: 401 refuses the follow token, 410 says
- * the session ended. Resolves to the `after` of each fetch, the epochs handed on, the delays
+ * `maxFetches` fetches the relay responds with `finalStatus`: 401 rejects the follow token, and
+ * 410 reports that the session ended. Resolves to the `after` of each fetch, the epochs handed on, the delays
  * waited, the warnings and the reasons passed to `onStop`.
  */
 async function runAgainst({
