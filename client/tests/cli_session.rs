@@ -392,6 +392,13 @@ async fn login_whoami_logout() {
     let text = stdout(&whoami);
     assert!(text.contains(CLINICIAN), "{text}");
     assert!(text.contains("clinician"), "{text}");
+    let signing_key = text
+        .lines()
+        .find_map(|line| line.strip_prefix("signing key:"))
+        .expect("whoami prints the signing key")
+        .trim();
+    // An Ed25519 public key: 32 bytes in unpadded base64url.
+    assert_eq!(signing_key.len(), 43, "{text}");
 
     let logout = run(sealcast(state.path()).args(["logout", "--relay", relay.url.as_str()])).await;
     assert!(logout.status.success(), "{}", stderr(&logout));

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use sealcast_protocol::auth::{LoginStarted, TokenResponse, UserInfo};
+use sealcast_protocol::authorship::PublisherKey;
 
 use super::{absolute_path, open_key_store, read_code};
 use crate::auth::login::{wait_for_approval, Approval};
@@ -190,11 +191,12 @@ pub async fn whoami(args: WhoamiArgs, state_dir: Option<PathBuf>) -> Result<(), 
             async move { api.me(auth.as_ref()).await }
         })
         .await?;
-    print_user(&user, &device.device_id().await?);
+    let signing_key = PublisherKey::of_device(device.token().key());
+    print_user(&user, &device.device_id().await?, &signing_key);
     Ok(())
 }
 
-fn print_user(user: &UserInfo, device_id: &str) {
+fn print_user(user: &UserInfo, device_id: &str, signing_key: &PublisherKey) {
     let totp = if user.totp_enabled {
         "enrolled"
     } else {
@@ -206,4 +208,6 @@ fn print_user(user: &UserInfo, device_id: &str) {
     println!("organization: {}", user.organization_id);
     println!("TOTP:         {totp}");
     println!("device:       {device_id}");
+    // Followers name a publishing device by this key in their stream reports.
+    println!("signing key:  {}", signing_key.to_base64url());
 }
