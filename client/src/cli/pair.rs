@@ -403,6 +403,33 @@ async fn join_steps(
     joiner: JoinerPairing,
     confirmation: &Confirmation,
 ) -> Result<(PairingStatus, KeyGrant, PairedClinician), ClientError> {
+    let (status, paired, wrapped) = joiner_exchange(
+        api,
+        token,
+        id,
+        joiner,
+        confirmation,
+        "clinician device",
+        "key",
+    )
+    .await?;
+    let grant = paired.unwrap_key(&wrapped)?;
+    Ok((status, grant, paired))
+}
+
+/// Runs steps 2 to 5 of a joining device up to the wrapped value: sends its
+/// public key, has the user confirm the code shown beside `peer`'s, and waits
+/// for the completed slot. Returns the completed status, the confirmed
+/// pairing and the wrapped `what`, still sealed.
+pub(super) async fn joiner_exchange(
+    api: &PairingApi,
+    token: &BearerToken,
+    id: PairingId,
+    joiner: JoinerPairing,
+    confirmation: &Confirmation,
+    peer: &str,
+    what: &str,
+) -> Result<(PairingStatus, PairedClinician, Vec<u8>), ClientError> {
     let status = api
         .joiner_wait(token, id, &[PairingState::Responded])
         .await?;
@@ -410,11 +437,9 @@ async fn join_steps(
     let (unconfirmed, public_key) = joiner.receive_clinician_key(clinician_public)?;
     api.send_joiner_key(token, id, &public_key).await?;
 
-    confirmation
-        .confirm(&unconfirmed.code(), "clinician device")
-        .await?;
+    confirmation.confirm(&unconfirmed.code(), peer).await?;
     let paired = unconfirmed.confirm();
-    stderr_line!("Code confirmed: waiting for the clinician device to confirm it too.");
+    stderr_line!("Code confirmed: waiting for the {peer} to confirm it too.");
     let status = api
         .joiner_wait(token, id, &[PairingState::Completed])
         .await?;
@@ -423,12 +448,11 @@ async fn join_steps(
         .as_deref()
         .and_then(sealcast_protocol::invite::decode_base64url)
         .ok_or_else(|| {
-            ClientError::ProtocolViolation(
-                "the completed pairing carries no valid wrapped key".into(),
-            )
+            ClientError::ProtocolViolation(format!(
+                "the completed pairing carries no valid wrapped {what}"
+            ))
         })?;
-    let grant = paired.unwrap_key(&wrapped)?;
-    Ok((status, grant, paired))
+    Ok((status, paired, wrapped))
 }
 
 /// The way the user confirms that both devices show the same code.

@@ -27,7 +27,7 @@ use sealcast_protocol::pairing_api::{PairingId, PairingPurpose, PairingState};
 use sealcast_protocol::SessionId;
 use zeroize::Zeroizing;
 
-use super::pair::{decode_key, parse_opened_id, Confirmation, OfferArgs};
+use super::pair::{decode_key, joiner_exchange, parse_opened_id, Confirmation, OfferArgs};
 use super::{absolute_path, open_key_store};
 use crate::auth::{BearerToken, SignedInDevice};
 use crate::control::{self, PublisherState, RequestKind};
@@ -317,30 +317,16 @@ async fn adopt_steps(
     joiner: JoinerPairing,
     confirmation: &Confirmation,
 ) -> Result<DeviceGrant, ClientError> {
-    let status = api
-        .joiner_wait(token, id, &[PairingState::Responded])
-        .await?;
-    let clinician_public = decode_key(status.clinician_public.as_deref(), "clinician_public")?;
-    let (unconfirmed, public_key) = joiner.receive_clinician_key(clinician_public)?;
-    api.send_joiner_key(token, id, &public_key).await?;
-
-    confirmation
-        .confirm(&unconfirmed.code(), "other device")
-        .await?;
-    let paired = unconfirmed.confirm();
-    stderr_line!("Code confirmed: waiting for the other device to confirm it too.");
-    let status = api
-        .joiner_wait(token, id, &[PairingState::Completed])
-        .await?;
-    let wrapped = status
-        .wrapped_key
-        .as_deref()
-        .and_then(sealcast_protocol::invite::decode_base64url)
-        .ok_or_else(|| {
-            ClientError::ProtocolViolation(
-                "the completed pairing carries no valid wrapped session".into(),
-            )
-        })?;
+    let (status, paired, wrapped) = joiner_exchange(
+        api,
+        token,
+        id,
+        joiner,
+        confirmation,
+        "other device",
+        "session",
+    )
+    .await?;
     let grant = paired.unwrap_device_grant(&wrapped)?;
     if status.session_id != Some(grant.session_id) {
         return Err(ClientError::ProtocolViolation(
