@@ -46,6 +46,7 @@ pub mod cli;
 pub mod config;
 mod config_cli;
 mod credentials;
+mod db;
 pub mod demo;
 pub mod error;
 mod fanout;
