@@ -36,8 +36,34 @@ pub struct Config {
     pub at_rest_key: KeySource,
     /// Audit checkpoints and retention.
     pub audit: AuditConfig,
+    /// The database of sessions, frames, accounts and audit entries.
+    pub store: StoreConfig,
     /// The fan-out of frames to followers connected to other relay nodes.
     pub fanout: FanoutConfig,
+}
+
+/// The database the relay keeps everything in.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded SQLite file `relay.db` in [`Config::data_dir`].
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several relay nodes may share.
+    Postgres {
+        /// Connection URL such as `postgres://sealcast@db.internal/sealcast`,
+        /// or a key-value string. It may contain a password, so `Debug`
+        /// leaves it out.
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("Sqlite"),
+            StoreConfig::Postgres { .. } => f.write_str("Postgres { url: [redacted] }"),
+        }
+    }
 }
 
 /// Fan-out of frames accepted on one relay node to followers on the others.
@@ -77,6 +103,7 @@ impl Default for Config {
             accounts: AccountsConfig::default(),
             at_rest_key: KeySource::Development,
             audit: AuditConfig::default(),
+            store: StoreConfig::Sqlite,
             fanout: FanoutConfig::Local,
         }
     }

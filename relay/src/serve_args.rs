@@ -17,7 +17,8 @@ use figment::value::Value;
 use crate::audit::CheckpointPolicy;
 use crate::config::{default_max_message_size, parse_duration, Limits};
 use crate::settings::{
-    self, Address, FanoutKind, Layer, Loaded, LogFormat, Period, SettingsError, DEFAULT_DATA_DIR,
+    self, Address, FanoutKind, Layer, Loaded, LogFormat, Period, SettingsError, StoreKind,
+    DEFAULT_DATA_DIR,
 };
 
 /// The flags of `serve` and `demo`; `config check` takes them too.
@@ -42,8 +43,16 @@ pub(crate) struct ServeArgs {
     /// either, a development key file is made in the data directory.
     #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
     at_rest_key_file: Option<PathBuf>,
+    /// Database: sqlite for relay.db in --data-dir, or postgres for a
+    /// database at --database-url that several relay nodes share.
+    #[arg(long, env = "SEALCAST_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// PostgreSQL connection URL for --store postgres, such as
+    /// postgres://sealcast@127.0.0.1:5432/sealcast.
+    #[arg(long, env = "SEALCAST_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Fan-out between relay nodes: local for a single node, or nats for
-    /// nodes that share --data-dir and a NATS server at --nats-url.
+    /// nodes that share a database and a NATS server at --nats-url.
     #[arg(long, env = "SEALCAST_FANOUT", value_enum, default_value_t = FanoutKind::Local)]
     fanout: FanoutKind,
     /// NATS server URL for --fanout nats, such as nats://127.0.0.1:4222.
@@ -182,6 +191,7 @@ impl ServeArgs {
             ("listen", "listen", to_value(Address(self.listen))?),
             ("data_dir", "data_dir", to_value(&self.data_dir)?),
             ("log_format", "log_format", to_value(self.log_format)?),
+            ("store", "store", to_value(self.store)?),
             ("fanout", "fanout", to_value(self.fanout)?),
             (
                 "max_connections",
@@ -309,6 +319,11 @@ impl ServeArgs {
             ),
             // The plain text, not a Secret, which would serialize redacted.
             ("nats_url", "nats_url", self.nats_url.as_ref().map(to_value)),
+            (
+                "database_url",
+                "database_url",
+                self.database_url.as_ref().map(to_value),
+            ),
             ("tls_cert", "tls.cert", self.tls_cert.as_ref().map(to_value)),
             ("tls_key", "tls.key", self.tls_key.as_ref().map(to_value)),
             (

@@ -138,6 +138,16 @@ fn config_check_names_each_broken_key() {
             "fanout = \"nats\"\nnats_url = \"http://user:hunter2@127.0.0.1:4222\"\n",
             "not nats or tls",
         ),
+        ("store = \"mysql\"\n", "store = \"mysql\""),
+        ("store = \"postgres\"\n", "database_url is not set"),
+        (
+            "database_url = \"postgres://127.0.0.1/sealcast\"\n",
+            "store is sqlite",
+        ),
+        (
+            "store = \"postgres\"\ndatabase_url = \"postgres://u:hunter2@127.0.0.1:99999/x\"\n",
+            "is not a PostgreSQL connection string",
+        ),
     ];
     let mut cases: Vec<(String, String)> = cases
         .iter()

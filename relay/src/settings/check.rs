@@ -9,7 +9,7 @@ use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 
 use super::load::InvalidSetting;
-use super::{FanoutKind, Settings};
+use super::{FanoutKind, Settings, StoreKind};
 use crate::at_rest::{KeyEncryptionKey, KeySource};
 use crate::config::Config;
 use crate::error::RelayError;
@@ -33,6 +33,7 @@ pub(super) fn check(settings: &Settings, figment: &Figment) -> Result<Config, Ve
     check_tls(settings, &mut report);
     check_mail(settings, &mut report);
     check_addresses(settings, &mut report);
+    check_store(settings, &mut report);
     check_fanout(settings, &mut report);
 
     let config = settings.to_config(at_rest_key);
@@ -129,6 +130,41 @@ fn check_addresses(settings: &Settings, report: &mut impl FnMut(&str, String)) {
     if let Err(error) = resolve_public_url(settings.public_url.as_deref(), listen.port()) {
         report("public_url", error.to_string());
     }
+}
+
+fn check_store(settings: &Settings, report: &mut impl FnMut(&str, String)) {
+    match (settings.store, &settings.database_url) {
+        (StoreKind::Postgres, None) => report(
+            "store",
+            "is postgres but database_url is not set; set database_url to \
+             postgres://USER@HOST:PORT/DATABASE"
+                .into(),
+        ),
+        (StoreKind::Sqlite, Some(_)) => report(
+            "database_url",
+            "is set but store is sqlite; set store = \"postgres\" or remove database_url".into(),
+        ),
+        (StoreKind::Postgres, Some(url)) => {
+            if let Err(problem) = check_database_url(url.expose()) {
+                report("database_url", problem);
+            }
+        }
+        (StoreKind::Sqlite, None) => {}
+    }
+}
+
+/// Checks that PostgreSQL accepts the form of a connection URL. The message
+/// never repeats the URL, which may contain a password.
+fn check_database_url(text: &str) -> Result<(), String> {
+    let fix = "write postgres://USER@HOST:PORT/DATABASE or a key-value string such as \
+               \"host=HOST user=USER dbname=DATABASE\"";
+    let config: postgres::Config = text
+        .parse()
+        .map_err(|_| format!("is not a PostgreSQL connection string; {fix}"))?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("names no host; {fix}"));
+    }
+    Ok(())
 }
 
 fn check_fanout(settings: &Settings, report: &mut impl FnMut(&str, String)) {

@@ -81,11 +81,24 @@ pub const KEYS: &[KeyDoc] = &[
         "\"<64 hex digits>\"",
     ),
     key(
+        "store",
+        "Database of sessions, frames, accounts and audit entries: sqlite for the \
+         embedded file relay.db in data_dir, or postgres for a PostgreSQL database at \
+         database_url that several relay nodes share.",
+    ),
+    secret(
+        "database_url",
+        "PostgreSQL connection URL when store is postgres: \
+         postgres://USER:PASSWORD@HOST:PORT/DATABASE, or a key-value string. The URL may \
+         contain a password, so consider SEALCAST_DATABASE_URL instead.",
+        "\"postgres://sealcast@127.0.0.1:5432/sealcast\"",
+    ),
+    key(
         "fanout",
         "Fan-out of frames to followers connected to other relay nodes: local for one \
-         node, or nats for several nodes that share data_dir on one host. With nats, \
-         each node passes every committed frame and session end through the NATS \
-         server at nats_url.",
+         node, or nats for several nodes that share one database: a PostgreSQL store, \
+         or data_dir on one host. With nats, each node passes every committed frame \
+         and session end through the NATS server at nats_url.",
     ),
     secret(
         "nats_url",
@@ -309,6 +322,7 @@ mod tests {
             at_rest_key_file: Some(PathBuf::from("key")),
             at_rest_key: Some(secret.clone()),
             nats_url: Some(secret.clone()),
+            database_url: Some(secret.clone()),
             ..Settings::default()
         };
         settings.tls.cert = Some(PathBuf::from("cert.pem"));

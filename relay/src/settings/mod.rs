@@ -29,7 +29,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{CheckpointPolicy, RetentionPolicy};
-use crate::config::{AccountsConfig, AuditConfig, Config, FanoutConfig, Limits};
+use crate::config::{AccountsConfig, AuditConfig, Config, FanoutConfig, Limits, StoreConfig};
 pub use example::{example_file, KeyDoc, KEYS};
 pub use load::{load, Layer, Loaded, SettingsError};
 pub use values::{format_duration, Address, Period, Secret, REDACTED};
@@ -55,6 +55,17 @@ pub enum FanoutKind {
     Nats,
 }
 
+/// The store's database, as the file names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded SQLite file `relay.db` in the data directory.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that several relay nodes share.
+    Postgres,
+}
+
 /// Every setting of `serve`, as written in the configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +89,12 @@ pub struct Settings {
     /// The at-rest key-encryption key itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_rest_key: Option<Secret>,
+    /// The store's database.
+    pub store: StoreKind,
+    /// PostgreSQL connection URL, used when `store` is `postgres`. It may
+    /// contain a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<Secret>,
     /// The fan-out of frames to followers on other relay nodes.
     pub fanout: FanoutKind,
     /// NATS server URL, used when `fanout` is `nats`. It may contain a password.
@@ -192,6 +209,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             at_rest_key_file: None,
             at_rest_key: None,
+            store: StoreKind::Sqlite,
+            database_url: None,
             fanout: FanoutKind::Local,
             nats_url: None,
             tls: TlsSettings::default(),
@@ -328,6 +347,13 @@ impl Settings {
                     every_entries: self.audit.checkpoint_entries,
                 },
                 checkpoint_interval: self.audit.checkpoint_interval.0,
+            },
+            store: match (self.store, &self.database_url) {
+                (StoreKind::Postgres, Some(url)) => StoreConfig::Postgres {
+                    url: url.expose().to_owned(),
+                },
+                // `check` reports postgres without a URL.
+                _ => StoreConfig::Sqlite,
             },
             fanout: match (self.fanout, &self.nats_url) {
                 (FanoutKind::Nats, Some(url)) => FanoutConfig::Nats {
