@@ -1,10 +1,14 @@
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
 
 use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::at_rest;
 
 fn new_session(session_id: SessionId) -> NewSession {
     NewSession {
@@ -34,6 +38,11 @@ fn frame(session_id: SessionId, offset: u64, stream: u8, seq: u64) -> FrameRecor
         received_at: 1_700_000_000_000 + offset as i64,
         delivery: Bytes::from(delivery),
     }
+}
+
+/// The SQLite database of `dir`.
+fn sqlite_backend(dir: &Path) -> Backend {
+    Backend::Sqlite(dir.join(DATABASE_FILE))
 }
 
 /// A write's position in the queue and its outcome.
@@ -107,7 +116,7 @@ fn writer_commits_queued_writes_in_one_transaction() {
     }
     queue.try_send(WriteOp::Stop).ok().unwrap();
 
-    let transactions = writer::run(conn, receiver, keys);
+    let transactions = writer::run(Db::Sqlite(conn), receiver, keys);
 
     assert_eq!(transactions, 1);
     let outcomes = outcomes.take();
@@ -170,7 +179,7 @@ fn writer_fails_bad_writes_alone() {
     }
     drop(queue);
 
-    assert_eq!(writer::run(conn, receiver, keys), 1);
+    assert_eq!(writer::run(Db::Sqlite(conn), receiver, keys), 1);
     let outcomes = outcomes.take();
     assert!(outcomes[0].1.is_ok());
     assert!(outcomes[1].1.is_ok());
@@ -198,7 +207,7 @@ fn run_writes(conn: Connection, keys: Arc<at_rest::DataKeys>, ops: Vec<WriteOp>)
         queue.try_send(op).ok().unwrap();
     }
     queue.try_send(WriteOp::Stop).ok().unwrap();
-    writer::run(conn, receiver, keys);
+    writer::run(Db::Sqlite(conn), receiver, keys);
 }
 
 fn stored_offsets(dir: &Path, session_id: SessionId) -> Vec<i64> {
@@ -338,7 +347,7 @@ fn transaction_rolled_back_by_sqlite_fails_whole_batch() {
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -374,7 +383,7 @@ async fn store_reloads_committed_frames() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
 
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -388,7 +397,7 @@ async fn store_reloads_committed_frames() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
@@ -421,7 +430,7 @@ async fn store_reloads_committed_frames() {
 async fn frame_reads_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -454,7 +463,7 @@ async fn frame_reads_are_bounded() {
 async fn lookups_match_hashes_only() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -469,7 +478,7 @@ async fn lookups_match_hashes_only() {
 #[tokio::test]
 async fn closed_store_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.close().await;
@@ -489,7 +498,7 @@ fn redemption(session_id: SessionId, credential: u8) -> Redemption {
 async fn redemptions_stop_at_browser_limit() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -524,7 +533,7 @@ async fn redemptions_stop_at_browser_limit() {
 async fn browser_credentials_find_their_session() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -543,7 +552,7 @@ async fn browser_credentials_find_their_session() {
 async fn ending_deletes_browser_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -615,7 +624,7 @@ async fn version_1_database_migrates() {
         }
     }
 
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     let tail = store.session_tail(session_id).await.unwrap();
@@ -677,7 +686,7 @@ async fn version_1_database_migrates() {
 #[tokio::test]
 async fn swapped_frame_blobs_fail_catch_up_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     let session_id = SessionId::random();
@@ -738,7 +747,7 @@ fn unmigrated_database_is_rejected_without_key() {
     conn.execute_batch("PRAGMA user_version = 3;").unwrap();
     drop(conn);
 
-    let opened = open_migrated_writer(dir.path());
+    let opened = open_migrated_writer(&sqlite_backend(dir.path()));
     assert!(
         matches!(
             opened,
@@ -805,7 +814,7 @@ async fn stored_epochs(
 async fn paired_keys_keep_newest_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -861,7 +870,7 @@ async fn paired_keys_keep_newest_epochs() {
 async fn paired_key_epoch_step_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
@@ -918,7 +927,7 @@ async fn paired_key_epoch_step_is_bounded() {
 async fn removing_paired_device_revokes_it() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
+    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
         .await
         .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
