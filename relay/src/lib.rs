@@ -71,8 +71,8 @@ mod web;
 mod ws;
 
 pub use config::{AccountsConfig, AuditConfig, Config, Limits};
+pub use db::DbError;
 pub use error::RelayError;
 pub use http::openapi::{document as openapi_document, routes as http_routes};
 pub use server::{start, RelayHandle};
-pub use db::DbError;
 pub use store::StoreError;

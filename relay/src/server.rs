@@ -20,6 +20,7 @@ use crate::audit::key::AuditKey;
 use crate::audit::recorder::run_checkpoint_timer;
 use crate::audit::{retention, Action, AuditLog, Event};
 use crate::config::Config;
+use crate::db::Backend;
 use crate::error::RelayError;
 use crate::fanout::Fanout;
 use crate::http::{self, RelayState};
@@ -29,7 +30,6 @@ use crate::listener::Listener;
 use crate::metrics;
 use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
-use crate::db::Backend;
 use crate::store::{Store, DATABASE_FILE};
 use crate::tls::Tls;
 

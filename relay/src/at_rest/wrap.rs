@@ -201,11 +201,7 @@ pub(crate) fn rotate(
     tx.execute(
         "UPDATE at_rest_keys SET kek_fingerprint = ?1, wrapped_dek = ?2, rotated_at = ?3
          WHERE key_slot = 1",
-        db_params![
-            rewrapped.kek_fingerprint.as_bytes(),
-            rewrapped.wrapped,
-            now
-        ],
+        db_params![rewrapped.kek_fingerprint.as_bytes(), rewrapped.wrapped, now],
     )
     .map_err(AtRestError::db("store the re-wrapped data key"))?;
     tx.commit()
@@ -234,7 +230,15 @@ fn read_stored(conn: &Db) -> Result<Option<WrappedDataKey>, AtRestError> {
             |row| Ok((row.get::<Vec<u8>>(0)?, row.get::<Vec<u8>>(1)?)),
         )
         .map_err(AtRestError::db("read the wrapped data key"))?;
-    let (fingerprint, wrapped) = row.ok_or(AtRestError::DamagedKeyRow)?;
+    let Some((fingerprint, wrapped)) = row else {
+        // The PostgreSQL schema creates the table empty, and the first
+        // relay node stores the key in it. Without sealed values the
+        // database is new, else the row was deleted.
+        if conn.is_postgres() && !has_sealed_values(conn)? {
+            return Ok(None);
+        }
+        return Err(AtRestError::DamagedKeyRow);
+    };
     Ok(Some(WrappedDataKey {
         kek_fingerprint: Fingerprint::from_stored(&fingerprint)
             .ok_or(AtRestError::DamagedKeyRow)?,
@@ -243,6 +247,18 @@ fn read_stored(conn: &Db) -> Result<Option<WrappedDataKey>, AtRestError> {
             .try_into()
             .map_err(|_| AtRestError::DamagedKeyRow)?,
     }))
+}
+
+/// Whether any table with sealed values has a row.
+fn has_sealed_values(conn: &Db) -> Result<bool, AtRestError> {
+    conn.query_one(
+        "SELECT EXISTS (SELECT 1 FROM frames) OR EXISTS (SELECT 1 FROM organizations)
+            OR EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM devices)
+            OR EXISTS (SELECT 1 FROM pending_logins) OR EXISTS (SELECT 1 FROM signing_keys)",
+        db_params![],
+        |row| row.get::<bool>(0),
+    )
+    .map_err(AtRestError::db("look for sealed values"))
 }
 
 fn wrap_key(kek: &KeyEncryptionKey, dek: &[u8; DATA_KEY_BYTES]) -> WrappedDataKey {

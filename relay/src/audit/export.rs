@@ -24,8 +24,8 @@ use super::event::{Action, Event, ACTOR_ADMIN_CLI};
 use super::key::{parse_public_key, AuditKey};
 use super::verify::{check_signatures, ChainVerifier, Failure, Report, Start};
 use super::AuditError;
-use crate::store::audit as audit_store;
 use crate::db::{Backend, Db};
+use crate::store::audit as audit_store;
 use crate::store::{now_millis, open_migrated_writer};
 
 /// Format name in the header line.

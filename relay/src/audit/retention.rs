@@ -145,13 +145,7 @@ fn run_in(
     policy: RetentionPolicy,
 ) -> Result<RetentionOutcome, StoreError> {
     let conn = open_migrated_writer(backend)?;
-    run_once(
-        &conn,
-        key,
-        policy,
-        now_millis(),
-        super::event::ACTOR_RELAY,
-    )
+    run_once(&conn, key, policy, now_millis(), super::event::ACTOR_RELAY)
 }
 
 /// Deletes up to [`SESSIONS_PER_TRANSACTION`] expired sessions in one

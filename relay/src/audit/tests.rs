@@ -435,14 +435,10 @@ fn retention_deletes_exactly_expired_sessions() {
         Some(now - 35 * DAY_MS),
         &[T0, T0 + DAY_MS],
     );
-    insert_session(
-        fixture.sqlite(), 2, T0, None, &[T0, now - 31 * DAY_MS]);
-    insert_session(
-        fixture.sqlite(), 3, T0, Some(now - 2 * DAY_MS), &[T0]);
-    insert_session(
-        fixture.sqlite(), 4, T0, None, &[T0, now - DAY_MS]);
-    insert_session(
-        fixture.sqlite(), 5, T0, None, &[]);
+    insert_session(fixture.sqlite(), 2, T0, None, &[T0, now - 31 * DAY_MS]);
+    insert_session(fixture.sqlite(), 3, T0, Some(now - 2 * DAY_MS), &[T0]);
+    insert_session(fixture.sqlite(), 4, T0, None, &[T0, now - DAY_MS]);
+    insert_session(fixture.sqlite(), 5, T0, None, &[]);
     fixture.record(3, T0);
 
     let retention = RetentionPolicy {

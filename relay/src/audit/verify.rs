@@ -227,12 +227,14 @@ pub(crate) fn verify_database(
     pinned: Option<VerifyingKey>,
 ) -> Result<Report, AuditError> {
     let conn = match backend {
-        Backend::Sqlite(path) => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map(Db::Sqlite)
-            .map_err(|source| AuditError::Open {
-                path: path.clone(),
-                reason: source.to_string(),
-            })?,
+        Backend::Sqlite(path) => {
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map(Db::Sqlite)
+                .map_err(|source| AuditError::Open {
+                    path: path.clone(),
+                    reason: source.to_string(),
+                })?
+        }
         Backend::Postgres(config) => match backend.connect_postgres() {
             Some(connected) => connected.map_err(|source| AuditError::Open {
                 path: config.get_dbname().unwrap_or("postgres").into(),

@@ -404,4 +404,6 @@ impl Drop for Transaction<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod test_database;
+#[cfg(test)]
+pub(crate) mod tests;

@@ -20,8 +20,8 @@ async fn fixture(ring_budget: usize) -> Fixture {
         &crate::db::Backend::Sqlite(dir.path().join(crate::store::DATABASE_FILE)),
         &crate::at_rest::KeySource::Development,
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let session_id = SessionId::random();
     store
         .create_session(NewSession {
@@ -397,8 +397,8 @@ async fn second_node(fixture: &Fixture) -> (Store, Registry) {
         &crate::db::Backend::Sqlite(fixture._dir.path().join(crate::store::DATABASE_FILE)),
         &crate::at_rest::KeySource::Development,
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let registry = Registry::new(store.clone(), 1 << 20, crate::fanout::Fanout::Local);
     (store, registry)
 }

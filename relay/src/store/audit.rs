@@ -313,10 +313,7 @@ pub(crate) fn insert_checkpoint(db: &Db, checkpoint: &Checkpoint) -> Result<(), 
 }
 
 /// Reads the sequence number of the latest checkpoint of `stream`.
-pub(crate) fn last_checkpoint(
-    db: &Db,
-    stream: Stream,
-) -> Result<Option<(u64, i64)>, StoreError> {
+pub(crate) fn last_checkpoint(db: &Db, stream: Stream) -> Result<Option<(u64, i64)>, StoreError> {
     let row = db
         .query_opt(
             "SELECT seq, created_at FROM audit_checkpoints WHERE stream = ?1

@@ -272,15 +272,16 @@ mod tests {
         let Db::Sqlite(sqlite) = &conn else {
             unreachable!("migrated() opens SQLite")
         };
-        sqlite.execute(
-            "WITH RECURSIVE numbers (n) AS (
+        sqlite
+            .execute(
+                "WITH RECURSIVE numbers (n) AS (
                  SELECT 1 UNION ALL SELECT n + 1 FROM numbers WHERE n < ?1
              )
              INSERT INTO invite_challenges (challenge_hash, invite_token_hash, expires_at)
              SELECT CAST(n AS BLOB), ?2, ?3 FROM numbers",
-            params![MAX_TOTAL as i64, TOKEN.as_slice(), expires_at],
-        )
-        .unwrap();
+                params![MAX_TOTAL as i64, TOKEN.as_slice(), expires_at],
+            )
+            .unwrap();
         assert_eq!(count(&conn).unwrap(), MAX_TOTAL as u64);
 
         let result = insert(&conn, &new_challenge(7, OTHER_TOKEN, NOW));
@@ -296,12 +297,20 @@ mod tests {
     #[tokio::test]
     async fn challenge_taken_on_other_store() {
         let dir = tempfile::tempdir().unwrap();
-        let issuing = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-            .await
-            .unwrap();
-        let taking = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-            .await
-            .unwrap();
+        let issuing = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
+        let taking = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
         let now = crate::store::now_millis();
 
         issuing
@@ -334,9 +343,13 @@ mod tests {
             assert!(table.is_err(), "version 7 already has the table");
         }
 
-        let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-            .await
-            .unwrap();
+        let store = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
         let now = crate::store::now_millis();
         store
             .issue_challenge(new_challenge(7, TOKEN, now))

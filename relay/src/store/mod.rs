@@ -228,7 +228,9 @@ pub(crate) struct SavepointError(pub(crate) StoreError);
 
 impl From<DbError> for SavepointError {
     fn from(source: DbError) -> SavepointError {
-        SavepointError(StoreError::db("set, release or roll back a savepoint")(source))
+        SavepointError(StoreError::db("set, release or roll back a savepoint")(
+            source,
+        ))
     }
 }
 

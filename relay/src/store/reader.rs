@@ -25,7 +25,7 @@ const FRAMES_PER_PAGE: usize = 32;
 /// A fixed set of read connections.
 #[derive(Clone)]
 pub(super) struct ReadPool {
-    connections: Arc<Mutex<Vec<Db>>>,
+    connections: Arc<Connections>,
     permits: Arc<Semaphore>,
 }
 
@@ -47,7 +47,7 @@ impl ReadPool {
             connections.push(db);
         }
         Ok(ReadPool {
-            connections: Arc::new(Mutex::new(connections)),
+            connections: Arc::new(Connections(Mutex::new(connections))),
             permits: Arc::new(Semaphore::new(count)),
         })
     }
@@ -86,8 +86,30 @@ impl ReadPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Db>> {
         self.connections
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The pool's idle connections.
+struct Connections(Mutex<Vec<Db>>);
+
+impl Drop for Connections {
+    /// Closes PostgreSQL connections on a thread of their own when the pool
+    /// is dropped on an async thread, because the synchronous client blocks
+    /// on a runtime of its own to close, which tokio forbids there.
+    fn drop(&mut self) {
+        let connections = std::mem::take(self.0.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if on_runtime && connections.iter().any(Db::is_postgres) {
+            let closing = std::thread::Builder::new()
+                .name("sealcast-store-close".into())
+                .spawn(move || drop(connections));
+            if let Err(error) = closing {
+                tracing::error!(%error, "failed to start a thread to close read connections");
+            }
+        }
     }
 }
 

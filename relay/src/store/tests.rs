@@ -347,9 +347,13 @@ fn transaction_rolled_back_by_sqlite_fails_whole_batch() {
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     append(&store, frame(session_id, 0, 1, 0)).await.unwrap();
 
@@ -383,9 +387,13 @@ async fn store_reloads_committed_frames() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
 
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..10u64 {
         let stream = if offset % 2 == 0 { 1 } else { 2 };
@@ -397,9 +405,13 @@ async fn store_reloads_committed_frames() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
     assert_eq!(record.epoch, u64::MAX - 7);
     assert_eq!(record.fingerprint, [9; 16]);
@@ -430,9 +442,13 @@ async fn store_reloads_committed_frames() {
 async fn frame_reads_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..20u64 {
         append(&store, frame(session_id, offset, 1, offset))
@@ -463,9 +479,13 @@ async fn frame_reads_are_bounded() {
 async fn lookups_match_hashes_only() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     let found = store.session_by_invite([2; 32]).await.unwrap().unwrap();
@@ -478,9 +498,13 @@ async fn lookups_match_hashes_only() {
 #[tokio::test]
 async fn closed_store_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.close().await;
     let result = store.create_session(new_session(SessionId::random())).await;
     assert!(matches!(result, Err(StoreError::WriterStopped)));
@@ -498,9 +522,13 @@ fn redemption(session_id: SessionId, credential: u8) -> Redemption {
 async fn redemptions_stop_at_browser_limit() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     store
@@ -533,9 +561,13 @@ async fn redemptions_stop_at_browser_limit() {
 async fn browser_credentials_find_their_session() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -552,9 +584,13 @@ async fn browser_credentials_find_their_session() {
 async fn ending_deletes_browser_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -624,9 +660,13 @@ async fn version_1_database_migrates() {
         }
     }
 
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let tail = store.session_tail(session_id).await.unwrap();
     assert_eq!(tail.next_offset, 3);
     let mut streams: Vec<_> = tail
@@ -686,9 +726,13 @@ async fn version_1_database_migrates() {
 #[tokio::test]
 async fn swapped_frame_blobs_fail_catch_up_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let session_id = SessionId::random();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..3 {
@@ -814,9 +858,13 @@ async fn stored_epochs(
 async fn paired_keys_keep_newest_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
@@ -870,9 +918,13 @@ async fn paired_keys_keep_newest_epochs() {
 async fn paired_key_epoch_step_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     // Device 1 paired at epoch 0, device 2 after 40 rotations.
     store
@@ -927,9 +979,13 @@ async fn paired_key_epoch_step_is_bounded() {
 async fn removing_paired_device_revokes_it() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &sqlite_backend(dir.path()), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
@@ -976,3 +1032,5 @@ async fn removing_paired_device_revokes_it() {
     );
     store.close().await;
 }
+
+mod postgres;

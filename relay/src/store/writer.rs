@@ -529,12 +529,7 @@ fn append_frame(
 /// Records `seq` at `offset` as the last frame of the frame's stream.
 /// Returns false when `seq` does not directly follow the stream's last
 /// stored sequence number, or is not 0 for a new stream.
-fn advance_stream(
-    db: &Db,
-    frame: &FrameRecord,
-    offset: i64,
-    seq: i64,
-) -> Result<bool, StoreError> {
+fn advance_stream(db: &Db, frame: &FrameRecord, offset: i64, seq: i64) -> Result<bool, StoreError> {
     let session = frame.session_id.as_bytes().as_slice();
     let stream = frame.stream_id.as_bytes().as_slice();
     let advanced = db

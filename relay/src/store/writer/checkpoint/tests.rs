@@ -46,7 +46,13 @@ impl Writer {
         }
         // A small queue keeps group commits small, as under steady load.
         let (sender, receiver) = queue::channel(16);
-        let thread = spawn_with_policy(crate::db::Db::Sqlite(conn), receiver, keys.data_keys().clone(), policy()).unwrap();
+        let thread = spawn_with_policy(
+            crate::db::Db::Sqlite(conn),
+            receiver,
+            keys.data_keys().clone(),
+            policy(),
+        )
+        .unwrap();
 
         let writer = Writer {
             queue: sender,
