@@ -105,11 +105,12 @@ pub(crate) fn unlock(
     }
 }
 
-/// Unlocks the data key of the database in `data_dir` and stores it when it
-/// is new, in one write transaction, so that of several relay nodes that
-/// start on an empty database at once exactly one stores its data key and
-/// the others unlock it. The PostgreSQL store uses it, after migrating,
-/// because its schema has no SQL functions to store the key with.
+/// Unlocks the data key of the database and stores it when it is new, in
+/// one write transaction. So of several relay nodes that start on an empty
+/// database at once, exactly one stores its data key and the others unlock
+/// it. `data_dir` is where `source` finds or makes a development key file.
+/// The PostgreSQL store uses it after migrating, because that schema has no
+/// SQL functions to store the key with.
 pub(crate) fn unlock_and_store(
     db: &Db,
     data_dir: &Path,
@@ -249,7 +250,7 @@ fn read_stored(conn: &Db) -> Result<Option<WrappedDataKey>, AtRestError> {
     }))
 }
 
-/// Whether any table with sealed values has a row.
+/// Checks whether any table with sealed values has a row.
 fn has_sealed_values(conn: &Db) -> Result<bool, AtRestError> {
     conn.query_one(
         "SELECT EXISTS (SELECT 1 FROM frames) OR EXISTS (SELECT 1 FROM organizations)

@@ -162,7 +162,7 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
     }
 }
 
-/// The SQLite database of `data_dir`.
+/// Returns the SQLite backend of `data_dir`.
 // TODO: take the backend from the relay's configuration.
 fn sqlite_backend(data_dir: &Path) -> Backend {
     Backend::Sqlite(data_dir.join(DATABASE_FILE))

@@ -40,7 +40,7 @@ impl Fixture {
         }
     }
 
-    /// The fixture's connection, for raw SQL.
+    /// Returns the fixture's SQLite connection, for raw SQL.
     fn sqlite(&self) -> &Connection {
         self.conn.as_sqlite().unwrap()
     }

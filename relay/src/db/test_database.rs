@@ -46,21 +46,9 @@ impl TestDatabase {
         })
     }
 
-    /// The database, for opening connections to it.
+    /// Returns the backend of the database, for opening connections to it.
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend
-    }
-
-    /// The database's name.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A connection to the server's maintenance database, for statements
-    /// that act on the test database from outside, such as closing its
-    /// connections.
-    pub(crate) fn admin(&self) -> &Db {
-        &self.admin
     }
 
     /// Closes every connection to the database but the admin connection.

@@ -40,7 +40,7 @@ fn frame(session_id: SessionId, offset: u64, stream: u8, seq: u64) -> FrameRecor
     }
 }
 
-/// The SQLite database of `dir`.
+/// Returns the SQLite backend of `dir`.
 fn sqlite_backend(dir: &Path) -> Backend {
     Backend::Sqlite(dir.join(DATABASE_FILE))
 }

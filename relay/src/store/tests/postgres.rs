@@ -1,5 +1,5 @@
 //! The store on PostgreSQL. Each test creates a database of its own on the
-//! server named by `SEALCAST_TEST_POSTGRES` and drops it at the end; without
+//! server named by `SEALCAST_TEST_POSTGRES` and drops it at the end. Without
 //! the variable the tests are skipped, except under CI.
 //!
 //! The synchronous PostgreSQL client must not run on an async thread, so
@@ -13,7 +13,7 @@ use crate::at_rest::{KeyEncryptionKey, SEAL_OVERHEAD};
 use crate::audit::{self, Action, AuditLog, CheckpointPolicy, Event};
 use crate::db::test_database::TestDatabase;
 
-/// Longest time a test waits for the relay to reach a database that came back.
+/// Maximum time a test waits for the store to reach a database that came back.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -519,7 +519,7 @@ fn postgres_nodes_opening_together_migrate_once() {
 }
 
 #[test]
-fn postgres_audit_appends_verify_and_stay_append_only() {
+fn postgres_audit_chain_verifies_append_only() {
     let Some(database) = TestDatabase::create() else {
         return;
     };
@@ -589,7 +589,7 @@ fn postgres_audit_appends_verify_and_stay_append_only() {
 }
 
 #[test]
-fn postgres_retention_removes_expired_audit_entries_behind_anchor() {
+fn postgres_retention_anchors_expired_audit_entries() {
     let Some(database) = TestDatabase::create() else {
         return;
     };
@@ -617,7 +617,7 @@ fn postgres_retention_removes_expired_audit_entries_behind_anchor() {
 }
 
 #[test]
-fn postgres_write_after_lost_connection_fails_then_recovers() {
+fn postgres_lost_connection_fails_one_batch() {
     let Some(database) = TestDatabase::create() else {
         return;
     };
@@ -674,4 +674,29 @@ fn postgres_write_after_lost_connection_fails_then_recovers() {
         );
         store.close().await;
     });
+}
+
+#[test]
+fn postgres_key_rotation_rewraps_data_key() {
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (db, keys) = writer_db(&database, dir.path());
+    drop(keys);
+    let old = KeyEncryptionKey::read_file(&dir.path().join(at_rest::DEV_KEY_FILE)).unwrap();
+    let new = KeyEncryptionKey::generate();
+
+    let stranger = KeyEncryptionKey::generate();
+    let refused = at_rest::rotate(&db, &stranger, "test", &new, 2).unwrap_err();
+    assert!(matches!(refused, AtRestError::WrongKey { .. }), "{refused}");
+    let fingerprint = at_rest::rotate(&db, &old, "test", &new, 2).unwrap();
+    assert_eq!(fingerprint, new.fingerprint());
+    drop(db);
+
+    let source = KeySource::Environment(new);
+    let (_, reopened) =
+        super::super::open::open_keyed_db(dir.path(), database.backend(), &source).unwrap();
+    assert_eq!(reopened.kek_fingerprint(), fingerprint);
+    assert!(!reopened.is_new());
 }
