@@ -700,3 +700,80 @@ fn postgres_key_rotation_rewraps_data_key() {
     assert_eq!(reopened.kek_fingerprint(), fingerprint);
     assert!(!reopened.is_new());
 }
+
+/// Columns that SQLite declares TEXT but that hold sealed values.
+const SEALED_TEXT_COLUMNS: [(&str, &str); 3] = [
+    ("organizations", "name"),
+    ("devices", "name"),
+    ("pending_logins", "device_name"),
+];
+
+/// A column as (table, column, PostgreSQL type, not null).
+type Column = (String, String, String, bool);
+
+/// Lists every column of the SQLite schema, with the PostgreSQL type it
+/// maps to, sorted and leaving out SQLite's own tables.
+fn sqlite_columns(conn: &Connection) -> Vec<Column> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut columns = Vec::new();
+    for table in tables {
+        let mut statement = conn
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")
+            .unwrap();
+        let rows = statement
+            .query_map([&table], |row| {
+                let not_null: i64 = row.get(2)?;
+                let primary_key: i64 = row.get(3)?;
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    not_null == 1 || primary_key > 0,
+                ))
+            })
+            .unwrap();
+        for row in rows {
+            let (column, declared, not_null) = row.unwrap();
+            let sealed = SEALED_TEXT_COLUMNS.contains(&(table.as_str(), column.as_str()));
+            let mapped = match declared.as_str() {
+                "INTEGER" => "bigint",
+                "BLOB" => "bytea",
+                "TEXT" if sealed => "bytea",
+                "TEXT" => "text",
+                other => panic!("column {table}.{column} has type {other}"),
+            };
+            columns.push((table.clone(), column, mapped.to_owned(), not_null));
+        }
+    }
+    columns.sort();
+    columns
+}
+
+#[test]
+fn postgres_schema_has_every_sqlite_column() {
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (conn, _) = open_keyed_writer(dir.path(), &KeySource::Development).unwrap();
+    let expected = sqlite_columns(&conn);
+    assert!(expected.len() > 50, "{expected:?}");
+
+    let (db, _) = writer_db(&database, dir.path());
+    let mut found: Vec<Column> = db
+        .query_all(
+            "SELECT table_name::text, column_name::text, data_type::text, is_nullable = 'NO'
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name <> 'schema_version'",
+            db_params![],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .unwrap();
+    found.sort();
+    assert_eq!(found, expected);
+}
