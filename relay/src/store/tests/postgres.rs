@@ -584,6 +584,17 @@ fn postgres_audit_chain_verifies_append_only() {
                 assert!(error.to_string().contains(message), "{sql}: {error}");
             }
             assert_eq!(count(&db, "SELECT COUNT(*) FROM audit_entries"), 6);
+
+            db.batch("ALTER TABLE audit_anchors DISABLE TRIGGER audit_anchors_reject_delete")
+                .unwrap();
+            let report =
+                audit::verify::verify_database(dir.path(), database.backend(), None).unwrap();
+            assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+            assert!(
+                report.problems[0].contains("audit_anchors_reject_delete"),
+                "{:?}",
+                report.problems
+            );
         });
     });
 }
@@ -745,7 +756,9 @@ fn sqlite_columns(conn: &Connection) -> Vec<Column> {
                 "BLOB" => "bytea",
                 "TEXT" if sealed => "bytea",
                 "TEXT" => "text",
-                other => panic!("column {table}.{column} has type {other}"),
+                other => panic!(
+                    "column {table}.{column} has unmapped type {other}: add its PostgreSQL type"
+                ),
             };
             columns.push((table.clone(), column, mapped.to_owned(), not_null));
         }
