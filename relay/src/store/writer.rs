@@ -387,6 +387,10 @@ fn count_write_failure(error: &StoreError) {
 /// PostgreSQL rejects every statement of a transaction after one fails, so
 /// there each write runs under a savepoint, which a failed write rolls
 /// back to. SQLite needs none, because it undoes only the failed statement.
+///
+/// NOTE: when the PostgreSQL connection is lost during COMMIT, the server
+/// may have committed the batch that this reports failed, so a retried
+/// frame can then be rejected as out of order.
 fn apply_batch(
     conn: &Db,
     ciphers: &mut FrameCiphers,
