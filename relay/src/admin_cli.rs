@@ -17,7 +17,8 @@ use crate::accounts::store::normalize_email;
 use crate::at_rest::KeySource;
 use crate::audit::event::ACTOR_ADMIN_CLI;
 use crate::audit::{record_direct, Action, Event};
-use crate::store::StoreError;
+use crate::db::Backend;
+use crate::store::{StoreError, DATABASE_FILE};
 
 /// Arguments of `sealcast-relay admin`.
 #[derive(Debug, Clone, Args)]
@@ -98,6 +99,8 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
         )));
     }
     let admin = AdminStore::open_with_key(&args.data_dir, &source)?;
+    // TODO: take the backend from the relay's configuration.
+    let backend = Backend::Sqlite(args.data_dir.join(DATABASE_FILE));
     let mut out = io::stdout().lock();
     let printed = match args.command {
         AdminCommand::CreateOrg { name } => {
@@ -105,7 +108,7 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
             let event = Event::new(Action::OrganizationCreated, ACTOR_ADMIN_CLI)
                 .subject(&id)
                 .digest_of(name.trim().as_bytes());
-            record_direct(&args.data_dir, event)?;
+            record_direct(&args.data_dir, &backend, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::CreateUser { org, email, role } => {
@@ -115,7 +118,7 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
                 .detail("organization_id", &org)
                 .detail("role", role.as_str())
                 .digest_of(normalize_email(&email).as_bytes());
-            record_direct(&args.data_dir, event)?;
+            record_direct(&args.data_dir, &backend, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::ListUsers { org } => {
@@ -162,13 +165,13 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
         AdminCommand::RevokeDevice { id } => {
             admin.revoke_device(&id)?;
             let event = Event::new(Action::DeviceRevoked, ACTOR_ADMIN_CLI).subject(&id);
-            record_direct(&args.data_dir, event)?;
+            record_direct(&args.data_dir, &backend, event)?;
             print_id(&mut out, args.json, &id)
         }
         AdminCommand::DisableUser { id } => {
             admin.disable_user(&id)?;
             let event = Event::new(Action::UserDisabled, ACTOR_ADMIN_CLI).subject(&id);
-            record_direct(&args.data_dir, event)?;
+            record_direct(&args.data_dir, &backend, event)?;
             print_id(&mut out, args.json, &id)
         }
     };

@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use thiserror::Error;
 
 use crate::at_rest::{self, AtRestError, KeyEncryptionKey, DEV_KEY_FILE, KEY_FILE_FLAG};
+use crate::db::{Backend, Db, DbError};
 use crate::store::{now_millis, DATABASE_FILE};
 
 /// Arguments of `sealcast-relay keys`.
@@ -59,10 +60,10 @@ pub(crate) enum KeysError {
     /// The database could not be opened.
     #[error("failed to open the database {path}: {source}")]
     Open {
-        /// The file.
+        /// The file, or the PostgreSQL database's name.
         path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// The database's error.
+        source: DbError,
     },
     /// The old and new key are the same.
     #[error("the new key is the same as the old key: make a new one with `sealcast-relay keys generate --out PATH`")]
@@ -91,7 +92,9 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), KeysError> {
             old_key_file,
             new_key_file,
         } => {
-            let fingerprint = rotate(&data_dir, &old_key_file, &new_key_file)?;
+            // TODO: take the backend from the relay's configuration.
+            let backend = Backend::Sqlite(data_dir.join(DATABASE_FILE));
+            let fingerprint = rotate(&backend, &old_key_file, &new_key_file)?;
             writeln!(
                 out,
                 "the data key in {} is now wrapped by the key in {} (fingerprint {fingerprint}): start the relay with {KEY_FILE_FLAG} {}",
@@ -113,10 +116,10 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), KeysError> {
     Ok(())
 }
 
-/// Re-wraps the data key of the database in `data_dir`, then runs a TRUNCATE
-/// checkpoint so that the old wrapped key leaves the WAL.
+/// Re-wraps the data key of the database of `backend`. On SQLite it then
+/// runs a TRUNCATE checkpoint so that the old wrapped key leaves the WAL.
 fn rotate(
-    data_dir: &Path,
+    backend: &Backend,
     old_key_file: &Path,
     new_key_file: &Path,
 ) -> Result<at_rest::Fingerprint, KeysError> {
@@ -125,26 +128,41 @@ fn rotate(
     if old_key.fingerprint() == new_key.fingerprint() {
         return Err(KeysError::SameKey);
     }
-    let path = data_dir.join(DATABASE_FILE);
-    if !path.exists() {
-        return Err(KeysError::NoDatabase(path));
-    }
-    let open_error = |source| KeysError::Open {
+    let origin = format!("--old-key-file {}", old_key_file.display());
+    let path = match backend {
+        Backend::Sqlite(path) => path.clone(),
+        Backend::Postgres(config) => PathBuf::from(config.get_dbname().unwrap_or("postgres")),
+    };
+    let open_error = |source: DbError| KeysError::Open {
         path: path.clone(),
         source,
     };
-    let mut conn = Connection::open(&path).map_err(open_error)?;
-    conn.busy_timeout(crate::store::BUSY_TIMEOUT)
-        .map_err(open_error)?;
-    conn.pragma_update(None, "secure_delete", "ON")
-        .map_err(open_error)?;
-    let origin = format!("--old-key-file {}", old_key_file.display());
-    let fingerprint = at_rest::rotate(&mut conn, &old_key, &origin, &new_key, now_millis())?;
-    let busy: i64 = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
-        .map_err(open_error)?;
-    if busy != 0 {
-        tracing::warn!("failed to empty the WAL because a running relay reads it: the old wrapped key stays in the WAL until the relay's next checkpoint");
+    let db = match backend {
+        Backend::Sqlite(path) => {
+            if !path.exists() {
+                return Err(KeysError::NoDatabase(path.clone()));
+            }
+            let sqlite_error = |source| open_error(DbError::Sqlite(source));
+            let conn = Connection::open(path).map_err(sqlite_error)?;
+            conn.busy_timeout(crate::store::BUSY_TIMEOUT)
+                .map_err(sqlite_error)?;
+            conn.pragma_update(None, "secure_delete", "ON")
+                .map_err(sqlite_error)?;
+            Db::Sqlite(conn)
+        }
+        Backend::Postgres(_) => match backend.connect_postgres() {
+            Some(connected) => connected.map_err(open_error)?,
+            None => unreachable!("a PostgreSQL backend connects to PostgreSQL"),
+        },
+    };
+    let fingerprint = at_rest::rotate(&db, &old_key, &origin, &new_key, now_millis())?;
+    if let Some(conn) = db.as_sqlite() {
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .map_err(|source| open_error(DbError::Sqlite(source)))?;
+        if busy != 0 {
+            tracing::warn!("failed to empty the WAL because a running relay reads it: the old wrapped key stays in the WAL until the relay's next checkpoint");
+        }
     }
     Ok(fingerprint)
 }

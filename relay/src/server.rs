@@ -20,6 +20,7 @@ use crate::audit::key::AuditKey;
 use crate::audit::recorder::run_checkpoint_timer;
 use crate::audit::{retention, Action, AuditLog, Event};
 use crate::config::Config;
+use crate::db::Backend;
 use crate::error::RelayError;
 use crate::fanout::Fanout;
 use crate::http::{self, RelayState};
@@ -29,7 +30,7 @@ use crate::listener::Listener;
 use crate::metrics;
 use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, DATABASE_FILE};
 use crate::tls::Tls;
 
 /// How long shutdown waits for connections beyond the write timeout.
@@ -143,7 +144,9 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     prepare_data_dir(&config.data_dir)?;
     let metrics_handle = metrics::install();
     let tls = Arc::new(Tls::setup(&config)?);
-    let store = Store::open(&config.data_dir, &config.at_rest_key).await?;
+    // TODO: take the backend from the relay's configuration.
+    let backend = Backend::Sqlite(config.data_dir.join(DATABASE_FILE));
+    let store = Store::open(&config.data_dir, &backend, &config.at_rest_key).await?;
     let at_rest = store.keys().clone();
     let (tcp, local_addr) = bind(config.listen).await?;
     let ops = match config.ops_listen {
@@ -312,7 +315,7 @@ async fn start_audit(
         shutdown.clone(),
     ));
     tokio::spawn(retention::run_periodically(
-        config.data_dir.clone(),
+        Backend::Sqlite(config.data_dir.join(DATABASE_FILE)),
         key,
         settings.retention,
         settings.retention_interval,

@@ -5,7 +5,7 @@
 //! Key hierarchy: a key-encryption key (KEK) from `--at-rest-key-file` or
 //! `SEALCAST_AT_REST_KEY` wraps a random data key (DEK) with AES key wrap
 //! (RFC 3394). Only the wrapped DEK and the KEK's fingerprint are stored, in
-//! the `at_rest_keys` table. Stored values are sealed with AES-256-GCM under
+//! the `at_rest_keys` table, in SQLite or PostgreSQL. Stored values are sealed with AES-256-GCM under
 //! keys derived from the DEK with HKDF-SHA-256, with the row's table,
 //! primary key and column as associated data. Email addresses are also
 //! stored as an HMAC-SHA-256 under a derived key, for sign-in lookup and
@@ -30,10 +30,12 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::db::DbError;
+
 pub use data_key::{DataKeys, FrameCipher, FrameCiphers, SEAL_OVERHEAD};
 pub use key::{Fingerprint, KeyEncryptionKey, KeySource, DEV_KEY_FILE, KEY_ENV, KEY_FILE_FLAG};
-pub(crate) use wrap::{confirm_stored, unlock};
-pub use wrap::{rotate, unlock_existing, DatabaseKeys};
+pub(crate) use wrap::{confirm_stored, rotate, unlock, unlock_and_store};
+pub use wrap::{unlock_existing, DatabaseKeys};
 
 /// A failure of the at-rest layer. Errors about keys name the flag or
 /// variable to fix.
@@ -103,19 +105,28 @@ pub enum AtRestError {
         /// Table and column of the value.
         what: String,
     },
-    /// SQLite failed while reading or writing the key row.
+    /// The database failed while reading or writing the key row.
     #[error("at-rest key store failed to {action}: {source}")]
-    Sqlite {
+    Database {
         /// The operation that failed.
         action: &'static str,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// The database's error.
+        source: DbError,
     },
 }
 
 impl AtRestError {
-    /// Wraps a SQLite error with what was being done, for `map_err`.
+    /// Wraps a database error with what was being done, for `map_err`.
+    pub(crate) fn db(action: &'static str) -> impl Fn(DbError) -> AtRestError {
+        move |source| AtRestError::Database { action, source }
+    }
+
+    /// Wraps an error of a bare SQLite connection with what was being done,
+    /// for `map_err`.
     pub(crate) fn sqlite(action: &'static str) -> impl Fn(rusqlite::Error) -> AtRestError {
-        move |source| AtRestError::Sqlite { action, source }
+        move |source| AtRestError::Database {
+            action,
+            source: DbError::Sqlite(source),
+        }
     }
 }

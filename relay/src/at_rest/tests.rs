@@ -307,18 +307,19 @@ fn rotation_rewraps_and_retires_old_key() {
     let new = KeyEncryptionKey::generate();
     let session_id = SessionId::random();
     write_plaintext_database(dir.path(), session_id);
-    let (mut conn, before) =
+    let (conn, before) =
         open_keyed_writer(dir.path(), &KeySource::Environment(old.clone())).unwrap();
     let sealed = frame_at(&conn, session_id, 0);
 
+    let db = crate::db::Db::Sqlite(conn);
     let stranger = KeyEncryptionKey::generate();
-    let refused = rotate(&mut conn, &stranger, "test", &new, 2).unwrap_err();
+    let refused = rotate(&db, &stranger, "test", &new, 2).unwrap_err();
     assert!(matches!(refused, AtRestError::WrongKey { .. }), "{refused}");
     assert_eq!(
-        rotate(&mut conn, &old, "test", &new, 2).unwrap(),
+        rotate(&db, &old, "test", &new, 2).unwrap(),
         new.fingerprint()
     );
-    drop(conn);
+    drop(db);
 
     assert!(open_keyed_writer(dir.path(), &KeySource::Environment(old)).is_err());
     let (conn, after) = open_keyed_writer(dir.path(), &KeySource::Environment(new)).unwrap();

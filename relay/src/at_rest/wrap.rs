@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use aes_kw::KekAes256;
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::Connection;
 use zeroize::Zeroizing;
 
 use super::data_key::{DataKeys, DATA_KEY_BYTES};
 use super::key::{Fingerprint, KeyEncryptionKey, KeySource};
 use super::AtRestError;
+use crate::db::{db_params, Backend, Db};
 
 /// Bytes of a data key wrapped by RFC 3394: the key and one 8-byte block.
 const WRAPPED_BYTES: usize = DATA_KEY_BYTES + 8;
@@ -63,7 +64,7 @@ impl DatabaseKeys {
 
 /// Checks that the database stores the wrapped data key of `keys`. A new
 /// data key must be stored by the migration before anything is sealed with it.
-pub(crate) fn confirm_stored(conn: &Connection, keys: &DatabaseKeys) -> Result<(), AtRestError> {
+pub(crate) fn confirm_stored(conn: &Db, keys: &DatabaseKeys) -> Result<(), AtRestError> {
     match read_stored(conn)? {
         Some(stored) if stored.wrapped == keys.wrapped.wrapped => Ok(()),
         Some(_) => Err(AtRestError::ConcurrentSetUp),
@@ -74,7 +75,7 @@ pub(crate) fn confirm_stored(conn: &Connection, keys: &DatabaseKeys) -> Result<(
 /// Unlocks the data key of the database on `conn`. A database without one
 /// gets a new random data key, which the at-rest schema migration stores.
 pub(crate) fn unlock(
-    conn: &Connection,
+    conn: &Db,
     data_dir: &Path,
     source: &KeySource,
 ) -> Result<DatabaseKeys, AtRestError> {
@@ -104,14 +105,66 @@ pub(crate) fn unlock(
     }
 }
 
+/// Unlocks the data key of the database and stores it when it is new, in
+/// one write transaction. So of several relay nodes that start on an empty
+/// database at once, exactly one stores its data key and the others unlock
+/// it. `data_dir` is where `source` finds or makes a development key file.
+/// The PostgreSQL store uses it after migrating, because that schema has no
+/// SQL functions to store the key with.
+pub(crate) fn unlock_and_store(
+    db: &Db,
+    data_dir: &Path,
+    source: &KeySource,
+    now: i64,
+) -> Result<DatabaseKeys, AtRestError> {
+    let tx = db
+        .begin_write()
+        .map_err(AtRestError::db("begin storing the data key"))?;
+    let keys = unlock(&tx, data_dir, source)?;
+    if keys.new {
+        tx.execute(
+            "INSERT INTO at_rest_keys (key_slot, kek_fingerprint, wrapped_dek, created_at)
+             VALUES (1, ?1, ?2, ?3)",
+            db_params![
+                keys.wrapped.kek_fingerprint.as_bytes(),
+                keys.wrapped.wrapped,
+                now
+            ],
+        )
+        .map_err(AtRestError::db("store the wrapped data key"))?;
+    }
+    tx.commit()
+        .map_err(AtRestError::db("commit the wrapped data key"))?;
+    Ok(keys)
+}
+
 /// Unlocks the data key of the existing database in `data_dir` with the key
 /// from `source`, read-only and without migrating it, for tools that work on
 /// a stopped relay's store.
 pub fn unlock_existing(data_dir: &Path, source: &KeySource) -> Result<DatabaseKeys, AtRestError> {
-    let path = data_dir.join(crate::store::DATABASE_FILE);
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(AtRestError::sqlite("open the database"))?;
-    let stored = read_stored(&conn)?.ok_or(AtRestError::NoDataKey)?;
+    let backend = Backend::Sqlite(data_dir.join(crate::store::DATABASE_FILE));
+    unlock_existing_in(data_dir, &backend, source)
+}
+
+/// Unlocks the data key of the existing database of `backend` with the key
+/// from `source`, without migrating it. `data_dir` is where `source` finds
+/// a development key file.
+pub(crate) fn unlock_existing_in(
+    data_dir: &Path,
+    backend: &Backend,
+    source: &KeySource,
+) -> Result<DatabaseKeys, AtRestError> {
+    let db = match backend {
+        Backend::Sqlite(path) => Db::Sqlite(
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(AtRestError::sqlite("open the database"))?,
+        ),
+        Backend::Postgres(_) => match backend.connect_postgres() {
+            Some(connected) => connected.map_err(AtRestError::db("open the database"))?,
+            None => unreachable!("a PostgreSQL backend connects to PostgreSQL"),
+        },
+    };
+    let stored = read_stored(&db)?.ok_or(AtRestError::NoDataKey)?;
     let kek = source.load_existing(data_dir, stored.kek_fingerprint)?;
     let dek = unwrap_key(&kek, &stored.wrapped, &source.describe(data_dir))?;
     Ok(DatabaseKeys {
@@ -125,16 +178,16 @@ pub fn unlock_existing(data_dir: &Path, source: &KeySource) -> Result<DatabaseKe
 /// Re-wraps the data key under `new_key`, after checking that `old_key`
 /// wraps it now. The data itself is not re-encrypted. Returns the new KEK's
 /// fingerprint.
-pub fn rotate(
-    conn: &mut Connection,
+pub(crate) fn rotate(
+    conn: &Db,
     old_key: &KeyEncryptionKey,
     old_origin: &str,
     new_key: &KeyEncryptionKey,
     now: i64,
 ) -> Result<Fingerprint, AtRestError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(AtRestError::sqlite("begin the key rotation"))?;
+        .begin_write()
+        .map_err(AtRestError::db("begin the key rotation"))?;
     let stored = read_stored(&tx)?.ok_or(AtRestError::NoDataKey)?;
     let given = old_key.fingerprint();
     if given != stored.kek_fingerprint {
@@ -149,41 +202,44 @@ pub fn rotate(
     tx.execute(
         "UPDATE at_rest_keys SET kek_fingerprint = ?1, wrapped_dek = ?2, rotated_at = ?3
          WHERE key_slot = 1",
-        params![
-            rewrapped.kek_fingerprint.as_bytes().as_slice(),
-            rewrapped.wrapped.as_slice(),
-            now
-        ],
+        db_params![rewrapped.kek_fingerprint.as_bytes(), rewrapped.wrapped, now],
     )
-    .map_err(AtRestError::sqlite("store the re-wrapped data key"))?;
+    .map_err(AtRestError::db("store the re-wrapped data key"))?;
     tx.commit()
-        .map_err(AtRestError::sqlite("commit the key rotation"))?;
+        .map_err(AtRestError::db("commit the key rotation"))?;
     Ok(rewrapped.kek_fingerprint)
 }
 
 /// Reads the stored data key, or `None` when the database has none yet.
-fn read_stored(conn: &Connection) -> Result<Option<WrappedDataKey>, AtRestError> {
+fn read_stored(conn: &Db) -> Result<Option<WrappedDataKey>, AtRestError> {
+    let table_query = if conn.is_postgres() {
+        "SELECT 1 WHERE to_regclass('at_rest_keys') IS NOT NULL"
+    } else {
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'at_rest_keys'"
+    };
     let has_table = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'at_rest_keys'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(AtRestError::sqlite("look for the at_rest_keys table"))?
+        .query_opt(table_query, db_params![], |_| Ok(()))
+        .map_err(AtRestError::db("look for the at_rest_keys table"))?
         .is_some();
     if !has_table {
         return Ok(None);
     }
-    let row: Option<(Vec<u8>, Vec<u8>)> = conn
-        .query_row(
+    let row = conn
+        .query_opt(
             "SELECT kek_fingerprint, wrapped_dek FROM at_rest_keys WHERE key_slot = 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            db_params![],
+            |row| Ok((row.get::<Vec<u8>>(0)?, row.get::<Vec<u8>>(1)?)),
         )
-        .optional()
-        .map_err(AtRestError::sqlite("read the wrapped data key"))?;
-    let (fingerprint, wrapped) = row.ok_or(AtRestError::DamagedKeyRow)?;
+        .map_err(AtRestError::db("read the wrapped data key"))?;
+    let Some((fingerprint, wrapped)) = row else {
+        // The PostgreSQL schema creates the table empty, and the first
+        // relay node stores the key in it. Without sealed values the
+        // database is new, else the row was deleted.
+        if conn.is_postgres() && !has_sealed_values(conn)? {
+            return Ok(None);
+        }
+        return Err(AtRestError::DamagedKeyRow);
+    };
     Ok(Some(WrappedDataKey {
         kek_fingerprint: Fingerprint::from_stored(&fingerprint)
             .ok_or(AtRestError::DamagedKeyRow)?,
@@ -192,6 +248,18 @@ fn read_stored(conn: &Connection) -> Result<Option<WrappedDataKey>, AtRestError>
             .try_into()
             .map_err(|_| AtRestError::DamagedKeyRow)?,
     }))
+}
+
+/// Checks whether any table with sealed values has a row.
+fn has_sealed_values(conn: &Db) -> Result<bool, AtRestError> {
+    conn.query_one(
+        "SELECT EXISTS (SELECT 1 FROM frames) OR EXISTS (SELECT 1 FROM organizations)
+            OR EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM devices)
+            OR EXISTS (SELECT 1 FROM pending_logins) OR EXISTS (SELECT 1 FROM signing_keys)",
+        db_params![],
+        |row| row.get::<bool>(0),
+    )
+    .map_err(AtRestError::db("look for sealed values"))
 }
 
 fn wrap_key(kek: &KeyEncryptionKey, dek: &[u8; DATA_KEY_BYTES]) -> WrappedDataKey {

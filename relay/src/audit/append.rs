@@ -3,7 +3,8 @@
 //!
 //! The chain head is read inside the transaction, never cached, so the
 //! relay's store writer thread and `sealcast-relay` commands on the same
-//! data directory can append to one stream: SQLite's write lock orders them.
+//! database can append to one stream: SQLite's write lock, or the
+//! PostgreSQL advisory write lock that every node takes, orders them.
 //! Entry and checkpoint counters are incremented before the commit, so a
 //! failed commit, which the store counts on its own, leaves them too high.
 
@@ -11,15 +12,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{Connection, TransactionBehavior};
-
 use super::entry::{Entry, Stream};
 use super::event::Event;
 use super::key::AuditKey;
 use super::AuditError;
+use crate::db::{Backend, Db};
 use crate::metrics::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
 use crate::store::audit::{self as audit_store, ChainHead};
-use crate::store::{now_millis, open_migrated_writer, StoreError};
+use crate::store::{now_millis, open_migrated_writer, SavepointError, StoreError};
 
 /// When the relay signs the head of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,27 +37,27 @@ impl Default for CheckpointPolicy {
 }
 
 /// Appends `events` in order with time `now` (Unix milliseconds) and signs
-/// the head of each stream that reached `policy`, all in one `BEGIN
-/// IMMEDIATE` transaction. Returns the sequence number each event got.
+/// the head of each stream that reached `policy`, all in one write
+/// transaction. Returns the sequence number each event got.
 pub(crate) fn append(
-    conn: &mut Connection,
+    conn: &Db,
     key: &AuditKey,
     policy: CheckpointPolicy,
     events: &[Event],
     now: i64,
 ) -> Result<Vec<u64>, StoreError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(StoreError::sqlite("begin an audit transaction"))?;
+        .begin_write()
+        .map_err(StoreError::db("begin an audit transaction"))?;
     let sequence_numbers = append_in(&tx, key, policy, events, now)?;
     tx.commit()
-        .map_err(StoreError::sqlite("commit an audit transaction"))?;
+        .map_err(StoreError::db("commit an audit transaction"))?;
     Ok(sequence_numbers)
 }
 
 /// Does the work of [`append`] inside the caller's transaction.
 fn append_in(
-    conn: &Connection,
+    conn: &Db,
     key: &AuditKey,
     policy: CheckpointPolicy,
     events: &[Event],
@@ -95,12 +95,16 @@ fn append_in(
 }
 
 /// Appends one event from a command on the relay host, with its own
-/// connection and the data directory's audit key.
-pub(crate) fn record_direct(data_dir: &Path, event: Event) -> Result<u64, AuditError> {
+/// connection to the database of `backend` and the audit key of `data_dir`.
+pub(crate) fn record_direct(
+    data_dir: &Path,
+    backend: &Backend,
+    event: Event,
+) -> Result<u64, AuditError> {
     let key = AuditKey::load_or_create(data_dir)?;
-    let mut conn = open_migrated_writer(data_dir)?;
+    let conn = open_migrated_writer(backend)?;
     let sequence_numbers = append(
-        &mut conn,
+        &conn,
         &key,
         CheckpointPolicy::default(),
         &[event],
@@ -110,22 +114,18 @@ pub(crate) fn record_direct(data_dir: &Path, event: Event) -> Result<u64, AuditE
 }
 
 /// Signs the head of every stream that has entries after its last
-/// checkpoint, in one `BEGIN IMMEDIATE` transaction.
-pub(crate) fn checkpoint_heads(
-    conn: &mut Connection,
-    key: &AuditKey,
-    now: i64,
-) -> Result<(), StoreError> {
+/// checkpoint, in one write transaction.
+pub(crate) fn checkpoint_heads(conn: &Db, key: &AuditKey, now: i64) -> Result<(), StoreError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(StoreError::sqlite("begin an audit transaction"))?;
+        .begin_write()
+        .map_err(StoreError::db("begin an audit transaction"))?;
     checkpoint_heads_in(&tx, key, now)?;
     tx.commit()
-        .map_err(StoreError::sqlite("commit an audit transaction"))
+        .map_err(StoreError::db("commit an audit transaction"))
 }
 
 /// Does the work of [`checkpoint_heads`] inside the caller's transaction.
-fn checkpoint_heads_in(conn: &Connection, key: &AuditKey, now: i64) -> Result<(), StoreError> {
+fn checkpoint_heads_in(conn: &Db, key: &AuditKey, now: i64) -> Result<(), StoreError> {
     for stream in Stream::ALL {
         let head = audit_store::head(conn, stream)?;
         let last = audit_store::last_checkpoint(conn, stream)?.map_or(0, |(seq, _)| seq);
@@ -139,7 +139,7 @@ fn checkpoint_heads_in(conn: &Connection, key: &AuditKey, now: i64) -> Result<()
 }
 
 fn sign(
-    conn: &Connection,
+    conn: &Db,
     key: &AuditKey,
     stream: Stream,
     head: ChainHead,
@@ -152,8 +152,8 @@ fn sign(
 
 /// Audit work for the store's writer thread, which runs it inside its group
 /// transaction beside frames. So the relay's own events never compete with
-/// the frame writer for SQLite's write lock. Admin commands and retention
-/// runs use connections of their own, so they still do.
+/// the frame writer for the write lock. Admin commands and retention runs
+/// use connections of their own, so they still do.
 pub(crate) struct AuditBatch {
     pub(crate) events: Vec<Event>,
     pub(crate) key: Arc<AuditKey>,
@@ -165,24 +165,16 @@ pub(crate) struct AuditBatch {
 impl AuditBatch {
     /// Appends the events and signs due checkpoints inside the writer's
     /// transaction, under a savepoint, so a failure leaves no partial batch.
-    pub(crate) fn apply(&self, conn: &Connection) -> Result<(), StoreError> {
-        conn.execute_batch("SAVEPOINT audit_batch")
-            .map_err(StoreError::sqlite("begin an audit savepoint"))?;
-        let now = now_millis();
-        let applied = append_in(conn, &self.key, self.policy, &self.events, now).and_then(|_| {
+    pub(crate) fn apply(&self, conn: &Db) -> Result<(), StoreError> {
+        conn.savepoint(|conn| {
+            let now = now_millis();
+            append_in(conn, &self.key, self.policy, &self.events, now)?;
             if self.sign_heads {
-                checkpoint_heads_in(conn, &self.key, now)
-            } else {
-                Ok(())
+                checkpoint_heads_in(conn, &self.key, now)?;
             }
-        });
-        if applied.is_err() {
-            conn.execute_batch("ROLLBACK TO audit_batch")
-                .map_err(StoreError::sqlite("roll back an audit savepoint"))?;
-        }
-        conn.execute_batch("RELEASE audit_batch")
-            .map_err(StoreError::sqlite("release an audit savepoint"))?;
-        applied
+            Ok::<_, SavepointError>(())
+        })
+        .map_err(|SavepointError(error)| error)
     }
 }
 

@@ -19,7 +19,8 @@ use super::retention::{run_once, RetentionPolicy};
 use super::verify::{verify_database, Report};
 use super::AuditError;
 use crate::config::parse_duration;
-use crate::store::{now_millis, open_migrated_writer};
+use crate::db::Backend;
+use crate::store::{now_millis, open_migrated_writer, DATABASE_FILE};
 
 /// Arguments of `sealcast-relay audit`.
 #[derive(Debug, Clone, Args)]
@@ -114,8 +115,11 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
                 .map_err(AuditError::Invalid)?;
             let report = match (&data_dir, &file) {
                 (_, Some(file)) => verify_export(file, pinned)?,
-                (Some(dir), None) => verify_database(dir, pinned)?,
-                (None, None) => verify_database(Path::new("./sealcast-data"), pinned)?,
+                (Some(dir), None) => verify_database(dir, &sqlite_backend(dir), pinned)?,
+                (None, None) => {
+                    let dir = Path::new("./sealcast-data");
+                    verify_database(dir, &sqlite_backend(dir), pinned)?
+                }
             };
             print_report(&mut out, &report).map_err(AuditError::Output)?;
             Ok(report.is_ok())
@@ -140,7 +144,7 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
                 to,
                 out: path.clone(),
             };
-            let counts = export(&data_dir, &request)?;
+            let counts = export(&data_dir, &sqlite_backend(&data_dir), &request)?;
             for (stream, count) in counts {
                 writeln!(out, "{stream}: {count} entries").map_err(AuditError::Output)?;
             }
@@ -158,6 +162,12 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
     }
 }
 
+/// Returns the SQLite backend of `data_dir`.
+// TODO: take the backend from the relay's configuration.
+fn sqlite_backend(data_dir: &Path) -> Backend {
+    Backend::Sqlite(data_dir.join(DATABASE_FILE))
+}
+
 /// Runs one `retention` command.
 pub(crate) fn run_retention(args: RetentionArgs) -> Result<(), AuditError> {
     let RetentionCommand::Run {
@@ -166,12 +176,12 @@ pub(crate) fn run_retention(args: RetentionArgs) -> Result<(), AuditError> {
         audit_retention,
     } = args.command;
     let key = AuditKey::load_or_create(&data_dir)?;
-    let mut conn = open_migrated_writer(&data_dir)?;
+    let conn = open_migrated_writer(&sqlite_backend(&data_dir))?;
     let policy = RetentionPolicy {
         content: content_retention,
         audit: audit_retention,
     };
-    let outcome = run_once(&mut conn, &key, policy, now_millis(), ACTOR_ADMIN_CLI)?;
+    let outcome = run_once(&conn, &key, policy, now_millis(), ACTOR_ADMIN_CLI)?;
     let mut out = io::stdout().lock();
     let audit: Vec<String> = outcome
         .audit_entries

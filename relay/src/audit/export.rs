@@ -24,6 +24,7 @@ use super::event::{Action, Event, ACTOR_ADMIN_CLI};
 use super::key::{parse_public_key, AuditKey};
 use super::verify::{check_signatures, ChainVerifier, Failure, Report, Start};
 use super::AuditError;
+use crate::db::{Backend, Db};
 use crate::store::audit as audit_store;
 use crate::store::{now_millis, open_migrated_writer};
 
@@ -70,10 +71,15 @@ pub(crate) struct ExportRequest {
 pub(crate) type ExportCounts = BTreeMap<Stream, u64>;
 
 /// Records the export in the admin stream, signs both heads and writes the
-/// requested range to `request.out`, mode 0600.
-pub(crate) fn export(data_dir: &Path, request: &ExportRequest) -> Result<ExportCounts, AuditError> {
+/// requested range to `request.out`, mode 0600. The audit key is the one
+/// of `data_dir`, the entries those of the database of `backend`.
+pub(crate) fn export(
+    data_dir: &Path,
+    backend: &Backend,
+    request: &ExportRequest,
+) -> Result<ExportCounts, AuditError> {
     let key = AuditKey::load_or_create(data_dir)?;
-    let mut conn = open_migrated_writer(data_dir)?;
+    let conn = open_migrated_writer(backend)?;
     let now = now_millis();
     let streams: Vec<&str> = request.streams.iter().map(|s| s.as_str()).collect();
     let mut event =
@@ -84,8 +90,8 @@ pub(crate) fn export(data_dir: &Path, request: &ExportRequest) -> Result<ExportC
     if let Some(to) = request.to {
         event = event.detail("to", to);
     }
-    append(&mut conn, &key, CheckpointPolicy::default(), &[event], now)?;
-    checkpoint_heads(&mut conn, &key, now)?;
+    append(&conn, &key, CheckpointPolicy::default(), &[event], now)?;
+    checkpoint_heads(&conn, &key, now)?;
 
     let file_error = |source| AuditError::ExportFile {
         path: request.out.clone(),
@@ -121,7 +127,7 @@ pub(crate) fn export(data_dir: &Path, request: &ExportRequest) -> Result<ExportC
 }
 
 fn export_stream(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     stream: Stream,
     request: &ExportRequest,
     out: &mut BufWriter<File>,

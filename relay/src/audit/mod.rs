@@ -36,6 +36,8 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::store::StoreError;
+#[cfg(test)]
+pub(crate) use append::append as append_events;
 pub use append::CheckpointPolicy;
 pub(crate) use append::{record_direct, AuditBatch};
 pub use entry::{Anchor, Checkpoint, Entry, Stream};

@@ -10,16 +10,14 @@
 //! the admin stream with its counts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::append::{append, CheckpointPolicy};
 use super::entry::Stream;
 use super::event::{Action, Event};
 use super::key::AuditKey;
+use crate::db::{db_params, Backend, Db};
 use crate::metrics::{RETENTION_DELETED, RETENTION_RUNS};
 use crate::shutdown::Shutdown;
 use crate::store::audit as audit_store;
@@ -68,7 +66,7 @@ pub(crate) struct RetentionOutcome {
 /// Runs retention once at time `now` and records the run in the admin
 /// stream as `actor`.
 pub(crate) fn run_once(
-    conn: &mut Connection,
+    conn: &Db,
     key: &AuditKey,
     policy: RetentionPolicy,
     now: i64,
@@ -101,9 +99,9 @@ pub(crate) fn run_once(
 }
 
 /// Runs retention every `interval` until shutdown, on the blocking pool
-/// with a connection of its own.
+/// with a connection of its own to the database of `backend`.
 pub(crate) async fn run_periodically(
-    data_dir: std::path::PathBuf,
+    backend: Backend,
     key: Arc<AuditKey>,
     policy: RetentionPolicy,
     interval: Duration,
@@ -118,9 +116,9 @@ pub(crate) async fn run_periodically(
             () = shutdown.triggered() => return,
             _ = ticks.tick() => {}
         }
-        let dir = data_dir.clone();
+        let backend = backend.clone();
         let key = key.clone();
-        let ran = tokio::task::spawn_blocking(move || run_in(&dir, &key, policy)).await;
+        let ran = tokio::task::spawn_blocking(move || run_in(&backend, &key, policy)).await;
         match ran {
             Ok(Ok(outcome)) => tracing::info!(
                 sessions = outcome.sessions,
@@ -142,55 +140,42 @@ pub(crate) async fn run_periodically(
 }
 
 fn run_in(
-    data_dir: &Path,
+    backend: &Backend,
     key: &AuditKey,
     policy: RetentionPolicy,
 ) -> Result<RetentionOutcome, StoreError> {
-    let mut conn = open_migrated_writer(data_dir)?;
-    run_once(
-        &mut conn,
-        key,
-        policy,
-        now_millis(),
-        super::event::ACTOR_RELAY,
-    )
+    let conn = open_migrated_writer(backend)?;
+    run_once(&conn, key, policy, now_millis(), super::event::ACTOR_RELAY)
 }
 
 /// Deletes up to [`SESSIONS_PER_TRANSACTION`] expired sessions in one
 /// transaction. Returns whether it found any, so more may remain.
 fn delete_expired_sessions(
-    conn: &mut Connection,
+    conn: &Db,
     cutoff: i64,
     outcome: &mut RetentionOutcome,
 ) -> Result<bool, StoreError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(StoreError::sqlite("begin a retention transaction"))?;
-    let expired: Vec<Vec<u8>> = {
-        let mut statement = tx
-            .prepare(
-                "SELECT session_id FROM sessions AS s
-                WHERE (s.ended_at IS NOT NULL AND s.ended_at < ?1)
-                   OR (s.ended_at IS NULL AND COALESCE(
-                        (SELECT received_at FROM frames AS f WHERE f.session_id = s.session_id
-                         ORDER BY f.frame_offset DESC LIMIT 1),
-                        s.created_at) < ?1)
-                LIMIT ?2",
-            )
-            .map_err(StoreError::sqlite("find expired sessions"))?;
-        let rows = statement
-            .query_map(params![cutoff, SESSIONS_PER_TRANSACTION as i64], |row| {
-                row.get(0)
-            })
-            .map_err(StoreError::sqlite("find expired sessions"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(StoreError::sqlite("find expired sessions"))?
-    };
+        .begin_write()
+        .map_err(StoreError::db("begin a retention transaction"))?;
+    let expired = tx
+        .query_all(
+            "SELECT session_id FROM sessions AS s
+            WHERE (s.ended_at IS NOT NULL AND s.ended_at < ?1)
+               OR (s.ended_at IS NULL AND COALESCE(
+                    (SELECT received_at FROM frames AS f WHERE f.session_id = s.session_id
+                     ORDER BY f.frame_offset DESC LIMIT 1),
+                    s.created_at) < ?1)
+            LIMIT ?2",
+            db_params![cutoff, SESSIONS_PER_TRANSACTION as i64],
+            |row| row.get::<Vec<u8>>(0),
+        )
+        .map_err(StoreError::db("find expired sessions"))?;
 
     for session_id in &expired {
         let delete = |sql: &str, what: &'static str| {
-            tx.execute(sql, [session_id])
-                .map_err(StoreError::sqlite(what))
+            tx.execute(sql, db_params![session_id])
+                .map_err(StoreError::db(what))
         };
         outcome.frames += delete(
             "DELETE FROM frames WHERE session_id = ?1",
@@ -208,28 +193,34 @@ fn delete_expired_sessions(
             "DELETE FROM paired_devices WHERE session_id = ?1",
             "delete an expired session's paired devices",
         )?;
+        // An open session's paired devices may still have wrapped keys,
+        // which reference the session too.
+        delete(
+            "DELETE FROM paired_device_keys WHERE session_id = ?1",
+            "delete an expired session's wrapped keys",
+        )?;
         outcome.sessions += delete(
             "DELETE FROM sessions WHERE session_id = ?1",
             "delete an expired session",
         )? as u64;
     }
     tx.commit()
-        .map_err(StoreError::sqlite("commit a retention transaction"))?;
+        .map_err(StoreError::db("commit a retention transaction"))?;
     Ok(!expired.is_empty())
 }
 
 /// Removes the prefix of `stream` recorded before `cutoff` behind a signed
 /// anchor. Returns the number of entries removed.
 fn remove_expired_audit(
-    conn: &mut Connection,
+    conn: &Db,
     key: &AuditKey,
     stream: Stream,
     cutoff: i64,
     now: i64,
 ) -> Result<u64, StoreError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(StoreError::sqlite("begin an audit retention transaction"))?;
+        .begin_write()
+        .map_err(StoreError::db("begin an audit retention transaction"))?;
     let Some((seq, hash)) = audit_store::expired_prefix(&tx, stream, cutoff)? else {
         return Ok(0);
     };
@@ -237,7 +228,7 @@ fn remove_expired_audit(
     let anchor = key.anchor(stream, seq, hash, removed, now);
     let deleted = audit_store::remove_through(&tx, &anchor)?;
     tx.commit()
-        .map_err(StoreError::sqlite("commit an audit retention transaction"))?;
+        .map_err(StoreError::db("commit an audit retention transaction"))?;
     tracing::info!(%stream, through = seq, removed = deleted, "expired audit entries removed behind a signed anchor");
     Ok(deleted)
 }

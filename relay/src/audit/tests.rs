@@ -14,7 +14,8 @@ use super::key::AuditKey;
 use super::retention::{run_once, RetentionPolicy};
 use super::verify::{verify_database, Report};
 use crate::at_rest::KeySource;
-use crate::store::open_keyed_writer;
+use crate::db::{Backend, Db};
+use crate::store::{open_keyed_writer, DATABASE_FILE};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -24,7 +25,7 @@ const T0: i64 = 1_767_225_600_000;
 struct Fixture {
     dir: TempDir,
     key: AuditKey,
-    conn: Connection,
+    conn: Db,
 }
 
 impl Fixture {
@@ -32,7 +33,16 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let key = AuditKey::load_or_create(dir.path()).unwrap();
         let (conn, _keys) = open_keyed_writer(dir.path(), &KeySource::Development).unwrap();
-        Fixture { dir, key, conn }
+        Fixture {
+            dir,
+            key,
+            conn: Db::Sqlite(conn),
+        }
+    }
+
+    /// Returns the fixture's SQLite connection, for raw SQL.
+    fn sqlite(&self) -> &Connection {
+        self.conn.as_sqlite().unwrap()
     }
 
     /// Appends `count` application events at time `at`, one transaction each.
@@ -41,20 +51,24 @@ impl Fixture {
             let event = Event::new(Action::SessionStarted, "dev_test")
                 .session(format!("session-{index}"))
                 .detail("max_browsers", 1);
-            append(&mut self.conn, &self.key, policy(), &[event], at).unwrap();
+            append(&self.conn, &self.key, policy(), &[event], at).unwrap();
         }
     }
 
     fn sign_heads(&mut self, at: i64) {
-        checkpoint_heads(&mut self.conn, &self.key, at).unwrap();
+        checkpoint_heads(&self.conn, &self.key, at).unwrap();
     }
 
     fn verify(&self) -> Report {
-        verify_database(self.dir.path(), None).unwrap()
+        verify_database(self.dir.path(), &self.backend(), None).unwrap()
     }
 
     fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite(self.dir.path().join(DATABASE_FILE))
     }
 }
 
@@ -88,8 +102,9 @@ fn first_failure(report: &Report) -> (Stream, u64, String) {
 }
 
 fn read_entry(conn: &Connection, seq: u64) -> Entry {
+    let db = Db::Sqlite(Connection::open(conn.path().unwrap()).unwrap());
     let mut entry = None;
-    crate::store::audit::for_each_entry(conn, Stream::Application, seq, seq, |found| {
+    crate::store::audit::for_each_entry(&db, Stream::Application, seq, seq, |found| {
         entry = Some(found);
         Ok::<_, crate::store::StoreError>(())
     })
@@ -341,7 +356,7 @@ fn anchors_reject_delete() {
         audit: std::time::Duration::from_secs(86_400),
     };
     run_once(
-        &mut fixture.conn,
+        &fixture.conn,
         &fixture.key,
         retention,
         T0 + 2 * DAY_MS,
@@ -414,28 +429,28 @@ fn retention_deletes_exactly_expired_sessions() {
     // days ago. 4: open, created long ago, last frame 1 day ago. 5: open,
     // created 40 days ago without frames.
     insert_session(
-        &fixture.conn,
+        fixture.sqlite(),
         1,
         T0,
         Some(now - 35 * DAY_MS),
         &[T0, T0 + DAY_MS],
     );
-    insert_session(&fixture.conn, 2, T0, None, &[T0, now - 31 * DAY_MS]);
-    insert_session(&fixture.conn, 3, T0, Some(now - 2 * DAY_MS), &[T0]);
-    insert_session(&fixture.conn, 4, T0, None, &[T0, now - DAY_MS]);
-    insert_session(&fixture.conn, 5, T0, None, &[]);
+    insert_session(fixture.sqlite(), 2, T0, None, &[T0, now - 31 * DAY_MS]);
+    insert_session(fixture.sqlite(), 3, T0, Some(now - 2 * DAY_MS), &[T0]);
+    insert_session(fixture.sqlite(), 4, T0, None, &[T0, now - DAY_MS]);
+    insert_session(fixture.sqlite(), 5, T0, None, &[]);
     fixture.record(3, T0);
 
     let retention = RetentionPolicy {
         content: std::time::Duration::from_secs(30 * 86_400),
         ..RetentionPolicy::default()
     };
-    let outcome = run_once(&mut fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
+    let outcome = run_once(&fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
     assert_eq!(outcome.sessions, 3);
     assert_eq!(outcome.frames, 4);
     assert_eq!(outcome.browser_credentials, 3);
 
-    let conn = &fixture.conn;
+    let conn = fixture.sqlite();
     for (id, kept) in [(1, false), (2, false), (3, true), (4, true), (5, false)] {
         let sessions = count(
             conn,
@@ -487,7 +502,7 @@ fn audit_retention_keeps_chain_verifiable() {
         audit: std::time::Duration::from_secs(5 * 86_400),
     };
     let now = T0 + 11 * DAY_MS;
-    let outcome = run_once(&mut fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
+    let outcome = run_once(&fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
     assert_eq!(outcome.audit_entries[&Stream::Application], 5);
 
     let report = fixture.verify();
@@ -525,7 +540,7 @@ fn retention_of_whole_stream_continues_from_anchor() {
         audit: std::time::Duration::from_secs(86_400),
     };
     let now = T0 + 2 * DAY_MS;
-    run_once(&mut fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
+    run_once(&fixture.conn, &fixture.key, retention, now, ACTOR_RELAY).unwrap();
     fixture.record(1, now);
     let report = fixture.verify();
     assert!(report.is_ok(), "{report:?}");
@@ -540,7 +555,7 @@ fn export_all(fixture: &Fixture, name: &str) -> std::path::PathBuf {
         to: None,
         out: out.clone(),
     };
-    export(fixture.path(), &request).unwrap();
+    export(fixture.path(), &fixture.backend(), &request).unwrap();
     out
 }
 
@@ -573,7 +588,7 @@ fn export_of_time_range_is_covered() {
         to: Some(T0 + DAY_MS),
         out: out.clone(),
     };
-    export(fixture.path(), &request).unwrap();
+    export(fixture.path(), &fixture.backend(), &request).unwrap();
 
     let report = verify_export(&out, None).unwrap();
     assert!(report.is_ok(), "{report:?}");

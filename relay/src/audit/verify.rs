@@ -12,11 +12,13 @@ use std::path::Path;
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::db::{db_params, Backend, Db};
+
 use super::entry::{Anchor, Checkpoint, Entry, Stream, GENESIS_HASH, HASH_LEN};
 use super::key::read_public_key;
 use super::AuditError;
 use crate::store::audit as audit_store;
-use crate::store::{StoreError, DATABASE_FILE};
+use crate::store::StoreError;
 
 /// The append-only triggers that the schema creates.
 const TRIGGERS: [&str; 6] = [
@@ -216,21 +218,31 @@ pub(crate) fn check_signatures(
     Ok(checkpoints)
 }
 
-/// Verifies both streams of the database in `data_dir`, read-only. The
-/// public key is `pinned` when given, else the data directory's public key
-/// file.
-pub fn verify_database(
+/// Verifies both streams of the database of `backend`, without writing to
+/// it. The public key is `pinned` when given, else the public key file of
+/// `data_dir`.
+pub(crate) fn verify_database(
     data_dir: &Path,
+    backend: &Backend,
     pinned: Option<VerifyingKey>,
 ) -> Result<Report, AuditError> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn =
-        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
-            AuditError::Open {
-                path: path.clone(),
+    let conn = match backend {
+        Backend::Sqlite(path) => {
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map(Db::Sqlite)
+                .map_err(|source| AuditError::Open {
+                    path: path.clone(),
+                    reason: source.to_string(),
+                })?
+        }
+        Backend::Postgres(config) => match backend.connect_postgres() {
+            Some(connected) => connected.map_err(|source| AuditError::Open {
+                path: config.get_dbname().unwrap_or("postgres").into(),
                 reason: source.to_string(),
-            }
-        })?;
+            })?,
+            None => unreachable!("a PostgreSQL backend connects to PostgreSQL"),
+        },
+    };
     let key = match pinned {
         Some(key) => Some(key),
         None => read_public_key(data_dir).ok(),
@@ -256,7 +268,7 @@ pub fn verify_database(
 }
 
 fn verify_stream(
-    conn: &Connection,
+    conn: &Db,
     stream: Stream,
     key: Option<&VerifyingKey>,
 ) -> Result<Result<StreamSummary, Failure>, AuditError> {
@@ -307,13 +319,18 @@ impl From<StoreError> for Visit {
     }
 }
 
-fn missing_triggers(conn: &Connection) -> Result<Vec<String>, AuditError> {
+fn missing_triggers(conn: &Db) -> Result<Vec<String>, AuditError> {
+    let query = if conn.is_postgres() {
+        "SELECT 1 FROM pg_trigger WHERE tgname = ?1 AND tgenabled <> 'D'"
+    } else {
+        "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1"
+    };
     let mut missing = Vec::new();
     for name in TRIGGERS {
         let present = conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1")
-            .and_then(|mut statement| statement.exists([name]))
-            .map_err(StoreError::sqlite("read the audit triggers"))?;
+            .query_opt(query, db_params![name], |_| Ok(()))
+            .map_err(StoreError::db("read the audit triggers"))?
+            .is_some();
         if !present {
             missing.push(format!(
                 "trigger {name} is missing: the database was changed outside the relay"

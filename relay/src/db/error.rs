@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// A failed database call.
 #[derive(Debug, Error)]
-pub(crate) enum DbError {
+pub enum DbError {
     /// SQLite failed.
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -22,7 +22,7 @@ mod value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) use error::DbError;
+pub use error::DbError;
 pub(crate) use value::{FromDb, ToDb, Value};
 
 use pg::PgConnection;
@@ -105,6 +105,9 @@ impl Backend {
 }
 
 /// A connection to either engine. Not `Sync`: one thread uses it at a time.
+// A relay keeps a handful of connections for its whole run, so the larger
+// PostgreSQL variant costs a few hundred bytes each and no allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Db {
     /// An open SQLite connection.
     Sqlite(rusqlite::Connection),
@@ -362,14 +365,26 @@ impl Transaction<'_> {
         &self,
         write: impl FnOnce(&Db) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.db.batch("SAVEPOINT write")?;
-        match write(self.db) {
+        self.db.savepoint(write)
+    }
+}
+
+impl Db {
+    /// Runs `write` under a savepoint of the open transaction, as
+    /// [`Transaction::savepoint`] does, for code that gets the transaction
+    /// as a `&Db`. Savepoints nest.
+    pub(crate) fn savepoint<T, E: From<DbError>>(
+        &self,
+        write: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.batch("SAVEPOINT write")?;
+        match write(self) {
             Ok(value) => {
-                self.db.batch("RELEASE write")?;
+                self.batch("RELEASE write")?;
                 Ok(value)
             }
             Err(error) => {
-                match self.db {
+                match self {
                     Db::Sqlite(conn) if !conn.is_autocommit() => {
                         conn.execute_batch("ROLLBACK TO write; RELEASE write")
                             .map_err(DbError::from)?;
@@ -392,4 +407,6 @@ impl Drop for Transaction<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod test_database;
+#[cfg(test)]
+pub(crate) mod tests;

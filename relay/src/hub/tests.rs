@@ -15,9 +15,13 @@ struct Fixture {
 
 async fn fixture(ring_budget: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &crate::at_rest::KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &crate::db::Backend::Sqlite(dir.path().join(crate::store::DATABASE_FILE)),
+        &crate::at_rest::KeySource::Development,
+    )
+    .await
+    .unwrap();
     let session_id = SessionId::random();
     store
         .create_session(NewSession {
@@ -388,9 +392,13 @@ async fn commits_do_not_wake_lifecycle_watchers() {
 /// A second node's view of the fixture's session: its own store handle on
 /// the same database and its own registry.
 async fn second_node(fixture: &Fixture) -> (Store, Registry) {
-    let store = Store::open(fixture._dir.path(), &crate::at_rest::KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        fixture._dir.path(),
+        &crate::db::Backend::Sqlite(fixture._dir.path().join(crate::store::DATABASE_FILE)),
+        &crate::at_rest::KeySource::Development,
+    )
+    .await
+    .unwrap();
     let registry = Registry::new(store.clone(), 1 << 20, crate::fanout::Fanout::Local);
     (store, registry)
 }

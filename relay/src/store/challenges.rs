@@ -4,15 +4,15 @@
 //! here, so a challenge issued by one node can be redeemed on another. The
 //! limits and their reasons are in [`crate::invites::challenges`].
 //!
-//! Both writes run in the writer's `BEGIN IMMEDIATE` transaction, which
-//! holds SQLite's write lock against the other nodes' connections too. So
-//! the limit checks and the insert see one state, and of two nodes taking
-//! the same challenge only the first finds its row.
-
-use rusqlite::{params, Connection, OptionalExtension};
+//! Both writes run in the writer's write transaction, which holds SQLite's
+//! write lock, or the PostgreSQL advisory write lock, against the other
+//! nodes' connections too. So the limit checks and the insert see one
+//! state, and of two nodes taking the same challenge only the first finds
+//! its row.
 
 use super::StoreError;
 use crate::credentials::{hashes_match, CredentialHash};
+use crate::db::{db_params, Db};
 use crate::invites::challenges::{lifetime_millis, ChallengeRejected, MAX_PER_TOKEN, MAX_TOTAL};
 
 /// Schema migration that adds the table. `challenge_id` grows with each
@@ -46,47 +46,40 @@ pub(crate) struct PresentedChallenge {
 /// Deletes the expired challenges, makes room among the token's live ones
 /// and stores the new one. Fails with [`StoreError::InviteChallengesFull`]
 /// when [`MAX_TOTAL`] live challenges remain after the expired ones are gone.
-pub(super) fn insert(conn: &Connection, challenge: &NewChallenge) -> Result<(), StoreError> {
-    delete_expired(conn, challenge.issued_at)?;
-    if count(conn)? >= MAX_TOTAL as u64 {
+pub(super) fn insert(db: &Db, challenge: &NewChallenge) -> Result<(), StoreError> {
+    delete_expired(db, challenge.issued_at)?;
+    if count(db)? >= MAX_TOTAL as u64 {
         return Err(StoreError::InviteChallengesFull);
     }
-    drop_oldest_of_token(conn, &challenge.invite_token_hash)?;
+    drop_oldest_of_token(db, &challenge.invite_token_hash)?;
 
     let expires_at = challenge.issued_at.saturating_add(lifetime_millis());
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO invite_challenges (challenge_hash, invite_token_hash, expires_at)
          VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
-            challenge.challenge_hash.as_slice(),
-            challenge.invite_token_hash.as_slice(),
+        db_params![
+            challenge.challenge_hash,
+            challenge.invite_token_hash,
             expires_at,
-        ])
-    })
-    .map_err(StoreError::sqlite("store an invite challenge"))?;
+        ],
+    )
+    .map_err(StoreError::db("store an invite challenge"))?;
     Ok(())
 }
 
 /// Deletes a presented challenge and checks it. The row is gone also when
 /// the check fails with [`StoreError::InviteChallengeRejected`].
-pub(super) fn take(conn: &Connection, presented: &PresentedChallenge) -> Result<(), StoreError> {
+pub(super) fn take(db: &Db, presented: &PresentedChallenge) -> Result<(), StoreError> {
     // SQLite makes every change of a statement with RETURNING during its
-    // first step (SQLite documentation of RETURNING), which `query_row` runs.
-    let row: Option<(Vec<u8>, i64)> = conn
-        .prepare_cached(
+    // first step (SQLite documentation of RETURNING), which `query_opt` runs.
+    let row = db
+        .query_opt(
             "DELETE FROM invite_challenges WHERE challenge_hash = ?1
              RETURNING invite_token_hash, expires_at",
+            db_params![presented.challenge_hash],
+            |row| Ok((row.get::<Vec<u8>>(0)?, row.get::<i64>(1)?)),
         )
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![presented.challenge_hash.as_slice()], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()
-        })
-        .map_err(StoreError::sqlite("take an invite challenge"))?;
+        .map_err(StoreError::db("take an invite challenge"))?;
 
     let rejected = |reason| Err(StoreError::InviteChallengeRejected { reason });
     let Some((token_hash, expires_at)) = row else {
@@ -102,35 +95,39 @@ pub(super) fn take(conn: &Connection, presented: &PresentedChallenge) -> Result<
 }
 
 /// Counts the stored challenges, expired ones included until the next insert deletes them.
-pub(super) fn count(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM invite_challenges")
-        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
-        .map_err(StoreError::sqlite("count the invite challenges"))?;
+pub(super) fn count(db: &Db) -> Result<u64, StoreError> {
+    let count = db
+        .query_one(
+            "SELECT COUNT(*) FROM invite_challenges",
+            db_params![],
+            |row| row.get::<i64>(0),
+        )
+        .map_err(StoreError::db("count the invite challenges"))?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
-fn delete_expired(conn: &Connection, now: i64) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM invite_challenges WHERE expires_at <= ?1")
-        .and_then(|mut statement| statement.execute(params![now]))
-        .map_err(StoreError::sqlite("delete expired invite challenges"))?;
+fn delete_expired(db: &Db, now: i64) -> Result<(), StoreError> {
+    db.execute(
+        "DELETE FROM invite_challenges WHERE expires_at <= ?1",
+        db_params![now],
+    )
+    .map_err(StoreError::db("delete expired invite challenges"))?;
     Ok(())
 }
 
 /// Deletes the token's oldest live challenges until a new one fits within
 /// [`MAX_PER_TOKEN`].
-fn drop_oldest_of_token(conn: &Connection, token_hash: &CredentialHash) -> Result<(), StoreError> {
+fn drop_oldest_of_token(db: &Db, token_hash: &CredentialHash) -> Result<(), StoreError> {
     let keep_newest = i64::try_from(MAX_PER_TOKEN.saturating_sub(1)).unwrap_or(i64::MAX);
-    conn.prepare_cached(
-        "DELETE FROM invite_challenges WHERE challenge_id IN (
+    db.execute(
+        "DELETE FROM invite_challenges WHERE invite_token_hash = ?1
+         AND challenge_id NOT IN (
              SELECT challenge_id FROM invite_challenges WHERE invite_token_hash = ?1
-             ORDER BY challenge_id DESC LIMIT -1 OFFSET ?2
+             ORDER BY challenge_id DESC LIMIT ?2
          )",
+        db_params![token_hash, keep_newest],
     )
-    .and_then(|mut statement| statement.execute(params![token_hash.as_slice(), keep_newest]))
-    .map_err(StoreError::sqlite(
-        "drop a token's oldest invite challenges",
-    ))?;
+    .map_err(StoreError::db("drop a token's oldest invite challenges"))?;
     Ok(())
 }
 
@@ -138,7 +135,10 @@ fn drop_oldest_of_token(conn: &Connection, token_hash: &CredentialHash) -> Resul
 mod tests {
     use super::*;
 
+    use rusqlite::{params, Connection};
+
     use crate::at_rest::{self, KeySource};
+    use crate::db::Backend;
     use crate::store::{migrate_to, open_keyed_writer, Store, DATABASE_FILE};
 
     const TOKEN: CredentialHash = [1; 32];
@@ -161,6 +161,10 @@ mod tests {
         }
     }
 
+    fn sqlite_backend(dir: &std::path::Path) -> Backend {
+        Backend::Sqlite(dir.join(DATABASE_FILE))
+    }
+
     fn rejection(result: Result<(), StoreError>) -> Option<ChallengeRejected> {
         match result {
             Err(StoreError::InviteChallengeRejected { reason }) => Some(reason),
@@ -170,10 +174,10 @@ mod tests {
     }
 
     /// Opens a migrated database in a new directory, as the writer thread does.
-    fn migrated() -> (tempfile::TempDir, Connection) {
+    fn migrated() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let (conn, _) = open_keyed_writer(dir.path(), &KeySource::Development).unwrap();
-        (dir, conn)
+        (dir, Db::Sqlite(conn))
     }
 
     #[test]
@@ -265,15 +269,19 @@ mod tests {
     fn full_table_rejects_new_challenges() {
         let (_dir, conn) = migrated();
         let expires_at = NOW + lifetime_millis();
-        conn.execute(
-            "WITH RECURSIVE numbers (n) AS (
+        let Db::Sqlite(sqlite) = &conn else {
+            unreachable!("migrated() opens SQLite")
+        };
+        sqlite
+            .execute(
+                "WITH RECURSIVE numbers (n) AS (
                  SELECT 1 UNION ALL SELECT n + 1 FROM numbers WHERE n < ?1
              )
              INSERT INTO invite_challenges (challenge_hash, invite_token_hash, expires_at)
              SELECT CAST(n AS BLOB), ?2, ?3 FROM numbers",
-            params![MAX_TOTAL as i64, TOKEN.as_slice(), expires_at],
-        )
-        .unwrap();
+                params![MAX_TOTAL as i64, TOKEN.as_slice(), expires_at],
+            )
+            .unwrap();
         assert_eq!(count(&conn).unwrap(), MAX_TOTAL as u64);
 
         let result = insert(&conn, &new_challenge(7, OTHER_TOKEN, NOW));
@@ -289,12 +297,20 @@ mod tests {
     #[tokio::test]
     async fn challenge_taken_on_other_store() {
         let dir = tempfile::tempdir().unwrap();
-        let issuing = Store::open(dir.path(), &KeySource::Development)
-            .await
-            .unwrap();
-        let taking = Store::open(dir.path(), &KeySource::Development)
-            .await
-            .unwrap();
+        let issuing = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
+        let taking = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
         let now = crate::store::now_millis();
 
         issuing
@@ -318,16 +334,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-            let keys = at_rest::unlock(&conn, dir.path(), &KeySource::Development).unwrap();
-            at_rest::sql::register(&conn, &keys).unwrap();
-            migrate_to(&conn, 7).unwrap();
+            let db = Db::Sqlite(conn);
+            let keys = at_rest::unlock(&db, dir.path(), &KeySource::Development).unwrap();
+            let conn = db.as_sqlite().unwrap();
+            at_rest::sql::register(conn, &keys).unwrap();
+            migrate_to(conn, 7).unwrap();
             let table = conn.prepare("SELECT 1 FROM invite_challenges");
             assert!(table.is_err(), "version 7 already has the table");
         }
 
-        let store = Store::open(dir.path(), &KeySource::Development)
-            .await
-            .unwrap();
+        let store = Store::open(
+            dir.path(),
+            &sqlite_backend(dir.path()),
+            &KeySource::Development,
+        )
+        .await
+        .unwrap();
         let now = crate::store::now_millis();
         store
             .issue_challenge(new_challenge(7, TOKEN, now))

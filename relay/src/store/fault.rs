@@ -1,21 +1,21 @@
 //! Classes of store failure, for metric labels, log fields and the reasons
 //! that close codes and HTTP errors carry.
 
-use rusqlite::ErrorCode;
-
 use super::StoreError;
 
 /// Why a store write or commit failed, coarse enough for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StoreFault {
     /// SQLite returned `SQLITE_FULL`: the file system is full, or the
-    /// database reached its `max_page_count`.
+    /// database reached its `max_page_count`. On PostgreSQL, SQLSTATE 53100.
     DiskFull,
     /// Another connection held the database lock for longer than the busy
-    /// timeout (`SQLITE_BUSY` or `SQLITE_LOCKED`).
+    /// timeout (`SQLITE_BUSY` or `SQLITE_LOCKED`), or PostgreSQL aborted a
+    /// transaction on a serialization failure, deadlock or lock timeout.
     Locked,
     /// The operating system reported an I/O error (`SQLITE_IOERR`), or the
-    /// file became read-only or could not be opened.
+    /// file became read-only or could not be opened, or the PostgreSQL
+    /// connection was lost or could not be opened.
     IoError,
     /// The store refused this one write, for example a frame out of order,
     /// while the rest of its transaction committed.
@@ -28,14 +28,17 @@ impl StoreFault {
     /// Classifies `error`.
     pub(crate) fn of(error: &StoreError) -> StoreFault {
         match error {
-            StoreError::Sqlite { source, .. } => match source.sqlite_error_code() {
-                Some(ErrorCode::DiskFull) => StoreFault::DiskFull,
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreFault::Locked,
-                Some(ErrorCode::SystemIoFailure | ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
+            StoreError::Database { source, .. } => {
+                if source.is_disk_full() {
+                    StoreFault::DiskFull
+                } else if source.is_locked() {
+                    StoreFault::Locked
+                } else if source.is_unreachable() {
                     StoreFault::IoError
+                } else {
+                    StoreFault::Other
                 }
-                _ => StoreFault::Other,
-            },
+            }
             StoreError::FrameOutOfOrder { .. }
             | StoreError::SequenceOutOfOrder { .. }
             | StoreError::NotEndable { .. }
@@ -86,6 +89,8 @@ impl StoreFault {
 mod tests {
     use std::sync::Arc;
 
+    use rusqlite::ErrorCode;
+
     use super::*;
 
     fn sqlite_error(code: ErrorCode, extended: i32) -> StoreError {
@@ -96,9 +101,9 @@ mod tests {
             },
             None,
         );
-        StoreError::Sqlite {
+        StoreError::Database {
             action: "commit a transaction",
-            source: Arc::new(error),
+            source: Arc::new(crate::db::DbError::Sqlite(error)),
         }
     }
 

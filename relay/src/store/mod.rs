@@ -1,13 +1,17 @@
-//! The SQLite store: one file `relay.db` in the data directory.
+//! The store: the SQLite file `relay.db` in the data directory, or a
+//! PostgreSQL database that several relay nodes share.
 //!
-//! A dedicated writer thread owns the only write connection and commits
-//! every queued write in one transaction (group commit), completing each
-//! write's callback after COMMIT returns. Reads go through a small pool of
-//! read-only connections on the blocking thread pool, never on async threads.
+//! A dedicated writer thread owns the node's only write connection and
+//! commits every queued write in one transaction (group commit), completing
+//! each write's callback after COMMIT returns. Reads go through a small pool
+//! of connections on the blocking thread pool, never on async threads. The
+//! statements are written once for both engines through [`crate::db`].
 //!
 //! | module | job |
 //! | --- | --- |
-//! | [`schema`] | pragmas and migrations |
+//! | [`open`] | opening connections, unlocking the data key, migrating |
+//! | [`schema`] | SQLite pragmas and migrations |
+//! | [`schema_pg`] | the PostgreSQL schema and its versions |
 //! | [`writer`] | the writer thread, write operations and group commit |
 //! | [`reader`] | the read connection pool and queries |
 //! | [`browsers`] | browsers that redeemed an invite, and their follow credentials |
@@ -20,30 +24,33 @@ pub(crate) mod audit;
 mod browsers;
 mod challenges;
 mod fault;
+mod open;
 mod paired;
 mod reader;
 mod schema;
+mod schema_pg;
 mod writer;
 
 pub(crate) use challenges::{NewChallenge, PresentedChallenge};
 pub(crate) use fault::StoreFault;
+pub(crate) use open::{open_extra_writer, open_keyed_writer, open_migrated_writer};
 pub(crate) use schema::BUSY_TIMEOUT;
 #[cfg(test)]
 pub(crate) use schema::{migrate_to, AT_REST_VERSION};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use rusqlite::{Connection, OpenFlags};
 use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::at_rest::{self, AtRestError, DatabaseKeys, KeySource};
+use crate::at_rest::{AtRestError, DatabaseKeys, KeySource};
 use crate::credentials::CredentialHash;
+use crate::db::{db_params, Backend, Db, DbError};
 use crate::invites::challenges::{ChallengeRejected, MAX_TOTAL};
 pub(crate) use paired::MAX_KEY_EPOCH_STEP;
 use reader::ReadPool;
@@ -55,19 +62,19 @@ pub(crate) const DATABASE_FILE: &str = "relay.db";
 /// Writes that may wait for the writer thread before senders are held back.
 const WRITE_QUEUE_CAPACITY: usize = 1024;
 
-/// Read connections, and so concurrent reads.
+/// Read connections, and so concurrent reads, of each relay node.
 const READ_CONNECTIONS: usize = 4;
 
 /// A store failure. Cloneable because one failed commit fails every write in it.
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
-    /// SQLite failed.
+    /// The database failed.
     #[error("store failed to {action}: {source}")]
-    Sqlite {
+    Database {
         /// The store operation that failed.
         action: &'static str,
-        /// SQLite's error.
-        source: Arc<rusqlite::Error>,
+        /// The database's error.
+        source: Arc<DbError>,
     },
     /// The database was written by a newer relay.
     #[error("store schema version {found} is newer than version {supported} of this relay: run a newer relay")]
@@ -196,12 +203,40 @@ impl StoreError {
         StoreError::AtRest(Arc::new(error))
     }
 
-    /// Wraps a SQLite error with what the store was doing, for `map_err`.
-    pub(crate) fn sqlite(action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-        move |source| StoreError::Sqlite {
+    /// Wraps a database error with what the store was doing, for `map_err`.
+    pub(crate) fn db(action: &'static str) -> impl Fn(DbError) -> StoreError {
+        move |source| StoreError::Database {
             action,
             source: Arc::new(source),
         }
+    }
+
+    /// Wraps an error of a bare SQLite connection with what the store was
+    /// doing, for `map_err`.
+    pub(crate) fn sqlite(action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+        move |source| StoreError::Database {
+            action,
+            source: Arc::new(DbError::Sqlite(source)),
+        }
+    }
+}
+
+/// A store error inside [`crate::db::Db::savepoint`], which needs an error
+/// type that a [`DbError`] converts into. `StoreError` itself has no such
+/// conversion, so that each database call names its operation.
+pub(crate) struct SavepointError(pub(crate) StoreError);
+
+impl From<DbError> for SavepointError {
+    fn from(source: DbError) -> SavepointError {
+        SavepointError(StoreError::db("set, release or roll back a savepoint")(
+            source,
+        ))
+    }
+}
+
+impl From<StoreError> for SavepointError {
+    fn from(error: StoreError) -> SavepointError {
+        SavepointError(error)
     }
 }
 
@@ -308,7 +343,7 @@ pub(crate) struct Store {
 }
 
 struct StoreInner {
-    path: PathBuf,
+    backend: Backend,
     keys: DatabaseKeys,
     writes: mpsc::Sender<WriteOp>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<u64>>>,
@@ -318,33 +353,40 @@ struct StoreInner {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.path)
+            .field("backend", &self.inner.backend)
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Opens or creates `relay.db` in `data_dir`, unlocks its data key with
-    /// the key from `source`, migrates it and starts the writer thread.
-    pub(crate) async fn open(data_dir: &Path, source: &KeySource) -> Result<Store, StoreError> {
-        let path = data_dir.join(DATABASE_FILE);
+    /// Opens the database of `backend`, creating a SQLite file when it is
+    /// missing, unlocks its data key with the key from `source`, migrates it
+    /// and starts the writer thread. `data_dir` is where `source` finds or
+    /// makes a development key file.
+    pub(crate) async fn open(
+        data_dir: &Path,
+        backend: &Backend,
+        source: &KeySource,
+    ) -> Result<Store, StoreError> {
         let open_dir = data_dir.to_path_buf();
+        let open_backend = backend.clone();
         let source = source.clone();
-        let (conn, readers, keys) =
-            tokio::task::spawn_blocking(move || open_connections(&open_dir, &source))
-                .await
-                .map_err(|error| StoreError::ReadTask(error.to_string()))??;
+        let (db, readers, keys) = tokio::task::spawn_blocking(move || {
+            open_connections(&open_dir, &open_backend, &source)
+        })
+        .await
+        .map_err(|error| StoreError::ReadTask(error.to_string()))??;
 
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let thread = writer::spawn(conn, queue, keys.data_keys().clone())?;
+        let thread = writer::spawn(db, queue, keys.data_keys().clone())?;
         tracing::info!(
-            path = %path.display(),
+            backend = ?backend,
             kek_fingerprint = %keys.kek_fingerprint(),
             "store opened"
         );
         Ok(Store {
             inner: Arc::new(StoreInner {
-                path,
+                backend: backend.clone(),
                 keys,
                 writes,
                 writer_thread: Mutex::new(Some(thread)),
@@ -494,9 +536,9 @@ impl Store {
 
     /// Runs a trivial query, to check that the store is readable.
     pub(crate) async fn check_readable(&self) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(StoreError::sqlite("run a health check query"))
+        self.read(|db| {
+            db.query_one("SELECT 1", db_params![], |_| Ok(()))
+                .map_err(StoreError::db("run a health check query"))
         })
         .await
     }
@@ -587,97 +629,21 @@ impl Store {
 
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         self.inner.readers.run(query).await
     }
 }
 
-/// Opens a read-write connection to `relay.db` in `data_dir`, unlocks the
-/// data key with the key from `source`, registers the at-rest SQL functions
-/// and migrates the schema if needed. A database without a data key gets a
-/// new one, stored by the at-rest migration.
-pub(crate) fn open_keyed_writer(
-    data_dir: &Path,
-    source: &KeySource,
-) -> Result<(Connection, DatabaseKeys), StoreError> {
-    match try_open_keyed_writer(data_dir, source) {
-        // Another relay node on this data directory stored its new data key
-        // first. The database has one now, and the next attempt unlocks it.
-        Err(StoreError::AtRest(error)) if matches!(*error, AtRestError::ConcurrentSetUp) => {
-            try_open_keyed_writer(data_dir, source)
-        }
-        outcome => outcome,
-    }
-}
-
-fn try_open_keyed_writer(
-    data_dir: &Path,
-    source: &KeySource,
-) -> Result<(Connection, DatabaseKeys), StoreError> {
-    let path = data_dir.join(DATABASE_FILE);
-    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
-    conn.busy_timeout(schema::BUSY_TIMEOUT)
-        .map_err(StoreError::sqlite("set the busy timeout"))?;
-    let keys = at_rest::unlock(&conn, data_dir, source).map_err(StoreError::at_rest)?;
-    at_rest::sql::register(&conn, &keys)
-        .map_err(StoreError::sqlite("register the at-rest functions"))?;
-    schema::prepare_writer(&mut conn)?;
-    if keys.is_new() {
-        // Another process may have stored a data key of its own between the
-        // unlock and the migration. Then this one was never stored.
-        at_rest::confirm_stored(&conn, &keys).map_err(StoreError::at_rest)?;
-    }
-    Ok((conn, keys))
-}
-
-/// Opens another read-write connection to `relay.db` in `data_dir` with the
-/// writer's pragmas and the at-rest SQL functions of `keys`. The accounts
-/// module and the admin command use it beside the writer thread: SQLite
-/// serializes the writers, each waiting up to the busy timeout for the lock.
-pub(crate) fn open_extra_writer(
-    data_dir: &Path,
-    keys: &DatabaseKeys,
-) -> Result<Connection, StoreError> {
-    let path = data_dir.join(DATABASE_FILE);
-    let mut conn = Connection::open(path).map_err(StoreError::sqlite("open the database file"))?;
-    at_rest::sql::register(&conn, keys)
-        .map_err(StoreError::sqlite("register the at-rest functions"))?;
-    schema::prepare_writer(&mut conn)?;
-    Ok(conn)
-}
-
-/// Opens another read-write connection to `relay.db` in `data_dir` with the
-/// writer's pragmas but without the at-rest functions, for the audit and
-/// retention work that reads and deletes rows without opening sealed
-/// values. It does not migrate, because a migration may need the at-rest key,
-/// so a database at an older schema version is rejected.
-pub(crate) fn open_migrated_writer(data_dir: &Path) -> Result<Connection, StoreError> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(StoreError::sqlite("open the database file"))?;
-    schema::set_writer_pragmas(&conn)?;
-    let found = schema::schema_version(&conn)?;
-    if found != schema::SCHEMA_VERSION {
-        return Err(StoreError::SchemaNotCurrent {
-            found,
-            expected: schema::SCHEMA_VERSION,
-        });
-    }
-    Ok(conn)
-}
-
 fn open_connections(
     data_dir: &Path,
+    backend: &Backend,
     source: &KeySource,
-) -> Result<(Connection, ReadPool, DatabaseKeys), StoreError> {
-    let (conn, keys) = open_keyed_writer(data_dir, source)?;
-    let readers = ReadPool::open(&data_dir.join(DATABASE_FILE), READ_CONNECTIONS)?;
-    Ok((conn, readers, keys))
+) -> Result<(Db, ReadPool, DatabaseKeys), StoreError> {
+    let (db, keys) = open::open_keyed_db(data_dir, backend, source)?;
+    let readers = ReadPool::open(backend, READ_CONNECTIONS)?;
+    Ok((db, readers, keys))
 }
 
 /// Returns the current time in Unix milliseconds, the unit of every stored time.

@@ -8,13 +8,13 @@
 //! code. Ending the session deletes its rows and wrapped keys in the same
 //! transaction, and removing a device deletes its row and wrapped keys.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use sealcast_protocol::paired_keys::{DeviceId, DEVICE_ID_LEN, MAX_STORED_KEYS_PER_DEVICE};
 use sealcast_protocol::SessionId;
 
 use super::reader::session_by_id;
 use super::{PairedKey, Redemption, SessionRecord, StoreError};
 use crate::credentials::{hashes_match, CredentialHash};
+use crate::db::{db_params, Db};
 
 /// Schema migration that adds the table.
 pub(super) const MIGRATION: &str = "CREATE TABLE paired_devices (
@@ -56,28 +56,26 @@ pub(crate) const MAX_KEY_EPOCH_STEP: u32 = 16;
 /// Inserts a paired device's credential, device id and the key epoch of the
 /// key its pairing delivered, when the session is open.
 pub(super) fn insert(
-    conn: &Connection,
+    db: &Db,
     device: &Redemption,
     device_id: &DeviceId,
     key_epoch: u32,
 ) -> Result<(), StoreError> {
-    let inserted = conn
-        .prepare_cached(
+    let inserted = db
+        .execute(
             "INSERT INTO paired_devices
                  (credential_hash, session_id, created_at, device_id, pairing_key_epoch)
              SELECT ?1, ?2, ?3, ?4, ?5
              WHERE EXISTS (SELECT 1 FROM sessions WHERE session_id = ?2 AND ended_at IS NULL)",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                device.credential_hash.as_slice(),
-                device.session_id.as_bytes().as_slice(),
+            db_params![
+                device.credential_hash,
+                device.session_id.as_bytes(),
                 device.created_at,
-                device_id.0.as_slice(),
+                device_id.0,
                 key_epoch,
-            ])
-        })
-        .map_err(StoreError::sqlite("store a paired device's credential"))?;
+            ],
+        )
+        .map_err(StoreError::db("store a paired device's credential"))?;
     if inserted == 1 {
         Ok(())
     } else {
@@ -88,16 +86,17 @@ pub(super) fn insert(
 }
 
 /// Deletes every paired device credential and wrapped key of a session, when it ends.
-pub(super) fn delete_for_session(
-    conn: &Connection,
-    session_id: &SessionId,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM paired_devices WHERE session_id = ?1")
-        .and_then(|mut statement| statement.execute(params![session_id.as_bytes().as_slice()]))
-        .map_err(StoreError::sqlite("delete a session's paired devices"))?;
-    conn.prepare_cached("DELETE FROM paired_device_keys WHERE session_id = ?1")
-        .and_then(|mut statement| statement.execute(params![session_id.as_bytes().as_slice()]))
-        .map_err(StoreError::sqlite("delete a session's wrapped keys"))?;
+pub(super) fn delete_for_session(db: &Db, session_id: &SessionId) -> Result<(), StoreError> {
+    db.execute(
+        "DELETE FROM paired_devices WHERE session_id = ?1",
+        db_params![session_id.as_bytes()],
+    )
+    .map_err(StoreError::db("delete a session's paired devices"))?;
+    db.execute(
+        "DELETE FROM paired_device_keys WHERE session_id = ?1",
+        db_params![session_id.as_bytes()],
+    )
+    .map_err(StoreError::db("delete a session's wrapped keys"))?;
     Ok(())
 }
 
@@ -107,37 +106,34 @@ pub(super) fn delete_for_session(
 /// above the newest one stored or delivered by the pairing. The same epoch
 /// replaces the stored key, so a clinician device may retry a post. Keeps
 /// only the newest [`MAX_STORED_KEYS_PER_DEVICE`] keys of the device.
-pub(super) fn insert_key(conn: &Connection, key: &PairedKey) -> Result<(), StoreError> {
+pub(super) fn insert_key(db: &Db, key: &PairedKey) -> Result<(), StoreError> {
     let session = key.session_id.as_bytes().as_slice();
     let device = key.device_id.0.as_slice();
-    let open =
-        session_by_id(conn, &key.session_id)?.is_some_and(|record| record.ended_at.is_none());
+    let open = session_by_id(db, &key.session_id)?.is_some_and(|record| record.ended_at.is_none());
     if !open {
         return Err(StoreError::SessionEnded {
             session_id: key.session_id,
         });
     }
-    let pairing_epoch: Option<Option<i64>> = conn
-        .prepare_cached(
+    let pairing_epoch = db
+        .query_opt(
             "SELECT pairing_key_epoch FROM paired_devices WHERE session_id = ?1 AND device_id = ?2",
+            db_params![session, device],
+            |row| row.get::<Option<i64>>(0),
         )
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![session, device], |row| row.get(0))
-                .optional()
-        })
-        .map_err(StoreError::sqlite("look up a paired device"))?;
+        .map_err(StoreError::db("look up a paired device"))?;
     let Some(pairing_epoch) = pairing_epoch else {
         return Err(StoreError::UnknownPairedDevice {
             device_id: key.device_id,
         });
     };
-    let newest: Option<i64> = conn
-        .prepare_cached(
+    let newest = db
+        .query_one(
             "SELECT MAX(key_epoch) FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2",
+            db_params![session, device],
+            |row| row.get::<Option<i64>>(0),
         )
-        .and_then(|mut statement| statement.query_row(params![session, device], |row| row.get(0)))
-        .map_err(StoreError::sqlite("read a paired device's newest key epoch"))?;
+        .map_err(StoreError::db("read a paired device's newest key epoch"))?;
     let newest = newest.and_then(|newest| u32::try_from(newest).ok());
     if let Some(newest) = newest {
         if key.key_epoch < newest {
@@ -159,56 +155,56 @@ pub(super) fn insert_key(conn: &Connection, key: &PairedKey) -> Result<(), Store
         }
     }
 
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO paired_device_keys
+    db.execute(
+        "INSERT INTO paired_device_keys
              (session_id, device_id, key_epoch, wrapped_key, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (session_id, device_id, key_epoch)
+         DO UPDATE SET wrapped_key = excluded.wrapped_key, created_at = excluded.created_at",
+        db_params![
             session,
             device,
             key.key_epoch,
-            key.wrapped_key.as_slice(),
+            key.wrapped_key,
             key.created_at
-        ])
-    })
-    .map_err(StoreError::sqlite("store a wrapped key"))?;
-    conn.prepare_cached(
+        ],
+    )
+    .map_err(StoreError::db("store a wrapped key"))?;
+    db.execute(
         "DELETE FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2
          AND key_epoch NOT IN (SELECT key_epoch FROM paired_device_keys
              WHERE session_id = ?1 AND device_id = ?2 ORDER BY key_epoch DESC LIMIT ?3)",
+        db_params![session, device, MAX_STORED_KEYS_PER_DEVICE as i64],
     )
-    .and_then(|mut statement| {
-        statement.execute(params![session, device, MAX_STORED_KEYS_PER_DEVICE as i64])
-    })
-    .map_err(StoreError::sqlite(
-        "drop a paired device's oldest wrapped keys",
-    ))?;
+    .map_err(StoreError::db("drop a paired device's oldest wrapped keys"))?;
     Ok(())
 }
 
 /// Deletes a paired device's credential and wrapped keys. Rejects an
 /// unknown device.
 pub(super) fn remove(
-    conn: &Connection,
+    db: &Db,
     session_id: &SessionId,
     device_id: &DeviceId,
 ) -> Result<(), StoreError> {
     let session = session_id.as_bytes().as_slice();
     let device = device_id.0.as_slice();
-    let removed = conn
-        .prepare_cached("DELETE FROM paired_devices WHERE session_id = ?1 AND device_id = ?2")
-        .and_then(|mut statement| statement.execute(params![session, device]))
-        .map_err(StoreError::sqlite("remove a paired device"))?;
+    let removed = db
+        .execute(
+            "DELETE FROM paired_devices WHERE session_id = ?1 AND device_id = ?2",
+            db_params![session, device],
+        )
+        .map_err(StoreError::db("remove a paired device"))?;
     if removed == 0 {
         return Err(StoreError::UnknownPairedDevice {
             device_id: *device_id,
         });
     }
-    conn.prepare_cached("DELETE FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2")
-        .and_then(|mut statement| statement.execute(params![session, device]))
-        .map_err(StoreError::sqlite("delete a paired device's wrapped keys"))?;
+    db.execute(
+        "DELETE FROM paired_device_keys WHERE session_id = ?1 AND device_id = ?2",
+        db_params![session, device],
+    )
+    .map_err(StoreError::db("delete a paired device's wrapped keys"))?;
     Ok(())
 }
 
@@ -218,22 +214,17 @@ type CredentialRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 /// Looks up the session and device id of a paired device's credential. The
 /// device id is `None` for a device paired before device ids were stored.
 pub(super) fn device_by_credential(
-    conn: &Connection,
+    db: &Db,
     credential_hash: &CredentialHash,
 ) -> Result<Option<(SessionRecord, Option<DeviceId>)>, StoreError> {
-    let row: Option<CredentialRow> = conn
-        .prepare_cached(
+    let row: Option<CredentialRow> = db
+        .query_opt(
             "SELECT credential_hash, session_id, device_id FROM paired_devices
              WHERE credential_hash = ?1",
+            db_params![credential_hash],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![credential_hash.as_slice()], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-                .optional()
-        })
-        .map_err(StoreError::sqlite("look up a paired device's credential"))?;
+        .map_err(StoreError::db("look up a paired device's credential"))?;
     let Some((stored_hash, session_id, device_id)) = row else {
         return Ok(None);
     };
@@ -249,33 +240,23 @@ pub(super) fn device_by_credential(
                 .map_err(|_| StoreError::Corrupt { what: "device id" })
         })
         .transpose()?;
-    Ok(session_by_id(conn, &SessionId(session_id))?.map(|record| (record, device_id)))
+    Ok(session_by_id(db, &SessionId(session_id))?.map(|record| (record, device_id)))
 }
 
 /// Returns a paired device's wrapped keys of epochs after `after`, oldest first.
 pub(super) fn keys_after(
-    conn: &Connection,
+    db: &Db,
     session_id: &SessionId,
     device_id: &DeviceId,
     after: Option<u32>,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
     let after = after.map_or(-1, i64::from);
-    conn.prepare_cached(
+    db.query_all(
         "SELECT wrapped_key FROM paired_device_keys
          WHERE session_id = ?1 AND device_id = ?2 AND key_epoch > ?3
          ORDER BY key_epoch",
+        db_params![session_id.as_bytes(), device_id.0, after],
+        |row| row.get(0),
     )
-    .and_then(|mut statement| {
-        statement
-            .query_map(
-                params![
-                    session_id.as_bytes().as_slice(),
-                    device_id.0.as_slice(),
-                    after
-                ],
-                |row| row.get(0),
-            )?
-            .collect()
-    })
-    .map_err(StoreError::sqlite("read a paired device's wrapped keys"))
+    .map_err(StoreError::db("read a paired device's wrapped keys"))
 }

@@ -2,12 +2,13 @@
 //!
 //! Every query runs on tokio's blocking thread pool with one connection taken
 //! from a small pool; a semaphore makes callers wait for a free connection.
+//! SQLite read connections are read-only; PostgreSQL ones reopen themselves
+//! after a lost connection, on the next query that finds it lost.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{Connection, OpenFlags};
 use sealcast_protocol::{api, SessionId, StreamId};
 use tokio::sync::Semaphore;
 
@@ -15,28 +16,38 @@ use super::schema::{prepare_reader, u64_from_sql};
 use super::{SessionRecord, SessionTail, StoreError, StoredFrame, StreamTail};
 use crate::at_rest::FrameCipher;
 use crate::credentials::{hashes_match, CredentialHash};
+use crate::db::{db_params, Backend, Db, Row};
 use crate::metrics::STORE_AT_REST_FAILURES;
 
-/// A fixed set of read-only connections.
+/// Frames that [`frames_between`] reads per query.
+const FRAMES_PER_PAGE: usize = 32;
+
+/// A fixed set of read connections.
 #[derive(Clone)]
 pub(super) struct ReadPool {
-    connections: Arc<Mutex<Vec<Connection>>>,
+    connections: Arc<Connections>,
     permits: Arc<Semaphore>,
 }
 
 impl ReadPool {
-    /// Opens `count` read-only connections to the database at `path`.
-    pub(super) fn open(path: &Path, count: usize) -> Result<ReadPool, StoreError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    /// Opens `count` read connections to the database of `backend`.
+    pub(super) fn open(backend: &Backend, count: usize) -> Result<ReadPool, StoreError> {
         let mut connections = Vec::with_capacity(count);
         for _ in 0..count {
-            let conn = Connection::open_with_flags(path, flags)
-                .map_err(StoreError::sqlite("open a read connection"))?;
-            prepare_reader(&conn)?;
-            connections.push(conn);
+            let db = match backend {
+                Backend::Sqlite(path) => {
+                    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                    let conn = Connection::open_with_flags(path, flags)
+                        .map_err(StoreError::sqlite("open a read connection"))?;
+                    prepare_reader(&conn)?;
+                    Db::Sqlite(conn)
+                }
+                Backend::Postgres(_) => super::open::connect_postgres(backend)?,
+            };
+            connections.push(db);
         }
         Ok(ReadPool {
-            connections: Arc::new(Mutex::new(connections)),
+            connections: Arc::new(Connections(Mutex::new(connections))),
             permits: Arc::new(Semaphore::new(count)),
         })
     }
@@ -44,7 +55,7 @@ impl ReadPool {
     /// Runs `query` on a pooled connection on the blocking thread pool.
     pub(super) async fn run<T, F>(&self, query: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let _permit = self
@@ -63,20 +74,42 @@ impl ReadPool {
         .map_err(|error| StoreError::ReadTask(error.to_string()))?
     }
 
-    fn take(&self) -> Result<Connection, StoreError> {
+    fn take(&self) -> Result<Db, StoreError> {
         self.lock()
             .pop()
             .ok_or_else(|| StoreError::ReadTask("no read connection free despite a permit".into()))
     }
 
-    fn put(&self, conn: Connection) {
+    fn put(&self, conn: Db) {
         self.lock().push(conn);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Db>> {
         self.connections
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The pool's idle connections.
+struct Connections(Mutex<Vec<Db>>);
+
+impl Drop for Connections {
+    /// Closes PostgreSQL connections on a thread of their own when the pool
+    /// is dropped on an async thread, because the synchronous client blocks
+    /// on a runtime of its own to close, which tokio forbids there.
+    fn drop(&mut self) {
+        let connections = std::mem::take(self.0.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if on_runtime && connections.iter().any(Db::is_postgres) {
+            let closing = std::thread::Builder::new()
+                .name("sealcast-store-close".into())
+                .spawn(move || drop(connections));
+            if let Err(error) = closing {
+                tracing::error!(%error, "failed to start a thread to close read connections");
+            }
+        }
     }
 }
 
@@ -84,35 +117,26 @@ const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, organization_id,
     invite_token_hash, ended_at, invite_verifier, created_by_user";
 
 pub(super) fn session_by_id(
-    conn: &Connection,
+    db: &Db,
     session_id: &SessionId,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
-    query_session(conn, &sql, session_id.as_bytes())
+    query_session(db, &sql, session_id.as_bytes())
 }
 
 pub(super) fn session_by_invite(
-    conn: &Connection,
+    db: &Db,
     invite_hash: &CredentialHash,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE invite_token_hash = ?1");
-    let record = query_session(conn, &sql, invite_hash)?;
+    let record = query_session(db, &sql, invite_hash)?;
     Ok(record.filter(|record| hashes_match(&record.invite_token_hash, invite_hash)))
 }
 
-fn query_session(
-    conn: &Connection,
-    sql: &str,
-    key: &[u8],
-) -> Result<Option<SessionRecord>, StoreError> {
-    let row = conn
-        .prepare_cached(sql)
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![key], session_columns)
-                .optional()
-        })
-        .map_err(StoreError::sqlite("look up a session"))?;
+fn query_session(db: &Db, sql: &str, key: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+    let row = db
+        .query_opt(sql, db_params![key], session_columns)
+        .map_err(StoreError::db("look up a session"))?;
     row.map(SessionColumns::into_record).transpose()
 }
 
@@ -128,7 +152,7 @@ struct SessionColumns {
     created_by_user: Option<String>,
 }
 
-fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
+fn session_columns(row: &Row<'_>) -> Result<SessionColumns, crate::db::DbError> {
     Ok(SessionColumns {
         session_id: row.get(0)?,
         epoch: row.get(1)?,
@@ -140,7 +164,6 @@ fn session_columns(row: &Row<'_>) -> rusqlite::Result<SessionColumns> {
         created_by_user: row.get(7)?,
     })
 }
-
 impl SessionColumns {
     fn into_record(self) -> Result<SessionRecord, StoreError> {
         let session_id = <[u8; 16]>::try_from(self.session_id)
@@ -169,46 +192,43 @@ impl SessionColumns {
     }
 }
 
-pub(super) fn session_tail(
-    conn: &Connection,
-    session_id: &SessionId,
-) -> Result<SessionTail, StoreError> {
+pub(super) fn session_tail(db: &Db, session_id: &SessionId) -> Result<SessionTail, StoreError> {
     let key = session_id.as_bytes().as_slice();
-    let last_offset: Option<i64> = conn
-        .prepare_cached("SELECT MAX(frame_offset) FROM frames WHERE session_id = ?1")
-        .and_then(|mut statement| statement.query_row(params![key], |row| row.get(0)))
-        .map_err(StoreError::sqlite("read a session's last offset"))?;
+    let last_offset = db
+        .query_one(
+            "SELECT MAX(frame_offset) FROM frames WHERE session_id = ?1",
+            db_params![key],
+            |row| row.get::<Option<i64>>(0),
+        )
+        .map_err(StoreError::db("read a session's last offset"))?;
     let next_offset = match last_offset {
         Some(last) => offset_from_sql(last)? + 1,
         None => 0,
     };
     Ok(SessionTail {
         next_offset,
-        streams: stream_tails(conn, key)?,
+        streams: stream_tails(db, key)?,
     })
 }
 
-fn stream_tails(conn: &Connection, session_key: &[u8]) -> Result<Vec<StreamTail>, StoreError> {
-    let error = StoreError::sqlite("read a session's streams");
-    let mut statement = conn
-        .prepare_cached(
+fn stream_tails(db: &Db, session_key: &[u8]) -> Result<Vec<StreamTail>, StoreError> {
+    let rows = db
+        .query_all(
             "SELECT stream_id, next_seq - 1, last_offset FROM streams
              WHERE session_id = ?1",
+            db_params![session_key],
+            |row| {
+                Ok((
+                    row.get::<Vec<u8>>(0)?,
+                    row.get::<i64>(1)?,
+                    row.get::<i64>(2)?,
+                ))
+            },
         )
-        .map_err(&error)?;
-    let rows = statement
-        .query_map(params![session_key], |row| {
-            Ok((
-                row.get::<_, Vec<u8>>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })
-        .map_err(&error)?;
+        .map_err(StoreError::db("read a session's streams"))?;
 
     let mut streams = Vec::new();
-    for row in rows {
-        let (stream_id, seq, offset) = row.map_err(&error)?;
+    for (stream_id, seq, offset) in rows {
         let stream_id = <[u8; 16]>::try_from(stream_id)
             .map_err(|_| StoreError::Corrupt { what: "stream id" })?;
         streams.push(StreamTail {
@@ -222,7 +242,7 @@ fn stream_tails(conn: &Connection, session_key: &[u8]) -> Result<Vec<StreamTail>
 
 /// Reads frames and decrypts them with `cipher`, the session's frame cipher.
 pub(super) fn frames_between(
-    conn: &Connection,
+    db: &Db,
     cipher: &FrameCipher,
     session_id: &SessionId,
     from: u64,
@@ -230,42 +250,41 @@ pub(super) fn frames_between(
     max_frames: usize,
     max_bytes: usize,
 ) -> Result<Vec<StoredFrame>, StoreError> {
-    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let mut next = i64::try_from(from).unwrap_or(i64::MAX);
     let until = i64::try_from(until).unwrap_or(i64::MAX);
-    let limit = i64::try_from(max_frames).unwrap_or(i64::MAX);
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT frame_offset, frame FROM frames
-             WHERE session_id = ?1 AND frame_offset >= ?2 AND frame_offset < ?3
-             ORDER BY frame_offset LIMIT ?4",
-        )
-        .map_err(StoreError::sqlite("read frames"))?;
-    let mut rows = statement
-        .query(params![
-            session_id.as_bytes().as_slice(),
-            from,
-            until,
-            limit
-        ])
-        .map_err(StoreError::sqlite("read frames"))?;
-
-    let error = StoreError::sqlite("read frames");
     let mut frames = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = rows.next().map_err(&error)? {
-        let offset = offset_from_sql(row.get(0).map_err(&error)?)?;
-        let mut frame: Vec<u8> = row.get(1).map_err(&error)?;
-        if let Err(failure) = cipher.open_in_place(offset, &mut frame) {
-            metrics::counter!(STORE_AT_REST_FAILURES, "column" => "frames.frame").increment(1);
-            tracing::error!(session_id = %session_id, offset, "stored frame failed at-rest decryption");
-            return Err(StoreError::at_rest(failure));
+    // Pages of a few frames keep what is read beyond `max_bytes` small.
+    while frames.len() < max_frames && next < until {
+        let page_size = (max_frames - frames.len()).min(FRAMES_PER_PAGE);
+        let rows = db
+            .query_all(
+                "SELECT frame_offset, frame FROM frames
+                 WHERE session_id = ?1 AND frame_offset >= ?2 AND frame_offset < ?3
+                 ORDER BY frame_offset LIMIT ?4",
+                db_params![session_id.as_bytes(), next, until, page_size as i64],
+                |row| Ok((row.get::<i64>(0)?, row.get::<Vec<u8>>(1)?)),
+            )
+            .map_err(StoreError::db("read frames"))?;
+        let full = rows.len() == page_size;
+        for (offset, mut frame) in rows {
+            next = offset.saturating_add(1);
+            let offset = offset_from_sql(offset)?;
+            if let Err(failure) = cipher.open_in_place(offset, &mut frame) {
+                metrics::counter!(STORE_AT_REST_FAILURES, "column" => "frames.frame").increment(1);
+                tracing::error!(session_id = %session_id, offset, "stored frame failed at-rest decryption");
+                return Err(StoreError::at_rest(failure));
+            }
+            bytes += frame.len();
+            frames.push(StoredFrame {
+                offset,
+                delivery: Bytes::from(api::encode_delivery(offset, &frame)),
+            });
+            if bytes >= max_bytes {
+                return Ok(frames);
+            }
         }
-        bytes += frame.len();
-        frames.push(StoredFrame {
-            offset,
-            delivery: Bytes::from(api::encode_delivery(offset, &frame)),
-        });
-        if bytes >= max_bytes {
+        if !full {
             break;
         }
     }
@@ -282,21 +301,16 @@ fn offset_from_sql(value: i64) -> Result<u64, StoreError> {
 /// the stored hash and the session id by hash, and compares the hashes in
 /// constant time. `action` names the lookup in errors.
 pub(super) fn session_by_credential_hash(
-    conn: &Connection,
+    db: &Db,
     query: &'static str,
     action: &'static str,
     credential_hash: &CredentialHash,
 ) -> Result<Option<SessionRecord>, StoreError> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = conn
-        .prepare_cached(query)
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![credential_hash.as_slice()], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()
+    let row = db
+        .query_opt(query, db_params![credential_hash], |row| {
+            Ok((row.get::<Vec<u8>>(0)?, row.get::<Vec<u8>>(1)?))
         })
-        .map_err(StoreError::sqlite(action))?;
+        .map_err(StoreError::db(action))?;
 
     let Some((stored_hash, session_id)) = row else {
         return Ok(None);
@@ -306,5 +320,5 @@ pub(super) fn session_by_credential_hash(
     }
     let session_id =
         <[u8; 16]>::try_from(session_id).map_err(|_| StoreError::Corrupt { what: "session id" })?;
-    session_by_id(conn, &SessionId(session_id))
+    session_by_id(db, &SessionId(session_id))
 }

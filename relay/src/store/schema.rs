@@ -1,4 +1,5 @@
-//! Connection settings and schema migrations, versioned by `PRAGMA user_version`.
+//! SQLite connection settings and schema migrations, versioned by `PRAGMA
+//! user_version`. The PostgreSQL schema is in [`super::schema_pg`].
 //!
 //! The store keeps ciphertext, header fields, the key fingerprint, credential
 //! hashes and times, never plaintext or keys. Since the at-rest migration,
@@ -476,9 +477,12 @@ mod tests {
 
     /// Opens an in-memory database with the at-rest functions of a new key.
     fn keyed_connection() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
+        let db = crate::db::Db::Sqlite(Connection::open_in_memory().unwrap());
         let source = KeySource::Environment(KeyEncryptionKey::generate());
-        let keys = at_rest::unlock(&conn, std::path::Path::new("."), &source).unwrap();
+        let keys = at_rest::unlock(&db, std::path::Path::new("."), &source).unwrap();
+        let crate::db::Db::Sqlite(conn) = db else {
+            unreachable!("the database was opened as SQLite")
+        };
         at_rest::sql::register(&conn, &keys).unwrap();
         conn
     }

@@ -1,10 +1,14 @@
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
 
 use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::{FrameKind, SessionId, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::at_rest;
 
 fn new_session(session_id: SessionId) -> NewSession {
     NewSession {
@@ -34,6 +38,11 @@ fn frame(session_id: SessionId, offset: u64, stream: u8, seq: u64) -> FrameRecor
         received_at: 1_700_000_000_000 + offset as i64,
         delivery: Bytes::from(delivery),
     }
+}
+
+/// Returns the SQLite backend of `dir`.
+fn sqlite_backend(dir: &Path) -> Backend {
+    Backend::Sqlite(dir.join(DATABASE_FILE))
 }
 
 /// A write's position in the queue and its outcome.
@@ -107,7 +116,7 @@ fn writer_commits_queued_writes_in_one_transaction() {
     }
     queue.try_send(WriteOp::Stop).ok().unwrap();
 
-    let transactions = writer::run(conn, receiver, keys);
+    let transactions = writer::run(Db::Sqlite(conn), receiver, keys);
 
     assert_eq!(transactions, 1);
     let outcomes = outcomes.take();
@@ -170,7 +179,7 @@ fn writer_fails_bad_writes_alone() {
     }
     drop(queue);
 
-    assert_eq!(writer::run(conn, receiver, keys), 1);
+    assert_eq!(writer::run(Db::Sqlite(conn), receiver, keys), 1);
     let outcomes = outcomes.take();
     assert!(outcomes[0].1.is_ok());
     assert!(outcomes[1].1.is_ok());
@@ -198,7 +207,7 @@ fn run_writes(conn: Connection, keys: Arc<at_rest::DataKeys>, ops: Vec<WriteOp>)
         queue.try_send(op).ok().unwrap();
     }
     queue.try_send(WriteOp::Stop).ok().unwrap();
-    writer::run(conn, receiver, keys);
+    writer::run(Db::Sqlite(conn), receiver, keys);
 }
 
 fn stored_offsets(dir: &Path, session_id: SessionId) -> Vec<i64> {
@@ -338,9 +347,13 @@ fn transaction_rolled_back_by_sqlite_fails_whole_batch() {
 async fn store_rejects_sequence_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     append(&store, frame(session_id, 0, 1, 0)).await.unwrap();
 
@@ -374,9 +387,13 @@ async fn store_reloads_committed_frames() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
 
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..10u64 {
         let stream = if offset % 2 == 0 { 1 } else { 2 };
@@ -388,9 +405,13 @@ async fn store_reloads_committed_frames() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let record = store.session(session_id).await.unwrap().unwrap();
     assert_eq!(record.epoch, u64::MAX - 7);
     assert_eq!(record.fingerprint, [9; 16]);
@@ -421,9 +442,13 @@ async fn store_reloads_committed_frames() {
 async fn frame_reads_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..20u64 {
         append(&store, frame(session_id, offset, 1, offset))
@@ -454,9 +479,13 @@ async fn frame_reads_are_bounded() {
 async fn lookups_match_hashes_only() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     let found = store.session_by_invite([2; 32]).await.unwrap().unwrap();
@@ -469,9 +498,13 @@ async fn lookups_match_hashes_only() {
 #[tokio::test]
 async fn closed_store_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.close().await;
     let result = store.create_session(new_session(SessionId::random())).await;
     assert!(matches!(result, Err(StoreError::WriterStopped)));
@@ -489,9 +522,13 @@ fn redemption(session_id: SessionId, credential: u8) -> Redemption {
 async fn redemptions_stop_at_browser_limit() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
 
     store
@@ -524,9 +561,13 @@ async fn redemptions_stop_at_browser_limit() {
 async fn browser_credentials_find_their_session() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -543,9 +584,13 @@ async fn browser_credentials_find_their_session() {
 async fn ending_deletes_browser_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .redeem_invite(redemption(session_id, 10))
@@ -615,9 +660,13 @@ async fn version_1_database_migrates() {
         }
     }
 
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let tail = store.session_tail(session_id).await.unwrap();
     assert_eq!(tail.next_offset, 3);
     let mut streams: Vec<_> = tail
@@ -677,9 +726,13 @@ async fn version_1_database_migrates() {
 #[tokio::test]
 async fn swapped_frame_blobs_fail_catch_up_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     let session_id = SessionId::random();
     store.create_session(new_session(session_id)).await.unwrap();
     for offset in 0..3 {
@@ -738,7 +791,7 @@ fn unmigrated_database_is_rejected_without_key() {
     conn.execute_batch("PRAGMA user_version = 3;").unwrap();
     drop(conn);
 
-    let opened = open_migrated_writer(dir.path());
+    let opened = open_migrated_writer(&sqlite_backend(dir.path()));
     assert!(
         matches!(
             opened,
@@ -805,9 +858,13 @@ async fn stored_epochs(
 async fn paired_keys_keep_newest_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
@@ -861,9 +918,13 @@ async fn paired_keys_keep_newest_epochs() {
 async fn paired_key_epoch_step_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     // Device 1 paired at epoch 0, device 2 after 40 rotations.
     store
@@ -918,9 +979,13 @@ async fn paired_key_epoch_step_is_bounded() {
 async fn removing_paired_device_revokes_it() {
     let dir = tempfile::tempdir().unwrap();
     let session_id = SessionId::random();
-    let store = Store::open(dir.path(), &KeySource::Development)
-        .await
-        .unwrap();
+    let store = Store::open(
+        dir.path(),
+        &sqlite_backend(dir.path()),
+        &KeySource::Development,
+    )
+    .await
+    .unwrap();
     store.create_session(new_session(session_id)).await.unwrap();
     store
         .pair_device(redemption(session_id, 20), DeviceId([1; 8]), 0)
@@ -967,3 +1032,5 @@ async fn removing_paired_device_revokes_it() {
     );
     store.close().await;
 }
+
+mod postgres;

@@ -2,9 +2,12 @@
 //! in groups.
 //!
 //! Each round takes every queued write, up to [`MAX_BATCH`], runs them in one
-//! `BEGIN IMMEDIATE` transaction and completes each write's callback after
+//! write transaction (SQLite's `BEGIN IMMEDIATE`, or PostgreSQL's `BEGIN`
+//! with the store's advisory lock) and completes each write's callback after
 //! COMMIT returns, in queue order. A write that fails on its own (for example
-//! a frame out of order) fails alone; a failed COMMIT fails the whole batch.
+//! a frame out of order) fails alone: SQLite undoes only the failed
+//! statement, and on PostgreSQL each write runs under a savepoint. A failed
+//! COMMIT, or a lost PostgreSQL connection, fails the whole batch. On SQLite,
 //! WAL checkpoints run on the [`checkpoint`] thread, which the writer thread
 //! starts and stops.
 
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::Connection;
 use sealcast_protocol::paired_keys::DeviceId;
 use sealcast_protocol::SessionId;
 use tokio::sync::mpsc;
@@ -23,9 +26,10 @@ use super::challenges::{self, NewChallenge, PresentedChallenge};
 use super::fault::StoreFault;
 use super::schema::{u64_to_sql, BUSY_TIMEOUT};
 use super::{browsers, paired};
-use super::{FrameRecord, NewSession, PairedKey, Redemption, StoreError};
+use super::{FrameRecord, NewSession, PairedKey, Redemption, SavepointError, StoreError};
 use crate::at_rest::{DataKeys, FrameCiphers};
 use crate::audit::AuditBatch;
+use crate::db::{db_params, Db};
 use crate::metrics::{
     STORE_COMMIT_BATCH_WRITES, STORE_COMMIT_FAILURES, STORE_COMMIT_SECONDS, STORE_WRITE_FAILURES,
 };
@@ -166,10 +170,10 @@ impl<'a> WritePermit<'a> {
     }
 }
 
-/// Starts the writer thread, which runs the checkpointer while it runs.
-/// Frames are sealed with `keys` on the writer thread.
+/// Starts the writer thread, which runs the checkpointer of a SQLite
+/// database while it runs. Frames are sealed with `keys` on the writer thread.
 pub(super) fn spawn(
-    conn: Connection,
+    conn: Db,
     queue: mpsc::Receiver<WriteOp>,
     keys: Arc<DataKeys>,
 ) -> Result<std::thread::JoinHandle<u64>, StoreError> {
@@ -177,7 +181,7 @@ pub(super) fn spawn(
 }
 
 pub(super) fn spawn_with_policy(
-    conn: Connection,
+    conn: Db,
     queue: mpsc::Receiver<WriteOp>,
     keys: Arc<DataKeys>,
     policy: CheckpointPolicy,
@@ -186,7 +190,9 @@ pub(super) fn spawn_with_policy(
         .name("sealcast-store-writer".into())
         .spawn(move || {
             let restart = RestartSignal::default();
-            let checkpointer = start_checkpointer(&conn, policy, &restart);
+            let checkpointer = conn
+                .as_sqlite()
+                .and_then(|sqlite| start_checkpointer(sqlite, policy, &restart));
             let transactions = serve(conn, queue, FrameCiphers::new(keys), Some(&restart));
             if let Some(checkpointer) = checkpointer {
                 checkpointer.stop();
@@ -221,7 +227,7 @@ fn start_checkpointer(
 /// Commits batches until stopped or every sender is gone, without a
 /// checkpointer. Returns the number of transactions run.
 #[cfg(test)]
-pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>, keys: Arc<DataKeys>) -> u64 {
+pub(super) fn run(conn: Db, queue: mpsc::Receiver<WriteOp>, keys: Arc<DataKeys>) -> u64 {
     serve(conn, queue, FrameCiphers::new(keys), None)
 }
 
@@ -229,7 +235,7 @@ pub(super) fn run(conn: Connection, queue: mpsc::Receiver<WriteOp>, keys: Arc<Da
 /// checkpoint after a batch when `restart` requests one. Returns the number
 /// of transactions run.
 fn serve(
-    mut conn: Connection,
+    conn: Db,
     mut queue: mpsc::Receiver<WriteOp>,
     mut ciphers: FrameCiphers,
     restart: Option<&RestartSignal>,
@@ -244,7 +250,7 @@ fn serve(
         let stop = collect(first, &mut queue, &mut batch);
 
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut ciphers, &mut batch);
+            commit_batch(&conn, &mut ciphers, &mut batch);
             transactions += 1;
         }
         if stop {
@@ -252,7 +258,9 @@ fn serve(
         }
         // After the batch's completions, so that only the next batch waits.
         if restart.is_some_and(RestartSignal::take) {
-            checkpoint::restart_wal(&conn, BUSY_TIMEOUT);
+            if let Some(sqlite) = conn.as_sqlite() {
+                checkpoint::restart_wal(sqlite, BUSY_TIMEOUT);
+            }
         }
     }
     tracing::debug!(transactions, "store writer thread stopped");
@@ -321,7 +329,7 @@ fn take_queued(
     (moved, false)
 }
 
-fn commit_batch(conn: &mut Connection, ciphers: &mut FrameCiphers, batch: &mut Vec<WriteOp>) {
+fn commit_batch(conn: &Db, ciphers: &mut FrameCiphers, batch: &mut Vec<WriteOp>) {
     let started = Instant::now();
     let outcomes = apply_batch(conn, ciphers, batch);
     let elapsed = started.elapsed();
@@ -348,7 +356,7 @@ fn commit_batch(conn: &mut Connection, ciphers: &mut FrameCiphers, batch: &mut V
             metrics::counter!(STORE_COMMIT_FAILURES, "reason" => fault.label()).increment(1);
             metrics::counter!(STORE_WRITE_FAILURES, "reason" => fault.label())
                 .increment(batch.len() as u64);
-            // The error names the SQLite result and the step, never stored content.
+            // The error names the database's result and the step, never stored content.
             tracing::error!(%error, reason = fault.label(), writes = batch.len(), "store commit failed: no write of the batch is acknowledged");
             for op in batch.drain(..) {
                 op.complete(Err(error.clone()));
@@ -370,34 +378,48 @@ fn count_write_failure(error: &StoreError) {
 /// Runs every write in one transaction. The outer error means nothing was committed.
 ///
 /// SQLite rolls the whole transaction back by itself when some statements
-/// fail with `SQLITE_FULL`, `SQLITE_IOERR` or `SQLITE_NOMEM`. The batch then
-/// stops at that write and fails with its error: the writes before it are
-/// gone, and the writes after it would otherwise run outside a transaction,
-/// each committed on its own while the batch reported them failed.
+/// fail with `SQLITE_FULL`, `SQLITE_IOERR` or `SQLITE_NOMEM`, and a lost
+/// PostgreSQL connection loses the transaction. The batch then stops at
+/// that write and fails with its error: the writes before it are gone, and
+/// the writes after it would otherwise run outside a transaction, each
+/// committed on its own while the batch reported them failed.
+///
+/// PostgreSQL rejects every statement of a transaction after one fails, so
+/// there each write runs under a savepoint, which a failed write rolls
+/// back to. SQLite needs none, because it undoes only the failed statement.
+///
+/// NOTE: when the PostgreSQL connection is lost during COMMIT, the server
+/// may have committed the batch that this reports failed, so a retried
+/// frame can then be rejected as out of order.
 fn apply_batch(
-    conn: &mut Connection,
+    conn: &Db,
     ciphers: &mut FrameCiphers,
     batch: &[WriteOp],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(StoreError::sqlite("begin a transaction"))?;
+        .begin_write()
+        .map_err(StoreError::db("begin a transaction"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for op in batch {
-        let outcome = apply(&tx, ciphers, op);
+        let outcome = if tx.is_postgres() {
+            tx.savepoint(|db| apply(db, ciphers, op).map_err(SavepointError))
+                .map_err(|SavepointError(error)| error)
+        } else {
+            apply(&tx, ciphers, op)
+        };
         if let Err(error) = &outcome {
-            if tx.is_autocommit() {
+            if !tx.in_transaction() {
                 return Err(error.clone());
             }
         }
         outcomes.push(outcome);
     }
     tx.commit()
-        .map_err(StoreError::sqlite("commit a transaction"))?;
+        .map_err(StoreError::db("commit a transaction"))?;
     Ok(outcomes)
 }
 
-fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<(), StoreError> {
+fn apply(conn: &Db, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<(), StoreError> {
     match op {
         WriteOp::CreateSession { session, .. } => insert_session(conn, session),
         WriteOp::AppendFrame { frame, .. } => append_frame(conn, ciphers, frame),
@@ -426,35 +448,32 @@ fn apply(conn: &Connection, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<
     }
 }
 
-fn insert_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
+fn insert_session(db: &Db, session: &NewSession) -> Result<(), StoreError> {
     let sql = "INSERT INTO sessions (session_id, epoch, fingerprint, invite_token_hash,
         invite_verifier, max_browsers, created_at, organization_id, created_by_user,
         created_by_device)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
-    conn.prepare_cached(sql)
-        .and_then(|mut statement| {
-            statement.execute(params![
-                session.session_id.as_bytes().as_slice(),
-                u64_to_sql(session.epoch),
-                session.fingerprint.as_slice(),
-                session.invite_token_hash.as_slice(),
-                session
-                    .invite_verifier
-                    .as_ref()
-                    .map(|verifier| verifier.as_slice()),
-                session.max_browsers,
-                session.created_at,
-                session.organization_id,
-                session.created_by_user,
-                session.created_by_device,
-            ])
-        })
-        .map_err(StoreError::sqlite("store a session"))?;
+    db.execute(
+        sql,
+        db_params![
+            session.session_id.as_bytes(),
+            u64_to_sql(session.epoch),
+            session.fingerprint,
+            session.invite_token_hash,
+            session.invite_verifier,
+            session.max_browsers,
+            session.created_at,
+            session.organization_id,
+            session.created_by_user,
+            session.created_by_device,
+        ],
+    )
+    .map_err(StoreError::db("store a session"))?;
     Ok(())
 }
 
 fn append_frame(
-    conn: &Connection,
+    db: &Db,
     ciphers: &mut FrameCiphers,
     frame: &FrameRecord,
 ) -> Result<(), StoreError> {
@@ -474,37 +493,37 @@ fn append_frame(
         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
         WHERE ?2 = (SELECT COALESCE(MAX(frame_offset) + 1, 0) FROM frames WHERE session_id = ?1)
           AND EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1 AND ended_at IS NULL)";
-    let inserted = conn
-        .prepare_cached(sql)
-        .and_then(|mut statement| {
-            statement.execute(params![
-                frame.session_id.as_bytes().as_slice(),
+    let inserted = db
+        .execute(
+            sql,
+            db_params![
+                frame.session_id.as_bytes(),
                 offset,
-                frame.stream_id.as_bytes().as_slice(),
+                frame.stream_id.as_bytes(),
                 seq,
                 frame.kind.to_byte(),
                 u64_to_sql(frame.final_count),
                 frame.received_at,
                 sealed,
-            ])
-        })
-        .map_err(StoreError::sqlite("store a frame"))?;
+            ],
+        )
+        .map_err(StoreError::db("store a frame"))?;
 
     if inserted != 1 {
         return Err(out_of_order());
     }
-    if advance_stream(conn, frame, offset, seq)? {
+    if advance_stream(db, frame, offset, seq)? {
         return Ok(());
     }
 
     // The stream already contains this sequence number or a hole precedes it,
     // which the session's in-memory state should have caught. Take the frame
     // back out, so that the batch's other writes still commit.
-    conn.prepare_cached("DELETE FROM frames WHERE session_id = ?1 AND frame_offset = ?2")
-        .and_then(|mut statement| {
-            statement.execute(params![frame.session_id.as_bytes().as_slice(), offset])
-        })
-        .map_err(StoreError::sqlite("remove a rejected frame"))?;
+    db.execute(
+        "DELETE FROM frames WHERE session_id = ?1 AND frame_offset = ?2",
+        db_params![frame.session_id.as_bytes(), offset],
+    )
+    .map_err(StoreError::db("remove a rejected frame"))?;
     Err(StoreError::SequenceOutOfOrder {
         session_id: frame.session_id,
         seq: frame.seq,
@@ -514,50 +533,43 @@ fn append_frame(
 /// Records `seq` at `offset` as the last frame of the frame's stream.
 /// Returns false when `seq` does not directly follow the stream's last
 /// stored sequence number, or is not 0 for a new stream.
-fn advance_stream(
-    conn: &Connection,
-    frame: &FrameRecord,
-    offset: i64,
-    seq: i64,
-) -> Result<bool, StoreError> {
+fn advance_stream(db: &Db, frame: &FrameRecord, offset: i64, seq: i64) -> Result<bool, StoreError> {
     let session = frame.session_id.as_bytes().as_slice();
     let stream = frame.stream_id.as_bytes().as_slice();
-    let advanced = conn
-        .prepare_cached(
+    let advanced = db
+        .execute(
             "UPDATE streams SET next_seq = ?3 + 1, last_offset = ?4
              WHERE session_id = ?1 AND stream_id = ?2 AND next_seq = ?3",
+            db_params![session, stream, seq, offset],
         )
-        .and_then(|mut statement| statement.execute(params![session, stream, seq, offset]))
-        .map_err(StoreError::sqlite("advance a stream"))?;
+        .map_err(StoreError::db("advance a stream"))?;
     if advanced == 1 {
         return Ok(true);
     }
     if seq != 0 {
         return Ok(false);
     }
-    let started = conn
-        .prepare_cached(
+    let started = db
+        .execute(
             "INSERT INTO streams (session_id, stream_id, next_seq, last_offset)
              VALUES (?1, ?2, 1, ?3) ON CONFLICT DO NOTHING",
+            db_params![session, stream, offset],
         )
-        .and_then(|mut statement| statement.execute(params![session, stream, offset]))
-        .map_err(StoreError::sqlite("start a stream"))?;
+        .map_err(StoreError::db("start a stream"))?;
     Ok(started == 1)
 }
 
-fn end_session(conn: &Connection, session_id: &SessionId, ended_at: i64) -> Result<(), StoreError> {
-    let changed = conn
-        .prepare_cached(
+fn end_session(db: &Db, session_id: &SessionId, ended_at: i64) -> Result<(), StoreError> {
+    let changed = db
+        .execute(
             "UPDATE sessions SET ended_at = ?2 WHERE session_id = ?1 AND ended_at IS NULL",
+            db_params![session_id.as_bytes(), ended_at],
         )
-        .and_then(|mut statement| {
-            statement.execute(params![session_id.as_bytes().as_slice(), ended_at])
-        })
-        .map_err(StoreError::sqlite("end a session"))?;
+        .map_err(StoreError::db("end a session"))?;
 
     if changed == 1 {
-        browsers::delete_for_session(conn, session_id)?;
-        paired::delete_for_session(conn, session_id)
+        browsers::delete_for_session(db, session_id)?;
+        paired::delete_for_session(db, session_id)
     } else {
         Err(StoreError::NotEndable {
             session_id: *session_id,

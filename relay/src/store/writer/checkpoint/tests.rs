@@ -46,7 +46,13 @@ impl Writer {
         }
         // A small queue keeps group commits small, as under steady load.
         let (sender, receiver) = queue::channel(16);
-        let thread = spawn_with_policy(conn, receiver, keys.data_keys().clone(), policy()).unwrap();
+        let thread = spawn_with_policy(
+            crate::db::Db::Sqlite(conn),
+            receiver,
+            keys.data_keys().clone(),
+            policy(),
+        )
+        .unwrap();
 
         let writer = Writer {
             queue: sender,
@@ -207,7 +213,7 @@ fn checkpointer_fails_to_start_without_database() {
     let missing = dir.path().join("missing").join(DATABASE_FILE);
     let started = Checkpointer::start(&missing, policy(), RestartSignal::default());
     assert!(
-        matches!(started, Err(StoreError::Sqlite { .. })),
+        matches!(started, Err(StoreError::Database { .. })),
         "checkpointer started on a missing database"
     );
 }
