@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn options_and_references_bind_their_value() {
         let text = String::from("a");
-        assert_eq!((&text).to_db(), Value::Text("a"));
+        assert_eq!(<&String as ToDb>::to_db(&&text), Value::Text("a"));
         assert_eq!(None::<u32>.to_db(), Value::Null);
         assert_eq!(Some(true).to_db(), Value::Integer(1));
         assert_eq!([1u8, 2].to_db(), Value::Blob(&[1, 2]));
