@@ -377,7 +377,7 @@ pub(crate) fn credential_state(
     // PostgreSQL's CASE cannot mix an integer and a boolean branch, so the
     // device check is a conjunction, which is false without a device.
     let sql = "SELECT u.organization_id, u.role, u.disabled_at IS NOT NULL,
-            ?2 IS NOT NULL AND NOT EXISTS (
+            CAST(?2 AS TEXT) IS NOT NULL AND NOT EXISTS (
                 SELECT 1 FROM devices WHERE device_id = ?2 AND user_id = u.user_id
                     AND revoked_at IS NULL),
             EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = ?3
