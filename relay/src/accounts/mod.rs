@@ -34,6 +34,8 @@ pub(crate) mod totp;
 
 #[cfg(test)]
 mod debug_tests;
+#[cfg(test)]
+mod engine_tests;
 
 use std::path::Path;
 use std::sync::Arc;
