@@ -49,6 +49,9 @@ impl AccountDb {
     }
 
     /// Uses `db`, whose sealed values are sealed under `keys`.
+    // NOTE: the blocking PostgreSQL client runs a Tokio runtime of its own
+    // and panics when it is opened or dropped on an async thread. With
+    // `Db::Postgres`, drop the last clone on the blocking pool.
     pub(crate) fn new(db: Db, keys: Arc<DataKeys>) -> AccountDb {
         AccountDb {
             conn: Arc::new(Mutex::new(AccountConnection::new(db, keys))),
