@@ -3,11 +3,12 @@
 
 use std::fmt;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use sealcast_protocol::auth::DeviceSummary;
 use sealcast_protocol::redact::Redacted;
 
-use super::store::new_id;
+use super::connection::{db_error, Sealed};
+use super::store::{new_id, AccountConnection};
+use crate::db::{db_params, DbError, Row};
 use crate::store::StoreError;
 
 /// A device row. `Debug` leaves the name out.
@@ -73,36 +74,52 @@ impl fmt::Debug for NewDevice<'_> {
 /// Inserts a device and returns its id, or `None` when a device with the
 /// same key already exists.
 pub(crate) fn insert_device(
-    conn: &Connection,
+    conn: &AccountConnection,
     device: &NewDevice<'_>,
     now: i64,
 ) -> Result<Option<String>, StoreError> {
     let device_id = new_id("dev");
+    let sealed_name = conn.seal(
+        "devices",
+        "name",
+        device_id.as_bytes(),
+        device.name.as_bytes(),
+    );
     let inserted = conn
         .execute(
             "INSERT INTO devices (device_id, user_id, name, public_key, thumbprint, created_at)
-             VALUES (?1, ?2, at_rest_seal('devices', 'name', ?1, ?3), ?4, ?5, ?6)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (thumbprint) DO NOTHING",
-            params![
+            db_params![
                 device_id,
                 device.user_id,
-                device.name,
+                sealed_name,
                 device.public_key,
                 device.thumbprint,
                 now
             ],
         )
-        .map_err(StoreError::sqlite("store a device"))?;
+        .map_err(db_error("store a device"))?;
     Ok((inserted == 1).then_some(device_id))
 }
 
-/// The name is sealed at rest and opened here.
-const DEVICE_COLUMNS: &str = "d.device_id, d.user_id,
-    at_rest_open_text('devices', 'name', d.device_id, d.name), d.thumbprint, d.created_at,
+/// The name is read sealed and opened by [`finish_device`].
+const DEVICE_COLUMNS: &str = "d.device_id, d.user_id, d.name, d.thumbprint, d.created_at,
     d.last_seen_at, d.revoked_at";
 
-fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
-    Ok(DeviceRecord {
+/// A device row as stored, with its name still sealed.
+struct StoredDevice {
+    device_id: String,
+    user_id: String,
+    name: Sealed,
+    thumbprint: String,
+    created_at: i64,
+    last_seen_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+fn device_row(row: &Row<'_>) -> Result<StoredDevice, DbError> {
+    Ok(StoredDevice {
         device_id: row.get(0)?,
         user_id: row.get(1)?,
         name: row.get(2)?,
@@ -113,77 +130,101 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     })
 }
 
+fn finish_device(
+    conn: &AccountConnection,
+    stored: StoredDevice,
+) -> Result<DeviceRecord, StoreError> {
+    let name = conn.open_text("devices", "name", stored.device_id.as_bytes(), &stored.name)?;
+    Ok(DeviceRecord {
+        device_id: stored.device_id,
+        user_id: stored.user_id,
+        name,
+        thumbprint: stored.thumbprint,
+        created_at: stored.created_at,
+        last_seen_at: stored.last_seen_at,
+        revoked_at: stored.revoked_at,
+    })
+}
+
 /// Looks a device up by id, with its owner's organization.
 pub(crate) fn device_by_id(
-    conn: &Connection,
+    conn: &AccountConnection,
     device_id: &str,
 ) -> Result<Option<(DeviceRecord, String)>, StoreError> {
     let sql = format!(
         "SELECT {DEVICE_COLUMNS}, u.organization_id FROM devices d
          JOIN users u ON u.user_id = d.user_id WHERE d.device_id = ?1"
     );
-    conn.query_row(&sql, params![device_id], |row| {
-        Ok((device_row(row)?, row.get(7)?))
-    })
-    .optional()
-    .map_err(StoreError::sqlite("look up a device"))
+    let found = conn
+        .query_opt(&sql, db_params![device_id], |row| {
+            Ok((device_row(row)?, row.get::<String>(7)?))
+        })
+        .map_err(db_error("look up a device"))?;
+    let Some((stored, organization_id)) = found else {
+        return Ok(None);
+    };
+    Ok(Some((finish_device(conn, stored)?, organization_id)))
 }
 
 /// Looks a device up by its key's thumbprint.
 pub(crate) fn device_by_thumbprint(
-    conn: &Connection,
+    conn: &AccountConnection,
     thumbprint: &str,
 ) -> Result<Option<DeviceRecord>, StoreError> {
     let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.thumbprint = ?1");
-    conn.query_row(&sql, params![thumbprint], device_row)
-        .optional()
-        .map_err(StoreError::sqlite("look up a device by key"))
+    conn.query_opt(&sql, db_params![thumbprint], device_row)
+        .map_err(db_error("look up a device by key"))?
+        .map(|stored| finish_device(conn, stored))
+        .transpose()
 }
 
 /// Lists devices, of one organization or of all, oldest first.
 pub(crate) fn list_devices(
-    conn: &Connection,
+    conn: &AccountConnection,
     organization_id: Option<&str>,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     let sql = format!(
         "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.user_id = d.user_id
-         WHERE ?1 IS NULL OR u.organization_id = ?1 ORDER BY d.created_at, d.device_id"
+         WHERE u.organization_id = ?1 OR ?1 IS NULL ORDER BY d.created_at, d.device_id"
     );
-    let error = StoreError::sqlite("list devices");
-    let mut statement = conn.prepare(&sql).map_err(&error)?;
-    let rows = statement
-        .query_map(params![organization_id], device_row)
-        .map_err(&error)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(&error)
+    conn.query_all(&sql, db_params![organization_id], device_row)
+        .map_err(db_error("list devices"))?
+        .into_iter()
+        .map(|stored| finish_device(conn, stored))
+        .collect()
 }
 
 /// Marks a device revoked and revokes its refresh tokens. Returns false when
 /// the device does not exist or is already revoked.
 pub(crate) fn revoke_device(
-    conn: &Connection,
+    conn: &AccountConnection,
     device_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
     let changed = conn
         .execute(
             "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
-            params![device_id, now],
+            db_params![device_id, now],
         )
-        .map_err(StoreError::sqlite("revoke a device"))?;
+        .map_err(db_error("revoke a device"))?;
     conn.execute(
         "UPDATE refresh_tokens SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
-        params![device_id, now],
+        db_params![device_id, now],
     )
-    .map_err(StoreError::sqlite("revoke a device's refresh tokens"))?;
+    .map_err(db_error("revoke a device's refresh tokens"))?;
     Ok(changed == 1)
 }
 
 /// Sets a device's `last_seen_at`.
-pub(crate) fn touch_device(conn: &Connection, device_id: &str, now: i64) -> Result<(), StoreError> {
+pub(crate) fn touch_device(
+    conn: &AccountConnection,
+    device_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE devices SET last_seen_at = ?2 WHERE device_id = ?1",
-        params![device_id, now],
+        db_params![device_id, now],
     )
-    .map_err(StoreError::sqlite("record a device's last request"))?;
+    .map_err(db_error("record a device's last request"))?;
     Ok(())
 }

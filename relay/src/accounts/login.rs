@@ -7,11 +7,12 @@
 //! fragment, so the token never reaches a server log or a `Referer`. The sign-in is void after the configured lifetime, after
 //! [`MAX_SECOND_FACTOR_ATTEMPTS`] wrong codes, and once completed.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use sealcast_protocol::auth::LoginKind;
 
-use super::store::{self, UserRecord};
+use super::connection::{db_error, Sealed};
+use super::store::{self, AccountConnection, UserRecord};
 use crate::credentials::CredentialHash;
+use crate::db::db_params;
 use crate::store::StoreError;
 
 /// Wrong TOTP or recovery codes after which a pending sign-in is void.
@@ -95,31 +96,36 @@ impl PendingLogin {
 }
 
 /// Stores a pending sign-in.
-pub(crate) fn insert(conn: &Connection, login: &NewLogin) -> Result<(), StoreError> {
+pub(crate) fn insert(conn: &AccountConnection, login: &NewLogin) -> Result<(), StoreError> {
     let kind = if login.device.is_some() {
         "device"
     } else {
         "browser"
     };
     let device = login.device.as_ref();
+    let sealed_name = conn.seal_optional(
+        "pending_logins",
+        "device_name",
+        login.login_id_hash.as_slice(),
+        device.map(|device| device.name.as_bytes()),
+    );
     conn.execute(
         "INSERT INTO pending_logins (login_id_hash, token_hash, user_id, kind,
              device_public_key, device_thumbprint, device_name, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-             at_rest_seal('pending_logins', 'device_name', ?1, ?7), ?8, ?9)",
-        params![
-            login.login_id_hash.as_slice(),
-            login.token_hash.as_slice(),
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        db_params![
+            login.login_id_hash,
+            login.token_hash,
             login.user_id,
             kind,
             device.map(|device| device.public_key.as_str()),
             device.map(|device| device.thumbprint.as_str()),
-            device.map(|device| device.name.as_str()),
+            sealed_name,
             login.created_at,
             login.expires_at,
         ],
     )
-    .map_err(StoreError::sqlite("store a pending sign-in"))?;
+    .map_err(db_error("store a pending sign-in"))?;
     Ok(())
 }
 
@@ -136,33 +142,35 @@ pub(crate) enum LoginKey {
 }
 
 /// Looks a pending sign-in up, with its user.
-pub(crate) fn find(conn: &Connection, key: LoginKey) -> Result<Option<PendingLogin>, StoreError> {
+pub(crate) fn find(
+    conn: &AccountConnection,
+    key: LoginKey,
+) -> Result<Option<PendingLogin>, StoreError> {
     let (condition, hash) = match key {
         LoginKey::LoginId(hash) => ("login_id_hash = ?1", hash),
         LoginKey::AnyLoginId(hash) => ("login_id_hash = ?1 OR second_step_hash = ?1", hash),
         LoginKey::Token(hash) => ("token_hash = ?1", hash),
     };
     let sql = format!(
-        "SELECT login_id_hash, user_id, device_public_key, device_thumbprint,
-             at_rest_open_text('pending_logins', 'device_name', login_id_hash, device_name),
+        "SELECT login_id_hash, user_id, device_public_key, device_thumbprint, device_name,
              expires_at, confirmed_at IS NOT NULL, second_factor_at IS NOT NULL,
              completed_at IS NOT NULL, attempts
          FROM pending_logins WHERE {condition}"
     );
-    type Row = (
+    type Found = (
         Vec<u8>,
         Option<String>,
         Option<String>,
         Option<String>,
-        Option<String>,
+        Option<Sealed>,
         i64,
         bool,
         bool,
         bool,
         i64,
     );
-    let row: Option<Row> = conn
-        .query_row(&sql, params![hash.as_slice()], |row| {
+    let row: Option<Found> = conn
+        .query_opt(&sql, db_params![hash], |row| {
             Ok((
                 row.get(0)?,
                 row.get(1)?,
@@ -176,14 +184,13 @@ pub(crate) fn find(conn: &Connection, key: LoginKey) -> Result<Option<PendingLog
                 row.get(9)?,
             ))
         })
-        .optional()
-        .map_err(StoreError::sqlite("look up a pending sign-in"))?;
+        .map_err(db_error("look up a pending sign-in"))?;
     let Some((
         login_id_hash,
         user_id,
         public_key,
         thumbprint,
-        name,
+        sealed_name,
         expires_at,
         confirmed,
         passed,
@@ -193,6 +200,9 @@ pub(crate) fn find(conn: &Connection, key: LoginKey) -> Result<Option<PendingLog
     else {
         return Ok(None);
     };
+    let name = sealed_name
+        .map(|sealed| conn.open_text("pending_logins", "device_name", &login_id_hash, &sealed))
+        .transpose()?;
     let user = match user_id {
         Some(user_id) => store::user_by_id(conn, &user_id)?,
         None => None,
@@ -220,7 +230,7 @@ pub(crate) fn find(conn: &Connection, key: LoginKey) -> Result<Option<PendingLog
 /// Marks a sign-in confirmed by its link, and stores the hash of the login
 /// id that the link's page gets for the second factor, replacing an earlier one.
 pub(crate) fn mark_confirmed(
-    conn: &Connection,
+    conn: &AccountConnection,
     login_id_hash: &[u8],
     second_step_hash: &CredentialHash,
     now: i64,
@@ -229,42 +239,45 @@ pub(crate) fn mark_confirmed(
         "UPDATE pending_logins SET confirmed_at = COALESCE(confirmed_at, ?2),
              second_step_hash = ?3
          WHERE login_id_hash = ?1",
-        params![login_id_hash, now, second_step_hash.as_slice()],
+        db_params![login_id_hash, now, second_step_hash],
     )
-    .map_err(StoreError::sqlite("confirm a pending sign-in"))?;
+    .map_err(db_error("confirm a pending sign-in"))?;
     Ok(())
 }
 
 /// Counts one second-factor attempt. Returns the attempts made so far,
 /// this one included.
-pub(crate) fn count_attempt(conn: &Connection, login_id_hash: &[u8]) -> Result<i64, StoreError> {
-    conn.query_row(
+pub(crate) fn count_attempt(
+    conn: &AccountConnection,
+    login_id_hash: &[u8],
+) -> Result<i64, StoreError> {
+    conn.query_one(
         "UPDATE pending_logins SET attempts = attempts + 1 WHERE login_id_hash = ?1
          RETURNING attempts",
-        params![login_id_hash],
+        db_params![login_id_hash],
         |row| row.get(0),
     )
-    .map_err(StoreError::sqlite("count a second-factor attempt"))
+    .map_err(db_error("count a second-factor attempt"))
 }
 
 /// Marks the second factor of a sign-in passed.
 pub(crate) fn mark_second_factor(
-    conn: &Connection,
+    conn: &AccountConnection,
     login_id_hash: &[u8],
     now: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE pending_logins SET second_factor_at = ?2 WHERE login_id_hash = ?1",
-        params![login_id_hash, now],
+        db_params![login_id_hash, now],
     )
-    .map_err(StoreError::sqlite("record a passed second factor"))?;
+    .map_err(db_error("record a passed second factor"))?;
     Ok(())
 }
 
 /// Marks a sign-in completed, unless it already is. Returns false when
 /// another request completed it first.
 pub(crate) fn mark_completed(
-    conn: &Connection,
+    conn: &AccountConnection,
     login_id_hash: &[u8],
     now: i64,
 ) -> Result<bool, StoreError> {
@@ -272,18 +285,18 @@ pub(crate) fn mark_completed(
         .execute(
             "UPDATE pending_logins SET completed_at = ?2
              WHERE login_id_hash = ?1 AND completed_at IS NULL",
-            params![login_id_hash, now],
+            db_params![login_id_hash, now],
         )
-        .map_err(StoreError::sqlite("complete a pending sign-in"))?;
+        .map_err(db_error("complete a pending sign-in"))?;
     Ok(changed == 1)
 }
 
 /// Deletes sign-ins that expired more than a day before `now`.
-pub(crate) fn delete_expired(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+pub(crate) fn delete_expired(conn: &AccountConnection, now: i64) -> Result<usize, StoreError> {
     const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
     conn.execute(
         "DELETE FROM pending_logins WHERE expires_at < ?1",
-        params![now.saturating_sub(KEEP_MS)],
+        db_params![now.saturating_sub(KEEP_MS)],
     )
-    .map_err(StoreError::sqlite("delete expired sign-ins"))
+    .map_err(db_error("delete expired sign-ins"))
 }

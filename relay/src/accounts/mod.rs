@@ -5,7 +5,8 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`admin`] | create organizations and users, list, revoke and disable |
-//! | `store` | account rows on their own database connection |
+//! | `connection` | the account connection on either engine, sealing and opening values |
+//! | `store` | organizations, users, recovery codes and credential state |
 //! | `devices` | device rows and their public keys |
 //! | `tokens` | EdDSA access tokens and signing key rotation |
 //! | `refresh` | single-use refresh tokens with reuse detection |
@@ -18,6 +19,7 @@
 //! | [`live`] | open staff sockets, closed on revocation |
 
 pub mod admin;
+mod connection;
 pub(crate) mod devices;
 pub(crate) mod limits;
 pub mod live;
@@ -32,6 +34,8 @@ pub(crate) mod totp;
 
 #[cfg(test)]
 mod debug_tests;
+#[cfg(test)]
+mod engine_tests;
 
 use std::path::Path;
 use std::sync::Arc;

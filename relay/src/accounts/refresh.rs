@@ -5,9 +5,10 @@
 //! that it was copied, so the whole family is revoked: the thief and the
 //! owner both have to sign in again.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-
+use super::connection::db_error;
+use super::store::AccountConnection;
 use crate::credentials::{random_token, CredentialHash, Secret};
+use crate::db::db_params;
 use crate::metrics::REFRESH_REUSE;
 use crate::store::StoreError;
 
@@ -52,7 +53,7 @@ impl RefreshRejection {
 
 /// Stores a new refresh token of `family` and returns its text.
 pub(crate) fn insert(
-    conn: &Connection,
+    conn: &AccountConnection,
     family: &Family,
     now: i64,
     lifetime_ms: i64,
@@ -61,8 +62,8 @@ pub(crate) fn insert(
     conn.execute(
         "INSERT INTO refresh_tokens (token_hash, family_id, user_id, device_id, mfa,
              created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            token.hash().as_slice(),
+        db_params![
+            token.hash(),
             family.family_id,
             family.user_id,
             family.device_id,
@@ -71,7 +72,7 @@ pub(crate) fn insert(
             now.saturating_add(lifetime_ms)
         ],
     )
-    .map_err(StoreError::sqlite("store a refresh token"))?;
+    .map_err(db_error("store a refresh token"))?;
     Ok(token)
 }
 
@@ -82,23 +83,21 @@ pub(crate) fn insert(
 /// A reused token revokes its family, which is committed although the
 /// request fails.
 pub(crate) fn rotate(
-    conn: &mut Connection,
+    conn: &AccountConnection,
     presented: &CredentialHash,
     thumbprint: Option<&str>,
     now: i64,
     lifetime_ms: i64,
 ) -> Result<Result<(Family, Secret), RefreshRejection>, StoreError> {
-    let error = StoreError::sqlite("rotate a refresh token");
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(&error)?;
+    let error = db_error("rotate a refresh token");
+    let tx = conn.begin_write().map_err(&error)?;
     let row: Option<StoredToken> = tx
-        .query_row(
+        .query_opt(
             "SELECT r.family_id, r.user_id, r.device_id, r.mfa, r.expires_at, r.used_at,
                  r.revoked_at, d.thumbprint
              FROM refresh_tokens r LEFT JOIN devices d ON d.device_id = r.device_id
              WHERE r.token_hash = ?1",
-            params![presented.as_slice()],
+            db_params![presented],
             |row| {
                 Ok(StoredToken {
                     family_id: row.get(0)?,
@@ -112,7 +111,6 @@ pub(crate) fn rotate(
                 })
             },
         )
-        .optional()
         .map_err(&error)?;
     let Some(StoredToken {
         family_id,
@@ -135,7 +133,7 @@ pub(crate) fn rotate(
         return Ok(Err(RefreshRejection::Revoked));
     }
     if used_at.is_some() {
-        revoke_family_in(&tx, &family_id, now)?;
+        revoke_family_in(conn, &family_id, now)?;
         tx.commit().map_err(&error)?;
         metrics::counter!(REFRESH_REUSE).increment(1);
         tracing::warn!(
@@ -150,7 +148,7 @@ pub(crate) fn rotate(
     }
     tx.execute(
         "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1",
-        params![presented.as_slice(), now],
+        db_params![presented, now],
     )
     .map_err(&error)?;
     let family = Family {
@@ -159,7 +157,7 @@ pub(crate) fn rotate(
         device_id,
         mfa,
     };
-    let next = insert(&tx, &family, now, lifetime_ms)?;
+    let next = insert(conn, &family, now, lifetime_ms)?;
     tx.commit().map_err(&error)?;
     Ok(Ok((family, next)))
 }
@@ -178,18 +176,18 @@ struct StoredToken {
 
 /// Revokes every refresh token of a sign-in.
 pub(crate) fn revoke_family(
-    conn: &Connection,
+    conn: &AccountConnection,
     family_id: &str,
     now: i64,
 ) -> Result<(), StoreError> {
     revoke_family_in(conn, family_id, now)
 }
 
-fn revoke_family_in(conn: &Connection, family_id: &str, now: i64) -> Result<(), StoreError> {
+fn revoke_family_in(conn: &AccountConnection, family_id: &str, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
-        params![family_id, now],
+        db_params![family_id, now],
     )
-    .map_err(StoreError::sqlite("revoke a sign-in's refresh tokens"))?;
+    .map_err(db_error("revoke a sign-in's refresh tokens"))?;
     Ok(())
 }

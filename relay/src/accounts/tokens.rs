@@ -17,12 +17,13 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use rusqlite::{params, Connection};
 use sealcast_protocol::auth::{AccessClaims, Confirmation, Role, ACCESS_AUDIENCE};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::store::{new_id, AccountDb};
+use super::connection::{db_error, Sealed};
+use super::store::{new_id, AccountConnection, AccountDb};
+use crate::db::db_params;
 use crate::store::StoreError;
 
 /// Clock skew tolerated on `exp`, in seconds.
@@ -332,64 +333,67 @@ fn key_entry(row: KeyRow) -> Result<KeyEntry, StoreError> {
 /// Rotates the stored keys in one transaction and returns the ones that may
 /// still verify tokens.
 fn rotate_stored(
-    conn: &mut Connection,
+    conn: &AccountConnection,
     now_ms: i64,
     max_age_ms: i64,
     verify_window_ms: i64,
 ) -> Result<Vec<KeyRow>, StoreError> {
-    let error = StoreError::sqlite("rotate signing keys");
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(&error)?;
+    let error = db_error("rotate signing keys");
+    let tx = conn.begin_write().map_err(&error)?;
     let newest: Option<i64> = tx
-        .query_row(
+        .query_one(
             "SELECT MAX(created_at) FROM signing_keys WHERE retired_at IS NULL",
-            [],
+            db_params![],
             |row| row.get(0),
         )
         .map_err(&error)?;
     if newest.is_none_or(|created| now_ms.saturating_sub(created) >= max_age_ms) {
         tx.execute(
             "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
-            params![now_ms],
+            db_params![now_ms],
         )
         .map_err(&error)?;
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
+        let kid = new_id("key");
+        let sealed = conn.seal("signing_keys", "private_key", kid.as_bytes(), &*secret);
         tx.execute(
-            "INSERT INTO signing_keys (kid, private_key, created_at)
-             VALUES (?1, at_rest_seal('signing_keys', 'private_key', ?1, ?2), ?3)",
-            params![new_id("key"), secret.as_slice(), now_ms],
+            "INSERT INTO signing_keys (kid, private_key, created_at) VALUES (?1, ?2, ?3)",
+            db_params![kid, sealed, now_ms],
         )
         .map_err(&error)?;
         tracing::info!("made a new access token signing key");
     }
     tx.execute(
         "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?1",
-        params![now_ms.saturating_sub(verify_window_ms)],
+        db_params![now_ms.saturating_sub(verify_window_ms)],
     )
     .map_err(&error)?;
 
-    let rows = {
-        let mut statement = tx
-            .prepare(
-                "SELECT kid, at_rest_open_blob('signing_keys', 'private_key', kid, private_key),
-                     created_at, retired_at
-                 FROM signing_keys",
-            )
-            .map_err(&error)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(KeyRow {
-                    kid: row.get(0)?,
-                    private_key: Zeroizing::new(row.get(1)?),
-                    created_at: row.get(2)?,
-                    retired_at: row.get(3)?,
-                })
-            })
-            .map_err(&error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(&error)?
-    };
+    let stored = tx
+        .query_all(
+            "SELECT kid, private_key, created_at, retired_at FROM signing_keys",
+            db_params![],
+            |row| {
+                Ok((
+                    row.get::<String>(0)?,
+                    row.get::<Sealed>(1)?,
+                    row.get::<i64>(2)?,
+                    row.get::<Option<i64>>(3)?,
+                ))
+            },
+        )
+        .map_err(&error)?;
+    let mut rows = Vec::with_capacity(stored.len());
+    for (kid, sealed, created_at, retired_at) in stored {
+        let private_key = conn.open_blob("signing_keys", "private_key", kid.as_bytes(), &sealed)?;
+        rows.push(KeyRow {
+            kid,
+            private_key,
+            created_at,
+            retired_at,
+        });
+    }
     tx.commit().map_err(&error)?;
     Ok(rows)
 }

@@ -22,6 +22,12 @@ const SIGNING_KEY: [u8; 32] = [0x5a; 32];
 const FRAME: &[u8] = b"frame bytes exactly as the device sealed them";
 const LOGIN_ID_HASH: CredentialHash = [4; 32];
 
+/// Wraps a SQLite connection for the account queries, which seal and open
+/// values with the data keys themselves.
+fn account_connection(conn: Connection, keys: &DatabaseKeys) -> accounts::AccountConnection {
+    accounts::AccountConnection::new(crate::db::Db::from(conn), keys.data_keys().clone())
+}
+
 fn key_source() -> KeySource {
     KeySource::Environment(KeyEncryptionKey::generate())
 }
@@ -147,17 +153,25 @@ fn migration_seals_plaintext_rows() {
 
     // Everything reads back through the relay's own queries.
     let conn = crate::store::open_extra_writer(dir.path(), &keys).unwrap();
-    let user = accounts::user_by_email(&conn, EMAIL).unwrap().unwrap();
+    let account_conn = account_connection(
+        crate::store::open_extra_writer(dir.path(), &keys).unwrap(),
+        &keys,
+    );
+    let user = accounts::user_by_email(&account_conn, EMAIL)
+        .unwrap()
+        .unwrap();
     assert_eq!(user.user_id, "usr_1");
     assert_eq!(user.email, EMAIL);
     assert_eq!(
         user.totp_secret.as_deref().map(Vec::as_slice),
         Some(TOTP_SECRET)
     );
-    assert_eq!(accounts::list_users(&conn, None).unwrap().len(), 2);
-    let (device, _) = devices::device_by_id(&conn, "dev_1").unwrap().unwrap();
+    assert_eq!(accounts::list_users(&account_conn, None).unwrap().len(), 2);
+    let (device, _) = devices::device_by_id(&account_conn, "dev_1")
+        .unwrap()
+        .unwrap();
     assert_eq!(device.name, DEVICE_NAME);
-    let pending = login::find(&conn, LoginKey::LoginId(LOGIN_ID_HASH))
+    let pending = login::find(&account_conn, LoginKey::LoginId(LOGIN_ID_HASH))
         .unwrap()
         .unwrap();
     assert_eq!(pending.device.unwrap().name, PENDING_DEVICE_NAME);
@@ -188,7 +202,8 @@ fn migration_seals_plaintext_rows() {
 #[test]
 fn new_database_looks_up_users_by_email() {
     let dir = tempfile::tempdir().unwrap();
-    let (conn, _) = open_keyed_writer(dir.path(), &key_source()).unwrap();
+    let (conn, keys) = open_keyed_writer(dir.path(), &key_source()).unwrap();
+    let conn = account_connection(conn, &keys);
     let org = accounts::insert_organization(&conn, ORGANIZATION, 1).unwrap();
     let user_id =
         accounts::insert_user(&conn, &org, EMAIL, sealcast_protocol::auth::Role::Admin, 1)
@@ -210,12 +225,13 @@ fn new_database_looks_up_users_by_email() {
 fn swapped_emails_are_detected() {
     let dir = tempfile::tempdir().unwrap();
     write_plaintext_database(dir.path(), SessionId::random());
-    let (conn, _) = open_keyed_writer(dir.path(), &key_source()).unwrap();
+    let (conn, keys) = open_keyed_writer(dir.path(), &key_source()).unwrap();
     conn.execute_batch(
         "UPDATE users SET email = (SELECT email FROM users WHERE user_id = 'usr_2')
          WHERE user_id = 'usr_1'",
     )
     .unwrap();
+    let conn = account_connection(conn, &keys);
     let error = accounts::user_by_id(&conn, "usr_1").unwrap_err();
     assert!(
         error.to_string().contains("failed to decrypt users.email"),
@@ -333,6 +349,7 @@ fn rotation_rewraps_and_retires_old_key() {
         .unwrap();
     assert_eq!(frame, FRAME);
     assert_ne!(after.kek_fingerprint(), before.kek_fingerprint());
+    let conn = account_connection(conn, &after);
     let user = accounts::user_by_email(&conn, EMAIL).unwrap().unwrap();
     assert_eq!(user.email, EMAIL);
 }

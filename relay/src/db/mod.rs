@@ -15,6 +15,10 @@
 //! | [`error`] | errors of either engine, classified alike |
 //! | [`pg`] | the PostgreSQL connection, its statement cache and reconnection |
 
+// TODO: remove once the store opens its connections here. Until then parts
+// of this module are used by tests only, or not yet at all.
+#![allow(dead_code)]
+
 mod error;
 mod pg;
 mod value;

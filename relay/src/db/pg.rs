@@ -123,7 +123,7 @@ impl PgConnection {
         };
         let outcome = call(client, &mut state.statements);
         if let Err(error) = &outcome {
-            let lost = error.is_closed() || client.is_closed();
+            let lost = error.is_closed() || client.is_closed() || ends_session(error);
             if lost {
                 tracing::warn!("PostgreSQL connection lost");
                 state.client = None;
@@ -212,6 +212,17 @@ impl PgConnection {
             client.query(&statement, &refs)
         })
     }
+}
+
+/// Whether the server ended the session with `error`, as it does after
+/// `pg_terminate_backend`. The client may not have seen the socket close yet.
+fn ends_session(error: &postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        matches!(
+            db.parsed_severity(),
+            Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+        )
+    })
 }
 
 fn prepared(
