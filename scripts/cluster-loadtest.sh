@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs sealcast-loadtest against three relay nodes on this machine that share
 # one data directory and fan frames out through a NATS server of their own.
+# With SEALCAST_DATABASE_URL set to a PostgreSQL database, the nodes keep
+# their store there instead of in the data directory's SQLite file.
 # Publishers connect to node 1, whose URL is every node's public URL, and
 # followers to nodes 2 and 3 in turn, so every frame crosses NATS.
 #
@@ -28,6 +30,15 @@ for binary in sealcast-relay sealcast-loadtest; do
         exit 2
     fi
 done
+
+if [[ -n "${SEALCAST_DATABASE_URL:-}" ]]; then
+    # The nodes and the load test's admin commands read both.
+    export SEALCAST_STORE=postgres SEALCAST_DATABASE_URL
+    echo "store: PostgreSQL"
+else
+    unset SEALCAST_STORE
+    echo "store: SQLite in the shared data directory"
+fi
 
 work=$(mktemp -d)
 pids=()

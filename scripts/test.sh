@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every sealcast test on this machine: installs what the tests need
-# (Chromium and Node.js for the browser tests, when missing), builds the
-# binaries the end-to-end tests spawn, then runs the Rust and JavaScript tests.
+# (Chromium and Node.js for the browser tests, PostgreSQL for the store's
+# tests, when missing), builds the binaries the end-to-end tests spawn, then
+# runs the Rust and JavaScript tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,9 @@ if [[ ! -x /usr/sbin/nats-server ]]; then
     install_debian_package nats-server
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# The store's tests on PostgreSQL use the machine's server, started or
+# installed when missing, with a database of this run: SEALCAST_TEST_POSTGRES.
+source scripts/postgres.sh
 
 cargo build --workspace --bins --locked
 
@@ -46,6 +50,16 @@ cargo build --workspace --bins --locked
 SEALCAST_BIN_DIR=target/debug bash scripts/cluster-loadtest.sh --clinics 20 --followers 2 \
     --rate 5 --warmup 1s --duration 5s --no-progress --out target/loadtest-cluster-smoke
 cargo test --workspace --locked
+# The end-to-end tests of the relay, accounts, pairing and several nodes
+# again, with every relay's store in a PostgreSQL database of its own.
+SEALCAST_TEST_STORE=postgres cargo test -p sealcast-tests --locked \
+    --test real_transcripts_arrive_complete --test tampered_frames_are_rejected \
+    --test relay_crash_loses_nothing --test malformed_input_keeps_others_streaming \
+    --test websocket_protocol_errors_are_closed --test slow_follower_memory_is_bounded \
+    --test sign_in_by_mail --test admin_signs_in_with_totp \
+    --test key_rotation_reaches_followers --test pairing_without_link \
+    --test paired_devices_follow_rotation --test cluster_fans_out_across_nodes \
+    --test cluster_node_kill_moves_followers --test cluster_nats_outage_catches_up
 node --test relay/web/test/
 # The patient page in headless Chromium against the real relay and CLI, about 40 s.
 node --test tests/browser/

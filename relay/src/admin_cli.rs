@@ -17,8 +17,8 @@ use crate::accounts::store::normalize_email;
 use crate::at_rest::KeySource;
 use crate::audit::event::ACTOR_ADMIN_CLI;
 use crate::audit::{record_direct, Action, Event};
-use crate::db::Backend;
-use crate::store::{StoreError, DATABASE_FILE};
+use crate::store::StoreError;
+use crate::store_args::StoreArgs;
 
 /// Arguments of `sealcast-relay admin`.
 #[derive(Debug, Clone, Args)]
@@ -31,6 +31,8 @@ pub(crate) struct AdminArgs {
     /// in the data directory is used.
     #[arg(long, env = "SEALCAST_AT_REST_KEY_FILE")]
     at_rest_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -98,9 +100,8 @@ pub(crate) fn run(args: AdminArgs) -> Result<(), AdminError> {
             args.data_dir.display()
         )));
     }
-    let admin = AdminStore::open_with_key(&args.data_dir, &source)?;
-    // TODO: take the backend from the relay's configuration.
-    let backend = Backend::Sqlite(args.data_dir.join(DATABASE_FILE));
+    let backend = args.store.backend(&args.data_dir)?;
+    let admin = AdminStore::open_in(&args.data_dir, &backend, &source)?;
     let mut out = io::stdout().lock();
     let printed = match args.command {
         AdminCommand::CreateOrg { name } => {

@@ -14,7 +14,8 @@ use thiserror::Error;
 
 use crate::at_rest::{self, AtRestError, KeyEncryptionKey, DEV_KEY_FILE, KEY_FILE_FLAG};
 use crate::db::{Backend, Db, DbError};
-use crate::store::{now_millis, DATABASE_FILE};
+use crate::store::now_millis;
+use crate::store_args::StoreArgs;
 
 /// Arguments of `sealcast-relay keys`.
 #[derive(Debug, Clone, Args)]
@@ -38,6 +39,8 @@ enum KeysCommand {
         /// Directory with relay.db, as given to serve.
         #[arg(long, env = "SEALCAST_DATA_DIR", default_value = "./sealcast-data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// File with the key the data key is wrapped by now. For a relay
         /// started without a key, that is at-rest-dev.key in the data directory.
         #[arg(long)]
@@ -54,6 +57,9 @@ pub(crate) enum KeysError {
     /// A key or the key row failed.
     #[error(transparent)]
     AtRest(#[from] AtRestError),
+    /// The store settings are invalid.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The database is missing.
     #[error("no database at {0}: check --data-dir")]
     NoDatabase(PathBuf),
@@ -89,11 +95,11 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), KeysError> {
         }
         KeysCommand::Rotate {
             data_dir,
+            store,
             old_key_file,
             new_key_file,
         } => {
-            // TODO: take the backend from the relay's configuration.
-            let backend = Backend::Sqlite(data_dir.join(DATABASE_FILE));
+            let backend = store.backend(&data_dir)?;
             let fingerprint = rotate(&backend, &old_key_file, &new_key_file)?;
             writeln!(
                 out,

@@ -46,9 +46,6 @@ pub mod cli;
 pub mod config;
 mod config_cli;
 mod credentials;
-// TODO: the configuration cannot select PostgreSQL yet, so parts of the
-// database layer run in tests only.
-#[allow(dead_code)]
 mod db;
 pub mod demo;
 pub mod error;
@@ -66,6 +63,7 @@ mod server;
 pub mod settings;
 mod shutdown;
 mod store;
+mod store_args;
 pub mod tls;
 mod web;
 mod ws;

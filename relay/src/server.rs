@@ -30,7 +30,7 @@ use crate::listener::Listener;
 use crate::metrics;
 use crate::pairing::PairingMailbox;
 use crate::shutdown::Shutdown;
-use crate::store::{Store, DATABASE_FILE};
+use crate::store::{Store, StoreError};
 use crate::tls::Tls;
 
 /// How long shutdown waits for connections beyond the write timeout.
@@ -144,8 +144,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     prepare_data_dir(&config.data_dir)?;
     let metrics_handle = metrics::install();
     let tls = Arc::new(Tls::setup(&config)?);
-    // TODO: take the backend from the relay's configuration.
-    let backend = Backend::Sqlite(config.data_dir.join(DATABASE_FILE));
+    let backend = Backend::from_config(&config.store, &config.data_dir)
+        .map_err(StoreError::db("read the database URL"))?;
     let store = Store::open(&config.data_dir, &backend, &config.at_rest_key).await?;
     let at_rest = store.keys().clone();
     let (tcp, local_addr) = bind(config.listen).await?;
@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         Accounts::open(
             &config.accounts,
             &config.data_dir,
+            &backend,
             store.keys(),
             &public_url,
         )
@@ -167,7 +168,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
 
     let shutdown = Shutdown::default();
     tokio::spawn(accounts::run_recheck(accounts.clone(), shutdown.clone()));
-    let audit = start_audit(&config, &store, &shutdown).await?;
+    let audit = start_audit(&config, &backend, &store, &shutdown).await?;
     let fanout = Fanout::start(&config.fanout, at_rest.data_keys(), &shutdown).await?;
     let server = spawn_server(
         &config,
@@ -283,6 +284,7 @@ fn spawn_server(
 /// settings and starts the checkpoint timer and retention runs.
 async fn start_audit(
     config: &Config,
+    backend: &Backend,
     store: &Store,
     shutdown: &Shutdown,
 ) -> Result<AuditLog, RelayError> {
@@ -315,7 +317,7 @@ async fn start_audit(
         shutdown.clone(),
     ));
     tokio::spawn(retention::run_periodically(
-        Backend::Sqlite(config.data_dir.join(DATABASE_FILE)),
+        backend.clone(),
         key,
         settings.retention,
         settings.retention_interval,

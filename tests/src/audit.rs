@@ -84,5 +84,8 @@ pub fn audit_command(args: &[&str]) -> Output {
 /// Runs `sealcast-relay audit verify --data-dir DIR` and returns its output.
 pub fn verify_data_dir(data_dir: &Path) -> Output {
     let dir = data_dir.to_str().expect("data directory path is UTF-8");
-    audit_command(&["verify", "--data-dir", dir])
+    crate::database::relay_command(data_dir)
+        .args(["audit", "verify", "--data-dir", dir])
+        .output()
+        .expect("failed to run sealcast-relay audit")
 }

@@ -37,6 +37,7 @@ pub struct Cluster {
     balancer: LoadBalancer,
     public_url: Url,
     data_dir: TempDir,
+    database_url: Option<String>,
     nats: NatsServer,
 }
 
@@ -47,6 +48,12 @@ impl Cluster {
     /// one after another, so the first creates the keys and the development
     /// certificate in the data directory.
     pub fn start(count: usize) -> Self {
+        Cluster::start_with_database(count, None)
+    }
+
+    /// Starts a cluster as [`Cluster::start`] does, with the nodes' store in
+    /// the PostgreSQL database at `database_url` when it is given.
+    pub fn start_with_database(count: usize, database_url: Option<String>) -> Self {
         assert!(count > 0, "a cluster needs at least one node");
         let nats = NatsServer::start_on_free_port();
         let nats_url = nats.url();
@@ -65,6 +72,9 @@ impl Cluster {
             "--ops-listen",
             "127.0.0.1:0",
         ];
+        if let Some(url) = &database_url {
+            crate::database::assign_database(data_dir.path(), url);
+        }
         let mut nodes = Vec::with_capacity(count);
         for _ in 0..count {
             // RelayProcess::start returns once the node prints its listening line.
@@ -77,6 +87,7 @@ impl Cluster {
             balancer,
             public_url,
             data_dir,
+            database_url,
             nats,
         }
     }
@@ -121,6 +132,12 @@ impl Cluster {
     /// Returns the shared data directory.
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// Returns the URL of the PostgreSQL database the nodes were given,
+    /// `None` when their store is the data directory's own.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
     }
 
     /// Returns the development certificate that every node serves.

@@ -46,7 +46,7 @@ impl RelayProcess {
     /// Starts the relay on `listen` (use `127.0.0.1:0` for any free port)
     /// with debug logging, and waits for its listening line.
     pub fn start(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(binary_path("sealcast-relay"))
+        let mut child = crate::database::relay_command(data_dir)
             .arg("serve")
             .arg("--listen")
             .arg(listen)

@@ -6,7 +6,6 @@
 //! [`sealcast_client::auth::outbox`].
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use sealcast_protocol::auth::Role;
 use tempfile::TempDir;
 use url::Url;
 
-use crate::process::{binary_path, RelayProcess};
+use crate::process::RelayProcess;
 
 /// Counter that keeps organization names and addresses unique per process.
 static NEXT_ACCOUNT: AtomicUsize = AtomicUsize::new(0);
@@ -139,7 +138,7 @@ pub fn create_organization(data_dir: &Path) -> String {
 /// Runs `sealcast-relay admin --data-dir DIR ARGS...` and returns its
 /// standard output, trimmed. Panics with the output when it fails.
 pub fn admin(data_dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(binary_path("sealcast-relay"))
+    let output = crate::database::relay_command(data_dir)
         .arg("admin")
         .arg("--data-dir")
         .arg(data_dir)

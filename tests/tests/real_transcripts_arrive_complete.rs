@@ -192,21 +192,14 @@ fn assert_no_leaks(data_dir: &Path, output: &[u8], needles: &[Needle]) {
         "relay wrote no log lines, so the log check proves nothing"
     );
 
-    let mut store_files = 0;
-    for entry in std::fs::read_dir(data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("relay.db") {
-            continue;
-        }
-        store_files += 1;
-        let bytes = std::fs::read(&path).unwrap();
-        let leaks = find_leaks(&bytes, needles);
+    let stored = sealcast_tests::database::stored_contents(data_dir);
+    for (name, bytes) in &stored {
+        let leaks = find_leaks(bytes, needles);
         assert!(leaks.is_empty(), "{name} contains {leaks:?}");
     }
     assert!(
-        store_files > 0,
-        "no relay.db files in {}",
+        !stored.is_empty(),
+        "no stored data for {}",
         data_dir.display()
     );
 }

@@ -16,6 +16,7 @@ use sealcast_client::auth::{Authorizer, Refresher, SignedInDevice};
 use sealcast_client::KeyStore;
 use sealcast_protocol::auth::Role;
 use sealcast_relay::accounts::admin::AdminStore;
+use sealcast_relay::at_rest::KeySource;
 use tempfile::TempDir;
 use url::Url;
 
@@ -39,8 +40,10 @@ impl StaffSignIn {
     }
 }
 
-/// Makes an organization and a clinician in the data directory of a relay
-/// on this machine at `base_url`, and signs a device in.
+/// Makes an organization and a clinician in the store of a relay on this
+/// machine at `base_url`, and signs a device in. The store is the SQLite file
+/// in `data_dir`, or the PostgreSQL database at `SEALCAST_DATABASE_URL` when
+/// `SEALCAST_STORE` is `postgres`, as for the relay itself.
 pub(super) async fn sign_in_local(
     data_dir: &Path,
     base_url: &Url,
@@ -49,7 +52,12 @@ pub(super) async fn sign_in_local(
     let fail = |reason: String| start_error(SystemKind::Sealcast, reason);
     let admin_dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let admin = AdminStore::open(&admin_dir)?;
+        let postgres = std::env::var("SEALCAST_STORE").is_ok_and(|store| store == "postgres");
+        let database_url = std::env::var("SEALCAST_DATABASE_URL")
+            .ok()
+            .filter(|_| postgres);
+        let admin =
+            AdminStore::open_at(&admin_dir, database_url.as_deref(), &KeySource::Development)?;
         let organization = admin.create_organization("Load test clinic")?;
         admin.create_user(&organization, LOADTEST_EMAIL, Role::Clinician)
     })

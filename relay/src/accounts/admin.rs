@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::devices;
 use super::store::{self, normalize_email, AccountDb};
 use crate::at_rest::KeySource;
+use crate::db::Backend;
 use crate::store::{now_millis, StoreError};
 
 /// Longest accepted organization name, in bytes.
@@ -63,8 +64,33 @@ impl AdminStore {
     /// Opens `relay.db` in `data_dir`, creating and migrating it if needed,
     /// and unlocks its data key with the key from `source`.
     pub fn open_with_key(data_dir: &Path, source: &KeySource) -> Result<AdminStore, AdminError> {
+        AdminStore::open_at(data_dir, None, source)
+    }
+
+    /// Opens the PostgreSQL database at `database_url`, or for `None`
+    /// `relay.db` in `data_dir`, creating and migrating it if needed, and
+    /// unlocks its data key with the key from `source`, whose development
+    /// key file is in `data_dir`.
+    pub fn open_at(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        source: &KeySource,
+    ) -> Result<AdminStore, AdminError> {
+        let backend = match database_url {
+            Some(url) => Backend::postgres(url).map_err(StoreError::db("read the database URL"))?,
+            None => Backend::Sqlite(data_dir.join(crate::store::DATABASE_FILE)),
+        };
+        AdminStore::open_in(data_dir, &backend, source)
+    }
+
+    /// Opens the database of `backend` as [`AdminStore::open_at`] does.
+    pub(crate) fn open_in(
+        data_dir: &Path,
+        backend: &Backend,
+        source: &KeySource,
+    ) -> Result<AdminStore, AdminError> {
         Ok(AdminStore {
-            db: AccountDb::open_with_key(data_dir, source)?,
+            db: AccountDb::open_with_key(data_dir, backend, source)?,
         })
     }
 

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use zeroize::Zeroizing;
 
 use crate::at_rest::{DataKeys, DatabaseKeys, KeySource};
-use crate::db::{Db, DbError, FromDb, Value};
+use crate::db::{Backend, Db, DbError, FromDb, Value};
 use crate::metrics::STORE_AT_REST_FAILURES;
-use crate::store::{open_extra_writer, open_keyed_writer, StoreError};
+use crate::store::{open_extra_writer, open_keyed_db, StoreError};
 
 /// The account connection, cheap to clone.
 #[derive(Clone)]
@@ -30,28 +30,26 @@ impl std::fmt::Debug for AccountDb {
 }
 
 impl AccountDb {
-    /// Opens `relay.db` in `data_dir` beside a store that unlocked `keys`.
-    pub(crate) fn open(data_dir: &Path, keys: &DatabaseKeys) -> Result<AccountDb, StoreError> {
-        // TODO: take the store's backend once its opening functions return a
-        // `Db` for either engine.
-        let conn = open_extra_writer(data_dir, keys)?;
-        Ok(AccountDb::new(Db::from(conn), keys.data_keys().clone()))
+    /// Opens the database of `backend` beside a store that unlocked `keys`.
+    /// Call it on a blocking thread: the PostgreSQL client blocks while it connects.
+    pub(crate) fn open(backend: &Backend, keys: &DatabaseKeys) -> Result<AccountDb, StoreError> {
+        let db = open_extra_writer(backend, keys)?;
+        Ok(AccountDb::new(db, keys.data_keys().clone()))
     }
 
-    /// Opens `relay.db` in `data_dir`, unlocking its data key with the key
-    /// from `source` and migrating it if needed.
+    /// Opens the database of `backend`, unlocking its data key with the key
+    /// from `source` (whose development key file is in `data_dir`) and
+    /// migrating it if needed.
     pub(crate) fn open_with_key(
         data_dir: &Path,
+        backend: &Backend,
         source: &KeySource,
     ) -> Result<AccountDb, StoreError> {
-        let (conn, keys) = open_keyed_writer(data_dir, source)?;
-        Ok(AccountDb::new(Db::from(conn), keys.data_keys().clone()))
+        let (db, keys) = open_keyed_db(data_dir, backend, source)?;
+        Ok(AccountDb::new(db, keys.data_keys().clone()))
     }
 
     /// Uses `db`, whose sealed values are sealed under `keys`.
-    // NOTE: the blocking PostgreSQL client runs a Tokio runtime of its own
-    // and panics when it is opened or dropped on an async thread. With
-    // `Db::Postgres`, drop the last clone on the blocking pool.
     pub(crate) fn new(db: Db, keys: Arc<DataKeys>) -> AccountDb {
         AccountDb {
             conn: Arc::new(Mutex::new(AccountConnection::new(db, keys))),
@@ -196,14 +194,6 @@ impl FromDb for Sealed {
 }
 
 /// Maps a database error to the store's error, naming what failed.
-// TODO: switch to `StoreError::db(action)` once the store maps `DbError`
-// itself. Until then a PostgreSQL error only keeps its text.
 pub(crate) fn db_error(action: &'static str) -> impl Fn(DbError) -> StoreError {
-    move |error| match error {
-        DbError::Sqlite(source) => StoreError::Sqlite {
-            action,
-            source: Arc::new(source),
-        },
-        other => StoreError::ReadTask(format!("store failed to {action}: {other}")),
-    }
+    StoreError::db(action)
 }

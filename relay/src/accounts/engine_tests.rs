@@ -143,7 +143,12 @@ struct Engine {
 /// `SEALCAST_TEST_POSTGRES` names a server.
 fn engines() -> Vec<Engine> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = AccountDb::open_with_key(dir.path(), &KeySource::Development).unwrap();
+    let sqlite = AccountDb::open_with_key(
+        dir.path(),
+        &crate::db::Backend::Sqlite(dir.path().join(crate::store::DATABASE_FILE)),
+        &KeySource::Development,
+    )
+    .unwrap();
     let mut engines = vec![Engine {
         name: "SQLite",
         db: sqlite,
@@ -625,7 +630,12 @@ async fn signing_keys_rotate_on_both_engines() {
 #[test]
 fn sqlite_functions_open_values_sealed_in_rust() {
     let dir = tempfile::tempdir().unwrap();
-    let db = AccountDb::open_with_key(dir.path(), &KeySource::Development).unwrap();
+    let db = AccountDb::open_with_key(
+        dir.path(),
+        &crate::db::Backend::Sqlite(dir.path().join(crate::store::DATABASE_FILE)),
+        &KeySource::Development,
+    )
+    .unwrap();
     let (org, user_id) = organization_and_user(&db, "doc@clinic.example");
     db.run_blocking(|conn| {
         let sqlite = conn.as_sqlite().expect("a SQLite connection");

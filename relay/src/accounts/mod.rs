@@ -47,6 +47,7 @@ use sealcast_protocol::auth::{TokenResponse, UserInfo, DPOP_SCHEME};
 use crate::at_rest::DatabaseKeys;
 use crate::config::AccountsConfig;
 use crate::credentials::{CredentialHash, Secret};
+use crate::db::Backend;
 use crate::error::RelayError;
 use crate::shutdown::Shutdown;
 use crate::store::{now_millis, StoreError};
@@ -128,11 +129,13 @@ pub(crate) fn now_unix() -> u64 {
 }
 
 impl Accounts {
-    /// Opens the account store on `data_dir`, loads the signing keys and
-    /// sets up sign-in mail. Tokens name `public_url`'s origin as issuer.
+    /// Opens the account store on the database of `backend`, loads the
+    /// signing keys and sets up sign-in mail, whose outbox folder is in
+    /// `data_dir`. Tokens name `public_url`'s origin as issuer.
     pub(crate) async fn open(
         config: &AccountsConfig,
         data_dir: &Path,
+        backend: &Backend,
         keys: &DatabaseKeys,
         public_url: &str,
     ) -> Result<Accounts, RelayError> {
@@ -145,9 +148,9 @@ impl Accounts {
         })
         .map_err(|error| RelayError::Mail(error.to_string()))?;
         let issuer = crate::http::auth::origin_of(public_url);
-        let dir = data_dir.to_path_buf();
+        let backend = backend.clone();
         let keys = keys.clone();
-        let db = tokio::task::spawn_blocking(move || AccountDb::open(&dir, &keys))
+        let db = tokio::task::spawn_blocking(move || AccountDb::open(&backend, &keys))
             .await
             .map_err(|error| StoreError::ReadTask(error.to_string()))??;
         let signer = TokenSigner::load(

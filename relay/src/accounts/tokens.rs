@@ -410,7 +410,9 @@ mod tests {
         max_age: u64,
         now_ms: i64,
     ) -> (AccountDb, TokenSigner) {
-        let db = AccountDb::open_with_key(dir, &crate::at_rest::KeySource::Development).unwrap();
+        let backend = crate::db::Backend::Sqlite(dir.join(crate::store::DATABASE_FILE));
+        let db = AccountDb::open_with_key(dir, &backend, &crate::at_rest::KeySource::Development)
+            .unwrap();
         let signer = TokenSigner::load(
             &db,
             "https://relay.example".into(),

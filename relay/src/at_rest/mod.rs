@@ -35,7 +35,7 @@ use crate::db::DbError;
 pub use data_key::{DataKeys, FrameCipher, FrameCiphers, SEAL_OVERHEAD};
 pub use key::{Fingerprint, KeyEncryptionKey, KeySource, DEV_KEY_FILE, KEY_ENV, KEY_FILE_FLAG};
 pub(crate) use wrap::{confirm_stored, rotate, unlock, unlock_and_store};
-pub use wrap::{unlock_existing, DatabaseKeys};
+pub use wrap::{unlock_existing, unlock_existing_at, DatabaseKeys};
 
 /// A failure of the at-rest layer. Errors about keys name the flag or
 /// variable to fix.

@@ -24,6 +24,16 @@ const LOGIN_ID_HASH: CredentialHash = [4; 32];
 
 /// Wraps a SQLite connection for the account queries, which seal and open
 /// values with the data keys themselves.
+/// Opens an extra SQLite write connection to `relay.db` in `dir`, as the
+/// accounts code opens one.
+fn sqlite_writer(dir: &Path, keys: &DatabaseKeys) -> Connection {
+    let backend = crate::db::Backend::Sqlite(dir.join(DATABASE_FILE));
+    match crate::store::open_extra_writer(&backend, keys).unwrap() {
+        crate::db::Db::Sqlite(conn) => conn,
+        crate::db::Db::Postgres(_) => unreachable!("a SQLite backend opens SQLite"),
+    }
+}
+
 fn account_connection(conn: Connection, keys: &DatabaseKeys) -> accounts::AccountConnection {
     accounts::AccountConnection::new(crate::db::Db::from(conn), keys.data_keys().clone())
 }
@@ -152,11 +162,8 @@ fn migration_seals_plaintext_rows() {
     }
 
     // Everything reads back through the relay's own queries.
-    let conn = crate::store::open_extra_writer(dir.path(), &keys).unwrap();
-    let account_conn = account_connection(
-        crate::store::open_extra_writer(dir.path(), &keys).unwrap(),
-        &keys,
-    );
+    let conn = sqlite_writer(dir.path(), &keys);
+    let account_conn = account_connection(sqlite_writer(dir.path(), &keys), &keys);
     let user = accounts::user_by_email(&account_conn, EMAIL)
         .unwrap()
         .unwrap();

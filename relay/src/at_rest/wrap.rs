@@ -146,6 +146,22 @@ pub fn unlock_existing(data_dir: &Path, source: &KeySource) -> Result<DatabaseKe
     unlock_existing_in(data_dir, &backend, source)
 }
 
+/// Unlocks the data key of the existing database with the key from
+/// `source`, without migrating it: the PostgreSQL database at
+/// `database_url`, or for `None` the SQLite file in `data_dir`, which is
+/// opened read-only. `data_dir` is where `source` finds a development key file.
+pub fn unlock_existing_at(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    source: &KeySource,
+) -> Result<DatabaseKeys, AtRestError> {
+    let backend = match database_url {
+        Some(url) => Backend::postgres(url).map_err(AtRestError::db("read the database URL"))?,
+        None => Backend::Sqlite(data_dir.join(crate::store::DATABASE_FILE)),
+    };
+    unlock_existing_in(data_dir, &backend, source)
+}
+
 /// Unlocks the data key of the existing database of `backend` with the key
 /// from `source`, without migrating it. `data_dir` is where `source` finds
 /// a development key file.

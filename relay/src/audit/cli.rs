@@ -19,12 +19,14 @@ use super::retention::{run_once, RetentionPolicy};
 use super::verify::{verify_database, Report};
 use super::AuditError;
 use crate::config::parse_duration;
-use crate::db::Backend;
-use crate::store::{now_millis, open_migrated_writer, DATABASE_FILE};
+use crate::store::{now_millis, open_migrated_writer};
+use crate::store_args::StoreArgs;
 
 /// Arguments of `sealcast-relay audit`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct AuditArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: AuditCommand,
 }
@@ -77,6 +79,8 @@ enum AuditCommand {
 /// Arguments of `sealcast-relay retention`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RetentionArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: RetentionCommand,
 }
@@ -115,10 +119,10 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
                 .map_err(AuditError::Invalid)?;
             let report = match (&data_dir, &file) {
                 (_, Some(file)) => verify_export(file, pinned)?,
-                (Some(dir), None) => verify_database(dir, &sqlite_backend(dir), pinned)?,
+                (Some(dir), None) => verify_database(dir, &args.store.backend(dir)?, pinned)?,
                 (None, None) => {
                     let dir = Path::new("./sealcast-data");
-                    verify_database(dir, &sqlite_backend(dir), pinned)?
+                    verify_database(dir, &args.store.backend(dir)?, pinned)?
                 }
             };
             print_report(&mut out, &report).map_err(AuditError::Output)?;
@@ -144,7 +148,7 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
                 to,
                 out: path.clone(),
             };
-            let counts = export(&data_dir, &sqlite_backend(&data_dir), &request)?;
+            let counts = export(&data_dir, &args.store.backend(&data_dir)?, &request)?;
             for (stream, count) in counts {
                 writeln!(out, "{stream}: {count} entries").map_err(AuditError::Output)?;
             }
@@ -162,12 +166,6 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<bool, AuditError> {
     }
 }
 
-/// Returns the SQLite backend of `data_dir`.
-// TODO: take the backend from the relay's configuration.
-fn sqlite_backend(data_dir: &Path) -> Backend {
-    Backend::Sqlite(data_dir.join(DATABASE_FILE))
-}
-
 /// Runs one `retention` command.
 pub(crate) fn run_retention(args: RetentionArgs) -> Result<(), AuditError> {
     let RetentionCommand::Run {
@@ -176,7 +174,7 @@ pub(crate) fn run_retention(args: RetentionArgs) -> Result<(), AuditError> {
         audit_retention,
     } = args.command;
     let key = AuditKey::load_or_create(&data_dir)?;
-    let conn = open_migrated_writer(&sqlite_backend(&data_dir))?;
+    let conn = open_migrated_writer(&args.store.backend(&data_dir)?)?;
     let policy = RetentionPolicy {
         content: content_retention,
         audit: audit_retention,
@@ -260,6 +258,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for key in ["abc", &"zz".repeat(32)] {
             let args = AuditArgs {
+                store: StoreArgs::sqlite(),
                 command: AuditCommand::Verify {
                     data_dir: Some(dir.path().to_path_buf()),
                     file: None,
@@ -278,6 +277,7 @@ mod tests {
     fn reversed_export_range_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let args = AuditArgs {
+            store: StoreArgs::sqlite(),
             command: AuditCommand::Export {
                 data_dir: dir.path().to_path_buf(),
                 stream: None,

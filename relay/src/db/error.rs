@@ -103,6 +103,7 @@ impl DbError {
     }
 
     /// A UNIQUE or PRIMARY KEY constraint rejected the write.
+    #[cfg(test)]
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {
             DbError::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => {
@@ -114,6 +115,7 @@ impl DbError {
     }
 
     /// A constraint or trigger rejected the write.
+    #[cfg(test)]
     pub(crate) fn is_constraint(&self) -> bool {
         match self {
             DbError::Sqlite(error) => {

@@ -15,10 +15,6 @@
 //! | [`error`] | errors of either engine, classified alike |
 //! | [`pg`] | the PostgreSQL connection, its statement cache and reconnection |
 
-// TODO: remove once the store opens its connections here. Until then parts
-// of this module are used by tests only, or not yet at all.
-#![allow(dead_code)]
-
 mod error;
 mod pg;
 mod value;
@@ -30,6 +26,8 @@ pub use error::DbError;
 pub(crate) use value::{FromDb, ToDb, Value};
 
 use pg::PgConnection;
+
+use crate::config::StoreConfig;
 
 /// Builds the parameter slice of a statement: `db_params![a, b]`.
 macro_rules! db_params {
@@ -83,16 +81,11 @@ impl Backend {
         Ok(Backend::Postgres(Arc::new(config)))
     }
 
-    /// Whether this is a PostgreSQL database.
-    pub(crate) fn is_postgres(&self) -> bool {
-        matches!(self, Backend::Postgres(_))
-    }
-
-    /// The SQLite file's path, for a SQLite backend.
-    pub(crate) fn sqlite_path(&self) -> Option<&Path> {
-        match self {
-            Backend::Sqlite(path) => Some(path),
-            Backend::Postgres(_) => None,
+    /// Returns the backend that `store` selects, with SQLite's file in `data_dir`.
+    pub(crate) fn from_config(store: &StoreConfig, data_dir: &Path) -> Result<Backend, DbError> {
+        match store {
+            StoreConfig::Sqlite => Ok(Backend::Sqlite(data_dir.join(crate::store::DATABASE_FILE))),
+            StoreConfig::Postgres { url } => Backend::postgres(url),
         }
     }
 

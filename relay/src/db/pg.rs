@@ -225,6 +225,40 @@ fn ends_session(error: &postgres::Error) -> bool {
     })
 }
 
+impl Drop for PgConnection {
+    /// Closes the client on a thread of its own when the connection is
+    /// dropped inside a tokio runtime: the synchronous client blocks on a
+    /// runtime of its own to close, which tokio forbids on its threads. When
+    /// no thread can start, the client is leaked rather than closed there,
+    /// and the server ends the session when this process exits.
+    fn drop(&mut self) {
+        let Some(client) = self.state.get_mut().client.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (sender, receiver) = std::sync::mpsc::channel::<Client>();
+        let closing = std::thread::Builder::new()
+            .name("sealcast-db-close".into())
+            .spawn(move || {
+                if let Ok(client) = receiver.recv() {
+                    drop(client);
+                }
+            });
+        match closing {
+            Ok(_) => {
+                // The thread is running, so it receives the client.
+                let _ = sender.send(client);
+            }
+            Err(error) => {
+                tracing::error!(%error, "failed to start a thread to close a PostgreSQL connection");
+                std::mem::forget(client);
+            }
+        }
+    }
+}
+
 fn prepared(
     client: &mut Client,
     statements: &mut HashMap<String, Statement>,

@@ -33,7 +33,9 @@ mod writer;
 
 pub(crate) use challenges::{NewChallenge, PresentedChallenge};
 pub(crate) use fault::StoreFault;
-pub(crate) use open::{open_extra_writer, open_keyed_writer, open_migrated_writer};
+#[cfg(test)]
+pub(crate) use open::open_keyed_writer;
+pub(crate) use open::{open_extra_writer, open_keyed_db, open_migrated_writer};
 pub(crate) use schema::BUSY_TIMEOUT;
 #[cfg(test)]
 pub(crate) use schema::{migrate_to, AT_REST_VERSION};
@@ -177,6 +179,9 @@ pub enum StoreError {
     /// A read task on the blocking pool failed to run to completion.
     #[error("store read task failed: {0}")]
     ReadTask(String),
+    /// The store settings of a command are invalid.
+    #[error("{0}")]
+    Settings(String),
     /// The at-rest key could not be loaded, or a stored value failed to decrypt.
     #[error(transparent)]
     AtRest(Arc<AtRestError>),

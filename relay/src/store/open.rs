@@ -7,7 +7,9 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{schema, schema_pg, StoreError, DATABASE_FILE};
+#[cfg(test)]
+use super::DATABASE_FILE;
+use super::{schema, schema_pg, StoreError};
 use crate::at_rest::{self, AtRestError, DatabaseKeys, KeySource};
 use crate::db::{Backend, Db};
 
@@ -15,6 +17,7 @@ use crate::db::{Backend, Db};
 /// data key with the key from `source`, registers the at-rest SQL functions
 /// and migrates the schema if needed. A database without a data key gets a
 /// new one, stored by the at-rest migration.
+#[cfg(test)]
 pub(crate) fn open_keyed_writer(
     data_dir: &Path,
     source: &KeySource,
@@ -29,7 +32,7 @@ pub(crate) fn open_keyed_writer(
 /// Opens the writer's connection to the database of `backend`, unlocks the
 /// data key with the key from `source` and migrates the schema if needed.
 /// A database without a data key gets a new one.
-pub(super) fn open_keyed_db(
+pub(crate) fn open_keyed_db(
     data_dir: &Path,
     backend: &Backend,
     source: &KeySource,
@@ -84,47 +87,17 @@ fn try_open_keyed_sqlite(
     Ok((db, keys))
 }
 
-/// The place an extra write connection opens: a data directory's SQLite
-/// file, or a [`Backend`].
-pub(crate) trait ExtraWriterTarget {
-    /// The connection it opens.
-    type Connection;
-
-    /// Opens the connection with the writer's settings and `keys`.
-    fn open_extra(self, keys: &DatabaseKeys) -> Result<Self::Connection, StoreError>;
-}
-
-// TODO: drop this form once every caller passes a `Backend`.
-impl ExtraWriterTarget for &Path {
-    type Connection = Connection;
-
-    fn open_extra(self, keys: &DatabaseKeys) -> Result<Connection, StoreError> {
-        open_extra_sqlite(&self.join(DATABASE_FILE), keys)
-    }
-}
-
-impl ExtraWriterTarget for &Backend {
-    type Connection = Db;
-
-    fn open_extra(self, keys: &DatabaseKeys) -> Result<Db, StoreError> {
-        match self {
-            Backend::Sqlite(path) => open_extra_sqlite(path, keys).map(Db::Sqlite),
-            Backend::Postgres(_) => open_migrated_writer(self),
-        }
-    }
-}
-
 /// Opens another read-write connection beside the writer thread. On SQLite
 /// it gets the writer's pragmas and the at-rest SQL functions of `keys`,
 /// and SQLite serializes it with the writer, each waiting up to the busy
 /// timeout for the lock. On PostgreSQL its write transactions take the
 /// store's advisory lock, and values are sealed in Rust, so `keys` is not
 /// used. The accounts module and the admin command use it.
-pub(crate) fn open_extra_writer<T: ExtraWriterTarget>(
-    target: T,
-    keys: &DatabaseKeys,
-) -> Result<T::Connection, StoreError> {
-    target.open_extra(keys)
+pub(crate) fn open_extra_writer(backend: &Backend, keys: &DatabaseKeys) -> Result<Db, StoreError> {
+    match backend {
+        Backend::Sqlite(path) => open_extra_sqlite(path, keys).map(Db::Sqlite),
+        Backend::Postgres(_) => open_migrated_writer(backend),
+    }
 }
 
 fn open_extra_sqlite(path: &Path, keys: &DatabaseKeys) -> Result<Connection, StoreError> {

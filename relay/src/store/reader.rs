@@ -95,24 +95,6 @@ impl ReadPool {
 /// The pool's idle connections.
 struct Connections(Mutex<Vec<Db>>);
 
-impl Drop for Connections {
-    /// Closes PostgreSQL connections on a thread of their own when the pool
-    /// is dropped on an async thread, because the synchronous client blocks
-    /// on a runtime of its own to close, which tokio forbids there.
-    fn drop(&mut self) {
-        let connections = std::mem::take(self.0.get_mut().unwrap_or_else(PoisonError::into_inner));
-        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
-        if on_runtime && connections.iter().any(Db::is_postgres) {
-            let closing = std::thread::Builder::new()
-                .name("sealcast-store-close".into())
-                .spawn(move || drop(connections));
-            if let Err(error) = closing {
-                tracing::error!(%error, "failed to start a thread to close read connections");
-            }
-        }
-    }
-}
-
 const SESSION_COLUMNS: &str = "session_id, epoch, fingerprint, organization_id,
     invite_token_hash, ended_at, invite_verifier, created_by_user";
 
@@ -194,6 +176,11 @@ impl SessionColumns {
 
 pub(super) fn session_tail(db: &Db, session_id: &SessionId) -> Result<SessionTail, StoreError> {
     let key = session_id.as_bytes().as_slice();
+    // One snapshot for both reads, so that a frame another node commits
+    // between them cannot show up in the streams but not in the offsets.
+    let db = db
+        .begin_read()
+        .map_err(StoreError::db("begin a read transaction"))?;
     let last_offset = db
         .query_one(
             "SELECT MAX(frame_offset) FROM frames WHERE session_id = ?1",
@@ -205,9 +192,12 @@ pub(super) fn session_tail(db: &Db, session_id: &SessionId) -> Result<SessionTai
         Some(last) => offset_from_sql(last)? + 1,
         None => 0,
     };
+    let streams = stream_tails(&db, key)?;
+    db.commit()
+        .map_err(StoreError::db("end a read transaction"))?;
     Ok(SessionTail {
         next_offset,
-        streams: stream_tails(db, key)?,
+        streams,
     })
 }
 
