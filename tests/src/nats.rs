@@ -18,6 +18,12 @@ pub const NATS_SERVER_BINARY: &str = "/usr/sbin/nats-server";
 /// The port of the machine's own NATS server, which the tests never use.
 const SHARED_NATS_PORT: u16 = 4222;
 
+/// The user and password the test servers require. The password contains
+/// a character that a URL must percent-encode.
+const NATS_USER: &str = "sealcast-node";
+const NATS_PASSWORD: &str = "n0de@pass";
+const NATS_PASSWORD_IN_URL: &str = "n0de%40pass";
+
 /// How long the server may take to accept connections after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -49,9 +55,15 @@ impl NatsServer {
         server
     }
 
-    /// Returns the URL relays connect to, `nats://127.0.0.1:PORT`.
+    /// Returns the URL relays connect to,
+    /// `nats://USER:PASSWORD@127.0.0.1:PORT`: the server requires a user and
+    /// password, as a shared one should, so that the relays' use of the
+    /// URL's credentials is tested too.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!(
+            "nats://{NATS_USER}:{NATS_PASSWORD_IN_URL}@127.0.0.1:{}",
+            self.port
+        )
     }
 
     /// Returns the server's port, which stays the same across restarts.
@@ -74,6 +86,7 @@ impl NatsServer {
         let output_before = self.output_len();
         let mut child = Command::new(NATS_SERVER_BINARY)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["--user", NATS_USER, "--pass", NATS_PASSWORD])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -80,7 +80,12 @@ impl NatsFanout {
         gauge!(FANOUT_CONNECTED).set(0.0);
 
         let events_node = node_id.clone();
-        let options = ConnectOptions::new()
+        let (url, credentials) = split_credentials(url)?;
+        let mut options = ConnectOptions::new();
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password.to_string());
+        }
+        let options = options
             .name(format!("sealcast-relay {node_id}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -91,7 +96,7 @@ impl NatsFanout {
                 let node_id = events_node.clone();
                 async move { on_event(&event, &resync, &node_id) }
             });
-        let client = options.connect(url).await.map_err(|error| {
+        let client = options.connect(url.as_str()).await.map_err(|error| {
             // The error names the failure, never the URL and its password.
             RelayError::Fanout(format!("{:?}: {error}", error.kind()))
         })?;
@@ -423,9 +428,52 @@ fn new_node_id() -> String {
     hex::encode(bytes)
 }
 
+/// A NATS user and password.
+type Credentials = (String, Zeroizing<String>);
+
+/// Takes the user and password out of a NATS URL such as
+/// `nats://USER:PASSWORD@HOST:PORT`: the client sends only credentials set
+/// on its options, so the URL alone would connect without them.
+fn split_credentials(url: &str) -> Result<(url::Url, Option<Credentials>), RelayError> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|error| RelayError::Fanout(format!("invalid NATS URL: {error}")))?;
+    if parsed.username().is_empty() {
+        return Ok((parsed, None));
+    }
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|decoded| decoded.into_owned())
+            .map_err(|_| RelayError::Fanout("the NATS URL's user or password is not UTF-8".into()))
+    };
+    let user = decode(parsed.username())?;
+    let password = Zeroizing::new(decode(parsed.password().unwrap_or(""))?);
+    let cleared = parsed.set_username("").is_ok() && parsed.set_password(None).is_ok();
+    if !cleared {
+        return Err(RelayError::Fanout(
+            "the NATS URL cannot carry a user and password".into(),
+        ));
+    }
+    Ok((parsed, Some((user, password))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_move_from_the_url_to_the_options() {
+        let (url, credentials) = split_credentials("nats://natsu:p%40ss@127.0.0.1:14333").unwrap();
+        assert_eq!(url.as_str(), "nats://127.0.0.1:14333");
+        let (user, password) = credentials.unwrap();
+        assert_eq!(user, "natsu");
+        assert_eq!(password.as_str(), "p@ss");
+
+        let (url, credentials) = split_credentials("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(url.as_str(), "nats://127.0.0.1:4222");
+        assert!(credentials.is_none());
+        assert!(split_credentials("not a url").is_err());
+    }
 
     #[test]
     fn reconnect_delay_grows_to_its_cap() {
