@@ -96,4 +96,7 @@ pub enum RelayError {
     /// Sign-in mail cannot be set up.
     #[error("failed to set up sign-in mail: {0}")]
     Mail(String),
+    /// The node's audit key is not the one that signed the store's checkpoints.
+    #[error("{0}")]
+    AuditKeyMismatch(String),
 }

@@ -289,6 +289,7 @@ async fn start_audit(
     shutdown: &Shutdown,
 ) -> Result<AuditLog, RelayError> {
     let key = Arc::new(AuditKey::load_or_create(&config.data_dir)?);
+    check_audit_key(config, store, &key).await?;
     let audit = AuditLog::new(store.clone(), key.clone(), config.audit.checkpoints);
     let settings = &config.audit;
     let started = Event::new(Action::RelayStarted, ACTOR_RELAY)
@@ -324,6 +325,29 @@ async fn start_audit(
         shutdown.clone(),
     ));
     Ok(audit)
+}
+
+/// Rejects an audit key other than the one that signed the store's newest
+/// checkpoint. Relay nodes that share a store must share the audit key too:
+/// a node that made a key of its own would sign checkpoints that no single
+/// public key verifies, and the append-only trail would keep them.
+async fn check_audit_key(config: &Config, store: &Store, key: &AuditKey) -> Result<(), RelayError> {
+    let Some(stored) = store.newest_checkpoint_key().await? else {
+        return Ok(());
+    };
+    let own = key.verifying_key().to_bytes();
+    if stored.as_slice() == own.as_slice() {
+        return Ok(());
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Err(RelayError::AuditKeyMismatch(format!(
+        "the store's audit checkpoints are signed by audit key {}, but this node's key in {} is {}: \
+         copy audit-signing.key and audit-signing.pub from the data directory of the node that \
+         signed them into this node's data directory",
+        hex(&stored),
+        config.data_dir.display(),
+        hex(&own),
+    )))
 }
 
 /// Serves the ops routes over plain HTTP until shutdown is triggered.

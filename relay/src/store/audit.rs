@@ -313,6 +313,16 @@ pub(crate) fn insert_checkpoint(db: &Db, checkpoint: &Checkpoint) -> Result<(), 
 }
 
 /// Reads the sequence number of the latest checkpoint of `stream`.
+/// Returns the public key of the newest checkpoint of either stream.
+pub(crate) fn newest_checkpoint_key(db: &Db) -> Result<Option<Vec<u8>>, StoreError> {
+    db.query_opt(
+        "SELECT public_key FROM audit_checkpoints ORDER BY created_at DESC LIMIT 1",
+        db_params![],
+        |row| row.get::<Vec<u8>>(0),
+    )
+    .map_err(StoreError::db("read the newest audit checkpoint's key"))
+}
+
 pub(crate) fn last_checkpoint(db: &Db, stream: Stream) -> Result<Option<(u64, i64)>, StoreError> {
     let row = db
         .query_opt(

@@ -539,6 +539,11 @@ impl Store {
             .await
     }
 
+    /// Returns the public key that signed the newest audit checkpoint, if any.
+    pub(crate) async fn newest_checkpoint_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(audit::newest_checkpoint_key).await
+    }
+
     /// Runs a trivial query, to check that the store is readable.
     pub(crate) async fn check_readable(&self) -> Result<(), StoreError> {
         self.read(|db| {
