@@ -39,6 +39,18 @@ pub enum DbError {
     /// rolled back.
     #[error("PostgreSQL connection lost inside a transaction, which was rolled back")]
     TransactionLost,
+    /// The server accepted the connection but did not finish its startup in time.
+    #[error("PostgreSQL did not answer the connection's startup within {} s", .after.as_secs())]
+    ConnectTimedOut {
+        /// The time waited.
+        after: Duration,
+    },
+    /// No thread could be started for a connection attempt.
+    #[error("failed to start a thread to connect to PostgreSQL: {0}")]
+    ConnectThread(String),
+    /// The connection string asks for something this relay does not do.
+    #[error("unsupported PostgreSQL setting {0}")]
+    Unsupported(&'static str),
     /// A query that must return a row returned none.
     #[error("query returned no row")]
     NoRow,
@@ -50,7 +62,11 @@ fn postgres_summary(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None if error.is_closed() => "connection closed".to_owned(),
-        None => error.to_string(),
+        // The source says why, such as "Connection refused (os error 111)".
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
     }
 }
 
@@ -97,8 +113,14 @@ impl DbError {
                         Some("08" | "57" | "58")
                     )
             }
-            DbError::Unavailable { .. } | DbError::TransactionLost => true,
-            DbError::Conversion { .. } | DbError::NoRow | DbError::TransactionFailed => false,
+            DbError::Unavailable { .. }
+            | DbError::TransactionLost
+            | DbError::ConnectTimedOut { .. }
+            | DbError::ConnectThread(_) => true,
+            DbError::Conversion { .. }
+            | DbError::NoRow
+            | DbError::TransactionFailed
+            | DbError::Unsupported(_) => false,
         }
     }
 

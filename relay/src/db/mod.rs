@@ -72,9 +72,28 @@ impl Backend {
     /// Parses a PostgreSQL URL or key-value connection string.
     pub(crate) fn postgres(url: &str) -> Result<Backend, DbError> {
         let mut config: postgres::Config = url.parse()?;
+        if config.get_ssl_mode() == postgres::config::SslMode::Require {
+            return Err(DbError::Unsupported(
+                "sslmode=require: this relay connects to PostgreSQL without TLS, so keep the \
+                 database on loopback or a private network and remove sslmode",
+            ));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(pg::CONNECT_TIMEOUT);
         }
+        // Find a peer that vanished without closing the connection, instead
+        // of waiting for the operating system's default of hours.
+        config.keepalives(true);
+        config.keepalives_idle(pg::KEEPALIVE_IDLE);
+        config.tcp_user_timeout(pg::TCP_USER_TIMEOUT);
+        // A write transaction that waits longer than this for the store's
+        // advisory lock, because another connection holds it, fails, so its
+        // frames are not acknowledged and their publishers resend them.
+        let options = match config.get_options() {
+            Some(options) => format!("{options} -c lock_timeout={}", pg::LOCK_TIMEOUT_MS),
+            None => format!("-c lock_timeout={}", pg::LOCK_TIMEOUT_MS),
+        };
+        config.options(&options);
         if config.get_application_name().is_none() {
             config.application_name("sealcast-relay");
         }
@@ -286,18 +305,10 @@ impl Db {
     pub(crate) fn begin_write(&self) -> Result<Transaction<'_>, DbError> {
         match self {
             Db::Sqlite(_) => self.batch("BEGIN IMMEDIATE")?,
-            Db::Postgres(conn) => {
-                conn.begin("BEGIN")?;
-                let locked = self.query_one(
-                    "SELECT pg_advisory_xact_lock(?1)::text",
-                    db_params![WRITE_LOCK_KEY],
-                    |_| Ok(()),
-                );
-                if let Err(error) = locked {
-                    let _ = conn.end("ROLLBACK");
-                    return Err(error);
-                }
-            }
+            // One round trip for both statements.
+            Db::Postgres(conn) => conn.begin(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})"
+            ))?,
         }
         Ok(Transaction {
             db: self,

@@ -22,6 +22,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time an attempt to open the connection may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Time the connection and its startup exchange may take together.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle time after which the connection sends TCP keepalive probes.
+pub(super) const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Time that sent data may stay unacknowledged before the connection fails.
+pub(super) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Milliseconds a statement waits for a lock, the store's advisory write
+/// lock included, before it fails.
+pub(super) const LOCK_TIMEOUT_MS: u64 = 10_000;
+
 /// Where the connection stands in a transaction. PostgreSQL refuses every
 /// statement after one fails inside a transaction, and its COMMIT then rolls
 /// back without an error, so the connection remembers the failure and
@@ -58,7 +71,7 @@ struct State {
 impl PgConnection {
     /// Opens a connection with `config`.
     pub(super) fn open(config: Config) -> Result<PgConnection, DbError> {
-        let client = config.connect(NoTls)?;
+        let client = connect(&config)?;
         Ok(PgConnection {
             config,
             state: RefCell::new(State {
@@ -102,7 +115,7 @@ impl PgConnection {
                 }
             }
             state.statements.clear();
-            match self.config.connect(NoTls) {
+            match connect(&self.config) {
                 Ok(client) => {
                     tracing::info!("PostgreSQL connection opened again");
                     state.client = Some(client);
@@ -112,7 +125,7 @@ impl PgConnection {
                 Err(error) => {
                     state.next_attempt = Some(Instant::now() + state.backoff);
                     state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
-                    return Err(error.into());
+                    return Err(error);
                 }
             }
         }
@@ -141,14 +154,32 @@ impl PgConnection {
         self.state.borrow().transaction
     }
 
-    /// Begins a transaction with `sql`, such as `BEGIN`.
+    /// Begins a transaction with `sql`, such as `BEGIN`, which may carry
+    /// more statements of the transaction. When one of them fails, the
+    /// transaction is rolled back and the error returned.
     pub(super) fn begin(&self, sql: &str) -> Result<(), DbError> {
         if self.transaction() != TxState::Idle {
             return Err(DbError::TransactionFailed);
         }
-        self.batch(sql)?;
+        match self.batch(sql) {
+            // The server closed an idle connection, for example after a
+            // restart. Nothing of the transaction ran, so it begins again
+            // on a new connection.
+            Err(DbError::Postgres(error)) if error.is_closed() || ends_session(&error) => {
+                tracing::info!("PostgreSQL closed an idle connection: opening it again");
+                self.batch(sql)
+                    .inspect_err(|_| self.roll_back_failed_begin())?;
+            }
+            outcome => outcome.inspect_err(|_| self.roll_back_failed_begin())?,
+        }
         self.state.borrow_mut().transaction = TxState::Open;
         Ok(())
+    }
+
+    /// Rolls back what a failed [`Self::begin`] began. Errors are ignored:
+    /// on a lost connection the server has rolled it back already.
+    fn roll_back_failed_begin(&self) {
+        let _ = self.batch("ROLLBACK");
     }
 
     /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`). A failed or
@@ -216,6 +247,28 @@ impl PgConnection {
 
 /// Whether the server ended the session with `error`, as it does after
 /// `pg_terminate_backend`. The client may not have seen the socket close yet.
+/// Opens a client with `config`, giving up after [`STARTUP_TIMEOUT`]. The
+/// configured connect timeout covers only the TCP connection, so a server
+/// that accepts it and then never answers the startup would otherwise
+/// block the caller for good. The attempt then goes on, on its own thread,
+/// until the operating system ends the connection.
+fn connect(config: &Config) -> Result<Client, DbError> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("sealcast-db-connect".into())
+        .spawn(move || {
+            let _ = sender.send(config.connect(NoTls));
+        })
+        .map_err(|error| DbError::ConnectThread(error.to_string()))?;
+    match receiver.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(DbError::ConnectTimedOut {
+            after: STARTUP_TIMEOUT,
+        }),
+    }
+}
+
 fn ends_session(error: &postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| {
         matches!(

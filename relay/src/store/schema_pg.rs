@@ -188,6 +188,18 @@ const VERSION_1: &str = "
 /// Applies the pending migrations in one transaction under the store's
 /// advisory write lock.
 pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
+    // A current schema needs no write, so a relay whose user may read and
+    // write rows but not create tables starts once the schema exists.
+    let current = schema_version(db)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = db
         .begin_write()
         .map_err(StoreError::db("begin a schema migration"))?;
@@ -205,6 +217,9 @@ pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
             found: current,
             supported: SCHEMA_VERSION,
         });
+    }
+    if current == 0 {
+        refuse_foreign_tables(&tx)?;
     }
     let pending = MIGRATIONS
         .iter()
@@ -224,6 +239,27 @@ pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
     }
     tx.commit()
         .map_err(StoreError::db("commit a schema migration"))
+}
+
+/// Rejects a database without the relay's schema that holds tables of
+/// something else, so that the relay neither fails halfway through its
+/// first migration nor shares a database with another application.
+fn refuse_foreign_tables(db: &Db) -> Result<(), StoreError> {
+    let tables = db
+        .query_one(
+            "SELECT COUNT(*) FROM pg_tables
+             WHERE schemaname = current_schema() AND tablename <> 'schema_version'",
+            db_params![],
+            |row| row.get::<i64>(0),
+        )
+        .map_err(StoreError::db("list the database's tables"))?;
+    if tables > 0 {
+        return Err(StoreError::Settings(format!(
+            "the PostgreSQL database has no sealcast schema but holds {tables} other tables: \
+             give the relay an empty database of its own"
+        )));
+    }
+    Ok(())
 }
 
 /// Returns the schema version of the database, 0 for an empty one.

@@ -6,7 +6,8 @@
 //! with the store's advisory lock) and completes each write's callback after
 //! COMMIT returns, in queue order. A write that fails on its own (for example
 //! a frame out of order) fails alone: SQLite undoes only the failed
-//! statement, and on PostgreSQL each write runs under a savepoint. A failed
+//! statement, and on PostgreSQL each write other than a frame runs under a
+//! savepoint. A failed
 //! COMMIT, or a lost PostgreSQL connection, fails the whole batch. On SQLite,
 //! WAL checkpoints run on the [`checkpoint`] thread, which the writer thread
 //! starts and stops.
@@ -387,6 +388,10 @@ fn count_write_failure(error: &StoreError) {
 /// PostgreSQL rejects every statement of a transaction after one fails, so
 /// there each write runs under a savepoint, which a failed write rolls
 /// back to. SQLite needs none, because it undoes only the failed statement.
+/// Frames, the bulk of every batch, skip the savepoint and its two round
+/// trips: a frame out of order or after its session's end is found by row
+/// counts, never by a failed statement, so only a database fault fails one,
+/// and that fails the batch.
 ///
 /// NOTE: when the PostgreSQL connection is lost during COMMIT, the server
 /// may have committed the batch that this reports failed, so a retried
@@ -401,7 +406,7 @@ fn apply_batch(
         .map_err(StoreError::db("begin a transaction"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for op in batch {
-        let outcome = if tx.is_postgres() {
+        let outcome = if tx.is_postgres() && !matches!(op, WriteOp::AppendFrame { .. }) {
             tx.savepoint(|db| apply(db, ciphers, op).map_err(SavepointError))
                 .map_err(|SavepointError(error)| error)
         } else {
@@ -486,6 +491,10 @@ fn append_frame(
     let body = frame.delivery.get(8..).ok_or_else(out_of_order)?;
     let sealed = ciphers.seal(frame.session_id.as_bytes(), frame.offset, body);
 
+    if db.is_postgres() {
+        return append_frame_postgres(db, frame, offset, seq, sealed);
+    }
+
     // The WHERE clause keeps offsets gap-free and nothing after the session end,
     // whatever the in-memory state believed.
     let sql = "INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
@@ -516,9 +525,13 @@ fn append_frame(
         return Ok(());
     }
 
-    // The stream already contains this sequence number or a hole precedes it,
-    // which the session's in-memory state should have caught. Take the frame
-    // back out, so that the batch's other writes still commit.
+    reject_sequence(db, frame, offset)
+}
+
+/// Takes a stored frame back out because its stream already contains its
+/// sequence number or a hole precedes it, which the session's in-memory
+/// state should have caught, so that the batch's other writes still commit.
+fn reject_sequence(db: &Db, frame: &FrameRecord, offset: i64) -> Result<(), StoreError> {
     db.execute(
         "DELETE FROM frames WHERE session_id = ?1 AND frame_offset = ?2",
         db_params![frame.session_id.as_bytes(), offset],
@@ -528,6 +541,60 @@ fn append_frame(
         session_id: frame.session_id,
         seq: frame.seq,
     })
+}
+
+/// [`append_frame`] on PostgreSQL, where each statement costs a round trip
+/// to the server: the frame's insert and the usual advance of its stream
+/// run as one statement. A new stream or a sequence number out of order
+/// takes the extra statements of the general path.
+fn append_frame_postgres(
+    db: &Db,
+    frame: &FrameRecord,
+    offset: i64,
+    seq: i64,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    let sql = "WITH inserted AS (
+            INSERT INTO frames (session_id, frame_offset, stream_id, seq, kind, final_count,
+                received_at, frame)
+            SELECT ?1, ?2::BIGINT, ?3, ?4::BIGINT, ?5::BIGINT, ?6::BIGINT, ?7::BIGINT, ?8
+            WHERE ?2::BIGINT = (SELECT COALESCE(MAX(frame_offset) + 1, 0) FROM frames
+                                WHERE session_id = ?1)
+              AND EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1 AND ended_at IS NULL)
+            RETURNING 1
+        ), advanced AS (
+            UPDATE streams SET next_seq = ?4::BIGINT + 1, last_offset = ?2::BIGINT
+            WHERE session_id = ?1 AND stream_id = ?3 AND next_seq = ?4::BIGINT
+              AND EXISTS (SELECT 1 FROM inserted)
+            RETURNING 1
+        )
+        SELECT (SELECT COUNT(*) FROM inserted), (SELECT COUNT(*) FROM advanced)";
+    let (inserted, advanced) = db
+        .query_one(
+            sql,
+            db_params![
+                frame.session_id.as_bytes(),
+                offset,
+                frame.stream_id.as_bytes(),
+                seq,
+                frame.kind.to_byte(),
+                u64_to_sql(frame.final_count),
+                frame.received_at,
+                sealed,
+            ],
+            |row| Ok((row.get::<i64>(0)?, row.get::<i64>(1)?)),
+        )
+        .map_err(StoreError::db("store a frame"))?;
+    if inserted != 1 {
+        return Err(StoreError::FrameOutOfOrder {
+            session_id: frame.session_id,
+            offset: frame.offset,
+        });
+    }
+    if advanced == 1 || advance_stream(db, frame, offset, seq)? {
+        return Ok(());
+    }
+    reject_sequence(db, frame, offset)
 }
 
 /// Records `seq` at `offset` as the last frame of the frame's stream.

@@ -628,7 +628,7 @@ fn postgres_retention_anchors_expired_audit_entries() {
 }
 
 #[test]
-fn postgres_lost_connection_fails_one_batch() {
+fn postgres_lost_connection_is_survived() {
     let Some(database) = TestDatabase::create() else {
         return;
     };
@@ -638,12 +638,9 @@ fn postgres_lost_connection_fails_one_batch() {
         let session_id = SessionId::random();
         store.create_session(new_session(session_id)).await.unwrap();
 
-        // The writer's idle connection is gone: the next batch fails, and
-        // the one after it runs on a new connection.
+        // The writer's idle connection is gone. Nothing of the next batch
+        // ran on it, so the batch begins again on a new connection.
         assert!(blocking(|| database.terminate_connections()) > 0);
-        let refused = append(&store, frame(session_id, 0, 1, 0)).await;
-        let error = refused.unwrap_err();
-        assert_eq!(StoreFault::of(&error), StoreFault::IoError, "{error}");
         append(&store, frame(session_id, 0, 1, 0)).await.unwrap();
 
         // While the database refuses connections, reads and writes fail.
