@@ -51,13 +51,17 @@ pub(super) async fn sign_in_local(
 ) -> Result<StaffSignIn, LoadtestError> {
     let fail = |reason: String| start_error(SystemKind::Sealcast, reason);
     let admin_dir = data_dir.to_path_buf();
+    // The relay's own at-rest key settings, so that a relay started with a
+    // key of its own opens here too.
+    let key_file = std::env::var_os("SEALCAST_AT_REST_KEY_FILE").map(std::path::PathBuf::from);
+    let key_source = KeySource::from_flag_and_env(key_file)
+        .map_err(|err| fail(format!("invalid at-rest key settings: {err}")))?;
     tokio::task::spawn_blocking(move || {
         let postgres = std::env::var("SEALCAST_STORE").is_ok_and(|store| store == "postgres");
         let database_url = std::env::var("SEALCAST_DATABASE_URL")
             .ok()
             .filter(|_| postgres);
-        let admin =
-            AdminStore::open_at(&admin_dir, database_url.as_deref(), &KeySource::Development)?;
+        let admin = AdminStore::open_at(&admin_dir, database_url.as_deref(), &key_source)?;
         let organization = admin.create_organization("Load test clinic")?;
         admin.create_user(&organization, LOADTEST_EMAIL, Role::Clinician)
     })

@@ -51,7 +51,7 @@ pub enum FanoutKind {
     /// One relay node.
     #[default]
     Local,
-    /// Several relay nodes sharing a data directory, connected through NATS.
+    /// Several relay nodes sharing a store, connected through NATS.
     Nats,
 }
 
