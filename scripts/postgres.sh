@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh. Makes sure a PostgreSQL server answers on
+# Sourced by scripts/test.sh. Makes sure a PostgreSQL server responds on
 # 127.0.0.1:5432, starting the machine's clusters or installing Debian's
-# server when none answers, creates a database for this run and exports
+# server when none responds, creates a database for this run and exports
 # SEALCAST_TEST_POSTGRES with its URL. The store's tests create databases
 # of their own on the same server; when the run ends, this drops the run's
 # database and every database the end-to-end tests created.
@@ -27,11 +27,11 @@ if ! pg_ready; then
     pg_start_clusters
 fi
 if ! pg_ready && ! command -v pg_lsclusters >/dev/null; then
-    echo "no PostgreSQL server answers on $pg_host:$pg_port: installing Debian's" >&2
+    echo "no PostgreSQL server responds on $pg_host:$pg_port: installing Debian's" >&2
     install_debian_package postgresql
     pg_start_clusters
     if [[ -z "$pg_password" ]]; then
-        # A fresh Debian cluster asks for a password on TCP connections.
+        # A fresh Debian cluster requires a password on TCP connections.
         pg_password=sealcast-test
         runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD '$pg_password'"
     fi
@@ -41,7 +41,7 @@ for _ in $(seq 60); do
     sleep 0.5
 done
 if ! pg_ready; then
-    echo "PostgreSQL does not answer on $pg_host:$pg_port" >&2
+    echo "PostgreSQL does not respond on $pg_host:$pg_port" >&2
     exit 1
 fi
 

@@ -9,7 +9,7 @@ use crate::db::Backend;
 use crate::settings::StoreKind;
 use crate::store::{StoreError, DATABASE_FILE};
 
-/// Where a relay command finds the store.
+/// The store flags of a relay command.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StoreArgs {
     /// Database, as given to serve: sqlite for relay.db in the data

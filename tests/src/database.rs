@@ -44,7 +44,7 @@ pub fn is_postgres() -> bool {
 static ASSIGNED: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 
 /// Makes the relays and commands of `data_dir` use the PostgreSQL database
-/// at `url`, whatever [`STORE_ENV`] says, for tests that run a PostgreSQL
+/// at `url`, whatever [`STORE_ENV`] is set to, for tests that run a PostgreSQL
 /// server of their own.
 pub fn assign_database(data_dir: &Path, url: &str) {
     let mut assigned = ASSIGNED.lock().unwrap_or_else(|e| e.into_inner());

@@ -26,9 +26,9 @@ pub enum DbError {
     Conversion {
         /// Index of the column.
         column: usize,
-        /// What the caller reads.
+        /// The kind the caller reads.
         expected: &'static str,
-        /// What the column holds.
+        /// The kind the column contains.
         found: &'static str,
     },
     /// A statement of the transaction failed earlier, so PostgreSQL
@@ -48,7 +48,7 @@ pub enum DbError {
     /// No thread could be started for a connection attempt.
     #[error("failed to start a thread to connect to PostgreSQL: {0}")]
     ConnectThread(String),
-    /// The connection string asks for something this relay does not do.
+    /// The connection string requests something this relay does not support.
     #[error("unsupported PostgreSQL setting {0}")]
     Unsupported(&'static str),
     /// A query that must return a row returned none.
@@ -62,7 +62,7 @@ fn postgres_summary(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None if error.is_closed() => "connection closed".to_owned(),
-        // The source says why, such as "Connection refused (os error 111)".
+        // The source gives the reason, such as "Connection refused (os error 111)".
         None => match std::error::Error::source(error) {
             Some(source) => format!("{error}: {source}"),
             None => error.to_string(),

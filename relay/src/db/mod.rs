@@ -3,7 +3,7 @@
 //!
 //! Store modules write each statement once, in the SQL both engines share,
 //! with SQLite's numbered placeholders (`?1`); the PostgreSQL connection
-//! rewrites them to `$1`. Where the dialects part, a module asks
+//! rewrites them to `$1`. Where the dialects part, a module checks
 //! [`Db::is_postgres`]. Parameters and columns pass through [`Value`], so an
 //! integer, a text or a byte string means the same on both engines: the
 //! PostgreSQL schema uses `BIGINT`, `TEXT` and `BYTEA` where SQLite's uses
@@ -45,7 +45,7 @@ pub(crate) use db_params;
 /// `BEGIN IMMEDIATE` makes them do on one file. The bytes spell "sealcast".
 const WRITE_LOCK_KEY: i64 = 0x7365_616c_6361_7374;
 
-/// Where the store keeps its data.
+/// The store's database.
 #[derive(Clone)]
 pub(crate) enum Backend {
     /// The embedded SQLite file at this path.

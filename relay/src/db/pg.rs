@@ -16,7 +16,7 @@ use super::DbError;
 /// First pause after a failed attempt to open the connection.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Longest pause between attempts.
+/// Maximum pause between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Time an attempt to open the connection may take.
@@ -35,7 +35,7 @@ pub(super) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// lock included, before it fails.
 pub(super) const LOCK_TIMEOUT_MS: u64 = 10_000;
 
-/// Where the connection stands in a transaction. PostgreSQL refuses every
+/// The connection's state in a transaction. PostgreSQL rejects every
 /// statement after one fails inside a transaction, and its COMMIT then rolls
 /// back without an error, so the connection remembers the failure and
 /// reports it instead. A connection lost inside a transaction is not opened
@@ -47,8 +47,8 @@ pub(super) enum TxState {
     Idle,
     /// A transaction in which every statement so far succeeded.
     Open,
-    /// A statement of the transaction failed; only its end, or a rollback to
-    /// a savepoint, may follow.
+    /// A statement of the transaction failed, so only its end, or a rollback
+    /// to a savepoint, may follow.
     Failed,
     /// The connection was lost inside the transaction.
     Lost,

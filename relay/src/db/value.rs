@@ -1,6 +1,6 @@
 //! Parameters and column values, with one meaning on both engines.
 //!
-//! SQLite knows integers, text and blobs; the PostgreSQL schema uses
+//! SQLite stores integers, text and blobs, and the PostgreSQL schema uses
 //! `BIGINT`, `TEXT` and `BYTEA` for them. A [`Value`] is one of those or
 //! NULL, and each engine binds and reads it in its own wire format.
 
