@@ -78,7 +78,7 @@ impl DbError {
         }
     }
 
-    /// The disk is full.
+    /// Checks whether the disk is full.
     pub(crate) fn is_disk_full(&self) -> bool {
         match self {
             DbError::Sqlite(error) => error.sqlite_error_code() == Some(ErrorCode::DiskFull),
@@ -86,7 +86,8 @@ impl DbError {
         }
     }
 
-    /// Another writer held a lock too long, or the database resolved a conflict by aborting.
+    /// Checks whether another writer held a lock too long, or the database
+    /// resolved a conflict by aborting.
     pub(crate) fn is_locked(&self) -> bool {
         match self {
             DbError::Sqlite(error) => matches!(
@@ -97,8 +98,9 @@ impl DbError {
         }
     }
 
-    /// The database could not be reached, read or written: an I/O error,
-    /// a read-only or unopenable file, or a lost server connection.
+    /// Checks whether the database could not be reached, read or written:
+    /// an I/O error, a read-only or unopenable file, or a lost server
+    /// connection.
     pub(crate) fn is_unreachable(&self) -> bool {
         match self {
             DbError::Sqlite(error) => matches!(
@@ -124,7 +126,7 @@ impl DbError {
         }
     }
 
-    /// A UNIQUE or PRIMARY KEY constraint rejected the write.
+    /// Checks whether a UNIQUE or PRIMARY KEY constraint rejected the write.
     #[cfg(test)]
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {
@@ -136,7 +138,7 @@ impl DbError {
         }
     }
 
-    /// A constraint or trigger rejected the write.
+    /// Checks whether a constraint or trigger rejected the write.
     #[cfg(test)]
     pub(crate) fn is_constraint(&self) -> bool {
         match self {

@@ -199,12 +199,12 @@ fn sqlite_params<'a>(values: &'a [Value<'a>]) -> Vec<SqliteParam<'a>> {
 }
 
 impl Db {
-    /// Whether this is a PostgreSQL connection.
+    /// Checks whether this is a PostgreSQL connection.
     pub(crate) fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres(_))
     }
 
-    /// The SQLite connection, for what only SQLite has: pragmas,
+    /// Returns the SQLite connection, for what only SQLite has: pragmas,
     /// checkpoints, functions.
     pub(crate) fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {
@@ -316,7 +316,7 @@ impl Db {
         })
     }
 
-    /// Begins a read transaction that sees one snapshot throughout.
+    /// Begins a read transaction that reads one snapshot throughout.
     pub(crate) fn begin_read(&self) -> Result<Transaction<'_>, DbError> {
         match self {
             Db::Sqlite(_) => self.batch("BEGIN")?,
@@ -328,8 +328,8 @@ impl Db {
         })
     }
 
-    /// Whether a transaction is still open. SQLite ends one by itself after
-    /// some errors, such as a full disk.
+    /// Checks whether a transaction is still open. SQLite ends one by
+    /// itself after some errors, such as a full disk.
     pub(crate) fn in_transaction(&self) -> bool {
         match self {
             Db::Sqlite(conn) => !conn.is_autocommit(),
