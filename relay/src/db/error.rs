@@ -49,7 +49,7 @@ pub enum DbError {
     #[error("failed to start a thread to connect to PostgreSQL: {0}")]
     ConnectThread(String),
     /// The connection string requests something this relay does not support.
-    #[error("unsupported PostgreSQL setting {0}")]
+    #[error("unsupported: {0}")]
     Unsupported(&'static str),
     /// A query that must return a row returned none.
     #[error("query returned no row")]

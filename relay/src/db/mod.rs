@@ -237,6 +237,20 @@ impl Db {
         }
     }
 
+    /// Runs a PostgreSQL query with parameters of PostgreSQL's own types,
+    /// such as arrays, which [`Value`] does not cover. The statement uses
+    /// `$1` placeholders. On SQLite it fails with [`DbError::Unsupported`].
+    pub(crate) fn query_postgres(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, DbError> {
+        match self {
+            Db::Postgres(conn) => conn.query_native(sql, params),
+            Db::Sqlite(_) => Err(DbError::Unsupported("a PostgreSQL statement on SQLite")),
+        }
+    }
+
     /// Runs a query and maps every row with `map`.
     pub(crate) fn query_all<T>(
         &self,

@@ -228,6 +228,19 @@ impl PgConnection {
     }
 
     /// Runs a query and returns its rows.
+    /// Runs a query with parameters of PostgreSQL's own types, such as
+    /// arrays, written with `$1` placeholders.
+    pub(super) fn query_native(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, DbError> {
+        self.with_client(|client, statements| {
+            let statement = prepared(client, statements, sql)?;
+            client.query(&statement, params)
+        })
+    }
+
     pub(super) fn query(
         &self,
         sql: &str,

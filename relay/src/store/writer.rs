@@ -13,6 +13,7 @@
 //! starts and stops.
 
 mod checkpoint;
+mod frames_pg;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -405,7 +406,20 @@ fn apply_batch(
         .begin_write()
         .map_err(StoreError::db("begin a transaction"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for op in batch {
+    let mut index = 0;
+    while index < batch.len() {
+        // On PostgreSQL, consecutive frames go together, in a fixed number
+        // of statements.
+        if tx.is_postgres() {
+            let frames = frames_from(&batch[index..]);
+            if frames.len() > 1 {
+                index += frames.len();
+                outcomes.extend(frames_pg::append_frames(&tx, ciphers, &frames)?);
+                continue;
+            }
+        }
+        let op = &batch[index];
+        index += 1;
         let outcome = if tx.is_postgres() && !matches!(op, WriteOp::AppendFrame { .. }) {
             tx.savepoint(|db| apply(db, ciphers, op).map_err(SavepointError))
                 .map_err(|SavepointError(error)| error)
@@ -422,6 +436,17 @@ fn apply_batch(
     tx.commit()
         .map_err(StoreError::db("commit a transaction"))?;
     Ok(outcomes)
+}
+
+/// Returns the frames of the writes at the start of `ops`, up to the first
+/// write that is not a frame.
+fn frames_from(ops: &[WriteOp]) -> Vec<&FrameRecord> {
+    ops.iter()
+        .map_while(|op| match op {
+            WriteOp::AppendFrame { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect()
 }
 
 fn apply(conn: &Db, ciphers: &mut FrameCiphers, op: &WriteOp) -> Result<(), StoreError> {

@@ -190,6 +190,120 @@ fn postgres_writer_fails_bad_writes_alone() {
 }
 
 #[test]
+fn postgres_frame_runs_check_each_frame() {
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (db, keys) = writer_db(&database, dir.path());
+    let a = SessionId::random();
+    let b = SessionId::random();
+    let outcomes = Outcomes::default();
+    let mut session_b = new_session(b);
+    session_b.invite_token_hash = [9; 32];
+
+    let append = |position: usize, frame: FrameRecord| WriteOp::AppendFrame {
+        frame,
+        done: outcomes.completion(position),
+    };
+    let ops = vec![
+        WriteOp::CreateSession {
+            session: new_session(a),
+            done: outcomes.completion(0),
+        },
+        WriteOp::CreateSession {
+            session: session_b,
+            done: outcomes.completion(1),
+        },
+        // One run of frames of both sessions.
+        append(2, frame(a, 0, 1, 0)),
+        append(3, frame(b, 0, 1, 0)),
+        append(4, frame(a, 1, 1, 1)),
+        append(5, frame(a, 2, 2, 0)),
+        // Sequence number 2 skips 1.
+        append(6, frame(b, 1, 1, 2)),
+        append(7, frame(b, 1, 1, 1)),
+        // A session that does not exist.
+        append(8, frame(SessionId::random(), 0, 1, 0)),
+        // A new stream must start at sequence number 0.
+        append(9, frame(a, 3, 3, 4)),
+        WriteOp::EndSession {
+            session_id: b,
+            ended_at: 1,
+            done: outcomes.completion(10),
+        },
+        // A second run, after the end of session B.
+        append(11, frame(b, 2, 1, 2)),
+        append(12, frame(a, 3, 1, 2)),
+    ];
+    let (queue, receiver) = mpsc::channel(32);
+    for op in ops {
+        queue.try_send(op).ok().unwrap();
+    }
+    drop(queue);
+
+    assert_eq!(writer::run(db, receiver, keys), 1);
+    let outcomes = outcomes.take();
+    for position in [0, 1, 2, 3, 4, 5, 7, 10, 12] {
+        assert!(
+            outcomes[position].1.is_ok(),
+            "write {position}: {:?}",
+            outcomes[position].1
+        );
+    }
+    assert!(matches!(
+        outcomes[6].1,
+        Err(StoreError::SequenceOutOfOrder { seq: 2, .. })
+    ));
+    assert!(matches!(
+        outcomes[8].1,
+        Err(StoreError::FrameOutOfOrder { offset: 0, .. })
+    ));
+    assert!(matches!(
+        outcomes[9].1,
+        Err(StoreError::SequenceOutOfOrder { seq: 4, .. })
+    ));
+    assert!(matches!(
+        outcomes[11].1,
+        Err(StoreError::FrameOutOfOrder { offset: 2, .. })
+    ));
+    assert_eq!(stored_offsets(&database, a), vec![0, 1, 2, 3]);
+    assert_eq!(stored_offsets(&database, b), vec![0, 1]);
+
+    let db = connect(&database);
+    let streams = db
+        .query_all(
+            "SELECT stream_id, next_seq, last_offset FROM streams
+             WHERE session_id = ?1 ORDER BY stream_id",
+            db_params![a.as_bytes()],
+            |row| {
+                Ok((
+                    row.get::<Vec<u8>>(0)?[0],
+                    row.get::<i64>(1)?,
+                    row.get::<i64>(2)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(streams, vec![(1, 3, 3), (2, 1, 2)]);
+    // The stored frames open with the data key, each at its own offset.
+    runtime().block_on(async {
+        let store = open_store(&database, dir.path()).await;
+        let frames = store.frames_between(a, 0, 4, 10, usize::MAX).await.unwrap();
+        assert_eq!(frames.len(), 4);
+        for (offset, stored) in frames.iter().enumerate() {
+            assert_eq!(stored.offset, offset as u64);
+            let body = format!("frame {offset}");
+            assert!(
+                stored.delivery.ends_with(body.as_bytes()),
+                "offset {offset}"
+            );
+        }
+        store.close().await;
+    });
+}
+
+#[test]
 fn postgres_store_keeps_sessions_and_frames() {
     let Some(database) = TestDatabase::create() else {
         return;
