@@ -4,8 +4,8 @@
 //! Every statement is a round trip to the server, so writing each frame on
 //! its own makes the writer wait on the network once per frame. Here two
 //! queries read the state of every session and stream that the frames
-//! touch, each frame is checked against that state in queue order, as the
-//! per-frame statement checks it, and two statements insert the accepted
+//! touch. Each frame is checked against that state in queue order, as the
+//! per-frame statement checks it. Two statements then insert the accepted
 //! frames and advance their streams from arrays. The writer holds the
 //! store's advisory lock for the whole transaction, so no other node's
 //! writes can change that state in between.
