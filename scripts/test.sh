@@ -52,7 +52,9 @@ SEALCAST_BIN_DIR=target/debug bash scripts/cluster-loadtest.sh --clinics 20 --fo
 cargo test --workspace --locked
 # The end-to-end tests of the relay, accounts, pairing and several nodes
 # again, with every relay's store in a PostgreSQL database of its own.
-SEALCAST_TEST_STORE=postgres cargo test -p sealcast-tests --locked \
+# --workspace, not -p, so that the crates keep the features of the run
+# above and are not compiled again.
+SEALCAST_TEST_STORE=postgres cargo test --workspace --locked \
     --test real_transcripts_arrive_complete --test tampered_frames_are_rejected \
     --test relay_crash_loses_nothing --test malformed_input_keeps_others_streaming \
     --test websocket_protocol_errors_are_closed \
