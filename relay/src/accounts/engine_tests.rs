@@ -1,13 +1,11 @@
-//! The account flows on both engines: SQLite through the relay's own
-//! opening code, and PostgreSQL in a fresh database that the test creates
+//! The account flows on both engines, each through the relay's own schema
+//! and opening code, PostgreSQL in a fresh database that the test creates
 //! and drops. PostgreSQL cases use the server named by
 //! `SEALCAST_TEST_POSTGRES`; without it they are skipped, except under CI,
 //! where they fail.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use sealcast_protocol::auth::Role;
 
 use super::devices::{self, NewDevice};
@@ -16,120 +14,14 @@ use super::recovery;
 use super::refresh::{self, Family, RefreshRejection};
 use super::store::{self, AccountDb};
 use super::tokens::{TokenError, TokenSigner, TokenSubject};
-use crate::at_rest::{DataKeys, KeyEncryptionKey, KeySource};
+use crate::at_rest::{KeyEncryptionKey, KeySource};
 use crate::credentials::random_token;
-use crate::db::{db_params, Backend, Db};
-use crate::store::{open_keyed_writer, StoreError};
-
-/// The account tables in their final SQLite shape, in PostgreSQL's types.
-/// Sealed columns are BYTEA even where SQLite declares TEXT
-/// (`organizations.name`, `devices.name`, `pending_logins.device_name`),
-/// because SQLite keeps the sealed blobs there unconverted and PostgreSQL
-/// would reject bytes in a TEXT column.
-const POSTGRES_ACCOUNT_TABLES: &str = "
-    CREATE TABLE organizations (
-        organization_id TEXT PRIMARY KEY,
-        name BYTEA NOT NULL,
-        created_at BIGINT NOT NULL
-    );
-
-    CREATE TABLE users (
-        user_id TEXT PRIMARY KEY,
-        organization_id TEXT NOT NULL REFERENCES organizations (organization_id),
-        email_hash BYTEA NOT NULL UNIQUE,
-        email BYTEA NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('admin', 'clinician')),
-        created_at BIGINT NOT NULL,
-        disabled_at BIGINT,
-        totp_secret BYTEA,
-        totp_pending_secret BYTEA,
-        totp_last_step BIGINT
-    );
-    CREATE INDEX users_by_organization ON users (organization_id);
-
-    CREATE TABLE recovery_codes (
-        code_hash BYTEA PRIMARY KEY,
-        user_id TEXT NOT NULL REFERENCES users (user_id),
-        created_at BIGINT NOT NULL,
-        used_at BIGINT
-    );
-    CREATE INDEX recovery_codes_by_user ON recovery_codes (user_id);
-
-    CREATE TABLE devices (
-        device_id TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL REFERENCES users (user_id),
-        name BYTEA NOT NULL,
-        public_key TEXT NOT NULL,
-        thumbprint TEXT NOT NULL UNIQUE,
-        created_at BIGINT NOT NULL,
-        last_seen_at BIGINT,
-        revoked_at BIGINT
-    );
-    CREATE INDEX devices_by_user ON devices (user_id);
-
-    CREATE TABLE pending_logins (
-        login_id_hash BYTEA PRIMARY KEY,
-        token_hash BYTEA NOT NULL UNIQUE,
-        second_step_hash BYTEA UNIQUE,
-        user_id TEXT REFERENCES users (user_id),
-        kind TEXT NOT NULL CHECK (kind IN ('device', 'browser')),
-        device_public_key TEXT,
-        device_thumbprint TEXT,
-        device_name BYTEA,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        confirmed_at BIGINT,
-        second_factor_at BIGINT,
-        completed_at BIGINT,
-        attempts BIGINT NOT NULL DEFAULT 0
-    );
-
-    CREATE TABLE refresh_tokens (
-        token_hash BYTEA PRIMARY KEY,
-        family_id TEXT NOT NULL,
-        user_id TEXT NOT NULL REFERENCES users (user_id),
-        device_id TEXT REFERENCES devices (device_id),
-        mfa BIGINT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        used_at BIGINT,
-        revoked_at BIGINT
-    );
-    CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
-    CREATE INDEX refresh_tokens_by_device ON refresh_tokens (device_id);
-
-    CREATE TABLE signing_keys (
-        kid TEXT PRIMARY KEY,
-        private_key BYTEA NOT NULL,
-        created_at BIGINT NOT NULL,
-        retired_at BIGINT
-    );";
+use crate::db::db_params;
+use crate::db::test_database::TestDatabase;
+use crate::store::StoreError;
 
 /// Milliseconds that the flows use as the current time.
 const NOW: i64 = 1_900_000_000_000;
-
-/// A PostgreSQL database made for one test, dropped with it.
-struct TestDatabase {
-    server: Arc<postgres::Config>,
-    name: String,
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let dropped = Backend::Postgres(self.server.clone())
-            .connect_postgres()
-            .expect("a PostgreSQL backend")
-            .and_then(|admin| {
-                admin.batch(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-            });
-        if let Err(error) = dropped {
-            eprintln!("failed to drop test database {}: {error}", self.name);
-        }
-    }
-}
 
 /// An account database on one engine, with what it needs to stay open.
 struct Engine {
@@ -161,54 +53,19 @@ fn engines() -> Vec<Engine> {
     engines
 }
 
+/// Opens an account database in a fresh PostgreSQL database with the
+/// relay's own schema and opening code.
 fn postgres_engine() -> Option<Engine> {
-    let url = match std::env::var("SEALCAST_TEST_POSTGRES") {
-        Ok(url) => url,
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("SEALCAST_TEST_POSTGRES must name a PostgreSQL server under CI")
-        }
-        Err(_) => {
-            eprintln!("SEALCAST_TEST_POSTGRES is not set: PostgreSQL case skipped");
-            return None;
-        }
-    };
-    let Backend::Postgres(server) = Backend::postgres(&url).unwrap() else {
-        unreachable!("Backend::postgres returns a PostgreSQL backend");
-    };
-    let mut suffix = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut suffix);
-    let name = format!("sealcast_a_{}", hex::encode(suffix));
-    connect(server.clone())
-        .batch(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let database = TestDatabase {
-        server: server.clone(),
-        name: name.clone(),
-    };
-
-    let mut config = postgres::Config::clone(&server);
-    config.dbname(&name);
-    let db = connect(Arc::new(config));
-    db.batch(POSTGRES_ACCOUNT_TABLES).unwrap();
-
-    // The data keys come from a SQLite store, as a relay unlocks them.
+    let database = TestDatabase::create()?;
     let dir = tempfile::tempdir().unwrap();
     let source = KeySource::Environment(KeyEncryptionKey::generate());
-    let (_, keys) = open_keyed_writer(dir.path(), &source).unwrap();
-    let keys: Arc<DataKeys> = keys.data_keys().clone();
+    let db = AccountDb::open_with_key(dir.path(), database.backend(), &source).unwrap();
     Some(Engine {
         name: "PostgreSQL",
-        db: AccountDb::new(db, keys),
+        db,
         _database: Some(database),
         _dir: dir,
     })
-}
-
-fn connect(config: Arc<postgres::Config>) -> Db {
-    Backend::Postgres(config)
-        .connect_postgres()
-        .expect("a PostgreSQL backend")
-        .expect("SEALCAST_TEST_POSTGRES names a reachable server")
 }
 
 /// Stores an organization and a clinician, and returns their ids.
