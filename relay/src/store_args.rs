@@ -27,7 +27,7 @@ pub(crate) struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// The flags' defaults: relay.db in the data directory.
+    /// Returns the flags' defaults: relay.db in the data directory.
     #[cfg(test)]
     pub(crate) fn sqlite() -> StoreArgs {
         StoreArgs {

@@ -149,7 +149,7 @@ impl PgConnection {
         outcome.map_err(DbError::from)
     }
 
-    /// The connection's transaction state.
+    /// Returns the connection's transaction state.
     pub(super) fn transaction(&self) -> TxState {
         self.state.borrow().transaction
     }
@@ -262,7 +262,7 @@ impl PgConnection {
 /// `pg_terminate_backend`. The client may not have seen the socket close yet.
 /// Opens a client with `config`, giving up after [`STARTUP_TIMEOUT`]. The
 /// configured connect timeout covers only the TCP connection, so a server
-/// that accepts it and then never answers the startup would otherwise
+/// that accepts it and then never responds to the startup would otherwise
 /// block the caller for good. The attempt then goes on, on its own thread,
 /// until the operating system ends the connection.
 fn connect(config: &Config) -> Result<Client, DbError> {

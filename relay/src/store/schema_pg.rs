@@ -241,7 +241,7 @@ pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
         .map_err(StoreError::db("commit a schema migration"))
 }
 
-/// Rejects a database without the relay's schema that holds tables of
+/// Rejects a database without the relay's schema that contains tables of
 /// something else, so that the relay neither fails halfway through its
 /// first migration nor shares a database with another application.
 fn refuse_foreign_tables(db: &Db) -> Result<(), StoreError> {
